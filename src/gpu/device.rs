@@ -1,0 +1,234 @@
+//! CUDA device discovery, the [`Gpu`] handle and kernel launch wrappers.
+//!
+//! cudarc is built with `dynamic-loading`: `libcuda` is opened on first use
+//! and cudarc panics if it is missing. [`cuda_available`] checks for the
+//! library first, so callers can probe safely on machines without a driver.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels;
+
+/// Threads per block for the elementwise kernels.
+const BLOCK: u32 = 256;
+
+/// `Ok(())` when this binary can run its CUDA kernels here: a driver library
+/// is loadable, it initialises, it reports at least one device, and the kernels
+/// were compiled in. Otherwise `Err` with a one-line reason. Never panics.
+pub fn cuda_available() -> Result<(), String> {
+    let count = device_count()?;
+    if count == 0 {
+        return Err("the CUDA driver reports no devices".to_string());
+    }
+    if kernels::fatbin().is_none() {
+        return Err(format!(
+            "{count} CUDA device(s) found, but this binary was built without nvcc, \
+             so no CUDA kernels are compiled in (see the build warning)"
+        ));
+    }
+    Ok(())
+}
+
+/// Number of CUDA devices the driver reports, or why the driver is unusable.
+/// Never panics.
+pub fn device_count() -> Result<usize, String> {
+    // SAFETY: only tries to dlopen the candidate library names and drops the handle.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("no CUDA driver library (libcuda.so) could be loaded; is an NVIDIA driver installed?".to_string());
+    }
+    // Backstop: cudarc panics if a driver symbol it needs cannot be resolved
+    // (e.g. a very old driver); report that as unavailable instead.
+    match std::panic::catch_unwind(CudaContext::device_count) {
+        Ok(Ok(n)) => Ok(usize::try_from(n).unwrap_or(0)),
+        Ok(Err(e)) => Err(format!("CUDA driver initialisation failed: {e}")),
+        Err(_) => Err("the CUDA driver library is unusable (cudarc panicked loading it)".into()),
+    }
+}
+
+/// One CUDA device with its context, the stream all work is queued on, and the
+/// module holding every embedded kernel.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    embedding_forward: CudaFunction,
+}
+
+impl Gpu {
+    /// Opens device `ordinal` (primary context), uses its default stream and
+    /// loads the embedded fatbin.
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        cuda_available().map_err(|reason| anyhow!("CUDA unavailable: {reason}"))?;
+        let fatbin = kernels::fatbin().context("no CUDA kernels compiled in")?;
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("creating a CUDA context on device {ordinal}"))?;
+        let stream = ctx.default_stream();
+        let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec())).with_context(|| {
+            let cc = ctx
+                .compute_capability()
+                .map(|(major, minor)| format!("sm_{major}{minor}"))
+                .unwrap_or_else(|_| "unknown".to_string());
+            format!("loading the kernel fatbin (built for {}) on device {ordinal} ({cc})", kernels::kernel_archs())
+        })?;
+        let load =
+            |name: &str| module.load_function(name).with_context(|| format!("kernel `{name}` missing from the fatbin"));
+        let embedding_forward = load("embedding_forward")?;
+        Ok(Gpu { ctx, stream, module, embedding_forward })
+    }
+
+    pub fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn module(&self) -> &Arc<CudaModule> {
+        &self.module
+    }
+
+    /// Device name and compute capability, e.g. `"NVIDIA H100 (sm_90)"`.
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown device".into());
+        match self.ctx.compute_capability() {
+            Ok((major, minor)) => format!("{name} (sm_{major}{minor})"),
+            Err(_) => name,
+        }
+    }
+
+    /// Waits for all work queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().context("CUDA stream synchronize")
+    }
+
+    /// `out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]`, queued on [`Gpu::stream`].
+    ///
+    /// `out` holds at least `b*t*c` floats, `inp` at least `b*t` token ids,
+    /// `wpe` at least `t*c` floats and `wte` a whole number of `c`-wide rows.
+    /// Token ids must lie in `0..wte.len()/c`; they are not checked on the device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embedding_forward(
+        &self,
+        out: &mut impl DevicePtrMut<f32>,
+        inp: &impl DevicePtr<i32>,
+        wte: &impl DevicePtr<f32>,
+        wpe: &impl DevicePtr<f32>,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        let n = b * t * c;
+        ensure!(c > 0, "embedding_forward: C must be positive");
+        ensure!(out.len() >= n, "embedding_forward: out has {} < B*T*C = {n}", out.len());
+        ensure!(inp.len() >= b * t, "embedding_forward: inp has {} < B*T = {}", inp.len(), b * t);
+        ensure!(wpe.len() >= t * c, "embedding_forward: wpe has {} < T*C = {}", wpe.len(), t * c);
+        ensure!(
+            wte.len() % c == 0 && !DeviceSlice::is_empty(wte),
+            "embedding_forward: wte length {} is not a positive multiple of C = {c}",
+            wte.len()
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
+        let cfg = grid_for(n)?;
+
+        let stream = &*self.stream;
+        let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
+        let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
+        let (wte_ptr, _wte_guard) = wte.device_ptr(stream);
+        let (wpe_ptr, _wpe_guard) = wpe.device_ptr(stream);
+        let mut launch = self.stream.launch_builder(&self.embedding_forward);
+        launch.arg(&out_ptr).arg(&inp_ptr).arg(&wte_ptr).arg(&wpe_ptr).arg(&bi).arg(&ti).arg(&ci);
+        // SAFETY: the argument list matches the kernel signature
+        // (float*, const int*, const float*, const float*, int, int, int), and
+        // the lengths checked above bound every index the kernel touches given
+        // in-range token ids. The guards keep the buffers' stream ordering
+        // until after the launch is queued.
+        unsafe { launch.launch(cfg) }.context("launching embedding_forward")?;
+        Ok(())
+    }
+}
+
+fn to_i32(v: usize, name: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow!("{name} = {v} does not fit in an i32 kernel argument"))
+}
+
+/// 1-D launch over `n` elements for grid-stride kernels.
+fn grid_for(n: usize) -> Result<LaunchConfig> {
+    if n == 0 {
+        bail!("empty launch");
+    }
+    let blocks = n.div_ceil(BLOCK as usize).min(i32::MAX as usize) as u32;
+    Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// Locates a cuBLAS shared library (`libcublas.so.13` preferred, then `.so.12`)
+/// in `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`,
+/// `$LD_LIBRARY_PATH` and the dynamic linker cache (`ldconfig -p`).
+/// Does not load it.
+pub fn find_cublas() -> Option<PathBuf> {
+    const NAMES: [&str; 2] = ["libcublas.so.13", "libcublas.so.12"];
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(root) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            dirs.push(PathBuf::from(root).join("lib64"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&paths).filter(|d| !d.as_os_str().is_empty()));
+    }
+    let cached = ldconfig_libraries();
+    NAMES.iter().find_map(|name| {
+        dirs.iter()
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .or_else(|| cached.iter().find(|p| p.file_name().is_some_and(|f| f == *name) && p.is_file()).cloned())
+    })
+}
+
+/// Paths listed by `ldconfig -p` (empty if ldconfig is unavailable).
+fn ldconfig_libraries() -> Vec<PathBuf> {
+    for exe in ["ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"] {
+        let Ok(out) = std::process::Command::new(exe).arg("-p").output() else {
+            continue;
+        };
+        if !out.status.success() {
+            continue;
+        }
+        return String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_once("=>"))
+            .map(|(_, path)| Path::new(path.trim()).to_path_buf())
+            .collect();
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probing_never_panics() {
+        // Whatever the machine, these return a value rather than panicking.
+        let _ = device_count();
+        let _ = cuda_available();
+        let _ = find_cublas();
+    }
+
+    #[test]
+    fn grid_covers_all_elements() {
+        let cfg = grid_for(1000).unwrap();
+        assert_eq!(cfg.grid_dim.0 * cfg.block_dim.0, 1024);
+        assert!(grid_for(0).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! CUDA support: device discovery and the kernels embedded at build time.
+//!
+//! `build.rs` compiles every `kernels/*.cu` with nvcc into one fatbin (SASS for
+//! sm_80/86/89/90 plus compute_90 PTX) and embeds it in the binary. When no
+//! nvcc was found at build time the crate is CPU-only: [`kernels::fatbin`]
+//! returns `None` and [`device::cuda_available`] says why.
+//!
+//! cudarc loads the CUDA driver (and later cuBLAS) dynamically, so a binary
+//! built here runs on machines without a GPU or driver; every entry point
+//! reports that as an error instead of panicking.
+//!
+//! - [`kernels`]: the embedded fatbin and the architectures it was built for.
+//! - [`device`]: driver/device probing, [`device::Gpu`] (context, stream,
+//!   module) and the kernel launch wrappers.
+
+pub mod device;
+pub mod kernels;

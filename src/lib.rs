@@ -1,0 +1,16 @@
+//! Genesis: train GPT-2-class language models from scratch.
+//!
+//! - [`model`]: model shapes and the flat parameter layout every other module shares.
+//! - [`cpu`]: the pure-Rust reference ops, the GPT forward/backward built from them, and the KV-cache sampler.
+//! - [`gpu`]: CUDA device discovery and the embedded kernels.
+//! - [`data`]: tokenizer, token shards and the batch loader.
+//! - [`train`]: optimizer, schedule, checkpoints and the training loop.
+
+pub mod bench;
+pub mod cpu;
+pub mod data;
+pub mod gpu;
+pub mod llmc;
+pub mod model;
+pub mod rng;
+pub mod train;

@@ -1,0 +1,207 @@
+//! The checkpoint file: one self-describing file that is either whole or absent.
+//!
+//! Layout (little-endian):
+//! ```text
+//! b"GENESIS\0"            8 bytes magic
+//! u32 format version      (FORMAT_VERSION)
+//! u32 header length H
+//! H bytes of JSON         {"config": ModelConfig, "step": .., "meta": {..}, "sections": [{name, dtype, offset, bytes, crc32}]}
+//! u32 crc32 of the JSON
+//! zero padding to a 64-byte boundary, then each section's bytes at its offset (64-byte aligned)
+//! ```
+//! Every section carries its own CRC-32, so damage is reported with the section it hit. Files are written
+//! to `<name>.tmp`, fsynced, renamed into place and the directory fsynced: a crash at any moment leaves
+//! either the old file or the new one, never a torn one.
+
+use crate::model::{ModelConfig, ParamLayout};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: &[u8; 8] = b"GENESIS\0";
+pub const FORMAT_VERSION: u32 = 1;
+const ALIGN: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionInfo {
+    pub name: String,
+    pub dtype: String,
+    pub offset: u64,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Header {
+    config: ModelConfig,
+    step: u64,
+    #[serde(default)]
+    meta: serde_json::Value,
+    sections: Vec<SectionInfo>,
+}
+
+/// A loaded checkpoint: the model config, the step it was taken at, free-form metadata and its
+/// named f32 sections ("params" always; later formats add optimizer state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    pub step: u64,
+    pub meta: serde_json::Value,
+    pub sections: Vec<(String, Vec<f32>)>,
+}
+
+impl Checkpoint {
+    pub fn new(config: ModelConfig, step: u64, params: Vec<f32>) -> Self {
+        Checkpoint { config, step, meta: serde_json::Value::Null, sections: vec![("params".to_string(), params)] }
+    }
+
+    pub fn section(&self, name: &str) -> Option<&[f32]> {
+        self.sections.iter().find(|s| s.0 == name).map(|s| s.1.as_slice())
+    }
+
+    pub fn params(&self) -> &[f32] {
+        self.section("params").expect("checkpoints always hold params")
+    }
+
+    pub fn into_params(self) -> Vec<f32> {
+        self.sections.into_iter().find(|s| s.0 == "params").map(|s| s.1).expect("checkpoints always hold params")
+    }
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Writes `ckpt` to `path` atomically (temporary file, fsync, rename, directory fsync).
+pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
+    let layout = ParamLayout::new(&ckpt.config);
+    if ckpt.params().len() != layout.total {
+        bail!("refusing to save: params hold {} values but the model needs {}", ckpt.params().len(), layout.total);
+    }
+    // Offsets depend on the header length, which depends on the offsets' digits: fix them with
+    // a generous fixed-size preamble estimate, then pad the header to it.
+    let mut sections = Vec::new();
+    let mut header = Header { config: ckpt.config, step: ckpt.step, meta: ckpt.meta.clone(), sections: vec![] };
+    for (name, data) in &ckpt.sections {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        sections.push(SectionInfo {
+            name: name.clone(),
+            dtype: "f32".into(),
+            offset: 0,
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        });
+    }
+    header.sections = sections;
+    let mut data_start = align(16 + serde_json::to_vec(&header)?.len() + 64 * ckpt.sections.len() + 256);
+    let json = loop {
+        let mut off = data_start;
+        for s in &mut header.sections {
+            s.offset = off as u64;
+            off = align(off + s.bytes as usize);
+        }
+        let json = serde_json::to_vec(&header)?;
+        if 16 + json.len() + 4 <= data_start {
+            break json;
+        }
+        data_start = align(16 + json.len() + 4);
+    };
+
+    let tmp = tmp_path(path);
+    let write = || -> Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        f.write_all(MAGIC)?;
+        f.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        f.write_all(&(json.len() as u32).to_le_bytes())?;
+        f.write_all(&json)?;
+        f.write_all(&crc32fast::hash(&json).to_le_bytes())?;
+        let mut pos = 16 + json.len() + 4;
+        for (s, (_, data)) in header.sections.iter().zip(&ckpt.sections) {
+            f.write_all(&vec![0u8; s.offset as usize - pos])?;
+            f.write_all(bytemuck::cast_slice(data))?;
+            pos = s.offset as usize + s.bytes as usize;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.context(format!("writing checkpoint {}", tmp.display())));
+    }
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(path);
+    Ok(())
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// fsync the directory holding `path`, so the rename itself is durable (best effort: not every
+/// filesystem allows opening a directory).
+fn sync_dir(path: &Path) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Reads and fully verifies a checkpoint: magic, version, header checksum, each section's bounds and
+/// checksum, and that the parameters fit the model config.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let p = path.display();
+    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        bail!("{p} is not a Genesis checkpoint (it does not start with the GENESIS magic)");
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    if version != FORMAT_VERSION {
+        bail!("{p} has checkpoint format version {version}; this Genesis reads version {FORMAT_VERSION}. Use the Genesis version that wrote it.");
+    }
+    let hlen = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    if bytes.len() < 16 + hlen + 4 {
+        bail!("{p} is truncated: it ends inside the header ({} bytes, header needs {})", bytes.len(), 16 + hlen + 4);
+    }
+    let json = &bytes[16..16 + hlen];
+    let stored = u32::from_le_bytes(bytes[16 + hlen..20 + hlen].try_into().unwrap());
+    if crc32fast::hash(json) != stored {
+        bail!("{p}: header checksum mismatch; the file is corrupt");
+    }
+    let header: Header = serde_json::from_slice(json).with_context(|| format!("{p}: unreadable header"))?;
+    header.config.validate().map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+    let mut sections = Vec::new();
+    for s in &header.sections {
+        let (start, end) = (s.offset as usize, (s.offset + s.bytes) as usize);
+        if end > bytes.len() {
+            bail!(
+                "{p} is truncated: section '{}' needs bytes {start}..{end} but the file has {} bytes",
+                s.name,
+                bytes.len()
+            );
+        }
+        let data = &bytes[start..end];
+        if crc32fast::hash(data) != s.crc32 {
+            bail!(
+                "{p}: section '{}' fails its checksum; the file is corrupt (re-copy it or use an earlier checkpoint)",
+                s.name
+            );
+        }
+        if s.dtype != "f32" || s.bytes % 4 != 0 {
+            bail!("{p}: section '{}' has dtype {} and {} bytes; expected f32", s.name, s.dtype, s.bytes);
+        }
+        let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        sections.push((s.name.clone(), values));
+    }
+    let ckpt = Checkpoint { config: header.config, step: header.step, meta: header.meta, sections };
+    let want = ParamLayout::new(&ckpt.config).total;
+    match ckpt.section("params") {
+        Some(params) if params.len() == want => Ok(ckpt),
+        Some(params) => bail!("{p}: params hold {} values but its config needs {want}", params.len()),
+        None => bail!("{p}: no 'params' section"),
+    }
+}

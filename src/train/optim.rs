@@ -1,0 +1,153 @@
+//! AdamW with decoupled weight decay on the 2-D weights only, gradient clipping by global norm, and
+//! the learning-rate schedule (linear warmup, cosine decay to a floor). All of it elementwise or
+//! reduced in a fixed order, so a step gives the same bits whatever the thread count.
+
+use crate::model::ParamLayout;
+use rayon::prelude::*;
+
+/// Elements per task for elementwise work and partial sums (fixed: results must not depend on threads).
+const CHUNK: usize = 1 << 16;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// AdamW state: both moments in the parameter layout, and the number of updates taken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub t: u64,
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig, num_params: usize) -> Self {
+        AdamW { cfg, m: vec![0.0; num_params], v: vec![0.0; num_params], t: 0 }
+    }
+
+    /// One update, in PyTorch's order: decay p by lr*wd, then p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+    pub fn step(&mut self, layout: &ParamLayout, params: &mut [f32], grads: &[f32], lr: f32) {
+        assert!(params.len() == layout.total && grads.len() == layout.total);
+        self.t += 1;
+        let c = self.cfg;
+        let bc1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);
+        let bc2 = 1.0 - (c.beta2 as f64).powi(self.t as i32);
+        let step_size = (lr as f64 / bc1) as f32;
+        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+        for spec in &layout.tensors {
+            let decay = if spec.param.decays() { 1.0 - lr * c.weight_decay } else { 1.0 };
+            let r = spec.range();
+            params[r.clone()]
+                .par_chunks_mut(CHUNK)
+                .zip(grads[r.clone()].par_chunks(CHUNK))
+                .zip(self.m[r.clone()].par_chunks_mut(CHUNK).zip(self.v[r].par_chunks_mut(CHUNK)))
+                .for_each(|((p, g), (m, v))| {
+                    for i in 0..p.len() {
+                        let gi = g[i];
+                        m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * gi;
+                        v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * gi * gi;
+                        let denom = v[i].sqrt() * inv_sqrt_bc2 + c.eps;
+                        p[i] = p[i] * decay - step_size * m[i] / denom;
+                    }
+                });
+        }
+    }
+}
+
+/// L2 norm of the whole gradient, accumulated in f64 in a fixed order.
+pub fn global_norm(grads: &[f32]) -> f64 {
+    let partial: Vec<f64> =
+        grads.par_chunks(CHUNK).map(|ch| ch.iter().map(|&g| g as f64 * g as f64).sum::<f64>()).collect();
+    partial.iter().sum::<f64>().sqrt()
+}
+
+/// Scales gradients down so their global norm is at most `max_norm` (as torch's clip_grad_norm_);
+/// returns the norm before clipping. `max_norm <= 0` disables clipping.
+pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
+    let norm = global_norm(grads);
+    if max_norm > 0.0 && norm.is_finite() {
+        let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
+        if coef < 1.0 {
+            grads.par_chunks_mut(CHUNK).for_each(|ch| ch.iter_mut().for_each(|g| *g *= coef));
+        }
+    }
+    norm
+}
+
+/// Linear warmup to `max_lr` over `warmup` steps, then cosine decay to `min_lr` at `total` steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrSchedule {
+    pub max_lr: f64,
+    pub min_lr: f64,
+    pub warmup: u64,
+    pub total: u64,
+}
+
+impl LrSchedule {
+    /// Learning rate for the 0-based `step`.
+    pub fn at(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.max_lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        if step >= self.total {
+            return self.min_lr;
+        }
+        let span = (self.total - self.warmup).max(1) as f64;
+        let progress = (step - self.warmup) as f64 / span;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.min_lr + cosine * (self.max_lr - self.min_lr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, Param};
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_floor() {
+        let s = LrSchedule { max_lr: 1.0, min_lr: 0.1, warmup: 10, total: 110 };
+        assert!((s.at(0) - 0.1).abs() < 1e-12);
+        assert!((s.at(9) - 1.0).abs() < 1e-12);
+        assert!((s.at(10) - 1.0).abs() < 1e-12);
+        assert!((s.at(60) - 0.55).abs() < 1e-12);
+        assert!((s.at(110) - 0.1).abs() < 1e-12 && (s.at(1000) - 0.1).abs() < 1e-12);
+        assert!((10..110).all(|i| s.at(i + 1) <= s.at(i)));
+    }
+
+    #[test]
+    fn clipping_caps_the_norm_and_reports_the_original() {
+        let mut g = vec![3.0f32, 4.0];
+        assert!((clip_grad_norm(&mut g, 1.0) - 5.0).abs() < 1e-9);
+        assert!((global_norm(&g) - 1.0).abs() < 1e-5);
+        let mut small = vec![0.3f32, 0.4];
+        clip_grad_norm(&mut small, 1.0);
+        assert_eq!(small, vec![0.3, 0.4]);
+    }
+
+    #[test]
+    fn adamw_first_step_and_decay_mask() {
+        // First step: m/bc1 = g, sqrt(v/bc2) = |g|, so each parameter moves by lr*sign(g) (plus decay).
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let layout = ParamLayout::new(&cfg);
+        let mut p = vec![1.0f32; layout.total];
+        let g = vec![0.5f32; layout.total];
+        let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
+        opt.step(&layout, &mut p, &g, 0.01);
+        let w = layout.get(Param::Qkvw).offset;
+        let b = layout.get(Param::Qkvb).offset;
+        assert!((p[w] - (1.0 * (1.0 - 0.01 * 0.1) - 0.01)).abs() < 1e-6, "{}", p[w]);
+        assert!((p[b] - (1.0 - 0.01)).abs() < 1e-6, "{}", p[b]);
+    }
+}

@@ -1,0 +1,412 @@
+//! Integration tests for the data layer: shards, tokenizer, prepare and the loader.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use genesis::data::loader::{DataLoader, Split};
+use genesis::data::prepare::{encode_parallel, prepare_files, prepare_files_sharded, split_for_encoding, CHUNK_BYTES};
+use genesis::data::shard::{write_shard, Shard, SHARD_MAGIC};
+use genesis::data::tokenizer::Tokenizer;
+use genesis::model::{EOT_TOKEN, VOCAB_SIZE};
+use genesis::rng::Rng;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("genesis-data-{name}-{}-{n}-{nanos}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn err_string<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
+    format!("{:#}", r.expect_err("expected an error"))
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
+    }
+}
+
+/// Raw shard bytes with an arbitrary header, for corrupt-file tests.
+fn raw_shard(magic: i32, version: i32, count: i32, tokens: &[u16]) -> Vec<u8> {
+    let mut header = [0i32; 256];
+    header[0] = magic;
+    header[1] = version;
+    header[2] = count;
+    let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+    bytes
+}
+
+fn all_tokens(files: &[PathBuf]) -> Vec<u32> {
+    files
+        .iter()
+        .flat_map(|f| {
+            let s = Shard::open(f).unwrap();
+            s.tokens().iter().map(|&t| t as u32).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn prepare_round_trip_and_stale_shards() {
+    let tmp = TempDir::new("roundtrip");
+    let a_text = "First document.\nIt has two lines, and a literal <|endoftext|> marker.\n";
+    let b_text = "Second document: café, naïve, 日本語, 🦀.\n\n  Indented line.";
+    let a = tmp.file("a.txt", a_text.as_bytes());
+    let b = tmp.file("b.txt", b_text.as_bytes());
+    let out = tmp.path().join("shards");
+    let tok = Tokenizer::gpt2().unwrap();
+    let expected = format!("<|endoftext|>{a_text}<|endoftext|>{b_text}");
+
+    // Small shards first, so a later run with fewer shards must clean up.
+    let small = prepare_files_sharded(&[a.clone(), b.clone()], &out, 0.25, 7).unwrap();
+    assert_eq!(small.documents, 2);
+    let total = small.train_tokens + small.val_tokens;
+    assert_eq!(small.val_tokens, (total as f64 * 0.25).round() as usize);
+    assert!(small.files.len() > 3);
+    let tokens = all_tokens(&small.files);
+    assert_eq!(tokens.len(), total);
+    assert_eq!(tok.decode(&tokens), expected);
+    // Exactly two EOTs: the literal marker in the text is not the special token.
+    assert_eq!(tokens.iter().filter(|&&t| t == EOT_TOKEN).count(), 2);
+    assert_eq!(tokens[0], EOT_TOKEN);
+    for f in &small.files {
+        assert!(Shard::open(f).unwrap().len() <= 7);
+    }
+
+    let big = prepare_files(&[a, b], &out, 0.25).unwrap();
+    assert_eq!(big.files, vec![out.join("train_000000.bin"), out.join("val_000000.bin")]);
+    assert_eq!((big.train_tokens, big.val_tokens), (small.train_tokens, small.val_tokens));
+    let train = Shard::open(&big.files[0]).unwrap();
+    let val = Shard::open(&big.files[1]).unwrap();
+    assert_eq!(train.len(), big.train_tokens);
+    assert_eq!(val.len(), big.val_tokens);
+    assert_eq!(train.path(), big.files[0].as_path());
+    assert_eq!(all_tokens(&big.files), tokens);
+    let mut names: Vec<String> =
+        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["train_000000.bin", "val_000000.bin"], "stale shards or temp files left");
+    // The file size is exactly header + 2 bytes per token.
+    assert_eq!(fs::metadata(&big.files[0]).unwrap().len(), 1024 + 2 * big.train_tokens as u64);
+}
+
+#[test]
+fn write_shard_round_trip_and_refuses_bad_tokens() {
+    let tmp = TempDir::new("write");
+    let p = tmp.path().join("train_000000.bin");
+    let tokens: Vec<u16> = (0..1000u32).map(|i| (i * 97 % VOCAB_SIZE as u32) as u16).collect();
+    write_shard(&p, &tokens).unwrap();
+    let s = Shard::open(&p).unwrap();
+    assert_eq!(s.tokens(), &tokens[..]);
+    assert_eq!(s.len(), 1000);
+    // Overwriting works and leaves no temp file.
+    write_shard(&p, &tokens[..10]).unwrap();
+    assert_eq!(Shard::open(&p).unwrap().tokens(), &tokens[..10]);
+    assert!(!tmp.path().join("train_000000.bin.tmp").exists());
+    // Empty shards are valid files.
+    let e = tmp.path().join("empty.bin");
+    write_shard(&e, &[]).unwrap();
+    assert!(Shard::open(&e).unwrap().is_empty());
+
+    let msg = err_string(write_shard(&p, &[1, 2, 50257]));
+    assert_mentions(&msg, &["train_000000.bin", "50257"]);
+    // The failed write did not touch the existing shard.
+    assert_eq!(Shard::open(&p).unwrap().tokens(), &tokens[..10]);
+}
+
+#[test]
+fn bad_shards_give_clear_errors() {
+    let tmp = TempDir::new("badshard");
+    let good: Vec<u16> = (0..20).collect();
+
+    let p = tmp.file("magic.bin", &raw_shard(12345, 1, 20, &good));
+    let msg = err_string(Shard::open(&p));
+    assert_mentions(&msg, &["magic.bin", "12345", &SHARD_MAGIC.to_string()]);
+
+    let p = tmp.file("version.bin", &raw_shard(SHARD_MAGIC, 7, 20, &good));
+    let msg = err_string(Shard::open(&p));
+    assert_mentions(&msg, &["version.bin", "version is 7", "expected 1"]);
+
+    // Header says 600 tokens, the file holds 513.
+    let tokens: Vec<u16> = (0..513).collect();
+    let p = tmp.file("truncated.bin", &raw_shard(SHARD_MAGIC, 1, 600, &tokens));
+    let msg = err_string(Shard::open(&p));
+    assert_mentions(&msg, &["truncated.bin", "2050 bytes", "600 tokens", "2224 bytes", "truncated"]);
+
+    let p = tmp.file("trailing.bin", &raw_shard(SHARD_MAGIC, 1, 10, &good));
+    let msg = err_string(Shard::open(&p));
+    assert_mentions(&msg, &["trailing.bin", "10 tokens", "1044 bytes"]);
+
+    let p = tmp.file("short.bin", &[0u8; 100]);
+    let msg = err_string(Shard::open(&p));
+    assert_mentions(&msg, &["short.bin", "100 bytes", "1024-byte"]);
+
+    let mut bad = good.clone();
+    bad[12] = 60000;
+    let p = tmp.file("vocab.bin", &raw_shard(SHARD_MAGIC, 1, 20, &bad));
+    let msg = err_string(Shard::open(&p));
+    assert_mentions(&msg, &["vocab.bin", "60000", "position 12", "50257", "genesis prepare"]);
+
+    let msg = err_string(Shard::open(&tmp.path().join("nope.bin")));
+    assert_mentions(&msg, &["nope.bin", "does not exist"]);
+
+    // The loader passes shard errors through, naming the file.
+    let dir = TempDir::new("badloader");
+    fs::write(dir.path().join("train_000000.bin"), raw_shard(SHARD_MAGIC, 1, 20, &bad)).unwrap();
+    let msg = err_string(DataLoader::open(dir.path(), Split::Train, 1, 4, 0));
+    assert_mentions(&msg, &["train_000000.bin", "60000"]);
+}
+
+#[test]
+fn loader_open_errors() {
+    let tmp = TempDir::new("loadererr");
+    let missing = tmp.path().join("missing");
+    let msg = err_string(DataLoader::open(&missing, Split::Train, 2, 8, 0));
+    assert_mentions(&msg, &[&missing.display().to_string(), "does not exist", "genesis prepare"]);
+
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Val, 2, 8, 0));
+    assert_mentions(
+        &msg,
+        &[&format!("no val_*.bin shards in {}", tmp.path().display()), "genesis prepare --input FILE... --out"],
+    );
+
+    // Two shards of 10 and 6 tokens: a window of seq 16 needs 17.
+    write_shard(&tmp.path().join("train_000000.bin"), &[1; 10]).unwrap();
+    write_shard(&tmp.path().join("train_000001.bin"), &[1; 6]).unwrap();
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 16, 0));
+    assert_mentions(&msg, &[&tmp.path().display().to_string(), "16 tokens", "10", "17"]);
+    // seq 9 fits in the first shard only.
+    let loader = DataLoader::open(tmp.path(), Split::Train, 2, 9, 0).unwrap();
+    assert_eq!(loader.total_tokens(), 16);
+    assert_eq!(loader.num_shards(), 2);
+}
+
+#[test]
+fn prepare_rejects_bad_inputs() {
+    let tmp = TempDir::new("badinput");
+    let out = tmp.path().join("out");
+    let good = tmp.file("good.txt", b"Some perfectly fine text for a document.");
+
+    let missing = tmp.path().join("missing.txt");
+    let msg = err_string(prepare_files(&[good.clone(), missing], &out, 0.1));
+    assert_mentions(&msg, &["missing.txt", "does not exist"]);
+
+    let empty = tmp.file("empty.txt", b"");
+    let msg = err_string(prepare_files(&[good.clone(), empty], &out, 0.1));
+    assert_mentions(&msg, &["empty.txt", "empty"]);
+
+    let invalid = tmp.file("latin1.txt", b"caf\xe9 au lait");
+    let msg = err_string(prepare_files(&[invalid], &out, 0.1));
+    assert_mentions(&msg, &["latin1.txt", "UTF-8", "byte offset 3"]);
+
+    for bad in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
+        let msg = err_string(prepare_files(std::slice::from_ref(&good), &out, bad));
+        assert_mentions(&msg, &["val_fraction"]);
+    }
+    // Nothing was written by the failed runs.
+    assert!(!out.exists());
+
+    // Too little text for the requested split.
+    let tiny = tmp.file("tiny.txt", b"hi");
+    let msg = err_string(prepare_files(&[tiny], &out, 0.01));
+    assert_mentions(&msg, &["tokens"]);
+}
+
+/// Shards whose tokens encode (shard, position) so a window's origin can be checked.
+fn synthetic_shards(dir: &Path, prefix: &str, lens: &[usize]) -> Vec<Vec<u16>> {
+    lens.iter()
+        .enumerate()
+        .map(|(k, &len)| {
+            let tokens: Vec<u16> = (0..len).map(|i| (k * 10_000 + i) as u16).collect();
+            write_shard(&dir.join(format!("{prefix}_{k:06}.bin")), &tokens).unwrap();
+            tokens
+        })
+        .collect()
+}
+
+fn batches(loader: &mut DataLoader, n: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let len = loader.batch() * loader.seq();
+    (0..n)
+        .map(|_| {
+            let (mut x, mut y) = (vec![0; len], vec![0; len]);
+            loader.next_batch(&mut x, &mut y);
+            (x, y)
+        })
+        .collect()
+}
+
+#[test]
+fn train_loader_is_deterministic_and_shifts_targets() {
+    let tmp = TempDir::new("train");
+    synthetic_shards(tmp.path(), "train", &[300, 5, 1000, 64]);
+    let (b, t) = (4, 32);
+    let mut l1 = DataLoader::open(tmp.path(), Split::Train, b, t, 1337).unwrap();
+    let mut l2 = DataLoader::open(tmp.path(), Split::Train, b, t, 1337).unwrap();
+    let mut l3 = DataLoader::open(tmp.path(), Split::Train, b, t, 1338).unwrap();
+    assert_eq!(l1.total_tokens(), 1369);
+    let (a, same, other) = (batches(&mut l1, 100), batches(&mut l2, 100), batches(&mut l3, 100));
+    assert_eq!(a, same);
+    assert_ne!(a, other);
+
+    let mut shards_seen = [0usize; 4];
+    for (x, y) in &a {
+        for r in 0..b {
+            let (xr, yr) = (&x[r * t..][..t], &y[r * t..][..t]);
+            let shard = (xr[0] / 10_000) as usize;
+            shards_seen[shard] += 1;
+            for i in 0..t {
+                // Consecutive tokens of one shard, targets shifted by one.
+                assert_eq!(xr[i], xr[0] + i as u32);
+                assert_eq!(yr[i], xr[i] + 1);
+            }
+            let start = (xr[0] % 10_000) as usize;
+            let len = [300, 5, 1000, 64][shard];
+            assert!(start + t < len, "window past the end of shard {shard}");
+        }
+    }
+    assert_eq!(shards_seen[1], 0, "a shard shorter than seq+1 was sampled");
+    assert!(shards_seen[0] > 0 && shards_seen[2] > shards_seen[0] && shards_seen[3] > 0);
+
+    // The RNG state round-trips (checkpoint resume).
+    let state = l1.rng_state();
+    let next = batches(&mut l1, 3);
+    l2.set_rng_state(state);
+    assert_eq!(batches(&mut l2, 3), next);
+    // reset() restarts the seeded stream.
+    l1.reset();
+    assert_eq!(batches(&mut l1, 100), a);
+}
+
+#[test]
+fn val_loader_order_is_fixed() {
+    let tmp = TempDir::new("val");
+    let shards = synthetic_shards(tmp.path(), "val", &[41, 10, 30]);
+    let (b, t) = (2, 8);
+    let mut v = DataLoader::open(tmp.path(), Split::Val, b, t, 1).unwrap();
+    // Shard 0: starts 0, 8, 16, 24, 32 (32 + 9 = 41); shard 1: start 0 (0 + 9 <= 10);
+    // shard 2: starts 0, 8, 16 (16 + 9 = 25 <= 30; 24 + 9 > 30). 9 rows -> 4 full batches.
+    let expected_rows: Vec<(usize, usize)> =
+        vec![(0, 0), (0, 8), (0, 16), (0, 24), (0, 32), (1, 0), (2, 0), (2, 8), (2, 16)];
+    assert_eq!(v.num_val_batches(), 4);
+    let rows_of = |batches: &[(Vec<u32>, Vec<u32>)]| -> Vec<(Vec<u32>, Vec<u32>)> {
+        batches
+            .iter()
+            .flat_map(|(x, y)| (0..b).map(move |r| (x[r * t..][..t].to_vec(), y[r * t..][..t].to_vec())))
+            .collect()
+    };
+    // Two passes plus a bit: the order wraps around after the last window.
+    let got = rows_of(&batches(&mut v, 10));
+    for (i, (x, y)) in got.iter().enumerate() {
+        let (k, s) = expected_rows[i % expected_rows.len()];
+        let want: Vec<u32> = shards[k][s..s + t + 1].iter().map(|&x| x as u32).collect();
+        assert_eq!(x[..], want[..t], "row {i}");
+        assert_eq!(y[..], want[1..], "row {i}");
+    }
+    // Independent of the seed, and reset() goes back to the start.
+    let mut w = DataLoader::open(tmp.path(), Split::Val, b, t, 999).unwrap();
+    let first = batches(&mut w, 4);
+    v.reset();
+    assert_eq!(batches(&mut v, 4), first);
+    assert_eq!(rows_of(&first), got[..8].to_vec());
+}
+
+fn tinyshakespeare() -> String {
+    let root =
+        std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::current_dir().unwrap());
+    let path = root.join("../shared/data/tinyshakespeare.txt");
+    fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("../shared/data/tinyshakespeare.txt is missing (looked for {}): {e}", path.display())
+    })
+}
+
+#[test]
+fn chunked_parallel_encoding_equals_single_pass() {
+    let text = tinyshakespeare();
+    let tok = Tokenizer::gpt2().unwrap();
+    let whole = tok.encode(&text);
+    assert!(whole.len() > 300_000, "tinyshakespeare looks too small: {}", whole.len());
+    for chunk in [CHUNK_BYTES, 64 << 10, 4096, 1] {
+        let pieces = split_for_encoding(&text, chunk);
+        assert_eq!(pieces.concat(), text);
+        if chunk < text.len() / 4 {
+            assert!(pieces.len() > 4, "chunk {chunk}: expected many pieces, got {}", pieces.len());
+        }
+        assert!(encode_parallel(&tok, &text, chunk) == whole, "chunk size {chunk} changed the encoding");
+    }
+    // Chunks prefer to end at a line end when the target allows it.
+    let lines = split_for_encoding(&text, 4096);
+    assert!(lines[1..].iter().all(|p| p.starts_with('\n')));
+}
+
+#[test]
+fn chunked_encoding_equals_single_pass_on_tricky_whitespace() {
+    let tok = Tokenizer::gpt2().unwrap();
+    let alphabet = [
+        "a", "b", "Z", " ", " ", "\n", "\n\n", "\t", "\r\n", "'s", "'", "1", "23", ".", "!?", "é", "日", "\u{a0}",
+        "\u{3000}", "🦀", "  ", " \n",
+    ];
+    let mut rng = Rng::new(7);
+    for _ in 0..300 {
+        let n = 1 + rng.below(60) as usize;
+        let text: String = (0..n).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+        for chunk in [1, 3, 7] {
+            assert_eq!(encode_parallel(&tok, &text, chunk), tok.encode(&text), "{text:?} chunk {chunk}");
+        }
+    }
+}
+
+#[test]
+fn tokenizer_basics_and_streaming() {
+    let tok = Tokenizer::gpt2().unwrap();
+    assert_eq!(tok.encode("Hello world"), vec![15496, 995]);
+    let with_marker = tok.encode("a<|endoftext|>b");
+    assert!(!with_marker.contains(&EOT_TOKEN));
+    assert_eq!(tok.decode(&with_marker), "a<|endoftext|>b");
+    assert_eq!(tok.decode(&[EOT_TOKEN]), "<|endoftext|>");
+
+    let text = "Streaming: naïve 日本語 🦀 text.";
+    let tokens = tok.encode(text);
+    let mut dec = tok.stream_decoder();
+    let mut out = String::new();
+    for &t in &tokens {
+        let piece = dec.push(t);
+        assert!(!piece.contains('\u{FFFD}'));
+        out.push_str(&piece);
+    }
+    out.push_str(&dec.finish());
+    assert_eq!(out, text);
+
+    // A character cut off at the end is flushed lossily by finish().
+    let crab = tok.encode("🦀");
+    assert!(crab.len() > 1, "expected the crab to span several tokens");
+    let mut dec = tok.stream_decoder();
+    assert_eq!(dec.push(crab[0]), "");
+    assert_eq!(dec.finish(), "\u{FFFD}");
+}

@@ -1,0 +1,123 @@
+//! CUDA embedding forward vs. an inline CPU reference.
+//!
+//! Without a usable GPU the comparison test prints `skipping: <reason>` and
+//! passes, unless `GENESIS_REQUIRE_GPU=1`, in which case it fails.
+
+use genesis::gpu::device::{cuda_available, Gpu};
+use genesis::gpu::kernels;
+
+/// `Some(gpu)` when CUDA works here; otherwise skips (or panics when
+/// `GENESIS_REQUIRE_GPU=1`).
+fn gpu_or_skip() -> Option<Gpu> {
+    let require = std::env::var("GENESIS_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1");
+    if let Err(reason) = cuda_available() {
+        if require {
+            panic!("GENESIS_REQUIRE_GPU=1 but CUDA is unavailable: {reason}");
+        }
+        println!("skipping: {reason}");
+        return None;
+    }
+    Some(Gpu::new(0).expect("CUDA reported available but Gpu::new(0) failed"))
+}
+
+/// Small deterministic generator (splitmix64) so the test needs no RNG crate.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn next_f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn cpu_embedding_forward(inp: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; b * t * c];
+    for bi in 0..b {
+        for ti in 0..t {
+            let token = inp[bi * t + ti] as usize;
+            let row = &mut out[(bi * t + ti) * c..][..c];
+            for (ci, o) in row.iter_mut().enumerate() {
+                *o = wte[token * c + ci] + wpe[ti * c + ci];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn embedding_forward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let (b, t, c, vp) = (3usize, 17usize, 64usize, 128usize);
+    let mut rng = SplitMix(0x0067_656e_6573_6973);
+    let inp: Vec<i32> = (0..b * t).map(|_| (rng.next_u64() % vp as u64) as i32).collect();
+    let wte: Vec<f32> = (0..vp * c).map(|_| rng.next_f32()).collect();
+    let wpe: Vec<f32> = (0..t * c).map(|_| rng.next_f32()).collect();
+    let expected = cpu_embedding_forward(&inp, &wte, &wpe, b, t, c);
+
+    let stream = gpu.stream();
+    let d_inp = stream.clone_htod(&inp).unwrap();
+    let d_wte = stream.clone_htod(&wte).unwrap();
+    let d_wpe = stream.clone_htod(&wpe).unwrap();
+    let mut d_out = stream.alloc_zeros::<f32>(b * t * c).unwrap();
+    gpu.embedding_forward(&mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
+    gpu.synchronize().unwrap();
+    let got = stream.clone_dtoh(&d_out).unwrap();
+
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "mismatch at flat index {i} (b={}, t={}, c={}): gpu {g} vs cpu {e}",
+            i / (t * c),
+            (i / c) % t,
+            i % c
+        );
+    }
+    println!("embedding_forward on {}: {} values bit-identical", gpu.describe(), got.len());
+}
+
+#[test]
+fn fatbin_present_iff_built_with_kernels() {
+    let fatbin = kernels::fatbin();
+    assert_eq!(fatbin.is_some(), cfg!(genesis_kernels));
+    if let Some(bin) = fatbin {
+        // Fatbin container magic 0xBA55ED50, little-endian.
+        assert!(bin.len() > 16, "fatbin is only {} bytes", bin.len());
+        assert_eq!(&bin[..4], &[0x50, 0xed, 0x55, 0xba]);
+        assert_eq!(kernels::kernel_archs(), "sm_80,sm_86,sm_89,sm_90,compute_90");
+        println!("embedded fatbin: {} bytes for {}", bin.len(), kernels::kernel_archs());
+    } else {
+        assert_eq!(kernels::kernel_archs(), "");
+    }
+}
+
+#[test]
+fn cuda_available_reports_instead_of_panicking() {
+    // Must return (Ok on a GPU machine, Err with a reason elsewhere), never panic.
+    match cuda_available() {
+        Ok(()) => println!("CUDA available"),
+        Err(reason) => {
+            assert!(!reason.is_empty());
+            println!("CUDA unavailable: {reason}");
+        }
+    }
+}
+
+#[test]
+fn gpu_new_errors_cleanly_without_cuda() {
+    if cuda_available().is_err() {
+        let err = Gpu::new(0).err().expect("Gpu::new must fail when CUDA is unavailable");
+        assert!(err.to_string().contains("CUDA unavailable"), "{err}");
+    }
+}
