@@ -12,15 +12,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Genesis trains GPT-2-class language models from scratch and samples from them.
-///
-/// A run on a fresh machine:
-///   genesis prepare --input corpus.txt --out data/corpus
-///   genesis train --model tiny --data data/corpus --out runs/first
-///   genesis sample --checkpoint runs/first/step_00001000.ckpt --prompt "Once upon"
-///
-/// Models (--model): tiny, gpt2-124m, genesis-150m, gpt2-350m.
-/// Every subcommand has its own --help.
 #[derive(FromArgs)]
+#[argh(
+    example = "genesis prepare --input corpus.txt --out data/corpus\ngenesis train --model tiny --data data/corpus --out runs/first\ngenesis sample --checkpoint runs/first/step_00001000.ckpt --prompt \"Once upon\"",
+    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; the CUDA engine is under construction. Every command has its own --help."
+)]
 struct Cli {
     /// worker threads for CPU work (default: all cores)
     #[argh(option)]
@@ -39,14 +35,13 @@ enum Command {
 }
 
 /// Tokenize text files with the GPT-2 BPE into train and validation shards.
-///
-/// Each input file is one document; documents are separated by the end-of-text token (50256).
-/// The last --val-fraction of the tokens become the validation split. Shards use llm.c's format
-/// (a 1024-byte header, then uint16 tokens) and are named train_000000.bin, val_000000.bin, ...
-///
-/// Example: genesis prepare --input ../shared/data/tinyshakespeare.txt --out data/shakespeare
 #[derive(FromArgs)]
-#[argh(subcommand, name = "prepare")]
+#[argh(
+    subcommand,
+    name = "prepare",
+    example = "genesis prepare --input ../shared/data/tinyshakespeare.txt --out data/shakespeare",
+    note = "Each input file is one document; documents are separated by the end-of-text token (50256). The last --val-fraction of the tokens become the validation split. Shards use llm.c's format (a 1024-byte header, then uint16 tokens), are named train_000000.bin, val_000000.bin, ..., and are written atomically (temporary file, fsync, rename)."
+)]
 struct PrepareCmd {
     /// a UTF-8 text file to tokenize (repeat for several)
     #[argh(option)]
@@ -60,14 +55,13 @@ struct PrepareCmd {
 }
 
 /// Train a model on prepared shards (on the CPU; the CUDA engine is not built yet).
-///
-/// Prints one line per step (loss, learning rate, gradient norm, tokens/s), evaluates the
-/// validation loss every --eval-every steps, and writes checkpoints to --out as
-/// step_NNNNNNNN.ckpt (every --ckpt-every steps and at the end).
-///
-/// Example: genesis train --model tiny --data data/shakespeare --out runs/shakespeare --steps 500
 #[derive(FromArgs)]
-#[argh(subcommand, name = "train")]
+#[argh(
+    subcommand,
+    name = "train",
+    example = "genesis train --model tiny --data data/shakespeare --out runs/shakespeare --steps 600 --batch 16",
+    note = "Prints one line per step (loss, learning rate, gradient norm, tokens/s) and the validation loss every --eval-every steps. Writes checkpoints to --out as step_NNNNNNNN.ckpt every --ckpt-every steps and at the end; each is written to a temporary file, fsynced, checksummed and renamed. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
+)]
 struct TrainCmd {
     /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny)
     #[argh(option, default = "String::from(\"tiny\")")]
@@ -120,13 +114,13 @@ struct TrainCmd {
 }
 
 /// Generate text from a checkpoint on the CPU, streaming it as it is produced.
-///
-/// Decoding uses a KV cache. Stops at the end-of-text token, at --max-tokens, or when the
-/// model's context is full.
-///
-/// Example: genesis sample --checkpoint runs/shakespeare/step_00000500.ckpt --prompt "ROMEO:"
 #[derive(FromArgs)]
-#[argh(subcommand, name = "sample")]
+#[argh(
+    subcommand,
+    name = "sample",
+    example = "genesis sample --checkpoint runs/shakespeare/step_00000600.ckpt --prompt \"ROMEO:\"",
+    note = "Decoding uses a KV cache. Generation stops at the end-of-text token, after --max-tokens, or when the model's context is full. The same --seed gives the same text."
+)]
 struct SampleCmd {
     /// checkpoint file written by `genesis train`
     #[argh(option)]
@@ -167,10 +161,8 @@ enum BenchWhat {
 }
 
 /// Tokens/s of KV-cache decoding on the CPU with random weights.
-///
-/// Example: genesis bench sample --model gpt2-124m
 #[derive(FromArgs)]
-#[argh(subcommand, name = "sample")]
+#[argh(subcommand, name = "sample", example = "genesis bench sample --model gpt2-124m")]
 struct BenchSample {
     /// model preset (default gpt2-124m)
     #[argh(option, default = "String::from(\"gpt2-124m\")")]
@@ -181,10 +173,13 @@ struct BenchSample {
 }
 
 /// Time full training steps (forward, backward, clipping, AdamW) on random tokens.
-///
-/// Example: genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64
 #[derive(FromArgs)]
-#[argh(subcommand, name = "train")]
+#[argh(
+    subcommand,
+    name = "train",
+    example = "genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64",
+    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token)."
+)]
 struct BenchTrain {
     /// where to run: cpu (the only engine built so far)
     #[argh(option, default = "String::from(\"cpu\")")]

@@ -13,6 +13,11 @@ fn chunk_rows(n: usize, v: usize) -> usize {
     (CHUNK_ELEMS / v).clamp(1, n.max(1))
 }
 
+/// Length of the `logits` scratch buffer the classifier needs for N rows over a vocabulary of V.
+pub fn logits_scratch_len(n: usize, v: usize) -> usize {
+    chunk_rows(n, v) * v
+}
+
 /// Turns each row of `logits` (rows, V) into probabilities in place and returns -log p(target) per row.
 fn softmax_rows<F: Real>(logits: &mut [F], targets: &[u32], losses: &mut [F], v: usize) {
     let rows = rows_per_task(losses.len());
@@ -38,8 +43,10 @@ fn softmax_rows<F: Real>(logits: &mut [F], targets: &[u32], losses: &mut [F], v:
 }
 
 // x (N,C), wte (Vp,C), targets (N) -> losses (N)      (softmax over the first V rows of wte only)
+/// `logits` is scratch of at least [`logits_scratch_len`] elements.
 pub fn classifier_forward<F: Real>(
     losses: &mut [F],
+    logits: &mut [F],
     x: &[F],
     wte: &[F],
     targets: &[u32],
@@ -49,7 +56,7 @@ pub fn classifier_forward<F: Real>(
 ) {
     assert!(losses.len() == n && x.len() == n * c && targets.len() == n && wte.len() >= v * c);
     let rows = chunk_rows(n, v);
-    let mut logits = vec![F::ZERO; rows * v];
+    assert!(logits.len() >= rows * v, "classifier: logits scratch too small");
     for start in (0..n).step_by(rows) {
         let m = rows.min(n - start);
         let lg = &mut logits[..m * v];
@@ -58,7 +65,7 @@ pub fn classifier_forward<F: Real>(
     }
 }
 
-/// Same arguments as the forward plus the gradients: writes losses (N) as the forward does, then
+/// The forward's arguments plus the gradients: writes losses (N) as the forward does, then
 /// dx (N,C) = dlogits @ wte and dwte (Vp,C) += dlogits^T @ x, where dlogits = dloss * (probs - onehot).
 /// `dloss` is d(objective)/d(loss_i), e.g. 1/(B*T*grad_accum) for a mean.
 // x (N,C), wte (Vp,C), targets (N) -> losses (N), dx (N,C) =, dwte (Vp,C) +=
@@ -66,6 +73,7 @@ pub fn classifier_backward<F: Real>(
     dx: &mut [F],
     dwte: &mut [F],
     losses: &mut [F],
+    logits: &mut [F],
     x: &[F],
     wte: &[F],
     targets: &[u32],
@@ -77,7 +85,7 @@ pub fn classifier_backward<F: Real>(
     assert!(dx.len() == n * c && dwte.len() >= v * c);
     assert!(losses.len() == n && x.len() == n * c && targets.len() == n && wte.len() >= v * c);
     let rows = chunk_rows(n, v);
-    let mut logits = vec![F::ZERO; rows * v];
+    assert!(logits.len() >= rows * v, "classifier: logits scratch too small");
     for start in (0..n).step_by(rows) {
         let m = rows.min(n - start);
         let xs = &x[start * c..(start + m) * c];

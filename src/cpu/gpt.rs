@@ -5,7 +5,7 @@
 //! classifier.
 
 use super::attention::{attention_backward, attention_forward};
-use super::classifier::{classifier_backward, classifier_forward};
+use super::classifier::{classifier_backward, classifier_forward, logits_scratch_len};
 use super::embedding::{embedding_backward, embedding_forward};
 use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
@@ -64,6 +64,7 @@ pub struct Activations<F> {
     pub lnf_mean: Vec<F>,  // (B,T)
     pub lnf_rstd: Vec<F>,  // (B,T)
     pub losses: Vec<F>,    // (B,T)
+    pub logits: Vec<F>,    // scratch: one chunk of (rows,V) logits for the classifier
 }
 
 impl<F: Real> Activations<F> {
@@ -94,6 +95,7 @@ impl<F: Real> Activations<F> {
             lnf_mean: z(bt),
             lnf_rstd: z(bt),
             losses: z(bt),
+            logits: z(logits_scratch_len(bt, cfg.vocab_size)),
         }
     }
 }
@@ -197,7 +199,7 @@ pub fn loss<F: Real>(
 ) -> f64 {
     let bt = acts.b * acts.t;
     let wte = layout.slice(params, Param::Wte);
-    classifier_forward(&mut acts.losses, &acts.lnf, wte, targets, bt, cfg.channels, cfg.vocab_size);
+    classifier_forward(&mut acts.losses, &mut acts.logits, &acts.lnf, wte, targets, bt, cfg.channels, cfg.vocab_size);
     mean(&acts.losses)
 }
 
@@ -246,7 +248,19 @@ pub fn backward<F: Real>(
     {
         let dwte = &mut grads[layout.get(Param::Wte).range()];
         let wte = layout.slice(params, Param::Wte);
-        classifier_backward(&mut s.dln, dwte, &mut acts.losses, &acts.lnf, wte, targets, dloss, bt, c, cfg.vocab_size);
+        classifier_backward(
+            &mut s.dln,
+            dwte,
+            &mut acts.losses,
+            &mut acts.logits,
+            &acts.lnf,
+            wte,
+            targets,
+            dloss,
+            bt,
+            c,
+            cfg.vocab_size,
+        );
     }
     let a = &*acts;
     {

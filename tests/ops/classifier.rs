@@ -1,5 +1,5 @@
 use super::*;
-use genesis::cpu::classifier::{classifier_backward, classifier_forward};
+use genesis::cpu::classifier::{classifier_backward, classifier_forward, logits_scratch_len};
 
 #[test]
 fn classifier_backward_matches_finite_differences() {
@@ -14,11 +14,11 @@ fn classifier_backward_matches_finite_differences() {
     let dloss = 0.37;
     let f = |x: &[f64], wte: &[f64]| {
         let mut losses = vec![0.0; n];
-        classifier_forward(&mut losses, x, wte, &targets, n, c, v);
+        classifier_forward(&mut losses, &mut vec![0.0; n * v], x, wte, &targets, n, c, v);
         dloss * losses.iter().sum::<f64>()
     };
     let (mut dx, mut dwte, mut losses) = (vec![0.0; n * c], vec![0.0; vp * c], vec![0.0; n]);
-    classifier_backward(&mut dx, &mut dwte, &mut losses, &x, &wte, &targets, dloss, n, c, v);
+    classifier_backward(&mut dx, &mut dwte, &mut losses, &mut vec![0.0; n * v], &x, &wte, &targets, dloss, n, c, v);
     assert!(
         (dloss * losses.iter().sum::<f64>() - f(&x, &wte)).abs() < 1e-12,
         "backward's losses differ from forward's"
@@ -38,7 +38,7 @@ fn classifier_loss_is_cross_entropy() {
     // so p = (1, 2, 3)/6 and the loss for target 2 is ln(6/3) = ln 2.
     let (x, wte) = (vec![1.0f64], vec![0.0, 2f64.ln(), 3f64.ln()]);
     let mut losses = vec![0.0];
-    classifier_forward(&mut losses, &x, &wte, &[2], 1, 1, 3);
+    classifier_forward(&mut losses, &mut [0.0; 3], &x, &wte, &[2], 1, 1, 3);
     assert!((losses[0] - 2f64.ln()).abs() < 1e-12);
 }
 
@@ -51,10 +51,12 @@ fn classifier_chunks_agree_with_one_pass() {
     let wte: Vec<f32> = (0..v * c).map(|_| rng.normal() as f32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
     let mut losses = vec![0.0f32; n];
-    classifier_forward(&mut losses, &x, &wte, &targets, n, c, v);
+    let mut scratch = vec![0.0f32; logits_scratch_len(n, v)];
+    assert!(scratch.len() < n * v, "the test must span several chunks");
+    classifier_forward(&mut losses, &mut scratch, &x, &wte, &targets, n, c, v);
     for i in [0, 334, 335, 699] {
         let mut one = [0.0f32];
-        classifier_forward(&mut one, &x[i * c..(i + 1) * c], &wte, &targets[i..i + 1], 1, c, v);
+        classifier_forward(&mut one, &mut scratch, &x[i * c..(i + 1) * c], &wte, &targets[i..i + 1], 1, c, v);
         assert!((one[0] - losses[i]).abs() < 1e-4, "row {i}: {} vs {}", one[0], losses[i]);
     }
 }

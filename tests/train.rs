@@ -1,0 +1,169 @@
+//! End to end on the CPU: checkpoints, the KV-cache sampler, gradient accumulation, and a short
+//! training run on tiny Shakespeare that must actually learn.
+
+use genesis::cpu::gpt::{self, Activations};
+use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
+use genesis::data::prepare::prepare_files;
+use genesis::data::tokenizer::Tokenizer;
+use genesis::model::{ModelConfig, ParamLayout};
+use genesis::rng::Rng;
+use genesis::train::checkpoint::{self, Checkpoint};
+use genesis::train::{train, TrainOptions};
+use std::path::{Path, PathBuf};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("genesis-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn repo_root() -> PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::current_dir().unwrap())
+}
+
+fn shared_file(name: &str) -> PathBuf {
+    let p = repo_root().join("../shared/data").join(name);
+    assert!(
+        p.exists(),
+        "test data {} is missing: this test needs ../shared/data/{name} beside the repository",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn decoder_logits_match_the_full_forward() {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let params = gpt::init_params(&cfg, 3);
+    let mut rng = Rng::new(1);
+    let t = 20;
+    let tokens: Vec<u32> = (0..t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let mut acts = Activations::<f32>::new(&cfg, 1, t);
+    gpt::forward(&cfg, &layout, &params, &mut acts, &tokens);
+    let full = gpt::logits(&cfg, &layout, &params, &acts);
+    let mut dec = Decoder::new(&cfg, &params);
+    let v = cfg.vocab_size;
+    for (pos, &tok) in tokens.iter().enumerate() {
+        let step = dec.step(tok);
+        let row = &full[pos * v..(pos + 1) * v];
+        let err = step.iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 1e-4, "position {pos}: KV-cache logits differ from the full forward by {err}");
+    }
+}
+
+#[test]
+fn gradient_accumulation_equals_one_big_batch() {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let params = gpt::init_params(&cfg, 4);
+    let mut rng = Rng::new(2);
+    let (b, t) = (4, 16);
+    let tok = |rng: &mut Rng| (0..2 * b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<_>>();
+    let (inputs, targets) = (tok(&mut rng), tok(&mut rng));
+    let mut big = vec![0.0f32; layout.total];
+    let mut acts = Activations::<f32>::new(&cfg, 2 * b, t);
+    gpt::forward(&cfg, &layout, &params, &mut acts, &inputs);
+    gpt::backward(&cfg, &layout, &params, &mut big, &mut acts, &inputs, &targets, 1.0 / (2 * b * t) as f32);
+    let mut acc = vec![0.0f32; layout.total];
+    let mut acts = Activations::<f32>::new(&cfg, b, t);
+    for half in [0..b * t, b * t..2 * b * t] {
+        gpt::forward(&cfg, &layout, &params, &mut acts, &inputs[half.clone()]);
+        let (i, tg) = (&inputs[half.clone()], &targets[half]);
+        gpt::backward(&cfg, &layout, &params, &mut acc, &mut acts, i, tg, 1.0 / (2 * b * t) as f32);
+    }
+    let norm: f32 = big.iter().map(|g| g * g).sum::<f32>().sqrt();
+    let diff: f32 = big.iter().zip(&acc).map(|(a, b)| (a - b) * (a - b)).sum::<f32>().sqrt();
+    assert!(norm > 0.0 && diff / norm < 1e-5, "accumulated gradient differs: {diff} vs norm {norm}");
+}
+
+#[test]
+fn checkpoint_round_trips_and_detects_damage() {
+    let dir = temp_dir("ckpt");
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let params = gpt::init_params(&cfg, 9);
+    let path = dir.join("a.ckpt");
+    checkpoint::save(&path, &Checkpoint::new(cfg, 42, params.clone())).unwrap();
+    assert!(!dir.join("a.ckpt.tmp").exists(), "temporary file left behind");
+    let back = checkpoint::load(&path).unwrap();
+    assert_eq!((back.config, back.step), (cfg, 42));
+    assert!(back.params() == params.as_slice());
+
+    let bytes = std::fs::read(&path).unwrap();
+    let expect_err = |name: &str, data: &[u8], needle: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
+        assert!(e.contains(needle) && e.contains(name), "{name}: error '{e}' should mention '{needle}' and the file");
+    };
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 100;
+    flipped[last] ^= 0x10;
+    expect_err("flipped.ckpt", &flipped, "section 'params'");
+    expect_err("truncated.ckpt", &bytes[..bytes.len() / 2], "truncated");
+    expect_err("magic.ckpt", b"not a checkpoint at all", "not a Genesis checkpoint");
+    let mut header = bytes.clone();
+    header[30] ^= 0x01;
+    expect_err("header.ckpt", &header, "header");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn train_options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
+    TrainOptions {
+        model: ModelConfig::preset("tiny").unwrap(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        steps,
+        batch: 8,
+        seq: 64,
+        grad_accum: 1,
+        lr: 1e-3,
+        min_lr_frac: 0.1,
+        warmup: 10,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        eval_every: 0,
+        eval_batches: 8,
+        ckpt_every: 0,
+        seed: 1337,
+        verbose: false,
+    }
+}
+
+#[test]
+fn tiny_model_learns_shakespeare_and_samples() {
+    let dir = temp_dir("shakespeare");
+    let data = dir.join("data");
+    prepare_files(&[shared_file("tinyshakespeare.txt")], &data, 0.1).unwrap();
+    let summary = train(&train_options(&data, &dir.join("run"), 150)).unwrap();
+    let (first, last) = (summary.val_losses[0].1, summary.val_losses.last().unwrap().1);
+    // Measured: 10.82 -> 6.36 after 150 steps (ln(50257) = 10.8 is the untrained loss). A model
+    // that does not learn stays near 10.8; a broken gradient rarely gets under 7.5.
+    assert!(first > 10.5, "untrained val loss {first} should be near ln(50257) = 10.8");
+    assert!(last < 6.8, "val loss only fell from {first:.3} to {last:.3} in 150 steps");
+
+    // The checkpoint loads and greedy sampling is deterministic and decodes to text.
+    let ckpt = checkpoint::load(&summary.checkpoint).unwrap();
+    assert_eq!(ckpt.step, 150);
+    let tok = Tokenizer::gpt2().unwrap();
+    let generate = || {
+        let mut dec = Decoder::new(&ckpt.config, ckpt.params());
+        let mut rng = Rng::new(0);
+        let mut logits = Vec::new();
+        for t in tok.encode("ROMEO:") {
+            logits = dec.step(t).to_vec();
+        }
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let next = sample_token(&logits, &SamplingParams { temperature: 0.8, top_k: 50, top_p: 0.95 }, &mut rng);
+            out.push(next);
+            logits = dec.step(next).to_vec();
+        }
+        out
+    };
+    let (a, b) = (generate(), generate());
+    assert_eq!(a, b, "same seed must give the same sample");
+    assert!(!tok.decode(&a).trim().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
