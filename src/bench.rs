@@ -41,6 +41,8 @@ pub fn bench_sample(cfg: &ModelConfig, tokens: usize) -> SampleBench {
 pub struct TrainBench {
     /// Milliseconds per full step (forward, backward, clipping, AdamW), one per measured step.
     pub step_ms: Vec<f64>,
+    /// Mean milliseconds in forward, backward, and clipping+AdamW.
+    pub phase_ms: [f64; 3],
     pub tokens_per_sec: f64,
     /// Achieved training FLOP/s by the 6N + 12LCT formula.
     pub gflops: f64,
@@ -56,20 +58,27 @@ pub fn bench_train_cpu(cfg: &ModelConfig, batch: usize, seq: usize, steps: usize
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let mut step_ms = Vec::new();
+    let mut phase_ms = [0.0; 3];
     for i in 0..=steps {
         let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
         let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
         let t0 = Instant::now();
         grads.fill(0.0);
         gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
+        let t1 = Instant::now();
         gpt::backward(cfg, &layout, &params, &mut grads, &mut acts, &inputs, &targets, 1.0 / n as f32);
+        let t2 = Instant::now();
         clip_grad_norm(&mut grads, 1.0);
         opt.step(&layout, &mut params, &grads, 1e-4);
         if i > 0 {
-            step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t3 = Instant::now();
+            step_ms.push((t3 - t0).as_secs_f64() * 1e3);
+            for (p, d) in phase_ms.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+                *p += d.as_secs_f64() * 1e3 / steps as f64;
+            }
         }
     }
     let mean_s = step_ms.iter().sum::<f64>() / step_ms.len() as f64 / 1e3;
     let tokens_per_sec = n as f64 / mean_s;
-    TrainBench { step_ms, tokens_per_sec, gflops: tokens_per_sec * cfg.flops_per_token(seq) / 1e9 }
+    TrainBench { step_ms, phase_ms, tokens_per_sec, gflops: tokens_per_sec * cfg.flops_per_token(seq) / 1e9 }
 }

@@ -334,12 +334,15 @@ fn bench_train(b: BenchTrain) -> Result<()> {
     let mean = r.step_ms.iter().sum::<f64>() / r.step_ms.len() as f64;
     let steps: Vec<String> = r.step_ms.iter().map(|m| format!("{m:.0}")).collect();
     println!(
-        "bench train cpu {} batch {} seq {}: {:.0} ms/step (steps: {} ms), {:.0} tokens/s, {:.1} GFLOP/s, {} threads",
+        "bench train cpu {} batch {} seq {}: {:.0} ms/step (steps: {} ms; forward {:.0}, backward {:.0}, optimizer {:.0}), {:.0} tokens/s, {:.1} GFLOP/s, {} threads",
         b.model,
         b.batch,
         b.seq,
         mean,
         steps.join(", "),
+        r.phase_ms[0],
+        r.phase_ms[1],
+        r.phase_ms[2],
         r.tokens_per_sec,
         r.gflops,
         rayon::current_num_threads()
