@@ -160,7 +160,6 @@ pub fn forward<F: Real>(
             c,
             c,
         );
-        let residual: &[F] = if l == 0 { &a.encoded } else { layer(&a.residual3, l - 1, bt * c) };
         residual_forward(layer_mut(&mut a.residual2, l, bt * c), residual, layer(&a.attproj, l, bt * c));
         let ln2 = layer_mut(&mut a.ln2, l, bt * c);
         let (m2, r2) = (layer_mut(&mut a.ln2_mean, l, bt), layer_mut(&mut a.ln2_rstd, l, bt));
