@@ -10,7 +10,10 @@
 //! - [`loader`]: batches of `(inputs, targets)` windows over the shards of one split: seeded random
 //!   windows for training, a fixed sequential pass for validation.
 
+pub mod download;
 pub mod loader;
+pub mod manifest;
 pub mod prepare;
 pub mod shard;
+pub mod source;
 pub mod tokenizer;

@@ -172,7 +172,7 @@ pub fn read_document(path: &Path) -> Result<String> {
 }
 
 /// Whether cutting `text` at byte `p` leaves the BPE encoding unchanged (see the module docs).
-fn is_cut_point(text: &str, p: usize) -> bool {
+pub fn is_cut_point(text: &str, p: usize) -> bool {
     let bytes = text.as_bytes();
     p > 0
         && p < bytes.len()

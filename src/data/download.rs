@@ -1,0 +1,1 @@
+//! Downloads over HTTP(S) with resume, retries and sha256 checks (being written).

@@ -1,0 +1,1 @@
+//! Input files -> documents (being written).
