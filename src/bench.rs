@@ -82,3 +82,52 @@ pub fn bench_train_cpu(cfg: &ModelConfig, batch: usize, seq: usize, steps: usize
     let tokens_per_sec = n as f64 / mean_s;
     TrainBench { step_ms, phase_ms, tokens_per_sec, gflops: tokens_per_sec * cfg.flops_per_token(seq) / 1e9 }
 }
+
+pub struct PrepareBench {
+    /// Text bytes prepared.
+    pub bytes: u64,
+    pub threads: usize,
+    pub pipeline_mb_per_sec: f64,
+    pub single_thread_mb_per_sec: f64,
+}
+
+/// `genesis prepare` speed on `repeat` copies of `input` (as wikitext articles) against encoding
+/// the same text with tiktoken-rs on one thread.
+pub fn bench_prepare(input: &std::path::Path, repeat: usize) -> anyhow::Result<PrepareBench> {
+    use crate::data::prepare::{prepare, Input, PrepareConfig};
+    use crate::data::source::{Docs, Format, SourceFile};
+    use anyhow::Context;
+
+    let bytes = std::fs::read(input).with_context(|| {
+        format!("bench prepare reads {}; pass --input with a text file (the default is the wikitext test split in ../shared/data)", input.display())
+    })?;
+    let dir = std::env::temp_dir().join(format!("genesis-bench-prepare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, bytes.repeat(repeat.max(1)))
+        .with_context(|| format!("cannot write {}", corpus.display()))?;
+    let mut cfg = PrepareConfig::new("bench");
+    cfg.source.docs = Docs::Wikitext;
+    cfg.val_fraction = 0.0;
+    cfg.progress = false;
+    let start = Instant::now();
+    let result = prepare(&[Input::local(SourceFile { path: corpus, format: Format::Text })], &dir.join("out"), &cfg);
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+
+    let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
+    let tok = crate::data::tokenizer::Tokenizer::gpt2()?;
+    let copies = repeat.clamp(1, 4);
+    let start = Instant::now();
+    for _ in 0..copies {
+        std::hint::black_box(tok.encode(&text));
+    }
+    let single = (text.len() * copies) as f64 / 1e6 / start.elapsed().as_secs_f64();
+    Ok(PrepareBench {
+        bytes: report.text_bytes,
+        threads: rayon::current_num_threads(),
+        pipeline_mb_per_sec: report.text_bytes as f64 / 1e6 / seconds,
+        single_thread_mb_per_sec: single,
+    })
+}

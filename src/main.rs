@@ -3,7 +3,13 @@
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
-use genesis::data::prepare::prepare_files;
+use genesis::data::datasets;
+use genesis::data::download::DownloadOptions;
+use genesis::data::loader::Split;
+use genesis::data::manifest;
+use genesis::data::prepare::{prepare, Input, PrepareConfig};
+use genesis::data::shard::Shard;
+use genesis::data::source::{expand_inputs, Docs, SourceOptions};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
 use genesis::model::{ModelConfig, EOT_TOKEN, PRESETS};
 use genesis::rng::Rng;
@@ -14,7 +20,7 @@ use std::path::PathBuf;
 /// Genesis trains GPT-2-class language models from scratch and samples from them.
 #[derive(FromArgs)]
 #[argh(
-    example = "genesis prepare --input corpus.txt --out data/corpus\ngenesis train --model tiny --data data/corpus --out runs/first\ngenesis sample --checkpoint runs/first/step_00001000.ckpt --prompt \"Once upon\"",
+    example = "genesis prepare wikitext-103\ngenesis prepare --input corpus.txt --name corpus\ngenesis train --model tiny --data corpus --out runs/first\ngenesis sample --checkpoint runs/first/step_00001000.ckpt --prompt \"Once upon\"",
     note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; the CUDA engine is under construction. Every command has its own --help."
 )]
 struct Cli {
@@ -29,29 +35,88 @@ struct Cli {
 #[argh(subcommand)]
 enum Command {
     Prepare(PrepareCmd),
+    Data(DataCmd),
     Train(TrainCmd),
     Sample(SampleCmd),
     Bench(BenchCmd),
 }
 
-/// Tokenize text files with the GPT-2 BPE into train and validation shards.
+/// Turn a corpus into GPT-2 token shards that `genesis train` finds by name.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
     name = "prepare",
-    example = "genesis prepare --input ../shared/data/tinyshakespeare.txt --out data/shakespeare",
-    note = "Each input file is one document; documents are separated by the end-of-text token (50256). The last --val-fraction of the tokens become the validation split. Shards use llm.c's format (a 1024-byte header, then uint16 tokens), are named train_000000.bin, val_000000.bin, ..., and are written atomically (temporary file, fsync, rename)."
+    example = "genesis prepare wikitext-103\ngenesis prepare wikitext-103 --from ~/Downloads/wikitext\ngenesis prepare --input ../shared/data/tinyshakespeare.txt --name shakespeare --docs paragraphs\ngenesis prepare --input 'corpus/*.jsonl' --field content --name mycorpus",
+    note = "DATASET is wikitext-103 or wikitext-2: the raw Salesforce/wikitext parquet files are downloaded from Hugging Face at a pinned revision (resumable, retried, each file checked against its pinned sha256) into data/NAME/raw/, and wikitext's train/validation/test splits become the train/val/test shards, one document per article. Set HF_ENDPOINT to use a mirror; without network use --from DIR with the parquet files fetched elsewhere.\n\nWith --input, inputs are .txt/.text/.raw/.md (UTF-8; CRLF becomes LF), .jsonl/.ndjson (the --field string of each line) and .parquet (the --field column of each row) files, directories (searched recursively) and quoted globs. --docs says what a document is: whole (a text file, a jsonl line or a parquet row; the default), paragraphs (blank-line-separated blocks of a text file) or wikitext (articles under ` = Title = ` headings). Every --val-fraction-th document, evenly spread, is held out as the val split.\n\nOutput goes to data/NAME/ (--out to override; $GENESIS_DATA_DIR moves data/): train_000000.bin, val_000000.bin, ... in llm.c's shard format (a 1024-byte header, then uint16 tokens; 100M tokens per shard) and manifest.json (tokenizer, tokens per split and shard, sources with size and sha256), written last. Each document starts with the end-of-text token 50256. Encoding runs on all cores with bounded memory and gives the same bytes whatever the thread count.\n\nSafe to interrupt: shards are written under temporary names, fsynced and renamed, and a journal records progress after every batch; running the same command again finishes the work (byte-identical to an uninterrupted run), and running it after success does nothing. A directory without manifest.json is never used for training."
 )]
 struct PrepareCmd {
-    /// a UTF-8 text file to tokenize (repeat for several)
+    /// a dataset to download and prepare: wikitext-103 or wikitext-2
+    #[argh(positional)]
+    dataset: Option<String>,
+    /// a file, directory or glob to prepare (repeat for several)
     #[argh(option)]
-    input: Vec<PathBuf>,
-    /// directory to write the shards into (created if missing)
+    input: Vec<String>,
+    /// the dataset's name: it goes to data/NAME and trains with --data NAME (default: the first input's file name)
     #[argh(option)]
-    out: PathBuf,
-    /// fraction of the tokens held out for validation (default 0.1)
+    name: Option<String>,
+    /// output directory (default data/NAME)
+    #[argh(option)]
+    out: Option<PathBuf>,
+    /// what a document is: whole, paragraphs or wikitext (default whole)
+    #[argh(option, default = "String::from(\"whole\")")]
+    docs: String,
+    /// the jsonl field or parquet column holding the text (default text)
+    #[argh(option, default = "String::from(\"text\")")]
+    field: String,
+    /// share of documents held out for validation (default 0.1)
     #[argh(option, default = "0.1")]
     val_fraction: f64,
+    /// tokens per shard (default 100000000)
+    #[argh(option, default = "100_000_000")]
+    shard_tokens: usize,
+    /// for a DATASET: a directory holding its parquet files, instead of downloading
+    #[argh(option)]
+    from: Option<PathBuf>,
+    /// replace a dataset already prepared in the output directory from other inputs or settings
+    #[argh(switch)]
+    force: bool,
+}
+
+/// Look inside prepared datasets.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "data")]
+struct DataCmd {
+    #[argh(subcommand)]
+    what: DataWhat,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum DataWhat {
+    Inspect(DataInspect),
+}
+
+/// Print a dataset's manifest summary and decode a random window of its tokens.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "inspect",
+    example = "genesis data inspect wikitext-103\ngenesis data inspect data/shakespeare --split val --tokens 200",
+    note = "The end-of-text token between documents is shown as <|endoftext|>. Checks every shard of the split against the manifest first, so a damaged dataset is reported here rather than in training."
+)]
+struct DataInspect {
+    /// dataset name (looked up in data/) or directory
+    #[argh(positional)]
+    dataset: String,
+    /// split to show: train, val or test (default train)
+    #[argh(option, default = "String::from(\"train\")")]
+    split: String,
+    /// tokens to decode (default 128)
+    #[argh(option, default = "128")]
+    tokens: usize,
+    /// seed choosing the window (default: a different one every run)
+    #[argh(option)]
+    seed: Option<u64>,
 }
 
 /// Train a model on prepared shards (on the CPU; the CUDA engine is not built yet).
@@ -59,16 +124,16 @@ struct PrepareCmd {
 #[argh(
     subcommand,
     name = "train",
-    example = "genesis train --model tiny --data data/shakespeare --out runs/shakespeare --steps 600 --batch 16",
+    example = "genesis train --model tiny --data shakespeare --out runs/shakespeare --steps 600 --batch 16\ngenesis train --model gpt2-124m   # wikitext-103, prepared first if absent",
     note = "Prints one line per step (loss, learning rate, gradient norm, tokens/s) and the validation loss every --eval-every steps. Writes checkpoints to --out as step_NNNNNNNN.ckpt every --ckpt-every steps and at the end; each is written to a temporary file, fsynced, checksummed and renamed. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
 )]
 struct TrainCmd {
     /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny)
     #[argh(option, default = "String::from(\"tiny\")")]
     model: String,
-    /// directory with train_*.bin and val_*.bin shards (from `genesis prepare`)
+    /// prepared dataset: a name in data/ or a directory (default wikitext-103, downloaded and prepared first if absent)
     #[argh(option)]
-    data: PathBuf,
+    data: Option<String>,
     /// run directory for checkpoints (created if missing)
     #[argh(option)]
     out: PathBuf,
@@ -156,8 +221,26 @@ struct BenchCmd {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum BenchWhat {
+    Prepare(BenchPrepare),
     Sample(BenchSample),
     Train(BenchTrain),
+}
+
+/// MB/s of `genesis prepare` on all cores against single-thread tiktoken-rs.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "prepare",
+    example = "genesis bench prepare\ngenesis bench prepare --input ../shared/data/wikitext-test.raw --repeat 40",
+    note = "Builds a corpus of --repeat copies of the input in a temporary directory, prepares it with the full pipeline (reading, wikitext article splitting, parallel encoding, shard writing with fsync) and reports MB of text per second, then encodes the same text with tiktoken-rs on one thread for comparison."
+)]
+struct BenchPrepare {
+    /// text file to encode (default ../shared/data/wikitext-test.raw)
+    #[argh(option, default = "PathBuf::from(\"../shared/data/wikitext-test.raw\")")]
+    input: PathBuf,
+    /// copies of the input in the corpus (default 20)
+    #[argh(option, default = "20")]
+    repeat: usize,
 }
 
 /// Tokens/s of KV-cache decoding on the CPU with random weights.
@@ -211,10 +294,14 @@ fn run(cli: Cli) -> Result<()> {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
     }
     match cli.command {
-        Command::Prepare(c) => prepare(c),
+        Command::Prepare(c) => prepare_cmd(c),
+        Command::Data(c) => match c.what {
+            DataWhat::Inspect(i) => data_inspect(i),
+        },
         Command::Train(c) => train_cmd(c),
         Command::Sample(c) => sample(c),
         Command::Bench(c) => match c.what {
+            BenchWhat::Prepare(b) => bench_prepare(b),
             BenchWhat::Sample(b) => bench_sample(b),
             BenchWhat::Train(b) => bench_train(b),
         },
@@ -228,29 +315,192 @@ fn preset(name: &str) -> Result<ModelConfig> {
     })
 }
 
-fn prepare(c: PrepareCmd) -> Result<()> {
-    if c.input.is_empty() {
-        bail!("no input files; pass one or more --input FILE");
+fn prepare_cmd(c: PrepareCmd) -> Result<()> {
+    let docs = match c.docs.as_str() {
+        "whole" => Docs::Whole,
+        "paragraphs" => Docs::Paragraphs,
+        "wikitext" => Docs::Wikitext,
+        other => bail!("--docs {other}: expected whole, paragraphs or wikitext"),
+    };
+    let report = match (&c.dataset, c.input.is_empty()) {
+        (Some(name), true) => {
+            let Some(ds) = datasets::named(name) else {
+                bail!(
+                    "unknown dataset {name:?}; the built-in ones are {}. To prepare your own files use --input PATH",
+                    datasets::NAMES.join(", ")
+                );
+            };
+            if c.name.is_some() {
+                bail!("--name is for --input; a built-in dataset is called by its own name (use --out to put it elsewhere)");
+            }
+            let out = c.out.clone().unwrap_or_else(|| manifest::data_root().join(name));
+            let mut cfg = PrepareConfig::new(name);
+            cfg.shard_tokens = c.shard_tokens;
+            cfg.force = c.force;
+            eprintln!("prepare {name}: about {} MB from {}", ds.download_mb, datasets::hf_endpoint());
+            let r = ds.prepare(&out, &datasets::hf_endpoint(), c.from.as_deref(), cfg, &DownloadOptions::default())?;
+            (r, out, name.clone())
+        }
+        (Some(_), false) => bail!("give either a dataset name or --input PATH, not both"),
+        (None, true) => bail!(
+            "nothing to prepare: name a dataset ({}) or pass --input PATH (see genesis prepare --help)",
+            datasets::NAMES.join(", ")
+        ),
+        (None, false) => {
+            let files = expand_inputs(&c.input)?;
+            let name = match &c.name {
+                Some(n) => n.clone(),
+                None => files[0].path.file_stem().and_then(|s| s.to_str()).unwrap_or("corpus").to_string(),
+            };
+            if !manifest::is_dataset_name(&name) {
+                bail!(
+                    "--name {name:?} must be a plain name (no '/', not starting with '.'); use --out for a directory"
+                );
+            }
+            let out = c.out.clone().unwrap_or_else(|| manifest::data_root().join(&name));
+            let mut cfg = PrepareConfig::new(&name);
+            cfg.source = SourceOptions { field: c.field.clone(), docs };
+            cfg.val_fraction = c.val_fraction;
+            cfg.shard_tokens = c.shard_tokens;
+            cfg.force = c.force;
+            let inputs: Vec<Input> = files.into_iter().map(Input::local).collect();
+            (prepare(&inputs, &out, &cfg)?, out, name)
+        }
+    };
+    let (r, out, name) = report;
+    let m = &r.manifest;
+    if r.already_done {
+        println!("{} already holds {name}, prepared from the same inputs; nothing to do", out.display());
+    } else {
+        println!(
+            "prepared {name}{}: {:.1} MB of text in {:.1} s ({:.1} MB/s, {} threads)",
+            if r.resumed { " (resumed)" } else { "" },
+            r.text_bytes as f64 / 1e6,
+            r.seconds,
+            r.text_bytes as f64 / 1e6 / r.seconds.max(1e-9),
+            rayon::current_num_threads()
+        );
     }
-    let s = prepare_files(&c.input, &c.out, c.val_fraction)?;
+    for (split, s) in &m.splits {
+        println!("  {split:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
+    }
+    let data_arg = if out == manifest::data_root().join(&name) { name } else { out.display().to_string() };
+    println!("next: genesis train --data {data_arg}");
+    Ok(())
+}
+
+/// The dataset directory for `genesis train --data`; with no --data, wikitext-103, prepared first
+/// when absent.
+fn train_data(data: Option<&str>) -> Result<PathBuf> {
+    let Some(data) = data else {
+        let dir = manifest::data_root().join("wikitext-103");
+        if !dir.join(manifest::MANIFEST_FILE).exists() {
+            eprintln!("no --data given: training on wikitext-103, which is not prepared yet; preparing it first");
+            prepare_cmd(PrepareCmd {
+                dataset: Some("wikitext-103".into()),
+                input: Vec::new(),
+                name: None,
+                out: None,
+                docs: "whole".into(),
+                field: "text".into(),
+                val_fraction: 0.0,
+                shard_tokens: genesis::data::prepare::SHARD_TOKENS,
+                from: None,
+                force: false,
+            })?;
+        }
+        return Ok(dir);
+    };
+    let dir = manifest::resolve(data);
+    manifest::Manifest::load(&dir)?;
+    Ok(dir)
+}
+
+fn data_inspect(c: DataInspect) -> Result<()> {
+    let split = match c.split.as_str() {
+        "train" => Split::Train,
+        "val" => Split::Val,
+        "test" => Split::Test,
+        other => bail!("--split {other}: expected train, val or test"),
+    };
+    let dir = manifest::resolve(&c.dataset);
+    let m = manifest::Manifest::load(&dir)?;
+    println!("dataset {} in {}", m.name, dir.display());
+    if let Some(origin) = &m.origin {
+        println!("  origin     {origin}");
+    }
     println!(
-        "prepared {} documents: {} train tokens, {} val tokens in {} shards under {}",
-        s.documents,
-        s.train_tokens,
-        s.val_tokens,
-        s.files.len(),
-        c.out.display()
+        "  tokenizer  {} (vocab {}, end-of-text {})",
+        m.tokenizer.name, m.tokenizer.vocab_size, m.tokenizer.eot_token
     );
-    println!("next: genesis train --data {} --out runs/NAME", c.out.display());
+    println!(
+        "  prepared   by Genesis {} with docs={:?} field={} val-fraction={} shard-tokens={}",
+        m.genesis_version, m.settings.docs, m.settings.field, m.settings.val_fraction, m.settings.shard_tokens
+    );
+    println!("  sources    {} file(s), {:.1} MB", m.sources.len(), m.source_bytes() as f64 / 1e6);
+    for s in m.sources.iter().take(8) {
+        println!("    {} ({} bytes, sha256 {}…)", s.path, s.bytes, &s.sha256[..s.sha256.len().min(16)]);
+    }
+    if m.sources.len() > 8 {
+        println!("    … and {} more", m.sources.len() - 8);
+    }
+    for (name, s) in &m.splits {
+        println!("  {name:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
+    }
+    let paths = m.shard_paths(&dir, split)?;
+    let shards = paths.iter().map(|p| Shard::open(p)).collect::<Result<Vec<_>>>()?;
+    let total: usize = shards.iter().map(Shard::len).sum();
+    let seed = c.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    let mut rng = Rng::new(seed);
+    let mut at = rng.below(total as u64) as usize;
+    let shard = shards.iter().find(|s| {
+        let here = at < s.len();
+        if !here {
+            at -= s.len();
+        }
+        here
+    });
+    let shard = shard.expect("the position is inside the split");
+    let start = at.min(shard.len().saturating_sub(c.tokens));
+    let window: Vec<u32> =
+        shard.tokens()[start..(start + c.tokens).min(shard.len())].iter().map(|&t| t as u32).collect();
+    let tok = Tokenizer::gpt2()?;
+    let name = shard.path().file_name().and_then(|n| n.to_str()).unwrap_or("?");
+    println!("\n{} tokens of {split} from {name} at token {start} (--seed {seed}):\n", window.len());
+    let text: String = window
+        .split_inclusive(|&t| t == EOT_TOKEN)
+        .map(|run| {
+            let body = &run[..run.len() - usize::from(run.last() == Some(&EOT_TOKEN))];
+            let eot = if run.last() == Some(&EOT_TOKEN) { "<|endoftext|>" } else { "" };
+            format!("{}{eot}", tok.decode(body))
+        })
+        .collect();
+    println!("{text}");
+    Ok(())
+}
+
+fn bench_prepare(b: BenchPrepare) -> Result<()> {
+    let r = genesis::bench::bench_prepare(&b.input, b.repeat)?;
+    println!(
+        "bench prepare: {:.1} MB of text, pipeline {:.2} MB/s on {} threads, tiktoken-rs single thread {:.2} MB/s ({:.2}x)",
+        r.bytes as f64 / 1e6,
+        r.pipeline_mb_per_sec,
+        r.threads,
+        r.single_thread_mb_per_sec,
+        r.pipeline_mb_per_sec / r.single_thread_mb_per_sec
+    );
     Ok(())
 }
 
 fn train_cmd(c: TrainCmd) -> Result<()> {
     let model = preset(&c.model)?;
     let seq = c.seq.unwrap_or(model.max_seq_len.min(1024));
+    let data = train_data(c.data.as_deref())?;
     let opts = TrainOptions {
         model,
-        data: c.data,
+        data,
         out: c.out,
         steps: c.steps,
         batch: c.batch,

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use genesis::data::loader::{DataLoader, Split};
-use genesis::data::prepare::{encode_parallel, prepare_files, prepare_files_sharded, split_for_encoding, CHUNK_BYTES};
+use genesis::data::manifest::{Manifest, Settings, ShardInfo, SplitInfo, TokenizerInfo, MANIFEST_VERSION};
+use genesis::data::prepare::{encode_parallel, split_for_encoding, CHUNK_BYTES};
 use genesis::data::shard::{write_shard, Shard, SHARD_MAGIC};
+use genesis::data::source::Docs;
 use genesis::data::tokenizer::Tokenizer;
 use genesis::model::{EOT_TOKEN, VOCAB_SIZE};
 use genesis::rng::Rng;
@@ -61,60 +63,6 @@ fn raw_shard(magic: i32, version: i32, count: i32, tokens: &[u16]) -> Vec<u8> {
     let mut bytes: Vec<u8> = header.iter().flat_map(|w| w.to_le_bytes()).collect();
     bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
     bytes
-}
-
-fn all_tokens(files: &[PathBuf]) -> Vec<u32> {
-    files
-        .iter()
-        .flat_map(|f| {
-            let s = Shard::open(f).unwrap();
-            s.tokens().iter().map(|&t| t as u32).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-#[test]
-fn prepare_round_trip_and_stale_shards() {
-    let tmp = TempDir::new("roundtrip");
-    let a_text = "First document.\nIt has two lines, and a literal <|endoftext|> marker.\n";
-    let b_text = "Second document: café, naïve, 日本語, 🦀.\n\n  Indented line.";
-    let a = tmp.file("a.txt", a_text.as_bytes());
-    let b = tmp.file("b.txt", b_text.as_bytes());
-    let out = tmp.path().join("shards");
-    let tok = Tokenizer::gpt2().unwrap();
-    let expected = format!("<|endoftext|>{a_text}<|endoftext|>{b_text}");
-
-    // Small shards first, so a later run with fewer shards must clean up.
-    let small = prepare_files_sharded(&[a.clone(), b.clone()], &out, 0.25, 7).unwrap();
-    assert_eq!(small.documents, 2);
-    let total = small.train_tokens + small.val_tokens;
-    assert_eq!(small.val_tokens, (total as f64 * 0.25).round() as usize);
-    assert!(small.files.len() > 3);
-    let tokens = all_tokens(&small.files);
-    assert_eq!(tokens.len(), total);
-    assert_eq!(tok.decode(&tokens), expected);
-    // Exactly two EOTs: the literal marker in the text is not the special token.
-    assert_eq!(tokens.iter().filter(|&&t| t == EOT_TOKEN).count(), 2);
-    assert_eq!(tokens[0], EOT_TOKEN);
-    for f in &small.files {
-        assert!(Shard::open(f).unwrap().len() <= 7);
-    }
-
-    let big = prepare_files(&[a, b], &out, 0.25).unwrap();
-    assert_eq!(big.files, vec![out.join("train_000000.bin"), out.join("val_000000.bin")]);
-    assert_eq!((big.train_tokens, big.val_tokens), (small.train_tokens, small.val_tokens));
-    let train = Shard::open(&big.files[0]).unwrap();
-    let val = Shard::open(&big.files[1]).unwrap();
-    assert_eq!(train.len(), big.train_tokens);
-    assert_eq!(val.len(), big.val_tokens);
-    assert_eq!(train.path(), big.files[0].as_path());
-    assert_eq!(all_tokens(&big.files), tokens);
-    let mut names: Vec<String> =
-        fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    names.sort();
-    assert_eq!(names, ["train_000000.bin", "val_000000.bin"], "stale shards or temp files left");
-    // The file size is exactly header + 2 bytes per token.
-    assert_eq!(fs::metadata(&big.files[0]).unwrap().len(), 1024 + 2 * big.train_tokens as u64);
 }
 
 #[test]
@@ -180,6 +128,7 @@ fn bad_shards_give_clear_errors() {
     // The loader passes shard errors through, naming the file.
     let dir = TempDir::new("badloader");
     fs::write(dir.path().join("train_000000.bin"), raw_shard(SHARD_MAGIC, 1, 20, &bad)).unwrap();
+    write_manifest(dir.path(), &[("train", vec![("train_000000.bin", 20)])]);
     let msg = err_string(DataLoader::open(dir.path(), Split::Train, 1, 4, 0));
     assert_mentions(&msg, &["train_000000.bin", "60000"]);
 }
@@ -189,54 +138,66 @@ fn loader_open_errors() {
     let tmp = TempDir::new("loadererr");
     let missing = tmp.path().join("missing");
     let msg = err_string(DataLoader::open(&missing, Split::Train, 2, 8, 0));
-    assert_mentions(&msg, &[&missing.display().to_string(), "does not exist", "genesis prepare"]);
-
-    let msg = err_string(DataLoader::open(tmp.path(), Split::Val, 2, 8, 0));
     assert_mentions(
         &msg,
-        &[&format!("no val_*.bin shards in {}", tmp.path().display()), "genesis prepare --input FILE... --out"],
+        &["no prepared dataset at", &missing.display().to_string(), "genesis prepare --input PATH... --name missing"],
     );
 
-    // Two shards of 10 and 6 tokens: a window of seq 16 needs 17.
+    // Shards without a manifest are not a dataset (an interrupted prepare looks like this).
     write_shard(&tmp.path().join("train_000000.bin"), &[1; 10]).unwrap();
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 8, 0));
+    assert_mentions(&msg, &["has no manifest.json", "genesis prepare"]);
+    fs::write(tmp.path().join("prepare.journal.json"), "{}").unwrap();
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 8, 0));
+    assert_mentions(&msg, &["unfinished `genesis prepare`"]);
+    fs::remove_file(tmp.path().join("prepare.journal.json")).unwrap();
+
+    // Two shards of 10 and 6 tokens: a window of seq 16 needs 17.
     write_shard(&tmp.path().join("train_000001.bin"), &[1; 6]).unwrap();
+    write_manifest(tmp.path(), &[("train", vec![("train_000000.bin", 10), ("train_000001.bin", 6)])]);
     let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 16, 0));
     assert_mentions(&msg, &[&tmp.path().display().to_string(), "16 tokens", "10", "17"]);
     // seq 9 fits in the first shard only.
     let loader = DataLoader::open(tmp.path(), Split::Train, 2, 9, 0).unwrap();
     assert_eq!(loader.total_tokens(), 16);
     assert_eq!(loader.num_shards(), 2);
+
+    // No val split in the manifest.
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Val, 2, 8, 0));
+    assert_mentions(&msg, &["has no val split", "--val-fraction"]);
+
+    // A shard whose size disagrees with the manifest, and a missing one.
+    write_manifest(tmp.path(), &[("train", vec![("train_000000.bin", 11), ("train_000001.bin", 6)])]);
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 4, 0));
+    assert_mentions(&msg, &["train_000000.bin", "1044 bytes", "11 tokens", "damaged"]);
+    write_manifest(tmp.path(), &[("train", vec![("train_000000.bin", 10), ("train_000007.bin", 6)])]);
+    let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 4, 0));
+    assert_mentions(&msg, &["train_000007.bin", "missing", "damaged"]);
 }
 
-#[test]
-fn prepare_rejects_bad_inputs() {
-    let tmp = TempDir::new("badinput");
-    let out = tmp.path().join("out");
-    let good = tmp.file("good.txt", b"Some perfectly fine text for a document.");
-
-    let missing = tmp.path().join("missing.txt");
-    let msg = err_string(prepare_files(&[good.clone(), missing], &out, 0.1));
-    assert_mentions(&msg, &["missing.txt", "does not exist"]);
-
-    let empty = tmp.file("empty.txt", b"");
-    let msg = err_string(prepare_files(&[good.clone(), empty], &out, 0.1));
-    assert_mentions(&msg, &["empty.txt", "empty"]);
-
-    let invalid = tmp.file("latin1.txt", b"caf\xe9 au lait");
-    let msg = err_string(prepare_files(&[invalid], &out, 0.1));
-    assert_mentions(&msg, &["latin1.txt", "UTF-8", "byte offset 3"]);
-
-    for bad in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
-        let msg = err_string(prepare_files(std::slice::from_ref(&good), &out, bad));
-        assert_mentions(&msg, &["val_fraction"]);
-    }
-    // Nothing was written by the failed runs.
-    assert!(!out.exists());
-
-    // Too little text for the requested split.
-    let tiny = tmp.file("tiny.txt", b"hi");
-    let msg = err_string(prepare_files(&[tiny], &out, 0.01));
-    assert_mentions(&msg, &["tokens"]);
+/// A manifest listing the given shards (names and token counts) per split.
+fn write_manifest(dir: &Path, splits: &[(&str, Vec<(&str, u64)>)]) {
+    let m = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        name: "test".into(),
+        genesis_version: "test".into(),
+        tokenizer: TokenizerInfo::gpt2(),
+        settings: Settings { docs: Docs::Whole, field: "text".into(), val_fraction: 0.1, shard_tokens: 1000 },
+        origin: None,
+        sources: Vec::new(),
+        splits: splits
+            .iter()
+            .map(|(name, shards)| {
+                let shards: Vec<ShardInfo> = shards
+                    .iter()
+                    .map(|(f, n)| ShardInfo { file: f.to_string(), tokens: *n, sha256: String::new() })
+                    .collect();
+                let tokens = shards.iter().map(|s| s.tokens).sum();
+                (name.to_string(), SplitInfo { documents: 1, tokens, shards })
+            })
+            .collect(),
+    };
+    m.save(dir).unwrap();
 }
 
 /// Shards whose tokens encode (shard, position) so a window's origin can be checked.
@@ -249,6 +210,14 @@ fn synthetic_shards(dir: &Path, prefix: &str, lens: &[usize]) -> Vec<Vec<u16>> {
             tokens
         })
         .collect()
+}
+
+fn synthetic_dataset(dir: &Path, prefix: &str, lens: &[usize]) -> Vec<Vec<u16>> {
+    let shards = synthetic_shards(dir, prefix, lens);
+    let names: Vec<String> = (0..lens.len()).map(|k| format!("{prefix}_{k:06}.bin")).collect();
+    let list: Vec<(&str, u64)> = names.iter().zip(lens).map(|(n, &l)| (n.as_str(), l as u64)).collect();
+    write_manifest(dir, &[(prefix, list)]);
+    shards
 }
 
 fn batches(loader: &mut DataLoader, n: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
@@ -265,7 +234,8 @@ fn batches(loader: &mut DataLoader, n: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
 #[test]
 fn train_loader_is_deterministic_and_shifts_targets() {
     let tmp = TempDir::new("train");
-    synthetic_shards(tmp.path(), "train", &[300, 5, 1000, 64]);
+    let lens = [300, 5, 1000, 64];
+    synthetic_dataset(tmp.path(), "train", &lens);
     let (b, t) = (4, 32);
     let mut l1 = DataLoader::open(tmp.path(), Split::Train, b, t, 1337).unwrap();
     let mut l2 = DataLoader::open(tmp.path(), Split::Train, b, t, 1337).unwrap();
@@ -287,27 +257,73 @@ fn train_loader_is_deterministic_and_shifts_targets() {
                 assert_eq!(yr[i], xr[i] + 1);
             }
             let start = (xr[0] % 10_000) as usize;
-            let len = [300, 5, 1000, 64][shard];
-            assert!(start + t < len, "window past the end of shard {shard}");
+            assert!(start + t < lens[shard], "window past the end of shard {shard}");
         }
     }
     assert_eq!(shards_seen[1], 0, "a shard shorter than seq+1 was sampled");
     assert!(shards_seen[0] > 0 && shards_seen[2] > shards_seen[0] && shards_seen[3] > 0);
-
-    // The RNG state round-trips (checkpoint resume).
-    let state = l1.rng_state();
-    let next = batches(&mut l1, 3);
-    l2.set_rng_state(state);
-    assert_eq!(batches(&mut l2, 3), next);
-    // reset() restarts the seeded stream.
+    // reset() restarts at epoch 0.
     l1.reset();
     assert_eq!(batches(&mut l1, 100), a);
+}
+
+/// The windows of each epoch: every shard's non-overlapping windows exactly once, in a shuffled
+/// order that differs between epochs, and the state save/restore continues the identical sequence
+/// across epoch boundaries.
+#[test]
+fn train_loader_epochs_and_state_restore() {
+    let tmp = TempDir::new("epochs");
+    let lens = [301, 97, 1000, 40];
+    synthetic_dataset(tmp.path(), "train", &lens);
+    let (b, t) = (1, 16);
+    // Windows per shard for a start offset o < (n-1) % t + 1: floor((n-1-o)/t) = floor((n-1)/t).
+    let per_epoch: usize = lens.iter().map(|n| (n - 1) / t).sum();
+    let mut l = DataLoader::open(tmp.path(), Split::Train, b, t, 5).unwrap();
+    let mut epochs: Vec<Vec<(usize, usize)>> = Vec::new();
+    for e in 0..3 {
+        let rows: Vec<(usize, usize)> = batches(&mut l, per_epoch)
+            .iter()
+            .map(|(x, _)| ((x[0] / 10_000) as usize, (x[0] % 10_000) as usize))
+            .collect();
+        // Per shard: all windows, non-overlapping, one offset.
+        for (k, &n) in lens.iter().enumerate() {
+            let mut starts: Vec<usize> = rows.iter().filter(|r| r.0 == k).map(|r| r.1).collect();
+            starts.sort();
+            assert_eq!(starts.len(), (n - 1) / t, "epoch {e} shard {k}");
+            assert!(starts.windows(2).all(|w| w[1] - w[0] == t), "epoch {e} shard {k}: {starts:?}");
+            assert!(starts[0] < t);
+        }
+        epochs.push(rows);
+    }
+    assert_ne!(epochs[0], epochs[1]);
+    assert_ne!(epochs[1], epochs[2]);
+    // The position moves to the next epoch when its first window is taken.
+    assert_eq!(l.state().epoch, 2);
+    batches(&mut l, 1);
+    assert_eq!((l.state().epoch, l.state().shard, l.state().position), (3, 0, 1));
+    assert!(l.epoch_progress() > 3.0 && l.epoch_progress() < 3.5);
+
+    // Save mid-shard, mid-epoch and right at an epoch boundary; restore into a fresh loader.
+    for skip in [1, 7, per_epoch - 1, per_epoch, per_epoch + 20] {
+        let mut a = DataLoader::open(tmp.path(), Split::Train, 2, t, 9).unwrap();
+        batches(&mut a, skip);
+        let state = a.state();
+        let json = serde_json::to_string(&state).unwrap();
+        let want = batches(&mut a, 2 * per_epoch);
+        let mut fresh = DataLoader::open(tmp.path(), Split::Train, 2, t, 9).unwrap();
+        fresh.restore(serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(batches(&mut fresh, 2 * per_epoch), want, "restored after {skip} batches");
+    }
+    // A state that cannot belong to this data is refused.
+    let mut bad = l.state();
+    bad.shard = 99;
+    assert_mentions(&err_string(l.restore(bad)), &["shard 99", "4 shards"]);
 }
 
 #[test]
 fn val_loader_order_is_fixed() {
     let tmp = TempDir::new("val");
-    let shards = synthetic_shards(tmp.path(), "val", &[41, 10, 30]);
+    let shards = synthetic_dataset(tmp.path(), "val", &[41, 10, 30]);
     let (b, t) = (2, 8);
     let mut v = DataLoader::open(tmp.path(), Split::Val, b, t, 1).unwrap();
     // Shard 0: starts 0, 8, 16, 24, 32 (32 + 9 = 41); shard 1: start 0 (0 + 9 <= 10);

@@ -3,7 +3,8 @@
 
 use genesis::cpu::gpt::{self, Activations};
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
-use genesis::data::prepare::prepare_files;
+use genesis::data::prepare::{prepare, Input, PrepareConfig};
+use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::data::tokenizer::Tokenizer;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
@@ -135,7 +136,11 @@ fn train_options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
 fn tiny_model_learns_shakespeare_and_samples() {
     let dir = temp_dir("shakespeare");
     let data = dir.join("data");
-    prepare_files(&[shared_file("tinyshakespeare.txt")], &data, 0.1).unwrap();
+    let mut cfg = PrepareConfig::new("shakespeare");
+    cfg.source.docs = Docs::Paragraphs;
+    cfg.progress = false;
+    let input = Input::local(SourceFile { path: shared_file("tinyshakespeare.txt"), format: Format::Text });
+    prepare(&[input], &data, &cfg).unwrap();
     let summary = train(&train_options(&data, &dir.join("run"), 150)).unwrap();
     let (first, last) = (summary.val_losses[0].1, summary.val_losses.last().unwrap().1);
     // Measured: 10.82 -> 6.36 after 150 steps (ln(50257) = 10.8 is the untrained loss). A model

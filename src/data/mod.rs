@@ -10,6 +10,7 @@
 //! - [`loader`]: batches of `(inputs, targets)` windows over the shards of one split: seeded random
 //!   windows for training, a fixed sequential pass for validation.
 
+pub mod datasets;
 pub mod download;
 pub mod loader;
 pub mod manifest;

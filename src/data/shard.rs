@@ -66,7 +66,8 @@ pub fn list_shards(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+/// `path` with `.tmp` appended: where atomic writers stage their data.
+pub fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");
     PathBuf::from(s)
@@ -119,8 +120,24 @@ fn write_file(tmp: &Path, tokens: &[u16]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` atomically: `<path>.tmp`, fsync, rename, directory fsync.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let result = (|| -> Result<()> {
+        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    sync_parent_dir(path)
+}
+
+/// Fsyncs the directory holding `path`, so a rename into it survives a crash.
 #[cfg(unix)]
-fn sync_parent_dir(path: &Path) -> Result<()> {
+pub fn sync_parent_dir(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -129,7 +146,7 @@ fn sync_parent_dir(path: &Path) -> Result<()> {
 }
 
 #[cfg(not(unix))]
-fn sync_parent_dir(_path: &Path) -> Result<()> {
+pub fn sync_parent_dir(_path: &Path) -> Result<()> {
     Ok(())
 }
 
