@@ -22,7 +22,8 @@
 //!   then fsynced, renamed onto the destination, the sidecar written and the directory fsynced.
 //! - **Unreachable hosts.** DNS failures and refused, unreachable or timed-out connections end in a
 //!   one-line [`Unreachable`] error, `cannot reach HOST (REASON)`, recognised by [`is_unreachable`]
-//!   so that callers can add their own hint. DNS failures give up after [`DNS_ATTEMPTS`] attempts.
+//!   so that callers can add their own hint. DNS failures, and a host that could not be reached
+//!   before any byte arrived, give up after [`DNS_ATTEMPTS`] attempts.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -37,7 +38,8 @@ use ureq::http::{HeaderMap, Response, Uri};
 
 /// Redirects followed per attempt.
 pub const MAX_HOPS: usize = 5;
-/// Attempts spent on a host name that does not resolve before giving up.
+/// Attempts spent on a host name that does not resolve, or on a host never reached (no byte kept),
+/// before giving up.
 pub const DNS_ATTEMPTS: u32 = 2;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CHUNK: usize = 256 << 10;
@@ -180,7 +182,9 @@ pub fn download(file: &RemoteFile, dest: &Path, opts: &DownloadOptions) -> Resul
             Err(Failure::Unreachable(u, dns)) => (u.reason.clone(), Some(u), dns),
         };
         let kept = file_len(&part);
-        if attempt >= attempts || (dns && attempt >= DNS_ATTEMPTS) {
+        // A host never reached (nothing kept) is given up on quickly: the network is probably off.
+        let never_reached = unreachable.is_some() && kept == 0;
+        if attempt >= attempts || ((dns || never_reached) && attempt >= DNS_ATTEMPTS) {
             if let Some(u) = unreachable {
                 return Err(u.into());
             }

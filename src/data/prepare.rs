@@ -82,7 +82,7 @@ pub const SHARD_TOKENS: usize = 100_000_000;
 /// Target size of the pieces encoded in parallel.
 pub const PIECE_BYTES: usize = 1 << 20;
 /// Text gathered before a round of parallel encoding; two batches are in memory at once.
-pub const BATCH_BYTES: usize = 32 << 20;
+pub const BATCH_BYTES: usize = 8 << 20;
 /// Target chunk size of [`encode_parallel`].
 pub const CHUNK_BYTES: usize = PIECE_BYTES;
 /// How far past the target a chunk may grow while looking for a line boundary (at most a quarter

@@ -1,0 +1,110 @@
+//! The `genesis` binary: where prepare writes, where train looks, and what it says when data is
+//! missing; `genesis data inspect`.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::temp_dir;
+
+/// Runs `genesis ARGS` with `data_root` as the data directory and no network (an HF endpoint on a
+/// closed local port).
+fn genesis(data_root: &Path, args: &[&str]) -> Output {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(args)
+        .env("GENESIS_DATA_DIR", data_root)
+        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn prepare_writes_where_train_and_inspect_look() {
+    let dir = temp_dir("cli-prepare");
+    let root = dir.join("data");
+    let corpus: String = (0..60)
+        .map(|i| format!("Paragraph {i} talks about the number {} in plain words.\nIt has a second line.\n\n", i * 7))
+        .collect();
+    fs::write(dir.join("notes.txt"), &corpus).unwrap();
+    let input = dir.join("notes.txt").display().to_string();
+
+    let out = genesis(&root, &["prepare", "--input", &input, "--docs", "paragraphs", "--name", "notes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("next: genesis train --data notes"), "{stdout}");
+    assert!(root.join("notes").join("manifest.json").is_file());
+    assert!(root.join("notes").join("train_000000.bin").is_file());
+
+    // The same command again does nothing.
+    let again = genesis(&root, &["prepare", "--input", &input, "--docs", "paragraphs", "--name", "notes"]);
+    assert!(text(&again.stdout).contains("nothing to do"), "{}", text(&again.stdout));
+
+    let inspect = genesis(&root, &["data", "inspect", "notes", "--seed", "3", "--tokens", "40"]);
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+    let shown = text(&inspect.stdout);
+    for part in ["dataset notes", "tokenizer  gpt2", "train", "val", "documents", "notes.txt", "40 tokens of train"] {
+        assert!(shown.contains(part), "inspect output lacks {part:?}:\n{shown}");
+    }
+    // The decoded window is real text from the corpus (between end-of-text markers).
+    let window = shown.split("(--seed 3):\n\n").nth(1).unwrap().trim_end_matches('\n');
+    for part in window.split("<|endoftext|>").filter(|p| !p.is_empty()) {
+        assert!(corpus.contains(part), "decoded {part:?} is not in the corpus");
+    }
+    assert!(window.len() > 100, "window too short: {window:?}");
+
+    // Training on it starts (one step, CPU, tiny model).
+    let run = dir.join("run");
+    let train = genesis(
+        &root,
+        &["train", "--data", "notes", "--steps", "1", "--batch", "2", "--seq", "16", "--eval-batches", "1", "--out"]
+            .into_iter()
+            .chain([run.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert!(train.status.success(), "{}", text(&train.stderr));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_data_says_which_command_prepares_it() {
+    let dir = temp_dir("cli-missing");
+    let root = dir.join("data");
+    let out = genesis(&root, &["train", "--data", "mycorpus", "--out", "unused"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("no prepared dataset at") && err.contains("mycorpus"), "{err}");
+    assert!(err.contains("genesis prepare --input PATH... --name mycorpus"), "{err}");
+
+    let out = genesis(&root, &["train", "--data", "wikitext-2", "--out", "unused"]);
+    assert!(text(&out.stderr).contains("prepare it with: genesis prepare wikitext-2"), "{}", text(&out.stderr));
+
+    // A half-prepared directory (shards, no manifest) is refused, not trained on.
+    fs::create_dir_all(root.join("half")).unwrap();
+    fs::write(root.join("half").join("train_000000.bin"), [0u8; 1024]).unwrap();
+    let out = genesis(&root, &["train", "--data", "half", "--out", "unused"]);
+    assert!(text(&out.stderr).contains("has no manifest.json"), "{}", text(&out.stderr));
+
+    // With no --data, train prepares wikitext-103 first; offline that fails in one clear line.
+    let out = genesis(&root, &["train", "--out", "unused"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in {err}"));
+    assert!(
+        line.contains("cannot reach 127.0.0.1") && line.contains("genesis prepare wikitext-103 --from DIR"),
+        "{err}"
+    );
+    assert!(!root.join("wikitext-103").join("manifest.json").exists());
+
+    let out = genesis(&root, &["prepare", "openwebtext"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("unknown dataset") && err.contains("wikitext-103, wikitext-2"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}
