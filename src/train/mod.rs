@@ -137,9 +137,10 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
         let dt = t0.elapsed().as_secs_f64();
         summary.train_losses.push(loss);
         say(format!(
-            "step {:>6}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.0} tok/s | {:.1} ms",
+            "step {:>6}/{} | epoch {:.2} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.0} tok/s | {:.1} ms",
             step + 1,
             o.steps,
+            train_data.epoch_progress(),
             tokens_per_step / dt,
             dt * 1e3
         ));
