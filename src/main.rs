@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
 use genesis::data::datasets;
-use genesis::data::download::DownloadOptions;
+use genesis::data::download::{sha256_file, DownloadOptions};
 use genesis::data::loader::Split;
 use genesis::data::manifest;
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
@@ -102,7 +102,7 @@ enum DataWhat {
     subcommand,
     name = "inspect",
     example = "genesis data inspect wikitext-103\ngenesis data inspect data/shakespeare --split val --tokens 200",
-    note = "The end-of-text token between documents is shown as <|endoftext|>. Checks every shard of the split against the manifest first, so a damaged dataset is reported here rather than in training."
+    note = "The end-of-text token between documents is shown as <|endoftext|>. Checks the split's shards against the manifest (sizes, headers, token range) first, and with --verify every shard's sha256, so a damaged dataset is reported here rather than in training."
 )]
 struct DataInspect {
     /// dataset name (looked up in data/) or directory
@@ -117,6 +117,9 @@ struct DataInspect {
     /// seed choosing the window (default: a different one every run)
     #[argh(option)]
     seed: Option<u64>,
+    /// also check every shard of every split against the sha256 in the manifest
+    #[argh(switch)]
+    verify: bool,
 }
 
 /// Train a model on prepared shards (on the CPU; the CUDA engine is not built yet).
@@ -446,6 +449,21 @@ fn data_inspect(c: DataInspect) -> Result<()> {
     }
     for (name, s) in &m.splits {
         println!("  {name:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
+    }
+    if c.verify {
+        for (name, s) in &m.splits {
+            for shard in &s.shards {
+                let actual = sha256_file(&dir.join(&shard.file))?;
+                if actual != shard.sha256 {
+                    bail!(
+                        "{}: sha256 {actual}, but the manifest records {}; the {name} split is damaged: prepare the dataset again with --force",
+                        dir.join(&shard.file).display(),
+                        shard.sha256
+                    );
+                }
+            }
+        }
+        println!("  verified   every shard's sha256 matches the manifest");
     }
     let paths = m.shard_paths(&dir, split)?;
     let shards = paths.iter().map(|p| Shard::open(p)).collect::<Result<Vec<_>>>()?;

@@ -60,6 +60,19 @@ fn prepare_writes_where_train_and_inspect_look() {
     }
     assert!(window.len() > 100, "window too short: {window:?}");
 
+    // --verify hashes every shard; one flipped byte is caught and named.
+    let ok = genesis(&root, &["data", "inspect", "notes", "--verify"]);
+    assert!(text(&ok.stdout).contains("every shard's sha256 matches"), "{}", text(&ok.stderr));
+    let val = root.join("notes").join("val_000000.bin");
+    let mut bytes = fs::read(&val).unwrap();
+    bytes[1030] ^= 1;
+    fs::write(&val, &bytes).unwrap();
+    let bad = genesis(&root, &["data", "inspect", "notes", "--verify"]);
+    let err = text(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("val_000000.bin") && err.contains("damaged"), "{err}");
+    bytes[1030] ^= 1;
+    fs::write(&val, &bytes).unwrap();
+
     // Training on it starts (one step, CPU, tiny model).
     let run = dir.join("run");
     let train = genesis(
