@@ -384,12 +384,17 @@ fn prepare_cmd(c: PrepareCmd) -> Result<()> {
             rayon::current_num_threads()
         );
     }
-    for (split, s) in &m.splits {
-        println!("  {split:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
-    }
+    print_splits(m);
     let data_arg = if out == manifest::data_root().join(&name) { name } else { out.display().to_string() };
     println!("next: genesis train --data {data_arg}");
     Ok(())
+}
+
+/// One line per split: tokens, documents, shards.
+fn print_splits(m: &manifest::Manifest) {
+    for (split, s) in &m.splits {
+        println!("  {split:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
+    }
 }
 
 /// The dataset directory for `genesis train --data`; with no --data, wikitext-103, prepared first
@@ -447,9 +452,7 @@ fn data_inspect(c: DataInspect) -> Result<()> {
     if m.sources.len() > 8 {
         println!("    … and {} more", m.sources.len() - 8);
     }
-    for (name, s) in &m.splits {
-        println!("  {name:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
-    }
+    print_splits(&m);
     if c.verify {
         for (name, s) in &m.splits {
             for shard in &s.shards {
@@ -472,30 +475,22 @@ fn data_inspect(c: DataInspect) -> Result<()> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     });
     let mut rng = Rng::new(seed);
+    // A uniformly random token of the split, then its shard.
     let mut at = rng.below(total as u64) as usize;
-    let shard = shards.iter().find(|s| {
-        let here = at < s.len();
-        if !here {
-            at -= s.len();
-        }
-        here
-    });
-    let shard = shard.expect("the position is inside the split");
+    let mut k = 0;
+    while at >= shards[k].len() {
+        at -= shards[k].len();
+        k += 1;
+    }
+    let shard = &shards[k];
     let start = at.min(shard.len().saturating_sub(c.tokens));
     let window: Vec<u32> =
         shard.tokens()[start..(start + c.tokens).min(shard.len())].iter().map(|&t| t as u32).collect();
     let tok = Tokenizer::gpt2()?;
     let name = shard.path().file_name().and_then(|n| n.to_str()).unwrap_or("?");
     println!("\n{} tokens of {split} from {name} at token {start} (--seed {seed}):\n", window.len());
-    let text: String = window
-        .split_inclusive(|&t| t == EOT_TOKEN)
-        .map(|run| {
-            let body = &run[..run.len() - usize::from(run.last() == Some(&EOT_TOKEN))];
-            let eot = if run.last() == Some(&EOT_TOKEN) { "<|endoftext|>" } else { "" };
-            format!("{}{eot}", tok.decode(body))
-        })
-        .collect();
-    println!("{text}");
+    // The end-of-text token decodes as "<|endoftext|>".
+    println!("{}", tok.decode(&window));
     Ok(())
 }
 

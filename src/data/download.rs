@@ -36,6 +36,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use ureq::http::{HeaderMap, Response, Uri};
 
+use crate::data::shard::write_atomic;
+
 /// Redirects followed per attempt.
 pub const MAX_HOPS: usize = 5;
 /// Attempts spent on a host name that does not resolve, or on a host never reached (no byte kept),
@@ -428,11 +430,8 @@ impl Fetch<'_> {
         }
         File::open(part).and_then(|f| f.sync_all()).with_context(|| format!("cannot fsync {}", part.display()))?;
         fs::rename(part, dest).with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
-        let sidecar = with_suffix(dest, ".sha256");
-        File::create(&sidecar)
-            .and_then(|mut f| f.write_all(format!("{actual}\n").as_bytes()).and_then(|()| f.sync_all()))
-            .with_context(|| format!("cannot write {}", sidecar.display()))?;
-        sync_parent_dir(dest)?;
+        // Atomic too; its directory fsync also makes the rename above durable.
+        write_atomic(&with_suffix(dest, ".sha256"), format!("{actual}\n").as_bytes())?;
         Ok(Downloaded { url: url.clone(), path: dest.to_path_buf(), bytes, sha256: actual, skipped: false })
     }
 
@@ -551,17 +550,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
-}
-
-#[cfg(unix)]
-fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot fsync directory {}", dir.display()))
-}
-
-#[cfg(not(unix))]
-fn sync_parent_dir(_path: &Path) -> Result<()> {
-    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -158,10 +158,15 @@ impl DataLoader {
         Rng::new(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03))
     }
 
+    /// The order epoch `epoch` visits the shards in.
+    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.shards.len()).collect();
+        shuffle(&mut order, &mut self.stream(epoch, None));
+        order
+    }
+
     fn begin_epoch(&mut self, epoch: u64) {
-        let mut rng = self.stream(epoch, None);
-        self.order = (0..self.shards.len()).collect();
-        shuffle(&mut self.order, &mut rng);
+        self.order = self.epoch_order(epoch);
         let first = self.order[0];
         self.state = LoaderState { epoch, shard: 0, position: 0, rng: self.stream(epoch, Some(first)).state() };
         self.fill_starts();
@@ -224,9 +229,7 @@ impl DataLoader {
         if self.split != Split::Train {
             bail!("only the train loader has a position to restore");
         }
-        let mut rng = self.stream(state.epoch, None);
-        let mut order: Vec<usize> = (0..self.shards.len()).collect();
-        shuffle(&mut order, &mut rng);
+        let order = self.epoch_order(state.epoch);
         if state.shard >= order.len() {
             bail!(
                 "the saved data position (epoch {}, shard {} of the epoch) does not fit the {} shards in {}; \

@@ -70,9 +70,7 @@ use crate::data::loader::Split;
 use crate::data::manifest::{
     Manifest, Settings, ShardInfo, SourceInfo, SplitInfo, TokenizerInfo, MANIFEST_FILE, MANIFEST_VERSION,
 };
-use crate::data::shard::{
-    self, is_shard_name, shard_file_name, sync_parent_dir, tmp_path, HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION,
-};
+use crate::data::shard::{self, header_bytes, is_shard_name, shard_file_name, sync_parent_dir, tmp_path, HEADER_BYTES};
 use crate::data::source::{read_pieces, Docs, Format, Piece, SourceFile, SourceOptions};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::EOT_TOKEN;
@@ -677,14 +675,6 @@ impl SplitWriter {
         }
         Ok(())
     }
-}
-
-fn header_bytes(count: i32) -> Vec<u8> {
-    let mut header = [0i32; HEADER_BYTES / 4];
-    header[0] = SHARD_MAGIC;
-    header[1] = SHARD_VERSION;
-    header[2] = count;
-    header.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 fn remove_if_exists(path: &Path) -> Result<()> {

@@ -100,17 +100,20 @@ pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
     sync_parent_dir(path)
 }
 
-fn write_file(tmp: &Path, tokens: &[u16]) -> Result<()> {
-    let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+/// The 1024-byte shard header for `count` tokens.
+pub fn header_bytes(count: i32) -> Vec<u8> {
     let mut header = [0i32; HEADER_INTS];
     header[0] = SHARD_MAGIC;
     header[1] = SHARD_VERSION;
-    header[2] = tokens.len() as i32;
+    header[2] = count;
+    header.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn write_file(tmp: &Path, tokens: &[u16]) -> Result<()> {
+    let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
     let io = |e: std::io::Error| anyhow::Error::new(e).context(format!("cannot write {}", tmp.display()));
-    for word in header {
-        w.write_all(&word.to_le_bytes()).map_err(io)?;
-    }
+    w.write_all(&header_bytes(tokens.len() as i32)).map_err(io)?;
     for chunk in tokens.chunks(1 << 16) {
         let bytes: Vec<u8> = chunk.iter().flat_map(|t| t.to_le_bytes()).collect();
         w.write_all(&bytes).map_err(io)?;
