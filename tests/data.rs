@@ -1,8 +1,11 @@
 //! Integration tests for the data layer: shards, tokenizer, prepare and the loader.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{assert_mentions, err_string, shared_file};
 
 use genesis::data::loader::{DataLoader, Split};
 use genesis::data::manifest::{Manifest, Settings, ShardInfo, SplitInfo, TokenizerInfo, MANIFEST_VERSION};
@@ -18,13 +21,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("genesis-data-{name}-{}-{n}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        TempDir(common::temp_dir(name))
     }
 
     fn path(&self) -> &Path {
@@ -41,16 +38,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn err_string<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
-    format!("{:#}", r.expect_err("expected an error"))
-}
-
-fn assert_mentions(msg: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
     }
 }
 
@@ -354,12 +341,7 @@ fn val_loader_order_is_fixed() {
 }
 
 fn tinyshakespeare() -> String {
-    let root =
-        std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::current_dir().unwrap());
-    let path = root.join("../shared/data/tinyshakespeare.txt");
-    fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("../shared/data/tinyshakespeare.txt is missing (looked for {}): {e}", path.display())
-    })
+    fs::read_to_string(shared_file("tinyshakespeare.txt")).unwrap()
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! resume after a dropped connection, servers that ignore `Range`, retries, checksum failures,
 //! unreachable hosts and 404s.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::temp_dir;
 use genesis::data::download::{
     download, is_unreachable, sha256_file, sha256_hex, DownloadOptions, Downloaded, RemoteFile,
 };
@@ -174,14 +177,6 @@ fn fast() -> DownloadOptions {
         read_timeout: Duration::from_secs(2),
         progress: false,
     }
-}
-
-/// A fresh, empty directory under the system temp dir.
-fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("genesis-download-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 fn part_of(dest: &Path) -> PathBuf {

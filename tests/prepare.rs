@@ -3,11 +3,11 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{temp_dir, write_parquet_text};
+use common::{assert_mentions, err_string, shared_file, temp_dir, write_parquet_text};
 use genesis::data::download::sha256_file;
 use genesis::data::loader::{DataLoader, Split};
 use genesis::data::manifest::{Manifest, MANIFEST_FILE};
@@ -35,27 +35,6 @@ fn split_tokens(dir: &Path, split: Split) -> Vec<u32> {
         .iter()
         .flat_map(|p| Shard::open(p).unwrap().tokens().iter().map(|&t| t as u32).collect::<Vec<_>>())
         .collect()
-}
-
-fn err_string<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
-    format!("{:#}", r.expect_err("expected an error"))
-}
-
-fn assert_mentions(msg: &str, parts: &[&str]) {
-    for p in parts {
-        assert!(msg.contains(p), "message {msg:?} should mention {p:?}");
-    }
-}
-
-fn shared_file(name: &str) -> PathBuf {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo"));
-    let path = root.join("../shared/data").join(name);
-    assert!(
-        path.is_file(),
-        "test data missing: expected {} (the shared data directory beside the repository)",
-        path.display()
-    );
-    path
 }
 
 /// Every file of a dataset directory by name -> bytes (the manifest excluded: it holds paths).

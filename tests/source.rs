@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use common::{temp_dir, write_parquet_bytes, write_parquet_int64, write_parquet_text};
+use common::{err_string, shared_file, temp_dir, write_parquet_bytes, write_parquet_int64, write_parquet_text};
 use genesis::data::source::{
     expand_inputs, expand_inputs_detailed, format_of, is_wikitext_heading, read_pieces, Docs, Format, Piece,
     SourceFile, SourceOptions, MAX_UNCUT_BYTES,
@@ -51,10 +51,6 @@ fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> SourceFile {
     SourceFile { format: format_of(&path).unwrap_or(Format::Text), path }
 }
 
-fn err_text<T: std::fmt::Debug>(result: Result<T>) -> String {
-    format!("{:#}", result.expect_err("expected an error"))
-}
-
 fn paths(files: &[SourceFile]) -> Vec<PathBuf> {
     files.iter().map(|f| f.path.clone()).collect()
 }
@@ -81,15 +77,15 @@ fn format_from_extension() {
 #[test]
 fn format_errors_name_the_file_and_the_way_out() {
     for name in ["data.txt.gz", "data.jsonl.zst", "corpus.bz2"] {
-        let e = err_text(format_of(Path::new(name)));
+        let e = err_string(format_of(Path::new(name)));
         assert!(e.contains(name) && e.contains("decompress"), "{e}");
         assert!(e.contains(".jsonl") && e.contains(".parquet"), "lists the supported extensions: {e}");
     }
-    let e = err_text(format_of(Path::new("data.json")));
+    let e = err_string(format_of(Path::new("data.json")));
     assert!(e.contains("data.json") && e.contains("JSON Lines") && e.contains(".jsonl"), "{e}");
-    let e = err_text(format_of(Path::new("corpus")));
+    let e = err_string(format_of(Path::new("corpus")));
     assert!(e.contains("corpus") && e.contains("no file extension") && e.contains(".txt"), "{e}");
-    let e = err_text(format_of(Path::new("table.csv")));
+    let e = err_string(format_of(Path::new("table.csv")));
     assert!(e.contains("table.csv") && e.contains(".csv") && e.contains(".parquet"), "{e}");
 }
 
@@ -134,11 +130,11 @@ fn a_directory_without_usable_files_is_an_error() {
     write(&dir, "x.csv", "1");
     write(&dir, "y.json", "[]");
     write(&dir, ".z.txt", "hidden");
-    let e = err_text(expand_inputs(&[dir.display().to_string()]));
+    let e = err_string(expand_inputs(&[dir.display().to_string()]));
     assert!(e.contains(&dir.display().to_string()) && e.contains("2 file(s) with unsupported extensions"), "{e}");
     assert!(e.contains("x.csv") && e.contains("y.json"), "{e}");
     let empty = temp_dir("source-empty-dir");
-    let e = err_text(expand_inputs(&[empty.display().to_string()]));
+    let e = err_string(expand_inputs(&[empty.display().to_string()]));
     assert!(e.contains(&empty.display().to_string()) && e.contains("no files"), "{e}");
 }
 
@@ -161,11 +157,11 @@ fn a_glob_matching_nothing_is_an_error() {
     let dir = temp_dir("source-glob-none");
     write(&dir, "a.txt", "x");
     let pattern = format!("{}/*.parquet", dir.display());
-    let e = err_text(expand_inputs(std::slice::from_ref(&pattern)));
+    let e = err_string(expand_inputs(std::slice::from_ref(&pattern)));
     assert!(e.contains(&pattern) && e.contains("matched nothing"), "{e}");
     let pattern = format!("{}/*.csv*", dir.display());
     write(&dir, "t.csv", "x");
-    let e = err_text(expand_inputs(std::slice::from_ref(&pattern)));
+    let e = err_string(expand_inputs(std::slice::from_ref(&pattern)));
     assert!(e.contains(&pattern) && e.contains("unsupported"), "{e}");
 }
 
@@ -173,12 +169,12 @@ fn a_glob_matching_nothing_is_an_error() {
 fn missing_empty_and_unsupported_inputs_are_errors() {
     let dir = temp_dir("source-missing");
     let missing = dir.join("nope.txt").display().to_string();
-    let e = err_text(expand_inputs(std::slice::from_ref(&missing)));
+    let e = err_string(expand_inputs(std::slice::from_ref(&missing)));
     assert!(e.contains(&format!("input {missing} does not exist")), "{e}");
-    let e = err_text(expand_inputs(&[]));
+    let e = err_string(expand_inputs(&[]));
     assert!(e.contains("no inputs"), "{e}");
     let csv = write(&dir, "t.csv", "x").path.display().to_string();
-    let e = err_text(expand_inputs(std::slice::from_ref(&csv)));
+    let e = err_string(expand_inputs(std::slice::from_ref(&csv)));
     assert!(e.contains(&csv) && e.contains("unsupported extension"), "{e}");
 }
 
@@ -315,7 +311,7 @@ fn a_failing_sink_stops_the_reading() {
         calls += 1;
         anyhow::bail!("disk full")
     });
-    assert!(err_text(result).contains("disk full"));
+    assert!(err_string(result).contains("disk full"));
     assert_eq!(calls, 1);
 }
 
@@ -325,7 +321,7 @@ fn invalid_utf8_names_the_file_line_and_offset() {
     let file = write(&dir, "bad.txt", b"line one\r\nline two\nab\xffcd\nmore\n");
     let name = file.path.display().to_string();
     for docs in [Docs::Whole, Docs::Paragraphs, Docs::Wikitext] {
-        let e = err_text(read_docs(&file, &opts(docs), 1 << 20));
+        let e = err_string(read_docs(&file, &opts(docs), 1 << 20));
         assert!(e.contains(&format!("{name}:3: invalid UTF-8 (byte offset 2 in the line)")), "{e}");
     }
 }
@@ -336,12 +332,12 @@ fn empty_and_whitespace_files_are_errors() {
     for (name, contents) in [("empty.txt", ""), ("blank.txt", " \r\n\n\t \n")] {
         let file = write(&dir, name, contents);
         for docs in [Docs::Whole, Docs::Paragraphs, Docs::Wikitext] {
-            let e = err_text(read_docs(&file, &opts(docs), 1 << 20));
+            let e = err_string(read_docs(&file, &opts(docs), 1 << 20));
             assert!(e.contains(&format!("{} is empty", file.path.display())), "{e}");
         }
     }
     let missing = SourceFile { path: dir.join("gone.txt"), format: Format::Text };
-    let e = err_text(read_docs(&missing, &opts(Docs::Whole), 1 << 20));
+    let e = err_string(read_docs(&missing, &opts(Docs::Whole), 1 << 20));
     assert!(e.contains(&format!("input {} does not exist", missing.path.display())), "{e}");
 }
 
@@ -381,14 +377,14 @@ fn jsonl_errors_name_the_file_and_line() {
     ];
     for (name, bad, expected) in cases {
         let file = write(&dir, name, format!("{good}\n\n{bad}\n{good}\n"));
-        let e = err_text(read_docs(&file, &opts(Docs::Whole), 1 << 20));
+        let e = err_string(read_docs(&file, &opts(Docs::Whole), 1 << 20));
         assert!(e.contains(&format!("{}:3: ", file.path.display())), "{e}");
         for part in expected {
             assert!(e.contains(part), "{part:?} missing from: {e}");
         }
     }
     let file = write(&dir, "utf8.jsonl", b"{\"text\": \"ok\"}\n{\"text\": \"a\xc3\"}\n");
-    let e = err_text(read_docs(&file, &opts(Docs::Whole), 1 << 20));
+    let e = err_string(read_docs(&file, &opts(Docs::Whole), 1 << 20));
     assert!(e.contains(&format!("{}:2: invalid UTF-8 (byte offset 11 in the line)", file.path.display())), "{e}");
 }
 
@@ -397,12 +393,12 @@ fn jsonl_rejects_other_docs_modes_and_files_without_documents() {
     let dir = temp_dir("source-jsonl-modes");
     let file = write(&dir, "d.jsonl", "{\"text\": \"x\"}\n");
     for docs in [Docs::Paragraphs, Docs::Wikitext] {
-        let e = err_text(read_docs(&file, &opts(docs), 1 << 20));
+        let e = err_string(read_docs(&file, &opts(docs), 1 << 20));
         assert!(e.contains(&file.path.display().to_string()) && e.contains("one document per line"), "{e}");
     }
     for (name, contents) in [("empty.jsonl", ""), ("blank.jsonl", "{\"text\": \"\"}\n\n{\"text\": \"\"}\n")] {
         let file = write(&dir, name, contents);
-        let e = err_text(read_docs(&file, &opts(Docs::Whole), 1 << 20));
+        let e = err_string(read_docs(&file, &opts(Docs::Whole), 1 << 20));
         assert!(e.contains(&format!("{} has no documents", file.path.display())), "{e}");
     }
 }
@@ -458,7 +454,7 @@ fn parquet_wikitext_rows_are_lines_of_articles() {
             " = Tower Building = \n The building .\n",
         ]
     );
-    let e = err_text(read_docs(&file, &opts(Docs::Paragraphs), 1 << 20));
+    let e = err_string(read_docs(&file, &opts(Docs::Paragraphs), 1 << 20));
     assert!(e.contains(&file.path.display().to_string()) && e.contains("--docs paragraphs"), "{e}");
 }
 
@@ -467,19 +463,20 @@ fn parquet_column_errors() {
     let dir = temp_dir("source-parquet-bad");
     let file = parquet(&dir, "p.parquet", &[Some("x")], 1);
     let content = SourceOptions { field: "content".into(), docs: Docs::Whole };
-    let e = err_text(read_docs(&file, &content, 1 << 20));
+    let e = err_string(read_docs(&file, &content, 1 << 20));
     assert!(e.contains(&file.path.display().to_string()) && e.contains("no column \"content\""), "{e}");
     assert!(e.contains("its columns: text"), "{e}");
 
     let ints = dir.join("ints.parquet");
     write_parquet_int64(&ints, "text", &[1, 2, 3]);
-    let e = err_text(read_docs(&SourceFile { path: ints.clone(), format: Format::Parquet }, &opts(Docs::Whole), 100));
+    let e = err_string(read_docs(&SourceFile { path: ints.clone(), format: Format::Parquet }, &opts(Docs::Whole), 100));
     assert!(e.contains(&ints.display().to_string()) && e.contains("INT64") && e.contains("BYTE_ARRAY"), "{e}");
 
     let bytes = dir.join("bytes.parquet");
     let rows: [Option<&[u8]>; 6] = [Some(b"ok"), None, Some(b"fine"), Some(b"x"), Some(b"bad \xff"), Some(b"y")];
     write_parquet_bytes(&bytes, "text", &rows, 3);
-    let e = err_text(read_docs(&SourceFile { path: bytes.clone(), format: Format::Parquet }, &opts(Docs::Whole), 100));
+    let e =
+        err_string(read_docs(&SourceFile { path: bytes.clone(), format: Format::Parquet }, &opts(Docs::Whole), 100));
     assert!(e.contains(&format!("{}: row 5: invalid UTF-8", bytes.display())), "{e}");
 }
 
@@ -488,11 +485,11 @@ fn parquet_invalid_files_and_no_documents() {
     let dir = temp_dir("source-parquet-invalid");
     for (name, contents) in [("text.parquet", &b"this is not parquet at all, just text"[..]), ("empty.parquet", b"")] {
         let file = write(&dir, name, contents);
-        let e = err_text(read_docs(&file, &opts(Docs::Whole), 100));
+        let e = err_string(read_docs(&file, &opts(Docs::Whole), 100));
         assert!(e.contains(&format!("{} is not a valid parquet file", file.path.display())), "{e}");
     }
     let file = parquet(&dir, "nulls.parquet", &[None, Some(""), None], 2);
-    let e = err_text(read_docs(&file, &opts(Docs::Whole), 100));
+    let e = err_string(read_docs(&file, &opts(Docs::Whole), 100));
     assert!(e.contains(&format!("{} has no documents", file.path.display())), "{e}");
 }
 
@@ -501,13 +498,7 @@ fn parquet_invalid_files_and_no_documents() {
 
 #[test]
 fn wikitext_raw_file_splits_into_articles() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let path = root.join("../shared/data/wikitext-test.raw");
-    assert!(
-        path.is_file(),
-        "the wikitext test file is missing: looked for {} (../shared/data/wikitext-test.raw next to the repository)",
-        path.display()
-    );
+    let path = shared_file("wikitext-test.raw");
     let file = SourceFile { format: format_of(&path).unwrap(), path: path.clone() };
     let (docs, pieces) = read_all(&file, &opts(Docs::Wikitext), 16 << 10).unwrap();
     assert!(docs.len() > 50, "only {} articles", docs.len());

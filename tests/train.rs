@@ -1,6 +1,9 @@
 //! End to end on the CPU: checkpoints, the KV-cache sampler, gradient accumulation, and a short
 //! training run on tiny Shakespeare that must actually learn.
 
+mod common;
+
+use common::{shared_file, temp_dir};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
@@ -10,28 +13,7 @@ use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
 use genesis::train::checkpoint::{self, Checkpoint};
 use genesis::train::{train, TrainOptions};
-use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("genesis-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn repo_root() -> PathBuf {
-    std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|_| std::env::current_dir().unwrap())
-}
-
-fn shared_file(name: &str) -> PathBuf {
-    let p = repo_root().join("../shared/data").join(name);
-    assert!(
-        p.exists(),
-        "test data {} is missing: this test needs ../shared/data/{name} beside the repository",
-        p.display()
-    );
-    p
-}
+use std::path::Path;
 
 #[test]
 fn decoder_logits_match_the_full_forward() {

@@ -27,6 +27,31 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// `../shared/data/NAME` beside the repository (found at run time from CARGO_MANIFEST_DIR); panics
+/// naming the path it looked for when the shared test data is missing.
+pub fn shared_file(name: &str) -> PathBuf {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run the tests through cargo"));
+    let path = root.join("../shared/data").join(name);
+    assert!(
+        path.is_file(),
+        "test data missing: looked for {} (../shared/data/{name} beside the repository)",
+        path.display()
+    );
+    path
+}
+
+/// The error of `r`, with its whole context chain, as one string.
+pub fn err_string<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
+    format!("{:#}", r.expect_err("expected an error"))
+}
+
+/// Asserts that `msg` contains every one of `parts`.
+pub fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "message {msg:?} should mention {p:?}");
+    }
+}
+
 /// Writes `rows` as a parquet file with one OPTIONAL BYTE_ARRAY (UTF8) column named `column`
 /// (`None` is a null), SNAPPY-compressed, in row groups of `rows_per_group` rows.
 pub fn write_parquet_text(path: &Path, column: &str, rows: &[Option<&str>], rows_per_group: usize) {
