@@ -14,3 +14,4 @@ pub mod llmc;
 pub mod model;
 pub mod rng;
 pub mod train;
+pub mod weights;

@@ -1,5 +1,7 @@
 //! The `genesis` command line: prepare data, train, sample, benchmark.
 
+mod cmd;
+
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
@@ -13,7 +15,7 @@ use genesis::data::source::{expand_inputs, Docs, SourceOptions};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
 use genesis::model::{ModelConfig, EOT_TOKEN, PRESETS};
 use genesis::rng::Rng;
-use genesis::train::{checkpoint, train, TrainOptions};
+use genesis::train::{train, TrainOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -38,6 +40,12 @@ enum Command {
     Data(DataCmd),
     Train(TrainCmd),
     Sample(SampleCmd),
+    Eval(cmd::eval::EvalCmd),
+    Plot(cmd::plot::PlotCmd),
+    Export(cmd::export::ExportCmd),
+    Import(cmd::import::ImportCmd),
+    Verify(cmd::verify::VerifyCmd),
+    Doctor(cmd::doctor::DoctorCmd),
     Bench(BenchCmd),
 }
 
@@ -303,6 +311,12 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Train(c) => train_cmd(c),
         Command::Sample(c) => sample(c),
+        Command::Eval(c) => cmd::eval::run(c),
+        Command::Plot(c) => cmd::plot::run(c),
+        Command::Export(c) => cmd::export::run(c),
+        Command::Import(c) => cmd::import::run(c),
+        Command::Verify(c) => cmd::verify::run(c),
+        Command::Doctor(c) => cmd::doctor::run(c),
         Command::Bench(c) => match c.what {
             BenchWhat::Prepare(b) => bench_prepare(b),
             BenchWhat::Sample(b) => bench_sample(b),
@@ -538,9 +552,8 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
 }
 
 fn sample(c: SampleCmd) -> Result<()> {
-    let ckpt = checkpoint::load(&c.checkpoint)?;
-    let cfg = ckpt.config;
-    let params = ckpt.into_params();
+    let w = genesis::weights::load(&c.checkpoint)?;
+    let (cfg, params) = (w.config, w.params);
     let tok = Tokenizer::gpt2()?;
     let mut prompt = vec![EOT_TOKEN];
     prompt.extend(tok.encode(&c.prompt));

@@ -80,6 +80,11 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     if ckpt.params().len() != layout.total {
         bail!("refusing to save: params hold {} values but the model needs {}", ckpt.params().len(), layout.total);
     }
+    for (name, data) in &ckpt.sections {
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!("refusing to save {}: section '{name}' holds a non-finite value ({}) at index {i}", path.display(), data[i]);
+        }
+    }
     // Offsets depend on the header length, which depends on the offsets' digits: fix them with
     // a generous fixed-size preamble estimate, then pad the header to it.
     let mut sections = Vec::new();
@@ -151,10 +156,32 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// Reads and fully verifies a checkpoint: magic, version, header checksum, each section's bounds and
-/// checksum, and that the parameters fit the model config.
-pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+/// What a checkpoint's header says: enough to list, compare and size checkpoints without reading them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointInfo {
+    pub config: ModelConfig,
+    pub step: u64,
+    pub meta: serde_json::Value,
+    pub sections: Vec<SectionInfo>,
+    /// Size of the whole file in bytes.
+    pub file_bytes: u64,
+}
+
+/// Bytes of a full training checkpoint (parameters and both AdamW moments in f32) for `cfg`, within
+/// a few KiB of header.
+pub fn full_checkpoint_bytes(cfg: &ModelConfig) -> u64 {
+    3 * 4 * ParamLayout::new(cfg).total as u64 + 8192
+}
+
+fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let f = File::open(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+    // SAFETY: checkpoints are only ever replaced by rename, never modified in place.
+    unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot map checkpoint {}", path.display()))
+}
+
+/// Parses and checks the header: magic, version, header checksum, a valid config, and every
+/// section inside the file. Section contents are not read.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<CheckpointInfo> {
     let p = path.display();
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         bail!("{p} is not a Genesis checkpoint (it does not start with the GENESIS magic)");
@@ -174,34 +201,85 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     }
     let header: Header = serde_json::from_slice(json).with_context(|| format!("{p}: unreadable header"))?;
     header.config.validate().map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-    let mut sections = Vec::new();
     for s in &header.sections {
-        let (start, end) = (s.offset as usize, (s.offset + s.bytes) as usize);
-        if end > bytes.len() {
+        let end = s.offset.saturating_add(s.bytes);
+        if end > bytes.len() as u64 {
             bail!(
-                "{p} is truncated: section '{}' needs bytes {start}..{end} but the file has {} bytes",
+                "{p} is truncated: section '{}' needs bytes {}..{end} but the file has {} bytes (an interrupted copy or download? copy it again)",
                 s.name,
+                s.offset,
                 bytes.len()
-            );
-        }
-        let data = &bytes[start..end];
-        if crc32fast::hash(data) != s.crc32 {
-            bail!(
-                "{p}: section '{}' fails its checksum; the file is corrupt (re-copy it or use an earlier checkpoint)",
-                s.name
             );
         }
         if s.dtype != "f32" || s.bytes % 4 != 0 {
             bail!("{p}: section '{}' has dtype {} and {} bytes; expected f32", s.name, s.dtype, s.bytes);
         }
-        let values: Vec<f32> = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
-        sections.push((s.name.clone(), values));
     }
-    let ckpt = Checkpoint { config: header.config, step: header.step, meta: header.meta, sections };
-    let want = ParamLayout::new(&ckpt.config).total;
-    match ckpt.section("params") {
-        Some(params) if params.len() == want => Ok(ckpt),
-        Some(params) => bail!("{p}: params hold {} values but its config needs {want}", params.len()),
+    let want = ParamLayout::new(&header.config).total as u64 * 4;
+    match header.sections.iter().find(|s| s.name == "params") {
+        Some(s) if s.bytes == want => {}
+        Some(s) => bail!("{p}: params hold {} values but its config needs {}", s.bytes / 4, want / 4),
         None => bail!("{p}: no 'params' section"),
     }
+    Ok(CheckpointInfo {
+        config: header.config,
+        step: header.step,
+        meta: header.meta,
+        sections: header.sections,
+        file_bytes: bytes.len() as u64,
+    })
+}
+
+/// The section's bytes after checking its CRC-32.
+fn section_bytes<'a>(path: &Path, bytes: &'a [u8], s: &SectionInfo) -> Result<&'a [u8]> {
+    let data = &bytes[s.offset as usize..(s.offset + s.bytes) as usize];
+    if crc32fast::hash(data) != s.crc32 {
+        bail!(
+            "{}: section '{}' fails its checksum; the file is corrupt (copy it again or use an earlier checkpoint)",
+            path.display(),
+            s.name
+        );
+    }
+    Ok(data)
+}
+
+fn to_f32(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// Reads only the header (checked against its checksum; sections are not read or verified).
+pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
+    parse_header(path, &map(path)?)
+}
+
+/// Checks the whole file: header and every section's checksum. Returns the header.
+pub fn verify(path: &Path) -> Result<CheckpointInfo> {
+    let bytes = map(path)?;
+    let info = parse_header(path, &bytes)?;
+    for s in &info.sections {
+        section_bytes(path, &bytes, s)?;
+    }
+    Ok(info)
+}
+
+/// Reads and fully verifies a checkpoint: magic, version, header checksum, each section's bounds and
+/// checksum, and that the parameters fit the model config.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = map(path)?;
+    let info = parse_header(path, &bytes)?;
+    let mut sections = Vec::new();
+    for s in &info.sections {
+        sections.push((s.name.clone(), to_f32(section_bytes(path, &bytes, s)?)));
+    }
+    Ok(Checkpoint { config: info.config, step: info.step, meta: info.meta, sections })
+}
+
+/// Reads the header and the parameters only (checked against their checksum): what sampling and
+/// evaluation need, without the optimizer state.
+pub fn load_params(path: &Path) -> Result<(CheckpointInfo, Vec<f32>)> {
+    let bytes = map(path)?;
+    let info = parse_header(path, &bytes)?;
+    let s = info.sections.iter().find(|s| s.name == "params").expect("parse_header checks params");
+    let params = to_f32(section_bytes(path, &bytes, s)?);
+    Ok((info, params))
 }

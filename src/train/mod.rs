@@ -2,6 +2,7 @@
 //! AdamW on a warmup+cosine schedule, periodic validation and checkpoints.
 
 pub mod checkpoint;
+pub mod metrics;
 pub mod optim;
 
 use crate::cpu::gpt::{self, Activations};
