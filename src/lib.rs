@@ -9,9 +9,13 @@
 pub mod bench;
 pub mod cpu;
 pub mod data;
+pub mod doctor;
+pub mod eval;
 pub mod gpu;
+pub mod hf;
 pub mod llmc;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod train;
 pub mod weights;
