@@ -15,9 +15,11 @@ use genesis::data::source::{expand_inputs, Docs, SourceOptions};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
 use genesis::model::{ModelConfig, EOT_TOKEN, PRESETS};
 use genesis::rng::Rng;
-use genesis::train::{train, TrainOptions};
+use genesis::train::{self, train, RunConfig, TrainOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Genesis trains GPT-2-class language models from scratch and samples from them.
 #[derive(FromArgs)]
@@ -130,63 +132,75 @@ struct DataInspect {
     verify: bool,
 }
 
-/// Train a model on prepared shards (on the CPU; the CUDA engine is not built yet).
+/// Train a model on prepared shards (on the CPU; the CUDA engine is not built yet). Resumes by itself.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
     name = "train",
-    example = "genesis train --model tiny --data shakespeare --out runs/shakespeare --steps 600 --batch 16\ngenesis train --model gpt2-124m   # wikitext-103, prepared first if absent",
-    note = "Prints one line per step (loss, learning rate, gradient norm, tokens/s) and the validation loss every --eval-every steps. Writes checkpoints to --out as step_NNNNNNNN.ckpt every --ckpt-every steps and at the end; each is written to a temporary file, fsynced, checksummed and renamed. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
+    example = "genesis train --model tiny --data shakespeare --out runs/shakespeare --steps 600 --batch 16\ngenesis train --out runs/shakespeare                 # resume it where it stopped\ngenesis train --out runs/shakespeare --steps 1200    # resume and train longer\ngenesis train --model gpt2-124m --out runs/gpt2      # wikitext-103, prepared first if absent\ngenesis train --out runs/ft --init-from gpt2/model.safetensors --data shakespeare --lr 1e-4",
+    note = "RUN DIRECTORY (--out): step_NNNNNNNN.ckpt full checkpoints (weights, AdamW moments, step, data position, settings), metrics.jsonl (one JSON record per step and evaluation; genesis plot RUN draws it) and main.log (a copy of everything printed). Checkpoints are written every --ckpt-every steps, at the end, and when stopped by a signal; each goes to a temporary file, is fsynced, checksummed per section and renamed, so a kill at any moment leaves the previous checkpoint whole. The newest --keep checkpoints and the one with the best validation loss are kept.\n\nRESUME: run the same command again, or just genesis train --out RUN: training continues from the newest whole checkpoint (a damaged one is reported, renamed *.corrupt and the previous one used) and gives bit-for-bit the losses of a run that never stopped. Options not given are taken from the run; --steps, --lr and the other schedule and evaluation settings may change (each change is logged); --model and --seq may not. --fresh starts over, moving the earlier run into RUN/previous-N/.\n\nSTOPPING: Ctrl-C, SIGTERM or SIGHUP (a dropped ssh session) finish the current step, write a checkpoint and exit 0 with the command that resumes; a second Ctrl-C exits at once. A step whose loss or gradient norm is NaN or infinite is skipped (not applied, never saved) and logged; --max-bad-steps in a row stop the run and name the last good checkpoint.\n\nEach step prints loss, learning rate, gradient norm, tokens/s, time per step, elapsed time and ETA; the validation loss is printed every --eval-every steps and at each checkpoint. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
 )]
 struct TrainCmd {
-    /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny)
-    #[argh(option, default = "String::from(\"tiny\")")]
-    model: String,
+    /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny, or the run's when resuming, or --init-from's shape)
+    #[argh(option)]
+    model: Option<String>,
     /// prepared dataset: a name in data/ or a directory (default wikitext-103, downloaded and prepared first if absent)
     #[argh(option)]
     data: Option<String>,
-    /// run directory for checkpoints (created if missing)
+    /// run directory: checkpoints, metrics.jsonl, main.log (created if missing; resumed if it holds checkpoints)
     #[argh(option)]
     out: PathBuf,
-    /// optimizer steps (default 1000)
-    #[argh(option, default = "1000")]
-    steps: u64,
+    /// start over even if --out holds a run (the earlier run is moved to RUN/previous-N/)
+    #[argh(switch)]
+    fresh: bool,
+    /// start from these weights instead of a random init: a checkpoint, an export directory, a Hugging Face GPT-2 model.safetensors or an llm.c .bin
+    #[argh(option)]
+    init_from: Option<PathBuf>,
+    /// optimizer steps in the whole run (default 1000)
+    #[argh(option)]
+    steps: Option<u64>,
     /// sequences per micro-batch (default 8)
-    #[argh(option, default = "8")]
-    batch: usize,
+    #[argh(option)]
+    batch: Option<usize>,
     /// tokens per sequence (default: the model's context, at most 1024)
     #[argh(option)]
     seq: Option<usize>,
     /// micro-batches accumulated per step (default 1)
-    #[argh(option, default = "1")]
-    grad_accum: usize,
+    #[argh(option)]
+    grad_accum: Option<usize>,
     /// peak learning rate (default 6e-4)
-    #[argh(option, default = "6e-4")]
-    lr: f64,
+    #[argh(option)]
+    lr: Option<f64>,
     /// final learning rate as a fraction of the peak (default 0.1)
-    #[argh(option, default = "0.1")]
-    min_lr_frac: f64,
+    #[argh(option)]
+    min_lr_frac: Option<f64>,
     /// linear warmup steps (default: 5% of --steps, at most 700)
     #[argh(option)]
     warmup: Option<u64>,
     /// weight decay of AdamW on the 2-D weights (default 0.1)
-    #[argh(option, default = "0.1")]
-    weight_decay: f32,
+    #[argh(option)]
+    weight_decay: Option<f32>,
     /// clip the global gradient norm to this (0 = off; default 1.0)
-    #[argh(option, default = "1.0")]
-    grad_clip: f64,
-    /// evaluate the validation loss every N steps (0 = only at the start and end; default 100)
-    #[argh(option, default = "100")]
-    eval_every: u64,
+    #[argh(option)]
+    grad_clip: Option<f64>,
+    /// evaluate the validation loss every N steps (0 = only at the start, checkpoints and the end; default 100)
+    #[argh(option)]
+    eval_every: Option<u64>,
     /// validation batches per evaluation (default 20)
-    #[argh(option, default = "20")]
-    eval_batches: usize,
-    /// write a checkpoint every N steps (0 = only at the end; default 0)
-    #[argh(option, default = "0")]
-    ckpt_every: u64,
+    #[argh(option)]
+    eval_batches: Option<usize>,
+    /// write a checkpoint every N steps (0 = only at the end; default 250)
+    #[argh(option)]
+    ckpt_every: Option<u64>,
+    /// checkpoints to keep besides the best one (default 3)
+    #[argh(option)]
+    keep: Option<usize>,
     /// seed for initialisation and batch order (default 1337)
-    #[argh(option, default = "1337")]
-    seed: u64,
+    #[argh(option)]
+    seed: Option<u64>,
+    /// stop after this many consecutive steps with a non-finite loss or gradient norm (default 5)
+    #[argh(option, default = "5")]
+    max_bad_steps: u64,
 }
 
 /// Generate text from a checkpoint on the CPU, streaming it as it is produced.
@@ -522,33 +536,91 @@ fn bench_prepare(b: BenchPrepare) -> Result<()> {
 }
 
 fn train_cmd(c: TrainCmd) -> Result<()> {
-    let model = preset(&c.model)?;
-    let seq = c.seq.unwrap_or(model.max_seq_len.min(1024));
-    let data = train_data(c.data.as_deref())?;
-    let opts = TrainOptions {
+    let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
+    let init = match (&c.init_from, &saved) {
+        (Some(path), None) => Some(genesis::weights::load(path)?.config),
+        _ => None,
+    };
+    let model = match (&c.model, &saved, init) {
+        (Some(name), _, _) => preset(name)?,
+        (None, Some(s), _) => s.model,
+        (None, None, Some(cfg)) => cfg,
+        (None, None, None) => preset("tiny")?,
+    };
+    let data = match (&c.data, &saved) {
+        (None, Some(s)) => s.data.clone(),
+        (data, _) => train_data(data.as_deref())?,
+    };
+    let steps = c.steps.or(saved.as_ref().map(|s| s.steps)).unwrap_or(1000);
+    let pick = |mine: Option<f64>, theirs: Option<f64>, default: f64| mine.or(theirs).unwrap_or(default);
+    let s = saved.as_ref();
+    let run = RunConfig {
         model,
         data,
-        out: c.out,
-        steps: c.steps,
-        batch: c.batch,
-        seq,
-        grad_accum: c.grad_accum,
-        lr: c.lr,
-        min_lr_frac: c.min_lr_frac,
-        warmup: c.warmup.unwrap_or((c.steps / 20).min(700)),
-        weight_decay: c.weight_decay,
-        grad_clip: c.grad_clip,
-        eval_every: c.eval_every,
-        eval_batches: c.eval_batches,
-        ckpt_every: c.ckpt_every,
-        seed: c.seed,
-        verbose: true,
+        steps,
+        batch: c.batch.or(s.map(|s| s.batch)).unwrap_or(8),
+        seq: c.seq.or(s.map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024)),
+        grad_accum: c.grad_accum.or(s.map(|s| s.grad_accum)).unwrap_or(1),
+        lr: pick(c.lr, s.map(|s| s.lr), 6e-4),
+        min_lr_frac: pick(c.min_lr_frac, s.map(|s| s.min_lr_frac), 0.1),
+        warmup: c.warmup.or(s.map(|s| s.warmup)).unwrap_or((steps / 20).min(700)),
+        weight_decay: c.weight_decay.or(s.map(|s| s.weight_decay)).unwrap_or(0.1),
+        grad_clip: pick(c.grad_clip, s.map(|s| s.grad_clip), 1.0),
+        eval_every: c.eval_every.or(s.map(|s| s.eval_every)).unwrap_or(100),
+        eval_batches: c.eval_batches.or(s.map(|s| s.eval_batches)).unwrap_or(20),
+        ckpt_every: c.ckpt_every.or(s.map(|s| s.ckpt_every)).unwrap_or(250),
+        keep: c.keep.or(s.map(|s| s.keep)).unwrap_or(3),
+        seed: c.seed.or(s.map(|s| s.seed)).unwrap_or(1337),
+        init_from: c.init_from.clone().or(s.and_then(|s| s.init_from.clone())),
     };
+    let mut opts = TrainOptions::new(run, c.out.clone());
+    opts.fresh = c.fresh;
+    opts.verbose = true;
+    opts.max_bad_steps = c.max_bad_steps.max(1);
+    opts.stop = Some(stop_on_signals()?);
     let s = train(&opts)?;
-    let (first, last) = (s.val_losses.first().unwrap().1, s.val_losses.last().unwrap().1);
-    println!("done: val loss {first:.4} -> {last:.4}, {:.0} tokens/s", s.tokens_per_sec);
-    println!("sample from it: genesis sample --checkpoint {} --prompt \"...\"", s.checkpoint.display());
+    let mut out = std::io::stdout().lock();
+    let resume = format!("genesis train --out {}", c.out.display());
+    if let Some(sig) = &s.stopped_by {
+        let _ = writeln!(
+            out,
+            "stopped by {sig} after step {}; {} holds it. Resume with: {resume}",
+            s.step,
+            s.checkpoint.display()
+        );
+        return Ok(());
+    }
+    if let (Some(first), Some(last)) = (s.val_losses.first(), s.val_losses.last()) {
+        let _ = writeln!(
+            out,
+            "done: step {}, val loss {:.4} -> {:.4}, {:.0} tokens/s",
+            s.step, first.1, last.1, s.tokens_per_sec
+        );
+    }
+    if let Some((step, v)) = s.best {
+        let _ =
+            writeln!(out, "best val loss {v:.4} at step {step}: {}", train::checkpoint_path(&c.out, step).display());
+    }
+    let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", s.checkpoint.display());
     Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP set the returned flag (to the signal number): training finishes its
+/// step, checkpoints and returns. A second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let flag = Arc::clone(&stop);
+        let action = move || {
+            if flag.swap(sig as usize, Ordering::SeqCst) != 0 {
+                signal_hook::low_level::exit(128 + sig);
+            }
+        };
+        // SAFETY: the action only does an atomic swap and _exit, both async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, action) }.context("cannot install signal handlers")?;
+    }
+    Ok(stop)
 }
 
 fn sample(c: SampleCmd) -> Result<()> {

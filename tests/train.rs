@@ -12,7 +12,7 @@ use genesis::data::tokenizer::Tokenizer;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
 use genesis::train::checkpoint::{self, Checkpoint};
-use genesis::train::{train, TrainOptions};
+use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::Path;
 
 #[test]
@@ -93,10 +93,9 @@ fn checkpoint_round_trips_and_detects_damage() {
 }
 
 fn train_options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
-    TrainOptions {
+    let run = RunConfig {
         model: ModelConfig::preset("tiny").unwrap(),
         data: data.to_path_buf(),
-        out: out.to_path_buf(),
         steps,
         batch: 8,
         seq: 64,
@@ -109,9 +108,11 @@ fn train_options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
         eval_every: 0,
         eval_batches: 8,
         ckpt_every: 0,
+        keep: 3,
         seed: 1337,
-        verbose: false,
-    }
+        init_from: None,
+    };
+    TrainOptions::new(run, out.to_path_buf())
 }
 
 #[test]

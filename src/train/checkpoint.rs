@@ -76,31 +76,49 @@ fn align(n: usize) -> usize {
 
 /// Writes `ckpt` to `path` atomically (temporary file, fsync, rename, directory fsync).
 pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
-    let layout = ParamLayout::new(&ckpt.config);
-    if ckpt.params().len() != layout.total {
-        bail!("refusing to save: params hold {} values but the model needs {}", ckpt.params().len(), layout.total);
+    let sections: Vec<(&str, &[f32])> = ckpt.sections.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    write(path, &ckpt.config, ckpt.step, &ckpt.meta, &sections)
+}
+
+/// Writes a checkpoint from borrowed sections (no copy of the buffers) atomically: temporary file,
+/// fsync, rename, directory fsync. Refuses non-finite values and a "params" section that does not
+/// fit `config`.
+pub fn write(
+    path: &Path,
+    config: &ModelConfig,
+    step: u64,
+    meta: &serde_json::Value,
+    sections: &[(&str, &[f32])],
+) -> Result<()> {
+    let layout = ParamLayout::new(config);
+    match sections.iter().find(|s| s.0 == "params") {
+        Some((_, p)) if p.len() == layout.total => {}
+        Some((_, p)) => bail!("refusing to save: params hold {} values but the model needs {}", p.len(), layout.total),
+        None => bail!("refusing to save a checkpoint without a 'params' section"),
     }
-    for (name, data) in &ckpt.sections {
+    for (name, data) in sections {
         if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            bail!("refusing to save {}: section '{name}' holds a non-finite value ({}) at index {i}", path.display(), data[i]);
+            bail!(
+                "refusing to save {}: section '{name}' holds a non-finite value ({}) at index {i}",
+                path.display(),
+                data[i]
+            );
         }
     }
     // Offsets depend on the header length, which depends on the offsets' digits: fix them with
     // a generous fixed-size preamble estimate, then pad the header to it.
-    let mut sections = Vec::new();
-    let mut header = Header { config: ckpt.config, step: ckpt.step, meta: ckpt.meta.clone(), sections: vec![] };
-    for (name, data) in &ckpt.sections {
+    let mut header = Header { config: *config, step, meta: meta.clone(), sections: vec![] };
+    for (name, data) in sections {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        sections.push(SectionInfo {
-            name: name.clone(),
+        header.sections.push(SectionInfo {
+            name: name.to_string(),
             dtype: "f32".into(),
             offset: 0,
             bytes: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
         });
     }
-    header.sections = sections;
-    let mut data_start = align(16 + serde_json::to_vec(&header)?.len() + 64 * ckpt.sections.len() + 256);
+    let mut data_start = align(16 + serde_json::to_vec(&header)?.len() + 64 * sections.len() + 256);
     let json = loop {
         let mut off = data_start;
         for s in &mut header.sections {
@@ -123,7 +141,7 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
         f.write_all(&json)?;
         f.write_all(&crc32fast::hash(&json).to_le_bytes())?;
         let mut pos = 16 + json.len() + 4;
-        for (s, (_, data)) in header.sections.iter().zip(&ckpt.sections) {
+        for (s, (_, data)) in header.sections.iter().zip(sections) {
             f.write_all(&vec![0u8; s.offset as usize - pos])?;
             f.write_all(bytemuck::cast_slice(data))?;
             pos = s.offset as usize + s.bytes as usize;

@@ -30,8 +30,16 @@ pub enum Record {
     },
     /// Mean validation loss after `step` steps.
     Val { step: u64, tokens: u64, loss: f64 },
-    /// A step whose loss or gradient norm was not finite: its update was skipped.
-    Skip { step: u64, tokens: u64, loss: f64, grad_norm: f64 },
+    /// A step whose loss or gradient norm was not finite: its update was skipped. Non-finite values
+    /// are written as the strings "NaN", "inf" and "-inf" (JSON has no such numbers).
+    Skip {
+        step: u64,
+        tokens: u64,
+        #[serde(with = "any_f64")]
+        loss: f64,
+        #[serde(with = "any_f64")]
+        grad_norm: f64,
+    },
 }
 
 impl Record {
@@ -84,5 +92,49 @@ impl MetricsLog {
         let mut line = serde_json::to_string(r)?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// Serde for an f64 that may be NaN or infinite: a JSON number when finite, else a string.
+mod any_f64 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            Repr::Num(*x).serialize(s)
+        } else {
+            Repr::Text(x.to_string()).serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Num(x) => Ok(x),
+            Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_skips_round_trip() {
+        for (loss, norm) in [(f64::NAN, 1.5), (f64::INFINITY, f64::NEG_INFINITY)] {
+            let r = Record::Skip { step: 3, tokens: 9, loss, grad_norm: norm };
+            let line = serde_json::to_string(&r).unwrap();
+            let Record::Skip { loss: l, grad_norm: g, .. } = serde_json::from_str(&line).unwrap() else {
+                panic!("{line}")
+            };
+            assert_eq!((l.to_bits(), g.to_bits()), (loss.to_bits(), norm.to_bits()), "{line}");
+        }
     }
 }

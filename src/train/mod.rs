@@ -1,25 +1,40 @@
 //! The training loop: batches from the loader, forward/backward with gradient accumulation, clipping,
-//! AdamW on a warmup+cosine schedule, periodic validation and checkpoints.
+//! AdamW on a warmup+cosine schedule, periodic validation, and a run directory that never loses work.
+//!
+//! A run is its directory (see [`rundir`]). Every checkpoint is *full*: parameters, both AdamW
+//! moments, the step, the data loader's position (including its RNG) and the run's settings, so
+//! `train` on a directory that holds checkpoints continues from the newest whole one and produces
+//! the same bits as a run that was never stopped. The only randomness in training is the batch
+//! order (the initial weights come from the seed once); there is no dropout.
 
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod rundir;
+pub mod runlog;
 
 use crate::cpu::gpt::{self, Activations};
-use crate::data::loader::{DataLoader, Split};
+use crate::data::loader::{DataLoader, LoaderState, Split};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
-use checkpoint::Checkpoint;
+use metrics::{MetricsLog, Record};
 use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+use runlog::RunLog;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-/// Everything a CPU training run needs.
-#[derive(Clone, Debug)]
-pub struct TrainOptions {
+pub use rundir::checkpoint_path;
+
+/// The settings that define a run. Saved in every checkpoint; on resume the model shape and
+/// sequence length must match, everything else may change (and the change is logged).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
     pub model: ModelConfig,
+    /// Prepared dataset directory.
     pub data: PathBuf,
-    pub out: PathBuf,
     pub steps: u64,
     pub batch: usize,
     pub seq: usize,
@@ -29,21 +44,82 @@ pub struct TrainOptions {
     pub warmup: u64,
     pub weight_decay: f32,
     pub grad_clip: f64,
+    /// Evaluate every N steps (0: only at the start, at checkpoints and at the end).
     pub eval_every: u64,
     pub eval_batches: usize,
+    /// Write a checkpoint every N steps (0: only at the end and when stopped).
     pub ckpt_every: u64,
+    /// Checkpoints kept: the newest `keep` plus the one with the best validation loss.
+    pub keep: usize,
     pub seed: u64,
-    /// Print one line per step (and per evaluation) to stdout.
+    /// Weights the run started from instead of a random init.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+}
+
+/// A run: its settings, where it lives, and how it is driven.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub run: RunConfig,
+    pub out: PathBuf,
+    /// Start over even if `out` holds checkpoints (they are moved to `out/previous-N/`).
+    pub fresh: bool,
+    /// Echo the log to stdout (it always goes to `out/main.log`).
     pub verbose: bool,
+    /// Set (to the signal number) by a signal handler: finish the step, checkpoint, return.
+    pub stop: Option<Arc<AtomicUsize>>,
+    /// Stop the run after this many consecutive non-finite steps (default 5).
+    pub max_bad_steps: u64,
+    /// Tests only: treat the loss of these (1-based) steps as NaN.
+    #[doc(hidden)]
+    pub poison_steps: Vec<u64>,
+}
+
+impl TrainOptions {
+    pub fn new(run: RunConfig, out: PathBuf) -> Self {
+        TrainOptions { run, out, fresh: false, verbose: false, stop: None, max_bad_steps: 5, poison_steps: Vec::new() }
+    }
+}
+
+/// Where training stands, saved as a checkpoint's metadata next to the parameter and moment sections.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub run: RunConfig,
+    /// Training tokens consumed after this step.
+    pub tokens: u64,
+    /// AdamW updates taken (skipped steps take none).
+    pub adam_t: u64,
+    /// The train loader's position, including its RNG.
+    pub loader: LoaderState,
+    /// Train loss of the last step.
+    pub loss: f64,
+    /// Validation loss measured at this step, if it was.
+    pub val_loss: Option<f64>,
+    /// Best validation loss of the checkpoints written so far: (step, loss).
+    pub best: Option<(u64, f64)>,
+    /// Steps skipped for a non-finite loss or gradient norm.
+    pub skipped: u64,
+    /// Training time so far, over all sessions.
+    pub elapsed_s: f64,
+    pub genesis_version: String,
 }
 
 /// What a run produced.
 #[derive(Clone, Debug, Default)]
 pub struct TrainSummary {
-    pub train_losses: Vec<f64>,
-    /// (step, validation loss), including one before the first step and one after the last.
+    /// Train loss of each step this session ran, as (step, loss); skipped steps are absent.
+    pub train_losses: Vec<(u64, f64)>,
+    /// (step, validation loss) measured this session.
     pub val_losses: Vec<(u64, f64)>,
+    /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// The step training resumed from, if it did.
+    pub resumed_from: Option<u64>,
+    /// The last step completed.
+    pub step: u64,
+    /// Set when a signal stopped the run early: its name.
+    pub stopped_by: Option<String>,
+    pub best: Option<(u64, f64)>,
     pub tokens_per_sec: f64,
 }
 
@@ -69,95 +145,402 @@ pub fn evaluate(
     total / batches as f64
 }
 
-/// File name of the checkpoint written at `step`.
-pub fn checkpoint_path(out: &Path, step: u64) -> PathBuf {
-    out.join(format!("step_{step:08}.ckpt"))
+/// The run settings saved in the newest readable checkpoint of `out` (header only), to fill in the
+/// options a resumed `genesis train --out RUN` was not given.
+pub fn saved_run_config(out: &Path) -> Option<RunConfig> {
+    rundir::list_checkpoints(out).into_iter().find_map(|(_, p)| {
+        let info = checkpoint::read_info(&p).ok()?;
+        serde_json::from_value::<TrainState>(info.meta).ok().map(|s| s.run)
+    })
 }
 
-pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
-    let cfg = o.model;
-    cfg.validate().map_err(anyhow::Error::msg)?;
-    if o.seq == 0 || o.seq > cfg.max_seq_len {
-        bail!("--seq {} must be between 1 and the model's context {}", o.seq, cfg.max_seq_len);
+/// The name of a stop signal, for the log.
+pub fn signal_name(sig: usize) -> String {
+    match sig {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Model, optimizer and data position: everything a step changes.
+struct Trainer {
+    params: Vec<f32>,
+    opt: AdamW,
+    state: TrainState,
+    step: u64,
+}
+
+fn check_config(o: &RunConfig) -> Result<()> {
+    o.model.validate().map_err(anyhow::Error::msg)?;
+    if o.seq == 0 || o.seq > o.model.max_seq_len {
+        bail!("--seq {} must be between 1 and the model's context {}", o.seq, o.model.max_seq_len);
     }
     if o.batch == 0 || o.grad_accum == 0 || o.steps == 0 {
         bail!("--batch, --grad-accum and --steps must be at least 1");
     }
-    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create run directory {}", o.out.display()))?;
-    let mut train_data = DataLoader::open(&o.data, Split::Train, o.batch, o.seq, o.seed)?;
-    let mut val_data = DataLoader::open(&o.data, Split::Val, o.batch, o.seq, o.seed)?;
+    Ok(())
+}
 
-    let layout = ParamLayout::new(&cfg);
-    let mut params = gpt::init_params(&cfg, o.seed);
-    let mut grads = vec![0.0f32; layout.total];
-    let mut opt = AdamW::new(AdamWConfig { weight_decay: o.weight_decay, ..Default::default() }, layout.total);
-    let sched = LrSchedule { max_lr: o.lr, min_lr: o.lr * o.min_lr_frac, warmup: o.warmup, total: o.steps };
-    let mut acts = Activations::<f32>::new(&cfg, o.batch, o.seq);
-    let n = o.batch * o.seq;
-    let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
-    let tokens_per_step = (n * o.grad_accum) as f64;
-    let mut summary = TrainSummary::default();
-    let say = |s: String| {
-        if o.verbose {
-            println!("{s}");
+/// Lines describing what changed between the saved run settings and these; an error for changes
+/// that cannot continue the run.
+fn resume_changes(saved: &RunConfig, now: &RunConfig, out: &Path) -> Result<Vec<String>> {
+    if saved.model != now.model {
+        bail!(
+            "{} holds a run of a different model ({}) than requested ({}); resume with the same --model, \
+             or start over with --fresh (the old run is moved to {}/previous-N/), or use another --out",
+            out.display(),
+            saved.model,
+            now.model,
+            out.display()
+        );
+    }
+    if saved.seq != now.seq {
+        bail!(
+            "{} was trained with --seq {} and cannot resume with --seq {} (the data position counts windows \
+             of that length); use --seq {} or --fresh",
+            out.display(),
+            saved.seq,
+            now.seq,
+            saved.seq
+        );
+    }
+    let mut changes = Vec::new();
+    let mut note = |name: &str, a: String, b: String| {
+        if a != b {
+            changes.push(format!("{name} {a} -> {b}"));
         }
     };
-    say(format!(
-        "model: {cfg}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps",
-        o.data.display(),
+    note("steps", saved.steps.to_string(), now.steps.to_string());
+    note("lr", format!("{:e}", saved.lr), format!("{:e}", now.lr));
+    note("min-lr-frac", saved.min_lr_frac.to_string(), now.min_lr_frac.to_string());
+    note("warmup", saved.warmup.to_string(), now.warmup.to_string());
+    note("weight-decay", saved.weight_decay.to_string(), now.weight_decay.to_string());
+    note("grad-clip", saved.grad_clip.to_string(), now.grad_clip.to_string());
+    note("batch", saved.batch.to_string(), now.batch.to_string());
+    note("grad-accum", saved.grad_accum.to_string(), now.grad_accum.to_string());
+    note("eval-every", saved.eval_every.to_string(), now.eval_every.to_string());
+    note("eval-batches", saved.eval_batches.to_string(), now.eval_batches.to_string());
+    note("ckpt-every", saved.ckpt_every.to_string(), now.ckpt_every.to_string());
+    note("keep", saved.keep.to_string(), now.keep.to_string());
+    note("seed", saved.seed.to_string(), now.seed.to_string());
+    note("data", saved.data.display().to_string(), now.data.display().to_string());
+    Ok(changes)
+}
+
+/// Finds the newest whole checkpoint in `out` and restores the trainer from it; damaged ones are
+/// reported and set aside. `Ok(None)` when `out` holds no checkpoints.
+fn resume(o: &TrainOptions, log: &mut RunLog) -> Result<Option<(Trainer, Vec<String>)>> {
+    let found = rundir::list_checkpoints(&o.out);
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let mut damaged = Vec::new();
+    for (step, path) in &found {
+        let ckpt = match checkpoint::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                log.line(&format!("checkpoint {} is damaged ({e:#}); trying the previous one", path.display()));
+                damaged.push(path.clone());
+                continue;
+            }
+        };
+        let Ok(state) = serde_json::from_value::<TrainState>(ckpt.meta.clone()) else {
+            bail!(
+                "{} holds no training state (a parameters-only checkpoint); continue from its weights with \
+                 genesis train --out NEW_RUN --init-from {}",
+                path.display(),
+                path.display()
+            );
+        };
+        let changes = resume_changes(&state.run, &o.run, &o.out)?;
+        let take = |name: &str| {
+            ckpt.sections
+                .iter()
+                .find(|s| s.0 == name)
+                .map(|s| s.1.clone())
+                .with_context(|| format!("{} has no '{name}' section; it is not a full checkpoint", path.display()))
+        };
+        let (params, m, v) = (take("params")?, take("adam_m")?, take("adam_v")?);
+        let mut opt = AdamW::new(adamw_config(&o.run), params.len());
+        (opt.m, opt.v, opt.t) = (m, v, state.adam_t);
+        for d in &damaged {
+            let to = rundir::set_aside(d)?;
+            log.line(&format!("moved the damaged checkpoint to {}", to.display()));
+        }
+        return Ok(Some((Trainer { params, opt, state, step: *step }, changes)));
+    }
+    bail!(
+        "none of the {} checkpoints in {} is whole (see above); start over with --fresh (they are moved to {}/previous-N/)",
+        found.len(),
+        o.out.display(),
+        o.out.display()
+    )
+}
+
+fn adamw_config(r: &RunConfig) -> AdamWConfig {
+    AdamWConfig { weight_decay: r.weight_decay, ..Default::default() }
+}
+
+/// A new run: weights from `--init-from` or the seed.
+fn start_fresh(o: &TrainOptions, loader: &DataLoader, log: &mut RunLog) -> Result<Trainer> {
+    let r = &o.run;
+    let params = match &r.init_from {
+        Some(path) => {
+            let w = crate::weights::load(path)?;
+            if w.config != r.model {
+                bail!(
+                    "--init-from {}: it holds {} but the run is configured for {}",
+                    path.display(),
+                    w.config,
+                    r.model
+                );
+            }
+            log.line(&format!("initial weights: {} ({})", path.display(), w.format));
+            w.params
+        }
+        None => gpt::init_params(&r.model, r.seed),
+    };
+    let state = TrainState {
+        run: r.clone(),
+        tokens: 0,
+        adam_t: 0,
+        loader: loader.state(),
+        loss: f64::NAN,
+        val_loss: None,
+        best: None,
+        skipped: 0,
+        elapsed_s: 0.0,
+        genesis_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let opt = AdamW::new(adamw_config(r), params.len());
+    Ok(Trainer { params, opt, state, step: 0 })
+}
+
+/// Writes a full checkpoint for the trainer's current step and prunes old ones.
+fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Result<PathBuf> {
+    if let Some(v) = t.state.val_loss {
+        if t.state.best.is_none_or(|(_, b)| v < b) {
+            t.state.best = Some((t.step, v));
+        }
+    }
+    let path = checkpoint_path(&o.out, t.step);
+    let meta = serde_json::to_value(&t.state)?;
+    let sections: [(&str, &[f32]); 3] = [("params", &t.params), ("adam_m", &t.opt.m), ("adam_v", &t.opt.v)];
+    checkpoint::write(&path, &o.run.model, t.step, &meta, &sections)?;
+    let pruned = rundir::prune(&o.out, o.run.keep, t.state.best.map(|b| b.0));
+    let mut line = format!("step {:>6} | saved {}", t.step, path.display());
+    if !pruned.is_empty() {
+        line.push_str(&format!(" (removed step {})", pruned.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")));
+    }
+    log.line(&line);
+    Ok(path)
+}
+
+/// Notes a validation loss in the state, the summary, the log and the metrics.
+fn record_val(
+    t: &mut Trainer,
+    v: f64,
+    metrics: &mut MetricsLog,
+    log: &mut RunLog,
+    summary: &mut TrainSummary,
+) -> Result<()> {
+    t.state.val_loss = Some(v);
+    summary.val_losses.push((t.step, v));
+    log.line(&format!("step {:>6} | val loss {v:.4}", t.step));
+    metrics.write(&Record::Val { step: t.step, tokens: t.state.tokens, loss: v })
+}
+
+pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
+    let r = &o.run;
+    check_config(r)?;
+    std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create run directory {}", o.out.display()))?;
+    let removed = rundir::remove_stale_temporaries(&o.out);
+    let archived = if o.fresh { rundir::archive(&o.out)? } else { None };
+    let mut log = RunLog::open(&o.out, o.verbose);
+    log.line(&format!(
+        "==> {} genesis {} train, run {}",
+        runlog::utc_now(),
+        env!("CARGO_PKG_VERSION"),
+        o.out.display()
+    ));
+    if let Some(dest) = archived {
+        log.line(&format!("--fresh: moved the earlier run in {} to {}", o.out.display(), dest.display()));
+    }
+    for name in removed {
+        log.line(&format!("removed {name}, a checkpoint write that was interrupted"));
+    }
+    let mut train_data = DataLoader::open(&r.data, Split::Train, r.batch, r.seq, r.seed)?;
+    let mut val_data = DataLoader::open(&r.data, Split::Val, r.batch, r.seq, r.seed)?;
+
+    let resumed = if o.fresh { None } else { resume(o, &mut log)? };
+    let resumed_from = resumed.as_ref().map(|(t, _)| t.step);
+    let mut t = match resumed {
+        Some((mut t, changes)) => {
+            train_data.restore(t.state.loader).with_context(|| format!("resuming from step {}", t.step))?;
+            log.line(&format!(
+                "resuming from step {} ({} tokens seen, train loss {:.4}{}) in {}",
+                t.step,
+                t.state.tokens,
+                t.state.loss,
+                t.state.val_loss.map(|v| format!(", val loss {v:.4}")).unwrap_or_default(),
+                o.out.display()
+            ));
+            if !changes.is_empty() {
+                log.line(&format!("settings changed on resume: {}", changes.join(", ")));
+            }
+            if t.step >= r.steps {
+                log.line(&format!(
+                    "the run already reached step {} of {}; raise --steps to train further",
+                    t.step, r.steps
+                ));
+            }
+            t.state.run = r.clone();
+            t
+        }
+        None => start_fresh(o, &train_data, &mut log)?,
+    };
+
+    let cfg = r.model;
+    let layout = ParamLayout::new(&cfg);
+    let mut grads = vec![0.0f32; layout.total];
+    let sched = LrSchedule { max_lr: r.lr, min_lr: r.lr * r.min_lr_frac, warmup: r.warmup, total: r.steps };
+    let mut acts = Activations::<f32>::new(&cfg, r.batch, r.seq);
+    let n = r.batch * r.seq;
+    let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
+    let tokens_per_step = (n * r.grad_accum) as u64;
+    let mut metrics = MetricsLog::open(&o.out, resumed_from)?;
+    metrics.write(&Record::Start {
+        step: t.step,
+        tokens: t.state.tokens,
+        model: cfg.to_string(),
+        params: layout.total as u64,
+        tokens_per_step,
+        device: "cpu".into(),
+    })?;
+    let mut summary = TrainSummary { resumed_from, ..Default::default() };
+    log.line(&format!(
+        "model: {cfg}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps, checkpoints every {} steps (keep {} + best)",
+        r.data.display(),
         train_data.total_tokens(),
         val_data.total_tokens(),
-        o.batch,
-        o.seq,
-        o.grad_accum,
+        r.batch,
+        r.seq,
+        r.grad_accum,
         tokens_per_step,
-        o.steps
+        r.steps,
+        if r.ckpt_every == 0 { "end".to_string() } else { r.ckpt_every.to_string() },
+        r.keep
     ));
 
-    let v0 = evaluate(&cfg, &params, &mut val_data, &mut acts, o.eval_batches);
-    summary.val_losses.push((0, v0));
-    say(format!("step {:>6} | val loss {v0:.4}", 0));
-    let run_start = Instant::now();
-    for step in 0..o.steps {
+    if resumed_from.is_none() {
+        let v = evaluate(&cfg, &t.params, &mut val_data, &mut acts, r.eval_batches);
+        record_val(&mut t, v, &mut metrics, &mut log, &mut summary)?;
+    }
+
+    let session_start = Instant::now();
+    let elapsed_before = t.state.elapsed_s;
+    let mut step_time = None::<f64>;
+    let mut bad_in_a_row = 0;
+    let mut last_saved: Option<PathBuf> = rundir::list_checkpoints(&o.out).first().map(|c| c.1.clone());
+    let mut session_tokens = 0u64;
+    while t.step < r.steps {
         let t0 = Instant::now();
         grads.fill(0.0);
         let dloss = 1.0 / tokens_per_step as f32;
         let mut loss = 0.0;
-        for _ in 0..o.grad_accum {
+        for _ in 0..r.grad_accum {
             train_data.next_batch(&mut inputs, &mut targets);
-            gpt::forward(&cfg, &layout, &params, &mut acts, &inputs);
-            loss += gpt::backward(&cfg, &layout, &params, &mut grads, &mut acts, &inputs, &targets, dloss);
+            gpt::forward(&cfg, &layout, &t.params, &mut acts, &inputs);
+            loss += gpt::backward(&cfg, &layout, &t.params, &mut grads, &mut acts, &inputs, &targets, dloss);
         }
-        loss /= o.grad_accum as f64;
-        let norm = clip_grad_norm(&mut grads, o.grad_clip);
-        let lr = sched.at(step);
+        loss /= r.grad_accum as f64;
+        if o.poison_steps.contains(&(t.step + 1)) {
+            loss = f64::NAN;
+        }
+        let norm = clip_grad_norm(&mut grads, r.grad_clip);
+        let lr = sched.at(t.step);
+        t.step += 1;
+        t.state.tokens += tokens_per_step;
+        session_tokens += tokens_per_step;
+        t.state.loader = train_data.state();
         if !loss.is_finite() || !norm.is_finite() {
-            bail!("step {}: loss {loss} or gradient norm {norm} is not finite; try a lower --lr", step + 1);
+            bad_in_a_row += 1;
+            t.state.skipped += 1;
+            log.line(&format!(
+                "step {:>6}/{} | loss {loss} | norm {norm} | not finite: update skipped ({bad_in_a_row} in a row)",
+                t.step, r.steps
+            ));
+            metrics.write(&Record::Skip { step: t.step, tokens: t.state.tokens, loss, grad_norm: norm })?;
+            if bad_in_a_row >= o.max_bad_steps {
+                let last = match &last_saved {
+                    Some(p) => format!("the last good checkpoint is {}", p.display()),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                bail!(
+                    "{bad_in_a_row} steps in a row (up to step {}) had a non-finite loss or gradient norm, so the run \
+                     stopped; {last}. Resume with a lower learning rate: genesis train --out {} --lr {:e}",
+                    t.step,
+                    o.out.display(),
+                    r.lr / 2.0
+                );
+            }
+        } else {
+            bad_in_a_row = 0;
+            t.opt.step(&layout, &mut t.params, &grads, lr as f32);
+            t.state.adam_t = t.opt.t;
+            t.state.loss = loss;
+            summary.train_losses.push((t.step, loss));
+            let dt = t0.elapsed().as_secs_f64();
+            let avg = step_time.map_or(dt, |a: f64| 0.9 * a + 0.1 * dt);
+            step_time = Some(avg);
+            let elapsed = elapsed_before + session_start.elapsed().as_secs_f64();
+            let tok_s = tokens_per_step as f64 / dt;
+            log.line(&format!(
+                "step {:>6}/{} | epoch {:.2} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {tok_s:.0} tok/s | {:.1} ms | elapsed {} | eta {}",
+                t.step,
+                r.steps,
+                train_data.epoch_progress(),
+                dt * 1e3,
+                runlog::duration(elapsed),
+                runlog::duration(avg * (r.steps - t.step) as f64)
+            ));
+            metrics.write(&Record::Train {
+                step: t.step,
+                tokens: t.state.tokens,
+                loss,
+                lr,
+                grad_norm: norm,
+                tokens_per_sec: tok_s,
+                mfu: None,
+                elapsed_s: elapsed,
+            })?;
         }
-        opt.step(&layout, &mut params, &grads, lr as f32);
-        let dt = t0.elapsed().as_secs_f64();
-        summary.train_losses.push(loss);
-        say(format!(
-            "step {:>6}/{} | epoch {:.2} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.0} tok/s | {:.1} ms",
-            step + 1,
-            o.steps,
-            train_data.epoch_progress(),
-            tokens_per_step / dt,
-            dt * 1e3
-        ));
-        let done = step + 1;
-        if (o.eval_every > 0 && done % o.eval_every == 0) || done == o.steps {
-            let v = evaluate(&cfg, &params, &mut val_data, &mut acts, o.eval_batches);
-            summary.val_losses.push((done, v));
-            say(format!("step {done:>6} | val loss {v:.4}"));
+        t.state.val_loss = None;
+        t.state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
+        let stop = o.stop.as_ref().map(|s| s.load(Ordering::SeqCst)).filter(|&s| s != 0);
+        let last = t.step == r.steps;
+        let ckpt_due = last || (r.ckpt_every > 0 && t.step.is_multiple_of(r.ckpt_every));
+        if stop.is_none() && ((r.eval_every > 0 && t.step.is_multiple_of(r.eval_every)) || ckpt_due) {
+            let v = evaluate(&cfg, &t.params, &mut val_data, &mut acts, r.eval_batches);
+            record_val(&mut t, v, &mut metrics, &mut log, &mut summary)?;
         }
-        if (o.ckpt_every > 0 && done % o.ckpt_every == 0) || done == o.steps {
-            let path = checkpoint_path(&o.out, done);
-            checkpoint::save(&path, &Checkpoint::new(cfg, done, params.clone()))?;
-            say(format!("step {done:>6} | saved {}", path.display()));
+        if ckpt_due || stop.is_some() {
+            let path = save_checkpoint(o, &mut t, &mut log)?;
+            last_saved = Some(path.clone());
             summary.checkpoint = path;
         }
+        if let Some(sig) = stop {
+            summary.stopped_by = Some(signal_name(sig));
+            break;
+        }
     }
-    summary.tokens_per_sec = tokens_per_step * o.steps as f64 / run_start.elapsed().as_secs_f64();
+    summary.step = t.step;
+    summary.best = t.state.best;
+    if summary.checkpoint.as_os_str().is_empty() {
+        summary.checkpoint = last_saved.unwrap_or_default();
+    }
+    summary.tokens_per_sec = session_tokens as f64 / session_start.elapsed().as_secs_f64().max(1e-9);
     Ok(summary)
 }

@@ -1,0 +1,408 @@
+//! Runs that never lose work, on the CPU with the `tiny` model: full checkpoints, resume that is
+//! bit-exact, damaged checkpoints, retention, --fresh, the non-finite guard, and (through the
+//! binary) SIGKILL at random moments and clean stops on SIGINT/SIGTERM/SIGHUP.
+
+mod common;
+
+use common::{err_string, shared_file, temp_dir};
+use genesis::data::prepare::{prepare, Input, PrepareConfig};
+use genesis::data::source::{Docs, Format, SourceFile};
+use genesis::model::ModelConfig;
+use genesis::rng::Rng;
+use genesis::train::checkpoint;
+use genesis::train::metrics::{self, Record};
+use genesis::train::rundir::list_checkpoints;
+use genesis::train::{checkpoint_path, train, RunConfig, TrainOptions, TrainState};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A small dataset: the first 150 kB of tiny Shakespeare, split into paragraphs.
+fn dataset(dir: &Path) -> PathBuf {
+    let text = fs::read_to_string(shared_file("tinyshakespeare.txt")).unwrap();
+    let cut = text[..150_000].rfind("\n\n").unwrap();
+    let src = dir.join("shakespeare.txt");
+    fs::write(&src, &text[..cut]).unwrap();
+    let data = dir.join("data");
+    let mut cfg = PrepareConfig::new("shakespeare");
+    cfg.source.docs = Docs::Paragraphs;
+    cfg.progress = false;
+    prepare(&[Input::local(SourceFile { path: src, format: Format::Text })], &data, &cfg).unwrap();
+    data
+}
+
+fn run_config(data: &Path, steps: u64) -> RunConfig {
+    RunConfig {
+        model: ModelConfig::preset("tiny").unwrap(),
+        data: data.to_path_buf(),
+        steps,
+        batch: 4,
+        seq: 32,
+        grad_accum: 2,
+        lr: 3e-3,
+        min_lr_frac: 0.1,
+        warmup: 3,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        eval_every: 0,
+        eval_batches: 2,
+        ckpt_every: 0,
+        keep: 3,
+        seed: 7,
+        init_from: None,
+    }
+}
+
+fn options(run: RunConfig, out: &Path) -> TrainOptions {
+    TrainOptions::new(run, out.to_path_buf())
+}
+
+/// Options whose stop flag is already raised (as by SIGTERM): the run does one step, saves and returns.
+fn one_step_then_stop(run: RunConfig, out: &Path) -> TrainOptions {
+    let mut o = options(run, out);
+    o.stop = Some(Arc::new(AtomicUsize::new(15)));
+    o
+}
+
+fn bits(xs: &[(u64, f64)]) -> Vec<(u64, u64)> {
+    xs.iter().map(|&(s, l)| (s, l.to_bits())).collect()
+}
+
+/// Asserts that two checkpoints hold bit-identical parameters and AdamW moments.
+fn assert_same_state(a: &Path, b: &Path) {
+    let (ca, cb) = (checkpoint::load(a).unwrap(), checkpoint::load(b).unwrap());
+    assert_eq!(ca.step, cb.step);
+    for name in ["params", "adam_m", "adam_v"] {
+        let (x, y) = (ca.section(name).unwrap(), cb.section(name).unwrap());
+        let differ = x.iter().zip(y).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+        assert_eq!(differ, 0, "{name}: {differ} values differ between {} and {}", a.display(), b.display());
+    }
+}
+
+fn main_log(out: &Path) -> String {
+    fs::read_to_string(out.join("main.log")).unwrap_or_default()
+}
+
+#[test]
+fn resume_gives_the_same_bits_as_an_unbroken_run() {
+    let dir = temp_dir("resume-exact");
+    let data = dataset(&dir);
+    let straight = train(&options(run_config(&data, 10), &dir.join("a"))).unwrap();
+    assert_eq!(straight.train_losses.len(), 10);
+
+    // The same run, stopped after steps 1, 2 and 3 (as by a signal), then resumed to the end with a
+    // different checkpoint interval (allowed, and logged).
+    let b = dir.join("b");
+    let mut losses = Vec::new();
+    for expect in 1..=3 {
+        let s = train(&one_step_then_stop(run_config(&data, 10), &b)).unwrap();
+        assert_eq!((s.step, s.stopped_by.as_deref()), (expect, Some("SIGTERM")));
+        assert_eq!(s.resumed_from, (expect > 1).then_some(expect - 1));
+        losses.extend(s.train_losses);
+    }
+    let mut rest = run_config(&data, 10);
+    rest.ckpt_every = 4;
+    let s = train(&options(rest, &b)).unwrap();
+    assert_eq!(s.resumed_from, Some(3));
+    losses.extend(s.train_losses);
+    assert_eq!(bits(&losses), bits(&straight.train_losses), "losses differ after resuming");
+    assert_same_state(&straight.checkpoint, &s.checkpoint);
+    let log = main_log(&b);
+    assert!(log.contains("resuming from step 3 (768 tokens seen, train loss"), "{log}");
+    assert!(log.contains("settings changed on resume: ckpt-every 0 -> 4"), "{log}");
+
+    // metrics.jsonl holds each step once, in order, with the same losses.
+    let recs = metrics::read(&b.join("metrics.jsonl")).unwrap();
+    let train_steps: Vec<u64> =
+        recs.iter().filter_map(|r| if let Record::Train { step, .. } = r { Some(*step) } else { None }).collect();
+    assert_eq!(train_steps, (1..=10).collect::<Vec<_>>());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_full_checkpoint_holds_the_whole_training_state() {
+    let dir = temp_dir("resume-state");
+    let data = dataset(&dir);
+    let s = train(&options(run_config(&data, 3), &dir.join("run"))).unwrap();
+    let ckpt = checkpoint::load(&s.checkpoint).unwrap();
+    let names: Vec<&str> = ckpt.sections.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, ["params", "adam_m", "adam_v"]);
+    let state: TrainState = serde_json::from_value(ckpt.meta).unwrap();
+    assert_eq!((state.adam_t, state.tokens, state.skipped), (3, 3 * 2 * 4 * 32, 0));
+    assert_eq!(state.run, run_config(&data, 3));
+    assert_eq!(state.loss.to_bits(), s.train_losses[2].1.to_bits());
+    assert_eq!(state.val_loss.map(f64::to_bits), s.val_losses.last().map(|v| v.1.to_bits()));
+    assert!(state.loader.position > 0 || state.loader.shard > 0, "loader position not saved: {:?}", state.loader);
+    let size = fs::metadata(&s.checkpoint).unwrap().len();
+    let want = checkpoint::full_checkpoint_bytes(&ckpt.config);
+    assert!(size <= want && want - size < 8192, "full checkpoint is {size} bytes, estimate {want}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used() {
+    let dir = temp_dir("resume-damaged");
+    let data = dataset(&dir);
+    let straight = train(&options(run_config(&data, 8), &dir.join("a"))).unwrap();
+
+    let b = dir.join("b");
+    let mut cfg = run_config(&data, 6);
+    cfg.ckpt_every = 2;
+    train(&options(cfg, &b)).unwrap();
+    let newest = checkpoint_path(&b, 6);
+    let mut bytes = fs::read(&newest).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x40;
+    fs::write(&newest, bytes).unwrap();
+    // A leftover temporary from a killed write is removed too.
+    fs::write(b.join("step_00000007.ckpt.tmp"), b"half a checkpoint").unwrap();
+
+    let s = train(&options(run_config(&data, 8), &b)).unwrap();
+    assert_eq!(s.resumed_from, Some(4));
+    let log = main_log(&b);
+    assert!(log.contains("step_00000006.ckpt is damaged") && log.contains("section 'adam_v'"), "{log}");
+    assert!(log.contains("removed step_00000007.ckpt.tmp"), "{log}");
+    assert!(b.join("step_00000006.ckpt.corrupt").exists());
+    assert!(!b.join("step_00000007.ckpt.tmp").exists());
+    assert_eq!(bits(&s.train_losses), bits(&straight.train_losses[4..]));
+    assert_same_state(&straight.checkpoint, &s.checkpoint);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn changing_the_model_or_sequence_on_resume_is_an_error_and_fresh_starts_over() {
+    let dir = temp_dir("resume-refuse");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    train(&options(run_config(&data, 2), &out)).unwrap();
+
+    let mut wider = run_config(&data, 4);
+    wider.model.channels = 128;
+    let e = err_string(train(&options(wider.clone(), &out)));
+    assert!(e.contains("different model") && e.contains("--fresh"), "{e}");
+    let mut longer = run_config(&data, 4);
+    longer.seq = 16;
+    let e = err_string(train(&options(longer, &out)));
+    assert!(e.contains("--seq 32") && e.contains("--seq 16"), "{e}");
+
+    let mut fresh = options(wider, &out);
+    fresh.fresh = true;
+    let s = train(&fresh).unwrap();
+    assert_eq!((s.resumed_from, s.step), (None, 4));
+    assert!(out.join("previous-1").join("step_00000002.ckpt").exists(), "--fresh must keep the old run aside");
+    assert!(main_log(&out).contains("--fresh: moved the earlier run"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn keeps_the_newest_checkpoints_and_the_best() {
+    let dir = temp_dir("resume-keep");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    let mut cfg = run_config(&data, 12);
+    cfg.ckpt_every = 1;
+    cfg.keep = 2;
+    // A learning rate high enough that validation loss rises again after a few steps.
+    cfg.lr = 0.05;
+    cfg.warmup = 1;
+    let s = train(&options(cfg, &out)).unwrap();
+    let best = s.val_losses.iter().filter(|v| v.0 > 0).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+    assert_eq!(s.best.map(|b| b.0), Some(best));
+    let mut want = vec![12, 11];
+    if best < 11 {
+        want.push(best);
+    }
+    let kept: Vec<u64> = list_checkpoints(&out).into_iter().map(|c| c.0).collect();
+    assert_eq!(kept, want, "val losses {:?}", s.val_losses);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn non_finite_steps_are_skipped_and_never_saved() {
+    let dir = temp_dir("resume-nan");
+    let data = dataset(&dir);
+    let mut o = options(run_config(&data, 6), &dir.join("a"));
+    o.poison_steps = vec![3];
+    let s = train(&o).unwrap();
+    let steps: Vec<u64> = s.train_losses.iter().map(|l| l.0).collect();
+    assert_eq!(steps, [1, 2, 4, 5, 6]);
+    let ckpt = checkpoint::load(&s.checkpoint).unwrap();
+    let state: TrainState = serde_json::from_value(ckpt.meta.clone()).unwrap();
+    assert_eq!((state.adam_t, state.skipped), (5, 1));
+    assert!(ckpt.params().iter().all(|p| p.is_finite()));
+    let recs = metrics::read(&dir.join("a").join("metrics.jsonl")).unwrap();
+    assert!(recs.iter().any(|r| matches!(r, Record::Skip { step: 3, .. })), "{recs:?}");
+    assert!(main_log(&dir.join("a")).contains("not finite: update skipped"));
+
+    // Several in a row stop the run and name the last good checkpoint.
+    let mut cfg = run_config(&data, 20);
+    cfg.ckpt_every = 2;
+    let mut o = options(cfg, &dir.join("b"));
+    o.poison_steps = (5..=20).collect();
+    o.max_bad_steps = 3;
+    let e = err_string(train(&o));
+    assert!(e.contains("3 steps in a row") && e.contains("step_00000006.ckpt") && e.contains("--lr"), "{e}");
+    let kept: Vec<u64> = list_checkpoints(&dir.join("b")).into_iter().map(|c| c.0).collect();
+    assert_eq!(kept, [6, 4, 2]);
+    // Steps 5 and 6 were skipped, so the step-6 checkpoint holds step 4's weights.
+    let (p4, p6) = (checkpoint_path(&dir.join("b"), 4), checkpoint_path(&dir.join("b"), 6));
+    let (w4, w6) = (checkpoint::load_params(&p4).unwrap().1, checkpoint::load_params(&p6).unwrap().1);
+    assert!(w4.iter().zip(&w6).all(|(a, b)| a.to_bits() == b.to_bits()));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn refuses_to_write_non_finite_values() {
+    let dir = temp_dir("resume-refuse-nan");
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let mut params = genesis::cpu::gpt::init_params(&cfg, 1);
+    params[17] = f32::NAN;
+    let path = dir.join("x.ckpt");
+    let e = err_string(checkpoint::write(&path, &cfg, 1, &serde_json::Value::Null, &[("params", &params)]));
+    assert!(e.contains("non-finite") && e.contains("index 17"), "{e}");
+    assert!(!path.exists());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- through the binary -----------------------------------------------------------------------
+
+const CLI_STEPS: &str = "24";
+
+fn spawn_train(data: &Path, out: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(["--threads", "1", "train", "--model", "tiny", "--batch", "4", "--seq", "32", "--eval-batches", "1"])
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn sigkill_at_random_moments_always_resumes_to_the_same_result() {
+    let dir = temp_dir("resume-kill");
+    let data = dataset(&dir);
+    let args = ["--steps", CLI_STEPS, "--ckpt-every", "1", "--eval-every", "0"];
+    let (code, text) = finish(spawn_train(&data, &dir.join("straight"), &args));
+    assert_eq!(code, 0, "{text}");
+
+    let out = dir.join("killed");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut rng = Rng::new(seed);
+    let mut kills = 0;
+    for attempt in 0..40 {
+        let mut child = spawn_train(&data, &out, &args);
+        if attempt >= 6 {
+            let (code, text) = finish(child);
+            assert_eq!(code, 0, "seed {seed}: final resume failed\n{text}");
+            break;
+        }
+        // Kill at a random moment: during start-up, a step, or a checkpoint write.
+        let delay = Duration::from_millis(50 + rng.below(1200));
+        let t0 = Instant::now();
+        while t0.elapsed() < delay && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        let (_, text) = finish(child);
+        assert!(!text.contains("error"), "seed {seed}, attempt {attempt}: {text}");
+        // Whatever was killed, the newest checkpoint on disk is whole.
+        if let Some((_, newest)) = list_checkpoints(&out).first() {
+            checkpoint::verify(newest).unwrap_or_else(|e| panic!("seed {seed}: {e:#}"));
+        }
+    }
+    assert!(kills > 0, "seed {seed}: no run was still going when killed");
+    let final_ckpt = checkpoint_path(&out, 24);
+    assert_same_state(&checkpoint_path(&dir.join("straight"), 24), &final_ckpt);
+    let losses = |run: &str| -> Vec<(u64, u64)> {
+        metrics::read(&dir.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| if let Record::Train { step, loss, .. } = r { Some((step, loss.to_bits())) } else { None })
+            .collect()
+    };
+    assert_eq!(losses("straight"), losses("killed"), "seed {seed}: logged losses differ");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Waits until the run has logged a completed step.
+fn wait_for_a_step(out: &Path, child: &mut Child) {
+    let t0 = Instant::now();
+    while !main_log(out).contains("| loss ") {
+        assert!(child.try_wait().unwrap().is_none(), "training exited before its first step");
+        assert!(t0.elapsed() < Duration::from_secs(60), "no step logged within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send(child: &Child, signal: &str) {
+    let ok = Command::new("kill").args(["-s", signal, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill -s {signal} failed");
+}
+
+#[test]
+fn signals_finish_the_step_checkpoint_and_exit_cleanly() {
+    let dir = temp_dir("resume-signals");
+    let data = dataset(&dir);
+    for signal in ["TERM", "HUP", "INT"] {
+        let out = dir.join(signal);
+        let mut child = spawn_train(&data, &out, &["--steps", "100000", "--eval-every", "0"]);
+        wait_for_a_step(&out, &mut child);
+        send(&child, signal);
+        let (code, text) = finish(child);
+        assert_eq!(code, 0, "SIG{signal}: {text}");
+        assert!(text.contains(&format!("stopped by SIG{signal} after step")), "{text}");
+        assert!(text.contains(&format!("Resume with: genesis train --out {}", out.display())), "{text}");
+        let (step, path) = list_checkpoints(&out).into_iter().next().expect("no checkpoint written on stop");
+        assert!(step >= 1);
+        checkpoint::verify(&path).unwrap();
+        // And the run resumes from there.
+        let (code, text) = finish(spawn_train(&data, &out, &["--steps", &(step + 1).to_string()]));
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains(&format!("resuming from step {step} ")), "{text}");
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_sigint_exits_at_once() {
+    let dir = temp_dir("resume-double-int");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    // Big steps (about a second each on one thread), so both signals land inside one step.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(["--threads", "1", "train", "--model", "tiny", "--batch", "16", "--seq", "64", "--grad-accum", "2"])
+        .args(["--steps", "1000", "--eval-every", "0", "--eval-batches", "1"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_a_step(&out, &mut child);
+    send(&child, "INT");
+    std::thread::sleep(Duration::from_millis(20));
+    send(&child, "INT");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "a second SIGINT must exit at once with 130");
+    assert!(list_checkpoints(&out).is_empty(), "it must not have finished the step and saved");
+    fs::remove_dir_all(&dir).unwrap();
+}
