@@ -25,7 +25,7 @@ use std::sync::Arc;
 #[derive(FromArgs)]
 #[argh(
     example = "genesis prepare wikitext-103\ngenesis prepare --input corpus.txt --name corpus\ngenesis train --model tiny --data corpus --out runs/first\ngenesis sample --checkpoint runs/first/step_00001000.ckpt --prompt \"Once upon\"",
-    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; the CUDA engine is under construction. Every command has its own --help."
+    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; the CUDA engine is under construction. Every command has its own --help.\n\nThe path: genesis doctor (is this machine ready?), genesis prepare, genesis train (resumes by itself; plot RUN draws its loss), genesis eval, genesis export (a Hugging Face GPT-2 directory to take home), genesis verify (after the download), genesis sample."
 )]
 struct Cli {
     /// worker threads for CPU work (default: all cores)
@@ -203,7 +203,7 @@ struct TrainCmd {
     max_bad_steps: u64,
 }
 
-/// Generate text from a checkpoint on the CPU, streaming it as it is produced.
+/// Generate text from a checkpoint or an exported model on the CPU, streaming it as it is produced.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
@@ -212,7 +212,7 @@ struct TrainCmd {
     note = "Decoding uses a KV cache. Generation stops at the end-of-text token, after --max-tokens, or when the model's context is full. The same --seed gives the same text."
 )]
 struct SampleCmd {
-    /// checkpoint file written by `genesis train`
+    /// model to sample from: a checkpoint (*.ckpt), an export directory (genesis export), a Hugging Face GPT-2 model.safetensors or an llm.c .bin
     #[argh(option)]
     checkpoint: PathBuf,
     /// text to continue (default: start from end-of-text, i.e. a new document)

@@ -85,8 +85,129 @@ pub fn load(path: &Path) -> Result<Weights> {
     )
 }
 
-/// A Hugging Face GPT-2 safetensors file; its `config.json` is looked for beside it.
+/// A Hugging Face GPT-2 safetensors file; its `config.json` is looked for beside it (and `genesis.json`,
+/// for the step and exact padded vocabulary of a `genesis export`).
 fn load_safetensors(path: &Path) -> Result<Weights> {
-    let _ = ParamLayout::new;
-    bail!("{}: reading safetensors is not built yet", path.display())
+    let (config, params, export) = crate::hf::load(path)?;
+    Ok(Weights {
+        config,
+        params,
+        format: WeightsFormat::Safetensors,
+        path: path.to_path_buf(),
+        step: export.and_then(|e| e.step),
+    })
+}
+
+/// What [`verify`] found in a whole file.
+#[derive(Clone, Debug)]
+pub struct VerifyReport {
+    pub format: WeightsFormat,
+    pub config: ModelConfig,
+    pub step: Option<u64>,
+    /// What was checked, e.g. "every section's CRC-32" or "sha256 matches genesis.json".
+    pub checked: String,
+}
+
+/// Checks that the model file (or export directory) at `path` is whole without loading it for use:
+/// a Genesis checkpoint's header and every section's CRC-32; a safetensors file's header, tensor
+/// extents, exact length, expected GPT-2 tensors and shapes, and the sha256 recorded in `genesis.json`
+/// when present; an llm.c file's header and size. The error names the file and the broken part.
+pub fn verify(path: &Path) -> Result<VerifyReport> {
+    let st = if path.is_dir() { path.join(crate::hf::MODEL_FILE) } else { path.to_path_buf() };
+    if path.is_dir() && !st.exists() {
+        bail!("{}: no {} in this directory; is it an export directory?", path.display(), crate::hf::MODEL_FILE);
+    }
+    let mut head = [0u8; 8];
+    let n = std::fs::File::open(&st)
+        .and_then(|mut f| f.read(&mut head))
+        .with_context(|| format!("cannot read model file {}", st.display()))?;
+    let head = &head[..n];
+    if head.starts_with(checkpoint::MAGIC) {
+        let info = checkpoint::verify(&st)?;
+        let names: Vec<&str> = info.sections.iter().map(|s| s.name.as_str()).collect();
+        return Ok(VerifyReport {
+            format: WeightsFormat::Checkpoint,
+            config: info.config,
+            step: Some(info.step),
+            checked: format!("CRC-32 of every section ({}) matches", names.join(", ")),
+        });
+    }
+    if head.len() >= 4 && head[..4] == crate::llmc::MAGIC.to_le_bytes() {
+        let (config, version) = verify_llmc(&st)?;
+        return Ok(VerifyReport {
+            format: WeightsFormat::LlmC,
+            config,
+            step: None,
+            checked: format!("version {version}, size matches the header"),
+        });
+    }
+    verify_safetensors(&st)
+}
+
+/// Structure of a GPT-2 safetensors file, and its sha256 against `genesis.json` when there is one.
+fn verify_safetensors(path: &Path) -> Result<VerifyReport> {
+    let g = crate::hf::open_gpt2(path)?;
+    let dtypes: std::collections::BTreeSet<&str> = g.tensors.iter().map(|(_, i)| i.dtype.as_str()).collect();
+    let dtypes = dtypes.into_iter().collect::<Vec<_>>().join("+");
+    let mut checked = format!("{dtypes}, {} tensors with the right shapes, length exact", g.tensors.len());
+    match &g.export {
+        Some(e) => {
+            let actual = crate::hf::sha256_file(path)?;
+            let json = path.with_file_name(crate::hf::GENESIS_FILE);
+            if actual != e.sha256 {
+                bail!(
+                    "{}: sha256 is {actual} but {} records {}: the file is damaged or was changed; copy or download it again",
+                    path.display(),
+                    json.display(),
+                    e.sha256
+                );
+            }
+            checked.push_str(", sha256 matches genesis.json");
+        }
+        None => checked.push_str(", no genesis.json so no sha256 to compare"),
+    }
+    Ok(VerifyReport {
+        format: WeightsFormat::Safetensors,
+        config: g.config,
+        step: g.export.as_ref().and_then(|e| e.step),
+        checked,
+    })
+}
+
+/// An llm.c model file's header and size, without reading the parameters. Returns the shape and version.
+fn verify_llmc(path: &Path) -> Result<(ModelConfig, i32)> {
+    use crate::llmc::{HEADER_BYTES, VERSION_BF16, VERSION_FP32};
+    let p = path.display();
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {p}"))?;
+    let file_len = f.metadata().with_context(|| format!("cannot stat {p}"))?.len();
+    let mut bytes = vec![0u8; HEADER_BYTES];
+    f.read_exact(&mut bytes)
+        .with_context(|| format!("{p}: truncated: {file_len} bytes, the llm.c header alone needs {HEADER_BYTES}"))?;
+    let h: Vec<i32> = bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let elem = match h[1] {
+        VERSION_FP32 => 4,
+        VERSION_BF16 => 2,
+        v => bail!("{p}: unknown llm.c model version {v} (expected {VERSION_FP32} = fp32 or {VERSION_BF16} = bf16)"),
+    };
+    let field = |i: usize| usize::try_from(h[i]).unwrap_or(0);
+    let config = ModelConfig {
+        max_seq_len: field(2),
+        vocab_size: field(3),
+        num_layers: field(4),
+        num_heads: field(5),
+        channels: field(6),
+        padded_vocab_size: field(7),
+    };
+    config.validate().map_err(|e| anyhow::anyhow!("{p}: bad llm.c header: {e}"))?;
+    let want = (HEADER_BYTES + ParamLayout::new(&config).total * elem) as u64;
+    if file_len < want {
+        bail!("{p}: truncated: the header ({config}) implies {want} bytes but the file has {file_len}; copy it again");
+    }
+    if file_len > want {
+        bail!(
+            "{p}: the header ({config}) implies {want} bytes but the file has {file_len} ({} extra)",
+            file_len - want
+        );
+    }
+    Ok((config, h[1]))
 }
