@@ -254,48 +254,11 @@ pub fn check_cuda_libraries() -> Vec<Check> {
     } else {
         "installed together with libcublas (see the fix above)".to_string()
     };
-    let lt = match find_library(&["libcublasLt.so.13", "libcublasLt.so.12"]) {
+    let lt = match crate::gpu::device::find_cuda_library(&["libcublasLt.so.13", "libcublasLt.so.12"]) {
         Some(p) => Check::ok("cublasLt", p.display().to_string()),
         None => Check::warn("cublasLt", "libcublasLt.so.13/.12 not found", lt_fix),
     };
     vec![cublas, lt]
-}
-
-/// The first of `names` (in order of preference) in `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`,
-/// `/usr/local/cuda/lib64`, `$LD_LIBRARY_PATH` or the linker cache: the search `find_cublas` does.
-pub fn find_library(names: &[&str]) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(root) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            dirs.push(PathBuf::from(root).join("lib64"));
-        }
-    }
-    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
-    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
-        dirs.extend(std::env::split_paths(&paths).filter(|d| !d.as_os_str().is_empty()));
-    }
-    let cached = ldconfig_libraries();
-    names.iter().find_map(|name| {
-        dirs.iter()
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-            .or_else(|| cached.iter().find(|p| p.file_name().is_some_and(|f| f == *name) && p.is_file()).cloned())
-    })
-}
-
-/// Paths listed by `ldconfig -p` (empty if ldconfig is unavailable).
-fn ldconfig_libraries() -> Vec<PathBuf> {
-    for exe in ["ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"] {
-        let Ok(out) = Command::new(exe).arg("-p").output() else { continue };
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|line| line.split_once("=>"))
-                .map(|(_, path)| PathBuf::from(path.trim()))
-                .collect();
-        }
-    }
-    Vec::new()
 }
 
 /// The CUDA architectures compiled into this binary, or how to get a build that has them.

@@ -170,12 +170,15 @@ fn grid_for(n: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
-/// Locates a cuBLAS shared library (`libcublas.so.13` preferred, then `.so.12`)
-/// in `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`, `/usr/local/cuda/lib64`,
-/// `$LD_LIBRARY_PATH` and the dynamic linker cache (`ldconfig -p`).
-/// Does not load it.
+/// Locates a cuBLAS shared library (`libcublas.so.13` preferred, then `.so.12`); see
+/// [`find_cuda_library`]. Does not load it.
 pub fn find_cublas() -> Option<PathBuf> {
-    const NAMES: [&str; 2] = ["libcublas.so.13", "libcublas.so.12"];
+    find_cuda_library(&["libcublas.so.13", "libcublas.so.12"])
+}
+
+/// The first of `names` (in order of preference) found in `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`,
+/// `/usr/local/cuda/lib64`, `$LD_LIBRARY_PATH` or the dynamic linker cache (`ldconfig -p`).
+pub fn find_cuda_library(names: &[&str]) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(root) = std::env::var_os(var).filter(|v| !v.is_empty()) {
@@ -187,7 +190,7 @@ pub fn find_cublas() -> Option<PathBuf> {
         dirs.extend(std::env::split_paths(&paths).filter(|d| !d.as_os_str().is_empty()));
     }
     let cached = ldconfig_libraries();
-    NAMES.iter().find_map(|name| {
+    names.iter().find_map(|name| {
         dirs.iter()
             .map(|d| d.join(name))
             .find(|p| p.is_file())
