@@ -59,6 +59,7 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     embedding_forward: CudaFunction,
+    functions: std::sync::Mutex<std::collections::HashMap<String, CudaFunction>>,
 }
 
 impl Gpu {
@@ -79,7 +80,7 @@ impl Gpu {
         let load =
             |name: &str| module.load_function(name).with_context(|| format!("kernel `{name}` missing from the fatbin"));
         let embedding_forward = load("embedding_forward")?;
-        Ok(Gpu { ctx, stream, module, embedding_forward })
+        Ok(Gpu { ctx, stream, module, embedding_forward, functions: Default::default() })
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {
@@ -92,6 +93,17 @@ impl Gpu {
 
     pub fn module(&self) -> &Arc<CudaModule> {
         &self.module
+    }
+
+    /// The kernel `name` from the embedded fatbin (looked up once, then cached).
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().expect("kernel cache poisoned");
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self.module.load_function(name).with_context(|| format!("kernel `{name}` missing from the fatbin"))?;
+        cache.insert(name.to_string(), f.clone());
+        Ok(f)
     }
 
     /// Device name and compute capability, e.g. `"NVIDIA H100 (sm_90)"`.
@@ -157,12 +169,12 @@ impl Gpu {
     }
 }
 
-fn to_i32(v: usize, name: &str) -> Result<i32> {
+pub(crate) fn to_i32(v: usize, name: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("{name} = {v} does not fit in an i32 kernel argument"))
 }
 
 /// 1-D launch over `n` elements for grid-stride kernels.
-fn grid_for(n: usize) -> Result<LaunchConfig> {
+pub(crate) fn grid_for(n: usize) -> Result<LaunchConfig> {
     if n == 0 {
         bail!("empty launch");
     }

@@ -1,42 +1,8 @@
 //! CUDA embedding forward vs. an inline CPU reference.
-//!
-//! Without a usable GPU the comparison test prints `skipping: <reason>` and
-//! passes, unless `GENESIS_REQUIRE_GPU=1`, in which case it fails.
 
+use super::{gpu_or_skip, SplitMix};
 use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::kernels;
-
-/// `Some(gpu)` when CUDA works here; otherwise skips (or panics when
-/// `GENESIS_REQUIRE_GPU=1`).
-fn gpu_or_skip() -> Option<Gpu> {
-    let require = std::env::var("GENESIS_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1");
-    if let Err(reason) = cuda_available() {
-        if require {
-            panic!("GENESIS_REQUIRE_GPU=1 but CUDA is unavailable: {reason}");
-        }
-        println!("skipping: {reason}");
-        return None;
-    }
-    Some(Gpu::new(0).expect("CUDA reported available but Gpu::new(0) failed"))
-}
-
-/// Small deterministic generator (splitmix64) so the test needs no RNG crate.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn next_f32(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
 
 fn cpu_embedding_forward(inp: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; b * t * c];

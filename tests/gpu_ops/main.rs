@@ -1,0 +1,45 @@
+//! Every CUDA kernel against its CPU reference, one file per op family (named like
+//! `src/cpu/<op>.rs`, `src/gpu/<op>.rs` and `kernels/<op>.cu`).
+//!
+//! Without a usable GPU each test prints `skipping: <reason>` and passes, unless
+//! `GENESIS_REQUIRE_GPU=1`, in which case it fails.
+
+mod embedding;
+
+use genesis::gpu::device::{cuda_available, Gpu};
+
+/// `Some(gpu)` when CUDA works here; otherwise skips (or panics when `GENESIS_REQUIRE_GPU=1`).
+pub fn gpu_or_skip() -> Option<Gpu> {
+    let require = std::env::var("GENESIS_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1");
+    if let Err(reason) = cuda_available() {
+        if require {
+            panic!("GENESIS_REQUIRE_GPU=1 but CUDA is unavailable: {reason}");
+        }
+        println!("skipping: {reason}");
+        return None;
+    }
+    Some(Gpu::new(0).expect("CUDA reported available but Gpu::new(0) failed"))
+}
+
+/// Small deterministic generator (splitmix64).
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `n` values uniform in [-1, 1).
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next_f32()).collect()
+    }
+}
