@@ -13,5 +13,12 @@
 //! - [`device`]: driver/device probing, [`device::Gpu`] (context, stream,
 //!   module) and the kernel launch wrappers.
 
+pub mod attention;
+pub mod blas;
+pub mod classifier;
 pub mod device;
+pub mod gelu;
 pub mod kernels;
+pub mod layernorm;
+pub mod matmul;
+pub mod residual;

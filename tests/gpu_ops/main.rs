@@ -4,7 +4,13 @@
 //! Without a usable GPU each test prints `skipping: <reason>` and passes, unless
 //! `GENESIS_REQUIRE_GPU=1`, in which case it fails.
 
+mod attention;
+mod classifier;
 mod embedding;
+mod gelu;
+mod layernorm;
+mod matmul;
+mod residual;
 
 use genesis::gpu::device::{cuda_available, Gpu};
 
