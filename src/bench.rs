@@ -131,3 +131,52 @@ pub fn bench_prepare(input: &std::path::Path, repeat: usize) -> anyhow::Result<P
         single_thread_mb_per_sec: single,
     })
 }
+
+/// What `genesis bench forward` measured on the GPU.
+pub struct ForwardBench {
+    pub device: String,
+    pub ms_per_forward: f64,
+    pub tokens_per_sec: f64,
+    /// Achieved TFLOP/s with 2N + 4LCT FLOPs per token (a third of the training formula).
+    pub tflops: f64,
+    /// Milliseconds per op family in one profiled forward.
+    pub per_op: Vec<(&'static str, f64)>,
+    pub activation_gb: f64,
+}
+
+/// Times whole forward passes (with the loss) of random weights on random tokens on GPU 0.
+pub fn bench_forward_gpu(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    tf32: bool,
+) -> anyhow::Result<ForwardBench> {
+    use crate::gpu::gpt::GpuModel;
+    let params = gpt::init_params(cfg, 1);
+    let mut model = GpuModel::new(cfg, &params, 0, tf32)?;
+    let mut rng = Rng::new(3);
+    let n = batch * seq;
+    let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    model.forward(&inputs, Some(&targets), batch, seq)?;
+    model.gpu.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        model.forward(&inputs, Some(&targets), batch, seq)?;
+    }
+    model.gpu.synchronize()?;
+    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    model.set_profiling(true);
+    model.forward(&inputs, Some(&targets), batch, seq)?;
+    let per_op = model.take_profile()?;
+    let tokens_per_sec = n as f64 / secs;
+    Ok(ForwardBench {
+        device: model.gpu.describe(),
+        ms_per_forward: secs * 1e3,
+        tokens_per_sec,
+        tflops: tokens_per_sec * cfg.flops_per_token(seq) / 3.0 / 1e12,
+        per_op,
+        activation_gb: GpuModel::activation_bytes(cfg, batch, seq) as f64 / 1e9,
+    })
+}

@@ -111,9 +111,59 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
-/// Evaluates the model on one split of the prepared dataset in `dir`. See the module docs.
+/// Per-position losses of a batch: what evaluation needs from an engine (the CPU reference here,
+/// the GPU in `gpu::gpt`).
+pub trait Scorer {
+    fn config(&self) -> &ModelConfig;
+    /// Cross-entropy of predicting `targets` from `inputs`, both (B,T) row-major: (B*T) losses.
+    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>>;
+    /// The largest batch worth running at sequence length `seq`.
+    fn auto_batch(&self, seq: usize) -> usize;
+}
+
+/// The CPU reference as a [`Scorer`].
+pub struct CpuScorer<'a> {
+    cfg: ModelConfig,
+    layout: ParamLayout,
+    params: &'a [f32],
+    acts: Option<Activations<f32>>,
+}
+
+impl<'a> CpuScorer<'a> {
+    pub fn new(cfg: &ModelConfig, params: &'a [f32]) -> Result<Self> {
+        check_params(cfg, params)?;
+        Ok(CpuScorer { cfg: *cfg, layout: ParamLayout::new(cfg), params, acts: None })
+    }
+}
+
+impl Scorer for CpuScorer<'_> {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        if self.acts.as_ref().is_none_or(|a| a.b != b || a.t != t) {
+            self.acts = Some(Activations::new(&self.cfg, b, t));
+        }
+        let acts = self.acts.as_mut().expect("allocated above");
+        gpt::forward(&self.cfg, &self.layout, self.params, acts, inputs);
+        gpt::loss(&self.cfg, &self.layout, self.params, acts, targets);
+        Ok(acts.losses.clone())
+    }
+
+    fn auto_batch(&self, seq: usize) -> usize {
+        auto_batch(&self.cfg, seq)
+    }
+}
+
+/// Evaluates the model on one split of the prepared dataset in `dir` on the CPU. See the module docs.
 pub fn evaluate_split(cfg: &ModelConfig, params: &[f32], dir: &Path, opts: &EvalOptions) -> Result<EvalReport> {
-    check_params(cfg, params)?;
+    evaluate_split_with(&mut CpuScorer::new(cfg, params)?, dir, opts)
+}
+
+/// [`evaluate_split`] with any engine.
+pub fn evaluate_split_with(scorer: &mut dyn Scorer, dir: &Path, opts: &EvalOptions) -> Result<EvalReport> {
+    let cfg = &scorer.config().clone();
     let start = Instant::now();
     let manifest = Manifest::load(dir)?;
     let stream = TokenStream::open(&manifest, dir, opts.split)?;
@@ -122,21 +172,16 @@ pub fn evaluate_split(cfg: &ModelConfig, params: &[f32], dir: &Path, opts: &Eval
     let batch = match opts.batch {
         Some(0) => bail!("--batch must be at least 1"),
         Some(b) => b,
-        None => auto_batch(cfg, seq),
+        None => scorer.auto_batch(seq),
     }
     .min(windows as usize);
 
-    let layout = ParamLayout::new(cfg);
     let mut progress = Progress::new(opts.progress, "tokens", windows * seq as u64);
     let mut total_nats = 0.0f64;
-    let mut acts = Activations::<f32>::new(cfg, batch, seq);
     let mut window = vec![0u32; seq + 1];
     let mut w = 0u64;
     while w < windows {
         let rows = batch.min((windows - w) as usize);
-        if rows != acts.b {
-            acts = Activations::new(cfg, rows, seq);
-        }
         let mut inputs = Vec::with_capacity(rows * seq);
         let mut targets = Vec::with_capacity(rows * seq);
         for r in 0..rows {
@@ -144,9 +189,8 @@ pub fn evaluate_split(cfg: &ModelConfig, params: &[f32], dir: &Path, opts: &Eval
             inputs.extend_from_slice(&window[..seq]);
             targets.extend_from_slice(&window[1..]);
         }
-        gpt::forward(cfg, &layout, params, &mut acts, &inputs);
-        gpt::loss(cfg, &layout, params, &mut acts, &targets);
-        total_nats += acts.losses.iter().map(|&l| l as f64).sum::<f64>();
+        let losses = scorer.losses(&inputs, &targets, rows, seq)?;
+        total_nats += losses.iter().map(|&l| l as f64).sum::<f64>();
         w += rows as u64;
         progress.update(w * seq as u64);
     }
@@ -503,12 +547,7 @@ pub fn item_candidates(tokenizer: &Tokenizer, item: &HellaSwagItem, context: usi
 
 /// Scores candidates in one forward pass: rows padded with end-of-text to the longest, padding
 /// ignored (causal attention keeps it from affecting the real positions).
-pub fn score_candidates(
-    cfg: &ModelConfig,
-    layout: &ParamLayout,
-    params: &[f32],
-    candidates: &[Candidate],
-) -> Vec<CandidateScore> {
+pub fn score_candidates(scorer: &mut dyn Scorer, candidates: &[Candidate]) -> Result<Vec<CandidateScore>> {
     let t = candidates.iter().map(Candidate::targets).max().unwrap_or(1).max(1);
     let rows = candidates.len();
     let mut inputs = vec![EOT_TOKEN; rows * t];
@@ -518,17 +557,15 @@ pub fn score_candidates(
         inputs[r * t..r * t + n].copy_from_slice(&c.tokens[..n]);
         targets[r * t..r * t + n].copy_from_slice(&c.tokens[1..]);
     }
-    let mut acts = Activations::<f32>::new(cfg, rows, t);
-    gpt::forward(cfg, layout, params, &mut acts, &inputs);
-    gpt::loss(cfg, layout, params, &mut acts, &targets);
-    candidates
+    let all = scorer.losses(&inputs, &targets, rows, t)?;
+    Ok(candidates
         .iter()
         .enumerate()
         .map(|(r, c)| {
-            let losses = &acts.losses[r * t + c.scored_from..r * t + c.targets()];
+            let losses = &all[r * t + c.scored_from..r * t + c.targets()];
             CandidateScore { sum: losses.iter().map(|&l| l as f64).sum(), tokens: losses.len() }
         })
-        .collect()
+        .collect())
 }
 
 /// The index of the smallest value; the first one on ties.
@@ -572,16 +609,24 @@ pub fn evaluate_hellaswag(
     path: &Path,
     opts: &HellaSwagOptions,
 ) -> Result<HellaSwagReport> {
-    check_params(cfg, params)?;
+    evaluate_hellaswag_with(&mut CpuScorer::new(cfg, params)?, path, opts)
+}
+
+/// [`evaluate_hellaswag`] with any engine.
+pub fn evaluate_hellaswag_with(
+    scorer: &mut dyn Scorer,
+    path: &Path,
+    opts: &HellaSwagOptions,
+) -> Result<HellaSwagReport> {
+    let context = scorer.config().max_seq_len;
     let start = Instant::now();
     let items = read_hellaswag(path, opts.limit)?;
     let tokenizer = Tokenizer::gpt2()?;
-    let layout = ParamLayout::new(cfg);
     let mut progress = Progress::new(opts.progress, "items", items.len() as u64);
     let (mut correct, mut correct_norm) = (0u64, 0u64);
     for (i, item) in items.iter().enumerate() {
-        let candidates = item_candidates(&tokenizer, item, cfg.max_seq_len);
-        let scores = score_candidates(cfg, &layout, params, &candidates);
+        let candidates = item_candidates(&tokenizer, item, context);
+        let scores = score_candidates(scorer, &candidates)?;
         correct += u64::from(argmin(scores.iter().map(|s| s.sum)) == item.label);
         correct_norm += u64::from(argmin(scores.iter().map(CandidateScore::mean)) == item.label);
         progress.update(i as u64 + 1);

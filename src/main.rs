@@ -233,6 +233,9 @@ struct SampleCmd {
     /// random seed (default 42)
     #[argh(option, default = "42")]
     seed: u64,
+    /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
+    #[argh(option, default = "String::from(\"auto\")")]
+    device: String,
 }
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -246,9 +249,36 @@ struct BenchCmd {
 #[derive(FromArgs)]
 #[argh(subcommand)]
 enum BenchWhat {
+    Forward(BenchForward),
     Prepare(BenchPrepare),
     Sample(BenchSample),
     Train(BenchTrain),
+}
+
+/// Tokens/s and TFLOP/s of the forward pass (with the loss) on the GPU, and where the time goes.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "forward",
+    example = "genesis bench forward --model gpt2-124m --batch 8 --seq 1024\ngenesis bench forward --model gpt2-124m --batch 8 --seq 1024 --tf32",
+    note = "Random weights and tokens on GPU 0, fp32 activations and weights. Reports ms per forward, tokens/s, achieved TFLOP/s (2N + 4LCT FLOPs per token: a third of the 6N + 12LCT training formula) and the time per op family from CUDA events in one profiled forward. --tf32 lets cuBLAS use TF32 tensor cores for the matmuls (about 1e-3 relative error)."
+)]
+struct BenchForward {
+    /// model preset (default gpt2-124m)
+    #[argh(option, default = "String::from(\"gpt2-124m\")")]
+    model: String,
+    /// sequences per forward (default 8)
+    #[argh(option, default = "8")]
+    batch: usize,
+    /// tokens per sequence (default 1024)
+    #[argh(option, default = "1024")]
+    seq: usize,
+    /// timed forwards after one warmup (default 10)
+    #[argh(option, default = "10")]
+    steps: usize,
+    /// allow TF32 matmuls
+    #[argh(switch)]
+    tf32: bool,
 }
 
 /// MB/s of `genesis prepare` on all cores against single-thread tiktoken-rs.
@@ -332,6 +362,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(c) => cmd::verify::run(c),
         Command::Doctor(c) => cmd::doctor::run(c),
         Command::Bench(c) => match c.what {
+            BenchWhat::Forward(b) => bench_forward(b),
             BenchWhat::Prepare(b) => bench_prepare(b),
             BenchWhat::Sample(b) => bench_sample(b),
             BenchWhat::Train(b) => bench_train(b),
@@ -624,6 +655,7 @@ fn stop_on_signals() -> Result<Arc<AtomicUsize>> {
 }
 
 fn sample(c: SampleCmd) -> Result<()> {
+    let device = genesis::gpu::select_device(&c.device)?;
     let w = genesis::weights::load(&c.checkpoint)?;
     let (cfg, params) = (w.config, w.params);
     let tok = Tokenizer::gpt2()?;
@@ -634,24 +666,62 @@ fn sample(c: SampleCmd) -> Result<()> {
     }
     let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
     let mut rng = Rng::new(c.seed);
-    let mut dec = Decoder::new(&cfg, &params);
+    let model;
+    let mut step: Box<dyn FnMut(u32) -> Result<Vec<f32>>> = match device {
+        Some(ordinal) => {
+            model = genesis::gpu::gpt::GpuModel::new(&cfg, &params, ordinal, false)?;
+            let mut dec = genesis::gpu::sample::GpuDecoder::new(&model)?;
+            Box::new(move |t| Ok(dec.step(t)?.to_vec()))
+        }
+        None => {
+            let mut dec = Decoder::new(&cfg, &params);
+            Box::new(move |t| Ok(dec.step(t).to_vec()))
+        }
+    };
     let mut stream = StreamDecoder::default();
     let mut out = std::io::stdout().lock();
     write!(out, "{}", c.prompt)?;
     let mut logits = Vec::new();
     for &t in &prompt {
-        logits = dec.step(t).to_vec();
+        logits = step(t)?;
     }
-    for _ in 0..c.max_tokens {
+    // `position`: tokens fed to the model so far.
+    for position in (prompt.len()..).take(c.max_tokens) {
         let next = sample_token(&logits, &params_s, &mut rng);
-        if next == EOT_TOKEN || dec.position() >= cfg.max_seq_len {
+        if next == EOT_TOKEN || position >= cfg.max_seq_len {
             break;
         }
         write!(out, "{}", stream.push(next))?;
         out.flush()?;
-        logits = dec.step(next).to_vec();
+        logits = step(next)?;
     }
     writeln!(out, "{}", stream.finish()).context("writing to stdout")?;
+    Ok(())
+}
+
+fn bench_forward(b: BenchForward) -> Result<()> {
+    let cfg = preset(&b.model)?;
+    if b.seq == 0 || b.seq > cfg.max_seq_len || b.batch == 0 || b.steps == 0 {
+        bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
+    }
+    genesis::gpu::select_device("cuda")?;
+    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, b.tf32)?;
+    println!(
+        "bench forward {} on {} ({}), batch {} seq {}: {:.2} ms/forward, {:.0} tokens/s, {:.1} TFLOP/s, activations {:.2} GB",
+        b.model,
+        r.device,
+        if b.tf32 { "fp32, TF32 matmuls" } else { "fp32" },
+        b.batch,
+        b.seq,
+        r.ms_per_forward,
+        r.tokens_per_sec,
+        r.tflops,
+        r.activation_gb
+    );
+    let total: f64 = r.per_op.iter().map(|o| o.1).sum();
+    for (name, ms) in &r.per_op {
+        println!("  {name:<24} {ms:>8.3} ms  {:>5.1}%", 100.0 * ms / total.max(1e-9));
+    }
     Ok(())
 }
 

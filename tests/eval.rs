@@ -286,9 +286,9 @@ fn hellaswag_matches_direct_scoring() {
     assert_ne!(want_acc, want_norm);
 
     // The library's batched scores equal the direct ones per candidate.
-    let layout = ParamLayout::new(&cfg);
+    let mut scorer = eval::CpuScorer::new(&cfg, &params).unwrap();
     for (it, s) in items.iter().zip(&scores) {
-        let got = eval::score_candidates(&cfg, &layout, &params, &eval::item_candidates(&tok, it, cfg.max_seq_len));
+        let got = eval::score_candidates(&mut scorer, &eval::item_candidates(&tok, it, cfg.max_seq_len)).unwrap();
         for (g, d) in got.iter().zip(s) {
             assert_eq!(g.tokens, d.1);
             assert!(close(g.sum, d.0, 1e-5), "candidate loss {} vs direct {}", g.sum, d.0);

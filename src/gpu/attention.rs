@@ -1,1 +1,200 @@
-//! (under construction)
+//! Causal multi-head self-attention forward on the GPU, the CUDA counterpart of
+//! `src/cpu/attention.rs`: permute kernel, cuBLAS batched GEMMs and a causal softmax kernel
+//! (kernels in `kernels/attention.cu`). The correct-first version: it materialises the full
+//! (B,NH,T,T) attention matrix, which the backward pass needs anyway.
+//!
+//! Scratch layout (floats, each block B*T*C long, laid out (B,NH,T,hs)): `[q | k | v | y]`.
+//!
+//! GEMMs, per (b, h), in cuBLAS's column-major terms (a row-major (R, C) buffer is a column-major
+//! (C, R) matrix with ld C):
+//! - `preatt (T,T) = q (T,hs) · k^T`: column-major `att^T (T,T) = k · q^T`, i.e. A = k buffer
+//!   seen as (hs, T) ld hs used transposed, B = q buffer (hs, T) ld hs as is; m = n = T, k = hs.
+//! - `y (T,hs) = att (T,T) · v (T,hs)`: column-major `y^T (hs,T) = v^T · att^T`, i.e. A = v
+//!   buffer (hs, T) ld hs as is, B = att buffer (T, T) ld T as is; m = hs, n = T, k = T.
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context as _, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::blas::{Blas, StridedBatchedGemm};
+use super::device::{grid_for, to_i32, Gpu};
+
+/// Threads per block of the softmax kernel (one warp per row).
+const SOFTMAX_BLOCK: u32 = 256;
+
+/// Floats of scratch [`attention_forward`] needs: q, k, v and y, each B*T*C.
+pub fn scratch_len(b: usize, t: usize, c: usize) -> usize {
+    4 * b * t * c
+}
+
+/// Causal self-attention forward, queued on `gpu.stream()`:
+/// `qkv (B,T,3C)` -> `out (B,T,C)`, with `att (B,NH,T,T)` the softmax probabilities (zero above
+/// the diagonal) and `scratch` ([`scratch_len`] floats) holding q, k, v, y as (B,NH,T,hs).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward(
+    gpu: &Gpu,
+    blas: &Blas,
+    out: &mut impl DevicePtrMut<f32>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    att: &mut impl DevicePtrMut<f32>,
+    qkv: &impl DevicePtr<f32>,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
+    ensure!(nh > 0 && c.is_multiple_of(nh), "attention_forward: C = {c} is not a positive multiple of NH = {nh}");
+    let hs = c / nh;
+    ensure!(hs > 0, "attention_forward: head size must be positive");
+    let btc = b * t * c;
+    ensure!(out.len() >= btc, "attention_forward: out has {} < B*T*C = {btc}", out.len());
+    ensure!(qkv.len() >= 3 * btc, "attention_forward: qkv has {} < 3*B*T*C = {}", qkv.len(), 3 * btc);
+    ensure!(
+        scratch.len() >= scratch_len(b, t, c),
+        "attention_forward: scratch has {} < 4*B*T*C = {}",
+        scratch.len(),
+        scratch_len(b, t, c)
+    );
+    let att_len = b * nh * t * t;
+    ensure!(att.len() >= att_len, "attention_forward: att has {} < B*NH*T*T = {att_len}", att.len());
+    ensure!(
+        Arc::ptr_eq(blas.stream(), gpu.stream()),
+        "attention_forward: blas was created for a different stream than gpu"
+    );
+    if btc == 0 {
+        return Ok(());
+    }
+    let (bi, ti, nhi, hsi) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(nh, "NH")?, to_i32(hs, "HS")?);
+    to_i32(c, "C")?;
+
+    let stream = &**gpu.stream();
+    let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
+    let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
+    let (att_ptr, _att_guard) = att.device_ptr_mut(stream);
+    let (qkv_ptr, _qkv_guard) = qkv.device_ptr(stream);
+    let f32_bytes = std::mem::size_of::<f32>() as u64;
+    let block = btc as u64 * f32_bytes;
+    let (q_ptr, k_ptr, v_ptr, y_ptr) =
+        (scratch_ptr, scratch_ptr + block, scratch_ptr + 2 * block, scratch_ptr + 3 * block);
+
+    // 1. qkv (B,T,3C) -> q, k, v (B,NH,T,hs).
+    let permute = gpu.function("attention_permute")?;
+    let mut launch = stream.launch_builder(&permute);
+    launch.arg(&q_ptr).arg(&k_ptr).arg(&v_ptr).arg(&qkv_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
+    // SAFETY: arguments match (float*, float*, float*, const float*, int, int, int, int); the
+    // kernel touches B*T*C elements of each of q, k, v (inside scratch, checked) and 3*B*T*C of
+    // qkv (checked). The guards keep the buffers stream-ordered until the launch is queued.
+    unsafe { launch.launch(grid_for(btc)?) }.context("launching attention_permute")?;
+
+    // 2. att[bh] (T,T) = q[bh] · k[bh]^T  (unscaled; the softmax applies 1/sqrt(hs)).
+    let per_head = t * hs;
+    let preatt = StridedBatchedGemm {
+        m: t,
+        n: t,
+        k: hs,
+        trans_a: true,
+        trans_b: false,
+        alpha: 1.0,
+        a: k_ptr,
+        lda: hs,
+        stride_a: per_head,
+        b: q_ptr,
+        ldb: hs,
+        stride_b: per_head,
+        beta: 0.0,
+        c: att_ptr,
+        ldc: t,
+        stride_c: t * t,
+        batch: b * nh,
+    };
+    // SAFETY: batch i reads q/k rows [i*T*hs, (i+1)*T*hs) inside scratch and writes att
+    // [i*T*T, (i+1)*T*T), all within the lengths checked above; same stream, guards held.
+    unsafe { blas.gemm_strided_batched(&preatt) }.context("attention_forward: q·k^T")?;
+
+    // 3. Causal softmax of each att row, in place.
+    let rows = (b * nh * t) as i64;
+    let scale = 1.0f32 / (hs as f32).sqrt();
+    let warps_per_block = (SOFTMAX_BLOCK / 32) as usize;
+    let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
+        .context("attention_forward: too many softmax rows for one grid")?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let softmax = gpu.function("attention_softmax_forward")?;
+    let mut launch = stream.launch_builder(&softmax);
+    launch.arg(&att_ptr).arg(&rows).arg(&ti).arg(&scale);
+    // SAFETY: arguments match (float*, long long, int, float); the kernel touches rows*T =
+    // B*NH*T*T elements of att (checked); launched with a whole number of warps per block.
+    unsafe { launch.launch(cfg) }.context("launching attention_softmax_forward")?;
+
+    // 4. y[bh] (T,hs) = att[bh] (T,T) · v[bh] (T,hs).
+    let av = StridedBatchedGemm {
+        m: hs,
+        n: t,
+        k: t,
+        trans_a: false,
+        trans_b: false,
+        alpha: 1.0,
+        a: v_ptr,
+        lda: hs,
+        stride_a: per_head,
+        b: att_ptr,
+        ldb: t,
+        stride_b: t * t,
+        beta: 0.0,
+        c: y_ptr,
+        ldc: hs,
+        stride_c: per_head,
+        batch: b * nh,
+    };
+    // SAFETY: batch i reads v and att blocks and writes the y block i, all inside the checked
+    // scratch/att lengths; same stream, guards held.
+    unsafe { blas.gemm_strided_batched(&av) }.context("attention_forward: att·v")?;
+
+    // 5. y (B,NH,T,hs) -> out (B,T,C).
+    let unpermute = gpu.function("attention_unpermute")?;
+    let mut launch = stream.launch_builder(&unpermute);
+    launch.arg(&out_ptr).arg(&y_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
+    // SAFETY: arguments match (float*, const float*, int, int, int, int); the kernel writes
+    // B*T*C elements of out and reads B*T*C of y (inside scratch), both checked.
+    unsafe { launch.launch(grid_for(btc)?) }.context("launching attention_unpermute")?;
+    Ok(())
+}
+
+/// One new position attending over the first `n_ctx` cached positions, for KV-cache decoding.
+// q (C), kcache (maxT,C), vcache (maxT,C) -> out (C)
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode(
+    gpu: &Gpu,
+    out: &mut impl DevicePtrMut<f32>,
+    q: &impl DevicePtr<f32>,
+    kcache: &impl DevicePtr<f32>,
+    vcache: &impl DevicePtr<f32>,
+    n_ctx: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
+    ensure!(nh > 0 && c.is_multiple_of(nh), "attention_decode: C = {c} must divide by NH = {nh}");
+    ensure!(n_ctx >= 1, "attention_decode: no cached positions");
+    ensure!(out.len() >= c && q.len() >= c, "attention_decode: out and q need C = {c} floats");
+    ensure!(
+        kcache.len() >= n_ctx * c && vcache.len() >= n_ctx * c,
+        "attention_decode: the caches hold fewer than n_ctx * C = {} floats",
+        n_ctx * c
+    );
+    let f = gpu.function("attention_decode")?;
+    let cfg =
+        LaunchConfig { grid_dim: (nh as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: (n_ctx * 4) as u32 };
+    let (n, ci, nhi) = (to_i32(n_ctx, "n_ctx")?, to_i32(c, "C")?, to_i32(nh, "NH")?);
+    let stream = gpu.stream();
+    let (o, _o) = out.device_ptr_mut(stream);
+    let (qp, _q) = q.device_ptr(stream);
+    let (kp, _k) = kcache.device_ptr(stream);
+    let (vp, _v) = vcache.device_ptr(stream);
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&o).arg(&qp).arg(&kp).arg(&vp).arg(&n).arg(&ci).arg(&nhi);
+    // SAFETY: the arguments match attention_decode(float*, const float*, const float*, const float*,
+    // int, int, int); the lengths checked above bound every index it touches, and its dynamic
+    // shared memory holds n_ctx floats.
+    unsafe { launch.launch(cfg) }.context("launching attention_decode")?;
+    Ok(())
+}

@@ -1,1 +1,572 @@
-//! (under construction)
+//! cuBLAS and cuBLASLt: library loading, handles bound to the [`Gpu`] stream, and a small
+//! cuBLASLt wrapper with the epilogues cudarc's safe API lacks.
+//!
+//! cudarc (`dynamic-loading`) opens `libcublas`/`libcublasLt` by bare name the first time a
+//! symbol is needed and panics when none of its candidate names loads. [`load_libraries`]
+//! therefore locates the libraries first with [`find_cuda_library`] (`$CUDA_HOME/lib64`,
+//! `/usr/local/cuda/lib64`, `$LD_LIBRARY_PATH`, the ldconfig cache) and `dlopen`s them by full
+//! path with `RTLD_GLOBAL`. The dynamic linker then answers cudarc's later bare-name request
+//! (`libcublas.so.13`, `libcublasLt.so.13`, ...) with the object already loaded, matched by its
+//! soname, so no `LD_LIBRARY_PATH` setup is needed. `libcublasLt` is loaded first so that
+//! `libcublas`'s own dependency on it resolves to the same copy.
+//!
+//! Every matrix here is column-major, as cuBLAS sees it; the row-major callers
+//! (`src/gpu/matmul.rs`, `src/gpu/attention.rs`) do the transposition bookkeeping.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::mem::size_of;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{anyhow, ensure, Context as _, Result};
+use cudarc::cublas::{result as blas_result, sys as blas_sys};
+use cudarc::cublaslt::{result as lt_result, sys as lt_sys};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use super::device::{find_cuda_library, Gpu};
+
+/// Bytes of device workspace shared by cuBLAS and cuBLASLt (32 MiB, enough for Hopper).
+pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+const CUBLAS_NAMES: &[&str] = &["libcublas.so.13", "libcublas.so.12"];
+const CUBLASLT_NAMES: &[&str] = &["libcublasLt.so.13", "libcublasLt.so.12"];
+
+/// `Ok(())` once libcublasLt and libcublas are loaded (done once per process), else why not.
+/// Never panics.
+pub fn load_libraries() -> Result<()> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED.get_or_init(load_libraries_once).clone().map_err(|e| anyhow!(e))
+}
+
+fn load_libraries_once() -> Result<(), String> {
+    preload(CUBLASLT_NAMES)?;
+    preload(CUBLAS_NAMES)?;
+    // SAFETY: these only dlopen cudarc's candidate names and drop the handles.
+    let (lt_ok, blas_ok) = unsafe { (lt_sys::is_culib_present(), blas_sys::is_culib_present()) };
+    if !lt_ok || !blas_ok {
+        return Err(format!(
+            "{} was loaded by path but cudarc still cannot open it by name; set LD_LIBRARY_PATH to its directory",
+            if lt_ok { "libcublas" } else { "libcublasLt" }
+        ));
+    }
+    Ok(())
+}
+
+/// Finds the first of `names` and dlopens it by full path (`RTLD_NOW | RTLD_GLOBAL`). The handle
+/// is deliberately never closed: the library stays loaded for the life of the process.
+fn preload(names: &[&str]) -> Result<(), String> {
+    let path = find_cuda_library(names).ok_or_else(|| {
+        format!(
+            "{} not found in $CUDA_HOME/lib64, $CUDA_PATH/lib64, /usr/local/cuda/lib64, $LD_LIBRARY_PATH \
+             or the ldconfig cache; install CUDA 13 (cuBLAS) or set CUDA_HOME",
+            names.join(" / ")
+        )
+    })?;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("library path {} contains a NUL byte", path.display()))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call. Loading runs the
+    // library's initialisers, which for cuBLAS only set up internal state.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns null or a NUL-terminated message valid until the next dl* call.
+        let err = unsafe { libc::dlerror() };
+        let reason = if err.is_null() {
+            "unknown error".to_string()
+        } else {
+            // SAFETY: non-null, NUL-terminated (see above); copied out immediately.
+            unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+        };
+        return Err(format!("loading {} failed: {reason}", path.display()));
+    }
+    Ok(())
+}
+
+/// What cuBLASLt applies to `op(A)·op(B)` before writing D. Later additions (GELU_AUX, DGELU,
+/// BGRADB for the backward pass) extend this enum, [`Epilogue::raw`] and the per-call attribute
+/// setup in [`Blas::lt_matmul`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// D = op(A)·op(B) (+ D when accumulating).
+    None,
+    /// D = op(A)·op(B) + bias, bias of length m broadcast along the n columns.
+    Bias,
+    /// D = gelu_tanh(op(A)·op(B)).
+    Gelu,
+    /// D = gelu_tanh(op(A)·op(B) + bias).
+    GeluBias,
+}
+
+impl Epilogue {
+    fn raw(self) -> lt_sys::cublasLtEpilogue_t {
+        use lt_sys::cublasLtEpilogue_t as E;
+        match self {
+            Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::Gelu => E::CUBLASLT_EPILOGUE_GELU,
+            Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+        }
+    }
+
+    /// Whether the epilogue reads the bias vector (`LtGemm::bias` must then be non-null).
+    pub fn uses_bias(self) -> bool {
+        matches!(self, Epilogue::Bias | Epilogue::GeluBias)
+    }
+}
+
+/// One cuBLASLt fp32 matmul in column-major terms:
+/// `D (m,n) = epilogue(op(A) (m,k) · op(B) (k,n) [+ D])`.
+///
+/// A is stored `(k,m)` with leading dimension `lda` when `trans_a` (else `(m,k)`), B is stored
+/// `(n,k)` when `trans_b` (else `(k,n)`), D is `(m,n)` with leading dimension `ldd`.
+/// Pointers are raw device addresses; the caller keeps the buffers alive and stream-ordered.
+#[derive(Clone, Copy, Debug)]
+pub struct LtGemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a: CUdeviceptr,
+    pub lda: usize,
+    pub b: CUdeviceptr,
+    pub ldb: usize,
+    pub d: CUdeviceptr,
+    pub ldd: usize,
+    /// Bias vector (length m) when `epilogue.uses_bias()`, else 0.
+    pub bias: CUdeviceptr,
+    pub epilogue: Epilogue,
+    /// `D += ...` (beta = 1) instead of `D = ...` (beta = 0).
+    pub accumulate: bool,
+}
+
+/// One cuBLAS fp32 strided-batched GEMM in column-major terms, for `i in 0..batch`:
+/// `C_i (m,n) = alpha * op(A_i) (m,k) · op(B_i) (k,n) + beta * C_i`, with `X_i = X + i*stride_x`
+/// (strides in elements). Storage conventions as in [`LtGemm`].
+#[derive(Clone, Copy, Debug)]
+pub struct StridedBatchedGemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub a: CUdeviceptr,
+    pub lda: usize,
+    pub stride_a: usize,
+    pub b: CUdeviceptr,
+    pub ldb: usize,
+    pub stride_b: usize,
+    pub beta: f32,
+    pub c: CUdeviceptr,
+    pub ldc: usize,
+    pub stride_c: usize,
+    pub batch: usize,
+}
+
+/// cuBLAS + cuBLASLt handles on the [`Gpu`] stream, their shared workspace, and the cuBLASLt
+/// plans (descriptors + chosen algorithm) cached per shape.
+pub struct Blas {
+    stream: Arc<CudaStream>,
+    allow_tf32: bool,
+    cublas: Mutex<CublasHandle>,
+    lt: LtHandle,
+    /// Cached plans; the lock also serialises every call on the cuBLASLt handle.
+    plans: Mutex<HashMap<PlanKey, Plan>>,
+    workspace_ptr: CUdeviceptr,
+    // Keeps the workspace allocated; dropped after the handles (field order).
+    _workspace: CudaSlice<u8>,
+}
+
+// SAFETY: the raw handles are only used through `&self` methods that hold `cublas`'s or
+// `plans`'s mutex (cuBLAS handles may move between threads but must not be used concurrently),
+// and the stream/workspace are cudarc types that are themselves Send + Sync.
+unsafe impl Send for Blas {}
+// SAFETY: see above.
+unsafe impl Sync for Blas {}
+
+impl Blas {
+    /// Loads the libraries (see the module docs), creates both handles on `gpu.stream()` and a
+    /// [`WORKSPACE_BYTES`] workspace. `allow_tf32 = false` computes in exact fp32
+    /// (`CUBLAS_COMPUTE_32F`); `true` lets fp32 GEMMs use TF32 tensor cores
+    /// (`CUBLAS_COMPUTE_32F_FAST_TF32`). Errors (never panics) when cuBLAS is unavailable.
+    pub fn new(gpu: &Gpu, allow_tf32: bool) -> Result<Blas> {
+        load_libraries().context("cuBLAS unavailable")?;
+        let stream = gpu.stream().clone();
+        stream.context().bind_to_thread().context("binding the CUDA context")?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).context("allocating the cuBLAS workspace")?;
+        let workspace_ptr = {
+            let (ptr, _guard) = workspace.device_ptr(&stream);
+            ptr
+        };
+        // cudarc panics if a symbol is missing from the loaded library (e.g. a too-old cuBLAS).
+        let created = catch_unwind(AssertUnwindSafe(|| -> Result<(CublasHandle, LtHandle)> {
+            let cublas = CublasHandle(blas_result::create_handle().map_err(|e| anyhow!("cublasCreate: {e:?}"))?);
+            // SAFETY: valid handle; the stream outlives it (Blas holds an Arc to it); the workspace
+            // stays allocated for the handle's life and is only used on this same stream.
+            unsafe {
+                blas_result::set_stream(cublas.0, stream.cu_stream() as blas_sys::cudaStream_t)
+                    .map_err(|e| anyhow!("cublasSetStream: {e:?}"))?;
+                blas_sys::cublasSetWorkspace_v2(cublas.0, workspace_ptr as *mut c_void, WORKSPACE_BYTES)
+                    .result()
+                    .map_err(|e| anyhow!("cublasSetWorkspace: {e:?}"))?;
+            }
+            let lt = LtHandle(lt_result::create_handle().map_err(|e| anyhow!("cublasLtCreate: {e:?}"))?);
+            Ok((cublas, lt))
+        }));
+        let (cublas, lt) = match created {
+            Ok(r) => r.context("creating cuBLAS handles")?,
+            Err(_) => anyhow::bail!("cuBLAS is unusable: a required symbol is missing (cudarc panicked loading it)"),
+        };
+        Ok(Blas {
+            stream,
+            allow_tf32,
+            cublas: Mutex::new(cublas),
+            lt,
+            plans: Mutex::new(HashMap::new()),
+            workspace_ptr,
+            _workspace: workspace,
+        })
+    }
+
+    /// Whether fp32 GEMMs may use TF32 tensor cores.
+    pub fn allow_tf32(&self) -> bool {
+        self.allow_tf32
+    }
+
+    /// The stream both handles queue work on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Queues one cuBLASLt matmul (see [`LtGemm`]) on the stream.
+    ///
+    /// # Safety
+    /// `a`, `b`, `d` (and `bias` when the epilogue uses it) must be live device allocations of
+    /// this context, large enough for the described shapes and leading dimensions, and stay
+    /// alive and unaliased by other writers until the queued work completes (hold the cudarc
+    /// guards across the call on the same stream).
+    pub unsafe fn lt_matmul(&self, g: &LtGemm) -> Result<()> {
+        ensure!(g.m > 0 && g.n > 0 && g.k > 0, "cuBLASLt matmul with an empty dimension ({g:?})");
+        ensure!(g.lda >= if g.trans_a { g.k } else { g.m }, "cuBLASLt: lda too small ({g:?})");
+        ensure!(g.ldb >= if g.trans_b { g.n } else { g.k }, "cuBLASLt: ldb too small ({g:?})");
+        ensure!(g.ldd >= g.m, "cuBLASLt: ldd too small ({g:?})");
+        ensure!(!g.epilogue.uses_bias() || g.bias != 0, "cuBLASLt: epilogue {:?} needs a bias", g.epilogue);
+        self.stream.context().bind_to_thread().context("binding the CUDA context")?;
+
+        let key = PlanKey::of(g);
+        let mut plans = self.plans.lock().map_err(|_| anyhow!("cuBLASLt plan cache poisoned"))?;
+        let plan = match plans.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.make_plan(g).with_context(|| format!("planning cuBLASLt matmul {g:?}"))?),
+        };
+        if g.epilogue.uses_bias() {
+            let bias = g.bias as *const c_void;
+            // SAFETY: plan.desc is a live descriptor; the value is a pointer-sized device address.
+            // The descriptor is read at enqueue time, and the plans lock is held until then.
+            unsafe {
+                plan.desc.set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+            }
+        }
+        let alpha = 1.0f32;
+        let beta = if g.accumulate { 1.0f32 } else { 0.0f32 };
+        // SAFETY: descriptors, layouts and algo come from a plan built for exactly this shape; the
+        // caller guarantees the buffers (see # Safety); the workspace is WORKSPACE_BYTES on this
+        // stream. C = D (beta = 0 means C is not read).
+        unsafe {
+            lt_result::matmul(
+                self.lt.0,
+                plan.desc.0,
+                (&alpha as *const f32).cast(),
+                (&beta as *const f32).cast(),
+                g.a as *const c_void,
+                plan.a.0,
+                g.b as *const c_void,
+                plan.b.0,
+                g.d as *const c_void,
+                plan.d.0,
+                g.d as *mut c_void,
+                plan.d.0,
+                &plan.algo,
+                self.workspace_ptr as *mut c_void,
+                WORKSPACE_BYTES,
+                self.stream.cu_stream() as lt_sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| anyhow!("cublasLtMatmul failed: {e:?} ({g:?})"))
+    }
+
+    fn compute_type_lt(&self) -> lt_sys::cublasComputeType_t {
+        if self.allow_tf32 {
+            lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        }
+    }
+
+    fn make_plan(&self, g: &LtGemm) -> Result<Plan> {
+        use lt_sys::cublasLtMatmulDescAttributes_t as D;
+        use lt_sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let f32_type = lt_sys::cudaDataType::CUDA_R_32F;
+        let desc = MatmulDesc(
+            lt_result::create_matmul_desc(self.compute_type_lt(), f32_type)
+                .map_err(|e| anyhow!("cublasLtMatmulDescCreate: {e:?}"))?,
+        );
+        // cublasOperation_t values: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1; the attributes are int32.
+        let (ta, tb) = (i32::from(g.trans_a), i32::from(g.trans_b));
+        let epilogue = g.epilogue.raw() as u32;
+        // SAFETY: live descriptor; each value has the type the attribute documents.
+        unsafe {
+            desc.set(D::CUBLASLT_MATMUL_DESC_TRANSA, &ta)?;
+            desc.set(D::CUBLASLT_MATMUL_DESC_TRANSB, &tb)?;
+            desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
+            if g.epilogue.uses_bias() {
+                let bias = g.bias as *const c_void;
+                desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+            }
+        }
+        let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let a = Layout::new(a_rows, a_cols, g.lda)?;
+        let b = Layout::new(b_rows, b_cols, g.ldb)?;
+        let d = Layout::new(g.m, g.n, g.ldd)?;
+
+        let pref =
+            Preference(lt_result::create_matmul_pref().map_err(|e| anyhow!("cublasLtMatmulPreferenceCreate: {e:?}"))?);
+        let max_ws = WORKSPACE_BYTES as u64;
+        let (align_a, align_b, align_d) = (alignment(g.a), alignment(g.b), alignment(g.d));
+        // SAFETY: live preference; the workspace size is uint64, the alignments uint32.
+        unsafe {
+            pref.set(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws)?;
+            pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a)?;
+            pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b)?;
+            pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d)?;
+            pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d)?;
+        }
+        // SAFETY: every descriptor is live; C and D share D's layout.
+        let heuristic = unsafe { lt_result::get_matmul_algo_heuristic(self.lt.0, desc.0, a.0, b.0, d.0, d.0, pref.0) }
+            .map_err(|e| anyhow!("no cuBLASLt algorithm for this shape/epilogue: {e:?}"))?;
+        Ok(Plan { desc, a, b, d, algo: heuristic.algo })
+    }
+
+    /// Queues one cuBLAS strided-batched fp32 GEMM (see [`StridedBatchedGemm`]) on the stream,
+    /// computing in fp32 or TF32 as chosen at [`Blas::new`].
+    ///
+    /// # Safety
+    /// As [`Blas::lt_matmul`]: every batch's A, B, C must lie inside live device allocations of
+    /// this context that stay alive until the queued work completes.
+    pub unsafe fn gemm_strided_batched(&self, g: &StridedBatchedGemm) -> Result<()> {
+        ensure!(g.m > 0 && g.n > 0 && g.k > 0 && g.batch > 0, "cuBLAS batched GEMM with an empty dimension ({g:?})");
+        ensure!(g.lda >= if g.trans_a { g.k } else { g.m }, "cuBLAS: lda too small ({g:?})");
+        ensure!(g.ldb >= if g.trans_b { g.n } else { g.k }, "cuBLAS: ldb too small ({g:?})");
+        ensure!(g.ldc >= g.m, "cuBLAS: ldc too small ({g:?})");
+        let int = |v: usize, what: &str| {
+            i32::try_from(v).map_err(|_| anyhow!("cuBLAS batched GEMM: {what} = {v} does not fit in an int"))
+        };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let compute = if self.allow_tf32 {
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
+        let (m, n, k) = (int(g.m, "m")?, int(g.n, "n")?, int(g.k, "k")?);
+        let (lda, ldb, ldc) = (int(g.lda, "lda")?, int(g.ldb, "ldb")?, int(g.ldc, "ldc")?);
+        let batch = int(g.batch, "batch")?;
+        self.stream.context().bind_to_thread().context("binding the CUDA context")?;
+        let handle = self.cublas.lock().map_err(|_| anyhow!("cuBLAS handle lock poisoned"))?;
+        // SAFETY: live handle bound to our stream; alpha/beta are host f32 (default host pointer
+        // mode); the caller guarantees the buffers (see # Safety).
+        unsafe {
+            blas_result::gemm_strided_batched_ex(
+                handle.0,
+                op(g.trans_a),
+                op(g.trans_b),
+                m,
+                n,
+                k,
+                (&g.alpha as *const f32).cast(),
+                g.a as *const c_void,
+                f32_type,
+                lda,
+                g.stride_a as i64,
+                g.b as *const c_void,
+                f32_type,
+                ldb,
+                g.stride_b as i64,
+                (&g.beta as *const f32).cast(),
+                g.c as *mut c_void,
+                f32_type,
+                ldc,
+                g.stride_c as i64,
+                batch,
+                compute,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| anyhow!("cublasGemmStridedBatchedEx failed: {e:?} ({g:?})"))
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // Handle and descriptor destruction needs the context current; errors are ignored.
+        let _ = self.stream.context().bind_to_thread();
+        let _ = self.stream.synchronize();
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.clear();
+        }
+    }
+}
+
+/// Largest power of two (at most 256) dividing a device address: the base alignment the
+/// cuBLASLt heuristic may assume.
+fn alignment(ptr: CUdeviceptr) -> u32 {
+    1u32 << ptr.trailing_zeros().min(8)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    lda: usize,
+    ldb: usize,
+    ldd: usize,
+    epilogue: Epilogue,
+    align: (u32, u32, u32),
+}
+
+impl PlanKey {
+    fn of(g: &LtGemm) -> PlanKey {
+        PlanKey {
+            m: g.m,
+            n: g.n,
+            k: g.k,
+            trans_a: g.trans_a,
+            trans_b: g.trans_b,
+            lda: g.lda,
+            ldb: g.ldb,
+            ldd: g.ldd,
+            epilogue: g.epilogue,
+            align: (alignment(g.a), alignment(g.b), alignment(g.d)),
+        }
+    }
+}
+
+/// Everything cuBLASLt needs for one shape: descriptor, layouts (C shares D's) and algorithm.
+struct Plan {
+    desc: MatmulDesc,
+    a: Layout,
+    b: Layout,
+    d: Layout,
+    algo: lt_sys::cublasLtMatmulAlgo_t,
+}
+
+struct CublasHandle(blas_sys::cublasHandle_t);
+
+impl Drop for CublasHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasCreate and destroyed exactly once, here.
+        let _ = unsafe { blas_result::destroy_handle(self.0) };
+    }
+}
+
+struct LtHandle(lt_sys::cublasLtHandle_t);
+
+impl Drop for LtHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtCreate and destroyed exactly once, here.
+        let _ = unsafe { lt_result::destroy_handle(self.0) };
+    }
+}
+
+struct MatmulDesc(lt_sys::cublasLtMatmulDesc_t);
+
+impl MatmulDesc {
+    /// # Safety
+    /// `T` must be the type cuBLASLt documents for `attr`.
+    unsafe fn set<T>(&self, attr: lt_sys::cublasLtMatmulDescAttributes_t, value: &T) -> Result<()> {
+        // SAFETY: live descriptor; `value` points at size_of::<T>() readable bytes.
+        unsafe { lt_result::set_matmul_desc_attribute(self.0, attr, (value as *const T).cast(), size_of::<T>()) }
+            .map_err(|e| anyhow!("cublasLtMatmulDescSetAttribute({attr:?}): {e:?}"))
+    }
+}
+
+impl Drop for MatmulDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtMatmulDescCreate and destroyed exactly once, here.
+        let _ = unsafe { lt_result::destroy_matmul_desc(self.0) };
+    }
+}
+
+struct Layout(lt_sys::cublasLtMatrixLayout_t);
+
+impl Layout {
+    /// An fp32 column-major `(rows, cols)` matrix with leading dimension `ld`.
+    fn new(rows: usize, cols: usize, ld: usize) -> Result<Layout> {
+        lt_result::create_matrix_layout(lt_sys::cudaDataType::CUDA_R_32F, rows as u64, cols as u64, ld as i64)
+            .map(Layout)
+            .map_err(|e| anyhow!("cublasLtMatrixLayoutCreate({rows}x{cols}, ld {ld}): {e:?}"))
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtMatrixLayoutCreate and destroyed exactly once, here.
+        let _ = unsafe { lt_result::destroy_matrix_layout(self.0) };
+    }
+}
+
+struct Preference(lt_sys::cublasLtMatmulPreference_t);
+
+impl Preference {
+    /// # Safety
+    /// `T` must be the type cuBLASLt documents for `attr`.
+    unsafe fn set<T>(&self, attr: lt_sys::cublasLtMatmulPreferenceAttributes_t, value: &T) -> Result<()> {
+        // SAFETY: live preference; `value` points at size_of::<T>() readable bytes.
+        unsafe { lt_result::set_matmul_pref_attribute(self.0, attr, (value as *const T).cast(), size_of::<T>()) }
+            .map_err(|e| anyhow!("cublasLtMatmulPreferenceSetAttribute({attr:?}): {e:?}"))
+    }
+}
+
+impl Drop for Preference {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtMatmulPreferenceCreate and destroyed exactly once, here.
+        let _ = unsafe { lt_result::destroy_matmul_pref(self.0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment_is_largest_power_of_two_up_to_256() {
+        assert_eq!(alignment(0), 256);
+        assert_eq!(alignment(4096), 256);
+        assert_eq!(alignment(4096 + 4), 4);
+        assert_eq!(alignment(4096 + 16), 16);
+        assert_eq!(alignment(4096 + 128), 128);
+    }
+
+    #[test]
+    fn loading_never_panics() {
+        // Ok on a machine with cuBLAS, a one-line reason elsewhere; never a panic.
+        match load_libraries() {
+            Ok(()) => {}
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}

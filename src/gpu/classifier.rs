@@ -1,1 +1,78 @@
-//! (under construction)
+//! Softmax cross-entropy over (padded) logits on the GPU in fp32 (`kernels/classifier.cu`), with the
+//! logits' gradient optionally written in place by the same kernel.
+//!
+//! Unlike `cpu::classifier`, which fuses the logits matmul in, this takes the logits (N,Vp) that
+//! the lm-head matmul produced; only the first V of each row are the real vocabulary.
+
+use anyhow::{ensure, Context as _, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::device::{to_i32, Gpu};
+
+/// Most threads per row block (the kernel's `__launch_bounds__`).
+const MAX_BLOCK: usize = 1024;
+
+// logits (N,Vp), targets (N) -> losses (N); with dlogits_scale also logits (N,Vp) := dlogits
+/// Per row `n`: `losses[n] = log(sum_{v<V} exp(logits[n,v])) - logits[n, targets[n]]`, computed with
+/// the row max subtracted. Queued on [`Gpu::stream`].
+///
+/// With `dlogits_scale = Some(s)` the kernel also overwrites each row in place with the gradient of
+/// `s * loss`: `s * (softmax - onehot(target))` over the first V entries and 0 in the padding
+/// `V..Vp`. With `None` the logits are only read.
+///
+/// A target outside `0..V` (negative, or in the padding `V..Vp`, or beyond) is never used as an
+/// index: that row's loss is NaN, so the bad data shows up in the mean loss, and its dlogits row is
+/// `s * softmax` without the one-hot term. `logits` holds at least N*Vp floats, `targets` and
+/// `losses` at least N.
+#[allow(clippy::too_many_arguments)]
+pub fn crossentropy_forward(
+    gpu: &Gpu,
+    losses: &mut impl DevicePtrMut<f32>,
+    logits: &mut impl DevicePtrMut<f32>,
+    targets: &impl DevicePtr<i32>,
+    n: usize,
+    v: usize,
+    vp: usize,
+    dlogits_scale: Option<f32>,
+) -> Result<()> {
+    const OP: &str = "crossentropy_forward";
+    ensure!(v > 0 && v <= vp, "{OP}: need 0 < V <= Vp, got V = {v}, Vp = {vp}");
+    let nvp = n.checked_mul(vp).with_context(|| format!("{OP}: N*Vp overflows"))?;
+    ensure!(logits.len() >= nvp, "{OP}: logits has {} < N*Vp = {nvp}", logits.len());
+    ensure!(losses.len() >= n, "{OP}: losses has {} < N = {n}", losses.len());
+    ensure!(targets.len() >= n, "{OP}: targets has {} < N = {n}", targets.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let (ni, vi, vpi) = (to_i32(n, "N")?, to_i32(v, "V")?, to_i32(vp, "Vp")?);
+    let (write_dlogits, scale) = match dlogits_scale {
+        Some(s) => (1i32, s),
+        None => (0i32, 0.0f32),
+    };
+    // A multiple of 32 (the kernel reduces whole warps), no more threads than logits in a row.
+    let threads = v.div_ceil(32).clamp(1, MAX_BLOCK / 32) * 32;
+    let cfg = LaunchConfig { grid_dim: (ni as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 };
+    let func = gpu.function(OP)?;
+
+    let stream = &**gpu.stream();
+    let (losses_ptr, _losses_guard) = losses.device_ptr_mut(stream);
+    let (logits_ptr, _logits_guard) = logits.device_ptr_mut(stream);
+    let (targets_ptr, _targets_guard) = targets.device_ptr(stream);
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(&losses_ptr)
+        .arg(&logits_ptr)
+        .arg(&targets_ptr)
+        .arg(&ni)
+        .arg(&vi)
+        .arg(&vpi)
+        .arg(&scale)
+        .arg(&write_dlogits);
+    // SAFETY: the argument list matches the kernel signature
+    // (float*, float*, const int*, int, int, int, float, int); the lengths checked above cover every
+    // index the kernel touches (rows < N, columns < Vp, and a target only once it is checked to be
+    // in 0..V). `losses` and `logits` are distinct `&mut` borrows. The guards keep the buffers'
+    // stream ordering until after the launch is queued.
+    unsafe { launch.launch(cfg) }.context("launching crossentropy_forward")?;
+    Ok(())
+}

@@ -18,7 +18,30 @@ pub mod blas;
 pub mod classifier;
 pub mod device;
 pub mod gelu;
+pub mod gpt;
 pub mod kernels;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
+pub mod sample;
+
+/// Where to run, from `--device auto|cpu|cuda`: `Ok(Some(ordinal))` for the GPU, `Ok(None)` for
+/// the CPU. `auto` takes the GPU when one works and otherwise says why on stderr and uses the CPU;
+/// `cuda` demands the GPU.
+pub fn select_device(choice: &str) -> anyhow::Result<Option<usize>> {
+    match choice {
+        "cpu" => Ok(None),
+        "cuda" | "gpu" => match device::cuda_available() {
+            Ok(()) => Ok(Some(0)),
+            Err(why) => anyhow::bail!("--device cuda: {why}; run genesis doctor, or use --device cpu"),
+        },
+        "auto" => match device::cuda_available() {
+            Ok(()) => Ok(Some(0)),
+            Err(why) => {
+                eprintln!("note: running on the CPU ({why}); --device cuda makes that an error");
+                Ok(None)
+            }
+        },
+        other => anyhow::bail!("--device {other}: expected auto, cpu or cuda"),
+    }
+}

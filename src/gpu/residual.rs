@@ -1,1 +1,39 @@
-//! (under construction)
+//! Residual add forward on the GPU in fp32 (`kernels/residual.cu`): bit-identical to
+//! `cpu::residual::residual_forward`.
+
+use anyhow::{ensure, Context as _, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+
+use super::device::{grid_for, Gpu};
+
+// a (N), b (N) -> out (N)
+/// `out[i] = a[i] + b[i]` for `i < n`, queued on [`Gpu::stream`]. Buffers may be longer than `n`.
+pub fn residual_forward(
+    gpu: &Gpu,
+    out: &mut impl DevicePtrMut<f32>,
+    a: &impl DevicePtr<f32>,
+    b: &impl DevicePtr<f32>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "residual_forward";
+    ensure!(out.len() >= n, "{OP}: out has {} < N = {n}", out.len());
+    ensure!(a.len() >= n, "{OP}: a has {} < N = {n}", a.len());
+    ensure!(b.len() >= n, "{OP}: b has {} < N = {n}", b.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let func = gpu.function(OP)?;
+
+    let stream = &**gpu.stream();
+    let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
+    let (a_ptr, _a_guard) = a.device_ptr(stream);
+    let (b_ptr, _b_guard) = b.device_ptr(stream);
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&out_ptr).arg(&a_ptr).arg(&b_ptr).arg(&n64);
+    // SAFETY: the argument list matches the kernel signature (float*, const float*, const float*,
+    // long long); the kernel touches indices < N, which the lengths checked above cover. The guards
+    // keep the buffers' stream ordering until after the launch is queued.
+    unsafe { launch.launch(grid_for(n)?) }.context("launching residual_forward")?;
+    Ok(())
+}

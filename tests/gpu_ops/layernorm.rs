@@ -1,1 +1,182 @@
-//! (under construction)
+//! CUDA LayerNorm forward (plain and with the fused residual add) vs. `cpu::layernorm` run in f64.
+
+use super::{gpu_or_skip, SplitMix};
+use cudarc::driver::CudaSlice;
+use genesis::cpu;
+use genesis::gpu::device::Gpu;
+use genesis::gpu::layernorm::{layernorm_forward, residual_layernorm_forward};
+
+/// (N, C): single row, C not a multiple of 32, GPT-2 widths, C = 1, N not a multiple of 8.
+const SHAPES: &[(usize, usize)] = &[(1, 768), (7, 37), (64, 768), (33, 1024), (5, 1600), (3, 1), (130, 96)];
+/// Extra poisoned elements past the end of every output; the kernels must leave them alone.
+const TAIL: usize = 5;
+const TOL: f64 = 1e-5;
+
+/// A buffer of `len + TAIL` NaNs, so an element the kernel fails to write (or writes past) shows.
+fn poisoned(gpu: &Gpu, len: usize) -> CudaSlice<f32> {
+    gpu.stream().clone_htod(&vec![f32::NAN; len + TAIL]).unwrap()
+}
+
+/// The first `len` elements of a [`poisoned`] buffer, after checking its tail is still NaN.
+fn download(gpu: &Gpu, what: &str, buf: &CudaSlice<f32>, len: usize) -> Vec<f32> {
+    let mut host = gpu.stream().clone_dtoh(buf).unwrap();
+    assert!(host[len..].iter().all(|x| x.is_nan()), "{what}: written past its first {len} elements");
+    host.truncate(len);
+    host
+}
+
+/// Asserts every value is finite and max |got - want| <= TOL * max |want|; returns that ratio.
+fn assert_close(what: &str, got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{what}: element {i} is {} (unwritten?), expected {}", got[i], want[i]);
+    }
+    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    let (worst, max_err) = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .enumerate()
+        .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+    assert!(
+        max_err <= TOL * max_ref,
+        "{what}: max abs error {max_err:e} at {worst} (gpu {} vs ref {}) exceeds {TOL:e} * max |ref| {max_ref}",
+        got[worst],
+        want[worst]
+    );
+    if max_ref > 0.0 {
+        max_err / max_ref
+    } else {
+        0.0
+    }
+}
+
+/// Rows with a non-zero mean (|offset| in [1, 2]) and varied spread, weight around 1, small bias.
+fn inputs(rng: &mut SplitMix, n: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut inp = Vec::with_capacity(n * c);
+    for _ in 0..n {
+        let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+        let offset = sign * (1.5 + 0.5 * rng.next_f32());
+        let spread = 1.0 + 0.9 * rng.next_f32();
+        inp.extend((0..c).map(|_| offset + spread * rng.next_f32()));
+    }
+    let weight = (0..c).map(|_| 1.0 + 0.5 * rng.next_f32()).collect();
+    let bias = (0..c).map(|_| 0.3 * rng.next_f32()).collect();
+    (inp, weight, bias)
+}
+
+fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+/// The CPU reference in f64: (out, mean, rstd).
+fn reference(inp: &[f32], weight: &[f32], bias: &[f32], n: usize, c: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+    cpu::layernorm::layernorm_forward(
+        &mut out,
+        &mut mean,
+        &mut rstd,
+        &to_f64(inp),
+        &to_f64(weight),
+        &to_f64(bias),
+        n,
+        c,
+    );
+    (out, mean, rstd)
+}
+
+#[test]
+fn layernorm_forward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6c61_7965_726e_6f72);
+    let stream = gpu.stream();
+    for &(n, c) in SHAPES {
+        let (inp, weight, bias) = inputs(&mut rng, n, c);
+        let (want_out, want_mean, want_rstd) = reference(&inp, &weight, &bias, n, c);
+
+        let d_inp = stream.clone_htod(&inp).unwrap();
+        let d_weight = stream.clone_htod(&weight).unwrap();
+        let d_bias = stream.clone_htod(&bias).unwrap();
+        let mut d_out = poisoned(&gpu, n * c);
+        let mut d_mean = poisoned(&gpu, n);
+        let mut d_rstd = poisoned(&gpu, n);
+        layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &d_inp, &d_weight, &d_bias, n, c).unwrap();
+        gpu.synchronize().unwrap();
+
+        let shape = format!("N={n} C={c}");
+        let e_out = assert_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
+        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
+        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
+        println!("layernorm_forward {shape}: rel err out {e_out:.1e}, mean {e_mean:.1e}, rstd {e_rstd:.1e}");
+    }
+}
+
+#[test]
+fn residual_layernorm_forward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x7265_7369_6475_616c);
+    let stream = gpu.stream();
+    for &(n, c) in SHAPES {
+        let (a, weight, bias) = inputs(&mut rng, n, c);
+        let b = rng.vec(n * c);
+        let mut residual = vec![0.0f32; n * c];
+        cpu::residual::residual_forward(&mut residual, &a, &b);
+        let (want_out, want_mean, want_rstd) = reference(&residual, &weight, &bias, n, c);
+
+        let d_a = stream.clone_htod(&a).unwrap();
+        let d_b = stream.clone_htod(&b).unwrap();
+        let d_weight = stream.clone_htod(&weight).unwrap();
+        let d_bias = stream.clone_htod(&bias).unwrap();
+        let mut d_residual = poisoned(&gpu, n * c);
+        let mut d_out = poisoned(&gpu, n * c);
+        let mut d_mean = poisoned(&gpu, n);
+        let mut d_rstd = poisoned(&gpu, n);
+        residual_layernorm_forward(
+            &gpu,
+            &mut d_residual,
+            &mut d_out,
+            &mut d_mean,
+            &mut d_rstd,
+            &d_a,
+            &d_b,
+            &d_weight,
+            &d_bias,
+            n,
+            c,
+        )
+        .unwrap();
+        gpu.synchronize().unwrap();
+
+        let shape = format!("N={n} C={c}");
+        let got_residual = download(&gpu, "residual", &d_residual, n * c);
+        for (i, (g, e)) in got_residual.iter().zip(&residual).enumerate() {
+            assert_eq!(g.to_bits(), e.to_bits(), "residual ({shape}) at {i}: gpu {g} vs cpu {e}");
+        }
+        let e_out = assert_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
+        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
+        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
+        println!(
+            "residual_layernorm_forward {shape}: residual exact, rel err out {e_out:.1e}, mean {e_mean:.1e}, \
+             rstd {e_rstd:.1e}"
+        );
+    }
+}
+
+#[test]
+fn layernorm_forward_rejects_short_buffers() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let (n, c) = (4, 48);
+    let stream = gpu.stream();
+    let d_inp = stream.clone_htod(&vec![1.0f32; n * c - 1]).unwrap();
+    let d_param = stream.clone_htod(&vec![1.0f32; c]).unwrap();
+    let (mut d_out, mut d_mean, mut d_rstd) = (poisoned(&gpu, n * c), poisoned(&gpu, n), poisoned(&gpu, n));
+    let err = layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &d_inp, &d_param, &d_param, n, c)
+        .expect_err("a short inp must be rejected");
+    assert!(err.to_string().contains("inp"), "{err}");
+}

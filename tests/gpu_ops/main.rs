@@ -8,9 +8,11 @@ mod attention;
 mod classifier;
 mod embedding;
 mod gelu;
+mod gpt;
 mod layernorm;
 mod matmul;
 mod residual;
+mod sample;
 
 use genesis::gpu::device::{cuda_available, Gpu};
 

@@ -1,0 +1,125 @@
+// logits (N,Vp), targets (N) int32 -> losses (N); with write_dlogits != 0 also
+// logits (N,Vp) overwritten in place with dlogits
+//
+// Softmax cross-entropy over the first V of Vp (padded) logits per row:
+//   max[n]    = max_{v<V} logits[n,v]
+//   sum[n]    = sum_{v<V} exp(logits[n,v] - max[n])
+//   losses[n] = log(sum[n]) + max[n] - logits[n, targets[n]]
+// When write_dlogits != 0 the row is then overwritten in the same kernel with the
+// gradient of scale * loss:
+//   logits[n,v] = scale * (softmax[n,v] - (v == targets[n]))   for v < V
+//   logits[n,v] = 0                                             for V <= v < Vp
+// When write_dlogits == 0 the logits are only read.
+//
+// Out-of-range targets (< 0 or >= V, including the padded V..Vp) are never used
+// as an index: that row's loss is NaN (so a bad target poisons the mean loss
+// visibly instead of silently reading padding or out of bounds) and its dlogits
+// row is scale * softmax with no one-hot term.
+//
+// One block per row. Pass 1: each thread runs an online (max, sum-of-exp) pair
+// over its strided share of the V logits (one expf per element; the sum is
+// rescaled when the max grows), then the pairs are merged with full-mask
+// __shfl_xor_sync within each warp and through shared memory across warps, and
+// the block's result is broadcast through shared memory. Thread 0 reads the
+// target logit before the reduction's first __syncthreads, so it is ordered
+// before any thread overwrites the row in pass 2 (the dlogits write, which
+// re-reads each logit once more).
+//
+// Launch: grid = N, blockDim.x a multiple of 32 up to 1024, no dynamic shared
+// memory. Row offsets are 64-bit, so N*Vp may exceed 2^31.
+
+namespace classifier_detail {
+
+// Merges the (max, sum of exp(x - max)) pair (m2, s2) into (m, s).
+__device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
+    const float mx = fmaxf(m, m2);
+    if (mx == -INFINITY) {
+        // Both sides empty: keep (-inf, 0) rather than computing exp(-inf - -inf) = NaN.
+        m = mx;
+        s = 0.0f;
+        return;
+    }
+    s = s * expf(m - mx) + s2 * expf(m2 - mx);
+    m = mx;
+}
+
+__device__ __forceinline__ void warp_merge(float& m, float& s) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+        merge(m, s, m2, s2);
+    }
+}
+
+}  // namespace classifier_detail
+
+extern "C" __global__ void __launch_bounds__(1024)
+    crossentropy_forward(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
+                         int write_dlogits) {
+    __shared__ float warp_max[32];
+    __shared__ float warp_sum[32];
+    __shared__ float block_max;
+    __shared__ float block_sum;
+
+    const long long row = blockIdx.x;
+    if (row >= N) {
+        return;  // block-uniform, before any barrier
+    }
+    float* x = logits + row * Vp;
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int num_warps = blockDim.x / 32;
+    const int target = targets[row];
+    const bool valid = target >= 0 && target < V;
+
+    float target_logit = 0.0f;
+    if (tid == 0 && valid) {
+        target_logit = x[target];
+    }
+
+    float m = -INFINITY;
+    float s = 0.0f;
+    for (int i = tid; i < V; i += blockDim.x) {
+        const float v = x[i];
+        if (v > m) {
+            s = s * expf(m - v) + 1.0f;
+            m = v;
+        } else {
+            s += expf(v - m);
+        }
+    }
+    classifier_detail::warp_merge(m, s);
+    if (lane == 0) {
+        warp_max[warp] = m;
+        warp_sum[warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < num_warps ? warp_max[lane] : -INFINITY;
+        s = lane < num_warps ? warp_sum[lane] : 0.0f;
+        classifier_detail::warp_merge(m, s);
+        if (lane == 0) {
+            block_max = m;
+            block_sum = s;
+        }
+    }
+    __syncthreads();
+    const float row_max = block_max;
+    const float row_sum = block_sum;
+
+    if (tid == 0) {
+        losses[row] = valid ? logf(row_sum) + (row_max - target_logit) : __int_as_float(0x7fc00000);
+    }
+    if (write_dlogits) {
+        const float inv_sum = 1.0f / row_sum;
+        for (int i = tid; i < Vp; i += blockDim.x) {
+            float g = 0.0f;
+            if (i < V) {
+                const float p = expf(x[i] - row_max) * inv_sum;
+                g = scale * (i == target ? p - 1.0f : p);
+            }
+            x[i] = g;
+        }
+    }
+}

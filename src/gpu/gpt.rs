@@ -1,0 +1,403 @@
+//! The GPT-2 forward pass on the GPU (fp32), over the same [`ParamLayout`] as the CPU reference.
+//!
+//! One device allocation holds the parameters (carved by `ParamLayout`), one holds every activation
+//! (carved by [`ActLayout`] for a given batch and sequence length), and the token ids live in two
+//! small integer buffers. Every op is a kernel named like its CPU reference (`src/gpu/<op>.rs`,
+//! `kernels/<op>.cu`); matmuls go through cuBLASLt with the bias (and GELU) fused as epilogues.
+//!
+//! The residual stream is fused into the LayerNorms: each block's second LayerNorm also writes
+//! `residual2 = x + attproj`, and the next block's first LayerNorm (or the final one) writes
+//! `residual3 = residual2 + fcproj`.
+
+use super::attention;
+use super::blas::Blas;
+use super::classifier::crossentropy_forward;
+use super::device::Gpu;
+use super::layernorm::{layernorm_forward, residual_layernorm_forward};
+use super::matmul::matmul_forward;
+use crate::eval::Scorer;
+use crate::model::{ModelConfig, Param, ParamLayout};
+use anyhow::{bail, ensure, Context, Result};
+use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// A stretch of a device allocation owned by a [`GpuModel`]: usable wherever cudarc wants a device
+/// buffer. All work is queued on the model's one stream, so no cross-stream synchronisation is
+/// needed. It must not outlive the model that made it (the model owns the memory).
+pub struct Region {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    stream: Arc<CudaStream>,
+}
+
+impl Region {
+    /// `len` floats at device address `ptr`, which must stay allocated while the region is used.
+    pub(crate) fn new(ptr: sys::CUdeviceptr, len: usize, stream: Arc<CudaStream>) -> Self {
+        Region { ptr, len, stream }
+    }
+}
+
+impl DeviceSlice<f32> for Region {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl DevicePtr<f32> for Region {
+    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
+impl DevicePtrMut<f32> for Region {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+}
+
+/// The activation tensors of one forward pass. Per-layer ones lead with L.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Encoded,   // (B,T,C)
+    Ln1,       // (L,B,T,C)
+    Ln1Mean,   // (L,B,T)
+    Ln1Rstd,   // (L,B,T)
+    Qkv,       // (L,B,T,3C)
+    Atty,      // (L,B,T,C)
+    Att,       // (L,B,NH,T,T)
+    Attproj,   // (L,B,T,C)
+    Residual2, // (L,B,T,C)
+    Ln2,       // (L,B,T,C)
+    Ln2Mean,   // (L,B,T)
+    Ln2Rstd,   // (L,B,T)
+    FchGelu,   // (L,B,T,4C)
+    Fcproj,    // (L,B,T,C)
+    Residual3, // (L,B,T,C)
+    Lnf,       // (B,T,C)
+    LnfMean,   // (B,T)
+    LnfRstd,   // (B,T)
+    Logits,    // (B,T,Vp)
+    Losses,    // (B,T)
+    Scratch,   // attention's permuted q, k, v and its output
+}
+
+const ACTS: [Act; 21] = [
+    Act::Encoded,
+    Act::Ln1,
+    Act::Ln1Mean,
+    Act::Ln1Rstd,
+    Act::Qkv,
+    Act::Atty,
+    Act::Att,
+    Act::Attproj,
+    Act::Residual2,
+    Act::Ln2,
+    Act::Ln2Mean,
+    Act::Ln2Rstd,
+    Act::FchGelu,
+    Act::Fcproj,
+    Act::Residual3,
+    Act::Lnf,
+    Act::LnfMean,
+    Act::LnfRstd,
+    Act::Logits,
+    Act::Losses,
+    Act::Scratch,
+];
+
+/// Where each activation tensor lives in the one activation allocation, for batch `b`, length `t`.
+#[derive(Clone, Debug)]
+pub struct ActLayout {
+    pub b: usize,
+    pub t: usize,
+    /// (offset, elements per layer or in all, per-layer?) for each [`Act`], in `ACTS` order.
+    entries: Vec<(usize, usize, bool)>,
+    pub total: usize,
+}
+
+impl ActLayout {
+    pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Self {
+        let (c, nh, bt) = (cfg.channels, cfg.num_heads, b * t);
+        let mut entries = Vec::new();
+        let mut off = 0;
+        for a in ACTS {
+            let (n, per_layer) = match a {
+                Act::Encoded | Act::Lnf => (bt * c, false),
+                Act::LnfMean | Act::LnfRstd | Act::Losses => (bt, false),
+                Act::Logits => (bt * cfg.padded_vocab_size, false),
+                Act::Scratch => (attention::scratch_len(b, t, c), false),
+                Act::Ln1Mean | Act::Ln1Rstd | Act::Ln2Mean | Act::Ln2Rstd => (bt, true),
+                Act::Qkv => (bt * 3 * c, true),
+                Act::Att => (b * nh * t * t, true),
+                Act::FchGelu => (bt * 4 * c, true),
+                Act::Ln1 | Act::Atty | Act::Attproj | Act::Residual2 | Act::Ln2 | Act::Fcproj | Act::Residual3 => {
+                    (bt * c, true)
+                }
+            };
+            entries.push((off, n, per_layer));
+            // Keep every tensor 256-byte aligned for cuBLASLt and vector loads.
+            off += (if per_layer { n * cfg.num_layers } else { n }).div_ceil(64) * 64;
+        }
+        ActLayout { b, t, entries, total: off }
+    }
+
+    /// Element range of `a` (layer `l` for per-layer tensors; `l` is ignored otherwise).
+    pub fn range(&self, a: Act, l: usize) -> std::ops::Range<usize> {
+        let (off, n, per_layer) = self.entries[ACTS.iter().position(|&x| x == a).expect("every Act is listed")];
+        let start = if per_layer { off + l * n } else { off };
+        start..start + n
+    }
+
+    /// Bytes of the activation allocation.
+    pub fn bytes(&self) -> usize {
+        self.total * 4
+    }
+}
+
+/// A model on the GPU: parameters, activations for one (B,T), and the cuBLAS handles.
+pub struct GpuModel {
+    pub gpu: Gpu,
+    blas: Blas,
+    pub cfg: ModelConfig,
+    layout: ParamLayout,
+    params: CudaSlice<f32>,
+    acts: Option<(ActLayout, CudaSlice<f32>)>,
+    inputs: Option<CudaSlice<i32>>,
+    targets: Option<CudaSlice<i32>>,
+    /// When profiling: an event recorded after each op, with the op's name.
+    marks: Option<RefCell<Vec<(&'static str, CudaEvent)>>>,
+}
+
+impl GpuModel {
+    /// Uploads `params` (in `ParamLayout` order) to device `ordinal`. `allow_tf32` lets cuBLAS
+    /// round matmul inputs to TF32 (faster, about 1e-3 relative); off gives exact fp32.
+    pub fn new(cfg: &ModelConfig, params: &[f32], ordinal: usize, allow_tf32: bool) -> Result<Self> {
+        let layout = ParamLayout::new(cfg);
+        ensure!(params.len() == layout.total, "{} parameters given, the model needs {}", params.len(), layout.total);
+        let gpu = Gpu::new(ordinal)?;
+        let blas = Blas::new(&gpu, allow_tf32)?;
+        let params = gpu.stream().clone_htod(params).context("uploading the parameters")?;
+        Ok(GpuModel { gpu, blas, cfg: *cfg, layout, params, acts: None, inputs: None, targets: None, marks: None })
+    }
+
+    pub(crate) fn blas(&self) -> &Blas {
+        &self.blas
+    }
+
+    pub(crate) fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    pub(crate) fn params(&self) -> &CudaSlice<f32> {
+        &self.params
+    }
+
+    /// Turns per-op timing on or off (on: an event after every op; see [`take_profile`](Self::take_profile)).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.marks = on.then(|| RefCell::new(Vec::new()));
+    }
+
+    /// Records that the op `name` was queued (when profiling).
+    fn mark(&self, name: &'static str) -> Result<()> {
+        if let Some(marks) = &self.marks {
+            let ev = self.gpu.stream().record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
+            marks.borrow_mut().push((name, ev));
+        }
+        Ok(())
+    }
+
+    /// Milliseconds per op name since the last call, in first-seen order (waits for the GPU).
+    pub fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        let Some(marks) = &self.marks else { return Ok(Vec::new()) };
+        self.gpu.synchronize()?;
+        let marks = std::mem::take(&mut *marks.borrow_mut());
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        for pair in marks.windows(2) {
+            let ms = pair[0].1.elapsed_ms(&pair[1].1)? as f64;
+            match out.iter_mut().find(|(n, _)| *n == pair[1].0) {
+                Some(e) => e.1 += ms,
+                None => out.push((pair[1].0, ms)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A region of the activation allocation.
+    fn act(&self, a: Act, l: usize) -> Region {
+        let (lay, buf) = self.acts.as_ref().expect("activations allocated by ensure_acts");
+        let r = lay.range(a, l);
+        assert!(r.end <= buf.len());
+        let (base, _guard) = buf.device_ptr(self.gpu.stream());
+        Region { ptr: base + (r.start * 4) as u64, len: r.len(), stream: Arc::clone(self.gpu.stream()) }
+    }
+
+    /// Allocates activations and token buffers for batches of (b, t), reusing them when they fit.
+    fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
+        ensure!(
+            t >= 1 && t <= self.cfg.max_seq_len && b >= 1,
+            "sequence length {t} must be within the model's context {}",
+            self.cfg.max_seq_len
+        );
+        if self.acts.as_ref().is_some_and(|(l, _)| l.b == b && l.t == t) {
+            return Ok(());
+        }
+        self.acts = None;
+        let lay = ActLayout::new(&self.cfg, b, t);
+        let stream = self.gpu.stream();
+        let buf = stream.alloc_zeros::<f32>(lay.total).with_context(|| {
+            format!(
+                "allocating {:.2} GB of activations for batch {b} x {t}; try a smaller --batch",
+                lay.bytes() as f64 / 1e9
+            )
+        })?;
+        self.acts = Some((lay, buf));
+        self.inputs = Some(stream.alloc_zeros::<i32>(b * t)?);
+        self.targets = Some(stream.alloc_zeros::<i32>(b * t)?);
+        Ok(())
+    }
+
+    fn upload_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> Result<()> {
+        let v = self.cfg.vocab_size as u32;
+        if let Some(bad) = inputs.iter().chain(targets.unwrap_or(&[])).find(|&&x| x >= v) {
+            bail!("token id {bad} is outside the model's vocabulary of {v}");
+        }
+        let stream = Arc::clone(self.gpu.stream());
+        let to_i32 = |xs: &[u32]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        stream.memcpy_htod(&to_i32(inputs), self.inputs.as_mut().expect("allocated"))?;
+        if let Some(tg) = targets {
+            stream.memcpy_htod(&to_i32(tg), self.targets.as_mut().expect("allocated"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `inputs` (B,T) up to the logits `(B,T,Vp)`; with `targets`, also the
+    /// per-position losses.
+    // inputs (B,T), targets (B,T) -> logits (B,T,Vp), losses (B,T)
+    pub fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
+        ensure!(inputs.len() == b * t, "inputs hold {} tokens, not B*T = {}", inputs.len(), b * t);
+        ensure!(targets.is_none_or(|x| x.len() == b * t), "targets must hold B*T = {} tokens", b * t);
+        self.ensure_acts(b, t)?;
+        self.upload_tokens(inputs, targets)?;
+        let (cfg, gpu, blas) = (self.cfg, &self.gpu, &self.blas);
+        let (n, c, nh, l_max) = (b * t, cfg.channels, cfg.num_heads, cfg.num_layers);
+        let p = |prm: Param| self.params.slice(self.layout.get(prm).range());
+        let pl = |prm: Param, l: usize| self.params.slice(self.layout.get(prm).layer_range(l));
+        let wpe_t = self.params.slice(self.layout.get(Param::Wpe).offset..self.layout.get(Param::Wpe).offset + t * c);
+
+        self.mark("start")?;
+        let mut encoded = self.act(Act::Encoded, 0);
+        gpu.embedding_forward(&mut encoded, self.inputs.as_ref().expect("allocated"), &p(Param::Wte), &wpe_t, b, t, c)?;
+        self.mark("embedding")?;
+        let (mut ln1, mut m, mut r) = (self.act(Act::Ln1, 0), self.act(Act::Ln1Mean, 0), self.act(Act::Ln1Rstd, 0));
+        layernorm_forward(gpu, &mut ln1, &mut m, &mut r, &encoded, &pl(Param::Ln1w, 0), &pl(Param::Ln1b, 0), n, c)?;
+        self.mark("layernorm (+residual)")?;
+        for l in 0..l_max {
+            // Residual stream into this block: the embedding, or the previous block's residual3.
+            let x = if l == 0 { self.act(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
+            let ln1 = self.act(Act::Ln1, l);
+            let mut qkv = self.act(Act::Qkv, l);
+            matmul_forward(
+                gpu,
+                blas,
+                &mut qkv,
+                &ln1,
+                &pl(Param::Qkvw, l),
+                Some(&pl(Param::Qkvb, l)),
+                n,
+                c,
+                3 * c,
+                false,
+            )?;
+            self.mark("matmul qkv")?;
+            let (mut atty, mut scratch, mut att) =
+                (self.act(Act::Atty, l), self.act(Act::Scratch, 0), self.act(Act::Att, l));
+            attention::attention_forward(gpu, blas, &mut atty, &mut scratch, &mut att, &qkv, b, t, c, nh)?;
+            self.mark("attention")?;
+            let mut attproj = self.act(Act::Attproj, l);
+            let (w, bias) = (pl(Param::AttProjw, l), pl(Param::AttProjb, l));
+            matmul_forward(gpu, blas, &mut attproj, &atty, &w, Some(&bias), n, c, c, false)?;
+            self.mark("matmul attproj")?;
+            let (mut res2, mut ln2) = (self.act(Act::Residual2, l), self.act(Act::Ln2, l));
+            let (mut m2, mut r2) = (self.act(Act::Ln2Mean, l), self.act(Act::Ln2Rstd, l));
+            let (w, bias) = (pl(Param::Ln2w, l), pl(Param::Ln2b, l));
+            residual_layernorm_forward(gpu, &mut res2, &mut ln2, &mut m2, &mut r2, &x, &attproj, &w, &bias, n, c)?;
+            self.mark("layernorm (+residual)")?;
+            let mut fch = self.act(Act::FchGelu, l);
+            let (w, bias) = (pl(Param::Fcw, l), pl(Param::Fcb, l));
+            matmul_forward(gpu, blas, &mut fch, &ln2, &w, Some(&bias), n, c, 4 * c, true)?;
+            self.mark("matmul fc + gelu")?;
+            let mut fcproj = self.act(Act::Fcproj, l);
+            let (w, bias) = (pl(Param::FcProjw, l), pl(Param::FcProjb, l));
+            matmul_forward(gpu, blas, &mut fcproj, &fch, &w, Some(&bias), n, 4 * c, c, false)?;
+            self.mark("matmul fcproj")?;
+            // residual3 = residual2 + fcproj, normalised by the next block's ln1 or by lnf.
+            let mut res3 = self.act(Act::Residual3, l);
+            let (mut out, mut m, mut r, w, bias) = if l + 1 < l_max {
+                let (w, bias) = (pl(Param::Ln1w, l + 1), pl(Param::Ln1b, l + 1));
+                (self.act(Act::Ln1, l + 1), self.act(Act::Ln1Mean, l + 1), self.act(Act::Ln1Rstd, l + 1), w, bias)
+            } else {
+                let (w, bias) = (p(Param::Lnfw), p(Param::Lnfb));
+                (self.act(Act::Lnf, 0), self.act(Act::LnfMean, 0), self.act(Act::LnfRstd, 0), w, bias)
+            };
+            residual_layernorm_forward(gpu, &mut res3, &mut out, &mut m, &mut r, &res2, &fcproj, &w, &bias, n, c)?;
+            self.mark("layernorm (+residual)")?;
+        }
+        let (lnf, mut logits) = (self.act(Act::Lnf, 0), self.act(Act::Logits, 0));
+        let vp = cfg.padded_vocab_size;
+        matmul_forward(gpu, blas, &mut logits, &lnf, &p(Param::Wte), None, n, c, vp, false)?;
+        self.mark("matmul logits")?;
+        if targets.is_some() {
+            let mut losses = self.act(Act::Losses, 0);
+            let tg = self.targets.as_ref().expect("allocated");
+            crossentropy_forward(gpu, &mut losses, &mut logits, tg, n, cfg.vocab_size, vp, None)?;
+            self.mark("crossentropy")?;
+        }
+        Ok(())
+    }
+
+    /// The per-position losses of the last [`forward`](Self::forward) with targets, (B*T).
+    pub fn losses(&self) -> Result<Vec<f32>> {
+        let lay = &self.acts.as_ref().context("no forward has run")?.0;
+        let region = self.act(Act::Losses, 0);
+        let mut out = vec![0.0f32; lay.b * lay.t];
+        self.gpu.stream().memcpy_dtoh(&region, &mut out).context("copying the losses back")?;
+        Ok(out)
+    }
+
+    /// The logits over the real vocabulary of the last forward, (B*T, V).
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let lay = &self.acts.as_ref().context("no forward has run")?.0;
+        let (v, vp) = (self.cfg.vocab_size, self.cfg.padded_vocab_size);
+        let region = self.act(Act::Logits, 0);
+        let mut padded = vec![0.0f32; lay.b * lay.t * vp];
+        self.gpu.stream().memcpy_dtoh(&region, &mut padded).context("copying the logits back")?;
+        Ok(padded.chunks(vp).flat_map(|row| row[..v].iter().copied()).collect())
+    }
+
+    /// Bytes of activations for a batch of `b` rows of `t` tokens.
+    pub fn activation_bytes(cfg: &ModelConfig, b: usize, t: usize) -> usize {
+        ActLayout::new(cfg, b, t).bytes()
+    }
+}
+
+impl Scorer for GpuModel {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        self.forward(inputs, Some(targets), b, t)?;
+        GpuModel::losses(self)
+    }
+
+    fn auto_batch(&self, seq: usize) -> usize {
+        // Activations within half the free memory, at most 64 rows.
+        let free = cudarc::driver::result::mem_get_info().map(|(free, _)| free).unwrap_or(1 << 30);
+        let per_row = Self::activation_bytes(&self.cfg, 1, seq).max(1);
+        (free / 2 / per_row).clamp(1, 64)
+    }
+}

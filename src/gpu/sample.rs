@@ -1,0 +1,165 @@
+//! Token-by-token decoding on the GPU with a KV cache on the device: the GPU twin of
+//! `cpu::sample::Decoder`. Each step runs one position through every block with the same kernels
+//! as the batched forward (with one row), appends its keys and values to the cache and attends over
+//! the cached positions with `attention_decode`; the logits come back to the host, where
+//! `cpu::sample::sample_token` picks the next token, so sampling options and seeds behave the same.
+
+use super::attention::attention_decode;
+use super::gpt::{GpuModel, Region};
+use super::layernorm::{layernorm_forward, residual_layernorm_forward};
+use super::matmul::matmul_forward;
+use crate::model::Param;
+use anyhow::{ensure, Context, Result};
+use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::Arc;
+
+/// One-row buffers for a decoding step, in ACTS order, and the two caches.
+#[derive(Clone, Copy)]
+enum Buf {
+    X,
+    Ln,
+    Mean,
+    Rstd,
+    Qkv,
+    Atty,
+    Attproj,
+    Res2,
+    Res3,
+    Fch,
+    Fcproj,
+    Logits,
+    KCache,
+    VCache,
+}
+
+pub struct GpuDecoder<'m> {
+    model: &'m GpuModel,
+    buf: CudaSlice<f32>,
+    offsets: Vec<(usize, usize)>,
+    tokens: CudaSlice<i32>,
+    pos: usize,
+    logits: Vec<f32>,
+}
+
+impl<'m> GpuDecoder<'m> {
+    pub fn new(model: &'m GpuModel) -> Result<Self> {
+        let cfg = model.cfg;
+        let (c, vp) = (cfg.channels, cfg.padded_vocab_size);
+        let cache = cfg.num_layers * cfg.max_seq_len * c;
+        let sizes = [c, c, 1, 1, 3 * c, c, c, c, c, 4 * c, c, vp, cache, cache];
+        let mut offsets = Vec::new();
+        let mut off = 0;
+        for n in sizes {
+            offsets.push((off, n));
+            off += n.div_ceil(64) * 64;
+        }
+        let stream = model.gpu.stream();
+        let buf = stream.alloc_zeros::<f32>(off).context("allocating the KV cache")?;
+        let tokens = stream.alloc_zeros::<i32>(1)?;
+        Ok(GpuDecoder { model, buf, offsets, tokens, pos: 0, logits: vec![0.0; cfg.vocab_size] })
+    }
+
+    /// Tokens consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn region(&self, b: Buf, start: usize, len: Option<usize>) -> Region {
+        let (off, n) = self.offsets[b as usize];
+        let len = len.unwrap_or(n - start);
+        assert!(start + len <= n);
+        let (base, _g) = self.buf.device_ptr(self.model.gpu.stream());
+        Region::new(base + ((off + start) * 4) as u64, len, Arc::clone(self.model.gpu.stream()))
+    }
+
+    /// Feeds `token` at the next position and returns the logits (V) for the position after it.
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        let m = self.model;
+        let cfg = m.cfg;
+        let (c, nh, t_max) = (cfg.channels, cfg.num_heads, cfg.max_seq_len);
+        ensure!(self.pos < t_max, "the context of {t_max} tokens is full");
+        ensure!((token as usize) < cfg.vocab_size, "token {token} is outside the vocabulary");
+        let (gpu, blas, layout, params) = (&m.gpu, m.blas(), m.layout(), m.params());
+        let p = |prm: Param| params.slice(layout.get(prm).range());
+        let pl = |prm: Param, l: usize| params.slice(layout.get(prm).layer_range(l));
+        gpu.stream().memcpy_htod(&[token as i32], &mut self.tokens)?;
+        let wpe = layout.get(Param::Wpe).offset + self.pos * c;
+        let mut x = self.region(Buf::X, 0, None);
+        gpu.embedding_forward(&mut x, &self.tokens, &p(Param::Wte), &params.slice(wpe..wpe + c), 1, 1, c)?;
+        let (mut ln, mut mean, mut rstd) =
+            (self.region(Buf::Ln, 0, None), self.region(Buf::Mean, 0, None), self.region(Buf::Rstd, 0, None));
+        layernorm_forward(gpu, &mut ln, &mut mean, &mut rstd, &x, &pl(Param::Ln1w, 0), &pl(Param::Ln1b, 0), 1, c)?;
+        for l in 0..cfg.num_layers {
+            let x = if l == 0 { self.region(Buf::X, 0, None) } else { self.region(Buf::Res3, 0, None) };
+            let mut qkv = self.region(Buf::Qkv, 0, None);
+            matmul_forward(
+                gpu,
+                blas,
+                &mut qkv,
+                &ln,
+                &pl(Param::Qkvw, l),
+                Some(&pl(Param::Qkvb, l)),
+                1,
+                c,
+                3 * c,
+                false,
+            )?;
+            // Append this position's key and value to layer l's cache.
+            let row = (l * t_max + self.pos) * c;
+            let (k, v) = (self.region(Buf::Qkv, c, Some(c)), self.region(Buf::Qkv, 2 * c, Some(c)));
+            gpu.stream().memcpy_dtod(&k, &mut self.region(Buf::KCache, row, Some(c)))?;
+            gpu.stream().memcpy_dtod(&v, &mut self.region(Buf::VCache, row, Some(c)))?;
+            let q = self.region(Buf::Qkv, 0, Some(c));
+            let (kc, vc) = (
+                self.region(Buf::KCache, l * t_max * c, Some(t_max * c)),
+                self.region(Buf::VCache, l * t_max * c, Some(t_max * c)),
+            );
+            let mut atty = self.region(Buf::Atty, 0, None);
+            attention_decode(gpu, &mut atty, &q, &kc, &vc, self.pos + 1, c, nh)?;
+            let mut attproj = self.region(Buf::Attproj, 0, None);
+            matmul_forward(
+                gpu,
+                blas,
+                &mut attproj,
+                &atty,
+                &pl(Param::AttProjw, l),
+                Some(&pl(Param::AttProjb, l)),
+                1,
+                c,
+                c,
+                false,
+            )?;
+            let mut res2 = self.region(Buf::Res2, 0, None);
+            let (w, b) = (pl(Param::Ln2w, l), pl(Param::Ln2b, l));
+            residual_layernorm_forward(gpu, &mut res2, &mut ln, &mut mean, &mut rstd, &x, &attproj, &w, &b, 1, c)?;
+            let mut fch = self.region(Buf::Fch, 0, None);
+            matmul_forward(gpu, blas, &mut fch, &ln, &pl(Param::Fcw, l), Some(&pl(Param::Fcb, l)), 1, c, 4 * c, true)?;
+            let mut fcproj = self.region(Buf::Fcproj, 0, None);
+            matmul_forward(
+                gpu,
+                blas,
+                &mut fcproj,
+                &fch,
+                &pl(Param::FcProjw, l),
+                Some(&pl(Param::FcProjb, l)),
+                1,
+                4 * c,
+                c,
+                false,
+            )?;
+            let (w, b) = if l + 1 < cfg.num_layers {
+                (pl(Param::Ln1w, l + 1), pl(Param::Ln1b, l + 1))
+            } else {
+                (p(Param::Lnfw), p(Param::Lnfb))
+            };
+            let mut res3 = self.region(Buf::Res3, 0, None);
+            residual_layernorm_forward(gpu, &mut res3, &mut ln, &mut mean, &mut rstd, &res2, &fcproj, &w, &b, 1, c)?;
+        }
+        let mut logits = self.region(Buf::Logits, 0, None);
+        matmul_forward(gpu, blas, &mut logits, &ln, &p(Param::Wte), None, 1, c, cfg.padded_vocab_size, false)?;
+        let real = self.region(Buf::Logits, 0, Some(cfg.vocab_size));
+        gpu.stream().memcpy_dtoh(&real, &mut self.logits).context("copying the logits back")?;
+        self.pos += 1;
+        Ok(&self.logits)
+    }
+}

@@ -1,0 +1,57 @@
+//! The whole forward on the GPU (fp32, TF32 off) against the CPU reference: logits and loss, for
+//! `tiny` and for a 2-layer 768-wide model with GPT-2's vocabulary.
+
+use super::gpu_or_skip;
+use genesis::cpu::gpt::{self, Activations};
+use genesis::gpu::gpt::GpuModel;
+use genesis::model::{ModelConfig, ParamLayout};
+use genesis::rng::Rng;
+
+fn check(cfg: &ModelConfig, b: usize, t: usize, tf32: bool, tol: f64) {
+    let layout = ParamLayout::new(cfg);
+    let params = gpt::init_params(cfg, 11);
+    let mut rng = Rng::new(5);
+    let mut tokens = || (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<u32>>();
+    let (inputs, targets) = (tokens(), tokens());
+
+    let mut acts = Activations::<f32>::new(cfg, b, t);
+    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
+    let cpu_loss = gpt::loss(cfg, &layout, &params, &mut acts, &targets);
+    let cpu_logits = gpt::logits(cfg, &layout, &params, &acts);
+
+    let mut model = GpuModel::new(cfg, &params, 0, tf32).expect("GpuModel::new");
+    model.forward(&inputs, Some(&targets), b, t).unwrap();
+    let losses = model.losses().unwrap();
+    let gpu_loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
+    let logits = model.logits().unwrap();
+    assert_eq!(logits.len(), cpu_logits.len());
+    assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
+    let max_ref = cpu_logits.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+    let max_err = logits.iter().zip(&cpu_logits).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    assert!(max_err / max_ref < tol, "{cfg}: logits differ by {max_err} (max |logit| {max_ref}), tolerance {tol}");
+    let rel = (gpu_loss - cpu_loss).abs() / cpu_loss;
+    assert!(rel < tol, "{cfg}: GPU loss {gpu_loss} vs CPU {cpu_loss} (relative {rel})");
+    for (i, (&g, &c)) in losses.iter().zip(&acts.losses).enumerate() {
+        assert!(((g - c) as f64).abs() < tol * 10.0 * (c as f64).abs().max(1.0), "position {i}: loss {g} vs {c}");
+    }
+}
+
+#[test]
+fn tiny_forward_matches_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    check(&ModelConfig::preset("tiny").unwrap(), 3, 37, false, 1e-5);
+}
+
+#[test]
+fn two_layer_768_forward_matches_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    check(&cfg, 2, 128, false, 1e-5);
+    // TF32 matmuls: about 1e-3.
+    check(&cfg, 2, 128, true, 3e-3);
+}

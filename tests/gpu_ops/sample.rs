@@ -1,0 +1,42 @@
+//! KV-cache decoding on the GPU against the CPU decoder: the logits after every token.
+
+use super::gpu_or_skip;
+use genesis::cpu::gpt;
+use genesis::cpu::sample::Decoder;
+use genesis::gpu::gpt::GpuModel;
+use genesis::gpu::sample::GpuDecoder;
+use genesis::model::ModelConfig;
+use genesis::rng::Rng;
+
+fn check(cfg: &ModelConfig, steps: usize) {
+    let params = gpt::init_params(cfg, 21);
+    let model = GpuModel::new(cfg, &params, 0, false).expect("GpuModel::new");
+    let mut gpu = GpuDecoder::new(&model).unwrap();
+    let mut cpu = Decoder::new(cfg, &params);
+    let mut rng = Rng::new(9);
+    for pos in 0..steps {
+        let token = rng.below(cfg.vocab_size as u64) as u32;
+        let want = cpu.step(token).to_vec();
+        let got = gpu.step(token).unwrap();
+        assert_eq!(got.len(), want.len());
+        let max_ref = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let err = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-4 * max_ref.max(1.0),
+            "{cfg}: position {pos}: logits differ by {err} (max |logit| {max_ref})"
+        );
+    }
+    assert_eq!(gpu.position(), steps);
+}
+
+#[test]
+fn gpu_decoder_matches_the_cpu_decoder() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let tiny = ModelConfig::preset("tiny").unwrap();
+    check(&tiny, tiny.max_seq_len);
+    let mut wide = ModelConfig::preset("gpt2-124m").unwrap();
+    wide.num_layers = 2;
+    check(&wide, 40);
+}
