@@ -45,3 +45,41 @@ pub fn select_device(choice: &str) -> anyhow::Result<Option<usize>> {
         other => anyhow::bail!("--device {other}: expected auto, cpu or cuda"),
     }
 }
+
+/// The element types GPU activations and weights come in: `f32` (exact comparison with the CPU)
+/// and `bf16` (half the memory and bandwidth; LayerNorm statistics and losses stay f32). Kernels
+/// exist in both, the bf16 one named with a `_bf16` suffix.
+pub trait Float: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + 'static {
+    /// Appended to a kernel's name for this type.
+    const SUFFIX: &'static str;
+    /// Bytes per element.
+    const BYTES: usize;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// The kernel named `name` for this type, e.g. `layernorm_forward_bf16`.
+    fn kernel(name: &str) -> String {
+        format!("{name}{}", Self::SUFFIX)
+    }
+}
+
+impl Float for f32 {
+    const SUFFIX: &'static str = "";
+    const BYTES: usize = 4;
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Float for half::bf16 {
+    const SUFFIX: &'static str = "_bf16";
+    const BYTES: usize = 2;
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
