@@ -9,23 +9,38 @@
 //   5. attention_unpermute:        out[b,t,h*HS + d] = y[b,h,t,d]
 //
 // Index arithmetic is 64-bit so B*T*C and B*NH*T*T may exceed 2^31.
+//
+// Every kernel is one template over the storage type T, emitted twice: NAME (float) and
+// NAME_bf16 (__nv_bfloat16). The math is fp32 in both: bf16 values are widened on load and
+// rounded to bf16 (round-to-nearest-even) once on store. Helpers live in attention_detail so
+// they cannot clash with the other kernel files compiled into the same translation unit.
+
+#include <cuda_bf16.h>
+
+namespace attention_detail {
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Launch: grid = ceil(B*NH*T*HS / blockDim.x), any blockDim.x (256 is typical).
-extern "C" __global__ void attention_permute(float* q, float* k, float* v, const float* qkv, int B,
-                                             int T, int NH, int HS) {
+template <typename T>
+__device__ __forceinline__ void permute(T* q, T* k, T* v, const T* qkv, int B, int T_, int NH,
+                                        int HS) {
     const long long C = (long long)NH * HS;
-    const long long n = (long long)B * T * C;
+    const long long n = (long long)B * T_ * C;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
          idx += stride) {
         // idx enumerates (b, h, t, d) in the permuted layout.
         const int d = (int)(idx % HS);
         const long long bht = idx / HS;
-        const int t = (int)(bht % T);
-        const long long bh = bht / T;
+        const int t = (int)(bht % T_);
+        const long long bh = bht / T_;
         const int h = (int)(bh % NH);
         const long long b = bh / NH;
-        const long long src = (b * T + t) * 3 * C + (long long)h * HS + d;
+        const long long src = (b * T_ + t) * 3 * C + (long long)h * HS + d;
         q[idx] = qkv[src];
         k[idx] = qkv[src + C];
         v[idx] = qkv[src + 2 * C];
@@ -33,85 +48,77 @@ extern "C" __global__ void attention_permute(float* q, float* k, float* v, const
 }
 
 // Launch: grid = ceil(B*NH*T*HS / blockDim.x), any blockDim.x (256 is typical).
-extern "C" __global__ void attention_unpermute(float* out, const float* y, int B, int T, int NH,
-                                               int HS) {
+template <typename T>
+__device__ __forceinline__ void unpermute(T* out, const T* y, int B, int T_, int NH, int HS) {
     const long long C = (long long)NH * HS;
-    const long long n = (long long)B * T * C;
+    const long long n = (long long)B * T_ * C;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
          idx += stride) {
         // idx enumerates (b, t, c) in the output layout, c = h*HS + d.
         const int c = (int)(idx % C);
         const long long bt = idx / C;
-        const int t = (int)(bt % T);
-        const long long b = bt / T;
+        const int t = (int)(bt % T_);
+        const long long b = bt / T_;
         const int h = c / HS;
         const int d = c - h * HS;
-        out[idx] = y[((b * NH + h) * T + t) * HS + d];
+        out[idx] = y[((b * NH + h) * T_ + t) * HS + d];
     }
 }
 
-namespace {
-
-__device__ __forceinline__ float attention_warp_max(float x) {
+__device__ __forceinline__ float warp_max(float x) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
     }
     return x;
 }
 
-__device__ __forceinline__ float attention_warp_sum(float x) {
+__device__ __forceinline__ float warp_sum(float x) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         x += __shfl_xor_sync(0xffffffffu, x, offset);
     }
     return x;
 }
 
-}  // namespace
-
 // att (rows = B*NH*T, T) in place: row r belongs to query position t1 = r % T.
 //   att[r, t2] = exp(scale*att[r,t2] - m) / sum_{t2' <= t1} exp(scale*att[r,t2'] - m)  for t2 <= t1
 //   att[r, t2] = 0                                                                       for t2 > t1
 // where m is the row maximum of scale*att[r, 0..=t1]. Max and sum are fp32 warp reductions.
+// The exponentials are recomputed in the last pass rather than stored in att between passes,
+// so bf16 rows are rounded only once (the probability); for float the result is the same.
 //
 // One warp per row. Launch: blockDim.x a multiple of 32 (256 is typical),
 // grid = ceil(rows / (blockDim.x / 32)).
-extern "C" __global__ void attention_softmax_forward(float* att, long long rows, int T,
-                                                     float scale) {
+template <typename T>
+__device__ __forceinline__ void softmax_forward(T* att, long long rows, int T_, float scale) {
     const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) {
         return;  // whole warp exits together: row is uniform across the warp
     }
-    const int t1 = (int)(row % T);
-    float* x = att + row * T;
+    const int t1 = (int)(row % T_);
+    T* x = att + row * T_;
 
     float maxv = -INFINITY;
     for (int t2 = lane; t2 <= t1; t2 += 32) {
-        maxv = fmaxf(maxv, scale * x[t2]);
+        maxv = fmaxf(maxv, scale * load(x[t2]));
     }
-    maxv = attention_warp_max(maxv);
+    maxv = warp_max(maxv);
 
     float sum = 0.0f;
     for (int t2 = lane; t2 <= t1; t2 += 32) {
-        const float e = expf(scale * x[t2] - maxv);
-        x[t2] = e;
-        sum += e;
+        sum += expf(scale * load(x[t2]) - maxv);
     }
-    sum = attention_warp_sum(sum);
+    sum = warp_sum(sum);
     const float inv = 1.0f / sum;
 
-    for (int t2 = lane; t2 < T; t2 += 32) {
-        x[t2] = t2 <= t1 ? x[t2] * inv : 0.0f;
+    for (int t2 = lane; t2 < T_; t2 += 32) {
+        store(&x[t2], t2 <= t1 ? expf(scale * load(x[t2]) - maxv) * inv : 0.0f);
     }
 }
 
-// q (C), kcache (maxT,C), vcache (maxT,C) -> out (C): one new position attending over the
-// first n_ctx cached positions (its own included), for KV-cache decoding.
-//
-// One block per head (grid = NH), any multiple of 32 threads; dynamic shared memory of n_ctx
-// floats holds the scores. Scores, max and sum are fp32, as in the batched softmax.
-static __device__ float decode_block_reduce(float v, bool is_max) {
+// Block-wide max (is_max) or sum of v; every thread gets the result.
+__device__ float decode_block_reduce(float v, bool is_max) {
     __shared__ float partial[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
     for (int o = 16; o > 0; o /= 2) {
@@ -129,18 +136,26 @@ static __device__ float decode_block_reduce(float v, bool is_max) {
     return v;
 }
 
-extern "C" __global__ void attention_decode(float* out, const float* q, const float* kcache,
-                                            const float* vcache, int n_ctx, int C, int NH) {
-    extern __shared__ float scores[];
+// q (C), kcache (maxT,C), vcache (maxT,C) -> out (C): one new position attending over the
+// first n_ctx cached positions (its own included), for KV-cache decoding.
+//
+// One block per head (grid = NH), any multiple of 32 threads; dynamic shared memory of n_ctx
+// floats holds the scores. Scores, max, sum and the weighted sum are fp32 (also for bf16
+// storage: the probabilities are never rounded); only out is stored as T.
+template <typename T>
+__device__ __forceinline__ void decode(T* out, const T* q, const T* kcache, const T* vcache,
+                                       int n_ctx, int C, int NH) {
+    extern __shared__ float attention_decode_scores[];
+    float* scores = attention_decode_scores;
     const int h = blockIdx.x;
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
-    const float* qh = q + (long long)h * hs;
+    const T* qh = q + (long long)h * hs;
     float local_max = -INFINITY;
     for (int t = threadIdx.x; t < n_ctx; t += blockDim.x) {
-        const float* k = kcache + (long long)t * C + (long long)h * hs;
+        const T* k = kcache + (long long)t * C + (long long)h * hs;
         float s = 0.0f;
-        for (int i = 0; i < hs; i++) s += qh[i] * k[i];
+        for (int i = 0; i < hs; i++) s += load(qh[i]) * load(k[i]);
         s *= scale;
         scores[t] = s;
         local_max = fmaxf(local_max, s);
@@ -156,7 +171,54 @@ extern "C" __global__ void attention_decode(float* out, const float* q, const fl
     __syncthreads();  // every score written before any thread reads them all
     for (int i = threadIdx.x; i < hs; i += blockDim.x) {
         float acc = 0.0f;
-        for (int t = 0; t < n_ctx; t++) acc += scores[t] * vcache[(long long)t * C + (long long)h * hs + i];
-        out[(long long)h * hs + i] = acc * inv;
+        for (int t = 0; t < n_ctx; t++) {
+            acc += scores[t] * load(vcache[(long long)t * C + (long long)h * hs + i]);
+        }
+        store(&out[(long long)h * hs + i], acc * inv);
     }
+}
+
+}  // namespace attention_detail
+
+extern "C" __global__ void attention_permute(float* q, float* k, float* v, const float* qkv, int B,
+                                             int T, int NH, int HS) {
+    attention_detail::permute(q, k, v, qkv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_permute_bf16(__nv_bfloat16* q, __nv_bfloat16* k,
+                                                  __nv_bfloat16* v, const __nv_bfloat16* qkv,
+                                                  int B, int T, int NH, int HS) {
+    attention_detail::permute(q, k, v, qkv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_unpermute(float* out, const float* y, int B, int T, int NH,
+                                               int HS) {
+    attention_detail::unpermute(out, y, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_unpermute_bf16(__nv_bfloat16* out, const __nv_bfloat16* y,
+                                                    int B, int T, int NH, int HS) {
+    attention_detail::unpermute(out, y, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_softmax_forward(float* att, long long rows, int T,
+                                                     float scale) {
+    attention_detail::softmax_forward(att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_forward_bf16(__nv_bfloat16* att, long long rows,
+                                                          int T, float scale) {
+    attention_detail::softmax_forward(att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_decode(float* out, const float* q, const float* kcache,
+                                            const float* vcache, int n_ctx, int C, int NH) {
+    attention_detail::decode(out, q, kcache, vcache, n_ctx, C, NH);
+}
+
+extern "C" __global__ void attention_decode_bf16(__nv_bfloat16* out, const __nv_bfloat16* q,
+                                                 const __nv_bfloat16* kcache,
+                                                 const __nv_bfloat16* vcache, int n_ctx, int C,
+                                                 int NH) {
+    attention_detail::decode(out, q, kcache, vcache, n_ctx, C, NH);
 }

@@ -25,10 +25,23 @@
 // before any thread overwrites the row in pass 2 (the dlogits write, which
 // re-reads each logit once more).
 //
+// Two kernels from one template over the storage type T of the logits (and so
+// of the dlogits written over them): crossentropy_forward (float) and
+// crossentropy_forward_bf16 (__nv_bfloat16); losses are f32 in both. The bf16
+// kernel loads each logit as float, does all arithmetic in f32 and rounds each
+// dlogit to bf16 once (round-to-nearest-even) when it stores it.
+//
 // Launch: grid = N, blockDim.x a multiple of 32 up to 1024, no dynamic shared
 // memory. Row offsets are 64-bit, so N*Vp may exceed 2^31.
 
+#include <cuda_bf16.h>
+
 namespace classifier_detail {
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Merges the (max, sum of exp(x - max)) pair (m2, s2) into (m, s).
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
@@ -51,11 +64,9 @@ __device__ __forceinline__ void warp_merge(float& m, float& s) {
     }
 }
 
-}  // namespace classifier_detail
-
-extern "C" __global__ void __launch_bounds__(1024)
-    crossentropy_forward(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
-                         int write_dlogits) {
+template <typename T>
+__device__ __forceinline__ void forward(float* losses, T* logits, const int* targets, int N, int V, int Vp,
+                                        float scale, int write_dlogits) {
     __shared__ float warp_max[32];
     __shared__ float warp_sum[32];
     __shared__ float block_max;
@@ -65,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     if (row >= N) {
         return;  // block-uniform, before any barrier
     }
-    float* x = logits + row * Vp;
+    T* x = logits + row * Vp;
     const int tid = threadIdx.x;
     const int lane = tid % 32;
     const int warp = tid / 32;
@@ -75,13 +86,13 @@ extern "C" __global__ void __launch_bounds__(1024)
 
     float target_logit = 0.0f;
     if (tid == 0 && valid) {
-        target_logit = x[target];
+        target_logit = load(x[target]);
     }
 
     float m = -INFINITY;
     float s = 0.0f;
     for (int i = tid; i < V; i += blockDim.x) {
-        const float v = x[i];
+        const float v = load(x[i]);
         if (v > m) {
             s = s * expf(m - v) + 1.0f;
             m = v;
@@ -89,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(1024)
             s += expf(v - m);
         }
     }
-    classifier_detail::warp_merge(m, s);
+    warp_merge(m, s);
     if (lane == 0) {
         warp_max[warp] = m;
         warp_sum[warp] = s;
@@ -98,7 +109,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     if (warp == 0) {
         m = lane < num_warps ? warp_max[lane] : -INFINITY;
         s = lane < num_warps ? warp_sum[lane] : 0.0f;
-        classifier_detail::warp_merge(m, s);
+        warp_merge(m, s);
         if (lane == 0) {
             block_max = m;
             block_sum = s;
@@ -116,10 +127,24 @@ extern "C" __global__ void __launch_bounds__(1024)
         for (int i = tid; i < Vp; i += blockDim.x) {
             float g = 0.0f;
             if (i < V) {
-                const float p = expf(x[i] - row_max) * inv_sum;
+                const float p = expf(load(x[i]) - row_max) * inv_sum;
                 g = scale * (i == target ? p - 1.0f : p);
             }
-            x[i] = g;
+            store(&x[i], g);
         }
     }
+}
+
+}  // namespace classifier_detail
+
+extern "C" __global__ void __launch_bounds__(1024)
+    crossentropy_forward(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
+                         int write_dlogits) {
+    classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    crossentropy_forward_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp,
+                              float scale, int write_dlogits) {
+    classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }

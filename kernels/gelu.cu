@@ -8,19 +8,40 @@
 // One thread per element in a grid-stride loop with a 64-bit index, so N may
 // exceed 2^31.
 //
+// Two kernels from one template over the storage type T: gelu_forward (float)
+// and gelu_forward_bf16 (__nv_bfloat16). The bf16 one loads x as float,
+// computes in f32 and rounds the result to bf16 once (round-to-nearest-even).
+//
 // Launch: any blockDim.x (256 is typical), grid = ceil(N / blockDim.x) (capped;
 // the stride loop covers the rest), no shared memory.
+
+#include <cuda_bf16.h>
 
 namespace gelu_detail {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCube = 0.044715f;
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+template <typename T>
+__device__ __forceinline__ void forward(T* out, const T* inp, long long N) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        const float x = load(inp[i]);
+        const float inner = kSqrt2OverPi * (x + kCube * x * x * x);
+        store(&out[i], 0.5f * x * (1.0f + tanhf(inner)));
+    }
+}
+
 }  // namespace gelu_detail
 
 extern "C" __global__ void gelu_forward(float* out, const float* inp, long long N) {
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        const float x = inp[i];
-        const float inner = gelu_detail::kSqrt2OverPi * (x + gelu_detail::kCube * x * x * x);
-        out[i] = 0.5f * x * (1.0f + tanhf(inner));
-    }
+    gelu_detail::forward(out, inp, N);
+}
+
+extern "C" __global__ void gelu_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* inp, long long N) {
+    gelu_detail::forward(out, inp, N);
 }

@@ -19,12 +19,32 @@
 // kernel each lane re-reads exactly the residual elements it wrote itself, so no
 // synchronisation is needed between the passes.
 //
+// Two kernels of each from one template over the storage type T of out,
+// residual, inp, a, b, weight and bias: NAME (float) and NAME_bf16
+// (__nv_bfloat16); mean and rstd are f32 in both. The bf16 kernels load every
+// value as float, do all arithmetic in f32, and round each stored value to
+// bf16 once (round-to-nearest-even). In the fused bf16 kernel the statistics
+// are those of the residual as stored (a + b rounded to bf16), the same values
+// the later passes re-read, so the normalisation is of exactly that tensor.
+//
 // Launch: blockDim.x a multiple of 32 (256 is typical: 8 rows per block),
 // grid = ceil(N / (blockDim.x / 32)), no shared memory. Row offsets are 64-bit,
 // so N*C may exceed 2^31. Warps past the last row return at once (warp-uniform,
 // and there is no __syncthreads).
 
+#include <cuda_bf16.h>
+
 namespace layernorm_detail {
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float round_to(float, float v) { return v; }
+__device__ __forceinline__ __nv_bfloat16 round_to(__nv_bfloat16, float v) { return __float2bfloat16_rn(v); }
+// v converted to T (a no-op for float, round-to-nearest-even for bf16).
+template <typename T>
+__device__ __forceinline__ T to(float v) {
+    return round_to(T(), v);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) {
@@ -33,21 +53,21 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// Normalises one row x (C floats) into out, given the sum of x already reduced
+// Normalises one row x (C values) into out, given the sum of x already reduced
 // across the warp; lane 0 stores the row's mean and rstd.
-__device__ __forceinline__ void normalize_row(float* out, float* mean, float* rstd, const float* x,
-                                              const float* weight, const float* bias, float row_sum,
-                                              long long row, int C, int lane) {
+template <typename T>
+__device__ __forceinline__ void normalize_row(T* out, float* mean, float* rstd, const T* x, const T* weight,
+                                              const T* bias, float row_sum, long long row, int C, int lane) {
     const float mu = row_sum / (float)C;
     float sq = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        const float d = x[i] - mu;
+        const float d = load(x[i]) - mu;
         sq += d * d;
     }
     const float var = warp_sum(sq) / (float)C;
     const float rs = 1.0f / sqrtf(var + 1e-5f);
     for (int i = lane; i < C; i += 32) {
-        out[i] = (x[i] - mu) * rs * weight[i] + bias[i];
+        out[i] = to<T>((load(x[i]) - mu) * rs * load(weight[i]) + load(bias[i]));
     }
     if (lane == 0) {
         mean[row] = mu;
@@ -55,28 +75,27 @@ __device__ __forceinline__ void normalize_row(float* out, float* mean, float* rs
     }
 }
 
-}  // namespace layernorm_detail
-
-extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                             const float* weight, const float* bias, int N, int C) {
+template <typename T>
+__device__ __forceinline__ void forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                                        const T* bias, int N, int C) {
     const int warps_per_block = blockDim.x / 32;
     const long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (row >= N) {
         return;
     }
-    const float* x = inp + row * C;
+    const T* x = inp + row * C;
     float sum = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        sum += x[i];
+        sum += load(x[i]);
     }
-    sum = layernorm_detail::warp_sum(sum);
-    layernorm_detail::normalize_row(out + row * C, mean, rstd, x, weight, bias, sum, row, C, lane);
+    sum = warp_sum(sum);
+    normalize_row(out + row * C, mean, rstd, x, weight, bias, sum, row, C, lane);
 }
 
-extern "C" __global__ void residual_layernorm_forward(float* residual, float* out, float* mean, float* rstd,
-                                                      const float* a, const float* b, const float* weight,
-                                                      const float* bias, int N, int C) {
+template <typename T>
+__device__ __forceinline__ void residual_forward(T* residual, T* out, float* mean, float* rstd, const T* a,
+                                                 const T* b, const T* weight, const T* bias, int N, int C) {
     const int warps_per_block = blockDim.x / 32;
     const long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -84,13 +103,40 @@ extern "C" __global__ void residual_layernorm_forward(float* residual, float* ou
         return;
     }
     const long long base = row * C;
-    float* r = residual + base;
+    T* r = residual + base;
     float sum = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        const float v = a[base + i] + b[base + i];
+        // Sum the value as stored (rounded to T), which is what the later passes re-read.
+        const T v = to<T>(load(a[base + i]) + load(b[base + i]));
         r[i] = v;
-        sum += v;
+        sum += load(v);
     }
-    sum = layernorm_detail::warp_sum(sum);
-    layernorm_detail::normalize_row(out + base, mean, rstd, r, weight, bias, sum, row, C, lane);
+    sum = warp_sum(sum);
+    normalize_row(out + base, mean, rstd, r, weight, bias, sum, row, C, lane);
+}
+
+}  // namespace layernorm_detail
+
+extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                             const float* weight, const float* bias, int N, int C) {
+    layernorm_detail::forward(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+extern "C" __global__ void layernorm_forward_bf16(__nv_bfloat16* out, float* mean, float* rstd,
+                                                  const __nv_bfloat16* inp, const __nv_bfloat16* weight,
+                                                  const __nv_bfloat16* bias, int N, int C) {
+    layernorm_detail::forward(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+extern "C" __global__ void residual_layernorm_forward(float* residual, float* out, float* mean, float* rstd,
+                                                      const float* a, const float* b, const float* weight,
+                                                      const float* bias, int N, int C) {
+    layernorm_detail::residual_forward(residual, out, mean, rstd, a, b, weight, bias, N, C);
+}
+
+extern "C" __global__ void residual_layernorm_forward_bf16(__nv_bfloat16* residual, __nv_bfloat16* out,
+                                                           float* mean, float* rstd, const __nv_bfloat16* a,
+                                                           const __nv_bfloat16* b, const __nv_bfloat16* weight,
+                                                           const __nv_bfloat16* bias, int N, int C) {
+    layernorm_detail::residual_forward(residual, out, mean, rstd, a, b, weight, bias, N, C);
 }

@@ -145,7 +145,7 @@ pub struct ForwardBench {
 }
 
 /// Times whole forward passes (with the loss) of random weights on random tokens on GPU 0.
-pub fn bench_forward_gpu(
+pub fn bench_forward_gpu<T: crate::gpu::Float>(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
@@ -154,7 +154,7 @@ pub fn bench_forward_gpu(
 ) -> anyhow::Result<ForwardBench> {
     use crate::gpu::gpt::GpuModel;
     let params = gpt::init_params(cfg, 1);
-    let mut model = GpuModel::new(cfg, &params, 0, tf32)?;
+    let mut model = GpuModel::<T>::new(cfg, &params, 0, tf32)?;
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
@@ -177,6 +177,6 @@ pub fn bench_forward_gpu(
         tokens_per_sec,
         tflops: tokens_per_sec * cfg.flops_per_token(seq) / 3.0 / 1e12,
         per_op,
-        activation_gb: GpuModel::activation_bytes(cfg, batch, seq) as f64 / 1e9,
+        activation_gb: GpuModel::<T>::activation_bytes(cfg, batch, seq) as f64 / 1e9,
     })
 }

@@ -13,6 +13,9 @@ use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::shard::Shard;
 use genesis::data::source::{expand_inputs, Docs, SourceOptions};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
+use genesis::gpu::gpt::GpuModel;
+use genesis::gpu::sample::GpuDecoder;
+use genesis::gpu::Precision;
 use genesis::model::{ModelConfig, EOT_TOKEN, PRESETS};
 use genesis::rng::Rng;
 use genesis::train::{self, train, RunConfig, TrainOptions};
@@ -236,6 +239,9 @@ struct SampleCmd {
     /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
     #[argh(option, default = "String::from(\"auto\")")]
     device: String,
+    /// on the GPU: fp32 or bf16 (default auto: bf16)
+    #[argh(option, default = "String::from(\"auto\")")]
+    precision: String,
 }
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -276,9 +282,12 @@ struct BenchForward {
     /// timed forwards after one warmup (default 10)
     #[argh(option, default = "10")]
     steps: usize,
-    /// allow TF32 matmuls
+    /// allow TF32 matmuls (fp32 only)
     #[argh(switch)]
     tf32: bool,
+    /// fp32 or bf16 (default auto: bf16)
+    #[argh(option, default = "String::from(\"auto\")")]
+    precision: String,
 }
 
 /// MB/s of `genesis prepare` on all cores against single-thread tiktoken-rs.
@@ -666,14 +675,19 @@ fn sample(c: SampleCmd) -> Result<()> {
     }
     let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
     let mut rng = Rng::new(c.seed);
-    let model;
-    let mut step: Box<dyn FnMut(u32) -> Result<Vec<f32>>> = match device {
-        Some(ordinal) => {
-            model = genesis::gpu::gpt::GpuModel::new(&cfg, &params, ordinal, false)?;
-            let mut dec = genesis::gpu::sample::GpuDecoder::new(&model)?;
+    let (model32, model16);
+    let mut step: Box<dyn FnMut(u32) -> Result<Vec<f32>>> = match (device, Precision::parse(&c.precision)?) {
+        (Some(ordinal), Precision::Fp32) => {
+            model32 = GpuModel::<f32>::new(&cfg, &params, ordinal, false)?;
+            let mut dec = GpuDecoder::new(&model32)?;
             Box::new(move |t| Ok(dec.step(t)?.to_vec()))
         }
-        None => {
+        (Some(ordinal), Precision::Bf16) => {
+            model16 = GpuModel::<half::bf16>::new(&cfg, &params, ordinal, false)?;
+            let mut dec = GpuDecoder::new(&model16)?;
+            Box::new(move |t| Ok(dec.step(t)?.to_vec()))
+        }
+        (None, _) => {
             let mut dec = Decoder::new(&cfg, &params);
             Box::new(move |t| Ok(dec.step(t).to_vec()))
         }
@@ -705,12 +719,20 @@ fn bench_forward(b: BenchForward) -> Result<()> {
         bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
     }
     genesis::gpu::select_device("cuda")?;
-    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, b.tf32)?;
+    let precision = Precision::parse(&b.precision)?;
+    let r = match precision {
+        Precision::Fp32 => genesis::bench::bench_forward_gpu::<f32>(&cfg, b.batch, b.seq, b.steps, b.tf32)?,
+        Precision::Bf16 => genesis::bench::bench_forward_gpu::<half::bf16>(&cfg, b.batch, b.seq, b.steps, b.tf32)?,
+    };
     println!(
         "bench forward {} on {} ({}), batch {} seq {}: {:.2} ms/forward, {:.0} tokens/s, {:.1} TFLOP/s, activations {:.2} GB",
         b.model,
         r.device,
-        if b.tf32 { "fp32, TF32 matmuls" } else { "fp32" },
+        match (precision, b.tf32) {
+            (Precision::Bf16, _) => "bf16",
+            (Precision::Fp32, true) => "fp32, TF32 matmuls",
+            (Precision::Fp32, false) => "fp32",
+        },
         b.batch,
         b.seq,
         r.ms_per_forward,

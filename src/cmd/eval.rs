@@ -9,6 +9,8 @@ use argh::FromArgs;
 use genesis::data::loader::Split;
 use genesis::data::manifest::{self, Manifest};
 use genesis::eval::{self, EvalOptions, EvalReport, HellaSwagOptions, HellaSwagReport};
+use genesis::gpu::gpt::GpuModel;
+use genesis::gpu::Precision;
 use genesis::weights::{self, Weights};
 use serde_json::json;
 
@@ -52,9 +54,12 @@ pub struct EvalCmd {
     /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
     #[argh(option, default = "String::from(\"auto\")")]
     device: String,
-    /// on the GPU, let matmuls use TF32 tensor cores (faster; about 1e-3 relative)
+    /// on the GPU, let fp32 matmuls use TF32 tensor cores (faster; about 1e-3 relative)
     #[argh(switch)]
     tf32: bool,
+    /// on the GPU: fp32 or bf16 (default auto: bf16)
+    #[argh(option, default = "String::from(\"auto\")")]
+    precision: String,
 }
 
 pub fn run(c: EvalCmd) -> Result<()> {
@@ -74,18 +79,15 @@ pub fn run(c: EvalCmd) -> Result<()> {
     }
     let device = genesis::gpu::select_device(&c.device)?;
     let w = weights::load(&c.checkpoint)?;
-    let mut cpu;
-    let mut gpu;
-    let scorer: &mut dyn eval::Scorer = match device {
-        Some(ordinal) => {
-            gpu = genesis::gpu::gpt::GpuModel::new(&w.config, &w.params, ordinal, c.tf32)?;
-            &mut gpu
+    let precision = Precision::parse(&c.precision)?;
+    let mut scorer: Box<dyn eval::Scorer + '_> = match (device, precision) {
+        (Some(ordinal), Precision::Fp32) => Box::new(GpuModel::<f32>::new(&w.config, &w.params, ordinal, c.tf32)?),
+        (Some(ordinal), Precision::Bf16) => {
+            Box::new(GpuModel::<half::bf16>::new(&w.config, &w.params, ordinal, false)?)
         }
-        None => {
-            cpu = eval::CpuScorer::new(&w.config, &w.params)?;
-            &mut cpu
-        }
+        (None, _) => Box::new(eval::CpuScorer::new(&w.config, &w.params)?),
     };
+    let scorer = scorer.as_mut();
     let progress = true; // stderr, every 10 s: harmless beside --json on stdout
     let data = match &data_dir {
         Some(dir) => {

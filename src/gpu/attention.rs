@@ -3,7 +3,12 @@
 //! (kernels in `kernels/attention.cu`). The correct-first version: it materialises the full
 //! (B,NH,T,T) attention matrix, which the backward pass needs anyway.
 //!
-//! Scratch layout (floats, each block B*T*C long, laid out (B,NH,T,hs)): `[q | k | v | y]`.
+//! Scratch layout (elements, each block B*T*C long, laid out (B,NH,T,hs)): `[q | k | v | y]`.
+//!
+//! Generic over the storage type ([`Float`]): f32, or bf16 for qkv, scratch, att and out. With
+//! bf16 the kernels compute in fp32 (loads widened, one rounding on store) and the GEMMs
+//! accumulate in fp32, so the bf16 roundings are: the scores (q·k^T output), the probabilities
+//! (softmax output, which feeds att·v) and y/out.
 //!
 //! GEMMs, per (b, h), in cuBLAS's column-major terms (a row-major (R, C) buffer is a column-major
 //! (C, R) matrix with ld C):
@@ -17,28 +22,30 @@ use std::sync::Arc;
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::blas::{Blas, StridedBatchedGemm};
+use super::blas::{Blas, GemmDtype, StridedBatchedGemm};
 use super::device::{grid_for, to_i32, Gpu};
+use super::Float;
 
 /// Threads per block of the softmax kernel (one warp per row).
 const SOFTMAX_BLOCK: u32 = 256;
 
-/// Floats of scratch [`attention_forward`] needs: q, k, v and y, each B*T*C.
+/// Elements of scratch [`attention_forward`] needs: q, k, v and y, each B*T*C.
 pub fn scratch_len(b: usize, t: usize, c: usize) -> usize {
     4 * b * t * c
 }
 
 /// Causal self-attention forward, queued on `gpu.stream()`:
 /// `qkv (B,T,3C)` -> `out (B,T,C)`, with `att (B,NH,T,T)` the softmax probabilities (zero above
-/// the diagonal) and `scratch` ([`scratch_len`] floats) holding q, k, v, y as (B,NH,T,hs).
+/// the diagonal) and `scratch` ([`scratch_len`] elements) holding q, k, v, y as (B,NH,T,hs).
+/// `T` is `f32` or `half::bf16` for every buffer.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(
+pub fn attention_forward<T: Float>(
     gpu: &Gpu,
     blas: &Blas,
-    out: &mut impl DevicePtrMut<f32>,
-    scratch: &mut impl DevicePtrMut<f32>,
-    att: &mut impl DevicePtrMut<f32>,
-    qkv: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<T>,
+    scratch: &mut impl DevicePtrMut<T>,
+    att: &mut impl DevicePtrMut<T>,
+    qkv: &impl DevicePtr<T>,
     b: usize,
     t: usize,
     c: usize,
@@ -62,6 +69,7 @@ pub fn attention_forward(
         Arc::ptr_eq(blas.stream(), gpu.stream()),
         "attention_forward: blas was created for a different stream than gpu"
     );
+    let dtype = GemmDtype::of::<T>()?;
     if btc == 0 {
         return Ok(());
     }
@@ -73,19 +81,20 @@ pub fn attention_forward(
     let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
     let (att_ptr, _att_guard) = att.device_ptr_mut(stream);
     let (qkv_ptr, _qkv_guard) = qkv.device_ptr(stream);
-    let f32_bytes = std::mem::size_of::<f32>() as u64;
-    let block = btc as u64 * f32_bytes;
+    let block = (btc * T::BYTES) as u64;
     let (q_ptr, k_ptr, v_ptr, y_ptr) =
         (scratch_ptr, scratch_ptr + block, scratch_ptr + 2 * block, scratch_ptr + 3 * block);
 
     // 1. qkv (B,T,3C) -> q, k, v (B,NH,T,hs).
-    let permute = gpu.function("attention_permute")?;
+    let permute = gpu.function(&T::kernel("attention_permute"))?;
     let mut launch = stream.launch_builder(&permute);
     launch.arg(&q_ptr).arg(&k_ptr).arg(&v_ptr).arg(&qkv_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (float*, float*, float*, const float*, int, int, int, int); the
+    // SAFETY: arguments match (T*, T*, T*, const T*, int, int, int, int), T the float or
+    // __nv_bfloat16 that T::kernel picks, and q..y are T-sized offsets into scratch; the
     // kernel touches B*T*C elements of each of q, k, v (inside scratch, checked) and 3*B*T*C of
     // qkv (checked). The guards keep the buffers stream-ordered until the launch is queued.
-    unsafe { launch.launch(grid_for(btc)?) }.context("launching attention_permute")?;
+    unsafe { launch.launch(grid_for(btc)?) }
+        .with_context(|| format!("launching {}", T::kernel("attention_permute")))?;
 
     // 2. att[bh] (T,T) = q[bh] · k[bh]^T  (unscaled; the softmax applies 1/sqrt(hs)).
     let per_head = t * hs;
@@ -107,6 +116,7 @@ pub fn attention_forward(
         ldc: t,
         stride_c: t * t,
         batch: b * nh,
+        dtype,
     };
     // SAFETY: batch i reads q/k rows [i*T*hs, (i+1)*T*hs) inside scratch and writes att
     // [i*T*T, (i+1)*T*T), all within the lengths checked above; same stream, guards held.
@@ -119,12 +129,12 @@ pub fn attention_forward(
     let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
         .context("attention_forward: too many softmax rows for one grid")?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let softmax = gpu.function("attention_softmax_forward")?;
+    let softmax = gpu.function(&T::kernel("attention_softmax_forward"))?;
     let mut launch = stream.launch_builder(&softmax);
     launch.arg(&att_ptr).arg(&rows).arg(&ti).arg(&scale);
-    // SAFETY: arguments match (float*, long long, int, float); the kernel touches rows*T =
+    // SAFETY: arguments match (T*, long long, int, float); the kernel touches rows*T =
     // B*NH*T*T elements of att (checked); launched with a whole number of warps per block.
-    unsafe { launch.launch(cfg) }.context("launching attention_softmax_forward")?;
+    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("attention_softmax_forward")))?;
 
     // 4. y[bh] (T,hs) = att[bh] (T,T) · v[bh] (T,hs).
     let av = StridedBatchedGemm {
@@ -145,45 +155,50 @@ pub fn attention_forward(
         ldc: hs,
         stride_c: per_head,
         batch: b * nh,
+        dtype,
     };
     // SAFETY: batch i reads v and att blocks and writes the y block i, all inside the checked
     // scratch/att lengths; same stream, guards held.
     unsafe { blas.gemm_strided_batched(&av) }.context("attention_forward: att·v")?;
 
     // 5. y (B,NH,T,hs) -> out (B,T,C).
-    let unpermute = gpu.function("attention_unpermute")?;
+    let unpermute = gpu.function(&T::kernel("attention_unpermute"))?;
     let mut launch = stream.launch_builder(&unpermute);
     launch.arg(&out_ptr).arg(&y_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (float*, const float*, int, int, int, int); the kernel writes
+    // SAFETY: arguments match (T*, const T*, int, int, int, int); the kernel writes
     // B*T*C elements of out and reads B*T*C of y (inside scratch), both checked.
-    unsafe { launch.launch(grid_for(btc)?) }.context("launching attention_unpermute")?;
+    unsafe { launch.launch(grid_for(btc)?) }
+        .with_context(|| format!("launching {}", T::kernel("attention_unpermute")))?;
     Ok(())
 }
 
 /// One new position attending over the first `n_ctx` cached positions, for KV-cache decoding.
+/// `T` is `f32` or `half::bf16` for q, the caches and out; scores, softmax and the weighted sum
+/// are fp32 either way (bf16 rounds only the output).
 // q (C), kcache (maxT,C), vcache (maxT,C) -> out (C)
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode(
+pub fn attention_decode<T: Float>(
     gpu: &Gpu,
-    out: &mut impl DevicePtrMut<f32>,
-    q: &impl DevicePtr<f32>,
-    kcache: &impl DevicePtr<f32>,
-    vcache: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<T>,
+    q: &impl DevicePtr<T>,
+    kcache: &impl DevicePtr<T>,
+    vcache: &impl DevicePtr<T>,
     n_ctx: usize,
     c: usize,
     nh: usize,
 ) -> Result<()> {
     ensure!(nh > 0 && c.is_multiple_of(nh), "attention_decode: C = {c} must divide by NH = {nh}");
     ensure!(n_ctx >= 1, "attention_decode: no cached positions");
-    ensure!(out.len() >= c && q.len() >= c, "attention_decode: out and q need C = {c} floats");
+    ensure!(out.len() >= c && q.len() >= c, "attention_decode: out and q need C = {c} elements");
     ensure!(
         kcache.len() >= n_ctx * c && vcache.len() >= n_ctx * c,
-        "attention_decode: the caches hold fewer than n_ctx * C = {} floats",
+        "attention_decode: the caches hold fewer than n_ctx * C = {} elements",
         n_ctx * c
     );
-    let f = gpu.function("attention_decode")?;
-    let cfg =
-        LaunchConfig { grid_dim: (nh as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: (n_ctx * 4) as u32 };
+    let f = gpu.function(&T::kernel("attention_decode"))?;
+    // The scores are fp32 in shared memory whatever T is.
+    let shared = u32::try_from(n_ctx * std::mem::size_of::<f32>()).context("attention_decode: n_ctx too large")?;
+    let cfg = LaunchConfig { grid_dim: (nh as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: shared };
     let (n, ci, nhi) = (to_i32(n_ctx, "n_ctx")?, to_i32(c, "C")?, to_i32(nh, "NH")?);
     let stream = gpu.stream();
     let (o, _o) = out.device_ptr_mut(stream);
@@ -192,9 +207,9 @@ pub fn attention_decode(
     let (vp, _v) = vcache.device_ptr(stream);
     let mut launch = stream.launch_builder(&f);
     launch.arg(&o).arg(&qp).arg(&kp).arg(&vp).arg(&n).arg(&ci).arg(&nhi);
-    // SAFETY: the arguments match attention_decode(float*, const float*, const float*, const float*,
-    // int, int, int); the lengths checked above bound every index it touches, and its dynamic
-    // shared memory holds n_ctx floats.
-    unsafe { launch.launch(cfg) }.context("launching attention_decode")?;
+    // SAFETY: the arguments match attention_decode[_bf16](T*, const T*, const T*, const T*, int,
+    // int, int) with T as T::kernel picks; the lengths checked above bound every index it
+    // touches, and its dynamic shared memory holds n_ctx floats.
+    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("attention_decode")))?;
     Ok(())
 }

@@ -28,6 +28,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 use super::device::{find_cuda_library, Gpu};
+use super::Float;
 
 /// Bytes of device workspace shared by cuBLAS and cuBLASLt (32 MiB, enough for Hopper).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
@@ -85,6 +86,46 @@ fn preload(names: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Storage type of every matrix (and the bias) of one GEMM. Scaling (alpha/beta) and
+/// accumulation are fp32 either way: `Bf16` always computes in `CUBLAS_COMPUTE_32F` (TF32 does
+/// not apply to bf16 inputs), `F32` in fp32 or TF32 as chosen at [`Blas::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmDtype {
+    /// `float` matrices (`CUDA_R_32F`).
+    F32,
+    /// `__nv_bfloat16` matrices (`CUDA_R_16BF`).
+    Bf16,
+}
+
+impl GemmDtype {
+    /// The GEMM storage type for the element type `T` (`f32` or `half::bf16`).
+    pub fn of<T: Float>() -> Result<GemmDtype> {
+        use std::any::TypeId;
+        let id = TypeId::of::<T>();
+        if id == TypeId::of::<f32>() {
+            Ok(GemmDtype::F32)
+        } else if id == TypeId::of::<half::bf16>() {
+            Ok(GemmDtype::Bf16)
+        } else {
+            anyhow::bail!("no cuBLAS data type for {}", std::any::type_name::<T>())
+        }
+    }
+
+    fn lt(self) -> lt_sys::cudaDataType {
+        match self {
+            GemmDtype::F32 => lt_sys::cudaDataType::CUDA_R_32F,
+            GemmDtype::Bf16 => lt_sys::cudaDataType::CUDA_R_16BF,
+        }
+    }
+
+    fn blas(self) -> blas_sys::cudaDataType {
+        match self {
+            GemmDtype::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            GemmDtype::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        }
+    }
+}
+
 /// What cuBLASLt applies to `op(A)·op(B)` before writing D. Later additions (GELU_AUX, DGELU,
 /// BGRADB for the backward pass) extend this enum, [`Epilogue::raw`] and the per-call attribute
 /// setup in [`Blas::lt_matmul`].
@@ -117,8 +158,9 @@ impl Epilogue {
     }
 }
 
-/// One cuBLASLt fp32 matmul in column-major terms:
-/// `D (m,n) = epilogue(op(A) (m,k) · op(B) (k,n) [+ D])`.
+/// One cuBLASLt matmul in column-major terms:
+/// `D (m,n) = epilogue(op(A) (m,k) · op(B) (k,n) [+ D])`, A, B, D and the bias all stored as
+/// `dtype`, accumulated in fp32 (see [`GemmDtype`]).
 ///
 /// A is stored `(k,m)` with leading dimension `lda` when `trans_a` (else `(m,k)`), B is stored
 /// `(n,k)` when `trans_b` (else `(k,n)`), D is `(m,n)` with leading dimension `ldd`.
@@ -141,11 +183,14 @@ pub struct LtGemm {
     pub epilogue: Epilogue,
     /// `D += ...` (beta = 1) instead of `D = ...` (beta = 0).
     pub accumulate: bool,
+    /// Storage type of A, B, D and the bias.
+    pub dtype: GemmDtype,
 }
 
-/// One cuBLAS fp32 strided-batched GEMM in column-major terms, for `i in 0..batch`:
+/// One cuBLAS strided-batched GEMM in column-major terms, for `i in 0..batch`:
 /// `C_i (m,n) = alpha * op(A_i) (m,k) · op(B_i) (k,n) + beta * C_i`, with `X_i = X + i*stride_x`
-/// (strides in elements). Storage conventions as in [`LtGemm`].
+/// (strides in elements). Storage conventions as in [`LtGemm`]; A, B, C stored as `dtype`,
+/// alpha/beta and accumulation fp32.
 #[derive(Clone, Copy, Debug)]
 pub struct StridedBatchedGemm {
     pub m: usize,
@@ -165,6 +210,8 @@ pub struct StridedBatchedGemm {
     pub ldc: usize,
     pub stride_c: usize,
     pub batch: usize,
+    /// Storage type of A, B and C.
+    pub dtype: GemmDtype,
 }
 
 /// cuBLAS + cuBLASLt handles on the [`Gpu`] stream, their shared workspace, and the cuBLASLt
@@ -232,7 +279,7 @@ impl Blas {
         })
     }
 
-    /// Whether fp32 GEMMs may use TF32 tensor cores.
+    /// Whether fp32 GEMMs may use TF32 tensor cores (bf16 GEMMs ignore it).
     pub fn allow_tf32(&self) -> bool {
         self.allow_tf32
     }
@@ -299,8 +346,8 @@ impl Blas {
         .map_err(|e| anyhow!("cublasLtMatmul failed: {e:?} ({g:?})"))
     }
 
-    fn compute_type_lt(&self) -> lt_sys::cublasComputeType_t {
-        if self.allow_tf32 {
+    fn compute_type_lt(&self, dtype: GemmDtype) -> lt_sys::cublasComputeType_t {
+        if self.allow_tf32 && dtype == GemmDtype::F32 {
             lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
@@ -310,9 +357,10 @@ impl Blas {
     fn make_plan(&self, g: &LtGemm) -> Result<Plan> {
         use lt_sys::cublasLtMatmulDescAttributes_t as D;
         use lt_sys::cublasLtMatmulPreferenceAttributes_t as P;
+        // The scale type (alpha, beta) is fp32 for both storage types.
         let f32_type = lt_sys::cudaDataType::CUDA_R_32F;
         let desc = MatmulDesc(
-            lt_result::create_matmul_desc(self.compute_type_lt(), f32_type)
+            lt_result::create_matmul_desc(self.compute_type_lt(g.dtype), f32_type)
                 .map_err(|e| anyhow!("cublasLtMatmulDescCreate: {e:?}"))?,
         );
         // cublasOperation_t values: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1; the attributes are int32.
@@ -326,13 +374,20 @@ impl Blas {
             if g.epilogue.uses_bias() {
                 let bias = g.bias as *const c_void;
                 desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+                if g.dtype == GemmDtype::Bf16 {
+                    // The bias is bf16 like D. Said explicitly rather than relying on the
+                    // default (-1, "like D" for most type combinations); the attribute is int32.
+                    // fp32 keeps the default, which is fp32.
+                    let bias_type = g.dtype.lt() as i32;
+                    desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
+                }
             }
         }
         let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let a = Layout::new(a_rows, a_cols, g.lda)?;
-        let b = Layout::new(b_rows, b_cols, g.ldb)?;
-        let d = Layout::new(g.m, g.n, g.ldd)?;
+        let a = Layout::new(g.dtype, a_rows, a_cols, g.lda)?;
+        let b = Layout::new(g.dtype, b_rows, b_cols, g.ldb)?;
+        let d = Layout::new(g.dtype, g.m, g.n, g.ldd)?;
 
         let pref =
             Preference(lt_result::create_matmul_pref().map_err(|e| anyhow!("cublasLtMatmulPreferenceCreate: {e:?}"))?);
@@ -345,6 +400,14 @@ impl Blas {
             pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b)?;
             pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d)?;
             pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d)?;
+            if g.dtype == GemmDtype::Bf16 {
+                // Keep split-K partial sums in fp32: without this mask the heuristic may pick
+                // the INPLACE or OUTPUT_TYPE reduction schemes, which add the partial results
+                // up in bf16 and so round more than once. (NONE is always allowed; fp32 GEMMs
+                // are left as they were, their output type being the compute type.)
+                let schemes = lt_sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+                pref.set(P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes)?;
+            }
         }
         // SAFETY: every descriptor is live; C and D share D's layout.
         let heuristic = unsafe { lt_result::get_matmul_algo_heuristic(self.lt.0, desc.0, a.0, b.0, d.0, d.0, pref.0) }
@@ -352,8 +415,8 @@ impl Blas {
         Ok(Plan { desc, a, b, d, algo: heuristic.algo })
     }
 
-    /// Queues one cuBLAS strided-batched fp32 GEMM (see [`StridedBatchedGemm`]) on the stream,
-    /// computing in fp32 or TF32 as chosen at [`Blas::new`].
+    /// Queues one cuBLAS strided-batched GEMM (see [`StridedBatchedGemm`]) on the stream. fp32
+    /// storage computes in fp32 or TF32 as chosen at [`Blas::new`], bf16 storage in fp32.
     ///
     /// # Safety
     /// As [`Blas::lt_matmul`]: every batch's A, B, C must lie inside live device allocations of
@@ -373,12 +436,12 @@ impl Blas {
                 blas_sys::cublasOperation_t::CUBLAS_OP_N
             }
         };
-        let compute = if self.allow_tf32 {
+        let compute = if self.allow_tf32 && g.dtype == GemmDtype::F32 {
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
-        let f32_type = blas_sys::cudaDataType::CUDA_R_32F;
+        let data_type = g.dtype.blas();
         let (m, n, k) = (int(g.m, "m")?, int(g.n, "n")?, int(g.k, "k")?);
         let (lda, ldb, ldc) = (int(g.lda, "lda")?, int(g.ldb, "ldb")?, int(g.ldc, "ldc")?);
         let batch = int(g.batch, "batch")?;
@@ -396,16 +459,16 @@ impl Blas {
                 k,
                 (&g.alpha as *const f32).cast(),
                 g.a as *const c_void,
-                f32_type,
+                data_type,
                 lda,
                 g.stride_a as i64,
                 g.b as *const c_void,
-                f32_type,
+                data_type,
                 ldb,
                 g.stride_b as i64,
                 (&g.beta as *const f32).cast(),
                 g.c as *mut c_void,
-                f32_type,
+                data_type,
                 ldc,
                 g.stride_c as i64,
                 batch,
@@ -446,6 +509,7 @@ struct PlanKey {
     ldd: usize,
     epilogue: Epilogue,
     align: (u32, u32, u32),
+    dtype: GemmDtype,
 }
 
 impl PlanKey {
@@ -461,6 +525,7 @@ impl PlanKey {
             ldd: g.ldd,
             epilogue: g.epilogue,
             align: (alignment(g.a), alignment(g.b), alignment(g.d)),
+            dtype: g.dtype,
         }
     }
 }
@@ -514,9 +579,9 @@ impl Drop for MatmulDesc {
 struct Layout(lt_sys::cublasLtMatrixLayout_t);
 
 impl Layout {
-    /// An fp32 column-major `(rows, cols)` matrix with leading dimension `ld`.
-    fn new(rows: usize, cols: usize, ld: usize) -> Result<Layout> {
-        lt_result::create_matrix_layout(lt_sys::cudaDataType::CUDA_R_32F, rows as u64, cols as u64, ld as i64)
+    /// A column-major `(rows, cols)` matrix of `dtype` with leading dimension `ld`.
+    fn new(dtype: GemmDtype, rows: usize, cols: usize, ld: usize) -> Result<Layout> {
+        lt_result::create_matrix_layout(dtype.lt(), rows as u64, cols as u64, ld as i64)
             .map(Layout)
             .map_err(|e| anyhow!("cublasLtMatrixLayoutCreate({rows}x{cols}, ld {ld}): {e:?}"))
     }

@@ -1,5 +1,6 @@
-//! Softmax cross-entropy over (padded) logits on the GPU in fp32 (`kernels/classifier.cu`), with the
-//! logits' gradient optionally written in place by the same kernel.
+//! Softmax cross-entropy over (padded) logits on the GPU (`kernels/classifier.cu`), with the logits'
+//! gradient optionally written in place by the same kernel. Logits (and so dlogits) are `f32` or
+//! `bf16` ([`Float`]); the arithmetic and the losses are f32.
 //!
 //! Unlike `cpu::classifier`, which fuses the logits matmul in, this takes the logits (N,Vp) that
 //! the lm-head matmul produced; only the first V of each row are the real vocabulary.
@@ -8,6 +9,7 @@ use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{to_i32, Gpu};
+use super::Float;
 
 /// Most threads per row block (the kernel's `__launch_bounds__`).
 const MAX_BLOCK: usize = 1024;
@@ -18,17 +20,18 @@ const MAX_BLOCK: usize = 1024;
 ///
 /// With `dlogits_scale = Some(s)` the kernel also overwrites each row in place with the gradient of
 /// `s * loss`: `s * (softmax - onehot(target))` over the first V entries and 0 in the padding
-/// `V..Vp`. With `None` the logits are only read.
+/// `V..Vp`, each computed in f32 and (for `T = bf16`) rounded to bf16 once. With `None` the logits
+/// are only read.
 ///
 /// A target outside `0..V` (negative, or in the padding `V..Vp`, or beyond) is never used as an
 /// index: that row's loss is NaN, so the bad data shows up in the mean loss, and its dlogits row is
 /// `s * softmax` without the one-hot term. `logits` holds at least N*Vp floats, `targets` and
 /// `losses` at least N.
 #[allow(clippy::too_many_arguments)]
-pub fn crossentropy_forward(
+pub fn crossentropy_forward<T: Float>(
     gpu: &Gpu,
     losses: &mut impl DevicePtrMut<f32>,
-    logits: &mut impl DevicePtrMut<f32>,
+    logits: &mut impl DevicePtrMut<T>,
     targets: &impl DevicePtr<i32>,
     n: usize,
     v: usize,
@@ -52,7 +55,7 @@ pub fn crossentropy_forward(
     // A multiple of 32 (the kernel reduces whole warps), no more threads than logits in a row.
     let threads = v.div_ceil(32).clamp(1, MAX_BLOCK / 32) * 32;
     let cfg = LaunchConfig { grid_dim: (ni as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 };
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
 
     let stream = &**gpu.stream();
     let (losses_ptr, _losses_guard) = losses.device_ptr_mut(stream);
@@ -69,10 +72,11 @@ pub fn crossentropy_forward(
         .arg(&scale)
         .arg(&write_dlogits);
     // SAFETY: the argument list matches the kernel signature
-    // (float*, float*, const int*, int, int, int, float, int); the lengths checked above cover every
+    // (float*, T*, const int*, int, int, int, float, int) with T float or __nv_bfloat16 as T::kernel
+    // picks; the lengths checked above cover every
     // index the kernel touches (rows < N, columns < Vp, and a target only once it is checked to be
     // in 0..V). `losses` and `logits` are distinct `&mut` borrows. The guards keep the buffers'
     // stream ordering until after the launch is queued.
-    unsafe { launch.launch(cfg) }.context("launching crossentropy_forward")?;
+    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }

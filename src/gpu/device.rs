@@ -15,6 +15,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
+use super::Float;
 
 /// Threads per block for the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -58,7 +59,6 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
-    embedding_forward: CudaFunction,
     functions: std::sync::Mutex<std::collections::HashMap<String, CudaFunction>>,
 }
 
@@ -77,10 +77,7 @@ impl Gpu {
                 .unwrap_or_else(|_| "unknown".to_string());
             format!("loading the kernel fatbin (built for {}) on device {ordinal} ({cc})", kernels::kernel_archs())
         })?;
-        let load =
-            |name: &str| module.load_function(name).with_context(|| format!("kernel `{name}` missing from the fatbin"));
-        let embedding_forward = load("embedding_forward")?;
-        Ok(Gpu { ctx, stream, module, embedding_forward, functions: Default::default() })
+        Ok(Gpu { ctx, stream, module, functions: Default::default() })
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {
@@ -120,18 +117,19 @@ impl Gpu {
         self.stream.synchronize().context("CUDA stream synchronize")
     }
 
-    /// `out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]`, queued on [`Gpu::stream`].
+    /// `out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]`, queued on [`Gpu::stream`]; in f32, or in bf16
+    /// (the f32 sum rounded to bf16 once).
     ///
-    /// `out` holds at least `b*t*c` floats, `inp` at least `b*t` token ids,
-    /// `wpe` at least `t*c` floats and `wte` a whole number of `c`-wide rows.
+    /// `out` holds at least `b*t*c` values, `inp` at least `b*t` token ids,
+    /// `wpe` at least `t*c` values and `wte` a whole number of `c`-wide rows.
     /// Token ids must lie in `0..wte.len()/c`; they are not checked on the device.
     #[allow(clippy::too_many_arguments)]
-    pub fn embedding_forward(
+    pub fn embedding_forward<T: Float>(
         &self,
-        out: &mut impl DevicePtrMut<f32>,
+        out: &mut impl DevicePtrMut<T>,
         inp: &impl DevicePtr<i32>,
-        wte: &impl DevicePtr<f32>,
-        wpe: &impl DevicePtr<f32>,
+        wte: &impl DevicePtr<T>,
+        wpe: &impl DevicePtr<T>,
         b: usize,
         t: usize,
         c: usize,
@@ -151,20 +149,22 @@ impl Gpu {
         }
         let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
         let cfg = grid_for(n)?;
+        let func = self.function(&T::kernel("embedding_forward"))?;
 
         let stream = &*self.stream;
         let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
         let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
         let (wte_ptr, _wte_guard) = wte.device_ptr(stream);
         let (wpe_ptr, _wpe_guard) = wpe.device_ptr(stream);
-        let mut launch = self.stream.launch_builder(&self.embedding_forward);
+        let mut launch = self.stream.launch_builder(&func);
         launch.arg(&out_ptr).arg(&inp_ptr).arg(&wte_ptr).arg(&wpe_ptr).arg(&bi).arg(&ti).arg(&ci);
         // SAFETY: the argument list matches the kernel signature
-        // (float*, const int*, const float*, const float*, int, int, int), and
+        // (T*, const int*, const T*, const T*, int, int, int) with T float or
+        // __nv_bfloat16 as T::kernel picks, and
         // the lengths checked above bound every index the kernel touches given
         // in-range token ids. The guards keep the buffers' stream ordering
         // until after the launch is queued.
-        unsafe { launch.launch(cfg) }.context("launching embedding_forward")?;
+        unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("embedding_forward")))?;
         Ok(())
     }
 }
@@ -189,7 +189,9 @@ pub fn find_cublas() -> Option<PathBuf> {
 }
 
 /// The first of `names` (in order of preference) found in `$CUDA_HOME/lib64`, `$CUDA_PATH/lib64`,
-/// `/usr/local/cuda/lib64`, `$LD_LIBRARY_PATH` or the dynamic linker cache (`ldconfig -p`).
+/// `/usr/local/cuda/lib64`, `$LD_LIBRARY_PATH`, the dynamic linker cache (`ldconfig -p`) or the
+/// Python `nvidia-*` wheels (`site-packages/nvidia/*/lib` of a virtualenv, the user, pyenv or the
+/// system), which is where a `pip install torch` machine keeps cuBLAS.
 pub fn find_cuda_library(names: &[&str]) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for var in ["CUDA_HOME", "CUDA_PATH"] {
@@ -202,12 +204,36 @@ pub fn find_cuda_library(names: &[&str]) -> Option<PathBuf> {
         dirs.extend(std::env::split_paths(&paths).filter(|d| !d.as_os_str().is_empty()));
     }
     let cached = ldconfig_libraries();
+    let wheels = python_wheel_lib_dirs();
     names.iter().find_map(|name| {
         dirs.iter()
             .map(|d| d.join(name))
             .find(|p| p.is_file())
             .or_else(|| cached.iter().find(|p| p.file_name().is_some_and(|f| f == *name) && p.is_file()).cloned())
+            .or_else(|| wheels.iter().map(|d| d.join(name)).find(|p| p.is_file()))
     })
+}
+
+/// `lib` directories of installed Python `nvidia-*` wheels (e.g. `nvidia/cu13/lib`, `nvidia/cublas/lib`).
+fn python_wheel_lib_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<String> = Vec::new();
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        roots.push(format!("{}/lib/python3*/site-packages", venv.to_string_lossy()));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let home = home.to_string_lossy();
+        roots.push(format!("{home}/.local/lib/python3*/site-packages"));
+        roots.push(format!("{home}/.pyenv/versions/*/lib/python3*/site-packages"));
+    }
+    roots.extend(
+        [
+            "/usr/local/lib/python3*/dist-packages",
+            "/usr/local/lib/python3*/site-packages",
+            "/usr/lib/python3/dist-packages",
+        ]
+        .map(String::from),
+    );
+    roots.iter().flat_map(|r| glob::glob(&format!("{r}/nvidia/*/lib")).into_iter().flatten().flatten()).collect()
 }
 
 /// Paths listed by `ldconfig -p` (empty if ldconfig is unavailable).

@@ -1,14 +1,20 @@
-//! GELU forward on the GPU in fp32 (`kernels/gelu.cu`): the tanh approximation with the constants
-//! of `cpu::gelu`.
+//! GELU forward on the GPU (`kernels/gelu.cu`): the tanh approximation with the constants of
+//! `cpu::gelu`, in f32 or bf16 (computed in f32, rounded to bf16 once).
 
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::device::{grid_for, Gpu};
+use super::Float;
 
 // inp (N) -> out (N)
 /// `out[i] = gelu(inp[i])` for `i < n`, queued on [`Gpu::stream`]. Buffers may be longer than `n`.
-pub fn gelu_forward(gpu: &Gpu, out: &mut impl DevicePtrMut<f32>, inp: &impl DevicePtr<f32>, n: usize) -> Result<()> {
+pub fn gelu_forward<T: Float>(
+    gpu: &Gpu,
+    out: &mut impl DevicePtrMut<T>,
+    inp: &impl DevicePtr<T>,
+    n: usize,
+) -> Result<()> {
     const OP: &str = "gelu_forward";
     ensure!(out.len() >= n, "{OP}: out has {} < N = {n}", out.len());
     ensure!(inp.len() >= n, "{OP}: inp has {} < N = {n}", inp.len());
@@ -16,16 +22,16 @@ pub fn gelu_forward(gpu: &Gpu, out: &mut impl DevicePtrMut<f32>, inp: &impl Devi
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
 
     let stream = &**gpu.stream();
     let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
     let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&out_ptr).arg(&inp_ptr).arg(&n64);
-    // SAFETY: the argument list matches the kernel signature (float*, const float*, long long); the
-    // kernel touches indices < N, which the lengths checked above cover. The guards keep the
+    // SAFETY: the argument list matches the kernel signature (T*, const T*, long long) with T float or
+    // __nv_bfloat16 as T::kernel picks; the kernel touches indices < N, which the lengths checked above cover. The guards keep the
     // buffers' stream ordering until after the launch is queued.
-    unsafe { launch.launch(grid_for(n)?) }.context("launching gelu_forward")?;
+    unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }

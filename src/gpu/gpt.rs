@@ -1,7 +1,9 @@
-//! The GPT-2 forward pass on the GPU (fp32), over the same [`ParamLayout`] as the CPU reference.
+//! The GPT-2 forward pass on the GPU, in fp32 or bf16 ([`Float`]), over the same [`ParamLayout`] as
+//! the CPU reference. In bf16, parameters and activations are stored in bf16 and every kernel
+//! computes in fp32; LayerNorm statistics and losses are fp32.
 //!
 //! One device allocation holds the parameters (carved by `ParamLayout`), one holds every activation
-//! (carved by [`ActLayout`] for a given batch and sequence length), and the token ids live in two
+//! (carved by [`ActLayout`] for a given batch, sequence length and element size), and the token ids live in two
 //! small integer buffers. Every op is a kernel named like its CPU reference (`src/gpu/<op>.rs`,
 //! `kernels/<op>.cu`); matmuls go through cuBLASLt with the bias (and GELU) fused as epilogues.
 //!
@@ -15,6 +17,7 @@ use super::classifier::crossentropy_forward;
 use super::device::Gpu;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
+use super::Float;
 use crate::eval::Scorer;
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
@@ -25,20 +28,21 @@ use std::sync::Arc;
 /// A stretch of a device allocation owned by a [`GpuModel`]: usable wherever cudarc wants a device
 /// buffer. All work is queued on the model's one stream, so no cross-stream synchronisation is
 /// needed. It must not outlive the model that made it (the model owns the memory).
-pub struct Region {
+pub struct Region<T> {
     ptr: sys::CUdeviceptr,
     len: usize,
     stream: Arc<CudaStream>,
+    elem: std::marker::PhantomData<T>,
 }
 
-impl Region {
-    /// `len` floats at device address `ptr`, which must stay allocated while the region is used.
+impl<T> Region<T> {
+    /// `len` elements at device address `ptr`, which must stay allocated while the region is used.
     pub(crate) fn new(ptr: sys::CUdeviceptr, len: usize, stream: Arc<CudaStream>) -> Self {
-        Region { ptr, len, stream }
+        Region { ptr, len, stream, elem: std::marker::PhantomData }
     }
 }
 
-impl DeviceSlice<f32> for Region {
+impl<T> DeviceSlice<T> for Region<T> {
     fn len(&self) -> usize {
         self.len
     }
@@ -47,13 +51,13 @@ impl DeviceSlice<f32> for Region {
     }
 }
 
-impl DevicePtr<f32> for Region {
+impl<T> DevicePtr<T> for Region<T> {
     fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
         (self.ptr, SyncOnDrop::Record(None))
     }
 }
 
-impl DevicePtrMut<f32> for Region {
+impl<T> DevicePtrMut<T> for Region<T> {
     fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
         (self.ptr, SyncOnDrop::Record(None))
     }
@@ -109,18 +113,30 @@ const ACTS: [Act; 21] = [
     Act::Scratch,
 ];
 
-/// Where each activation tensor lives in the one activation allocation, for batch `b`, length `t`.
+impl Act {
+    /// LayerNorm statistics and losses are f32 whatever the activations' type.
+    fn is_f32(self) -> bool {
+        matches!(
+            self,
+            Act::Ln1Mean | Act::Ln1Rstd | Act::Ln2Mean | Act::Ln2Rstd | Act::LnfMean | Act::LnfRstd | Act::Losses
+        )
+    }
+}
+
+/// Where each activation tensor lives in the one activation allocation, for batch `b`, length `t`
+/// and activations of `elem` bytes.
 #[derive(Clone, Debug)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,
-    /// (offset, elements per layer or in all, per-layer?) for each [`Act`], in `ACTS` order.
+    /// (byte offset, elements per layer or in all, per-layer?) for each [`Act`], in `ACTS` order.
     entries: Vec<(usize, usize, bool)>,
+    /// Bytes of the whole allocation.
     pub total: usize,
 }
 
 impl ActLayout {
-    pub fn new(cfg: &ModelConfig, b: usize, t: usize) -> Self {
+    pub fn new(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
         let (c, nh, bt) = (cfg.channels, cfg.num_heads, b * t);
         let mut entries = Vec::new();
         let mut off = 0;
@@ -139,40 +155,42 @@ impl ActLayout {
                 }
             };
             entries.push((off, n, per_layer));
+            let bytes = (if per_layer { n * cfg.num_layers } else { n }) * if a.is_f32() { 4 } else { elem };
             // Keep every tensor 256-byte aligned for cuBLASLt and vector loads.
-            off += (if per_layer { n * cfg.num_layers } else { n }).div_ceil(64) * 64;
+            off += bytes.div_ceil(256) * 256;
         }
         ActLayout { b, t, entries, total: off }
     }
 
-    /// Element range of `a` (layer `l` for per-layer tensors; `l` is ignored otherwise).
-    pub fn range(&self, a: Act, l: usize) -> std::ops::Range<usize> {
+    /// Byte offset and element count of `a` (layer `l` for per-layer tensors; ignored otherwise),
+    /// for elements of `elem` bytes.
+    pub fn place(&self, a: Act, l: usize, elem: usize) -> (usize, usize) {
         let (off, n, per_layer) = self.entries[ACTS.iter().position(|&x| x == a).expect("every Act is listed")];
-        let start = if per_layer { off + l * n } else { off };
-        start..start + n
+        (if per_layer { off + l * n * elem } else { off }, n)
     }
 
     /// Bytes of the activation allocation.
     pub fn bytes(&self) -> usize {
-        self.total * 4
+        self.total
     }
 }
 
-/// A model on the GPU: parameters, activations for one (B,T), and the cuBLAS handles.
-pub struct GpuModel {
+/// A model on the GPU with parameters and activations of type `T`: parameters, activations for one
+/// (B,T), and the cuBLAS handles.
+pub struct GpuModel<T: Float> {
     pub gpu: Gpu,
     blas: Blas,
     pub cfg: ModelConfig,
     layout: ParamLayout,
-    params: CudaSlice<f32>,
-    acts: Option<(ActLayout, CudaSlice<f32>)>,
+    params: CudaSlice<T>,
+    acts: Option<(ActLayout, CudaSlice<u8>)>,
     inputs: Option<CudaSlice<i32>>,
     targets: Option<CudaSlice<i32>>,
     /// When profiling: an event recorded after each op, with the op's name.
     marks: Option<RefCell<Vec<(&'static str, CudaEvent)>>>,
 }
 
-impl GpuModel {
+impl<T: Float> GpuModel<T> {
     /// Uploads `params` (in `ParamLayout` order) to device `ordinal`. `allow_tf32` lets cuBLAS
     /// round matmul inputs to TF32 (faster, about 1e-3 relative); off gives exact fp32.
     pub fn new(cfg: &ModelConfig, params: &[f32], ordinal: usize, allow_tf32: bool) -> Result<Self> {
@@ -180,7 +198,8 @@ impl GpuModel {
         ensure!(params.len() == layout.total, "{} parameters given, the model needs {}", params.len(), layout.total);
         let gpu = Gpu::new(ordinal)?;
         let blas = Blas::new(&gpu, allow_tf32)?;
-        let params = gpu.stream().clone_htod(params).context("uploading the parameters")?;
+        let converted: Vec<T> = params.iter().map(|&x| T::from_f32(x)).collect();
+        let params = gpu.stream().clone_htod(&converted).context("uploading the parameters")?;
         Ok(GpuModel { gpu, blas, cfg: *cfg, layout, params, acts: None, inputs: None, targets: None, marks: None })
     }
 
@@ -192,8 +211,14 @@ impl GpuModel {
         &self.layout
     }
 
-    pub(crate) fn params(&self) -> &CudaSlice<f32> {
+    pub(crate) fn params(&self) -> &CudaSlice<T> {
         &self.params
+    }
+
+    /// The parameters back on the host as f32, in `ParamLayout` order (to save a checkpoint).
+    pub fn download_params(&self) -> Result<Vec<f32>> {
+        let host: Vec<T> = self.gpu.stream().clone_dtoh(&self.params).context("copying the parameters back")?;
+        Ok(host.into_iter().map(T::to_f32).collect())
     }
 
     /// Turns per-op timing on or off (on: an event after every op; see [`take_profile`](Self::take_profile)).
@@ -226,13 +251,15 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// A region of the activation allocation.
-    fn act(&self, a: Act, l: usize) -> Region {
+    /// A region of the activation allocation, of type `T` (or f32 for statistics and losses).
+    fn act<U>(&self, a: Act, l: usize) -> Region<U> {
+        let elem = std::mem::size_of::<U>();
+        assert_eq!(elem, if a.is_f32() { 4 } else { T::BYTES }, "{a:?} has another element type");
         let (lay, buf) = self.acts.as_ref().expect("activations allocated by ensure_acts");
-        let r = lay.range(a, l);
-        assert!(r.end <= buf.len());
+        let (off, n) = lay.place(a, l, elem);
+        assert!(off + n * elem <= buf.len());
         let (base, _guard) = buf.device_ptr(self.gpu.stream());
-        Region { ptr: base + (r.start * 4) as u64, len: r.len(), stream: Arc::clone(self.gpu.stream()) }
+        Region::new(base + off as u64, n, Arc::clone(self.gpu.stream()))
     }
 
     /// Allocates activations and token buffers for batches of (b, t), reusing them when they fit.
@@ -246,9 +273,9 @@ impl GpuModel {
             return Ok(());
         }
         self.acts = None;
-        let lay = ActLayout::new(&self.cfg, b, t);
+        let lay = ActLayout::new(&self.cfg, b, t, T::BYTES);
         let stream = self.gpu.stream();
-        let buf = stream.alloc_zeros::<f32>(lay.total).with_context(|| {
+        let buf = stream.alloc_zeros::<u8>(lay.total).with_context(|| {
             format!(
                 "allocating {:.2} GB of activations for batch {b} x {t}; try a smaller --batch",
                 lay.bytes() as f64 / 1e9
@@ -289,17 +316,18 @@ impl GpuModel {
         let wpe_t = self.params.slice(self.layout.get(Param::Wpe).offset..self.layout.get(Param::Wpe).offset + t * c);
 
         self.mark("start")?;
-        let mut encoded = self.act(Act::Encoded, 0);
+        let mut encoded = self.act::<T>(Act::Encoded, 0);
         gpu.embedding_forward(&mut encoded, self.inputs.as_ref().expect("allocated"), &p(Param::Wte), &wpe_t, b, t, c)?;
         self.mark("embedding")?;
-        let (mut ln1, mut m, mut r) = (self.act(Act::Ln1, 0), self.act(Act::Ln1Mean, 0), self.act(Act::Ln1Rstd, 0));
+        let (mut ln1, mut m, mut r) =
+            (self.act::<T>(Act::Ln1, 0), self.act::<f32>(Act::Ln1Mean, 0), self.act::<f32>(Act::Ln1Rstd, 0));
         layernorm_forward(gpu, &mut ln1, &mut m, &mut r, &encoded, &pl(Param::Ln1w, 0), &pl(Param::Ln1b, 0), n, c)?;
         self.mark("layernorm (+residual)")?;
         for l in 0..l_max {
             // Residual stream into this block: the embedding, or the previous block's residual3.
-            let x = if l == 0 { self.act(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
-            let ln1 = self.act(Act::Ln1, l);
-            let mut qkv = self.act(Act::Qkv, l);
+            let x = if l == 0 { self.act::<T>(Act::Encoded, 0) } else { self.act::<T>(Act::Residual3, l - 1) };
+            let ln1 = self.act::<T>(Act::Ln1, l);
+            let mut qkv = self.act::<T>(Act::Qkv, l);
             matmul_forward(
                 gpu,
                 blas,
@@ -314,44 +342,56 @@ impl GpuModel {
             )?;
             self.mark("matmul qkv")?;
             let (mut atty, mut scratch, mut att) =
-                (self.act(Act::Atty, l), self.act(Act::Scratch, 0), self.act(Act::Att, l));
+                (self.act::<T>(Act::Atty, l), self.act::<T>(Act::Scratch, 0), self.act::<T>(Act::Att, l));
             attention::attention_forward(gpu, blas, &mut atty, &mut scratch, &mut att, &qkv, b, t, c, nh)?;
             self.mark("attention")?;
-            let mut attproj = self.act(Act::Attproj, l);
+            let mut attproj = self.act::<T>(Act::Attproj, l);
             let (w, bias) = (pl(Param::AttProjw, l), pl(Param::AttProjb, l));
             matmul_forward(gpu, blas, &mut attproj, &atty, &w, Some(&bias), n, c, c, false)?;
             self.mark("matmul attproj")?;
-            let (mut res2, mut ln2) = (self.act(Act::Residual2, l), self.act(Act::Ln2, l));
-            let (mut m2, mut r2) = (self.act(Act::Ln2Mean, l), self.act(Act::Ln2Rstd, l));
+            let (mut res2, mut ln2) = (self.act::<T>(Act::Residual2, l), self.act::<T>(Act::Ln2, l));
+            let (mut m2, mut r2) = (self.act::<f32>(Act::Ln2Mean, l), self.act::<f32>(Act::Ln2Rstd, l));
             let (w, bias) = (pl(Param::Ln2w, l), pl(Param::Ln2b, l));
             residual_layernorm_forward(gpu, &mut res2, &mut ln2, &mut m2, &mut r2, &x, &attproj, &w, &bias, n, c)?;
             self.mark("layernorm (+residual)")?;
-            let mut fch = self.act(Act::FchGelu, l);
+            let mut fch = self.act::<T>(Act::FchGelu, l);
             let (w, bias) = (pl(Param::Fcw, l), pl(Param::Fcb, l));
             matmul_forward(gpu, blas, &mut fch, &ln2, &w, Some(&bias), n, c, 4 * c, true)?;
             self.mark("matmul fc + gelu")?;
-            let mut fcproj = self.act(Act::Fcproj, l);
+            let mut fcproj = self.act::<T>(Act::Fcproj, l);
             let (w, bias) = (pl(Param::FcProjw, l), pl(Param::FcProjb, l));
             matmul_forward(gpu, blas, &mut fcproj, &fch, &w, Some(&bias), n, 4 * c, c, false)?;
             self.mark("matmul fcproj")?;
             // residual3 = residual2 + fcproj, normalised by the next block's ln1 or by lnf.
-            let mut res3 = self.act(Act::Residual3, l);
+            let mut res3 = self.act::<T>(Act::Residual3, l);
             let (mut out, mut m, mut r, w, bias) = if l + 1 < l_max {
                 let (w, bias) = (pl(Param::Ln1w, l + 1), pl(Param::Ln1b, l + 1));
-                (self.act(Act::Ln1, l + 1), self.act(Act::Ln1Mean, l + 1), self.act(Act::Ln1Rstd, l + 1), w, bias)
+                (
+                    self.act::<T>(Act::Ln1, l + 1),
+                    self.act::<f32>(Act::Ln1Mean, l + 1),
+                    self.act::<f32>(Act::Ln1Rstd, l + 1),
+                    w,
+                    bias,
+                )
             } else {
                 let (w, bias) = (p(Param::Lnfw), p(Param::Lnfb));
-                (self.act(Act::Lnf, 0), self.act(Act::LnfMean, 0), self.act(Act::LnfRstd, 0), w, bias)
+                (
+                    self.act::<T>(Act::Lnf, 0),
+                    self.act::<f32>(Act::LnfMean, 0),
+                    self.act::<f32>(Act::LnfRstd, 0),
+                    w,
+                    bias,
+                )
             };
             residual_layernorm_forward(gpu, &mut res3, &mut out, &mut m, &mut r, &res2, &fcproj, &w, &bias, n, c)?;
             self.mark("layernorm (+residual)")?;
         }
-        let (lnf, mut logits) = (self.act(Act::Lnf, 0), self.act(Act::Logits, 0));
+        let (lnf, mut logits) = (self.act::<T>(Act::Lnf, 0), self.act::<T>(Act::Logits, 0));
         let vp = cfg.padded_vocab_size;
         matmul_forward(gpu, blas, &mut logits, &lnf, &p(Param::Wte), None, n, c, vp, false)?;
         self.mark("matmul logits")?;
         if targets.is_some() {
-            let mut losses = self.act(Act::Losses, 0);
+            let mut losses = self.act::<f32>(Act::Losses, 0);
             let tg = self.targets.as_ref().expect("allocated");
             crossentropy_forward(gpu, &mut losses, &mut logits, tg, n, cfg.vocab_size, vp, None)?;
             self.mark("crossentropy")?;
@@ -362,7 +402,7 @@ impl GpuModel {
     /// The per-position losses of the last [`forward`](Self::forward) with targets, (B*T).
     pub fn losses(&self) -> Result<Vec<f32>> {
         let lay = &self.acts.as_ref().context("no forward has run")?.0;
-        let region = self.act(Act::Losses, 0);
+        let region = self.act::<f32>(Act::Losses, 0);
         let mut out = vec![0.0f32; lay.b * lay.t];
         self.gpu.stream().memcpy_dtoh(&region, &mut out).context("copying the losses back")?;
         Ok(out)
@@ -372,19 +412,19 @@ impl GpuModel {
     pub fn logits(&self) -> Result<Vec<f32>> {
         let lay = &self.acts.as_ref().context("no forward has run")?.0;
         let (v, vp) = (self.cfg.vocab_size, self.cfg.padded_vocab_size);
-        let region = self.act(Act::Logits, 0);
-        let mut padded = vec![0.0f32; lay.b * lay.t * vp];
+        let region = self.act::<T>(Act::Logits, 0);
+        let mut padded = vec![T::default(); lay.b * lay.t * vp];
         self.gpu.stream().memcpy_dtoh(&region, &mut padded).context("copying the logits back")?;
-        Ok(padded.chunks(vp).flat_map(|row| row[..v].iter().copied()).collect())
+        Ok(padded.chunks(vp).flat_map(|row| row[..v].iter().map(|x| x.to_f32())).collect())
     }
 
     /// Bytes of activations for a batch of `b` rows of `t` tokens.
     pub fn activation_bytes(cfg: &ModelConfig, b: usize, t: usize) -> usize {
-        ActLayout::new(cfg, b, t).bytes()
+        ActLayout::new(cfg, b, t, T::BYTES).bytes()
     }
 }
 
-impl Scorer for GpuModel {
+impl<T: Float> Scorer for GpuModel<T> {
     fn config(&self) -> &ModelConfig {
         &self.cfg
     }

@@ -1,5 +1,6 @@
-//! LayerNorm forward on the GPU in fp32 (`kernels/layernorm.cu`), matching `cpu::layernorm`:
-//! eps 1e-5, biased variance, and the per-row mean and rstd saved for the backward pass.
+//! LayerNorm forward on the GPU (`kernels/layernorm.cu`), matching `cpu::layernorm`: eps 1e-5,
+//! biased variance, and the per-row mean and rstd saved for the backward pass. Activations and
+//! parameters are `f32` or `bf16` ([`Float`]); the arithmetic, and the saved mean and rstd, are f32.
 //! [`residual_layernorm_forward`] fuses the residual add that precedes each LayerNorm into the
 //! same pass over the row.
 
@@ -7,6 +8,7 @@ use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{to_i32, Gpu};
+use super::Float;
 
 /// Rows per block: the kernels run one warp per row.
 const ROWS_PER_BLOCK: u32 = 8;
@@ -34,15 +36,16 @@ fn check_lens(op: &str, lens: &[(&str, usize, usize, &str)]) -> Result<()> {
 // inp (N,C), weight (C), bias (C) -> out (N,C), mean (N), rstd (N)
 /// `out = (inp - mean) * rstd * weight + bias` row by row, queued on [`Gpu::stream`]. Every buffer
 /// holds at least its shape's element count (longer buffers are fine; only the prefix is used).
+/// With `T = bf16` each output is computed in f32 and rounded to bf16 once.
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(
+pub fn layernorm_forward<T: Float>(
     gpu: &Gpu,
-    out: &mut impl DevicePtrMut<f32>,
+    out: &mut impl DevicePtrMut<T>,
     mean: &mut impl DevicePtrMut<f32>,
     rstd: &mut impl DevicePtrMut<f32>,
-    inp: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
-    bias: &impl DevicePtr<f32>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    bias: &impl DevicePtr<T>,
     n: usize,
     c: usize,
 ) -> Result<()> {
@@ -61,7 +64,7 @@ pub fn layernorm_forward(
         return Ok(());
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
 
     let stream = &**gpu.stream();
     let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
@@ -72,28 +75,30 @@ pub fn layernorm_forward(
     let (bias_ptr, _bias_guard) = bias.device_ptr(stream);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&out_ptr).arg(&mean_ptr).arg(&rstd_ptr).arg(&inp_ptr).arg(&weight_ptr).arg(&bias_ptr).arg(&ni).arg(&ci);
-    // SAFETY: the argument list matches the kernel signature
-    // (float*, float*, float*, const float*, const float*, const float*, int, int); the lengths
+    // SAFETY: the argument list matches the kernel signature (T*, float*, float*, const T*,
+    // const T*, const T*, int, int) with T float or __nv_bfloat16 as T::kernel picks; the lengths
     // checked above cover every index the kernel touches (rows < N, channels < C). The output
     // buffers are distinct `&mut` borrows, so they alias neither each other nor the inputs. The
     // guards keep the buffers' stream ordering until after the launch is queued.
-    unsafe { launch.launch(row_launch(n)) }.context("launching layernorm_forward")?;
+    unsafe { launch.launch(row_launch(n)) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }
 
 // a (N,C), b (N,C), weight (C), bias (C) -> residual (N,C), out (N,C), mean (N), rstd (N)
 /// `residual = a + b`, then `out = layernorm(residual)` as [`layernorm_forward`], in one kernel.
+/// With `T = bf16` the residual is the f32 sum rounded to bf16, and it is that stored residual
+/// which is normalised.
 #[allow(clippy::too_many_arguments)]
-pub fn residual_layernorm_forward(
+pub fn residual_layernorm_forward<T: Float>(
     gpu: &Gpu,
-    residual: &mut impl DevicePtrMut<f32>,
-    out: &mut impl DevicePtrMut<f32>,
+    residual: &mut impl DevicePtrMut<T>,
+    out: &mut impl DevicePtrMut<T>,
     mean: &mut impl DevicePtrMut<f32>,
     rstd: &mut impl DevicePtrMut<f32>,
-    a: &impl DevicePtr<f32>,
-    b: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
-    bias: &impl DevicePtr<f32>,
+    a: &impl DevicePtr<T>,
+    b: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    bias: &impl DevicePtr<T>,
     n: usize,
     c: usize,
 ) -> Result<()> {
@@ -114,7 +119,7 @@ pub fn residual_layernorm_forward(
         return Ok(());
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
 
     let stream = &**gpu.stream();
     let (residual_ptr, _residual_guard) = residual.device_ptr_mut(stream);
@@ -137,11 +142,12 @@ pub fn residual_layernorm_forward(
         .arg(&bias_ptr)
         .arg(&ni)
         .arg(&ci);
-    // SAFETY: the argument list matches the kernel signature (float*, float*, float*, float*,
-    // const float*, const float*, const float*, const float*, int, int); the lengths checked above
+    // SAFETY: the argument list matches the kernel signature (T*, T*, float*, float*, const T*,
+    // const T*, const T*, const T*, int, int) with T float or __nv_bfloat16 as T::kernel picks; the
+    // lengths checked above
     // cover every index the kernel touches. The four outputs are distinct `&mut` borrows, so none
     // aliases another buffer. The guards keep the buffers' stream ordering until after the launch
     // is queued.
-    unsafe { launch.launch(row_launch(n)) }.context("launching residual_layernorm_forward")?;
+    unsafe { launch.launch(row_launch(n)) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }

@@ -8,26 +8,32 @@
 //! (`transa = T`), the input buffer is a (C, N) matrix (ld C) used as is (`transb = N`), and the
 //! output buffer is (OC, N) with ld OC: m = OC, n = N, k = C. The bias (length m = OC) is added
 //! per output channel by the BIAS / GELU / GELU_BIAS epilogue (cuBLASLt's GELU is the tanh form).
+//!
+//! Generic over the storage type ([`Float`]): f32, or bf16 for every operand (input, weight, bias,
+//! output) with fp32 accumulation, bias and GELU applied in fp32 and one rounding to bf16 at the
+//! end (`CUBLAS_COMPUTE_32F`; see [`super::blas::GemmDtype`]).
 
 use std::sync::Arc;
 
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
 
-use super::blas::{Blas, Epilogue, LtGemm};
+use super::blas::{Blas, Epilogue, GemmDtype, LtGemm};
 use super::device::Gpu;
+use super::Float;
 
 /// `out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC)`, then tanh-GELU when `gelu`, queued on
 /// `gpu.stream()`. All buffers row-major; `out` is overwritten (never read).
-/// The bias and GELU run in the GEMM epilogue (BIAS, GELU or GELU_BIAS).
+/// The bias and GELU run in the GEMM epilogue (BIAS, GELU or GELU_BIAS). `T` is `f32` or
+/// `half::bf16` (all operands the same type, fp32 accumulation either way).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_forward(
+pub fn matmul_forward<T: Float>(
     gpu: &Gpu,
     blas: &Blas,
-    out: &mut impl DevicePtrMut<f32>,
-    inp: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
-    bias: Option<&CudaView<'_, f32>>,
+    out: &mut impl DevicePtrMut<T>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    bias: Option<&CudaView<'_, T>>,
     n: usize,
     c: usize,
     oc: usize,
@@ -44,6 +50,7 @@ pub fn matmul_forward(
         Arc::ptr_eq(blas.stream(), gpu.stream()),
         "matmul_forward: blas was created for a different stream than gpu"
     );
+    let dtype = GemmDtype::of::<T>()?;
     if n == 0 || oc == 0 {
         return Ok(());
     }
@@ -76,10 +83,11 @@ pub fn matmul_forward(
         bias: bias_ptr,
         epilogue,
         accumulate: false,
+        dtype,
     };
     // SAFETY: the lengths checked above cover every element the GEMM reads or writes (weight
     // OC*C, inp N*C, out N*OC, bias OC); the guards keep the buffers stream-ordered until after
     // the work is queued on the same stream `blas` uses.
     unsafe { blas.lt_matmul(&gemm) }
-        .with_context(|| format!("matmul_forward N={n} C={c} OC={oc} bias={} gelu={gelu}", bias.is_some()))
+        .with_context(|| format!("matmul_forward<{dtype:?}> N={n} C={c} OC={oc} bias={} gelu={gelu}", bias.is_some()))
 }

@@ -83,3 +83,21 @@ impl Float for half::bf16 {
         half::bf16::to_f32(self)
     }
 }
+
+/// The element type of a GPU run, from `--precision auto|fp32|bf16`. `auto` is bf16: every GPU
+/// Genesis supports (sm_80 and newer) has bf16 tensor cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "bf16" | "auto" => Ok(Precision::Bf16),
+            other => anyhow::bail!("--precision {other}: expected auto, fp32 or bf16"),
+        }
+    }
+}

@@ -1,18 +1,19 @@
-//! Residual add forward on the GPU in fp32 (`kernels/residual.cu`): bit-identical to
-//! `cpu::residual::residual_forward`.
+//! Residual add forward on the GPU (`kernels/residual.cu`) in f32, bit-identical to
+//! `cpu::residual::residual_forward`, or in bf16: the f32 sum of the two values rounded to bf16 once.
 
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::device::{grid_for, Gpu};
+use super::Float;
 
 // a (N), b (N) -> out (N)
 /// `out[i] = a[i] + b[i]` for `i < n`, queued on [`Gpu::stream`]. Buffers may be longer than `n`.
-pub fn residual_forward(
+pub fn residual_forward<T: Float>(
     gpu: &Gpu,
-    out: &mut impl DevicePtrMut<f32>,
-    a: &impl DevicePtr<f32>,
-    b: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<T>,
+    a: &impl DevicePtr<T>,
+    b: &impl DevicePtr<T>,
     n: usize,
 ) -> Result<()> {
     const OP: &str = "residual_forward";
@@ -23,7 +24,7 @@ pub fn residual_forward(
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
 
     let stream = &**gpu.stream();
     let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
@@ -31,9 +32,9 @@ pub fn residual_forward(
     let (b_ptr, _b_guard) = b.device_ptr(stream);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&out_ptr).arg(&a_ptr).arg(&b_ptr).arg(&n64);
-    // SAFETY: the argument list matches the kernel signature (float*, const float*, const float*,
-    // long long); the kernel touches indices < N, which the lengths checked above cover. The guards
+    // SAFETY: the argument list matches the kernel signature (T*, const T*, const T*, long long) with
+    // T float or __nv_bfloat16 as T::kernel picks; the kernel touches indices < N, which the lengths checked above cover. The guards
     // keep the buffers' stream ordering until after the launch is queued.
-    unsafe { launch.launch(grid_for(n)?) }.context("launching residual_forward")?;
+    unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }

@@ -8,18 +8,17 @@ use super::attention::attention_decode;
 use super::gpt::{GpuModel, Region};
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
+use super::Float;
 use crate::model::Param;
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaSlice, DevicePtr};
 use std::sync::Arc;
 
-/// One-row buffers for a decoding step, in ACTS order, and the two caches.
+/// One-row buffers for a decoding step and the two caches (the LayerNorm statistics are apart, in f32).
 #[derive(Clone, Copy)]
 enum Buf {
     X,
     Ln,
-    Mean,
-    Rstd,
     Qkv,
     Atty,
     Attproj,
@@ -32,21 +31,22 @@ enum Buf {
     VCache,
 }
 
-pub struct GpuDecoder<'m> {
-    model: &'m GpuModel,
-    buf: CudaSlice<f32>,
+pub struct GpuDecoder<'m, T: Float> {
+    model: &'m GpuModel<T>,
+    buf: CudaSlice<T>,
+    stats: CudaSlice<f32>,
     offsets: Vec<(usize, usize)>,
     tokens: CudaSlice<i32>,
     pos: usize,
     logits: Vec<f32>,
 }
 
-impl<'m> GpuDecoder<'m> {
-    pub fn new(model: &'m GpuModel) -> Result<Self> {
+impl<'m, T: Float> GpuDecoder<'m, T> {
+    pub fn new(model: &'m GpuModel<T>) -> Result<Self> {
         let cfg = model.cfg;
         let (c, vp) = (cfg.channels, cfg.padded_vocab_size);
         let cache = cfg.num_layers * cfg.max_seq_len * c;
-        let sizes = [c, c, 1, 1, 3 * c, c, c, c, c, 4 * c, c, vp, cache, cache];
+        let sizes = [c, c, 3 * c, c, c, c, c, 4 * c, c, vp, cache, cache];
         let mut offsets = Vec::new();
         let mut off = 0;
         for n in sizes {
@@ -54,9 +54,10 @@ impl<'m> GpuDecoder<'m> {
             off += n.div_ceil(64) * 64;
         }
         let stream = model.gpu.stream();
-        let buf = stream.alloc_zeros::<f32>(off).context("allocating the KV cache")?;
+        let buf = stream.alloc_zeros::<T>(off).context("allocating the KV cache")?;
+        let stats = stream.alloc_zeros::<f32>(2)?;
         let tokens = stream.alloc_zeros::<i32>(1)?;
-        Ok(GpuDecoder { model, buf, offsets, tokens, pos: 0, logits: vec![0.0; cfg.vocab_size] })
+        Ok(GpuDecoder { model, buf, stats, offsets, tokens, pos: 0, logits: vec![0.0; cfg.vocab_size] })
     }
 
     /// Tokens consumed so far.
@@ -64,12 +65,18 @@ impl<'m> GpuDecoder<'m> {
         self.pos
     }
 
-    fn region(&self, b: Buf, start: usize, len: Option<usize>) -> Region {
+    fn region(&self, b: Buf, start: usize, len: Option<usize>) -> Region<T> {
         let (off, n) = self.offsets[b as usize];
         let len = len.unwrap_or(n - start);
         assert!(start + len <= n);
         let (base, _g) = self.buf.device_ptr(self.model.gpu.stream());
-        Region::new(base + ((off + start) * 4) as u64, len, Arc::clone(self.model.gpu.stream()))
+        Region::new(base + ((off + start) * T::BYTES) as u64, len, Arc::clone(self.model.gpu.stream()))
+    }
+
+    /// The LayerNorm mean (0) or rstd (1) of the current row.
+    fn stat(&self, i: usize) -> Region<f32> {
+        let (base, _g) = self.stats.device_ptr(self.model.gpu.stream());
+        Region::new(base + (i * 4) as u64, 1, Arc::clone(self.model.gpu.stream()))
     }
 
     /// Feeds `token` at the next position and returns the logits (V) for the position after it.
@@ -86,8 +93,7 @@ impl<'m> GpuDecoder<'m> {
         let wpe = layout.get(Param::Wpe).offset + self.pos * c;
         let mut x = self.region(Buf::X, 0, None);
         gpu.embedding_forward(&mut x, &self.tokens, &p(Param::Wte), &params.slice(wpe..wpe + c), 1, 1, c)?;
-        let (mut ln, mut mean, mut rstd) =
-            (self.region(Buf::Ln, 0, None), self.region(Buf::Mean, 0, None), self.region(Buf::Rstd, 0, None));
+        let (mut ln, mut mean, mut rstd) = (self.region(Buf::Ln, 0, None), self.stat(0), self.stat(1));
         layernorm_forward(gpu, &mut ln, &mut mean, &mut rstd, &x, &pl(Param::Ln1w, 0), &pl(Param::Ln1b, 0), 1, c)?;
         for l in 0..cfg.num_layers {
             let x = if l == 0 { self.region(Buf::X, 0, None) } else { self.region(Buf::Res3, 0, None) };
@@ -158,7 +164,11 @@ impl<'m> GpuDecoder<'m> {
         let mut logits = self.region(Buf::Logits, 0, None);
         matmul_forward(gpu, blas, &mut logits, &ln, &p(Param::Wte), None, 1, c, cfg.padded_vocab_size, false)?;
         let real = self.region(Buf::Logits, 0, Some(cfg.vocab_size));
-        gpu.stream().memcpy_dtoh(&real, &mut self.logits).context("copying the logits back")?;
+        let mut host = vec![T::default(); cfg.vocab_size];
+        gpu.stream().memcpy_dtoh(&real, &mut host).context("copying the logits back")?;
+        for (dst, src) in self.logits.iter_mut().zip(host) {
+            *dst = src.to_f32();
+        }
         self.pos += 1;
         Ok(&self.logits)
     }

@@ -3,9 +3,11 @@
 
 use super::{gpu_or_skip, SplitMix};
 use genesis::cpu;
-use genesis::gpu::attention::{attention_forward, scratch_len};
+use genesis::gpu::attention::{attention_decode, attention_forward, scratch_len};
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
+use genesis::gpu::Float;
+use half::bf16;
 
 /// max |got - want| / max |want|, panicking on any non-finite value (an unwritten NaN).
 fn rel_error(got: &[f32], want: &[f64], what: &str) -> f64 {
@@ -91,4 +93,206 @@ fn attention_forward_rejects_bad_shapes() {
     assert!(attention_forward(&gpu, &blas, &mut out, &mut short, &mut att, &qkv, b, t, c, nh).is_err());
     let mut scratch = stream.alloc_zeros::<f32>(scratch_len(b, t, c)).unwrap();
     assert!(attention_forward(&gpu, &blas, &mut out, &mut scratch, &mut att, &qkv, b, t, c, 5).is_err());
+}
+
+// ---- bf16 storage, fp32 math ----
+//
+// qkv is generated in f32, rounded to bf16 and uploaded as bf16; the f64 reference runs on the
+// rounded values, so only the GPU's own roundings are measured. u = 2^-8 is bf16's unit
+// roundoff (relative error of one round-to-nearest-even).
+//
+// Unlike the matmul, bf16 attention rounds at three points, and the first two feed later math:
+//  1. the scores q·k^T (GEMM output, bf16): a logit s gets an error up to u|s|. With these
+//     inputs (2*U(-1,1)) the scaled logits reach |s| ~ 5, i.e. logit errors up to ~0.02;
+//  2. the probabilities (softmax output, bf16), computed from the rounded logits. To first
+//     order a probability moves by p_i (ds_i - sum_j p_j ds_j), up to 2 u max|s| p_i from
+//     step 1, plus its own rounding u p_i;
+//  3. y = att·v (fp32 accumulation of the rounded probabilities), rounded once more to bf16;
+//     its error is sum_j |dp_j| |v_j| <= max|v| (2 max|s| + 1) u plus u |y|.
+// The worst-case bounds (~11u for att, ~20u relative to max|out|) assume every error lines up;
+// the errors have random signs and mostly cancel. Simulating exactly these roundings in f64
+// (numpy, 5 draws per shape, up to B=4, T=128, C=768) gave at most 1.6u for att and 2.9u for
+// out, relative to the max of the reference. The bounds below, 4u for att and 8u for out, give
+// ~2.5x headroom over that for the fp32 accumulation order and the GPU's expf, while an error
+// that is not rounding (a wrong mask, a missed row, bf16 accumulation, a mis-strided GEMM) is
+// O(0.1-1) and fails by far.
+
+/// bf16 unit roundoff.
+const BF16_U: f64 = 1.0 / 256.0;
+/// att: two roundings that compound (see above).
+const BF16_ATT_TOL: f64 = 4.0 * BF16_U;
+/// out: three roundings, the last through the att·v product (see above).
+const BF16_OUT_TOL: f64 = 8.0 * BF16_U;
+
+/// Rounds to `T` (round-to-nearest-even for bf16).
+fn round<T: Float>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}
+
+/// Widens `T` values to f32 (exact).
+fn widen<T: Float>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+fn check_bf16(gpu: &Gpu, blas: &Blas, rng: &mut SplitMix, (b, t, c, nh): (usize, usize, usize, usize)) {
+    let qkv: Vec<bf16> = round(&rng.vec(b * t * 3 * c).into_iter().map(|x| 2.0 * x).collect::<Vec<f32>>());
+    let qkv64: Vec<f64> = qkv.iter().map(|x| f64::from(x.to_f32())).collect();
+    let mut want_out = vec![0.0f64; b * t * c];
+    let mut want_att = vec![0.0f64; b * nh * t * t];
+    cpu::attention::attention_forward(&mut want_out, &mut want_att, &qkv64, b, t, c, nh);
+
+    let stream = gpu.stream();
+    let d_qkv = stream.clone_htod(&qkv).unwrap();
+    let mut d_out = stream.clone_htod(&vec![bf16::NAN; b * t * c]).unwrap();
+    let mut d_att = stream.clone_htod(&vec![bf16::NAN; b * nh * t * t]).unwrap();
+    let mut d_scratch = stream.clone_htod(&vec![bf16::NAN; scratch_len(b, t, c)]).unwrap();
+    attention_forward(gpu, blas, &mut d_out, &mut d_scratch, &mut d_att, &d_qkv, b, t, c, nh).unwrap();
+    gpu.synchronize().unwrap();
+    let out = widen(&stream.clone_dtoh(&d_out).unwrap());
+    let att = widen(&stream.clone_dtoh(&d_att).unwrap());
+
+    let what = format!("attention bf16 B={b} T={t} C={c} NH={nh} tf32={}", blas.allow_tf32());
+    let err_out = rel_error(&out, &want_out, &format!("{what} out"));
+    let err_att = rel_error(&att, &want_att, &format!("{what} att"));
+    println!(
+        "{what}: out rel err {err_out:.3e} = {:.2}u, att rel err {err_att:.3e} = {:.2}u (u = 2^-8)",
+        err_out / BF16_U,
+        err_att / BF16_U
+    );
+    assert!(err_out <= BF16_OUT_TOL, "{what}: out relative error {err_out:.3e} > {BF16_OUT_TOL:.3e}");
+    assert!(err_att <= BF16_ATT_TOL, "{what}: att relative error {err_att:.3e} > {BF16_ATT_TOL:.3e}");
+
+    // Probabilities: exactly zero above the diagonal, non-negative, and each row summing to 1
+    // within the rounding of its probabilities (each off by at most u p, so the sum by u).
+    for (r, row) in att.chunks(t).enumerate() {
+        let t1 = r % t;
+        assert!(row[t1 + 1..].iter().all(|&p| p == 0.0), "{what}: row {r} (t={t1}) has mass above the diagonal");
+        assert!(row[..=t1].iter().all(|&p| p >= 0.0), "{what}: row {r} has a negative probability");
+        let sum: f64 = row.iter().map(|&p| f64::from(p)).sum();
+        assert!((sum - 1.0).abs() <= BF16_U + 1e-5, "{what}: row {r} sums to {sum}");
+    }
+}
+
+#[test]
+fn attention_forward_matches_cpu_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let mut rng = SplitMix(0x6174_7465_6e74_0003);
+    // TF32 must make no difference to bf16 GEMMs (they always compute in plain fp32).
+    for allow_tf32 in [false, true] {
+        let blas = Blas::new(&gpu, allow_tf32).expect("Blas::new");
+        // SHAPES plus an odd head size (hs = 6: GEMM leading dimensions of 12 bytes).
+        for &shape in SHAPES.iter().chain(&[(3usize, 7usize, 18usize, 3usize)]) {
+            check_bf16(&gpu, &blas, &mut rng, shape);
+        }
+    }
+}
+
+#[test]
+fn attention_forward_bf16_rejects_bad_shapes() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let stream = gpu.stream();
+    let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
+    let qkv = stream.alloc_zeros::<bf16>(b * t * 3 * c).unwrap();
+    let mut out = stream.alloc_zeros::<bf16>(b * t * c).unwrap();
+    let mut att = stream.alloc_zeros::<bf16>(b * nh * t * t).unwrap();
+    let mut short = stream.alloc_zeros::<bf16>(scratch_len(b, t, c) - 1).unwrap();
+    assert!(attention_forward(&gpu, &blas, &mut out, &mut short, &mut att, &qkv, b, t, c, nh).is_err());
+    let mut scratch = stream.alloc_zeros::<bf16>(scratch_len(b, t, c)).unwrap();
+    assert!(attention_forward(&gpu, &blas, &mut out, &mut scratch, &mut att, &qkv, b, t, c, 5).is_err());
+}
+
+// ---- attention_decode: one new position over the KV cache ----
+
+/// f64 reference for one position: per head h, `out_h = softmax(q_h · k_h[t] / sqrt(hs))_t · v_h`
+/// over the first `n_ctx` cache rows (row stride C).
+fn decode_reference(q: &[f32], kcache: &[f32], vcache: &[f32], n_ctx: usize, c: usize, nh: usize) -> Vec<f64> {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f64).sqrt();
+    let mut out = vec![0.0f64; c];
+    for h in 0..nh {
+        let cols = h * hs..(h + 1) * hs;
+        let scores: Vec<f64> = (0..n_ctx)
+            .map(|t| {
+                let k = &kcache[t * c..][cols.clone()];
+                q[cols.clone()].iter().zip(k).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>() * scale
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (t, &et) in e.iter().enumerate() {
+            let v = &vcache[t * c..][cols.clone()];
+            for (o, &vi) in out[cols.clone()].iter_mut().zip(v) {
+                *o += et / sum * f64::from(vi);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `attention_decode::<T>` with caches of `max_t` rows whose rows from `n_ctx` on are NaN
+/// (so reading past n_ctx shows), and returns (GPU out, f64 reference on the rounded inputs).
+fn run_decode<T: Float>(
+    gpu: &Gpu,
+    rng: &mut SplitMix,
+    (n_ctx, max_t, c, nh): (usize, usize, usize, usize),
+) -> (Vec<f32>, Vec<f64>) {
+    let scaled = |rng: &mut SplitMix, n: usize| rng.vec(n).into_iter().map(|x| 2.0 * x).collect::<Vec<f32>>();
+    let q: Vec<T> = round(&scaled(rng, c));
+    let mut kcache: Vec<T> = round(&scaled(rng, max_t * c));
+    let mut vcache: Vec<T> = round(&scaled(rng, max_t * c));
+    let want = decode_reference(&widen(&q), &widen(&kcache), &widen(&vcache), n_ctx, c, nh);
+    for x in kcache[n_ctx * c..].iter_mut().chain(&mut vcache[n_ctx * c..]) {
+        *x = T::from_f32(f32::NAN);
+    }
+
+    let stream = gpu.stream();
+    let d_q = stream.clone_htod(&q).unwrap();
+    let d_k = stream.clone_htod(&kcache).unwrap();
+    let d_v = stream.clone_htod(&vcache).unwrap();
+    let mut d_out = stream.clone_htod(&vec![T::from_f32(f32::NAN); c]).unwrap();
+    attention_decode(gpu, &mut d_out, &d_q, &d_k, &d_v, n_ctx, c, nh).unwrap();
+    gpu.synchronize().unwrap();
+    (widen(&stream.clone_dtoh(&d_out).unwrap()), want)
+}
+
+const DECODE_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 4, 64, 4), (7, 9, 24, 3), (64, 64, 768, 12), (300, 320, 768, 12), (1024, 1024, 768, 12)];
+
+#[test]
+fn attention_decode_matches_cpu_fp32() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let mut rng = SplitMix(0x6174_7465_6e74_0004);
+    for &shape in DECODE_SHAPES {
+        let (got, want) = run_decode::<f32>(&gpu, &mut rng, shape);
+        let what = format!("attention_decode fp32 (n_ctx, maxT, C, NH) = {shape:?}");
+        let err = rel_error(&got, &want, &what);
+        println!("{what}: rel err {err:.3e}");
+        assert!(err < 1e-5, "{what}: relative error {err:.3e}");
+    }
+}
+
+#[test]
+fn attention_decode_matches_cpu_bf16() {
+    // Scores, softmax and the weighted sum are fp32 in the kernel (nothing intermediate is
+    // rounded to bf16), so the only bf16 rounding is the output's: per element at most
+    // u |ref| (u = 2^-8), plus 1e-4 max|ref| for the fp32 math (the fp32 test passes at 1e-5).
+    let Some(gpu) = gpu_or_skip() else { return };
+    let mut rng = SplitMix(0x6174_7465_6e74_0005);
+    for &shape in DECODE_SHAPES {
+        let (got, want) = run_decode::<bf16>(&gpu, &mut rng, shape);
+        let what = format!("attention_decode bf16 (n_ctx, maxT, C, NH) = {shape:?}");
+        let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        assert!(max_ref > 0.0, "{what}: reference is all zeros");
+        let mut max_err = 0.0f64;
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.is_finite(), "{what}: element {i} is {g} (expected {w}): not written, or read past n_ctx?");
+            let err = (f64::from(g) - w).abs();
+            let bound = BF16_U * w.abs() + 1e-4 * max_ref;
+            assert!(err <= bound, "{what}: element {i} = {g}, expected {w}: error {err:.3e} > {bound:.3e}");
+            max_err = max_err.max(err);
+        }
+        println!("{what}: max abs err / max |ref| = {:.3e}", max_err / max_ref);
+    }
 }

@@ -4,6 +4,8 @@
 use super::{gpu_or_skip, SplitMix};
 use genesis::gpu::classifier::crossentropy_forward;
 use genesis::gpu::device::Gpu;
+use genesis::gpu::Float;
+use half::bf16;
 
 /// (N, V, Vp, logit range): GPT-2's padded vocabulary, a small padded one, no padding, V = 1,
 /// V below one warp, and wide logit ranges that exercise the max subtraction.
@@ -104,15 +106,15 @@ fn assert_dlogits(what: &str, got: &[f32], want: &[f64], v: usize, vp: usize) ->
 
 /// Runs the kernel on fresh copies of `logits` / `targets` with `losses` poisoned with `poison`;
 /// returns (losses, logits after the call).
-fn run(
+fn run<T: Float>(
     gpu: &Gpu,
-    logits: &[f32],
+    logits: &[T],
     targets: &[i32],
     v: usize,
     vp: usize,
     scale: Option<f32>,
     poison: f32,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<T>) {
     let n = targets.len();
     let stream = gpu.stream();
     let mut d_logits = stream.clone_htod(logits).unwrap();
@@ -189,4 +191,98 @@ fn crossentropy_out_of_range_targets_give_nan_loss() {
     let (losses, dlogits) = run(&gpu, &logits, &targets, v, vp, Some(scale), 1.0e30);
     assert_close("losses with dlogits", &losses, &want_losses);
     assert_dlogits("dlogits", &dlogits, &want_dlogits, v, vp);
+}
+
+/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
+const BF16_U: f64 = 1.0 / 256.0;
+
+/// bf16 dlogits (widened to f32) per element. The kernel computes g32 in f32 and stores bf16(g32),
+/// rounded to nearest: bf16 has an 8-bit significand (7 stored bits), so that moves g32 by at most
+/// half an ulp <= 2^-8 |g32|. With the f32 error |g32 - ref| <= d the stored value is within
+/// 2^-8 |ref| + (1 + 2^-8) d of ref, where d is the f32 test's per-element bound
+/// 1e-4 |ref| + 1e-7 max |ref| ([`assert_dlogits`]), doubled here for margin. Padding exactly 0.
+fn assert_dlogits_bf16(what: &str, got: &[f32], want: &[f64], v: usize, vp: usize) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if i % vp >= v {
+            assert_eq!(g.to_bits(), 0.0f32.to_bits(), "{what}: padding at row {} col {} is {g}", i / vp, i % vp);
+            continue;
+        }
+        assert!(g.is_finite(), "{what}: row {} col {} is {g} (unwritten?), expected {w}", i / vp, i % vp);
+        let err = (g as f64 - w).abs();
+        let tol = (BF16_U + 2e-4) * w.abs() + 2e-7 * max_ref;
+        assert!(err <= tol, "{what}: row {} col {}: gpu {g} vs ref {w}, error {err:e} > {tol:e}", i / vp, i % vp);
+        worst = worst.max(err / tol);
+    }
+    worst
+}
+
+/// `x` rounded to bf16, and those values back in f32 (exact) for the reference.
+fn to_bf16(x: &[f32]) -> (Vec<bf16>, Vec<f32>) {
+    let h: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    let back = h.iter().map(|v| v.to_f32()).collect();
+    (h, back)
+}
+
+fn widen(x: &[bf16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+/// bf16 logits: the inputs rounded to bf16 and the f64 reference computed on the rounded values.
+/// Losses are f32 outputs of f32 arithmetic on the same values, so they get the f32 test's TOL;
+/// dlogits are stored in bf16 and checked by [`assert_dlogits_bf16`]. Without a scale the bf16
+/// logits must come back bit for bit.
+#[test]
+fn crossentropy_forward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6365_6266_3136_0001);
+    for &(n, v, vp, range) in SHAPES {
+        let (logits, targets) = inputs(&mut rng, n, v, vp, range);
+        let (h_logits, logits) = to_bf16(&logits);
+        let scale = 0.75 / n as f32;
+        let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
+        let shape = format!("N={n} V={v} Vp={vp} range={range}");
+
+        let (losses, after) = run(&gpu, &h_logits, &targets, v, vp, None, f32::NAN);
+        let e_loss = assert_close(&format!("losses ({shape})"), &losses, &want_losses);
+        for (i, (g, w)) in after.iter().zip(&h_logits).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "logits without dlogits ({shape}): element {i} changed from {w} to {g}"
+            );
+        }
+
+        let (losses, dlogits) = run(&gpu, &h_logits, &targets, v, vp, Some(scale), f32::NAN);
+        let e_loss2 = assert_close(&format!("losses with dlogits ({shape})"), &losses, &want_losses);
+        let e_dl = assert_dlogits_bf16(&format!("dlogits ({shape})"), &widen(&dlogits), &want_dlogits, v, vp);
+        println!(
+            "crossentropy_forward_bf16 {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits worst {e_dl:.2} \
+             of tolerance"
+        );
+    }
+}
+
+/// Out-of-range targets in bf16: NaN loss, no one-hot term, as in f32.
+#[test]
+fn crossentropy_bf16_out_of_range_targets_give_nan_loss() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let (v, vp) = (100usize, 128usize);
+    let targets = [-1i32, v as i32, vp as i32 - 1, vp as i32, i32::MAX, i32::MIN, 0, v as i32 - 1];
+    let n = targets.len();
+    let mut rng = SplitMix(0x6f6f_7262_6631_3603);
+    let (logits, _) = inputs(&mut rng, n, v, vp, 4.0);
+    let (h_logits, logits) = to_bf16(&logits);
+    let scale = 0.5f32;
+    let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
+
+    let (losses, dlogits) = run(&gpu, &h_logits, &targets, v, vp, Some(scale), 1.0e30);
+    assert_close("losses with dlogits", &losses, &want_losses);
+    assert_dlogits_bf16("dlogits", &widen(&dlogits), &want_dlogits, v, vp);
 }

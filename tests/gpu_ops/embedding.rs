@@ -3,6 +3,7 @@
 use super::{gpu_or_skip, SplitMix};
 use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::kernels;
+use half::bf16;
 
 fn cpu_embedding_forward(inp: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; b * t * c];
@@ -51,6 +52,50 @@ fn embedding_forward_matches_cpu() {
         );
     }
     println!("embedding_forward on {}: {} values bit-identical", gpu.describe(), got.len());
+}
+
+/// bf16 storage: the kernel loads both values as f32, adds them in f32 and rounds the sum to bf16
+/// once (round-to-nearest-even, as `bf16::from_f32`). The CPU does the same f32 add on the same
+/// bf16 inputs and the same rounding, so the comparison is exact (bit for bit), not a tolerance.
+#[test]
+fn embedding_forward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    const TAIL: usize = 5;
+    let (b, t, c, vp) = (3usize, 17usize, 64usize, 128usize);
+    let mut rng = SplitMix(0x6266_3136_656d_6264);
+    let inp: Vec<i32> = (0..b * t).map(|_| (rng.next_u64() % vp as u64) as i32).collect();
+    // Different scales so that the sums need rounding (and some cancel).
+    let wte: Vec<bf16> = (0..vp * c).map(|_| bf16::from_f32(rng.next_f32())).collect();
+    let wpe: Vec<bf16> = (0..t * c).map(|_| bf16::from_f32(0.37 * rng.next_f32())).collect();
+    let wte_f32: Vec<f32> = wte.iter().map(|x| x.to_f32()).collect();
+    let wpe_f32: Vec<f32> = wpe.iter().map(|x| x.to_f32()).collect();
+    let expected: Vec<bf16> =
+        cpu_embedding_forward(&inp, &wte_f32, &wpe_f32, b, t, c).into_iter().map(bf16::from_f32).collect();
+
+    let n = b * t * c;
+    let stream = gpu.stream();
+    let d_inp = stream.clone_htod(&inp).unwrap();
+    let d_wte = stream.clone_htod(&wte).unwrap();
+    let d_wpe = stream.clone_htod(&wpe).unwrap();
+    let mut d_out = stream.clone_htod(&vec![bf16::NAN; n + TAIL]).unwrap();
+    gpu.embedding_forward(&mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
+    gpu.synchronize().unwrap();
+    let got = stream.clone_dtoh(&d_out).unwrap();
+
+    assert!(got[n..].iter().all(|x| x.is_nan()), "written past the end");
+    for (i, (g, e)) in got[..n].iter().zip(&expected).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "mismatch at flat index {i} (b={}, t={}, c={}): gpu {g} vs cpu {e}",
+            i / (t * c),
+            (i / c) % t,
+            i % c
+        );
+    }
+    println!("embedding_forward_bf16 on {}: {n} values bit-identical", gpu.describe());
 }
 
 #[test]

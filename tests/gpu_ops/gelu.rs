@@ -4,19 +4,21 @@ use super::{gpu_or_skip, SplitMix};
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::gelu::gelu_forward;
+use genesis::gpu::Float;
+use half::bf16;
 
 const TAIL: usize = 5;
 
-/// GELU of `x` on the GPU (output poisoned with NaN first, tail checked untouched).
-fn run_gelu(gpu: &Gpu, x: &[f32]) -> Vec<f32> {
+/// GELU of `x` on the GPU in `T` (output poisoned with NaN first, tail checked untouched).
+fn run_gelu<T: Float>(gpu: &Gpu, x: &[T]) -> Vec<T> {
     let n = x.len();
     let stream = gpu.stream();
     let d_inp = stream.clone_htod(x).unwrap();
-    let mut d_out = stream.clone_htod(&vec![f32::NAN; n + TAIL]).unwrap();
+    let mut d_out = stream.clone_htod(&vec![T::from_f32(f32::NAN); n + TAIL]).unwrap();
     gelu_forward(gpu, &mut d_out, &d_inp, n).unwrap();
     gpu.synchronize().unwrap();
     let mut got = stream.clone_dtoh(&d_out).unwrap();
-    assert!(got[n..].iter().all(|v| v.is_nan()), "N={n}: written past the end");
+    assert!(got[n..].iter().all(|v| v.to_f32().is_nan()), "N={n}: written past the end");
     got.truncate(n);
     got
 }
@@ -72,3 +74,45 @@ fn gelu_forward_saturates() {
         assert!((g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0), "gelu({xi}): gpu {g} vs ref {w}");
     }
 }
+
+/// bf16 storage, checked per element against the f64 reference on the bf16-rounded inputs.
+///
+/// The kernel computes y32 = gelu(x) in f32 and stores bf16(y32), rounded to nearest. bf16 has an
+/// 8-bit significand (7 stored bits), so that rounding moves y32 by at most half an ulp, which is
+/// at most 2^-8 |y32| (unit roundoff 2^-8). With the f32 error |y32 - ref| <= d, the stored value
+/// is within 2^-8 |ref| + (1 + 2^-8) d of ref. d is what the f32 test bounds: 1e-5 * max |ref|
+/// (the tanh form loses relative accuracy where 1 + tanh cancels, for negative x); doubled here
+/// for margin.
+#[test]
+fn gelu_forward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6765_6c75_6266_3136);
+    // Far tails, around the kink and tiny inputs first, then random ones.
+    let fixed = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
+    for n in [fixed.len(), 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
+        let x: Vec<bf16> = if n == fixed.len() {
+            fixed.iter().map(|&v| bf16::from_f32(v)).collect()
+        } else {
+            (0..n).map(|_| bf16::from_f32(5.0 * rng.next_f32())).collect()
+        };
+        let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let want = reference(&x32);
+        let got: Vec<f32> = run_gelu(&gpu, &x).into_iter().map(|v| v.to_f32()).collect();
+        let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        let abs = 2e-5 * max_ref;
+        let mut worst = 0.0f64;
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.is_finite(), "N={n}: element {i} is {g} (unwritten?), expected {w}");
+            let err = (g as f64 - w).abs();
+            let tol = BF16_U * w.abs() + abs;
+            assert!(err <= tol, "N={n}: at {i} (x = {}): gpu {g} vs ref {w}, error {err:e} > {tol:e}", x32[i]);
+            worst = worst.max(err / tol);
+        }
+        println!("gelu_forward_bf16 N={n}: worst error {worst:.2} of its tolerance");
+    }
+}
+
+/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
+const BF16_U: f64 = 1.0 / 256.0;

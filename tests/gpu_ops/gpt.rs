@@ -19,7 +19,7 @@ fn check(cfg: &ModelConfig, b: usize, t: usize, tf32: bool, tol: f64) {
     let cpu_loss = gpt::loss(cfg, &layout, &params, &mut acts, &targets);
     let cpu_logits = gpt::logits(cfg, &layout, &params, &acts);
 
-    let mut model = GpuModel::new(cfg, &params, 0, tf32).expect("GpuModel::new");
+    let mut model = GpuModel::<f32>::new(cfg, &params, 0, tf32).expect("GpuModel::new");
     model.forward(&inputs, Some(&targets), b, t).unwrap();
     let losses = model.losses().unwrap();
     let gpu_loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
@@ -54,4 +54,56 @@ fn two_layer_768_forward_matches_the_cpu() {
     check(&cfg, 2, 128, false, 1e-5);
     // TF32 matmuls: about 1e-3.
     check(&cfg, 2, 128, true, 3e-3);
+}
+
+/// bf16 parameters and activations against the CPU in f32 on the bf16-rounded parameters. Every
+/// activation is rounded to an 8-bit mantissa (2^-9 relative) about ten times per block, and the
+/// logits are dot products over C bf16 inputs, so logits carry errors of a few 1e-3 of their scale;
+/// the mean loss averages them out (llm.c holds its bf16 loss to 0.05).
+fn check_bf16(cfg: &ModelConfig, b: usize, t: usize) {
+    let layout = ParamLayout::new(cfg);
+    let params: Vec<f32> = gpt::init_params(cfg, 11).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+    let mut rng = Rng::new(5);
+    let mut tokens = || (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<u32>>();
+    let (inputs, targets) = (tokens(), tokens());
+    let mut acts = Activations::<f32>::new(cfg, b, t);
+    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
+    let cpu_loss = gpt::loss(cfg, &layout, &params, &mut acts, &targets);
+    let cpu_logits = gpt::logits(cfg, &layout, &params, &acts);
+
+    let mut model = GpuModel::<half::bf16>::new(cfg, &params, 0, false).expect("GpuModel::new");
+    model.forward(&inputs, Some(&targets), b, t).unwrap();
+    let losses = model.losses().unwrap();
+    let gpu_loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
+    let logits = model.logits().unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
+    let max_ref = cpu_logits.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
+    let max_err = logits.iter().zip(&cpu_logits).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    println!("{cfg}: bf16 logits max error {max_err:.3e} of {max_ref:.3e}; loss {gpu_loss} vs {cpu_loss}");
+    assert!(max_err / max_ref < 3e-2, "{cfg}: bf16 logits differ by {max_err} (max |logit| {max_ref})");
+    assert!((gpu_loss - cpu_loss).abs() < 0.02, "{cfg}: bf16 loss {gpu_loss} vs CPU {cpu_loss}");
+}
+
+#[test]
+fn bf16_forward_is_close_to_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    check_bf16(&ModelConfig::preset("tiny").unwrap(), 3, 37);
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    check_bf16(&cfg, 2, 128);
+}
+
+#[test]
+fn parameters_come_back_from_the_gpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let params = gpt::init_params(&cfg, 4);
+    let back = GpuModel::<f32>::new(&cfg, &params, 0, false).unwrap().download_params().unwrap();
+    assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "f32 round trip changed bits");
+    let back = GpuModel::<half::bf16>::new(&cfg, &params, 0, false).unwrap().download_params().unwrap();
+    assert!(back.iter().zip(&params).all(|(&a, &b)| a == half::bf16::from_f32(b).to_f32()), "bf16 round trip");
 }

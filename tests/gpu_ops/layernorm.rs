@@ -5,6 +5,8 @@ use cudarc::driver::CudaSlice;
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::layernorm::{layernorm_forward, residual_layernorm_forward};
+use genesis::gpu::Float;
+use half::bf16;
 
 /// (N, C): single row, C not a multiple of 32, GPT-2 widths, C = 1, N not a multiple of 8.
 const SHAPES: &[(usize, usize)] = &[(1, 768), (7, 37), (64, 768), (33, 1024), (5, 1600), (3, 1), (130, 96)];
@@ -13,16 +15,16 @@ const TAIL: usize = 5;
 const TOL: f64 = 1e-5;
 
 /// A buffer of `len + TAIL` NaNs, so an element the kernel fails to write (or writes past) shows.
-fn poisoned(gpu: &Gpu, len: usize) -> CudaSlice<f32> {
-    gpu.stream().clone_htod(&vec![f32::NAN; len + TAIL]).unwrap()
+fn poisoned<T: Float>(gpu: &Gpu, len: usize) -> CudaSlice<T> {
+    gpu.stream().clone_htod(&vec![T::from_f32(f32::NAN); len + TAIL]).unwrap()
 }
 
-/// The first `len` elements of a [`poisoned`] buffer, after checking its tail is still NaN.
-fn download(gpu: &Gpu, what: &str, buf: &CudaSlice<f32>, len: usize) -> Vec<f32> {
-    let mut host = gpu.stream().clone_dtoh(buf).unwrap();
-    assert!(host[len..].iter().all(|x| x.is_nan()), "{what}: written past its first {len} elements");
-    host.truncate(len);
-    host
+/// The first `len` elements of a [`poisoned`] buffer as f32 (exact for bf16), after checking its
+/// tail is still NaN.
+fn download<T: Float>(gpu: &Gpu, what: &str, buf: &CudaSlice<T>, len: usize) -> Vec<f32> {
+    let host = gpu.stream().clone_dtoh(buf).unwrap();
+    assert!(host[len..].iter().all(|x| x.to_f32().is_nan()), "{what}: written past its first {len} elements");
+    host[..len].iter().map(|x| x.to_f32()).collect()
 }
 
 /// Asserts every value is finite and max |got - want| <= TOL * max |want|; returns that ratio.
@@ -179,4 +181,130 @@ fn layernorm_forward_rejects_short_buffers() {
     let err = layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &d_inp, &d_param, &d_param, n, c)
         .expect_err("a short inp must be rejected");
     assert!(err.to_string().contains("inp"), "{err}");
+}
+
+/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
+const BF16_U: f64 = 1.0 / 256.0;
+
+/// `x` rounded to bf16, and those values back in f32 (exact) for the CPU reference.
+fn to_bf16(x: &[f32]) -> (Vec<bf16>, Vec<f32>) {
+    let h: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    let back = h.iter().map(|v| v.to_f32()).collect();
+    (h, back)
+}
+
+/// Per-element check of a bf16 output (already widened to f32) against the f64 reference computed
+/// on the same bf16 inputs. The kernel computes y32 in f32 and stores bf16(y32), rounded to
+/// nearest: bf16 has an 8-bit significand (7 stored bits), so that moves y32 by at most half an
+/// ulp <= 2^-8 |y32|. With the f32 error |y32 - ref| <= d, the stored value is within
+/// 2^-8 |ref| + (1 + 2^-8) d of ref. d is what the f32 test bounds, TOL * max |ref| (the output's
+/// f32 error is absolute, from (x - mean) * rstd * weight + bias with terms up to max |ref|);
+/// doubled here for margin. Returns the worst error as a fraction of its tolerance.
+fn assert_bf16_close(what: &str, got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    let abs = 2.0 * TOL * max_ref;
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (unwritten?), expected {w}");
+        let err = (g as f64 - w).abs();
+        let tol = BF16_U * w.abs() + abs;
+        assert!(err <= tol, "{what}: at {i}: gpu {g} vs ref {w}, error {err:e} > {tol:e}");
+        worst = worst.max(err / tol);
+    }
+    worst
+}
+
+/// bf16 activations and parameters: inputs rounded to bf16, the reference in f64 on the rounded
+/// values. `out` per element as [`assert_bf16_close`]; mean and rstd are f32 outputs of f32
+/// arithmetic on the same values, so they get the f32 test's TOL.
+#[test]
+fn layernorm_forward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6c6e_6266_3136_0001);
+    let stream = gpu.stream();
+    for &(n, c) in SHAPES {
+        let (inp, weight, bias) = inputs(&mut rng, n, c);
+        let ((h_inp, inp), (h_weight, weight), (h_bias, bias)) = (to_bf16(&inp), to_bf16(&weight), to_bf16(&bias));
+        let (want_out, want_mean, want_rstd) = reference(&inp, &weight, &bias, n, c);
+
+        let d_inp = stream.clone_htod(&h_inp).unwrap();
+        let d_weight = stream.clone_htod(&h_weight).unwrap();
+        let d_bias = stream.clone_htod(&h_bias).unwrap();
+        let mut d_out = poisoned::<bf16>(&gpu, n * c);
+        let mut d_mean = poisoned::<f32>(&gpu, n);
+        let mut d_rstd = poisoned::<f32>(&gpu, n);
+        layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &d_inp, &d_weight, &d_bias, n, c).unwrap();
+        gpu.synchronize().unwrap();
+
+        let shape = format!("N={n} C={c}");
+        let e_out = assert_bf16_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
+        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
+        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
+        println!(
+            "layernorm_forward_bf16 {shape}: out worst {e_out:.2} of tolerance, rel err mean {e_mean:.1e}, \
+             rstd {e_rstd:.1e}"
+        );
+    }
+}
+
+/// The fused kernel in bf16: the residual must equal the CPU's f32 sum of the two bf16 inputs
+/// rounded to bf16 (one f32 add, one round-to-nearest-even: exact), and LayerNorm is of that
+/// rounded residual, checked as in [`layernorm_forward_bf16_matches_cpu`].
+#[test]
+fn residual_layernorm_forward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x726c_6e62_6631_3602);
+    let stream = gpu.stream();
+    for &(n, c) in SHAPES {
+        let (a, weight, bias) = inputs(&mut rng, n, c);
+        let b = rng.vec(n * c);
+        let ((h_a, a), (h_b, b)) = (to_bf16(&a), to_bf16(&b));
+        let ((h_weight, weight), (h_bias, bias)) = (to_bf16(&weight), to_bf16(&bias));
+        let mut sum = vec![0.0f32; n * c];
+        cpu::residual::residual_forward(&mut sum, &a, &b);
+        let (h_residual, residual) = to_bf16(&sum);
+        let (want_out, want_mean, want_rstd) = reference(&residual, &weight, &bias, n, c);
+
+        let d_a = stream.clone_htod(&h_a).unwrap();
+        let d_b = stream.clone_htod(&h_b).unwrap();
+        let d_weight = stream.clone_htod(&h_weight).unwrap();
+        let d_bias = stream.clone_htod(&h_bias).unwrap();
+        let mut d_residual = poisoned::<bf16>(&gpu, n * c);
+        let mut d_out = poisoned::<bf16>(&gpu, n * c);
+        let mut d_mean = poisoned::<f32>(&gpu, n);
+        let mut d_rstd = poisoned::<f32>(&gpu, n);
+        residual_layernorm_forward(
+            &gpu,
+            &mut d_residual,
+            &mut d_out,
+            &mut d_mean,
+            &mut d_rstd,
+            &d_a,
+            &d_b,
+            &d_weight,
+            &d_bias,
+            n,
+            c,
+        )
+        .unwrap();
+        gpu.synchronize().unwrap();
+
+        let shape = format!("N={n} C={c}");
+        let got_residual = download(&gpu, "residual", &d_residual, n * c);
+        for (i, (g, e)) in got_residual.iter().zip(&h_residual).enumerate() {
+            assert_eq!(bf16::from_f32(*g).to_bits(), e.to_bits(), "residual ({shape}) at {i}: gpu {g} vs cpu {e}");
+        }
+        let e_out = assert_bf16_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
+        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
+        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
+        println!(
+            "residual_layernorm_forward_bf16 {shape}: residual exact, out worst {e_out:.2} of tolerance, \
+             rel err mean {e_mean:.1e}, rstd {e_rstd:.1e}"
+        );
+    }
 }

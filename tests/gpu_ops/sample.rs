@@ -10,7 +10,7 @@ use genesis::rng::Rng;
 
 fn check(cfg: &ModelConfig, steps: usize) {
     let params = gpt::init_params(cfg, 21);
-    let model = GpuModel::new(cfg, &params, 0, false).expect("GpuModel::new");
+    let model = GpuModel::<f32>::new(cfg, &params, 0, false).expect("GpuModel::new");
     let mut gpu = GpuDecoder::new(&model).unwrap();
     let mut cpu = Decoder::new(cfg, &params);
     let mut rng = Rng::new(9);
@@ -39,4 +39,30 @@ fn gpu_decoder_matches_the_cpu_decoder() {
     let mut wide = ModelConfig::preset("gpt2-124m").unwrap();
     wide.num_layers = 2;
     check(&wide, 40);
+}
+
+#[test]
+fn bf16_gpu_decoder_tracks_the_bf16_forward() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    // The decoder and the batched forward use the same bf16 kernels, so after every token the
+    // decoder's logits equal the full forward's last row up to bf16 rounding of the (differently
+    // batched) matmuls.
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let params = gpt::init_params(&cfg, 21);
+    let mut model = GpuModel::<half::bf16>::new(&cfg, &params, 0, false).unwrap();
+    let mut rng = Rng::new(9);
+    let tokens: Vec<u32> = (0..24).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    model.forward(&tokens, None, 1, tokens.len()).unwrap();
+    let full = model.logits().unwrap();
+    let v = cfg.vocab_size;
+    let mut dec = GpuDecoder::new(&model).unwrap();
+    for (pos, &tok) in tokens.iter().enumerate() {
+        let got = dec.step(tok).unwrap();
+        let want = &full[pos * v..(pos + 1) * v];
+        let max_ref = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 2e-2 * max_ref.max(1.0), "position {pos}: decoder logits differ by {err} (max {max_ref})");
+    }
 }
