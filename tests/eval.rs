@@ -380,7 +380,8 @@ fn cli_prints_the_report_and_json() {
     let item = json!({"ctx": "The cat sat", "endings": ["on the mat.", "x", "in a hat and more", "ran"], "label": 0});
     fs::write(&hs, format!("{item}\n{item}\n{item}\n")).unwrap();
     let (c, d, h) = (ckpt.to_str().unwrap(), dir.to_str().unwrap(), hs.to_str().unwrap());
-    let base = ["eval", "--checkpoint", c, "--data", d, "--seq", "16", "--max-tokens", "64"];
+    // --device cpu: the numbers are compared with the CPU library (on a GPU machine auto picks the GPU).
+    let base = ["eval", "--device", "cpu", "--checkpoint", c, "--data", d, "--seq", "16", "--max-tokens", "64"];
 
     let out = genesis(&[&base[..], &["--hellaswag", h, "--hellaswag-limit", "2"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -409,7 +410,7 @@ fn cli_prints_the_report_and_json() {
         assert!(close(got, want, 1e-9), "{key}: CLI {got} vs library {want}");
     }
 
-    let out = genesis(&["eval", "--checkpoint", c, "--hellaswag", h, "--json"]);
+    let out = genesis(&["eval", "--device", "cpu", "--checkpoint", c, "--hellaswag", h, "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(v["hellaswag"]["items"], 3);

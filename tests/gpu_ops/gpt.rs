@@ -107,3 +107,33 @@ fn parameters_come_back_from_the_gpu() {
     let back = GpuModel::<half::bf16>::new(&cfg, &params, 0, false).unwrap().download_params().unwrap();
     assert!(back.iter().zip(&params).all(|(&a, &b)| a == half::bf16::from_f32(b).to_f32()), "bf16 round trip");
 }
+
+#[test]
+fn gpu_evaluation_matches_the_cpu_evaluation() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use genesis::data::prepare::{prepare, Input, PrepareConfig};
+    use genesis::data::source::{Docs, Format, SourceFile};
+    use genesis::eval::{evaluate_split, evaluate_split_with, EvalOptions};
+    let dir = std::env::temp_dir().join(format!("genesis-gpu-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: String = (0..400).map(|i| format!("Paragraph {i} counts {} sheep in the field.\n\n", i * 3)).collect();
+    std::fs::write(dir.join("t.txt"), text).unwrap();
+    let mut pc = PrepareConfig::new("t");
+    pc.source.docs = Docs::Paragraphs;
+    pc.progress = false;
+    let data = dir.join("data");
+    prepare(&[Input::local(SourceFile { path: dir.join("t.txt"), format: Format::Text })], &data, &pc).unwrap();
+
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let params = gpt::init_params(&cfg, 2);
+    let opts = EvalOptions { seq: Some(32), batch: Some(4), progress: false, ..EvalOptions::default() };
+    let cpu = evaluate_split(&cfg, &params, &data, &opts).unwrap();
+    let mut gpu = GpuModel::<f32>::new(&cfg, &params, 0, false).unwrap();
+    let got = evaluate_split_with(&mut gpu, &data, &opts).unwrap();
+    assert_eq!((got.tokens, got.bytes), (cpu.tokens, cpu.bytes));
+    assert!((got.loss - cpu.loss).abs() < 1e-5 * cpu.loss, "GPU eval loss {} vs CPU {}", got.loss, cpu.loss);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
