@@ -28,7 +28,7 @@ use std::sync::Arc;
 #[derive(FromArgs)]
 #[argh(
     example = "genesis prepare wikitext-103\ngenesis prepare --input corpus.txt --name corpus\ngenesis train --model tiny --data corpus --out runs/first\ngenesis sample --checkpoint runs/first/step_00001000.ckpt --prompt \"Once upon\"",
-    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; the CUDA engine is under construction. Every command has its own --help.\n\nThe path: genesis doctor (is this machine ready?), genesis prepare, genesis train (resumes by itself; plot RUN draws its loss), genesis eval, genesis export (a Hugging Face GPT-2 directory to take home), genesis verify (after the download), genesis sample."
+    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; on a GPU, eval, sample and bench forward run the CUDA engine (--device, --precision). Every command has its own --help.\n\nThe path: genesis doctor (is this machine ready?), genesis prepare, genesis train (resumes by itself; plot RUN draws its loss), genesis eval, genesis export (a Hugging Face GPT-2 directory to take home), genesis verify (after the download), genesis sample."
 )]
 struct Cli {
     /// worker threads for CPU work (default: all cores)
@@ -135,7 +135,7 @@ struct DataInspect {
     verify: bool,
 }
 
-/// Train a model on prepared shards (on the CPU; the CUDA engine is not built yet). Resumes by itself.
+/// Train a model on prepared shards (on the CPU; GPU training is being built). Resumes by itself.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
@@ -204,6 +204,9 @@ struct TrainCmd {
     /// stop after this many consecutive steps with a non-finite loss or gradient norm (default 5)
     #[argh(option, default = "5")]
     max_bad_steps: u64,
+    /// where to train: auto or cpu (GPU training is being built; cuda is refused until it lands)
+    #[argh(option, default = "String::from(\"auto\")")]
+    device: String,
 }
 
 /// Generate text from a checkpoint or an exported model on the CPU, streaming it as it is produced.
@@ -576,6 +579,19 @@ fn bench_prepare(b: BenchPrepare) -> Result<()> {
 }
 
 fn train_cmd(c: TrainCmd) -> Result<()> {
+    match c.device.as_str() {
+        "cpu" => {}
+        "auto" => {
+            if genesis::gpu::device::cuda_available().is_ok() {
+                eprintln!("note: a GPU is present, but training on the GPU is not built yet; training on the CPU");
+            }
+        }
+        "cuda" | "gpu" => bail!(
+            "--device cuda: training on the GPU is not built yet (the GPU runs eval, sample and bench forward); \
+             use --device cpu"
+        ),
+        other => bail!("--device {other}: expected auto, cpu or cuda"),
+    }
     let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
     let init = match (&c.init_from, &saved) {
         (Some(path), None) => Some(genesis::weights::load(path)?.config),

@@ -101,3 +101,25 @@ impl Precision {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices() {
+        assert_eq!(select_device("cpu").unwrap(), None);
+        match device::cuda_available() {
+            Ok(()) => assert_eq!(select_device("cuda").unwrap(), Some(0)),
+            Err(why) => {
+                let e = select_device("cuda").unwrap_err().to_string();
+                assert!(e.contains(&why) && e.contains("--device cpu"), "{e}");
+                assert_eq!(select_device("auto").unwrap(), None);
+            }
+        }
+        assert!(select_device("tpu").unwrap_err().to_string().contains("auto, cpu or cuda"));
+        assert_eq!(Precision::parse("auto").unwrap(), Precision::Bf16);
+        assert_eq!(Precision::parse("fp32").unwrap(), Precision::Fp32);
+        assert!(Precision::parse("fp8").is_err());
+    }
+}
