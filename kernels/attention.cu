@@ -1,4 +1,5 @@
 // qkv (B,T,3C) -> q,k,v (B,NH,T,HS); att (B,NH,T,T) in place; y (B,NH,T,HS) -> out (B,T,C)
+// backward: dout (B,T,C), qkv, att -> dqkv (B,T,3C) +=
 //
 // The non-GEMM pieces of causal self-attention (C = NH*HS). The host side
 // (src/gpu/attention.rs) runs, per forward:
@@ -178,6 +179,96 @@ __device__ __forceinline__ void decode(T* out, const T* q, const T* kcache, cons
     }
 }
 
+
+// ---- backward (fp32 only for now) ----
+//
+// The host side (attention_backward in src/gpu/attention.rs) runs, per backward:
+//   1. attention_backward_permute:  q, k, v from qkv as in the forward, dy[b,h,t,d] = dout[b,t,h*HS+d]
+//   2. cuBLAS batched GEMM:         datt[b,h,t1,t2] = dy[b,h,t1,:] . v[b,h,t2,:]
+//   3. cuBLAS batched GEMM:         dv[b,h,t2,:] = sum_t1 att[b,h,t1,t2] * dy[b,h,t1,:]
+//   4. attention_softmax_backward:  datt -> dpreatt in place (below)
+//   5. cuBLAS batched GEMMs:        dq = dpreatt . k,  dk = dpreatt^T . q
+//   6. attention_backward_unpermute_add: dqkv[b,t,part*C + h*HS + d] += d{q,k,v}[b,h,t,d]
+
+// Launch: grid = ceil(B*NH*T*HS / blockDim.x), any blockDim.x (256 is typical).
+__device__ __forceinline__ void backward_permute(float* q, float* k, float* v, float* dy,
+                                                 const float* qkv, const float* dout, int B,
+                                                 int T_, int NH, int HS) {
+    const long long C = (long long)NH * HS;
+    const long long n = (long long)B * T_ * C;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+         idx += stride) {
+        // idx enumerates (b, h, t, d) in the permuted layout.
+        const int d = (int)(idx % HS);
+        const long long bht = idx / HS;
+        const int t = (int)(bht % T_);
+        const long long bh = bht / T_;
+        const int h = (int)(bh % NH);
+        const long long b = bh / NH;
+        const long long bt = b * T_ + t;
+        const long long src = bt * 3 * C + (long long)h * HS + d;
+        q[idx] = qkv[src];
+        k[idx] = qkv[src + C];
+        v[idx] = qkv[src + 2 * C];
+        dy[idx] = dout[bt * C + (long long)h * HS + d];
+    }
+}
+
+// datt (rows = B*NH*T, T) -> dpreatt in place, given the forward's probabilities att (same
+// layout); row r belongs to query position t1 = r % T:
+//   dpreatt[r, t2] = scale * att[r,t2] * (datt[r,t2] - sum_{t2' <= t1} att[r,t2'] datt[r,t2'])
+// for t2 <= t1, and 0 above the diagonal (where datt is whatever the GEMM produced). The dot
+// product is an fp32 warp reduction in a fixed order (deterministic).
+//
+// One warp per row. Launch: blockDim.x a multiple of 32 (256 is typical),
+// grid = ceil(rows / (blockDim.x / 32)).
+__device__ __forceinline__ void softmax_backward(float* datt, const float* att, long long rows,
+                                                 int T_, float scale) {
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) {
+        return;  // whole warp exits together: row is uniform across the warp
+    }
+    const int t1 = (int)(row % T_);
+    float* g = datt + row * T_;
+    const float* p = att + row * T_;
+
+    float dot = 0.0f;
+    for (int t2 = lane; t2 <= t1; t2 += 32) {
+        dot += p[t2] * g[t2];
+    }
+    dot = warp_sum(dot);
+
+    for (int t2 = lane; t2 < T_; t2 += 32) {
+        g[t2] = t2 <= t1 ? scale * p[t2] * (g[t2] - dot) : 0.0f;
+    }
+}
+
+// dq, dk, dv (B,NH,T,HS) -> dqkv (B,T,3C) +=, each thread one element of dqkv (coalesced).
+// Launch: grid = ceil(B*T*3C / blockDim.x), any blockDim.x (256 is typical).
+__device__ __forceinline__ void backward_unpermute_add(float* dqkv, const float* dq,
+                                                       const float* dk, const float* dv, int B,
+                                                       int T_, int NH, int HS) {
+    const long long C = (long long)NH * HS;
+    const long long n = (long long)B * T_ * 3 * C;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
+         idx += stride) {
+        // idx enumerates (b, t, c3) in dqkv, c3 = part*C + h*HS + d.
+        const long long c3 = idx % (3 * C);
+        const long long bt = idx / (3 * C);
+        const int t = (int)(bt % T_);
+        const long long b = bt / T_;
+        const int part = (int)(c3 / C);
+        const int c = (int)(c3 - part * C);
+        const int h = c / HS;
+        const int d = c - h * HS;
+        const float* src = part == 0 ? dq : (part == 1 ? dk : dv);
+        dqkv[idx] += src[((b * NH + h) * T_ + t) * HS + d];
+    }
+}
+
 }  // namespace attention_detail
 
 extern "C" __global__ void attention_permute(float* q, float* k, float* v, const float* qkv, int B,
@@ -221,4 +312,21 @@ extern "C" __global__ void attention_decode_bf16(__nv_bfloat16* out, const __nv_
                                                  const __nv_bfloat16* vcache, int n_ctx, int C,
                                                  int NH) {
     attention_detail::decode(out, q, kcache, vcache, n_ctx, C, NH);
+}
+
+extern "C" __global__ void attention_backward_permute(float* q, float* k, float* v, float* dy,
+                                                      const float* qkv, const float* dout, int B,
+                                                      int T, int NH, int HS) {
+    attention_detail::backward_permute(q, k, v, dy, qkv, dout, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_softmax_backward(float* datt, const float* att,
+                                                      long long rows, int T, float scale) {
+    attention_detail::softmax_backward(datt, att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_backward_unpermute_add(float* dqkv, const float* dq,
+                                                            const float* dk, const float* dv,
+                                                            int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add(dqkv, dq, dk, dv, B, T, NH, HS);
 }

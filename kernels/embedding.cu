@@ -13,6 +13,21 @@
 // (round-to-nearest-even), so it equals the CPU's f32 sum rounded to bf16.
 //
 // Launch: grid = ceil(B*T*C / blockDim.x), any blockDim.x (256 is typical).
+//
+// Backward (f32 only), accumulating as the CPU reference:
+//   dwte[inp[b,t], c] += dout[b,t,c],  dwpe[t, c] += dout[b,t,c]
+// Deterministic without atomics, and bit-identical to the CPU (which adds the
+// rows into the gradient one at a time in row order b*T + t): the host buckets
+// the B*T row indices by token (CSR, built in src/gpu/embedding.rs) into one
+// int array  csr = [tokens (U) | offsets (U + 1) | rows (B*T)]  with the U
+// distinct tokens, offsets[u]..offsets[u+1] the range of rows holding tokens[u],
+// and each token's rows in increasing order. Two block roles (block-uniform):
+//  - blocks [0, U): block u owns dwte row tokens[u] (no other block writes it);
+//    its threads stride over the C channels, each starting from the existing
+//    dwte value and adding dout[row, c] for the token's rows in order.
+//  - blocks [U, U + ceil(T*C / blockDim.x)): one thread per (t, c) of dwpe,
+//    starting from dwpe[t, c] and adding dout[b, t, c] for b = 0..B-1 in order.
+// Launch: any blockDim.x (256), grid = U + ceil(T*C / blockDim.x), no shared memory.
 
 #include <cuda_bf16.h>
 
@@ -38,6 +53,37 @@ __device__ __forceinline__ void forward(T* out, const int* inp, const T* wte, co
     }
 }
 
+__device__ __forceinline__ void backward(float* dwte, float* dwpe, const float* dout, const int* csr, int U, int B,
+                                         int T_, int C) {
+    if ((int)blockIdx.x < U) {
+        const int* tokens = csr;
+        const int* offsets = csr + U;
+        const int* rows = csr + 2 * (long long)U + 1;
+        const long long token = (long long)tokens[blockIdx.x];
+        const int start = offsets[blockIdx.x];
+        const int end = offsets[blockIdx.x + 1];
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float acc = dwte[token * C + c];
+            for (int j = start; j < end; ++j) {
+                acc += dout[(long long)rows[j] * C + c];
+            }
+            dwte[token * C + c] = acc;
+        }
+        return;
+    }
+    const long long idx = (long long)(blockIdx.x - U) * blockDim.x + threadIdx.x;
+    if (idx >= (long long)T_ * C) {
+        return;
+    }
+    const long long t = idx / C;
+    const long long c = idx - t * C;
+    float acc = dwpe[idx];
+    for (int b = 0; b < B; ++b) {
+        acc += dout[((long long)b * T_ + t) * C + c];
+    }
+    dwpe[idx] = acc;
+}
+
 }  // namespace embedding_detail
 
 extern "C" __global__ void embedding_forward(float* out, const int* inp, const float* wte,
@@ -49,4 +95,9 @@ extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* out, const int*
                                                   const __nv_bfloat16* wte, const __nv_bfloat16* wpe,
                                                   int B, int T, int C) {
     embedding_detail::forward(out, inp, wte, wpe, B, T, C);
+}
+
+extern "C" __global__ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int* csr, int U,
+                                              int B, int T, int C) {
+    embedding_detail::backward(dwte, dwpe, dout, csr, U, B, T, C);
 }

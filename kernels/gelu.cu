@@ -14,12 +14,18 @@
 //
 // Launch: any blockDim.x (256 is typical), grid = ceil(N / blockDim.x) (capped;
 // the stride loop covers the rest), no shared memory.
+//
+// Backward (f32 only), accumulating as the CPU reference, same formula:
+//   th = tanh(sqrt(2/pi) (x + 0.044715 x^3)),  sech2 = 1 - th^2
+//   dinp[i] += (0.5 (1 + th) + 0.5 x sech2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)) * dout[i]
+// Same launch as the forward.
 
 #include <cuda_bf16.h>
 
 namespace gelu_detail {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCube = 0.044715f;
+constexpr float kThreeCube = 0.134145f;  // 3 * 0.044715
 
 __device__ __forceinline__ float load(float x) { return x; }
 __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -36,6 +42,17 @@ __device__ __forceinline__ void forward(T* out, const T* inp, long long N) {
     }
 }
 
+__device__ __forceinline__ void backward(float* dinp, const float* inp, const float* dout, long long N) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        const float x = inp[i];
+        const float th = tanhf(kSqrt2OverPi * (x + kCube * x * x * x));
+        const float sech2 = 1.0f - th * th;
+        const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + kThreeCube * x * x);
+        dinp[i] += local * dout[i];
+    }
+}
+
 }  // namespace gelu_detail
 
 extern "C" __global__ void gelu_forward(float* out, const float* inp, long long N) {
@@ -44,4 +61,8 @@ extern "C" __global__ void gelu_forward(float* out, const float* inp, long long 
 
 extern "C" __global__ void gelu_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* inp, long long N) {
     gelu_detail::forward(out, inp, N);
+}
+
+extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const float* dout, long long N) {
+    gelu_detail::backward(dinp, inp, dout, N);
 }

@@ -31,6 +31,26 @@
 // grid = ceil(N / (blockDim.x / 32)), no shared memory. Row offsets are 64-bit,
 // so N*C may exceed 2^31. Warps past the last row return at once (warp-uniform,
 // and there is no __syncthreads).
+//
+// Backward (f32 only), all three gradients ACCUMULATED (+=) as the CPU reference:
+//   dnorm[c]  = dout[n,c] * weight[c],   norm[c] = (inp[n,c] - mean[n]) * rstd[n]
+//   dinp[n,c] += (dnorm[c] - mean_c(dnorm) - norm[c] * mean_c(dnorm * norm)) * rstd[n]
+//   dweight[c] += sum_n norm[n,c] * dout[n,c],   dbias[c] += sum_n dout[n,c]
+// Deterministic without atomics: the dweight/dbias reductions over N use a
+// fixed partition of the rows into G chunks of R rows (R, G a function of N
+// only, chosen on the host), so the same inputs give the same bits every run.
+// layernorm_backward has two block roles, decided per block (uniform):
+//  - blocks [0, row_blocks): one warp per row (row_blocks = ceil(N / warps per
+//    block)), the two row means by warp butterfly as in the forward, then
+//    dinp += ... for the row.
+//  - blocks [row_blocks, row_blocks + G * ceil(C / blockDim.x)): one thread per
+//    (chunk g, channel c), summing its chunk's rows sequentially in row order
+//    into scratch[g*C + c] (dweight part) and scratch[(G + g)*C + c] (dbias
+//    part). Plain stores: every slot has exactly one writer.
+// layernorm_backward_reduce then has one thread per channel sum the G slots in
+// order g = 0..G-1 and add the totals into dweight and dbias.
+// Neither kernel uses shared memory or __syncthreads, so threads past the end
+// (rows >= N, channels >= C) simply return.
 
 #include <cuda_bf16.h>
 
@@ -115,6 +135,78 @@ __device__ __forceinline__ void residual_forward(T* residual, T* out, float* mea
     normalize_row(out + base, mean, rstd, r, weight, bias, sum, row, C, lane);
 }
 
+// dinp for one row (one warp): dinp += (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd.
+__device__ __forceinline__ void backward_dinp_row(float* dinp, const float* dout, const float* inp,
+                                                  const float* weight, float mu, float rs, int C, int lane) {
+    float dnorm_sum = 0.0f;
+    float dnorm_norm_sum = 0.0f;
+    for (int i = lane; i < C; i += 32) {
+        const float norm = (inp[i] - mu) * rs;
+        const float dnorm = dout[i] * weight[i];
+        dnorm_sum += dnorm;
+        dnorm_norm_sum += dnorm * norm;
+    }
+    const float inv_c = 1.0f / (float)C;
+    const float dnorm_mean = warp_sum(dnorm_sum) * inv_c;
+    const float dnorm_norm_mean = warp_sum(dnorm_norm_sum) * inv_c;
+    for (int i = lane; i < C; i += 32) {
+        const float norm = (inp[i] - mu) * rs;
+        const float dnorm = dout[i] * weight[i];
+        dinp[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+    }
+}
+
+// See the header: role by block, rows_per_chunk = R, chunks = G.
+__device__ __forceinline__ void backward(float* dinp, float* scratch, const float* dout, const float* inp,
+                                         const float* weight, const float* mean, const float* rstd, int N, int C,
+                                         int rows_per_chunk, int chunks) {
+    const int warps_per_block = blockDim.x / 32;
+    const int row_blocks = (N + warps_per_block - 1) / warps_per_block;
+    if ((int)blockIdx.x < row_blocks) {
+        const long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
+        if (row >= N) {
+            return;
+        }
+        const long long base = row * C;
+        backward_dinp_row(dinp + base, dout + base, inp + base, weight, mean[row], rstd[row], C, threadIdx.x % 32);
+        return;
+    }
+    const int channel_blocks = (C + blockDim.x - 1) / blockDim.x;
+    const int b = (int)blockIdx.x - row_blocks;
+    const int g = b / channel_blocks;
+    const int c = (b % channel_blocks) * blockDim.x + threadIdx.x;
+    if (g >= chunks || c >= C) {
+        return;
+    }
+    const long long r0 = (long long)g * rows_per_chunk;
+    const long long r1 = min(r0 + rows_per_chunk, (long long)N);
+    float dw = 0.0f;
+    float db = 0.0f;
+    for (long long r = r0; r < r1; ++r) {
+        const float g_rc = dout[r * C + c];
+        dw += (inp[r * C + c] - mean[r]) * rstd[r] * g_rc;
+        db += g_rc;
+    }
+    scratch[(long long)g * C + c] = dw;
+    scratch[((long long)chunks + g) * C + c] = db;
+}
+
+__device__ __forceinline__ void backward_reduce(float* dweight, float* dbias, const float* scratch, int C,
+                                                int chunks) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) {
+        return;
+    }
+    float dw = 0.0f;
+    float db = 0.0f;
+    for (int g = 0; g < chunks; ++g) {
+        dw += scratch[(long long)g * C + c];
+        db += scratch[((long long)chunks + g) * C + c];
+    }
+    dweight[c] += dw;
+    dbias[c] += db;
+}
+
 }  // namespace layernorm_detail
 
 extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
@@ -139,4 +231,18 @@ extern "C" __global__ void residual_layernorm_forward_bf16(__nv_bfloat16* residu
                                                            const __nv_bfloat16* b, const __nv_bfloat16* weight,
                                                            const __nv_bfloat16* bias, int N, int C) {
     layernorm_detail::residual_forward(residual, out, mean, rstd, a, b, weight, bias, N, C);
+}
+
+// Launch: blockDim.x a multiple of 32 (256), grid = ceil(N / (blockDim.x / 32)) + G * ceil(C / blockDim.x),
+// scratch holds 2 * G * C floats, G = ceil(N / rows_per_chunk).
+extern "C" __global__ void layernorm_backward(float* dinp, float* scratch, const float* dout, const float* inp,
+                                              const float* weight, const float* mean, const float* rstd, int N,
+                                              int C, int rows_per_chunk, int chunks) {
+    layernorm_detail::backward(dinp, scratch, dout, inp, weight, mean, rstd, N, C, rows_per_chunk, chunks);
+}
+
+// Launch after layernorm_backward (same stream): any blockDim.x, grid = ceil(C / blockDim.x).
+extern "C" __global__ void layernorm_backward_reduce(float* dweight, float* dbias, const float* scratch, int C,
+                                                     int chunks) {
+    layernorm_detail::backward_reduce(dweight, dbias, scratch, C, chunks);
 }

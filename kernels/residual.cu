@@ -13,6 +13,11 @@
 //
 // Launch: any blockDim.x (256 is typical), grid = ceil(N / blockDim.x) (capped;
 // the stride loop covers the rest), no shared memory.
+//
+// Backward (f32 only), accumulating as the CPU reference:
+//   dinp1[i] += dout[i],  dinp2[i] += dout[i]
+// Same launch as the forward; one f32 add each, so bit-identical to the CPU.
+// dinp1 and dinp2 must not alias (the Rust wrapper takes two &mut).
 
 #include <cuda_bf16.h>
 
@@ -31,6 +36,15 @@ __device__ __forceinline__ void forward(T* out, const T* a, const T* b, long lon
     }
 }
 
+__device__ __forceinline__ void backward(float* dinp1, float* dinp2, const float* dout, long long N) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        const float g = dout[i];
+        dinp1[i] += g;
+        dinp2[i] += g;
+    }
+}
+
 }  // namespace residual_detail
 
 extern "C" __global__ void residual_forward(float* out, const float* a, const float* b, long long N) {
@@ -40,4 +54,8 @@ extern "C" __global__ void residual_forward(float* out, const float* a, const fl
 extern "C" __global__ void residual_forward_bf16(__nv_bfloat16* out, const __nv_bfloat16* a,
                                                  const __nv_bfloat16* b, long long N) {
     residual_detail::forward(out, a, b, N);
+}
+
+extern "C" __global__ void residual_backward(float* dinp1, float* dinp2, const float* dout, long long N) {
+    residual_detail::backward(dinp1, dinp2, dout, N);
 }

@@ -51,6 +51,7 @@ enum Command {
     Import(cmd::import::ImportCmd),
     Verify(cmd::verify::VerifyCmd),
     Doctor(cmd::doctor::DoctorCmd),
+    Info(cmd::info::InfoCmd),
     Bench(BenchCmd),
 }
 
@@ -373,6 +374,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(c) => cmd::import::run(c),
         Command::Verify(c) => cmd::verify::run(c),
         Command::Doctor(c) => cmd::doctor::run(c),
+        Command::Info(c) => cmd::info::run(c),
         Command::Bench(c) => match c.what {
             BenchWhat::Forward(b) => bench_forward(b),
             BenchWhat::Prepare(b) => bench_prepare(b),

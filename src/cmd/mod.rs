@@ -5,5 +5,6 @@ pub mod doctor;
 pub mod eval;
 pub mod export;
 pub mod import;
+pub mod info;
 pub mod plot;
 pub mod verify;

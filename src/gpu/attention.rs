@@ -1,6 +1,6 @@
-//! Causal multi-head self-attention forward on the GPU, the CUDA counterpart of
+//! Causal multi-head self-attention on the GPU, the CUDA counterpart of
 //! `src/cpu/attention.rs`: permute kernel, cuBLAS batched GEMMs and a causal softmax kernel
-//! (kernels in `kernels/attention.cu`). The correct-first version: it materialises the full
+//! (kernels in `kernels/attention.cu`); the fp32 backward is [`attention_backward`]. The correct-first version: it materialises the full
 //! (B,NH,T,T) attention matrix, which the backward pass needs anyway.
 //!
 //! Scratch layout (elements, each block B*T*C long, laid out (B,NH,T,hs)): `[q | k | v | y]`.
@@ -211,5 +211,221 @@ pub fn attention_decode<T: Float>(
     // int, int) with T as T::kernel picks; the lengths checked above bound every index it
     // touches, and its dynamic shared memory holds n_ctx floats.
     unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("attention_decode")))?;
+    Ok(())
+}
+
+/// Elements of f32 scratch [`attention_backward`] needs: four (B,NH,T,hs) blocks of B*T*C
+/// (`[q | k | v | dy]`, later holding dk, dv, dq in place of k, v, dy) and one (B,NH,T,T)
+/// block for datt / dpreatt.
+pub fn attention_backward_scratch_len(b: usize, t: usize, c: usize, nh: usize) -> usize {
+    4 * b * t * c + b * nh * t * t
+}
+
+/// Causal self-attention backward (fp32), queued on `gpu.stream()`, ACCUMULATING into `dqkv`
+/// like `cpu::attention::attention_backward`: `dqkv (B,T,3C) += d(out)/d(qkv)^T · dout (B,T,C)`,
+/// given the forward's input `qkv (B,T,3C)` and probabilities `att (B,NH,T,T)`.
+///
+/// `scratch` ([`attention_backward_scratch_len`] elements) is overwritten; nothing is kept from
+/// the forward's scratch (q, k, v are permuted again from `qkv`). Its slots (B*T*C each, laid
+/// out (B,NH,T,hs)) and what they hold, in order:
+/// `[q | k, then dk | v, then dv | dy, then dq | datt, then dpreatt (B*NH*T*T)]`.
+/// Each slot is overwritten only after its last reader is queued (same stream, so in order):
+/// v is last read by datt before dv is written; dy by dv before dq; k by dq before dk.
+///
+/// Per (b, h), with the row-major (T,hs) blocks seen by cuBLAS as column-major (hs,T) ld hs and
+/// the (T,T) blocks as column-major (T,T) ld T holding the transpose:
+/// - `datt = dy · v^T`:  `datt^T (T,T) = v · dy^T`: A = v transposed (lda hs), B = dy as is
+///   (ldb hs); m = n = T, k = hs (the forward's q·k^T mapping).
+/// - `dv = att^T · dy`:  `dv^T (hs,T) = dy^T · att`: A = dy as is (lda hs), B = att transposed
+///   (ldb T); m = hs, n = T, k = T.
+/// - `dq = dpreatt · k`: `dq^T (hs,T) = k^T · dpreatt^T`: A = k as is, B = dpreatt as is;
+///   m = hs, n = T, k = T (the forward's att·v mapping).
+/// - `dk = dpreatt^T · q`: `dk^T (hs,T) = q^T · dpreatt`: A = q as is, B = dpreatt transposed;
+///   m = hs, n = T, k = T.
+///
+/// The softmax backward and the permutes are fixed-order kernels (no atomics), so the result is
+/// bit-for-bit reproducible for a given GPU, cuBLAS and shape.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    blas: &Blas,
+    dqkv: &mut impl DevicePtrMut<f32>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<f32>,
+    qkv: &impl DevicePtr<f32>,
+    att: &impl DevicePtr<f32>,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) -> Result<()> {
+    ensure!(nh > 0 && c.is_multiple_of(nh), "attention_backward: C = {c} is not a positive multiple of NH = {nh}");
+    let hs = c / nh;
+    ensure!(hs > 0, "attention_backward: head size must be positive");
+    let btc = b * t * c;
+    ensure!(dqkv.len() >= 3 * btc, "attention_backward: dqkv has {} < 3*B*T*C = {}", dqkv.len(), 3 * btc);
+    ensure!(dout.len() >= btc, "attention_backward: dout has {} < B*T*C = {btc}", dout.len());
+    ensure!(qkv.len() >= 3 * btc, "attention_backward: qkv has {} < 3*B*T*C = {}", qkv.len(), 3 * btc);
+    let att_len = b * nh * t * t;
+    ensure!(att.len() >= att_len, "attention_backward: att has {} < B*NH*T*T = {att_len}", att.len());
+    let need = attention_backward_scratch_len(b, t, c, nh);
+    ensure!(scratch.len() >= need, "attention_backward: scratch has {} < {need}", scratch.len());
+    ensure!(
+        Arc::ptr_eq(blas.stream(), gpu.stream()),
+        "attention_backward: blas was created for a different stream than gpu"
+    );
+    if btc == 0 {
+        return Ok(());
+    }
+    let (bi, ti, nhi, hsi) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(nh, "NH")?, to_i32(hs, "HS")?);
+    to_i32(3 * c, "3C")?;
+
+    let stream = &**gpu.stream();
+    let (dqkv_ptr, _dqkv_guard) = dqkv.device_ptr_mut(stream);
+    let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
+    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
+    let (qkv_ptr, _qkv_guard) = qkv.device_ptr(stream);
+    let (att_ptr, _att_guard) = att.device_ptr(stream);
+    let block = (btc * std::mem::size_of::<f32>()) as u64;
+    let (q_ptr, k_ptr, v_ptr, dy_ptr, datt_ptr) =
+        (scratch_ptr, scratch_ptr + block, scratch_ptr + 2 * block, scratch_ptr + 3 * block, scratch_ptr + 4 * block);
+    // Slots reused once their previous contents are dead (see the doc comment).
+    let (dk_ptr, dv_ptr, dq_ptr) = (k_ptr, v_ptr, dy_ptr);
+    let per_head = t * hs;
+    let batch = b * nh;
+
+    // 1. qkv (B,T,3C) -> q, k, v and dout (B,T,C) -> dy, all (B,NH,T,hs).
+    let permute = gpu.function("attention_backward_permute")?;
+    let mut launch = stream.launch_builder(&permute);
+    launch.arg(&q_ptr).arg(&k_ptr).arg(&v_ptr).arg(&dy_ptr).arg(&qkv_ptr).arg(&dout_ptr);
+    launch.arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
+    // SAFETY: arguments match (float*, float*, float*, float*, const float*, const float*, int,
+    // int, int, int); the kernel writes B*T*C elements of each of the first four scratch slots
+    // (inside scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked). The
+    // guards keep the buffers stream-ordered until the launch is queued.
+    unsafe { launch.launch(grid_for(btc)?) }.context("launching attention_backward_permute")?;
+
+    // 2. datt[bh] (T,T) = dy[bh] · v[bh]^T.
+    let datt_gemm = StridedBatchedGemm {
+        m: t,
+        n: t,
+        k: hs,
+        trans_a: true,
+        trans_b: false,
+        alpha: 1.0,
+        a: v_ptr,
+        lda: hs,
+        stride_a: per_head,
+        b: dy_ptr,
+        ldb: hs,
+        stride_b: per_head,
+        beta: 0.0,
+        c: datt_ptr,
+        ldc: t,
+        stride_c: t * t,
+        batch,
+        dtype: GemmDtype::F32,
+    };
+    // SAFETY: batch i reads the v and dy blocks i (T*hs each, inside scratch) and writes the
+    // datt block i (T*T, inside scratch's last slot), all within the checked scratch length.
+    unsafe { blas.gemm_strided_batched(&datt_gemm) }.context("attention_backward: dy·v^T")?;
+
+    // 3. dv[bh] (T,hs) = att[bh]^T · dy[bh], into v's slot (v's last reader was step 2).
+    let dv_gemm = StridedBatchedGemm {
+        m: hs,
+        n: t,
+        k: t,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        a: dy_ptr,
+        lda: hs,
+        stride_a: per_head,
+        b: att_ptr,
+        ldb: t,
+        stride_b: t * t,
+        beta: 0.0,
+        c: dv_ptr,
+        ldc: hs,
+        stride_c: per_head,
+        batch,
+        dtype: GemmDtype::F32,
+    };
+    // SAFETY: batch i reads the dy block i (scratch) and att block i (B*NH*T*T checked) and
+    // writes the dv block i (scratch); no operand aliases the output.
+    unsafe { blas.gemm_strided_batched(&dv_gemm) }.context("attention_backward: att^T·dy")?;
+
+    // 4. datt -> dpreatt in place (softmax backward, scaled, zero above the diagonal).
+    let rows = (b * nh * t) as i64;
+    let scale = 1.0f32 / (hs as f32).sqrt();
+    let warps_per_block = (SOFTMAX_BLOCK / 32) as usize;
+    let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
+        .context("attention_backward: too many softmax rows for one grid")?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
+    let softmax = gpu.function("attention_softmax_backward")?;
+    let mut launch = stream.launch_builder(&softmax);
+    launch.arg(&datt_ptr).arg(&att_ptr).arg(&rows).arg(&ti).arg(&scale);
+    // SAFETY: arguments match (float*, const float*, long long, int, float); the kernel touches
+    // rows*T = B*NH*T*T elements of datt (scratch) and att (both checked); whole warps per block.
+    unsafe { launch.launch(cfg) }.context("launching attention_softmax_backward")?;
+
+    // 5a. dq[bh] (T,hs) = dpreatt[bh] · k[bh], into dy's slot (dy's last reader was step 3).
+    let dq_gemm = StridedBatchedGemm {
+        m: hs,
+        n: t,
+        k: t,
+        trans_a: false,
+        trans_b: false,
+        alpha: 1.0,
+        a: k_ptr,
+        lda: hs,
+        stride_a: per_head,
+        b: datt_ptr,
+        ldb: t,
+        stride_b: t * t,
+        beta: 0.0,
+        c: dq_ptr,
+        ldc: hs,
+        stride_c: per_head,
+        batch,
+        dtype: GemmDtype::F32,
+    };
+    // SAFETY: batch i reads the k and dpreatt blocks i and writes the dq block i, all inside the
+    // checked scratch; the output slot (dy's) is read by neither operand.
+    unsafe { blas.gemm_strided_batched(&dq_gemm) }.context("attention_backward: dpreatt·k")?;
+
+    // 5b. dk[bh] (T,hs) = dpreatt[bh]^T · q[bh], into k's slot (k's last reader was step 5a).
+    let dk_gemm = StridedBatchedGemm {
+        m: hs,
+        n: t,
+        k: t,
+        trans_a: false,
+        trans_b: true,
+        alpha: 1.0,
+        a: q_ptr,
+        lda: hs,
+        stride_a: per_head,
+        b: datt_ptr,
+        ldb: t,
+        stride_b: t * t,
+        beta: 0.0,
+        c: dk_ptr,
+        ldc: hs,
+        stride_c: per_head,
+        batch,
+        dtype: GemmDtype::F32,
+    };
+    // SAFETY: batch i reads the q and dpreatt blocks i and writes the dk block i, all inside
+    // the checked scratch; the output slot (k's) is read by neither operand.
+    unsafe { blas.gemm_strided_batched(&dk_gemm) }.context("attention_backward: dpreatt^T·q")?;
+
+    // 6. dqkv (B,T,3C) += dq, dk, dv (B,NH,T,hs) in their thirds.
+    let unpermute = gpu.function("attention_backward_unpermute_add")?;
+    let mut launch = stream.launch_builder(&unpermute);
+    launch.arg(&dqkv_ptr).arg(&dq_ptr).arg(&dk_ptr).arg(&dv_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
+    // SAFETY: arguments match (float*, const float*, const float*, const float*, int, int, int,
+    // int); the kernel updates 3*B*T*C elements of dqkv (checked) and reads B*T*C of each of
+    // dq, dk, dv (scratch slots, checked).
+    unsafe { launch.launch(grid_for(3 * btc)?) }.context("launching attention_backward_unpermute_add")?;
     Ok(())
 }

@@ -35,3 +35,38 @@ pub fn gelu_forward<T: Float>(
     unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }
+
+// inp (N), dout (N) -> dinp (N) +=
+/// `dinp[i] += gelu'(inp[i]) * dout[i]` for `i < n` in f32 (the tanh form's derivative, the
+/// formula of `cpu::gelu::gelu_backward`), queued on [`Gpu::stream`]. `inp` is the forward's input.
+/// Buffers may be longer than `n`.
+pub fn gelu_backward(
+    gpu: &Gpu,
+    dinp: &mut impl DevicePtrMut<f32>,
+    inp: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<f32>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "gelu_backward";
+    ensure!(dinp.len() >= n, "{OP}: dinp has {} < N = {n}", dinp.len());
+    ensure!(inp.len() >= n, "{OP}: inp has {} < N = {n}", inp.len());
+    ensure!(dout.len() >= n, "{OP}: dout has {} < N = {n}", dout.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let func = gpu.function(OP)?;
+
+    let stream = &**gpu.stream();
+    let (dinp_ptr, _dinp_guard) = dinp.device_ptr_mut(stream);
+    let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
+    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&dinp_ptr).arg(&inp_ptr).arg(&dout_ptr).arg(&n64);
+    // SAFETY: the argument list matches the kernel signature (float*, const float*, const float*,
+    // long long); the kernel touches indices < N, which the lengths checked above cover. dinp is a
+    // `&mut` borrow, so it aliases neither input. The guards keep the buffers' stream ordering
+    // until after the launch is queued.
+    unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {OP}"))?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ use super::attention;
 use super::blas::Blas;
 use super::classifier::crossentropy_forward;
 use super::device::Gpu;
+use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
 use super::Float;
@@ -78,6 +79,7 @@ pub enum Act {
     Ln2,       // (L,B,T,C)
     Ln2Mean,   // (L,B,T)
     Ln2Rstd,   // (L,B,T)
+    Fch,       // (L,B,T,4C) before GELU: kept for the backward only (empty when not training)
     FchGelu,   // (L,B,T,4C)
     Fcproj,    // (L,B,T,C)
     Residual3, // (L,B,T,C)
@@ -89,7 +91,7 @@ pub enum Act {
     Scratch,   // attention's permuted q, k, v and its output
 }
 
-const ACTS: [Act; 21] = [
+const ACTS: [Act; 22] = [
     Act::Encoded,
     Act::Ln1,
     Act::Ln1Mean,
@@ -102,6 +104,7 @@ const ACTS: [Act; 21] = [
     Act::Ln2,
     Act::Ln2Mean,
     Act::Ln2Rstd,
+    Act::Fch,
     Act::FchGelu,
     Act::Fcproj,
     Act::Residual3,
@@ -133,10 +136,22 @@ pub struct ActLayout {
     entries: Vec<(usize, usize, bool)>,
     /// Bytes of the whole allocation.
     pub total: usize,
+    /// Laid out for training: the pre-GELU activations are kept.
+    pub train: bool,
 }
 
 impl ActLayout {
+    /// The layout for evaluation (no pre-GELU copy).
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
+        Self::build(cfg, b, t, elem, false)
+    }
+
+    /// The layout for training: also the pre-GELU activations the backward needs.
+    pub fn for_training(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
+        Self::build(cfg, b, t, elem, true)
+    }
+
+    fn build(cfg: &ModelConfig, b: usize, t: usize, elem: usize, train: bool) -> Self {
         let (c, nh, bt) = (cfg.channels, cfg.num_heads, b * t);
         let mut entries = Vec::new();
         let mut off = 0;
@@ -150,6 +165,7 @@ impl ActLayout {
                 Act::Qkv => (bt * 3 * c, true),
                 Act::Att => (b * nh * t * t, true),
                 Act::FchGelu => (bt * 4 * c, true),
+                Act::Fch => (if train { bt * 4 * c } else { 0 }, true),
                 Act::Ln1 | Act::Atty | Act::Attproj | Act::Residual2 | Act::Ln2 | Act::Fcproj | Act::Residual3 => {
                     (bt * c, true)
                 }
@@ -159,7 +175,7 @@ impl ActLayout {
             // Keep every tensor 256-byte aligned for cuBLASLt and vector loads.
             off += bytes.div_ceil(256) * 256;
         }
-        ActLayout { b, t, entries, total: off }
+        ActLayout { b, t, entries, total: off, train }
     }
 
     /// Byte offset and element count of `a` (layer `l` for per-layer tensors; ignored otherwise),
@@ -263,17 +279,21 @@ impl<T: Float> GpuModel<T> {
     }
 
     /// Allocates activations and token buffers for batches of (b, t), reusing them when they fit.
-    fn ensure_acts(&mut self, b: usize, t: usize) -> Result<()> {
+    fn ensure_acts(&mut self, b: usize, t: usize, train: bool) -> Result<()> {
         ensure!(
             t >= 1 && t <= self.cfg.max_seq_len && b >= 1,
             "sequence length {t} must be within the model's context {}",
             self.cfg.max_seq_len
         );
-        if self.acts.as_ref().is_some_and(|(l, _)| l.b == b && l.t == t) {
+        if self.acts.as_ref().is_some_and(|(l, _)| l.b == b && l.t == t && l.train == train) {
             return Ok(());
         }
         self.acts = None;
-        let lay = ActLayout::new(&self.cfg, b, t, T::BYTES);
+        let lay = if train {
+            ActLayout::for_training(&self.cfg, b, t, T::BYTES)
+        } else {
+            ActLayout::new(&self.cfg, b, t, T::BYTES)
+        };
         let stream = self.gpu.stream();
         let buf = stream.alloc_zeros::<u8>(lay.total).with_context(|| {
             format!(
@@ -305,9 +325,14 @@ impl<T: Float> GpuModel<T> {
     /// per-position losses.
     // inputs (B,T), targets (B,T) -> logits (B,T,Vp), losses (B,T)
     pub fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
+        self.forward_impl(inputs, targets, b, t, false)
+    }
+
+    /// [`forward`](Self::forward); `train` keeps what the backward needs (the pre-GELU activations).
+    fn forward_impl(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize, train: bool) -> Result<()> {
         ensure!(inputs.len() == b * t, "inputs hold {} tokens, not B*T = {}", inputs.len(), b * t);
         ensure!(targets.is_none_or(|x| x.len() == b * t), "targets must hold B*T = {} tokens", b * t);
-        self.ensure_acts(b, t)?;
+        self.ensure_acts(b, t, train)?;
         self.upload_tokens(inputs, targets)?;
         let (cfg, gpu, blas) = (self.cfg, &self.gpu, &self.blas);
         let (n, c, nh, l_max) = (b * t, cfg.channels, cfg.num_heads, cfg.num_layers);
@@ -356,7 +381,14 @@ impl<T: Float> GpuModel<T> {
             self.mark("layernorm (+residual)")?;
             let mut fch = self.act::<T>(Act::FchGelu, l);
             let (w, bias) = (pl(Param::Fcw, l), pl(Param::Fcb, l));
-            matmul_forward(gpu, blas, &mut fch, &ln2, &w, Some(&bias), n, c, 4 * c, true)?;
+            if train {
+                // Keep the pre-GELU values for the backward: GELU as its own kernel.
+                let mut pre = self.act::<T>(Act::Fch, l);
+                matmul_forward(gpu, blas, &mut pre, &ln2, &w, Some(&bias), n, c, 4 * c, false)?;
+                gelu_forward(gpu, &mut fch, &pre, n * 4 * c)?;
+            } else {
+                matmul_forward(gpu, blas, &mut fch, &ln2, &w, Some(&bias), n, c, 4 * c, true)?;
+            }
             self.mark("matmul fc + gelu")?;
             let mut fcproj = self.act::<T>(Act::Fcproj, l);
             let (w, bias) = (pl(Param::FcProjw, l), pl(Param::FcProjb, l));

@@ -151,3 +151,128 @@ pub fn residual_layernorm_forward<T: Float>(
     unsafe { launch.launch(row_launch(n)) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }
+
+/// Rows each dweight/dbias partial sum covers in [`layernorm_backward`]: at least 32, and enough
+/// that there are at most 512 chunks. A function of N only, so the summation order (and with it
+/// every bit of the result) does not depend on the device.
+fn rows_per_chunk(n: usize) -> usize {
+    n.div_ceil(512).max(32)
+}
+
+/// The number of row chunks (partial sums per channel) for N rows.
+fn chunks(n: usize) -> usize {
+    n.div_ceil(rows_per_chunk(n))
+}
+
+/// f32 elements of the `scratch` buffer [`layernorm_backward`] needs for N rows of C channels:
+/// two partial sums (dweight, dbias) per channel per chunk of rows.
+pub fn layernorm_backward_scratch_len(n: usize, c: usize) -> usize {
+    2 * chunks(n) * c
+}
+
+// dout (N,C), inp (N,C), weight (C), mean (N), rstd (N) -> dinp (N,C) +=, dweight (C) +=, dbias (C) +=
+/// LayerNorm backward in f32, ACCUMULATING into `dinp`, `dweight` and `dbias` as
+/// `cpu::layernorm::layernorm_backward`, queued on [`Gpu::stream`]. `mean` and `rstd` are those the
+/// forward saved. `scratch` holds at least [`layernorm_backward_scratch_len`] elements; its
+/// contents on entry do not matter and are overwritten.
+///
+/// Deterministic: dweight and dbias are summed over a fixed partition of the rows (one partial per
+/// channel per chunk of [`rows_per_chunk`] rows, summed in row order into its own `scratch` slot),
+/// then a second kernel sums the chunks in order and adds the totals. No atomics, so the same
+/// inputs give bit-identical outputs on every run.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    gpu: &Gpu,
+    dinp: &mut impl DevicePtrMut<f32>,
+    dweight: &mut impl DevicePtrMut<f32>,
+    dbias: &mut impl DevicePtrMut<f32>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<f32>,
+    inp: &impl DevicePtr<f32>,
+    weight: &impl DevicePtr<f32>,
+    mean: &impl DevicePtr<f32>,
+    rstd: &impl DevicePtr<f32>,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    const OP: &str = "layernorm_backward";
+    let nc = checked_nc(OP, n, c)?;
+    let scratch_len = layernorm_backward_scratch_len(n, c);
+    let lens = [
+        ("dinp", dinp.len(), nc, "N*C"),
+        ("dweight", dweight.len(), c, "C"),
+        ("dbias", dbias.len(), c, "C"),
+        ("scratch", scratch.len(), scratch_len, "layernorm_backward_scratch_len(N, C)"),
+        ("dout", dout.len(), nc, "N*C"),
+        ("inp", inp.len(), nc, "N*C"),
+        ("weight", weight.len(), c, "C"),
+        ("mean", mean.len(), n, "N"),
+        ("rstd", rstd.len(), n, "N"),
+    ];
+    check_lens(OP, &lens)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
+    let (rows_per_chunk, chunks) = (rows_per_chunk(n), chunks(n));
+    let (rpc, chunks_i) = (to_i32(rows_per_chunk, "rows per chunk")?, to_i32(chunks, "chunks")?);
+    // Row blocks (one warp per row) followed by the partial-sum blocks (one thread per channel per chunk).
+    const THREADS: u32 = 32 * ROWS_PER_BLOCK;
+    let row_blocks = n.div_ceil(ROWS_PER_BLOCK as usize);
+    let channel_blocks = c.div_ceil(THREADS as usize);
+    let blocks = chunks
+        .checked_mul(channel_blocks)
+        .and_then(|p| p.checked_add(row_blocks))
+        .filter(|&b| b <= i32::MAX as usize)
+        .with_context(|| format!("{OP}: N = {n}, C = {c} needs too many blocks"))?;
+    let main_cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let reduce_cfg = LaunchConfig {
+        grid_dim: (c.div_ceil(THREADS as usize) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let func = gpu.function(OP)?;
+    let reduce = gpu.function("layernorm_backward_reduce")?;
+
+    let stream = &**gpu.stream();
+    {
+        let (dinp_ptr, _dinp_guard) = dinp.device_ptr_mut(stream);
+        let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
+        let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
+        let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
+        let (weight_ptr, _weight_guard) = weight.device_ptr(stream);
+        let (mean_ptr, _mean_guard) = mean.device_ptr(stream);
+        let (rstd_ptr, _rstd_guard) = rstd.device_ptr(stream);
+        let mut launch = stream.launch_builder(&func);
+        launch
+            .arg(&dinp_ptr)
+            .arg(&scratch_ptr)
+            .arg(&dout_ptr)
+            .arg(&inp_ptr)
+            .arg(&weight_ptr)
+            .arg(&mean_ptr)
+            .arg(&rstd_ptr)
+            .arg(&ni)
+            .arg(&ci)
+            .arg(&rpc)
+            .arg(&chunks_i);
+        // SAFETY: the argument list matches the kernel signature (float*, float*, const float* x5,
+        // int, int, int, int). The lengths checked above cover every index the kernel touches:
+        // rows < N and channels < C of the (N,C), (N) and (C) buffers, and scratch slots
+        // < 2 * chunks * C = layernorm_backward_scratch_len. dinp and scratch are distinct `&mut`
+        // borrows, so they alias neither each other nor the inputs. The guards keep the buffers'
+        // stream ordering until after the launch is queued.
+        unsafe { launch.launch(main_cfg) }.with_context(|| format!("launching {OP}"))?;
+    }
+    let (dweight_ptr, _dweight_guard) = dweight.device_ptr_mut(stream);
+    let (dbias_ptr, _dbias_guard) = dbias.device_ptr_mut(stream);
+    let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
+    let mut launch = stream.launch_builder(&reduce);
+    launch.arg(&dweight_ptr).arg(&dbias_ptr).arg(&scratch_ptr).arg(&ci).arg(&chunks_i);
+    // SAFETY: the argument list matches (float*, float*, const float*, int, int) (scratch is only
+    // read; borrowed mutably because the wrapper takes it so); channels < C of
+    // dweight and dbias and scratch slots < 2 * chunks * C, all checked above. Queued on the same
+    // stream after the partial sums it reads. dweight and dbias are distinct `&mut` borrows.
+    unsafe { launch.launch(reduce_cfg) }.with_context(|| "launching layernorm_backward_reduce".to_string())?;
+    Ok(())
+}

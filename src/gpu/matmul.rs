@@ -1,5 +1,7 @@
 //! Matmul forward on cuBLASLt: `out = inp @ weight^T (+ bias) (then GELU)`, the CUDA counterpart
-//! of `src/cpu/matmul.rs`, with bias and GELU fused into the GEMM epilogue.
+//! of `src/cpu/matmul.rs`, with bias and GELU fused into the GEMM epilogue; and the fp32
+//! backward ([`matmul_backward`]: two accumulating cuBLASLt GEMMs and a deterministic bias
+//! reduction in `kernels/matmul.cu`).
 //!
 //! Row-major to column-major: a row-major (R, C) matrix is, byte for byte, a column-major (C, R)
 //! matrix with leading dimension C. So cuBLASLt computes the transposed problem
@@ -16,10 +18,10 @@
 use std::sync::Arc;
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::blas::{Blas, Epilogue, GemmDtype, LtGemm};
-use super::device::Gpu;
+use super::device::{to_i32, Gpu};
 use super::Float;
 
 /// `out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC)`, then tanh-GELU when `gelu`, queued on
@@ -90,4 +92,153 @@ pub fn matmul_forward<T: Float>(
     // the work is queued on the same stream `blas` uses.
     unsafe { blas.lt_matmul(&gemm) }
         .with_context(|| format!("matmul_forward<{dtype:?}> N={n} C={c} OC={oc} bias={} gelu={gelu}", bias.is_some()))
+}
+
+/// Rows of `dout` per chunk of the deterministic bias-gradient reduction (see
+/// `kernels/matmul.cu`): each chunk's column sums go to one row of the scratch.
+const BIAS_ROWS_PER_CHUNK: usize = 256;
+/// Threads per block of `matmul_bias_grad_partial`: 32 columns x 8 row lanes (the kernel's
+/// shared array is sized for at most 8 row lanes).
+const BIAS_BLOCK: (u32, u32, u32) = (32, 8, 1);
+/// Threads per block of `matmul_bias_grad_finish`.
+const BIAS_FINISH_BLOCK: u32 = 256;
+
+/// Elements of f32 scratch [`matmul_backward`] needs for the bias gradient of an (N, OC)
+/// `dout`: one row of OC partial column sums per chunk of [`BIAS_ROWS_PER_CHUNK`] rows. Used
+/// only when a `dbias` is given.
+pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
+    n.div_ceil(BIAS_ROWS_PER_CHUNK) * oc
+}
+
+/// Matmul backward (fp32), queued on `gpu.stream()`, ACCUMULATING into every gradient like
+/// `cpu::matmul::matmul_backward`:
+/// - `dinp (N,C) += dout (N,OC) @ weight (OC,C)`
+/// - `dweight (OC,C) += dout^T @ inp (N,C)`
+/// - `dbias (OC) += column sums of dout`, when given (`scratch` then needs
+///   [`matmul_backward_scratch_len`] elements; otherwise it is not touched).
+///
+/// Both GEMMs run on cuBLASLt with beta = 1 (C = D = the gradient buffer, updated in place).
+/// In column-major terms (a row-major (R,K) buffer is a column-major (K,R) matrix, ld K):
+/// - `dinp^T (C,N) = weight^T (C,OC) · dout^T (OC,N)`: A = weight buffer (C,OC) ld C as is,
+///   B = dout buffer (OC,N) ld OC as is, D = dinp (C,N) ld C; m = C, n = N, k = OC.
+/// - `dweight^T (C,OC) = inp^T (C,N) · dout (N,OC)`: A = inp buffer (C,N) ld C as is,
+///   B = dout buffer (OC,N) ld OC transposed, D = dweight (C,OC) ld C; m = C, n = OC, k = N.
+///
+/// The bias gradient is a fixed-order two-pass reduction (no atomics), so the whole backward
+/// is bit-for-bit reproducible for a given GPU, cuBLAS and shape.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward(
+    gpu: &Gpu,
+    blas: &Blas,
+    dinp: &mut impl DevicePtrMut<f32>,
+    dweight: &mut impl DevicePtrMut<f32>,
+    dbias: Option<&mut CudaViewMut<'_, f32>>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<f32>,
+    inp: &impl DevicePtr<f32>,
+    weight: &impl DevicePtr<f32>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    ensure!(dinp.len() >= n * c, "matmul_backward: dinp has {} < N*C = {}", dinp.len(), n * c);
+    ensure!(dweight.len() >= oc * c, "matmul_backward: dweight has {} < OC*C = {}", dweight.len(), oc * c);
+    ensure!(dout.len() >= n * oc, "matmul_backward: dout has {} < N*OC = {}", dout.len(), n * oc);
+    ensure!(inp.len() >= n * c, "matmul_backward: inp has {} < N*C = {}", inp.len(), n * c);
+    ensure!(weight.len() >= oc * c, "matmul_backward: weight has {} < OC*C = {}", weight.len(), oc * c);
+    if let Some(dbias) = dbias.as_ref() {
+        ensure!(dbias.len() >= oc, "matmul_backward: dbias has {} < OC = {oc}", dbias.len());
+        let need = matmul_backward_scratch_len(n, oc);
+        ensure!(scratch.len() >= need, "matmul_backward: scratch has {} < {need}", scratch.len());
+    }
+    ensure!(
+        Arc::ptr_eq(blas.stream(), gpu.stream()),
+        "matmul_backward: blas was created for a different stream than gpu"
+    );
+    // Every gradient is a sum over an empty set: nothing to add.
+    if n == 0 || c == 0 || oc == 0 {
+        return Ok(());
+    }
+
+    let stream = &**gpu.stream();
+    let (dinp_ptr, _dinp_guard) = dinp.device_ptr_mut(stream);
+    let (dw_ptr, _dw_guard) = dweight.device_ptr_mut(stream);
+    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
+    let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
+    let (w_ptr, _w_guard) = weight.device_ptr(stream);
+
+    // dinp^T (C,N) += weight^T (C,OC) · dout^T (OC,N).
+    let dinp_gemm = LtGemm {
+        m: c,
+        n,
+        k: oc,
+        trans_a: false,
+        trans_b: false,
+        a: w_ptr,
+        lda: c,
+        b: dout_ptr,
+        ldb: oc,
+        d: dinp_ptr,
+        ldd: c,
+        bias: 0,
+        epilogue: Epilogue::None,
+        accumulate: true,
+        dtype: GemmDtype::F32,
+    };
+    // SAFETY: weight covers OC*C, dout N*OC, dinp N*C elements (checked above), exactly what the
+    // (C,OC)·(OC,N) -> (C,N) GEMM with these leading dimensions touches; the guards keep them
+    // stream-ordered until the work is queued on the stream `blas` uses.
+    unsafe { blas.lt_matmul(&dinp_gemm) }.with_context(|| format!("matmul_backward dinp N={n} C={c} OC={oc}"))?;
+
+    // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC).
+    let dweight_gemm = LtGemm {
+        m: c,
+        n: oc,
+        k: n,
+        trans_a: false,
+        trans_b: true,
+        a: inp_ptr,
+        lda: c,
+        b: dout_ptr,
+        ldb: oc,
+        d: dw_ptr,
+        ldd: c,
+        bias: 0,
+        epilogue: Epilogue::None,
+        accumulate: true,
+        dtype: GemmDtype::F32,
+    };
+    // SAFETY: inp covers N*C, dout N*OC (read as (OC,N) ld OC, transposed), dweight OC*C
+    // (checked above); guards held as for the first GEMM.
+    unsafe { blas.lt_matmul(&dweight_gemm) }.with_context(|| format!("matmul_backward dweight N={n} C={c} OC={oc}"))?;
+
+    if let Some(dbias) = dbias {
+        let (ni, oci) = (to_i32(n, "N")?, to_i32(oc, "OC")?);
+        let rows = to_i32(BIAS_ROWS_PER_CHUNK, "rows per chunk")?;
+        let chunks = n.div_ceil(BIAS_ROWS_PER_CHUNK);
+        let chunks_i = to_i32(chunks, "bias chunks")?;
+        let grid_x = u32::try_from(oc.div_ceil(32)).context("matmul_backward: OC too large")?;
+        let grid_y = u32::try_from(chunks).ok().filter(|&y| y <= 65_535).context("matmul_backward: N too large")?;
+        let (db_ptr, _db_guard) = dbias.device_ptr_mut(stream);
+        let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
+
+        let partial = gpu.function("matmul_bias_grad_partial")?;
+        let cfg = LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: BIAS_BLOCK, shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(&partial);
+        launch.arg(&scratch_ptr).arg(&dout_ptr).arg(&ni).arg(&oci).arg(&rows);
+        // SAFETY: arguments match (float*, const float*, int, int, int); the kernel reads N*OC
+        // elements of dout and writes chunks*OC = matmul_backward_scratch_len(N, OC) of scratch
+        // (both checked); block (32, 8, 1) as its shared array requires.
+        unsafe { launch.launch(cfg) }.context("launching matmul_bias_grad_partial")?;
+
+        let finish = gpu.function("matmul_bias_grad_finish")?;
+        let blocks = u32::try_from(oc.div_ceil(BIAS_FINISH_BLOCK as usize)).context("matmul_backward: OC too large")?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BIAS_FINISH_BLOCK, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(&finish);
+        launch.arg(&db_ptr).arg(&scratch_ptr).arg(&chunks_i).arg(&oci);
+        // SAFETY: arguments match (float*, const float*, int, int); the kernel reads chunks*OC
+        // elements of scratch and updates OC of dbias (both checked).
+        unsafe { launch.launch(cfg) }.context("launching matmul_bias_grad_finish")?;
+    }
+    Ok(())
 }

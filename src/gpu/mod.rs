@@ -17,11 +17,13 @@ pub mod attention;
 pub mod blas;
 pub mod classifier;
 pub mod device;
+pub mod embedding;
 pub mod gelu;
 pub mod gpt;
 pub mod kernels;
 pub mod layernorm;
 pub mod matmul;
+pub mod optim;
 pub mod residual;
 pub mod sample;
 

@@ -38,3 +38,37 @@ pub fn residual_forward<T: Float>(
     unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }
+
+// dout (N) -> dinp1 (N) +=, dinp2 (N) +=
+/// `dinp1[i] += dout[i]; dinp2[i] += dout[i]` for `i < n` in f32, queued on [`Gpu::stream`];
+/// bit-identical to `cpu::residual::residual_backward`. Buffers may be longer than `n`.
+pub fn residual_backward(
+    gpu: &Gpu,
+    dinp1: &mut impl DevicePtrMut<f32>,
+    dinp2: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<f32>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "residual_backward";
+    ensure!(dinp1.len() >= n, "{OP}: dinp1 has {} < N = {n}", dinp1.len());
+    ensure!(dinp2.len() >= n, "{OP}: dinp2 has {} < N = {n}", dinp2.len());
+    ensure!(dout.len() >= n, "{OP}: dout has {} < N = {n}", dout.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let func = gpu.function(OP)?;
+
+    let stream = &**gpu.stream();
+    let (dinp1_ptr, _dinp1_guard) = dinp1.device_ptr_mut(stream);
+    let (dinp2_ptr, _dinp2_guard) = dinp2.device_ptr_mut(stream);
+    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&dinp1_ptr).arg(&dinp2_ptr).arg(&dout_ptr).arg(&n64);
+    // SAFETY: the argument list matches the kernel signature (float*, float*, const float*, long
+    // long); the kernel touches indices < N, which the lengths checked above cover. dinp1 and dinp2
+    // are distinct `&mut` borrows, so they alias neither each other nor dout. The guards keep the
+    // buffers' stream ordering until after the launch is queued.
+    unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {OP}"))?;
+    Ok(())
+}

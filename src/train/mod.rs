@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod plan;
 pub mod rundir;
 pub mod runlog;
 

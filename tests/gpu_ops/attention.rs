@@ -3,7 +3,9 @@
 
 use super::{gpu_or_skip, SplitMix};
 use genesis::cpu;
-use genesis::gpu::attention::{attention_decode, attention_forward, scratch_len};
+use genesis::gpu::attention::{
+    attention_backward, attention_backward_scratch_len, attention_decode, attention_forward, scratch_len,
+};
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::Float;
@@ -295,4 +297,128 @@ fn attention_decode_matches_cpu_bf16() {
         }
         println!("{what}: max abs err / max |ref| = {:.3e}", max_err / max_ref);
     }
+}
+
+// ---- backward (fp32): dqkv += d(attention)/d(qkv) . dout ----
+//
+// att comes from the CPU forward (f64, rounded to f32 for upload) so the test isolates the
+// backward; the f64 reference backward runs on exactly the uploaded (f32) values. dqkv starts
+// from random values (the backward accumulates), the scratch from NaN (every element must be
+// written before it is read). Errors are relative to max |ref| of each third (dq, dk, dv) of
+// dqkv, with TF32 off.
+
+/// Inputs of one backward case, as uploaded (f32).
+struct AttnBackwardCase {
+    shape: (usize, usize, usize, usize),
+    dout: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    dqkv0: Vec<f32>,
+}
+
+impl AttnBackwardCase {
+    fn new(rng: &mut SplitMix, (b, t, c, nh): (usize, usize, usize, usize)) -> Self {
+        let qkv: Vec<f32> = rng.vec(b * t * 3 * c).into_iter().map(|x| 2.0 * x).collect();
+        let qkv64: Vec<f64> = qkv.iter().map(|&x| f64::from(x)).collect();
+        let mut out = vec![0.0f64; b * t * c];
+        let mut att64 = vec![0.0f64; b * nh * t * t];
+        cpu::attention::attention_forward(&mut out, &mut att64, &qkv64, b, t, c, nh);
+        let att = att64.iter().map(|&x| x as f32).collect();
+        AttnBackwardCase { shape: (b, t, c, nh), dout: rng.vec(b * t * c), qkv, att, dqkv0: rng.vec(b * t * 3 * c) }
+    }
+
+    fn reference(&self) -> Vec<f64> {
+        let (b, t, c, nh) = self.shape;
+        let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let mut dqkv = to64(&self.dqkv0);
+        cpu::attention::attention_backward(
+            &mut dqkv,
+            &to64(&self.dout),
+            &to64(&self.qkv),
+            &to64(&self.att),
+            b,
+            t,
+            c,
+            nh,
+        );
+        dqkv
+    }
+
+    fn run(&self, gpu: &Gpu, blas: &Blas) -> Vec<f32> {
+        let (b, t, c, nh) = self.shape;
+        let stream = gpu.stream();
+        let d_dout = stream.clone_htod(&self.dout).unwrap();
+        let d_qkv = stream.clone_htod(&self.qkv).unwrap();
+        let d_att = stream.clone_htod(&self.att).unwrap();
+        let mut d_dqkv = stream.clone_htod(&self.dqkv0).unwrap();
+        let mut d_scratch = stream.clone_htod(&vec![f32::NAN; attention_backward_scratch_len(b, t, c, nh)]).unwrap();
+        attention_backward(gpu, blas, &mut d_dqkv, &mut d_scratch, &d_dout, &d_qkv, &d_att, b, t, c, nh).unwrap();
+        gpu.synchronize().unwrap();
+        stream.clone_dtoh(&d_dqkv).unwrap()
+    }
+}
+
+/// Splits a (B,T,3C) buffer into its q, k and v thirds (each (B,T,C), flattened).
+fn thirds<F: Copy>(v: &[F], c: usize) -> [Vec<F>; 3] {
+    std::array::from_fn(|part| v.chunks(3 * c).flat_map(|row| row[part * c..(part + 1) * c].iter().copied()).collect())
+}
+
+const BACKWARD_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 1, 64, 4), (2, 17, 64, 4), (1, 33, 24, 3), (3, 7, 18, 3), (2, 64, 768, 12)];
+
+#[test]
+fn attention_backward_matches_cpu_fp32() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = SplitMix(0x6174_7465_6e74_0101);
+    for &shape in BACKWARD_SHAPES {
+        let case = AttnBackwardCase::new(&mut rng, shape);
+        let want = case.reference();
+        let got = case.run(&gpu, &blas);
+        let c = shape.2;
+        let what = format!("attention_backward (B,T,C,NH) = {shape:?}");
+        let errs: Vec<f64> = thirds(&got, c)
+            .iter()
+            .zip(thirds(&want, c).iter())
+            .zip(["dq", "dk", "dv"])
+            .map(|((g, w), name)| rel_error(g, w, &format!("{what} {name}")))
+            .collect();
+        println!("{what}: rel err dq {:.3e}, dk {:.3e}, dv {:.3e}", errs[0], errs[1], errs[2]);
+        for (err, name) in errs.iter().zip(["dq", "dk", "dv"]) {
+            assert!(*err < 1e-5, "{what}: {name} relative error {err:.3e} >= 1e-5");
+        }
+    }
+}
+
+#[test]
+fn attention_backward_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = SplitMix(0x6174_7465_6e74_0102);
+    for &shape in &[(2usize, 64usize, 768usize, 12usize), (3, 7, 18, 3)] {
+        let case = AttnBackwardCase::new(&mut rng, shape);
+        let first = case.run(&gpu, &blas);
+        let second = case.run(&gpu, &blas);
+        let same = first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "attention_backward {shape:?}: two runs differ");
+    }
+}
+
+#[test]
+fn attention_backward_rejects_bad_shapes() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let stream = gpu.stream();
+    let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
+    let qkv = stream.alloc_zeros::<f32>(b * t * 3 * c).unwrap();
+    let dout = stream.alloc_zeros::<f32>(b * t * c).unwrap();
+    let att = stream.alloc_zeros::<f32>(b * nh * t * t).unwrap();
+    let mut dqkv = stream.alloc_zeros::<f32>(b * t * 3 * c).unwrap();
+    let len = attention_backward_scratch_len(b, t, c, nh);
+    let mut short = stream.alloc_zeros::<f32>(len - 1).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut short, &dout, &qkv, &att, b, t, c, nh).is_err());
+    let mut scratch = stream.alloc_zeros::<f32>(len).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5).is_err());
+    let short_att = stream.alloc_zeros::<f32>(b * nh * t * t - 1).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh).is_err());
 }

@@ -1,7 +1,9 @@
-//! CUDA embedding forward vs. an inline CPU reference.
+//! CUDA embedding forward vs. an inline CPU reference; backward vs. `cpu::embedding`.
 
 use super::{gpu_or_skip, SplitMix};
+use genesis::cpu;
 use genesis::gpu::device::{cuda_available, Gpu};
+use genesis::gpu::embedding::embedding_backward;
 use genesis::gpu::kernels;
 use half::bf16;
 
@@ -131,4 +133,146 @@ fn gpu_new_errors_cleanly_without_cuda() {
         let err = Gpu::new(0).err().expect("Gpu::new must fail when CUDA is unavailable");
         assert!(err.to_string().contains("CUDA unavailable"), "{err}");
     }
+}
+
+/// One embedding backward problem: token ids (many repeated, plus 0 and Vp - 1), dout, and the
+/// gradients pre-filled with random values. `dwte` is exactly Vp*C (its length defines Vp) but lives
+/// in a device buffer [`BW_TAIL`] longer; `dwpe` has `max_t` > T rows plus a tail. Everything past
+/// what the op may touch must come back unchanged.
+struct BackwardCase {
+    b: usize,
+    t: usize,
+    c: usize,
+    vp: usize,
+    inputs: Vec<u32>,
+    dout: Vec<f32>,
+    dwte: Vec<f32>,
+    dwpe: Vec<f32>,
+}
+
+const BW_TAIL: usize = 5;
+
+impl BackwardCase {
+    fn new(rng: &mut SplitMix, b: usize, t: usize, c: usize, vp: usize) -> BackwardCase {
+        let mut inputs: Vec<u32> = (0..b * t)
+            .map(|_| {
+                let r = rng.next_u64();
+                // Half the ids from a handful of hot tokens, so rows repeat a lot.
+                if r & 1 == 0 {
+                    ((r >> 8) % 7.min(vp as u64)) as u32
+                } else {
+                    ((r >> 8) % vp as u64) as u32
+                }
+            })
+            .collect();
+        inputs[0] = (vp - 1) as u32;
+        if b * t > 2 {
+            inputs[b * t - 1] = 0;
+            inputs[b * t / 2] = (vp - 1) as u32;
+        }
+        let max_t = t + 3;
+        BackwardCase {
+            b,
+            t,
+            c,
+            vp,
+            inputs,
+            dout: rng.vec(b * t * c),
+            dwte: rng.vec(vp * c + BW_TAIL),
+            dwpe: rng.vec(max_t * c + BW_TAIL),
+        }
+    }
+
+    /// `cpu::embedding::embedding_backward` in f32: the GPU adds in the same order, so the result
+    /// is the same bit for bit. Returns full buffers (tails unchanged).
+    fn reference(&self) -> (Vec<f32>, Vec<f32>) {
+        let (mut dwte, mut dwpe) = (self.dwte.clone(), self.dwpe.clone());
+        let n = self.vp * self.c;
+        cpu::embedding::embedding_backward(&mut dwte[..n], &mut dwpe, &self.dout, &self.inputs, self.b, self.t, self.c);
+        (dwte, dwpe)
+    }
+
+    fn run(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
+        let stream = gpu.stream();
+        let d_dout = stream.clone_htod(&self.dout).unwrap();
+        let mut d_dwte = stream.clone_htod(&self.dwte).unwrap();
+        let mut d_dwpe = stream.clone_htod(&self.dwpe).unwrap();
+        let n = self.vp * self.c;
+        embedding_backward(
+            gpu,
+            &mut d_dwte.slice_mut(0..n),
+            &mut d_dwpe,
+            &d_dout,
+            &self.inputs,
+            self.b,
+            self.t,
+            self.c,
+        )
+        .unwrap();
+        gpu.synchronize().unwrap();
+        (stream.clone_dtoh(&d_dwte).unwrap(), stream.clone_dtoh(&d_dwpe).unwrap())
+    }
+}
+
+/// (B, T, C, Vp): a single row, odd C with few tokens (heavy repetition), GPT-2 small.
+const BACKWARD_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 1, 1, 3), (1, 1, 768, 50304), (3, 17, 37, 11), (2, 33, 100, 1), (4, 64, 768, 50304)];
+
+fn assert_bits(what: &str, got: &[f32], want: &[f32], len: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        let place = if i < len { "" } else { " (outside the gradient: written past it)" };
+        assert_eq!(g.to_bits(), e.to_bits(), "{what}: mismatch at {i}{place}: gpu {g} vs cpu {e}");
+    }
+}
+
+#[test]
+fn embedding_backward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x656d_6262_6163_6b01);
+    for &(b, t, c, vp) in BACKWARD_SHAPES {
+        let case = BackwardCase::new(&mut rng, b, t, c, vp);
+        let (want_dwte, want_dwpe) = case.reference();
+        let (dwte, dwpe) = case.run(&gpu);
+        let shape = format!("B={b} T={t} C={c} Vp={vp}");
+        assert_bits(&format!("dwte ({shape})"), &dwte, &want_dwte, vp * c);
+        assert_bits(&format!("dwpe ({shape})"), &dwpe, &want_dwpe, t * c);
+        println!("embedding_backward {shape}: bit-identical to the CPU");
+    }
+}
+
+#[test]
+fn embedding_backward_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x656d_6264_6574_0002);
+    let case = BackwardCase::new(&mut rng, 4, 64, 768, 50304);
+    let first = case.run(&gpu);
+    for run in 1..3 {
+        let again = case.run(&gpu);
+        assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
+        assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
+    }
+    println!("embedding_backward: three runs bit-identical");
+}
+
+#[test]
+fn embedding_backward_rejects_bad_tokens() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let (b, t, c, vp) = (1usize, 4usize, 8usize, 10usize);
+    let stream = gpu.stream();
+    let d_dout = stream.clone_htod(&vec![1.0f32; b * t * c]).unwrap();
+    let mut d_dwte = stream.alloc_zeros::<f32>(vp * c).unwrap();
+    let mut d_dwpe = stream.alloc_zeros::<f32>(t * c).unwrap();
+    let err = embedding_backward(&gpu, &mut d_dwte, &mut d_dwpe, &d_dout, &[1, 2, 10, 3], b, t, c)
+        .expect_err("token 10 >= Vp must be rejected");
+    assert!(err.to_string().contains("not below Vp"), "{err}");
+    let err = embedding_backward(&gpu, &mut d_dwte, &mut d_dwpe, &d_dout, &[1, 2, 3], b, t, c)
+        .expect_err("too few token ids must be rejected");
+    assert!(err.to_string().contains("inputs"), "{err}");
 }

@@ -1,9 +1,9 @@
-//! CUDA GELU forward vs. `cpu::gelu` run in f64.
+//! CUDA GELU forward and backward vs. `cpu::gelu` run in f64.
 
 use super::{gpu_or_skip, SplitMix};
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
-use genesis::gpu::gelu::gelu_forward;
+use genesis::gpu::gelu::{gelu_backward, gelu_forward};
 use genesis::gpu::Float;
 use half::bf16;
 
@@ -116,3 +116,66 @@ fn gelu_forward_bf16_matches_cpu() {
 
 /// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
 const BF16_U: f64 = 1.0 / 256.0;
+
+/// GELU backward on the GPU: `dinp` (`dinp0` plus a tail) accumulated; returns it with its tail.
+fn run_gelu_backward(gpu: &Gpu, x: &[f32], dout: &[f32], dinp0: &[f32]) -> Vec<f32> {
+    let stream = gpu.stream();
+    let d_inp = stream.clone_htod(x).unwrap();
+    let d_dout = stream.clone_htod(dout).unwrap();
+    let mut d_dinp = stream.clone_htod(dinp0).unwrap();
+    gelu_backward(gpu, &mut d_dinp, &d_inp, &d_dout, x.len()).unwrap();
+    gpu.synchronize().unwrap();
+    stream.clone_dtoh(&d_dinp).unwrap()
+}
+
+/// `cpu::gelu::gelu_backward` in f64 on the same values (without the tail).
+fn backward_reference(x: &[f32], dout: &[f32], dinp0: &[f32]) -> Vec<f64> {
+    let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+    let mut dinp = to64(&dinp0[..x.len()]);
+    cpu::gelu::gelu_backward(&mut dinp, &to64(x), &to64(dout));
+    dinp
+}
+
+/// Backward vs. the f64 CPU, gradients pre-filled with random values (accumulation) and a tail
+/// that must stay bit for bit; fixed points (far tails, the kink, tiny inputs) first.
+#[test]
+fn gelu_backward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6765_6c75_6261_636b);
+    let fixed = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
+    for n in [fixed.len(), 1, 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
+        let x: Vec<f32> =
+            if n == fixed.len() { fixed.to_vec() } else { (0..n).map(|_| 5.0 * rng.next_f32()).collect() };
+        let dout = rng.vec(n);
+        let dinp0 = rng.vec(n + TAIL);
+        let want = backward_reference(&x, &dout, &dinp0);
+        let got = run_gelu_backward(&gpu, &x, &dout, &dinp0);
+        for i in n..n + TAIL {
+            assert_eq!(got[i].to_bits(), dinp0[i].to_bits(), "N={n}: written past the end (at {i})");
+        }
+        let got = &got[..n];
+        if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+            panic!("N={n}: element {i} is {}, expected {}", got[i], want[i]);
+        }
+        // The scale is that of the two terms added (the pre-filled value and gelu'(x) * dout), not of
+        // their sum, which can cancel (N = 1 has a single element).
+        let scale = want.iter().zip(&dinp0).fold(0.0f64, |m, (&w, &d)| m.max(d.abs() as f64 + (w - d as f64).abs()));
+        let (worst, max_err) = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .enumerate()
+            .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+        assert!(
+            max_err <= 1e-5 * scale,
+            "N={n}: max abs error {max_err:e} at {worst} (x = {}, dout = {}, gpu {} vs ref {}) exceeds 1e-5 * {scale}",
+            x[worst],
+            dout[worst],
+            got[worst],
+            want[worst]
+        );
+        println!("gelu_backward N={n}: max abs err {max_err:.1e} (scale {scale:.2})");
+    }
+}

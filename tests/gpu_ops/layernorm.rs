@@ -1,10 +1,13 @@
-//! CUDA LayerNorm forward (plain and with the fused residual add) vs. `cpu::layernorm` run in f64.
+//! CUDA LayerNorm forward (plain and with the fused residual add) and backward vs.
+//! `cpu::layernorm` run in f64.
 
 use super::{gpu_or_skip, SplitMix};
 use cudarc::driver::CudaSlice;
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
-use genesis::gpu::layernorm::{layernorm_forward, residual_layernorm_forward};
+use genesis::gpu::layernorm::{
+    layernorm_backward, layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_forward,
+};
 use genesis::gpu::Float;
 use half::bf16;
 
@@ -307,4 +310,235 @@ fn residual_layernorm_forward_bf16_matches_cpu() {
              rel err mean {e_mean:.1e}, rstd {e_rstd:.1e}"
         );
     }
+}
+
+/// (N, C) for the backward: single row, odd C, GPT-2 widths, C = 1, N not a multiple of the 32-row
+/// chunks, and N large enough (> 16384) that the chunks grow past 32 rows.
+const BACKWARD_SHAPES: &[(usize, usize)] =
+    &[(1, 768), (1, 1), (7, 37), (64, 768), (33, 1024), (3, 1), (130, 96), (515, 37), (4096, 768), (20001, 3)];
+
+/// Everything one LayerNorm backward reads and the gradients it accumulates into, on the host.
+/// `mean` and `rstd` are the f64 forward's rounded to f32, so the GPU and the f64 reference use
+/// the same statistics. The gradients come pre-filled with random values (the kernels must add to
+/// them) and [`TAIL`] extra random elements (which must stay as they are).
+struct BackwardCase {
+    n: usize,
+    c: usize,
+    dout: Vec<f32>,
+    inp: Vec<f32>,
+    weight: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    dinp: Vec<f32>,
+    dweight: Vec<f32>,
+    dbias: Vec<f32>,
+}
+
+impl BackwardCase {
+    fn new(rng: &mut SplitMix, n: usize, c: usize) -> BackwardCase {
+        let (inp, weight, bias) = inputs(rng, n, c);
+        let (_, mean, rstd) = reference(&inp, &weight, &bias, n, c);
+        BackwardCase {
+            n,
+            c,
+            dout: rng.vec(n * c),
+            inp,
+            weight,
+            mean: mean.iter().map(|&v| v as f32).collect(),
+            rstd: rstd.iter().map(|&v| v as f32).collect(),
+            dinp: rng.vec(n * c + TAIL),
+            dweight: rng.vec(c + TAIL),
+            dbias: rng.vec(c + TAIL),
+        }
+    }
+
+    /// `cpu::layernorm::layernorm_backward` in f64 on the same values: (dinp, dweight, dbias)
+    /// without their tails.
+    fn reference(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (n, c) = (self.n, self.c);
+        let mut dinp = to_f64(&self.dinp[..n * c]);
+        let mut dweight = to_f64(&self.dweight[..c]);
+        let mut dbias = to_f64(&self.dbias[..c]);
+        cpu::layernorm::layernorm_backward(
+            &mut dinp,
+            &mut dweight,
+            &mut dbias,
+            &to_f64(&self.dout),
+            &to_f64(&self.inp),
+            &to_f64(&self.weight),
+            &to_f64(&self.mean),
+            &to_f64(&self.rstd),
+            n,
+            c,
+        );
+        (dinp, dweight, dbias)
+    }
+
+    /// Runs the GPU backward once (scratch poisoned with NaN, so an unwritten slot shows) and
+    /// returns (dinp, dweight, dbias) with their tails, after checking the scratch tail is untouched.
+    fn run(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (n, c) = (self.n, self.c);
+        let stream = gpu.stream();
+        let d_dout = stream.clone_htod(&self.dout).unwrap();
+        let d_inp = stream.clone_htod(&self.inp).unwrap();
+        let d_weight = stream.clone_htod(&self.weight).unwrap();
+        let d_mean = stream.clone_htod(&self.mean).unwrap();
+        let d_rstd = stream.clone_htod(&self.rstd).unwrap();
+        let mut d_dinp = stream.clone_htod(&self.dinp).unwrap();
+        let mut d_dweight = stream.clone_htod(&self.dweight).unwrap();
+        let mut d_dbias = stream.clone_htod(&self.dbias).unwrap();
+        let scratch_len = layernorm_backward_scratch_len(n, c);
+        let mut d_scratch = poisoned::<f32>(gpu, scratch_len);
+        layernorm_backward(
+            gpu,
+            &mut d_dinp,
+            &mut d_dweight,
+            &mut d_dbias,
+            &mut d_scratch,
+            &d_dout,
+            &d_inp,
+            &d_weight,
+            &d_mean,
+            &d_rstd,
+            n,
+            c,
+        )
+        .unwrap();
+        gpu.synchronize().unwrap();
+        download(gpu, "scratch", &d_scratch, scratch_len);
+        (
+            stream.clone_dtoh(&d_dinp).unwrap(),
+            stream.clone_dtoh(&d_dweight).unwrap(),
+            stream.clone_dtoh(&d_dbias).unwrap(),
+        )
+    }
+}
+
+/// Splits a gradient downloaded with its tail into the first `len` values, after checking the
+/// tail still holds the pre-filled values bit for bit.
+fn untouched_tail<'a>(what: &str, got: &'a [f32], prefill: &[f32], len: usize) -> &'a [f32] {
+    for i in len..got.len() {
+        assert_eq!(got[i].to_bits(), prefill[i].to_bits(), "{what}: written past its first {len} elements (at {i})");
+    }
+    &got[..len]
+}
+
+/// GPU backward vs. the f64 CPU backward. dinp rows are reduced over C in a different order than
+/// the CPU; dweight and dbias over N rows (chunked), so their tolerance grows by a few ulps *
+/// sqrt(N) when that exceeds TOL.
+#[test]
+fn layernorm_backward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6c6e_6261_636b_0001);
+    for &(n, c) in BACKWARD_SHAPES {
+        let case = BackwardCase::new(&mut rng, n, c);
+        let (want_dinp, want_dweight, want_dbias) = case.reference();
+        let (dinp, dweight, dbias) = case.run(&gpu);
+
+        let shape = format!("N={n} C={c}");
+        let dinp = untouched_tail("dinp", &dinp, &case.dinp, n * c);
+        let dweight = untouched_tail("dweight", &dweight, &case.dweight, c);
+        let dbias = untouched_tail("dbias", &dbias, &case.dbias, c);
+        let e_dinp = assert_close(&format!("dinp ({shape})"), dinp, &want_dinp);
+        let reduction_tol = TOL.max(4.0 * f32::EPSILON as f64 * (n as f64).sqrt());
+        let floor = |x: &[f32]| x[..c].iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+        let e_dweight = assert_close_tol(
+            &format!("dweight ({shape})"),
+            dweight,
+            &want_dweight,
+            reduction_tol,
+            floor(&case.dweight),
+        );
+        let e_dbias =
+            assert_close_tol(&format!("dbias ({shape})"), dbias, &want_dbias, reduction_tol, floor(&case.dbias));
+        println!(
+            "layernorm_backward {shape}: rel err dinp {e_dinp:.1e}, dweight {e_dweight:.1e}, dbias {e_dbias:.1e} \
+             (reduction tol {reduction_tol:.1e})"
+        );
+    }
+}
+
+/// As [`assert_close`] with tolerance `tol` relative to max(max |want|, `floor`); returns the error
+/// relative to that. `floor` is the largest pre-filled value: with few channels (C = 1) the sum can
+/// cancel to near zero while the rounding errors scale with the terms added.
+fn assert_close_tol(what: &str, got: &[f32], want: &[f64], tol: f64, floor: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{what}: element {i} is {} (unwritten?), expected {}", got[i], want[i]);
+    }
+    let max_ref = want.iter().fold(floor, |m, w| m.max(w.abs()));
+    let (worst, max_err) = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .enumerate()
+        .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+    assert!(
+        max_err <= tol * max_ref,
+        "{what}: max abs error {max_err:e} at {worst} (gpu {} vs ref {}) exceeds {tol:e} * max |ref| {max_ref}",
+        got[worst],
+        want[worst]
+    );
+    if max_ref > 0.0 {
+        max_err / max_ref
+    } else {
+        0.0
+    }
+}
+
+/// Same inputs, same bits: the dweight/dbias reductions use a fixed partition and order, no
+/// atomics.
+#[test]
+fn layernorm_backward_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6c6e_6465_7465_726d);
+    for &(n, c) in &[(4096usize, 768usize), (20001, 3), (515, 37)] {
+        let case = BackwardCase::new(&mut rng, n, c);
+        let first = case.run(&gpu);
+        for run in 1..3 {
+            let again = case.run(&gpu);
+            for (what, a, b) in
+                [("dinp", &first.0, &again.0), ("dweight", &first.1, &again.1), ("dbias", &first.2, &again.2)]
+            {
+                for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+                    assert_eq!(x.to_bits(), y.to_bits(), "{what} (N={n} C={c}) run {run} differs at {i}: {x} vs {y}");
+                }
+            }
+        }
+        println!("layernorm_backward N={n} C={c}: three runs bit-identical");
+    }
+}
+
+#[test]
+fn layernorm_backward_rejects_short_scratch() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let (n, c) = (100, 48);
+    let stream = gpu.stream();
+    let d_nc = stream.clone_htod(&vec![1.0f32; n * c]).unwrap();
+    let d_c = stream.clone_htod(&vec![1.0f32; c]).unwrap();
+    let d_n = stream.clone_htod(&vec![1.0f32; n]).unwrap();
+    let (mut d_dinp, mut d_dweight, mut d_dbias) = (poisoned(&gpu, n * c), poisoned(&gpu, c), poisoned(&gpu, c));
+    let mut d_scratch = stream.alloc_zeros::<f32>(layernorm_backward_scratch_len(n, c) - 1).unwrap();
+    let err = layernorm_backward(
+        &gpu,
+        &mut d_dinp,
+        &mut d_dweight,
+        &mut d_dbias,
+        &mut d_scratch,
+        &d_nc,
+        &d_nc,
+        &d_c,
+        &d_n,
+        &d_n,
+        n,
+        c,
+    )
+    .expect_err("a short scratch must be rejected");
+    assert!(err.to_string().contains("scratch"), "{err}");
 }

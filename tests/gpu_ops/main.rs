@@ -11,6 +11,7 @@ mod gelu;
 mod gpt;
 mod layernorm;
 mod matmul;
+mod optim;
 mod residual;
 mod sample;
 

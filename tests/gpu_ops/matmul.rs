@@ -5,7 +5,7 @@ use super::{gpu_or_skip, SplitMix};
 use genesis::cpu;
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
-use genesis::gpu::matmul::matmul_forward;
+use genesis::gpu::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
 use half::bf16;
 
 /// Reference `inp @ weight^T + bias`, then tanh-GELU, in f64.
@@ -307,4 +307,254 @@ fn matmul_forward_bf16_rejects_short_buffers() {
     let weight = stream.alloc_zeros::<bf16>(8 * 8).unwrap();
     let mut out = stream.alloc_zeros::<bf16>(4 * 8 - 1).unwrap();
     assert!(matmul_forward(&gpu, &blas, &mut out, &inp, &weight, None, 4, 8, 8, false).is_err());
+}
+
+// ---- backward (fp32): dinp += dout @ weight, dweight += dout^T @ inp, dbias += colsum(dout) ----
+//
+// Every gradient buffer starts from random values (the backward accumulates), the reference is
+// `cpu::matmul::matmul_backward` in f64 on the same prefilled values, and the error is measured
+// relative to max |ref| per gradient, with TF32 off.
+
+/// Tolerance for an fp32 GEMM with inner dimension `k`, relative to max |ref|. Sequential fp32
+/// accumulation of k products gives a random-walk error of about 2^-24 k / sqrt(6) times the
+/// products' spread against a result spread of sqrt(k) times it, i.e. relative ~1e-7 sqrt(k)
+/// (times ~3 for the max over many elements vs. the max of the reference): below 1e-5 up to
+/// k ~ 4096, ~2e-5 at k = 50304 (the classifier's dinp). Hence 1e-5, or 1e-7 sqrt(k) if larger.
+fn backward_tol(k: usize) -> f64 {
+    (1e-7 * (k as f64).sqrt()).max(1e-5)
+}
+
+struct BackwardRun {
+    dinp: Vec<f32>,
+    dweight: Vec<f32>,
+    dbias: Option<Vec<f32>>,
+}
+
+/// Random inputs and prefilled gradients for one (N, C, OC) case.
+struct BackwardCase {
+    n: usize,
+    c: usize,
+    oc: usize,
+    dout: Vec<f32>,
+    inp: Vec<f32>,
+    weight: Vec<f32>,
+    dinp0: Vec<f32>,
+    dweight0: Vec<f32>,
+    dbias0: Vec<f32>,
+}
+
+impl BackwardCase {
+    fn new(rng: &mut SplitMix, n: usize, c: usize, oc: usize) -> Self {
+        BackwardCase {
+            n,
+            c,
+            oc,
+            dout: rng.vec(n * oc),
+            inp: rng.vec(n * c),
+            weight: rng.vec(oc * c),
+            dinp0: rng.vec(n * c),
+            dweight0: rng.vec(oc * c),
+            dbias0: rng.vec(oc),
+        }
+    }
+
+    /// f64 reference: the prefilled gradients plus the CPU backward.
+    fn reference(&self, with_bias: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let to64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let (mut dinp, mut dweight, mut dbias) = (to64(&self.dinp0), to64(&self.dweight0), to64(&self.dbias0));
+        cpu::matmul::matmul_backward(
+            &mut dinp,
+            &mut dweight,
+            with_bias.then_some(dbias.as_mut_slice()),
+            &to64(&self.dout),
+            &to64(&self.inp),
+            &to64(&self.weight),
+            self.n,
+            self.c,
+            self.oc,
+        );
+        (dinp, dweight, dbias)
+    }
+
+    /// Runs `matmul_backward` on the GPU from the prefilled gradients. dbias is a view into a
+    /// buffer with a sentinel element on each side (checked untouched); the scratch starts NaN.
+    fn run(&self, gpu: &Gpu, blas: &Blas, with_bias: bool) -> BackwardRun {
+        let (n, c, oc) = (self.n, self.c, self.oc);
+        let stream = gpu.stream();
+        let d_dout = stream.clone_htod(&self.dout).unwrap();
+        let d_inp = stream.clone_htod(&self.inp).unwrap();
+        let d_weight = stream.clone_htod(&self.weight).unwrap();
+        let mut d_dinp = stream.clone_htod(&self.dinp0).unwrap();
+        let mut d_dweight = stream.clone_htod(&self.dweight0).unwrap();
+        let mut padded = vec![f32::NAN; oc + 2];
+        padded[1..=oc].copy_from_slice(&self.dbias0);
+        let mut d_dbias = stream.clone_htod(&padded).unwrap();
+        let mut d_scratch = stream.clone_htod(&vec![f32::NAN; matmul_backward_scratch_len(n, oc).max(1)]).unwrap();
+        {
+            let mut dbias_view = d_dbias.slice_mut(1..=oc);
+            let dbias_arg = if with_bias { Some(&mut dbias_view) } else { None };
+            matmul_backward(
+                gpu,
+                blas,
+                &mut d_dinp,
+                &mut d_dweight,
+                dbias_arg,
+                &mut d_scratch,
+                &d_dout,
+                &d_inp,
+                &d_weight,
+                n,
+                c,
+                oc,
+            )
+            .unwrap();
+        }
+        gpu.synchronize().unwrap();
+        let dbias_all = stream.clone_dtoh(&d_dbias).unwrap();
+        assert!(dbias_all[0].is_nan() && dbias_all[oc + 1].is_nan(), "matmul_backward wrote outside dbias's view");
+        let dbias = dbias_all[1..=oc].to_vec();
+        if !with_bias {
+            assert_eq!(dbias, self.dbias0, "matmul_backward without dbias changed the bias buffer");
+        }
+        BackwardRun {
+            dinp: stream.clone_dtoh(&d_dinp).unwrap(),
+            dweight: stream.clone_dtoh(&d_dweight).unwrap(),
+            dbias: with_bias.then_some(dbias),
+        }
+    }
+}
+
+fn check_backward(
+    gpu: &Gpu,
+    blas: &Blas,
+    rng: &mut SplitMix,
+    (n, c, oc): (usize, usize, usize),
+    with_bias: bool,
+    tf32_tol: Option<f64>,
+) {
+    let case = BackwardCase::new(rng, n, c, oc);
+    let (want_dinp, want_dweight, want_dbias) = case.reference(with_bias);
+    let got = case.run(gpu, blas, with_bias);
+    let what = format!("matmul_backward N={n} C={c} OC={oc} bias={with_bias} tf32={}", blas.allow_tf32());
+    // dinp's GEMM sums over OC, dweight's and dbias's over N.
+    let (tol_dinp, tol_dw) = match tf32_tol {
+        Some(t) => (t, t),
+        None => (backward_tol(oc), backward_tol(n)),
+    };
+    let err_dinp = rel_error(&got.dinp, &want_dinp, &format!("{what} dinp"));
+    let err_dw = rel_error(&got.dweight, &want_dweight, &format!("{what} dweight"));
+    let err_db = got.dbias.as_ref().map(|db| rel_error(db, &want_dbias, &format!("{what} dbias")));
+    let db_text = err_db.map_or_else(|| "-".to_string(), |e| format!("{e:.3e}"));
+    println!("{what}: rel err dinp {err_dinp:.3e}, dweight {err_dw:.3e}, dbias {db_text}");
+    assert!(err_dinp < tol_dinp, "{what}: dinp relative error {err_dinp:.3e} >= {tol_dinp:.1e}");
+    assert!(err_dw < tol_dw, "{what}: dweight relative error {err_dw:.3e} >= {tol_dw:.1e}");
+    if let Some(err_db) = err_db {
+        assert!(err_db < tol_dw, "{what}: dbias relative error {err_db:.3e} >= {tol_dw:.1e}");
+    }
+}
+
+/// N > 256 exercises several chunks of the bias reduction, including a partial last one.
+const BACKWARD_SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (1, 64, 64),
+    (1, 37, 13),
+    (3, 5, 7),
+    (7, 33, 65),
+    (51, 13, 100),
+    (300, 24, 40),
+    (600, 17, 33),
+    (64, 768, 3072),
+    (17, 3072, 768),
+    (4, 768, 50304),
+];
+
+#[test]
+fn matmul_backward_matches_cpu_fp32() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = SplitMix(0x6d61_746d_756c_0101);
+    for &shape in BACKWARD_SHAPES {
+        check_backward(&gpu, &blas, &mut rng, shape, true, None);
+    }
+    for &shape in &[(3usize, 5usize, 7usize), (51, 13, 100), (64, 768, 3072)] {
+        check_backward(&gpu, &blas, &mut rng, shape, false, None);
+    }
+}
+
+#[test]
+fn matmul_backward_tf32_is_close() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, true).expect("Blas::new");
+    let mut rng = SplitMix(0x6d61_746d_756c_0102);
+    for &shape in &[(51usize, 768usize, 2304usize), (3, 37, 13), (64, 768, 3072)] {
+        check_backward(&gpu, &blas, &mut rng, shape, true, Some(TF32_TOL));
+    }
+}
+
+#[test]
+fn matmul_backward_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = SplitMix(0x6d61_746d_756c_0103);
+    for &(n, c, oc) in &[(64usize, 768usize, 3072usize), (600, 17, 33), (4, 768, 50304)] {
+        let case = BackwardCase::new(&mut rng, n, c, oc);
+        let first = case.run(&gpu, &blas, true);
+        let second = case.run(&gpu, &blas, true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let what = format!("matmul_backward N={n} C={c} OC={oc}");
+        assert!(bits(&first.dinp) == bits(&second.dinp), "{what}: dinp differs between two runs");
+        assert!(bits(&first.dweight) == bits(&second.dweight), "{what}: dweight differs between two runs");
+        assert!(
+            bits(first.dbias.as_deref().unwrap()) == bits(second.dbias.as_deref().unwrap()),
+            "{what}: dbias differs between two runs"
+        );
+    }
+}
+
+#[test]
+fn matmul_backward_rejects_short_buffers() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let stream = gpu.stream();
+    let (n, c, oc) = (300usize, 8usize, 8usize);
+    let inp = stream.alloc_zeros::<f32>(n * c).unwrap();
+    let weight = stream.alloc_zeros::<f32>(oc * c).unwrap();
+    let dout = stream.alloc_zeros::<f32>(n * oc).unwrap();
+    let mut dweight = stream.alloc_zeros::<f32>(oc * c).unwrap();
+    let mut dbias = stream.alloc_zeros::<f32>(oc).unwrap();
+    let mut scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc)).unwrap();
+    let mut short_dinp = stream.alloc_zeros::<f32>(n * c - 1).unwrap();
+    assert!(matmul_backward(
+        &gpu,
+        &blas,
+        &mut short_dinp,
+        &mut dweight,
+        None,
+        &mut scratch,
+        &dout,
+        &inp,
+        &weight,
+        n,
+        c,
+        oc
+    )
+    .is_err());
+    let mut dinp = stream.alloc_zeros::<f32>(n * c).unwrap();
+    let mut short_scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc) - 1).unwrap();
+    let mut dbias_view = dbias.slice_mut(..);
+    assert!(matmul_backward(
+        &gpu,
+        &blas,
+        &mut dinp,
+        &mut dweight,
+        Some(&mut dbias_view),
+        &mut short_scratch,
+        &dout,
+        &inp,
+        &weight,
+        n,
+        c,
+        oc
+    )
+    .is_err());
 }

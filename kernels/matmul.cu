@@ -1,0 +1,60 @@
+// dout (N,OC) -> dbias (OC) +=   (the bias gradient of the matmul backward)
+//
+// dbias[o] += sum_{n < N} dout[n, o], deterministically (no float atomics): the same inputs
+// give the same bits on every run, whatever the scheduling. Two kernels, run in order by
+// src/gpu/matmul.rs:
+//   1. matmul_bias_grad_partial: rows are split into fixed chunks of rows_per_chunk rows;
+//      block (x = column tile of 32, y = chunk) writes partial[chunk, o] = sum of its rows.
+//      Within a block, thread (tx, ty) sums rows ty, ty + blockDim.y, ... of the chunk in
+//      order, then thread ty = 0 adds the blockDim.y partial sums in ty order.
+//   2. matmul_bias_grad_finish: one thread per column adds the chunks' partials in chunk
+//      order and adds the total to dbias[o].
+// All sums are fp32. Index arithmetic is 64-bit (N*OC may exceed 2^31).
+//
+// fp32 only for now. Helpers live in matmul_detail (one translation unit for every kernel).
+
+namespace matmul_detail {
+
+// Rows per thread-column of a block in matmul_bias_grad_partial (= blockDim.y).
+constexpr int kBiasRowsPerBlockY = 8;
+
+}  // namespace matmul_detail
+
+// Launch: block (32, 8), grid (ceil(OC / 32), ceil(N / rows_per_chunk)); partial holds
+// gridDim.y * OC floats, laid out (chunk, OC).
+extern "C" __global__ void matmul_bias_grad_partial(float* partial, const float* dout, int N,
+                                                    int OC, int rows_per_chunk) {
+    __shared__ float sums[matmul_detail::kBiasRowsPerBlockY][33];
+    const int tx = threadIdx.x;
+    const int ty = threadIdx.y;
+    const long long col = (long long)blockIdx.x * 32 + tx;
+    const long long chunk = blockIdx.y;
+    const long long row0 = chunk * rows_per_chunk;
+    long long row_end = row0 + rows_per_chunk;
+    if (row_end > N) row_end = N;
+    float acc = 0.0f;
+    if (col < OC) {
+        for (long long r = row0 + ty; r < row_end; r += blockDim.y) {
+            acc += dout[r * OC + col];
+        }
+    }
+    sums[ty][tx] = acc;
+    __syncthreads();
+    if (ty == 0 && col < OC) {
+        float total = 0.0f;
+        for (int y = 0; y < (int)blockDim.y; y++) total += sums[y][tx];
+        partial[chunk * OC + col] = total;
+    }
+}
+
+// Launch: grid-stride over OC columns, any blockDim.x.
+extern "C" __global__ void matmul_bias_grad_finish(float* dbias, const float* partial, int chunks,
+                                                   int OC) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x; col < OC;
+         col += stride) {
+        float total = 0.0f;
+        for (int ch = 0; ch < chunks; ch++) total += partial[(long long)ch * OC + col];
+        dbias[col] += total;
+    }
+}

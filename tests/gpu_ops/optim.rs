@@ -1,0 +1,193 @@
+//! CUDA optimizer (`kernels/optim.cu`) vs. `train::optim`: the global norm (both f64, only the
+//! summation order differs), clipping and AdamW (bit-identical: the same correctly rounded f32
+//! operations in the same order, nothing fused), and run-to-run determinism.
+
+use super::{gpu_or_skip, SplitMix};
+use genesis::gpu::device::Gpu;
+use genesis::gpu::optim::{adamw_step, clip_grad_norm, global_norm, global_norm_scratch_len, scale};
+use genesis::model::{ModelConfig, ParamLayout};
+use genesis::train::optim::{self as cpu_optim, AdamW, AdamWConfig};
+
+const TAIL: usize = 5;
+
+/// Gradients with a spread of magnitudes (so the squares span many binades).
+fn grads(rng: &mut SplitMix, n: usize) -> Vec<f32> {
+    (0..n).map(|i| rng.next_f32() * [1e-3, 0.1, 1.0, 30.0][i % 4]).collect()
+}
+
+/// The GPU norm of `g`, with a NaN-poisoned tail past `n` that must not count.
+fn gpu_norm(gpu: &Gpu, g: &[f32]) -> f64 {
+    let stream = gpu.stream();
+    let mut padded = g.to_vec();
+    padded.extend([f32::NAN; TAIL]);
+    let d_g = stream.clone_htod(&padded).unwrap();
+    let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
+    global_norm(gpu, &d_g, &mut scratch, g.len()).unwrap()
+}
+
+#[test]
+fn global_norm_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6e6f_726d_0000_0001);
+    assert_eq!(gpu_norm(&gpu, &[]), 0.0);
+    for n in [1usize, 255, 1000, 262_151, 5_000_003] {
+        let g = grads(&mut rng, n);
+        let want = cpu_optim::global_norm(&g);
+        let got = gpu_norm(&gpu, &g);
+        let rel = (got - want).abs() / want;
+        assert!(rel <= 1e-9, "N={n}: gpu {got} vs cpu {want} (relative {rel:e})");
+        println!("global_norm N={n}: gpu {got} cpu {want} relative {rel:e}");
+    }
+    // Exact cases: a single value, and 3-4-5.
+    assert_eq!(gpu_norm(&gpu, &[-2.5]), 2.5);
+    assert_eq!(gpu_norm(&gpu, &[3.0, 4.0]), 5.0);
+}
+
+#[test]
+fn global_norm_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6e6f_726d_0000_0002);
+    let g = grads(&mut rng, 3_000_017);
+    let stream = gpu.stream();
+    let d_g = stream.clone_htod(&g).unwrap();
+    let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
+    let first = global_norm(&gpu, &d_g, &mut scratch, g.len()).unwrap();
+    for run in 0..5 {
+        let again = global_norm(&gpu, &d_g, &mut scratch, g.len()).unwrap();
+        assert_eq!(again.to_bits(), first.to_bits(), "run {run}: {again} vs {first}");
+    }
+    assert!(global_norm(&gpu, &d_g, &mut stream.alloc_zeros::<f64>(3).unwrap(), g.len()).is_err());
+}
+
+#[test]
+fn scale_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x7363_616c_6500_0001);
+    let n = 100_003;
+    let g = grads(&mut rng, n);
+    let coef = 0.123_456_7f32;
+    let stream = gpu.stream();
+    let mut padded = g.clone();
+    padded.extend([f32::NAN; TAIL]);
+    let mut d_g = stream.clone_htod(&padded).unwrap();
+    scale(&gpu, &mut d_g, coef, n).unwrap();
+    let got = stream.clone_dtoh(&d_g).unwrap();
+    assert!(got[n..].iter().all(|x| x.is_nan()), "written past the end");
+    for (i, (x, y)) in got[..n].iter().zip(&g).enumerate() {
+        assert_eq!(x.to_bits(), (y * coef).to_bits(), "mismatch at {i}");
+    }
+}
+
+#[test]
+fn clip_grad_norm_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x636c_6970_0000_0001);
+    let stream = gpu.stream();
+    let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
+    let n = 262_147;
+    let g = grads(&mut rng, n);
+    let norm = cpu_optim::global_norm(&g);
+    // Clipping (max below the norm), no clipping (max above it), and disabled (max <= 0).
+    for max_norm in [1.0, norm / 3.0, norm * 2.0, 0.0, -1.0] {
+        let mut want = g.clone();
+        let want_norm = cpu_optim::clip_grad_norm(&mut want, max_norm);
+        let mut d_g = stream.clone_htod(&g).unwrap();
+        let got_norm = clip_grad_norm(&gpu, &mut d_g, &mut scratch, n, max_norm).unwrap();
+        let got = stream.clone_dtoh(&d_g).unwrap();
+        assert!((got_norm - want_norm).abs() <= 1e-9 * want_norm, "max {max_norm}: norm {got_norm} vs {want_norm}");
+        // The GPU applies exactly the CPU's rule with its own norm: bitwise equal to that.
+        let coef = (max_norm / (got_norm + 1e-6)).min(1.0) as f32;
+        let clipped = max_norm > 0.0 && coef < 1.0;
+        for (i, (x, y)) in got.iter().zip(&g).enumerate() {
+            let e = if clipped { y * coef } else { *y };
+            assert_eq!(x.to_bits(), e.to_bits(), "max {max_norm}: mismatch at {i} against the GPU norm's coefficient");
+        }
+        // And the CPU's clipped values: identical when both norms round to the same f32 coefficient
+        // (the norms differ only in the order of the f64 additions), else within 2 ulp.
+        let cpu_coef = (max_norm / (want_norm + 1e-6)).min(1.0) as f32;
+        let max_ulps = if cpu_coef == coef { 0 } else { 2 };
+        for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+            let ulps = (x.to_bits() as i64 - y.to_bits() as i64).abs();
+            assert!(ulps <= max_ulps, "max {max_norm}: {x} vs cpu {y} at {i} ({ulps} ulp)");
+        }
+        if clipped {
+            let after = cpu_optim::global_norm(&got);
+            assert!((after - max_norm).abs() <= 1e-5 * max_norm, "max {max_norm}: clipped norm {after}");
+        } else {
+            assert_eq!(got, g, "max {max_norm}: no clipping expected");
+        }
+    }
+}
+
+/// `steps` AdamW steps on the GPU from `p0` with the gradients `gs` and learning rates `lrs`,
+/// returning (params, m, v) after each step.
+fn gpu_adamw(
+    gpu: &Gpu,
+    layout: &ParamLayout,
+    cfg: AdamWConfig,
+    p0: &[f32],
+    gs: &[Vec<f32>],
+    lrs: &[f32],
+) -> Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let stream = gpu.stream();
+    let n = layout.total;
+    let mut p = stream.clone_htod(p0).unwrap();
+    let mut m = stream.alloc_zeros::<f32>(n).unwrap();
+    let mut v = stream.alloc_zeros::<f32>(n).unwrap();
+    let mut out = Vec::new();
+    for (t, (g, &lr)) in gs.iter().zip(lrs).enumerate() {
+        let d_g = stream.clone_htod(g).unwrap();
+        adamw_step(gpu, layout, &mut p, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr).unwrap();
+        gpu.synchronize().unwrap();
+        out.push((stream.clone_dtoh(&p).unwrap(), stream.clone_dtoh(&m).unwrap(), stream.clone_dtoh(&v).unwrap()));
+    }
+    out
+}
+
+fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}: mismatch at {i}: gpu {g} vs cpu {w}");
+    }
+}
+
+#[test]
+fn adamw_matches_cpu_bitwise_and_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let model = ModelConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&model);
+    let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+    let mut rng = SplitMix(0x6164_616d_7700_0001);
+    let p0: Vec<f32> = (0..layout.total).map(|_| 0.2 * rng.next_f32()).collect();
+    let gs: Vec<Vec<f32>> = (0..3).map(|_| grads(&mut rng, layout.total)).collect();
+    let lrs = [6e-4f32, 3e-4, 1.7e-3];
+
+    let mut opt = AdamW::new(cfg, layout.total);
+    let mut p = p0.clone();
+    let got = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
+    for (step, ((g, &lr), (gp, gm, gv))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
+        opt.step(&layout, &mut p, g, lr);
+        assert_bits(&format!("step {} m", step + 1), gm, &opt.m);
+        assert_bits(&format!("step {} v", step + 1), gv, &opt.v);
+        assert_bits(&format!("step {} params", step + 1), gp, &p);
+    }
+    assert!(p.iter().zip(&p0).any(|(a, b)| a != b), "the parameters did not move");
+    println!("adamw: 3 steps on the tiny layout ({} values), bit-identical to the CPU", layout.total);
+
+    let again = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
+    for (step, ((p1, m1, v1), (p2, m2, v2))) in got.iter().zip(&again).enumerate() {
+        assert_bits(&format!("rerun step {} params", step + 1), p2, p1);
+        assert_bits(&format!("rerun step {} m", step + 1), m2, m1);
+        assert_bits(&format!("rerun step {} v", step + 1), v2, v1);
+    }
+}

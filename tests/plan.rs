@@ -1,0 +1,153 @@
+//! The GPU memory plan (`train::plan`) and `genesis info`, which prints it without a GPU.
+
+use genesis::model::ModelConfig;
+use genesis::train::plan::{layout_for, plan, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION, WORKSPACE_BYTES};
+use std::process::Command;
+
+const GIB: u64 = 1 << 30;
+const MODELS: [&str; 4] = ["tiny", "gpt2-124m", "genesis-150m", "gpt2-350m"];
+
+fn model(name: &str) -> ModelConfig {
+    ModelConfig::preset(name).unwrap()
+}
+
+fn sum(p: &MemoryPlan) -> u64 {
+    p.params + p.grads + p.adam + p.master + p.activations + p.activation_grads + p.logits + p.workspace
+}
+
+#[test]
+fn totals_add_up() {
+    for name in MODELS {
+        let cfg = model(name);
+        let n = cfg.num_params() as u64;
+        for bf16 in [false, true] {
+            let p = plan(&cfg, cfg.max_seq_len.min(1024), 524_288, 80 * GIB, bf16).unwrap();
+            assert_eq!(p.total, sum(&p), "{name} bf16={bf16}");
+            assert_eq!(p.parts().iter().map(|x| x.1).sum::<u64>(), p.total);
+            let e = if bf16 { 2 } else { 4 };
+            assert_eq!((p.params, p.grads, p.adam), (n * e, n * e, n * 8), "{name}");
+            assert_eq!(p.master, if bf16 { n * 4 } else { 0 }, "{name}");
+            assert_eq!(p.workspace, WORKSPACE_BYTES);
+            assert!(p.total as f64 <= 80.0 * GIB as f64 * USABLE_FRACTION, "{name}: {p:?}");
+            // The batch-dependent parts grow linearly (up to alignment) with the micro-batch.
+            let one = layout_for(&cfg, cfg.max_seq_len.min(1024), 1, bf16);
+            assert_eq!(p.activation_grads, one.activation_grads * p.micro_batch as u64, "{name}");
+            let per_row = one.activations + one.logits;
+            let acts = p.activations + p.logits;
+            assert!(acts.abs_diff(per_row * p.micro_batch as u64) <= 256 * 32 * p.micro_batch as u64, "{name}");
+        }
+    }
+}
+
+#[test]
+fn more_memory_never_gives_a_smaller_batch() {
+    for name in MODELS {
+        let cfg = model(name);
+        for bf16 in [false, true] {
+            let mut last = 0;
+            for gib in (1..=160).map(|g| g as u64 * GIB / 2) {
+                if let Ok(p) = plan(&cfg, cfg.max_seq_len.min(1024), 524_288, gib, bf16) {
+                    assert!(p.micro_batch >= last, "{name} bf16={bf16} at {gib} bytes: {} < {last}", p.micro_batch);
+                    assert!(p.micro_batch.is_power_of_two() && p.micro_batch <= MAX_MICRO_BATCH);
+                    last = p.micro_batch;
+                } else {
+                    assert_eq!(last, 0, "{name}: fits in less memory but not in {gib} bytes");
+                }
+            }
+            assert!(last > 0, "{name} bf16={bf16} never fits in 80 GiB");
+        }
+    }
+}
+
+#[test]
+fn accumulation_covers_the_tokens_per_step() {
+    for name in MODELS {
+        let cfg = model(name);
+        for seq in [cfg.max_seq_len / 4, cfg.max_seq_len] {
+            for tokens in [1usize, 1000, seq, 3 * seq + 1, 65_536, 524_288, 1_000_000] {
+                for mem in [24 * GIB, 80 * GIB] {
+                    let p = plan(&cfg, seq, tokens, mem, true).unwrap();
+                    let covered = p.grad_accum * p.micro_batch * seq;
+                    assert!(covered >= tokens, "{name} seq {seq} tokens {tokens}: {p:?}");
+                    // No whole micro-batch more than needed.
+                    assert!(
+                        (p.grad_accum - 1) * p.micro_batch * seq < tokens,
+                        "{name} seq {seq} tokens {tokens}: {p:?}"
+                    );
+                    // No more sequences per micro-batch than the step needs.
+                    assert!(p.micro_batch <= tokens.div_ceil(seq), "{name} seq {seq} tokens {tokens}: {p:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn genesis_150m_fits_a_24gb_gpu() {
+    let cfg = model("genesis-150m");
+    for bf16 in [true, false] {
+        let p = plan(&cfg, 1024, 524_288, 24 * GIB, bf16).unwrap();
+        assert!(p.total as f64 <= 24.0 * GIB as f64 * 0.9, "{p:?}");
+        assert!(p.micro_batch >= 4, "bf16={bf16}: micro-batch {}", p.micro_batch);
+        assert_eq!(p.grad_accum * p.micro_batch * 1024, 524_288);
+        // The next batch up would not fit.
+        if p.micro_batch < MAX_MICRO_BATCH {
+            assert!(layout_for(&cfg, 1024, p.micro_batch * 2, bf16).total as f64 > 24.0 * GIB as f64 * 0.9);
+        }
+        println!("genesis-150m 24 GiB bf16={bf16}: {p:?}");
+    }
+}
+
+#[test]
+fn a_tiny_gpu_is_an_error_naming_the_requirement() {
+    let cfg = model("genesis-150m");
+    let need = layout_for(&cfg, 1024, 1, false).total;
+    let e = plan(&cfg, 1024, 524_288, GIB, false).unwrap_err().to_string();
+    assert!(e.contains("micro-batch 1") && e.contains(&format!("{:.2} GiB", need as f64 / GIB as f64)), "{e}");
+    assert!(e.contains("--precision bf16"), "{e}");
+    assert!(plan(&cfg, 2048, 524_288, 80 * GIB, true).unwrap_err().to_string().contains("--seq 2048"));
+    assert!(plan(&cfg, 1024, 0, 80 * GIB, true).is_err());
+}
+
+#[test]
+fn info_prints_the_table_without_a_gpu() {
+    let out = Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(["info", "--model", "genesis-150m", "--gpu-mem", "24"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let p = plan(&model("genesis-150m"), 1024, 524_288, 24 * GIB, true).unwrap();
+    for part in [
+        "genesis-150m",
+        "bf16",
+        "parameters",
+        "gradients",
+        "adamw m+v",
+        "master weights",
+        "activations",
+        "activation grads",
+        "logits",
+        "workspace",
+        "total",
+        &format!("micro-batch {} x seq 1024", p.micro_batch),
+        &format!("grad accum {}", p.grad_accum),
+        &format!("{:.2}", p.total as f64 / GIB as f64),
+    ] {
+        assert!(stdout.contains(part), "info output lacks {part:?}:\n{stdout}");
+    }
+
+    let fp32 = Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "fp32", "--seq", "512"])
+        .output()
+        .unwrap();
+    assert!(fp32.status.success());
+    assert!(String::from_utf8_lossy(&fp32.stdout).contains("fp32, seq 512"));
+
+    let small = Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(["info", "--model", "gpt2-350m", "--gpu-mem", "2", "--precision", "fp32"])
+        .output()
+        .unwrap();
+    assert!(!small.status.success());
+    assert!(String::from_utf8_lossy(&small.stderr).contains("needs at least"));
+}
