@@ -204,6 +204,8 @@ pub struct GpuModel<T: Float> {
     targets: Option<CudaSlice<i32>>,
     /// When profiling: an event recorded after each op, with the op's name.
     marks: Option<RefCell<Vec<(&'static str, CudaEvent)>>>,
+    /// Gradients and optimizer state, when training (fp32 only so far).
+    train: Option<Training>,
 }
 
 impl<T: Float> GpuModel<T> {
@@ -216,7 +218,18 @@ impl<T: Float> GpuModel<T> {
         let blas = Blas::new(&gpu, allow_tf32)?;
         let converted: Vec<T> = params.iter().map(|&x| T::from_f32(x)).collect();
         let params = gpu.stream().clone_htod(&converted).context("uploading the parameters")?;
-        Ok(GpuModel { gpu, blas, cfg: *cfg, layout, params, acts: None, inputs: None, targets: None, marks: None })
+        Ok(GpuModel {
+            gpu,
+            blas,
+            cfg: *cfg,
+            layout,
+            params,
+            acts: None,
+            inputs: None,
+            targets: None,
+            marks: None,
+            train: None,
+        })
     }
 
     pub(crate) fn blas(&self) -> &Blas {
@@ -325,11 +338,20 @@ impl<T: Float> GpuModel<T> {
     /// per-position losses.
     // inputs (B,T), targets (B,T) -> logits (B,T,Vp), losses (B,T)
     pub fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
-        self.forward_impl(inputs, targets, b, t, false)
+        self.forward_impl(inputs, targets, b, t, None)
     }
 
-    /// [`forward`](Self::forward); `train` keeps what the backward needs (the pre-GELU activations).
-    fn forward_impl(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize, train: bool) -> Result<()> {
+    /// [`forward`](Self::forward). With `dloss` (training) it keeps what the backward needs (the
+    /// pre-GELU activations) and the classifier overwrites the logits with dloss * (softmax - onehot).
+    fn forward_impl(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+        dloss: Option<f32>,
+    ) -> Result<()> {
+        let train = dloss.is_some();
         ensure!(inputs.len() == b * t, "inputs hold {} tokens, not B*T = {}", inputs.len(), b * t);
         ensure!(targets.is_none_or(|x| x.len() == b * t), "targets must hold B*T = {} tokens", b * t);
         self.ensure_acts(b, t, train)?;
@@ -425,7 +447,7 @@ impl<T: Float> GpuModel<T> {
         if targets.is_some() {
             let mut losses = self.act::<f32>(Act::Losses, 0);
             let tg = self.targets.as_ref().expect("allocated");
-            crossentropy_forward(gpu, &mut losses, &mut logits, tg, n, cfg.vocab_size, vp, None)?;
+            crossentropy_forward(gpu, &mut losses, &mut logits, tg, n, cfg.vocab_size, vp, dloss)?;
             self.mark("crossentropy")?;
         }
         Ok(())
@@ -471,5 +493,261 @@ impl<T: Float> Scorer for GpuModel<T> {
         let free = cudarc::driver::result::mem_get_info().map(|(free, _)| free).unwrap_or(1 << 30);
         let per_row = Self::activation_bytes(&self.cfg, 1, seq).max(1);
         (free / 2 / per_row).clamp(1, 64)
+    }
+}
+
+/// The backward's activation gradients and scratch, carved from one f32 allocation.
+#[derive(Clone, Copy, Debug)]
+enum Grad {
+    Dresidual, // (B,T,C)
+    Dln,       // (B,T,C)
+    Datty,     // (B,T,C)
+    Dqkv,      // (B,T,3C)
+    Dfch,      // (B,T,4C)
+    DfchGelu,  // (B,T,4C)
+    LnScratch,
+    MmScratch,
+    AttScratch,
+}
+
+/// (B, T, allocation, (offset, len) per [`Grad`]).
+type GradScratch = (usize, usize, CudaSlice<f32>, Vec<(usize, usize)>);
+
+/// Gradients and AdamW moments (parameter layout, f32) and the backward's scratch.
+struct Training {
+    grads: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    norm_scratch: CudaSlice<f64>,
+    scratch: Option<GradScratch>,
+}
+
+/// Training on the GPU (fp32): the backward mirrors `cpu::gpt::backward` op for op.
+impl GpuModel<f32> {
+    /// Allocates zeroed gradients and AdamW moments.
+    pub fn enable_training(&mut self) -> Result<()> {
+        let stream = self.gpu.stream();
+        let n = self.layout.total;
+        self.train = Some(Training {
+            grads: stream.alloc_zeros(n).context("allocating gradients")?,
+            m: stream.alloc_zeros(n).context("allocating AdamW moments")?,
+            v: stream.alloc_zeros(n).context("allocating AdamW moments")?,
+            norm_scratch: stream.alloc_zeros(super::optim::global_norm_scratch_len())?,
+            scratch: None,
+        });
+        Ok(())
+    }
+
+    fn training(&self) -> Result<&Training> {
+        self.train.as_ref().context("call enable_training first")
+    }
+
+    pub fn zero_grads(&mut self) -> Result<()> {
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        self.gpu.stream().memset_zeros(&mut tr.grads)?;
+        Ok(())
+    }
+
+    fn ensure_grad_scratch(&mut self, b: usize, t: usize) -> Result<()> {
+        let (cfg, n) = (self.cfg, b * t);
+        let c = cfg.channels;
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        if tr.scratch.as_ref().is_some_and(|s| s.0 == b && s.1 == t) {
+            return Ok(());
+        }
+        tr.scratch = None;
+        let sizes = [
+            n * c,
+            n * c,
+            n * c,
+            n * 3 * c,
+            n * 4 * c,
+            n * 4 * c,
+            super::layernorm::layernorm_backward_scratch_len(n, c),
+            super::matmul::matmul_backward_scratch_len(n, 4 * c).max(1),
+            attention::attention_backward_scratch_len(b, t, c, cfg.num_heads),
+        ];
+        let mut offsets = Vec::new();
+        let mut off = 0;
+        for len in sizes {
+            offsets.push((off, len));
+            off += len.div_ceil(64) * 64;
+        }
+        let buf = self.gpu.stream().alloc_zeros::<f32>(off).context("allocating the backward's scratch")?;
+        tr.scratch = Some((b, t, buf, offsets));
+        Ok(())
+    }
+
+    fn grad(&self, g: Grad) -> Region<f32> {
+        let (_, _, buf, offsets) = self.train.as_ref().and_then(|t| t.scratch.as_ref()).expect("scratch allocated");
+        let (off, len) = offsets[g as usize];
+        let (base, _guard) = buf.device_ptr(self.gpu.stream());
+        Region::new(base + (off * 4) as u64, len, Arc::clone(self.gpu.stream()))
+    }
+
+    /// Layer `l`'s gradient of `p` (the whole tensor for non-layer parameters).
+    fn dparam(&self, p: Param, l: usize) -> Region<f32> {
+        let spec = self.layout.get(p);
+        let r = if p.per_layer() { spec.layer_range(l) } else { spec.range() };
+        let (base, _guard) = self.training().expect("training enabled").grads.device_ptr(self.gpu.stream());
+        Region::new(base + (r.start * 4) as u64, r.len(), Arc::clone(self.gpu.stream()))
+    }
+
+    fn zero(&self, g: Grad) -> Result<()> {
+        self.gpu.stream().memset_zeros(&mut self.grad(g))?;
+        Ok(())
+    }
+
+    /// `matmul_backward` for weight `w` and bias `bias` of layer `l`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_grads(
+        &mut self,
+        dinp: Grad,
+        w: Param,
+        bias: Option<Param>,
+        l: usize,
+        dout: &Region<f32>,
+        inp: &Region<f32>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let (mut din, mut dw, mut scratch) = (self.grad(dinp), self.dparam(w, l), self.grad(Grad::MmScratch));
+        let weight = self.params.slice(self.layout.get(w).layer_range(l));
+        let bias_range = bias.map(|b| self.layout.get(b).layer_range(l));
+        let tr = self.train.as_mut().expect("training enabled");
+        let mut db = bias_range.map(|r| tr.grads.slice_mut(r));
+        super::matmul::matmul_backward(
+            &self.gpu,
+            &self.blas,
+            &mut din,
+            &mut dw,
+            db.as_mut(),
+            &mut scratch,
+            dout,
+            inp,
+            &weight,
+            n,
+            c,
+            oc,
+        )
+    }
+
+    /// One micro-batch: forward in training mode and backward, accumulating `dloss`-scaled gradients
+    /// of the summed loss into the gradient buffer (as `cpu::gpt::backward`). Returns the mean loss.
+    // inputs (B,T), targets (B,T) -> grads +=, mean loss
+    pub fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64> {
+        self.training()?;
+        self.forward_impl(inputs, Some(targets), b, t, Some(dloss))?;
+        self.ensure_grad_scratch(b, t)?;
+        let cfg = self.cfg;
+        let (c, nh, n, nl, vp) = (cfg.channels, cfg.num_heads, b * t, cfg.num_layers, cfg.padded_vocab_size);
+        let lnb = |m: &Self, dinp: Grad, w: Param, bias: Param, l: usize, inp: Region<f32>, mean: Act, rstd: Act| {
+            let (mut di, mut dw, mut db) = (m.grad(dinp), m.dparam(w, l), m.dparam(bias, l));
+            let (mut scratch, dout) = (m.grad(Grad::LnScratch), m.grad(Grad::Dln));
+            let weight = m.params.slice(m.layout.get(w).layer_range(l));
+            let li = if w == Param::Lnfw { 0 } else { l };
+            let (mu, rs) = (m.act::<f32>(mean, li), m.act::<f32>(rstd, li));
+            super::layernorm::layernorm_backward(
+                &m.gpu,
+                &mut di,
+                &mut dw,
+                &mut db,
+                &mut scratch,
+                &dout,
+                &inp,
+                &weight,
+                &mu,
+                &rs,
+                n,
+                c,
+            )
+        };
+        // Classifier: the logits already hold dlogits; dlnf into Dln, dwte +=.
+        self.zero(Grad::Dresidual)?;
+        self.zero(Grad::Dln)?;
+        let (logits, lnf) = (self.act::<f32>(Act::Logits, 0), self.act::<f32>(Act::Lnf, 0));
+        self.matmul_grads(Grad::Dln, Param::Wte, None, 0, &logits, &lnf, n, c, vp)?;
+        lnb(
+            self,
+            Grad::Dresidual,
+            Param::Lnfw,
+            Param::Lnfb,
+            0,
+            self.act(Act::Residual3, nl - 1),
+            Act::LnfMean,
+            Act::LnfRstd,
+        )?;
+        for l in (0..nl).rev() {
+            let residual = if l == 0 { self.act::<f32>(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
+            let dres = self.grad(Grad::Dresidual);
+            self.zero(Grad::DfchGelu)?;
+            let fch_gelu = self.act::<f32>(Act::FchGelu, l);
+            self.matmul_grads(Grad::DfchGelu, Param::FcProjw, Some(Param::FcProjb), l, &dres, &fch_gelu, n, 4 * c, c)?;
+            self.zero(Grad::Dfch)?;
+            let (mut dfch, fch, dfch_gelu) =
+                (self.grad(Grad::Dfch), self.act::<f32>(Act::Fch, l), self.grad(Grad::DfchGelu));
+            super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c)?;
+            self.zero(Grad::Dln)?;
+            let ln2 = self.act::<f32>(Act::Ln2, l);
+            self.matmul_grads(Grad::Dln, Param::Fcw, Some(Param::Fcb), l, &dfch, &ln2, n, c, 4 * c)?;
+            lnb(
+                self,
+                Grad::Dresidual,
+                Param::Ln2w,
+                Param::Ln2b,
+                l,
+                self.act(Act::Residual2, l),
+                Act::Ln2Mean,
+                Act::Ln2Rstd,
+            )?;
+            self.zero(Grad::Datty)?;
+            let atty = self.act::<f32>(Act::Atty, l);
+            self.matmul_grads(Grad::Datty, Param::AttProjw, Some(Param::AttProjb), l, &dres, &atty, n, c, c)?;
+            self.zero(Grad::Dqkv)?;
+            let (mut dqkv, mut scratch, datty) =
+                (self.grad(Grad::Dqkv), self.grad(Grad::AttScratch), self.grad(Grad::Datty));
+            let (qkv, att) = (self.act::<f32>(Act::Qkv, l), self.act::<f32>(Act::Att, l));
+            attention::attention_backward(
+                &self.gpu,
+                &self.blas,
+                &mut dqkv,
+                &mut scratch,
+                &datty,
+                &qkv,
+                &att,
+                b,
+                t,
+                c,
+                nh,
+            )?;
+            self.zero(Grad::Dln)?;
+            let ln1 = self.act::<f32>(Act::Ln1, l);
+            self.matmul_grads(Grad::Dln, Param::Qkvw, Some(Param::Qkvb), l, &dqkv, &ln1, n, c, 3 * c)?;
+            lnb(self, Grad::Dresidual, Param::Ln1w, Param::Ln1b, l, residual, Act::Ln1Mean, Act::Ln1Rstd)?;
+        }
+        let (mut dwte, mut dwpe, dres) =
+            (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad(Grad::Dresidual));
+        super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
+        let losses = GpuModel::losses(self)?;
+        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
+    }
+
+    /// Clips the gradient to `max_norm` (0 disables) and returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        let n = self.layout.total;
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        super::optim::clip_grad_norm(&self.gpu, &mut tr.grads, &mut tr.norm_scratch, n, max_norm)
+    }
+
+    /// One AdamW update; `t` counts updates including this one.
+    pub fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()> {
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        super::optim::adamw_step(&self.gpu, &self.layout, &mut self.params, &tr.grads, &mut tr.m, &mut tr.v, cfg, t, lr)
+    }
+
+    /// The gradient buffer on the host (parameter layout).
+    pub fn download_grads(&self) -> Result<Vec<f32>> {
+        Ok(self.gpu.stream().clone_dtoh(&self.training()?.grads)?)
     }
 }

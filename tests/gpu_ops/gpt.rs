@@ -137,3 +137,108 @@ fn gpu_evaluation_matches_the_cpu_evaluation() {
     assert!((got.loss - cpu.loss).abs() < 1e-5 * cpu.loss, "GPU eval loss {} vs CPU {}", got.loss, cpu.loss);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ---- training (fp32) --------------------------------------------------------------------------
+
+use genesis::model::Param;
+use genesis::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+
+fn batch(cfg: &ModelConfig, n: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    let mut tokens = || (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<u32>>();
+    (tokens(), tokens())
+}
+
+/// One forward+backward on the GPU against `cpu::gpt::backward`: the loss, and every one of the 16
+/// gradient tensors within 1e-4 of its largest value (fp32 with other summation orders; TF32 off).
+fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
+    let layout = ParamLayout::new(cfg);
+    let params = gpt::init_params(cfg, 13);
+    let (inputs, targets) = batch(cfg, b * t, 17);
+    let dloss = 1.0 / (b * t) as f32;
+    let mut acts = Activations::<f32>::new(cfg, b, t);
+    let mut want = vec![0.0f32; layout.total];
+    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
+    let cpu_loss = gpt::backward(cfg, &layout, &params, &mut want, &mut acts, &inputs, &targets, dloss);
+
+    let mut model = GpuModel::<f32>::new(cfg, &params, 0, false).unwrap();
+    model.enable_training().unwrap();
+    model.zero_grads().unwrap();
+    let gpu_loss = model.forward_backward(&inputs, &targets, b, t, dloss).unwrap();
+    let got = model.download_grads().unwrap();
+    assert!((gpu_loss - cpu_loss).abs() < 1e-5 * cpu_loss, "{cfg}: loss {gpu_loss} vs CPU {cpu_loss}");
+    for spec in &layout.tensors {
+        let (g, w) = (&got[spec.range()], &want[spec.range()]);
+        assert!(g.iter().all(|x| x.is_finite()), "{:?}: non-finite gradient", spec.param);
+        let max_ref = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let err = g.iter().zip(w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(max_ref > 0.0 || spec.param == Param::Wpe, "{:?}: zero reference gradient", spec.param);
+        assert!(err <= 1e-4 * max_ref.max(1e-12), "{cfg}: {:?} gradient differs by {err} (max {max_ref})", spec.param);
+    }
+}
+
+#[test]
+fn training_step_gradients_match_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    check_gradients(&ModelConfig::preset("tiny").unwrap(), 2, 32);
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    check_gradients(&cfg, 2, 64);
+}
+
+/// `steps` AdamW steps (clipping at 1.0) on the GPU; returns the losses and the final parameters.
+fn gpu_run(cfg: &ModelConfig, steps: usize) -> (Vec<f64>, Vec<f32>) {
+    let params = gpt::init_params(cfg, 13);
+    let (b, t) = (2, 32);
+    let mut model = GpuModel::<f32>::new(cfg, &params, 0, false).unwrap();
+    model.enable_training().unwrap();
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        // The same batch every step, so the loss must fall (the model memorises it).
+        let (inputs, targets) = batch(cfg, b * t, 100);
+        model.zero_grads().unwrap();
+        losses.push(model.forward_backward(&inputs, &targets, b, t, 1.0 / (b * t) as f32).unwrap());
+        model.clip_grad_norm(1.0).unwrap();
+        model.adamw_step(AdamWConfig::default(), step as u64 + 1, 1e-3).unwrap();
+    }
+    (losses, model.download_params().unwrap())
+}
+
+#[test]
+fn ten_adamw_steps_follow_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let (gpu_losses, _) = gpu_run(&cfg, 10);
+    let mut params = gpt::init_params(&cfg, 13);
+    let (b, t) = (2, 32);
+    let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
+    let mut acts = Activations::<f32>::new(&cfg, b, t);
+    for (step, &gl) in gpu_losses.iter().enumerate() {
+        let (inputs, targets) = batch(&cfg, b * t, 100);
+        let mut grads = vec![0.0f32; layout.total];
+        gpt::forward(&cfg, &layout, &params, &mut acts, &inputs);
+        let cl = gpt::backward(&cfg, &layout, &params, &mut grads, &mut acts, &inputs, &targets, 1.0 / (b * t) as f32);
+        clip_grad_norm(&mut grads, 1.0);
+        opt.step(&layout, &mut params, &grads, 1e-3);
+        assert!((gl - cl).abs() < 1e-4 * cl, "step {}: GPU loss {gl} vs CPU {cl}", step + 1);
+    }
+    assert!(gpu_losses[9] < gpu_losses[0], "loss did not fall: {gpu_losses:?}");
+}
+
+#[test]
+fn gpu_training_is_deterministic() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    let (l1, p1) = gpu_run(&cfg, 3);
+    let (l2, p2) = gpu_run(&cfg, 3);
+    assert_eq!(l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert!(p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()), "parameters differ between identical runs");
+}

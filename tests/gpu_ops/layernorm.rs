@@ -314,8 +314,11 @@ fn residual_layernorm_forward_bf16_matches_cpu() {
 
 /// (N, C) for the backward: single row, odd C, GPT-2 widths, C = 1, N not a multiple of the 32-row
 /// chunks, and N large enough (> 16384) that the chunks grow past 32 rows.
+/// No C = 1: a one-channel LayerNorm normalises everything to 0, its input gradient is rounding noise
+/// times rstd = 1/sqrt(eps) = 316 (seen on the H200: 1.5e-5 apart from the f64 reference), so there
+/// is nothing to compare. C = 2 is the smallest real case.
 const BACKWARD_SHAPES: &[(usize, usize)] =
-    &[(1, 768), (1, 1), (7, 37), (64, 768), (33, 1024), (3, 1), (130, 96), (515, 37), (4096, 768), (20001, 3)];
+    &[(1, 768), (1, 2), (7, 37), (64, 768), (33, 1024), (3, 2), (130, 96), (515, 37), (4096, 768), (20001, 3)];
 
 /// Everything one LayerNorm backward reads and the gradients it accumulates into, on the host.
 /// `mean` and `rstd` are the f64 forward's rounded to f32, so the GPU and the f64 reference use
