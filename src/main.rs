@@ -28,7 +28,7 @@ use std::sync::Arc;
 #[derive(FromArgs)]
 #[argh(
     example = "genesis prepare wikitext-103\ngenesis prepare --input corpus.txt --name corpus\ngenesis train --model tiny --data corpus --out runs/first\ngenesis sample --checkpoint runs/first/step_00001000.ckpt --prompt \"Once upon\"",
-    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training runs on the CPU today; on a GPU, eval, sample and bench forward run the CUDA engine (--device, --precision). Every command has its own --help.\n\nThe path: genesis doctor (is this machine ready?), genesis prepare, genesis train (resumes by itself; plot RUN draws its loss), genesis eval, genesis export (a Hugging Face GPT-2 directory to take home), genesis verify (after the download), genesis sample."
+    note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training, eval, sample and bench forward run on the GPU when one works (--device); bf16 training is still to come (GPU training is fp32 with TF32 matmuls). Every command has its own --help.\n\nThe path: genesis doctor (is this machine ready?), genesis prepare, genesis train (resumes by itself; plot RUN draws its loss), genesis eval, genesis export (a Hugging Face GPT-2 directory to take home), genesis verify (after the download), genesis sample."
 )]
 struct Cli {
     /// worker threads for CPU work (default: all cores)
@@ -136,7 +136,7 @@ struct DataInspect {
     verify: bool,
 }
 
-/// Train a model on prepared shards (on the CPU; GPU training is being built). Resumes by itself.
+/// Train a model on prepared shards, on the GPU when one works (else the CPU). Resumes by itself.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
@@ -205,7 +205,7 @@ struct TrainCmd {
     /// stop after this many consecutive steps with a non-finite loss or gradient norm (default 5)
     #[argh(option, default = "5")]
     max_bad_steps: u64,
-    /// where to train: auto or cpu (GPU training is being built; cuda is refused until it lands)
+    /// where to train: auto (the GPU when one works), cpu or cuda (default auto); the GPU trains in fp32 with TF32 matmuls
     #[argh(option, default = "String::from(\"auto\")")]
     device: String,
 }
@@ -581,19 +581,7 @@ fn bench_prepare(b: BenchPrepare) -> Result<()> {
 }
 
 fn train_cmd(c: TrainCmd) -> Result<()> {
-    match c.device.as_str() {
-        "cpu" => {}
-        "auto" => {
-            if genesis::gpu::device::cuda_available().is_ok() {
-                eprintln!("note: a GPU is present, but training on the GPU is not built yet; training on the CPU");
-            }
-        }
-        "cuda" | "gpu" => bail!(
-            "--device cuda: training on the GPU is not built yet (the GPU runs eval, sample and bench forward); \
-             use --device cpu"
-        ),
-        other => bail!("--device {other}: expected auto, cpu or cuda"),
-    }
+    let gpu = genesis::gpu::select_device(&c.device)?;
     let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
     let init = match (&c.init_from, &saved) {
         (Some(path), None) => Some(genesis::weights::load(path)?.config),
@@ -636,6 +624,7 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
     opts.verbose = true;
     opts.max_bad_steps = c.max_bad_steps.max(1);
     opts.stop = Some(stop_on_signals()?);
+    opts.gpu = gpu;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", c.out.display());

@@ -298,7 +298,8 @@ impl<T: Float> GpuModel<T> {
             "sequence length {t} must be within the model's context {}",
             self.cfg.max_seq_len
         );
-        if self.acts.as_ref().is_some_and(|(l, _)| l.b == b && l.t == t && l.train == train) {
+        // A training layout also serves evaluation (it only adds the pre-GELU copy).
+        if self.acts.as_ref().is_some_and(|(l, _)| l.b == b && l.t == t && (l.train || !train)) {
             return Ok(());
         }
         self.acts = None;
@@ -744,6 +745,23 @@ impl GpuModel<f32> {
     pub fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()> {
         let tr = self.train.as_mut().context("call enable_training first")?;
         super::optim::adamw_step(&self.gpu, &self.layout, &mut self.params, &tr.grads, &mut tr.m, &mut tr.v, cfg, t, lr)
+    }
+
+    /// The AdamW moments (m, v) on the host, for a checkpoint.
+    pub fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let tr = self.training()?;
+        let stream = self.gpu.stream();
+        Ok((stream.clone_dtoh(&tr.m)?, stream.clone_dtoh(&tr.v)?))
+    }
+
+    /// Restores AdamW moments saved in a checkpoint.
+    pub fn upload_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        let n = self.layout.total;
+        ensure!(m.len() == n && v.len() == n, "moments hold {} and {} values; the model needs {n}", m.len(), v.len());
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        self.gpu.stream().memcpy_htod(m, &mut tr.m)?;
+        self.gpu.stream().memcpy_htod(v, &mut tr.v)?;
+        Ok(())
     }
 
     /// The gradient buffer on the host (parameter layout).

@@ -40,7 +40,7 @@ pub fn select_device(choice: &str) -> anyhow::Result<Option<usize>> {
         "auto" => match device::cuda_available() {
             Ok(()) => Ok(Some(0)),
             Err(why) => {
-                eprintln!("note: running on the CPU ({why}); --device cuda makes that an error");
+                eprintln!("note: running on the CPU ({why}); --device cuda insists on the GPU");
                 Ok(None)
             }
         },
@@ -84,6 +84,23 @@ impl Float for half::bf16 {
     fn to_f32(self) -> f32 {
         half::bf16::to_f32(self)
     }
+}
+
+/// Dense bf16 tensor-core peak in TFLOP/s of the GPUs Genesis targets, from the device name (the
+/// denominator of MFU); `None` for others.
+pub fn peak_bf16_tflops(name: &str) -> Option<f64> {
+    const PEAKS: [(&str, f64); 9] = [
+        ("H200", 989.0),
+        ("H100", 989.0),
+        ("A100", 312.0),
+        ("A10", 125.0),
+        ("L40", 181.0),
+        ("L4", 121.0),
+        ("4090", 165.0),
+        ("3090", 71.0),
+        ("A6000", 155.0),
+    ];
+    PEAKS.iter().find(|(key, _)| name.contains(key)).map(|p| p.1)
 }
 
 /// The element type of a GPU run, from `--precision auto|fp32|bf16`. `auto` is bf16: every GPU

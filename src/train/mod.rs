@@ -74,11 +74,22 @@ pub struct TrainOptions {
     /// Tests only: treat the loss of these (1-based) steps as NaN.
     #[doc(hidden)]
     pub poison_steps: Vec<u64>,
+    /// Train on this GPU (fp32, TF32 matmuls) instead of the CPU.
+    pub gpu: Option<usize>,
 }
 
 impl TrainOptions {
     pub fn new(run: RunConfig, out: PathBuf) -> Self {
-        TrainOptions { run, out, fresh: false, verbose: false, stop: None, max_bad_steps: 5, poison_steps: Vec::new() }
+        TrainOptions {
+            run,
+            out,
+            fresh: false,
+            verbose: false,
+            stop: None,
+            max_bad_steps: 5,
+            poison_steps: Vec::new(),
+            gpu: None,
+        }
     }
 }
 
@@ -339,6 +350,123 @@ fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Resul
     Ok(path)
 }
 
+/// Where the steps run. The trainer's host copies of the weights and moments are the truth on the
+/// CPU; on the GPU they are refreshed from the device before every checkpoint.
+enum Engine {
+    Cpu { grads: Vec<f32>, acts: Box<Activations<f32>> },
+    Gpu(Box<crate::gpu::gpt::GpuModel<f32>>),
+}
+
+impl Engine {
+    fn new(o: &TrainOptions, t: &Trainer) -> Result<Self> {
+        let r = &o.run;
+        Ok(match o.gpu {
+            None => Engine::Cpu {
+                grads: vec![0.0; ParamLayout::new(&r.model).total],
+                acts: Box::new(Activations::new(&r.model, r.batch, r.seq)),
+            },
+            Some(ordinal) => {
+                let mut g = crate::gpu::gpt::GpuModel::<f32>::new(&r.model, &t.params, ordinal, true)?;
+                g.enable_training()?;
+                g.upload_moments(&t.opt.m, &t.opt.v)?;
+                Engine::Gpu(Box::new(g))
+            }
+        })
+    }
+
+    fn device(&self) -> String {
+        match self {
+            Engine::Cpu { .. } => "cpu".into(),
+            Engine::Gpu(g) => g.gpu.describe(),
+        }
+    }
+
+    /// Gradients of one step over `accum` micro-batches, clipped; returns (mean loss, norm before clipping).
+    #[allow(clippy::too_many_arguments)]
+    fn gradients(
+        &mut self,
+        t: &Trainer,
+        cfg: &ModelConfig,
+        data: &mut DataLoader,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+        r: &RunConfig,
+        dloss: f32,
+    ) -> Result<(f64, f64)> {
+        let layout = ParamLayout::new(cfg);
+        let mut loss = 0.0;
+        match self {
+            Engine::Cpu { grads, acts } => {
+                grads.fill(0.0);
+                for _ in 0..r.grad_accum {
+                    data.next_batch(inputs, targets);
+                    gpt::forward(cfg, &layout, &t.params, acts, inputs);
+                    loss += gpt::backward(cfg, &layout, &t.params, grads, acts, inputs, targets, dloss);
+                }
+                Ok((loss / r.grad_accum as f64, clip_grad_norm(grads, r.grad_clip)))
+            }
+            Engine::Gpu(g) => {
+                g.zero_grads()?;
+                for _ in 0..r.grad_accum {
+                    data.next_batch(inputs, targets);
+                    loss += g.forward_backward(inputs, targets, r.batch, r.seq, dloss)?;
+                }
+                Ok((loss / r.grad_accum as f64, g.clip_grad_norm(r.grad_clip)?))
+            }
+        }
+    }
+
+    /// One AdamW update with the gradients of [`gradients`](Self::gradients).
+    fn update(&mut self, t: &mut Trainer, layout: &ParamLayout, lr: f32) -> Result<()> {
+        match self {
+            Engine::Cpu { grads, .. } => t.opt.step(layout, &mut t.params, grads, lr),
+            Engine::Gpu(g) => {
+                g.adamw_step(t.opt.cfg, t.opt.t + 1, lr)?;
+                t.opt.t += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, t: &Trainer, cfg: &ModelConfig, val: &mut DataLoader, batches: usize) -> Result<f64> {
+        match self {
+            Engine::Cpu { acts, .. } => Ok(evaluate(cfg, &t.params, val, acts, batches)),
+            Engine::Gpu(g) => {
+                let (b, s) = (val.batch(), val.seq());
+                let (mut inputs, mut targets) = (vec![0u32; b * s], vec![0u32; b * s]);
+                val.reset();
+                let batches = batches.min(val.num_val_batches()).max(1);
+                let mut total = 0.0;
+                for _ in 0..batches {
+                    val.next_batch(&mut inputs, &mut targets);
+                    g.forward(&inputs, Some(&targets), b, s)?;
+                    let losses = g.losses()?;
+                    total += losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
+                }
+                Ok(total / batches as f64)
+            }
+        }
+    }
+
+    /// Brings the device's weights and moments into the trainer (before a checkpoint).
+    fn sync_to_host(&mut self, t: &mut Trainer) -> Result<()> {
+        if let Engine::Gpu(g) = self {
+            t.params = g.download_params()?;
+            (t.opt.m, t.opt.v) = g.download_moments()?;
+        }
+        Ok(())
+    }
+
+    /// Model FLOP utilisation against the device's bf16 peak, when known.
+    fn mfu(&self, cfg: &ModelConfig, seq: usize, tokens_per_sec: f64) -> Option<f64> {
+        match self {
+            Engine::Cpu { .. } => None,
+            Engine::Gpu(g) => crate::gpu::peak_bf16_tflops(&g.gpu.describe())
+                .map(|peak| tokens_per_sec * cfg.flops_per_token(seq) / (peak * 1e12)),
+        }
+    }
+}
+
 /// Notes a validation loss in the state, the summary, the log and the metrics.
 fn record_val(
     t: &mut Trainer,
@@ -405,9 +533,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
 
     let cfg = r.model;
     let layout = ParamLayout::new(&cfg);
-    let mut grads = vec![0.0f32; layout.total];
     let sched = LrSchedule { max_lr: r.lr, min_lr: r.lr * r.min_lr_frac, warmup: r.warmup, total: r.steps };
-    let mut acts = Activations::<f32>::new(&cfg, r.batch, r.seq);
+    let mut engine = Engine::new(o, &t)?;
     let n = r.batch * r.seq;
     let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
     let tokens_per_step = (n * r.grad_accum) as u64;
@@ -418,11 +545,12 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
         model: cfg.to_string(),
         params: layout.total as u64,
         tokens_per_step,
-        device: "cpu".into(),
+        device: engine.device(),
     })?;
     let mut summary = TrainSummary { resumed_from, ..Default::default() };
     log.line(&format!(
-        "model: {cfg}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps, checkpoints every {} steps (keep {} + best)",
+        "model: {cfg}\ndevice: {}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps, checkpoints every {} steps (keep {} + best)",
+        engine.device(),
         r.data.display(),
         train_data.total_tokens(),
         val_data.total_tokens(),
@@ -436,7 +564,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     ));
 
     if resumed_from.is_none() {
-        let v = evaluate(&cfg, &t.params, &mut val_data, &mut acts, r.eval_batches);
+        let v = engine.evaluate(&t, &cfg, &mut val_data, r.eval_batches)?;
         record_val(&mut t, v, &mut metrics, &mut log, &mut summary)?;
     }
 
@@ -448,19 +576,11 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let mut session_tokens = 0u64;
     while t.step < r.steps {
         let t0 = Instant::now();
-        grads.fill(0.0);
         let dloss = 1.0 / tokens_per_step as f32;
-        let mut loss = 0.0;
-        for _ in 0..r.grad_accum {
-            train_data.next_batch(&mut inputs, &mut targets);
-            gpt::forward(&cfg, &layout, &t.params, &mut acts, &inputs);
-            loss += gpt::backward(&cfg, &layout, &t.params, &mut grads, &mut acts, &inputs, &targets, dloss);
-        }
-        loss /= r.grad_accum as f64;
+        let (mut loss, norm) = engine.gradients(&t, &cfg, &mut train_data, &mut inputs, &mut targets, r, dloss)?;
         if o.poison_steps.contains(&(t.step + 1)) {
             loss = f64::NAN;
         }
-        let norm = clip_grad_norm(&mut grads, r.grad_clip);
         let lr = sched.at(t.step);
         t.step += 1;
         t.state.tokens += tokens_per_step;
@@ -489,7 +609,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
             }
         } else {
             bad_in_a_row = 0;
-            t.opt.step(&layout, &mut t.params, &grads, lr as f32);
+            engine.update(&mut t, &layout, lr as f32)?;
             t.state.adam_t = t.opt.t;
             t.state.loss = loss;
             summary.train_losses.push((t.step, loss));
@@ -498,11 +618,13 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
             step_time = Some(avg);
             let elapsed = elapsed_before + session_start.elapsed().as_secs_f64();
             let tok_s = tokens_per_step as f64 / dt;
+            let mfu = engine.mfu(&cfg, r.seq, tok_s);
             log.line(&format!(
-                "step {:>6}/{} | epoch {:.2} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {tok_s:.0} tok/s | {:.1} ms | elapsed {} | eta {}",
+                "step {:>6}/{} | epoch {:.2} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {tok_s:.0} tok/s{} | {:.1} ms | elapsed {} | eta {}",
                 t.step,
                 r.steps,
                 train_data.epoch_progress(),
+                mfu.map(|m| format!(" | MFU {:.1}%", 100.0 * m)).unwrap_or_default(),
                 dt * 1e3,
                 runlog::duration(elapsed),
                 runlog::duration(avg * (r.steps - t.step) as f64)
@@ -514,7 +636,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
                 lr,
                 grad_norm: norm,
                 tokens_per_sec: tok_s,
-                mfu: None,
+                mfu,
                 elapsed_s: elapsed,
             })?;
         }
@@ -524,10 +646,11 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
         let last = t.step == r.steps;
         let ckpt_due = last || (r.ckpt_every > 0 && t.step.is_multiple_of(r.ckpt_every));
         if stop.is_none() && ((r.eval_every > 0 && t.step.is_multiple_of(r.eval_every)) || ckpt_due) {
-            let v = evaluate(&cfg, &t.params, &mut val_data, &mut acts, r.eval_batches);
+            let v = engine.evaluate(&t, &cfg, &mut val_data, r.eval_batches)?;
             record_val(&mut t, v, &mut metrics, &mut log, &mut summary)?;
         }
         if ckpt_due || stop.is_some() {
+            engine.sync_to_host(&mut t)?;
             let path = save_checkpoint(o, &mut t, &mut log)?;
             last_saved = Some(path.clone());
             summary.checkpoint = path;

@@ -14,6 +14,7 @@ mod matmul;
 mod optim;
 mod residual;
 mod sample;
+mod train;
 
 use genesis::gpu::device::{cuda_available, Gpu};
 
