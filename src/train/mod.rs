@@ -549,7 +549,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     })?;
     let mut summary = TrainSummary { resumed_from, ..Default::default() };
     log.line(&format!(
-        "model: {cfg}\ndevice: {}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps, checkpoints every {} steps (keep {} + best)",
+        "model: {cfg}\ndevice: {}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps, checkpoints {} (keep {} + best)",
         engine.device(),
         r.data.display(),
         train_data.total_tokens(),
@@ -559,7 +559,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
         r.grad_accum,
         tokens_per_step,
         r.steps,
-        if r.ckpt_every == 0 { "end".to_string() } else { r.ckpt_every.to_string() },
+        if r.ckpt_every == 0 { "at the end".to_string() } else { format!("every {} steps", r.ckpt_every) },
         r.keep
     ));
 
