@@ -180,3 +180,56 @@ pub fn bench_forward_gpu<T: crate::gpu::Float>(
         activation_gb: GpuModel::<T>::activation_bytes(cfg, batch, seq) as f64 / 1e9,
     })
 }
+
+/// What `genesis bench train --device cuda` measured.
+pub struct GpuTrainBench {
+    pub device: String,
+    pub ms_per_step: f64,
+    pub tokens_per_sec: f64,
+    /// Against the device's bf16 peak, when known (6N + 12LCT FLOPs per token).
+    pub mfu: Option<f64>,
+    pub tflops: f64,
+    /// Device memory in use by the run (weights, gradients, moments, activations, scratch, cuBLAS).
+    pub memory_gb: f64,
+}
+
+/// Full GPU training steps (forward, backward, clipping, AdamW; fp32 with TF32 matmuls) of `cfg` on
+/// random tokens: one warmup step, then `steps` timed.
+pub fn bench_train_gpu(cfg: &ModelConfig, batch: usize, seq: usize, steps: usize) -> anyhow::Result<GpuTrainBench> {
+    use crate::gpu::gpt::GpuModel;
+    let free_before = cudarc::driver::result::mem_get_info().map(|m| m.0).unwrap_or(0);
+    let params = gpt::init_params(cfg, 1);
+    let mut model = GpuModel::<f32>::new(cfg, &params, 0, true)?;
+    let free_before = if free_before == 0 { cudarc::driver::result::mem_get_info()?.0 } else { free_before };
+    model.enable_training()?;
+    let mut rng = Rng::new(3);
+    let n = batch * seq;
+    let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let step = |model: &mut GpuModel<f32>, t: u64| -> anyhow::Result<()> {
+        model.zero_grads()?;
+        model.forward_backward(&inputs, &targets, batch, seq, 1.0 / n as f32)?;
+        model.clip_grad_norm(1.0)?;
+        model.adamw_step(AdamWConfig::default(), t, 1e-4)
+    };
+    step(&mut model, 1)?;
+    model.gpu.synchronize()?;
+    let start = Instant::now();
+    for t in 0..steps {
+        step(&mut model, t as u64 + 2)?;
+    }
+    model.gpu.synchronize()?;
+    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    let free_after = cudarc::driver::result::mem_get_info()?.0;
+    let tokens_per_sec = n as f64 / secs;
+    let device = model.gpu.describe();
+    let flops = tokens_per_sec * cfg.flops_per_token(seq);
+    Ok(GpuTrainBench {
+        mfu: crate::gpu::peak_bf16_tflops(&device).map(|peak| flops / (peak * 1e12)),
+        device,
+        ms_per_step: secs * 1e3,
+        tokens_per_sec,
+        tflops: flops / 1e12,
+        memory_gb: free_before.saturating_sub(free_after) as f64 / 1e9,
+    })
+}

@@ -329,11 +329,11 @@ struct BenchSample {
     subcommand,
     name = "train",
     example = "genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64",
-    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token)."
+    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token). On a GPU (--device auto or cuda): full fp32 steps with TF32 matmuls, MFU against the GPU's bf16 peak and the device memory the run holds. The PyTorch reference: python3 ../shared/bench/torch_reference.py train [--compile]."
 )]
 struct BenchTrain {
-    /// where to run: cpu (the only engine built so far)
-    #[argh(option, default = "String::from(\"cpu\")")]
+    /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
+    #[argh(option, default = "String::from(\"auto\")")]
     device: String,
     /// model preset (default gpt2-124m)
     #[argh(option, default = "String::from(\"gpt2-124m\")")]
@@ -770,12 +770,25 @@ fn bench_sample(b: BenchSample) -> Result<()> {
 }
 
 fn bench_train(b: BenchTrain) -> Result<()> {
-    if b.device != "cpu" {
-        bail!("--device {}: only the CPU engine exists so far; use --device cpu", b.device);
-    }
     let cfg = preset(&b.model)?;
     if b.seq == 0 || b.seq > cfg.max_seq_len || b.batch == 0 || b.steps == 0 {
         bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
+    }
+    if genesis::gpu::select_device(&b.device)?.is_some() {
+        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps)?;
+        println!(
+            "bench train {} on {} (fp32, TF32 matmuls), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            b.model,
+            r.device,
+            b.batch,
+            b.seq,
+            r.ms_per_step,
+            r.tokens_per_sec,
+            r.tflops,
+            r.mfu.map(|m| format!(", MFU {:.1}%", 100.0 * m)).unwrap_or_default(),
+            r.memory_gb
+        );
+        return Ok(());
     }
     let r = genesis::bench::bench_train_cpu(&cfg, b.batch, b.seq, b.steps);
     let mean = r.step_ms.iter().sum::<f64>() / r.step_ms.len() as f64;
