@@ -172,6 +172,9 @@ struct TrainCmd {
     /// micro-batches accumulated per step (default 1)
     #[argh(option)]
     grad_accum: Option<usize>,
+    /// tokens per optimizer step, e.g. 524288 (GPT-2's recipe): on a GPU the largest micro-batch that fits its free memory is chosen and accumulated to reach it (instead of --batch and --grad-accum)
+    #[argh(option)]
+    tokens_per_step: Option<usize>,
     /// peak learning rate (default 6e-4)
     #[argh(option)]
     lr: Option<f64>,
@@ -581,7 +584,6 @@ fn bench_prepare(b: BenchPrepare) -> Result<()> {
 }
 
 fn train_cmd(c: TrainCmd) -> Result<()> {
-    let gpu = genesis::gpu::select_device(&c.device)?;
     let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
     let init = match (&c.init_from, &saved) {
         (Some(path), None) => Some(genesis::weights::load(path)?.config),
@@ -597,6 +599,15 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
         (None, Some(s)) => s.data.clone(),
         (data, _) => train_data(data.as_deref())?,
     };
+    let gpu = genesis::gpu::select_device(&c.device)?;
+    let seq = c.seq.or(saved.as_ref().map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024));
+    let (batch, grad_accum) = match c.tokens_per_step {
+        Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
+            bail!("--tokens-per-step {tps} chooses --batch and --grad-accum; give one or the others")
+        }
+        Some(tps) => micro_batch_for(&model, seq, tps, gpu)?,
+        None => (c.batch, c.grad_accum),
+    };
     let steps = c.steps.or(saved.as_ref().map(|s| s.steps)).unwrap_or(1000);
     let pick = |mine: Option<f64>, theirs: Option<f64>, default: f64| mine.or(theirs).unwrap_or(default);
     let s = saved.as_ref();
@@ -604,9 +615,9 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
         model,
         data,
         steps,
-        batch: c.batch.or(s.map(|s| s.batch)).unwrap_or(8),
-        seq: c.seq.or(s.map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024)),
-        grad_accum: c.grad_accum.or(s.map(|s| s.grad_accum)).unwrap_or(1),
+        batch: batch.or(s.map(|s| s.batch)).unwrap_or(8),
+        seq,
+        grad_accum: grad_accum.or(s.map(|s| s.grad_accum)).unwrap_or(1),
         lr: pick(c.lr, s.map(|s| s.lr), 6e-4),
         min_lr_frac: pick(c.min_lr_frac, s.map(|s| s.min_lr_frac), 0.1),
         warmup: c.warmup.or(s.map(|s| s.warmup)).unwrap_or((steps / 20).min(700)),
@@ -650,6 +661,31 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
     }
     let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", s.checkpoint.display());
     Ok(())
+}
+
+/// (micro-batch, accumulation) reaching `tokens_per_step`: on the GPU the largest micro-batch the
+/// memory plan fits in its free memory (fp32 training), on the CPU 8 sequences.
+fn micro_batch_for(
+    model: &ModelConfig,
+    seq: usize,
+    tokens_per_step: usize,
+    gpu: Option<usize>,
+) -> Result<(Option<usize>, Option<usize>)> {
+    let Some(ordinal) = gpu else {
+        let batch = 8.min(tokens_per_step.div_ceil(seq));
+        return Ok((Some(batch), Some(tokens_per_step.div_ceil(batch * seq))));
+    };
+    let (free, _) = genesis::gpu::device::Gpu::new(ordinal)?.memory()?;
+    let p = genesis::train::plan::plan(model, seq, tokens_per_step, free as u64, false)?;
+    eprintln!(
+        "memory plan: micro-batch {} x seq {seq} x accum {} = {} tokens/step, {:.1} GB of the {:.1} GB free (genesis info shows the breakdown)",
+        p.micro_batch,
+        p.grad_accum,
+        p.micro_batch * seq * p.grad_accum,
+        p.total as f64 / 1e9,
+        free as f64 / 1e9
+    );
+    Ok((Some(p.micro_batch), Some(p.grad_accum)))
 }
 
 /// SIGINT, SIGTERM and SIGHUP set the returned flag (to the signal number): training finishes its

@@ -406,3 +406,31 @@ fn a_second_sigint_exits_at_once() {
     assert!(list_checkpoints(&out).is_empty(), "it must not have finished the step and saved");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tokens_per_step_sets_batch_and_accumulation() {
+    let dir = temp_dir("resume-tps");
+    let data = dataset(&dir);
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_genesis"))
+            .args(["train", "--device", "cpu", "--model", "tiny", "--seq", "32", "--steps", "1", "--eval-batches", "1"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.join("run"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    // On the CPU: 8 sequences of 32, accumulated 4 times to reach at least 1000 tokens.
+    let (ok, text) = run(&["--tokens-per-step", "1000", "--fresh"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("batch 8 x seq 32 x accum 4 = 1024 tokens/step"), "{text}");
+    let (ok, text) = run(&["--tokens-per-step", "1000", "--batch", "2", "--fresh"]);
+    assert!(!ok && text.contains("--tokens-per-step 1000 chooses --batch and --grad-accum"), "{text}");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -103,6 +103,12 @@ impl Gpu {
         Ok(f)
     }
 
+    /// (free, total) bytes of device memory.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx.bind_to_thread().context("binding the CUDA context")?;
+        cudarc::driver::result::mem_get_info().context("querying device memory")
+    }
+
     /// Device name and compute capability, e.g. `"NVIDIA H100 (sm_90)"`.
     pub fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown device".into());
