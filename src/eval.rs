@@ -35,6 +35,7 @@
 //! the lowest mean loss per ending token (length-normalised, as llm.c and nanoGPT do). Ties go to
 //! the first ending. The 4 candidates of an item run as one padded batch.
 
+use crate::train::runlog::duration;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -394,16 +395,6 @@ impl Progress {
     }
 }
 
-/// `1h02m`, `3m05s` or `12s`.
-pub fn duration(secs: f64) -> String {
-    let s = secs.round().max(0.0) as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
 /// One HellaSwag item: a context, candidate endings and the index of the right one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HellaSwagItem {
@@ -677,7 +668,5 @@ mod tests {
         let bad = parse_hellaswag_line(r#"{"ctx":"A","endings":["1","2","3","4"],"label":4}"#, 1);
         assert!(bad.unwrap_err().contains("out of range"));
         assert_eq!(argmin([3.0, 1.0, 1.0, 2.0]), 1);
-        assert_eq!(duration(3725.0), "1h02m");
-        assert_eq!(duration(65.0), "1m05s");
     }
 }

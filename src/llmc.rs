@@ -7,9 +7,7 @@
 
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// llm.c's model-file magic number.
 pub const MAGIC: i32 = 20240326;
@@ -25,8 +23,8 @@ fn header_int(path: &Path, name: &str, x: usize) -> Result<i32> {
     i32::try_from(x).with_context(|| format!("{}: {name} = {x} does not fit the llm.c header", path.display()))
 }
 
-/// Writes `params` (laid out by `cfg`) as an llm.c fp32 model file: to `<path>.tmp`, fsynced, then
-/// renamed over `path`, so a crash never leaves a half-written file at `path`.
+/// Writes `params` (laid out by `cfg`) as an llm.c fp32 model file atomically (`shard::write_atomic`:
+/// `<path>.tmp`, fsync, rename, directory fsync), so a crash never leaves a half-written file at `path`.
 pub fn write_model(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     let layout = ParamLayout::new(cfg);
@@ -56,22 +54,7 @@ pub fn write_model(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()>
         bytes.extend_from_slice(&p.to_le_bytes());
     }
 
-    let tmp = tmp_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        Ok(())
-    };
-    write().with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+    crate::data::shard::write_atomic(path, &bytes)
 }
 
 /// Reads an llm.c model file (fp32 v3 or bf16 v5) into its config and an f32 parameter buffer.
@@ -134,6 +117,7 @@ pub fn read_model(path: &Path) -> Result<(ModelConfig, Vec<f32>)> {
 mod tests {
     use super::*;
     use crate::cpu::gpt::init_params;
+    use std::path::PathBuf;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("genesis-llmc-{}-{name}", std::process::id()));
@@ -147,7 +131,7 @@ mod tests {
         let params = init_params(&cfg, 1337);
         let path = scratch("roundtrip");
         write_model(&path, &cfg, &params).unwrap();
-        assert!(!tmp_path(&path).exists());
+        assert!(!crate::data::shard::tmp_path(&path).exists());
         let (cfg2, params2) = read_model(&path).unwrap();
         assert_eq!(cfg2, cfg);
         assert_eq!(params2.len(), params.len());

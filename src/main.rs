@@ -585,8 +585,9 @@ fn bench_prepare(b: BenchPrepare) -> Result<()> {
 
 fn train_cmd(c: TrainCmd) -> Result<()> {
     let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
-    let init = match (&c.init_from, &saved) {
-        (Some(path), None) => Some(genesis::weights::load(path)?.config),
+    // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
+    let init = match (&c.init_from, &saved, &c.model) {
+        (Some(path), None, None) => Some(genesis::weights::load(path)?.config),
         _ => None,
     };
     let model = match (&c.model, &saved, init) {

@@ -42,47 +42,63 @@ pub struct Weights {
     pub step: Option<u64>,
 }
 
-/// Loads weights from `path`, recognising the format by content (a directory is read as an export
-/// directory holding `model.safetensors`).
-pub fn load(path: &Path) -> Result<Weights> {
+/// The file to read for `path` (a directory's `model.safetensors`) and its format as its first bytes
+/// tell: `None` when they name no format Genesis recognises by content.
+fn sniff(path: &Path) -> Result<(PathBuf, Option<WeightsFormat>)> {
     if path.is_dir() {
-        let st = path.join("model.safetensors");
+        let st = path.join(crate::hf::MODEL_FILE);
         if !st.exists() {
             bail!(
-                "{} is a directory without model.safetensors; give a checkpoint file (*.ckpt), an export directory \
+                "{} is a directory without {}; give a checkpoint file (*.ckpt), an export directory \
                  (from genesis export), a Hugging Face GPT-2 model.safetensors or an llm.c .bin file",
-                path.display()
+                path.display(),
+                crate::hf::MODEL_FILE
             );
         }
-        return load_safetensors(&st);
+        return Ok((st, Some(WeightsFormat::Safetensors)));
     }
     let mut head = [0u8; 8];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .with_context(|| format!("cannot read model file {}", path.display()))?;
     let head = &head[..n];
-    if head.starts_with(checkpoint::MAGIC) {
-        let (info, params) = checkpoint::load_params(path)?;
-        return Ok(Weights {
-            config: info.config,
-            params,
-            format: WeightsFormat::Checkpoint,
-            path: path.to_path_buf(),
-            step: Some(info.step),
-        });
+    let format = if head.starts_with(checkpoint::MAGIC) {
+        Some(WeightsFormat::Checkpoint)
+    } else if head.len() >= 4 && head[..4] == crate::llmc::MAGIC.to_le_bytes() {
+        Some(WeightsFormat::LlmC)
+    } else {
+        None
+    };
+    Ok((path.to_path_buf(), format))
+}
+
+/// Loads weights from `path`, recognising the format by content (a directory is read as an export
+/// directory holding `model.safetensors`).
+pub fn load(path: &Path) -> Result<Weights> {
+    let (file, format) = sniff(path)?;
+    match format {
+        Some(WeightsFormat::Checkpoint) => {
+            let (info, params) = checkpoint::load_params(&file)?;
+            Ok(Weights {
+                config: info.config,
+                params,
+                format: WeightsFormat::Checkpoint,
+                path: file,
+                step: Some(info.step),
+            })
+        }
+        Some(WeightsFormat::LlmC) => {
+            let (config, params) = crate::llmc::read_model(&file)?;
+            Ok(Weights { config, params, format: WeightsFormat::LlmC, path: file, step: None })
+        }
+        Some(WeightsFormat::Safetensors) => load_safetensors(&file),
+        None if file.extension().is_some_and(|e| e == "safetensors") => load_safetensors(&file),
+        None => bail!(
+            "{} is not a model file Genesis knows: expected a Genesis checkpoint (starts with GENESIS), an llm.c \
+             model file (magic 20240326), a .safetensors file or an export directory",
+            path.display()
+        ),
     }
-    if head.len() >= 4 && head[..4] == crate::llmc::MAGIC.to_le_bytes() {
-        let (config, params) = crate::llmc::read_model(path)?;
-        return Ok(Weights { config, params, format: WeightsFormat::LlmC, path: path.to_path_buf(), step: None });
-    }
-    if path.extension().is_some_and(|e| e == "safetensors") {
-        return load_safetensors(path);
-    }
-    bail!(
-        "{} is not a model file Genesis knows: expected a Genesis checkpoint (starts with GENESIS), an llm.c model \
-         file (magic 20240326), a .safetensors file or an export directory",
-        path.display()
-    )
 }
 
 /// A Hugging Face GPT-2 safetensors file; its `config.json` is looked for beside it (and `genesis.json`,
@@ -113,35 +129,30 @@ pub struct VerifyReport {
 /// extents, exact length, expected GPT-2 tensors and shapes, and the sha256 recorded in `genesis.json`
 /// when present; an llm.c file's header and size. The error names the file and the broken part.
 pub fn verify(path: &Path) -> Result<VerifyReport> {
-    let st = if path.is_dir() { path.join(crate::hf::MODEL_FILE) } else { path.to_path_buf() };
-    if path.is_dir() && !st.exists() {
-        bail!("{}: no {} in this directory; is it an export directory?", path.display(), crate::hf::MODEL_FILE);
+    let (st, format) = sniff(path)?;
+    match format {
+        Some(WeightsFormat::Checkpoint) => {
+            let info = checkpoint::verify(&st)?;
+            let names: Vec<&str> = info.sections.iter().map(|s| s.name.as_str()).collect();
+            Ok(VerifyReport {
+                format: WeightsFormat::Checkpoint,
+                config: info.config,
+                step: Some(info.step),
+                checked: format!("CRC-32 of every section ({}) matches", names.join(", ")),
+            })
+        }
+        Some(WeightsFormat::LlmC) => {
+            let (config, version) = verify_llmc(&st)?;
+            Ok(VerifyReport {
+                format: WeightsFormat::LlmC,
+                config,
+                step: None,
+                checked: format!("version {version}, size matches the header"),
+            })
+        }
+        // Anything else is checked as safetensors, which names what does not parse.
+        Some(WeightsFormat::Safetensors) | None => verify_safetensors(&st),
     }
-    let mut head = [0u8; 8];
-    let n = std::fs::File::open(&st)
-        .and_then(|mut f| f.read(&mut head))
-        .with_context(|| format!("cannot read model file {}", st.display()))?;
-    let head = &head[..n];
-    if head.starts_with(checkpoint::MAGIC) {
-        let info = checkpoint::verify(&st)?;
-        let names: Vec<&str> = info.sections.iter().map(|s| s.name.as_str()).collect();
-        return Ok(VerifyReport {
-            format: WeightsFormat::Checkpoint,
-            config: info.config,
-            step: Some(info.step),
-            checked: format!("CRC-32 of every section ({}) matches", names.join(", ")),
-        });
-    }
-    if head.len() >= 4 && head[..4] == crate::llmc::MAGIC.to_le_bytes() {
-        let (config, version) = verify_llmc(&st)?;
-        return Ok(VerifyReport {
-            format: WeightsFormat::LlmC,
-            config,
-            step: None,
-            checked: format!("version {version}, size matches the header"),
-        });
-    }
-    verify_safetensors(&st)
 }
 
 /// Structure of a GPT-2 safetensors file, and its sha256 against `genesis.json` when there is one.

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"GENESIS\0";
 pub const FORMAT_VERSION: u32 = 1;
@@ -132,7 +132,7 @@ pub fn write(
         data_start = align(16 + json.len() + 4);
     };
 
-    let tmp = tmp_path(path);
+    let tmp = crate::data::shard::tmp_path(path);
     let write = || -> Result<()> {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         f.write_all(MAGIC)?;
@@ -155,23 +155,9 @@ pub fn write(
         return Err(e.context(format!("writing checkpoint {}", tmp.display())));
     }
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    sync_dir(path);
+    // Best effort: not every filesystem lets a directory be opened and fsynced.
+    let _ = crate::data::shard::sync_parent_dir(path);
     Ok(())
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-/// fsync the directory holding `path`, so the rename itself is durable (best effort: not every
-/// filesystem allows opening a directory).
-fn sync_dir(path: &Path) {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// What a checkpoint's header says: enough to list, compare and size checkpoints without reading them.

@@ -135,7 +135,7 @@ pub struct TrainSummary {
     pub tokens_per_sec: f64,
 }
 
-/// Mean validation loss over `batches` batches from the start of the val split.
+/// Mean validation loss over `batches` batches from the start of the val split, on the CPU.
 pub fn evaluate(
     cfg: &ModelConfig,
     params: &[f32],
@@ -144,17 +144,30 @@ pub fn evaluate(
     batches: usize,
 ) -> f64 {
     let layout = ParamLayout::new(cfg);
-    let n = acts.b * acts.t;
+    let mean_loss = |inputs: &[u32], targets: &[u32]| -> Result<f64> {
+        gpt::forward(cfg, &layout, params, acts, inputs);
+        Ok(gpt::loss(cfg, &layout, params, acts, targets))
+    };
+    evaluate_with(val, batches, mean_loss).expect("the CPU forward cannot fail")
+}
+
+/// Mean over `batches` batches from the start of the val split of `mean_loss(inputs, targets)`, the
+/// batch's mean loss on whichever engine computes it.
+fn evaluate_with(
+    val: &mut DataLoader,
+    batches: usize,
+    mut mean_loss: impl FnMut(&[u32], &[u32]) -> Result<f64>,
+) -> Result<f64> {
+    let n = val.batch() * val.seq();
     let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
     val.reset();
     let batches = batches.min(val.num_val_batches()).max(1);
     let mut total = 0.0;
     for _ in 0..batches {
         val.next_batch(&mut inputs, &mut targets);
-        gpt::forward(cfg, &layout, params, acts, &inputs);
-        total += gpt::loss(cfg, &layout, params, acts, &targets);
+        total += mean_loss(&inputs, &targets)?;
     }
-    total / batches as f64
+    Ok(total / batches as f64)
 }
 
 /// The run settings saved in the newest readable checkpoint of `out` (header only), to fill in the
@@ -387,21 +400,21 @@ impl Engine {
         &mut self,
         t: &Trainer,
         cfg: &ModelConfig,
+        layout: &ParamLayout,
         data: &mut DataLoader,
         inputs: &mut [u32],
         targets: &mut [u32],
         r: &RunConfig,
         dloss: f32,
     ) -> Result<(f64, f64)> {
-        let layout = ParamLayout::new(cfg);
         let mut loss = 0.0;
         match self {
             Engine::Cpu { grads, acts } => {
                 grads.fill(0.0);
                 for _ in 0..r.grad_accum {
                     data.next_batch(inputs, targets);
-                    gpt::forward(cfg, &layout, &t.params, acts, inputs);
-                    loss += gpt::backward(cfg, &layout, &t.params, grads, acts, inputs, targets, dloss);
+                    gpt::forward(cfg, layout, &t.params, acts, inputs);
+                    loss += gpt::backward(cfg, layout, &t.params, grads, acts, inputs, targets, dloss);
                 }
                 Ok((loss / r.grad_accum as f64, clip_grad_norm(grads, r.grad_clip)))
             }
@@ -433,17 +446,11 @@ impl Engine {
             Engine::Cpu { acts, .. } => Ok(evaluate(cfg, &t.params, val, acts, batches)),
             Engine::Gpu(g) => {
                 let (b, s) = (val.batch(), val.seq());
-                let (mut inputs, mut targets) = (vec![0u32; b * s], vec![0u32; b * s]);
-                val.reset();
-                let batches = batches.min(val.num_val_batches()).max(1);
-                let mut total = 0.0;
-                for _ in 0..batches {
-                    val.next_batch(&mut inputs, &mut targets);
-                    g.forward(&inputs, Some(&targets), b, s)?;
+                evaluate_with(val, batches, |inputs, targets| {
+                    g.forward(inputs, Some(targets), b, s)?;
                     let losses = g.losses()?;
-                    total += losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
-                }
-                Ok(total / batches as f64)
+                    Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
+                })
             }
         }
     }
@@ -577,7 +584,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     while t.step < r.steps {
         let t0 = Instant::now();
         let dloss = 1.0 / tokens_per_step as f32;
-        let (mut loss, norm) = engine.gradients(&t, &cfg, &mut train_data, &mut inputs, &mut targets, r, dloss)?;
+        let (mut loss, norm) =
+            engine.gradients(&t, &cfg, &layout, &mut train_data, &mut inputs, &mut targets, r, dloss)?;
         if o.poison_steps.contains(&(t.step + 1)) {
             loss = f64::NAN;
         }

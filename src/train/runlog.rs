@@ -69,6 +69,8 @@ mod tests {
         assert_eq!(duration(5.2), "5s");
         assert_eq!(duration(185.0), "3m05s");
         assert_eq!(duration(3720.0), "1h02m");
+        assert_eq!(duration(3725.0), "1h02m");
+        assert_eq!(duration(65.0), "1m05s");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Attention forward (permute, cuBLAS batched GEMMs, causal softmax, unpermute) vs. the CPU
 //! reference, computed in f64 so the error measured is the GPU's alone.
 
-use super::{gpu_or_skip, SplitMix};
+use super::{gpu_or_skip, round, widen, SplitMix};
 use genesis::cpu;
 use genesis::gpu::attention::{
     attention_backward, attention_backward_scratch_len, attention_decode, attention_forward, scratch_len,
@@ -125,16 +125,6 @@ const BF16_U: f64 = 1.0 / 256.0;
 const BF16_ATT_TOL: f64 = 4.0 * BF16_U;
 /// out: three roundings, the last through the att·v product (see above).
 const BF16_OUT_TOL: f64 = 8.0 * BF16_U;
-
-/// Rounds to `T` (round-to-nearest-even for bf16).
-fn round<T: Float>(v: &[f32]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f32(x)).collect()
-}
-
-/// Widens `T` values to f32 (exact).
-fn widen<T: Float>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f32()).collect()
-}
 
 fn check_bf16(gpu: &Gpu, blas: &Blas, rng: &mut SplitMix, (b, t, c, nh): (usize, usize, usize, usize)) {
     let qkv: Vec<bf16> = round(&rng.vec(b * t * 3 * c).into_iter().map(|x| 2.0 * x).collect::<Vec<f32>>());

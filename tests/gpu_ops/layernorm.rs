@@ -191,8 +191,8 @@ const BF16_U: f64 = 1.0 / 256.0;
 
 /// `x` rounded to bf16, and those values back in f32 (exact) for the CPU reference.
 fn to_bf16(x: &[f32]) -> (Vec<bf16>, Vec<f32>) {
-    let h: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
-    let back = h.iter().map(|v| v.to_f32()).collect();
+    let h: Vec<bf16> = super::round(x);
+    let back = super::widen(&h);
     (h, back)
 }
 

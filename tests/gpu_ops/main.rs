@@ -17,6 +17,7 @@ mod sample;
 mod train;
 
 use genesis::gpu::device::{cuda_available, Gpu};
+use genesis::gpu::Float;
 
 /// `Some(gpu)` when CUDA works here; otherwise skips (or panics when `GENESIS_REQUIRE_GPU=1`).
 pub fn gpu_or_skip() -> Option<Gpu> {
@@ -52,4 +53,14 @@ impl SplitMix {
     pub fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.next_f32()).collect()
     }
+}
+
+/// Rounds to `T` (round-to-nearest-even for bf16).
+pub fn round<T: Float>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}
+
+/// Widens `T` values to f32 (exact).
+pub fn widen<T: Float>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
 }

@@ -1,7 +1,7 @@
 //! cuBLASLt matmul forward (with the BIAS / GELU / GELU_BIAS epilogues) vs. the CPU reference,
 //! computed in f64 so the error measured is the GPU's alone.
 
-use super::{gpu_or_skip, SplitMix};
+use super::{gpu_or_skip, round, widen, SplitMix};
 use genesis::cpu;
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
@@ -184,16 +184,6 @@ fn matmul_forward_rejects_short_buffers() {
 /// bf16 unit roundoff.
 const BF16_U: f64 = 1.0 / 256.0;
 
-/// Rounds to bf16 (round-to-nearest-even).
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
-/// Widens bf16 values to f32 (exact).
-fn widen(v: &[bf16]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f32()).collect()
-}
-
 /// Checks `|got - want| <= 2^-8 (|want| + 1.2 |acc|) + slack * max|want|` for every element and
 /// returns max |got - want| / max |want|. `acc` is the product before the epilogue (bias, GELU):
 /// cuBLASLt rounds it to bf16 before applying a bias epilogue (seen on an H200: an element of
@@ -217,9 +207,9 @@ fn check_bf16_close(got: &[f32], want: &[f64], acc: Option<&[f64]>, slack: f64, 
 
 #[allow(clippy::too_many_arguments)]
 fn check_bf16(gpu: &Gpu, blas: &Blas, rng: &mut SplitMix, n: usize, c: usize, oc: usize, with_bias: bool, gelu: bool) {
-    let inp = to_bf16(&rng.vec(n * c));
-    let weight = to_bf16(&rng.vec(oc * c));
-    let bias = to_bf16(&rng.vec(oc));
+    let inp = round::<bf16>(&rng.vec(n * c));
+    let weight = round::<bf16>(&rng.vec(oc * c));
+    let bias = round::<bf16>(&rng.vec(oc));
     let bias_f32 = widen(&bias);
     let want = reference(&widen(&inp), &widen(&weight), with_bias.then_some(bias_f32.as_slice()), n, c, oc, gelu);
     let acc = reference(&widen(&inp), &widen(&weight), None, n, c, oc, false);
@@ -266,8 +256,8 @@ fn matmul_forward_bf16_on_offset_views() {
     let mut rng = SplitMix(0x6d61_746d_756c_0005);
     let (n, c, oc) = (9usize, 24usize, 40usize);
     let (w_off, b_off) = (1usize, 1 + oc * c + 3);
-    let params = to_bf16(&rng.vec(b_off + oc + 5));
-    let inp = to_bf16(&rng.vec(n * c + 1));
+    let params = round::<bf16>(&rng.vec(b_off + oc + 5));
+    let inp = round::<bf16>(&rng.vec(n * c + 1));
     let (params_f32, inp_f32) = (widen(&params), widen(&inp));
     let want = reference(
         &inp_f32[1..],
