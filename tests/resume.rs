@@ -434,3 +434,30 @@ fn tokens_per_step_sets_batch_and_accumulation() {
     assert!(!ok && text.contains("--tokens-per-step 1000 chooses --batch and --grad-accum"), "{text}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn init_from_starts_from_the_given_weights() {
+    let dir = temp_dir("resume-init");
+    let data = dataset(&dir);
+    // Weights trained a little, saved as an llm.c file (any model file works through weights::load).
+    let first = train(&options(run_config(&data, 3), &dir.join("a"))).unwrap();
+    let trained = checkpoint::load(&first.checkpoint).unwrap();
+    let bin = dir.join("start.bin");
+    genesis::llmc::write_model(&bin, &trained.config, trained.params()).unwrap();
+
+    let mut cfg = run_config(&data, 2);
+    cfg.init_from = Some(bin.clone());
+    let s = train(&options(cfg.clone(), &dir.join("b"))).unwrap();
+    // The step-0 validation loss is the given weights', not a fresh init's.
+    let mut val = genesis::data::loader::DataLoader::open(&data, genesis::data::loader::Split::Val, 4, 32, 7).unwrap();
+    let mut acts = genesis::cpu::gpt::Activations::<f32>::new(&cfg.model, 4, 32);
+    let want = genesis::train::evaluate(&cfg.model, trained.params(), &mut val, &mut acts, cfg.eval_batches);
+    assert_eq!(s.val_losses[0].1.to_bits(), want.to_bits(), "step 0 did not start from {}", bin.display());
+    assert!(main_log(&dir.join("b")).contains("initial weights:"));
+
+    // Weights of another shape are refused, naming the file.
+    cfg.model.channels = 128;
+    let e = err_string(train(&options(cfg, &dir.join("c"))));
+    assert!(e.contains("--init-from") && e.contains("start.bin"), "{e}");
+    fs::remove_dir_all(&dir).unwrap();
+}
