@@ -180,7 +180,7 @@ __device__ __forceinline__ void decode(T* out, const T* q, const T* kcache, cons
 }
 
 
-// ---- backward (fp32 only for now) ----
+// ---- backward ----
 //
 // The host side (attention_backward in src/gpu/attention.rs) runs, per backward:
 //   1. attention_backward_permute:  q, k, v from qkv as in the forward, dy[b,h,t,d] = dout[b,t,h*HS+d]
@@ -189,11 +189,15 @@ __device__ __forceinline__ void decode(T* out, const T* q, const T* kcache, cons
 //   4. attention_softmax_backward:  datt -> dpreatt in place (below)
 //   5. cuBLAS batched GEMMs:        dq = dpreatt . k,  dk = dpreatt^T . q
 //   6. attention_backward_unpermute_add: dqkv[b,t,part*C + h*HS + d] += d{q,k,v}[b,h,t,d]
+//
+// Templates over the storage type T like the forward: with bf16 every buffer (dout, qkv, att,
+// the scratch q/k/v/dy/datt/dq/dk/dv and dqkv) is __nv_bfloat16; the kernels load as float,
+// compute in fp32 and round each stored value once. The permute only copies (exact).
 
 // Launch: grid = ceil(B*NH*T*HS / blockDim.x), any blockDim.x (256 is typical).
-__device__ __forceinline__ void backward_permute(float* q, float* k, float* v, float* dy,
-                                                 const float* qkv, const float* dout, int B,
-                                                 int T_, int NH, int HS) {
+template <typename T>
+__device__ __forceinline__ void backward_permute(T* q, T* k, T* v, T* dy, const T* qkv,
+                                                 const T* dout, int B, int T_, int NH, int HS) {
     const long long C = (long long)NH * HS;
     const long long n = (long long)B * T_ * C;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -219,37 +223,43 @@ __device__ __forceinline__ void backward_permute(float* q, float* k, float* v, f
 // layout); row r belongs to query position t1 = r % T:
 //   dpreatt[r, t2] = scale * att[r,t2] * (datt[r,t2] - sum_{t2' <= t1} att[r,t2'] datt[r,t2'])
 // for t2 <= t1, and 0 above the diagonal (where datt is whatever the GEMM produced). The dot
-// product is an fp32 warp reduction in a fixed order (deterministic).
+// product is an fp32 warp reduction in a fixed order (deterministic). For bf16, datt and att are
+// widened on load, the dot product and every dpreatt are computed in fp32 exactly as for float,
+// and each dpreatt is rounded to bf16 once when stored. Each element is read and then written by
+// the same lane only, so updating datt in place is race-free.
 //
 // One warp per row. Launch: blockDim.x a multiple of 32 (256 is typical),
 // grid = ceil(rows / (blockDim.x / 32)).
-__device__ __forceinline__ void softmax_backward(float* datt, const float* att, long long rows,
-                                                 int T_, float scale) {
+template <typename T>
+__device__ __forceinline__ void softmax_backward(T* datt, const T* att, long long rows, int T_,
+                                                 float scale) {
     const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) {
         return;  // whole warp exits together: row is uniform across the warp
     }
     const int t1 = (int)(row % T_);
-    float* g = datt + row * T_;
-    const float* p = att + row * T_;
+    T* g = datt + row * T_;
+    const T* p = att + row * T_;
 
     float dot = 0.0f;
     for (int t2 = lane; t2 <= t1; t2 += 32) {
-        dot += p[t2] * g[t2];
+        dot += load(p[t2]) * load(g[t2]);
     }
     dot = warp_sum(dot);
 
     for (int t2 = lane; t2 < T_; t2 += 32) {
-        g[t2] = t2 <= t1 ? scale * p[t2] * (g[t2] - dot) : 0.0f;
+        store(&g[t2], t2 <= t1 ? scale * load(p[t2]) * (load(g[t2]) - dot) : 0.0f);
     }
 }
 
 // dq, dk, dv (B,NH,T,HS) -> dqkv (B,T,3C) +=, each thread one element of dqkv (coalesced).
+// For bf16 the old dqkv value and the addend are widened, added in fp32 and rounded once.
 // Launch: grid = ceil(B*T*3C / blockDim.x), any blockDim.x (256 is typical).
-__device__ __forceinline__ void backward_unpermute_add(float* dqkv, const float* dq,
-                                                       const float* dk, const float* dv, int B,
-                                                       int T_, int NH, int HS) {
+template <typename T>
+__device__ __forceinline__ void backward_unpermute_add(T* dqkv, const T* dq, const T* dk,
+                                                       const T* dv, int B, int T_, int NH,
+                                                       int HS) {
     const long long C = (long long)NH * HS;
     const long long n = (long long)B * T_ * 3 * C;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -264,8 +274,8 @@ __device__ __forceinline__ void backward_unpermute_add(float* dqkv, const float*
         const int c = (int)(c3 - part * C);
         const int h = c / HS;
         const int d = c - h * HS;
-        const float* src = part == 0 ? dq : (part == 1 ? dk : dv);
-        dqkv[idx] += src[((b * NH + h) * T_ + t) * HS + d];
+        const T* src = part == 0 ? dq : (part == 1 ? dk : dv);
+        store(&dqkv[idx], load(dqkv[idx]) + load(src[((b * NH + h) * T_ + t) * HS + d]));
     }
 }
 
@@ -320,13 +330,35 @@ extern "C" __global__ void attention_backward_permute(float* q, float* k, float*
     attention_detail::backward_permute(q, k, v, dy, qkv, dout, B, T, NH, HS);
 }
 
+extern "C" __global__ void attention_backward_permute_bf16(__nv_bfloat16* q, __nv_bfloat16* k,
+                                                           __nv_bfloat16* v, __nv_bfloat16* dy,
+                                                           const __nv_bfloat16* qkv,
+                                                           const __nv_bfloat16* dout, int B,
+                                                           int T, int NH, int HS) {
+    attention_detail::backward_permute(q, k, v, dy, qkv, dout, B, T, NH, HS);
+}
+
 extern "C" __global__ void attention_softmax_backward(float* datt, const float* att,
                                                       long long rows, int T, float scale) {
+    attention_detail::softmax_backward(datt, att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_backward_bf16(__nv_bfloat16* datt,
+                                                           const __nv_bfloat16* att,
+                                                           long long rows, int T, float scale) {
     attention_detail::softmax_backward(datt, att, rows, T, scale);
 }
 
 extern "C" __global__ void attention_backward_unpermute_add(float* dqkv, const float* dq,
                                                             const float* dk, const float* dv,
                                                             int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute_add_bf16(__nv_bfloat16* dqkv,
+                                                                 const __nv_bfloat16* dq,
+                                                                 const __nv_bfloat16* dk,
+                                                                 const __nv_bfloat16* dv, int B,
+                                                                 int T, int NH, int HS) {
     attention_detail::backward_unpermute_add(dqkv, dq, dk, dv, B, T, NH, HS);
 }

@@ -14,8 +14,13 @@
 //
 // Launch: grid = ceil(B*T*C / blockDim.x), any blockDim.x (256 is typical).
 //
-// Backward (f32 only), accumulating as the CPU reference:
+// Backward, accumulating as the CPU reference:
 //   dwte[inp[b,t], c] += dout[b,t,c],  dwpe[t, c] += dout[b,t,c]
+// embedding_backward (float dout) and embedding_backward_bf16 (__nv_bfloat16
+// dout) from one template over dout's type; dwte and dwpe, parameter gradients,
+// are f32 in both. The bf16 one widens each dout value to float (exact) and
+// adds in f32 exactly as the float one, so its result is the f32 kernel's on
+// the widened dout.
 // Deterministic without atomics, and bit-identical to the CPU (which adds the
 // rows into the gradient one at a time in row order b*T + t): the host buckets
 // the B*T row indices by token (CSR, built in src/gpu/embedding.rs) into one
@@ -53,8 +58,9 @@ __device__ __forceinline__ void forward(T* out, const int* inp, const T* wte, co
     }
 }
 
-__device__ __forceinline__ void backward(float* dwte, float* dwpe, const float* dout, const int* csr, int U, int B,
-                                         int T_, int C) {
+template <typename T>
+__device__ __forceinline__ void backward(float* dwte, float* dwpe, const T* dout, const int* csr, int U, int B, int T_,
+                                         int C) {
     if ((int)blockIdx.x < U) {
         const int* tokens = csr;
         const int* offsets = csr + U;
@@ -65,7 +71,7 @@ __device__ __forceinline__ void backward(float* dwte, float* dwpe, const float* 
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
             float acc = dwte[token * C + c];
             for (int j = start; j < end; ++j) {
-                acc += dout[(long long)rows[j] * C + c];
+                acc += load(dout[(long long)rows[j] * C + c]);
             }
             dwte[token * C + c] = acc;
         }
@@ -79,7 +85,7 @@ __device__ __forceinline__ void backward(float* dwte, float* dwpe, const float* 
     const long long c = idx - t * C;
     float acc = dwpe[idx];
     for (int b = 0; b < B; ++b) {
-        acc += dout[((long long)b * T_ + t) * C + c];
+        acc += load(dout[((long long)b * T_ + t) * C + c]);
     }
     dwpe[idx] = acc;
 }
@@ -99,5 +105,11 @@ extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* out, const int*
 
 extern "C" __global__ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int* csr, int U,
                                               int B, int T, int C) {
+    embedding_detail::backward(dwte, dwpe, dout, csr, U, B, T, C);
+}
+
+// As embedding_backward with dout in bf16; dwte and dwpe stay f32.
+extern "C" __global__ void embedding_backward_bf16(float* dwte, float* dwpe, const __nv_bfloat16* dout, const int* csr,
+                                                   int U, int B, int T, int C) {
     embedding_detail::backward(dwte, dwpe, dout, csr, U, B, T, C);
 }

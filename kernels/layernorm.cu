@@ -32,7 +32,7 @@
 // so N*C may exceed 2^31. Warps past the last row return at once (warp-uniform,
 // and there is no __syncthreads).
 //
-// Backward (f32 only), all three gradients ACCUMULATED (+=) as the CPU reference:
+// Backward, all three gradients ACCUMULATED (+=) as the CPU reference:
 //   dnorm[c]  = dout[n,c] * weight[c],   norm[c] = (inp[n,c] - mean[n]) * rstd[n]
 //   dinp[n,c] += (dnorm[c] - mean_c(dnorm) - norm[c] * mean_c(dnorm * norm)) * rstd[n]
 //   dweight[c] += sum_n norm[n,c] * dout[n,c],   dbias[c] += sum_n dout[n,c]
@@ -49,8 +49,16 @@
 //    part). Plain stores: every slot has exactly one writer.
 // layernorm_backward_reduce then has one thread per channel sum the G slots in
 // order g = 0..G-1 and add the totals into dweight and dbias.
-// Neither kernel uses shared memory or __syncthreads, so threads past the end
-// (rows >= N, channels >= C) simply return.
+// layernorm_backward (float) and layernorm_backward_bf16 come from one template
+// over the storage type T of dinp, dout, inp and weight; dweight, dbias, scratch,
+// mean and rstd are f32 in both (parameter gradients are always f32), so there
+// is a single layernorm_backward_reduce. The bf16 kernel loads every value as
+// float and does all arithmetic in f32 exactly as the float one; the only bf16
+// rounding is of each dinp value, loaded as float, accumulated in f32 and
+// rounded to bf16 once (round-to-nearest-even). Its dweight/dbias partials are
+// the f32 kernel's on the same (widened) values.
+// None of the backward kernels uses shared memory or __syncthreads, so threads
+// past the end (rows >= N, channels >= C) simply return.
 
 #include <cuda_bf16.h>
 
@@ -136,13 +144,14 @@ __device__ __forceinline__ void residual_forward(T* residual, T* out, float* mea
 }
 
 // dinp for one row (one warp): dinp += (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd.
-__device__ __forceinline__ void backward_dinp_row(float* dinp, const float* dout, const float* inp,
-                                                  const float* weight, float mu, float rs, int C, int lane) {
+template <typename T>
+__device__ __forceinline__ void backward_dinp_row(T* dinp, const T* dout, const T* inp, const T* weight, float mu,
+                                                  float rs, int C, int lane) {
     float dnorm_sum = 0.0f;
     float dnorm_norm_sum = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        const float norm = (inp[i] - mu) * rs;
-        const float dnorm = dout[i] * weight[i];
+        const float norm = (load(inp[i]) - mu) * rs;
+        const float dnorm = load(dout[i]) * load(weight[i]);
         dnorm_sum += dnorm;
         dnorm_norm_sum += dnorm * norm;
     }
@@ -150,16 +159,18 @@ __device__ __forceinline__ void backward_dinp_row(float* dinp, const float* dout
     const float dnorm_mean = warp_sum(dnorm_sum) * inv_c;
     const float dnorm_norm_mean = warp_sum(dnorm_norm_sum) * inv_c;
     for (int i = lane; i < C; i += 32) {
-        const float norm = (inp[i] - mu) * rs;
-        const float dnorm = dout[i] * weight[i];
-        dinp[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs;
+        const float norm = (load(inp[i]) - mu) * rs;
+        const float dnorm = load(dout[i]) * load(weight[i]);
+        // Accumulate in f32 onto the old value, then round once (a plain += for float).
+        dinp[i] = to<T>(load(dinp[i]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs);
     }
 }
 
 // See the header: role by block, rows_per_chunk = R, chunks = G.
-__device__ __forceinline__ void backward(float* dinp, float* scratch, const float* dout, const float* inp,
-                                         const float* weight, const float* mean, const float* rstd, int N, int C,
-                                         int rows_per_chunk, int chunks) {
+template <typename T>
+__device__ __forceinline__ void backward(T* dinp, float* scratch, const T* dout, const T* inp, const T* weight,
+                                         const float* mean, const float* rstd, int N, int C, int rows_per_chunk,
+                                         int chunks) {
     const int warps_per_block = blockDim.x / 32;
     const int row_blocks = (N + warps_per_block - 1) / warps_per_block;
     if ((int)blockIdx.x < row_blocks) {
@@ -183,8 +194,8 @@ __device__ __forceinline__ void backward(float* dinp, float* scratch, const floa
     float dw = 0.0f;
     float db = 0.0f;
     for (long long r = r0; r < r1; ++r) {
-        const float g_rc = dout[r * C + c];
-        dw += (inp[r * C + c] - mean[r]) * rstd[r] * g_rc;
+        const float g_rc = load(dout[r * C + c]);
+        dw += (load(inp[r * C + c]) - mean[r]) * rstd[r] * g_rc;
         db += g_rc;
     }
     scratch[(long long)g * C + c] = dw;
@@ -241,7 +252,16 @@ extern "C" __global__ void layernorm_backward(float* dinp, float* scratch, const
     layernorm_detail::backward(dinp, scratch, dout, inp, weight, mean, rstd, N, C, rows_per_chunk, chunks);
 }
 
-// Launch after layernorm_backward (same stream): any blockDim.x, grid = ceil(C / blockDim.x).
+// As layernorm_backward with dinp, dout, inp and weight in bf16 (scratch, mean and rstd f32).
+extern "C" __global__ void layernorm_backward_bf16(__nv_bfloat16* dinp, float* scratch, const __nv_bfloat16* dout,
+                                                   const __nv_bfloat16* inp, const __nv_bfloat16* weight,
+                                                   const float* mean, const float* rstd, int N, int C,
+                                                   int rows_per_chunk, int chunks) {
+    layernorm_detail::backward(dinp, scratch, dout, inp, weight, mean, rstd, N, C, rows_per_chunk, chunks);
+}
+
+// Launch after layernorm_backward or layernorm_backward_bf16 (same stream; both leave f32 partials):
+// any blockDim.x, grid = ceil(C / blockDim.x).
 extern "C" __global__ void layernorm_backward_reduce(float* dweight, float* dbias, const float* scratch, int C,
                                                      int chunks) {
     layernorm_detail::backward_reduce(dweight, dbias, scratch, C, chunks);

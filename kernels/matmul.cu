@@ -11,20 +11,28 @@
 //      order and adds the total to dbias[o].
 // All sums are fp32. Index arithmetic is 64-bit (N*OC may exceed 2^31).
 //
-// fp32 only for now. Helpers live in matmul_detail (one translation unit for every kernel).
+// The partial kernel is one template over the storage type T of dout, emitted twice:
+// matmul_bias_grad_partial (float) and matmul_bias_grad_partial_bf16 (__nv_bfloat16, widened
+// to float on load). Parameter gradients are always fp32, so the partial sums, the finish
+// kernel and dbias are fp32 for both. Helpers live in matmul_detail (one translation unit for
+// every kernel).
+
+#include <cuda_bf16.h>
 
 namespace matmul_detail {
 
 // Rows per thread-column of a block in matmul_bias_grad_partial (= blockDim.y).
 constexpr int kBiasRowsPerBlockY = 8;
 
-}  // namespace matmul_detail
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // Launch: block (32, 8), grid (ceil(OC / 32), ceil(N / rows_per_chunk)); partial holds
 // gridDim.y * OC floats, laid out (chunk, OC).
-extern "C" __global__ void matmul_bias_grad_partial(float* partial, const float* dout, int N,
-                                                    int OC, int rows_per_chunk) {
-    __shared__ float sums[matmul_detail::kBiasRowsPerBlockY][33];
+template <typename T>
+__device__ __forceinline__ void bias_grad_partial(float* partial, const T* dout, int N, int OC,
+                                                  int rows_per_chunk) {
+    __shared__ float sums[kBiasRowsPerBlockY][33];
     const int tx = threadIdx.x;
     const int ty = threadIdx.y;
     const long long col = (long long)blockIdx.x * 32 + tx;
@@ -35,7 +43,7 @@ extern "C" __global__ void matmul_bias_grad_partial(float* partial, const float*
     float acc = 0.0f;
     if (col < OC) {
         for (long long r = row0 + ty; r < row_end; r += blockDim.y) {
-            acc += dout[r * OC + col];
+            acc += load(dout[r * OC + col]);
         }
     }
     sums[ty][tx] = acc;
@@ -45,6 +53,18 @@ extern "C" __global__ void matmul_bias_grad_partial(float* partial, const float*
         for (int y = 0; y < (int)blockDim.y; y++) total += sums[y][tx];
         partial[chunk * OC + col] = total;
     }
+}
+
+}  // namespace matmul_detail
+
+extern "C" __global__ void matmul_bias_grad_partial(float* partial, const float* dout, int N,
+                                                    int OC, int rows_per_chunk) {
+    matmul_detail::bias_grad_partial(partial, dout, N, OC, rows_per_chunk);
+}
+
+extern "C" __global__ void matmul_bias_grad_partial_bf16(float* partial, const __nv_bfloat16* dout,
+                                                         int N, int OC, int rows_per_chunk) {
+    matmul_detail::bias_grad_partial(partial, dout, N, OC, rows_per_chunk);
 }
 
 // Launch: grid-stride over OC columns, any blockDim.x.

@@ -1,4 +1,4 @@
-// Optimizer kernels, fp32: the global gradient norm, gradient scaling (clipping) and the AdamW update.
+// Optimizer kernels (f32 gradients, moments and master weights): the global gradient norm, gradient scaling (clipping) and the AdamW update.
 //
 // global_norm_partials: g (N) -> partial (gridDim.x) doubles, sum of g*g per block.
 // global_norm_final:    partial (nblocks) -> partial[nblocks] = sum of the partials.
@@ -21,7 +21,25 @@
 // __fsqrt_rn, __fdiv_rn) so nvcc cannot contract a multiply and an add into an FMA; Rust never
 // fuses, so the results are bit-identical to the CPU step.
 //
-// Launch (grad_scale, adamw_update): any blockDim.x, grid-stride loop with 64-bit indices.
+// adamw_update_bf16: the same update of the f32 master weights (bit-identical to adamw_update),
+// then the bf16 working copy the forward and backward read is written from the new master value
+// with stochastic rounding: params[i] = sr(master[i], sr_bits(index_base + i, seed)).
+// params_round_bf16 writes the working copy of a whole buffer the same way without an update, so
+// a resumed run re-creates, bit for bit, the copy its last AdamW step wrote (same seed, same flat
+// indices): the checkpoint needs only the f32 master weights.
+//
+// Stochastic rounding to bf16 keeps the top 16 bits of the float after adding 16 random bits to
+// the low half: it rounds up (in magnitude) with probability (low 16 bits) / 2^16, so the rounded
+// value equals x in expectation and small updates are not lost to round-to-nearest. Inf and NaN go
+// through __float2bfloat16_rn; a carry that would turn the largest finite value into inf keeps the
+// truncated value. The random bits are a pure function of (seed, flat index): a splitmix64
+// finaliser of index + seed * 0x9E3779B97F4A7C15, low 32 bits. src/gpu/optim.rs mirrors both on the
+// host (sr_bits, stochastic_round_bf16) and the tests compare them bit for bit.
+//
+// Launch (grad_scale, adamw_update*, params_round_bf16): any blockDim.x, grid-stride loop with
+// 64-bit indices.
+
+#include <cuda_bf16.h>
 
 namespace optim_detail {
 
@@ -35,6 +53,36 @@ __device__ __forceinline__ void block_tree_sum(double* s) {
         }
         __syncthreads();
     }
+}
+
+// 32 random bits for element `index` under `seed` (mirrored by sr_bits in src/gpu/optim.rs).
+__device__ __forceinline__ unsigned int sr_bits(unsigned long long index, unsigned int seed) {
+    unsigned long long z = index + (unsigned long long)seed * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (unsigned int)z;
+}
+
+// x rounded to bf16 up or down at random, unbiased (see the header).
+__device__ __forceinline__ __nv_bfloat16 round_stochastic(float x, unsigned int r) {
+    const unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return __float2bfloat16_rn(x);
+    unsigned int up = bits + (r & 0xffffu);
+    if ((up & 0x7f800000u) == 0x7f800000u) up = bits;
+    return __ushort_as_bfloat16((unsigned short)(up >> 16));
+}
+
+// The AdamW update of one element (CPU expression order, no contraction); returns the new weight.
+__device__ __forceinline__ float adamw_element(float p, float g, float* m, float* v, float beta1, float beta2,
+                                               float one_minus_b1, float one_minus_b2, float eps, float decay,
+                                               float step_size, float inv_sqrt_bc2) {
+    const float mi = __fadd_rn(__fmul_rn(beta1, *m), __fmul_rn(one_minus_b1, g));
+    const float vi = __fadd_rn(__fmul_rn(beta2, *v), __fmul_rn(__fmul_rn(one_minus_b2, g), g));
+    *m = mi;
+    *v = vi;
+    const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vi), inv_sqrt_bc2), eps);
+    return __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
 }
 
 }  // namespace optim_detail
@@ -87,12 +135,35 @@ extern "C" __global__ void adamw_update(float* params, const float* grads, float
     const float one_minus_b2 = __fsub_rn(1.0f, beta2);
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        const float g = grads[i];
-        const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(one_minus_b1, g));
-        const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(one_minus_b2, g), g));
-        m[i] = mi;
-        v[i] = vi;
-        const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vi), inv_sqrt_bc2), eps);
-        params[i] = __fsub_rn(__fmul_rn(params[i], decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
+        params[i] = optim_detail::adamw_element(params[i], grads[i], &m[i], &v[i], beta1, beta2, one_minus_b1,
+                                                one_minus_b2, eps, decay, step_size, inv_sqrt_bc2);
+    }
+}
+
+// master, grads, m, v (N) f32 -> master, m, v updated; params (N) bf16 = sr(master).
+// index_base: the flat index of element 0 (the tensor's offset in the parameter buffer).
+extern "C" __global__ void adamw_update_bf16(float* master, __nv_bfloat16* params, const float* grads, float* m,
+                                             float* v, long long N, float beta1, float beta2, float eps,
+                                             float decay, float step_size, float inv_sqrt_bc2,
+                                             unsigned int seed, long long index_base) {
+    const float one_minus_b1 = __fsub_rn(1.0f, beta1);
+    const float one_minus_b2 = __fsub_rn(1.0f, beta2);
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        const float p = optim_detail::adamw_element(master[i], grads[i], &m[i], &v[i], beta1, beta2,
+                                                    one_minus_b1, one_minus_b2, eps, decay, step_size,
+                                                    inv_sqrt_bc2);
+        master[i] = p;
+        params[i] = optim_detail::round_stochastic(
+            p, optim_detail::sr_bits((unsigned long long)(index_base + i), seed));
+    }
+}
+
+// master (N) f32 -> params (N) bf16 = sr(master), flat indices 0..N.
+extern "C" __global__ void params_round_bf16(__nv_bfloat16* params, const float* master, long long N,
+                                             unsigned int seed) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
+        params[i] = optim_detail::round_stochastic(master[i], optim_detail::sr_bits((unsigned long long)i, seed));
     }
 }

@@ -193,20 +193,26 @@ pub struct GpuTrainBench {
     pub memory_gb: f64,
 }
 
-/// Full GPU training steps (forward, backward, clipping, AdamW; fp32 with TF32 matmuls) of `cfg` on
-/// random tokens: one warmup step, then `steps` timed.
-pub fn bench_train_gpu(cfg: &ModelConfig, batch: usize, seq: usize, steps: usize) -> anyhow::Result<GpuTrainBench> {
+/// Full GPU training steps (forward, backward, clipping, AdamW) of `cfg` on random tokens, in fp32
+/// with TF32 matmuls (`T = f32`) or bf16 mixed precision (`T = bf16`): one warmup step, then
+/// `steps` timed.
+pub fn bench_train_gpu<T: crate::gpu::Float>(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+) -> anyhow::Result<GpuTrainBench> {
     use crate::gpu::gpt::GpuModel;
     let free_before = cudarc::driver::result::mem_get_info().map(|m| m.0).unwrap_or(0);
     let params = gpt::init_params(cfg, 1);
-    let mut model = GpuModel::<f32>::new(cfg, &params, 0, true)?;
+    let mut model = GpuModel::<T>::new(cfg, &params, 0, true)?;
     let free_before = if free_before == 0 { cudarc::driver::result::mem_get_info()?.0 } else { free_before };
-    model.enable_training()?;
+    model.enable_training(&params, 0)?;
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let step = |model: &mut GpuModel<f32>, t: u64| -> anyhow::Result<()> {
+    let step = |model: &mut GpuModel<T>, t: u64| -> anyhow::Result<()> {
         model.zero_grads()?;
         model.forward_backward(&inputs, &targets, batch, seq, 1.0 / n as f32)?;
         model.clip_grad_norm(1.0)?;

@@ -208,9 +208,12 @@ struct TrainCmd {
     /// stop after this many consecutive steps with a non-finite loss or gradient norm (default 5)
     #[argh(option, default = "5")]
     max_bad_steps: u64,
-    /// where to train: auto (the GPU when one works), cpu or cuda (default auto); the GPU trains in fp32 with TF32 matmuls
+    /// where to train: auto (the GPU when one works), cpu or cuda (default auto)
     #[argh(option, default = "String::from(\"auto\")")]
     device: String,
+    /// on the GPU: fp32 (TF32 matmuls; the default) or bf16 (mixed precision: bf16 activations and matmuls, f32 gradients, AdamW moments and master weights, stochastic rounding); checkpoints hold f32 weights either way
+    #[argh(option, default = "String::from(\"fp32\")")]
+    precision: String,
 }
 
 /// Generate text from a checkpoint or an exported model on the CPU, streaming it as it is produced.
@@ -332,7 +335,7 @@ struct BenchSample {
     subcommand,
     name = "train",
     example = "genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64",
-    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token). On a GPU (--device auto or cuda): full fp32 steps with TF32 matmuls, MFU against the GPU's bf16 peak and the device memory the run holds. The PyTorch reference: python3 ../shared/bench/torch_reference.py train [--compile]."
+    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token). On a GPU (--device auto or cuda): full steps in fp32 with TF32 matmuls or, with --precision bf16, in bf16 mixed precision; MFU against the GPU's bf16 peak and the device memory the run holds. The PyTorch reference: python3 ../shared/bench/torch_reference.py train [--compile]."
 )]
 struct BenchTrain {
     /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
@@ -350,6 +353,9 @@ struct BenchTrain {
     /// measured steps after one warmup step (default 3)
     #[argh(option, default = "3")]
     steps: usize,
+    /// on the GPU: fp32 (TF32 matmuls; default) or bf16 (mixed precision, as train --precision bf16)
+    #[argh(option, default = "String::from(\"fp32\")")]
+    precision: String,
 }
 
 fn main() {
@@ -601,12 +607,13 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
         (data, _) => train_data(data.as_deref())?,
     };
     let gpu = genesis::gpu::select_device(&c.device)?;
+    let precision = Precision::parse(&c.precision)?;
     let seq = c.seq.or(saved.as_ref().map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024));
     let (batch, grad_accum) = match c.tokens_per_step {
         Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
             bail!("--tokens-per-step {tps} chooses --batch and --grad-accum; give one or the others")
         }
-        Some(tps) => micro_batch_for(&model, seq, tps, gpu)?,
+        Some(tps) => micro_batch_for(&model, seq, tps, gpu, precision)?,
         None => (c.batch, c.grad_accum),
     };
     let steps = c.steps.or(saved.as_ref().map(|s| s.steps)).unwrap_or(1000);
@@ -637,6 +644,7 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
     opts.max_bad_steps = c.max_bad_steps.max(1);
     opts.stop = Some(stop_on_signals()?);
     opts.gpu = gpu;
+    opts.precision = precision;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", c.out.display());
@@ -665,19 +673,20 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
 }
 
 /// (micro-batch, accumulation) reaching `tokens_per_step`: on the GPU the largest micro-batch the
-/// memory plan fits in its free memory (fp32 training), on the CPU 8 sequences.
+/// memory plan fits in its free memory at `precision`, on the CPU 8 sequences.
 fn micro_batch_for(
     model: &ModelConfig,
     seq: usize,
     tokens_per_step: usize,
     gpu: Option<usize>,
+    precision: Precision,
 ) -> Result<(Option<usize>, Option<usize>)> {
     let Some(ordinal) = gpu else {
         let batch = 8.min(tokens_per_step.div_ceil(seq));
         return Ok((Some(batch), Some(tokens_per_step.div_ceil(batch * seq))));
     };
     let (free, _) = genesis::gpu::device::Gpu::new(ordinal)?.memory()?;
-    let p = genesis::train::plan::plan(model, seq, tokens_per_step, free as u64, false)?;
+    let p = genesis::train::plan::plan(model, seq, tokens_per_step, free as u64, precision == Precision::Bf16)?;
     eprintln!(
         "memory plan: micro-batch {} x seq {seq} x accum {} = {} tokens/step, {:.1} GB of the {:.1} GB free (genesis info shows the breakdown)",
         p.micro_batch,
@@ -812,11 +821,16 @@ fn bench_train(b: BenchTrain) -> Result<()> {
         bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
     }
     if genesis::gpu::select_device(&b.device)?.is_some() {
-        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps)?;
+        let precision = Precision::parse(&b.precision)?;
+        let r = match precision {
+            Precision::Fp32 => genesis::bench::bench_train_gpu::<f32>(&cfg, b.batch, b.seq, b.steps)?,
+            Precision::Bf16 => genesis::bench::bench_train_gpu::<half::bf16>(&cfg, b.batch, b.seq, b.steps)?,
+        };
         println!(
-            "bench train {} on {} (fp32, TF32 matmuls), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            "bench train {} on {} ({}), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,
             r.device,
+            if precision == Precision::Bf16 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" },
             b.batch,
             b.seq,
             r.ms_per_step,

@@ -25,13 +25,17 @@ fn totals_add_up() {
             assert_eq!(p.total, sum(&p), "{name} bf16={bf16}");
             assert_eq!(p.parts().iter().map(|x| x.1).sum::<u64>(), p.total);
             let e = if bf16 { 2 } else { 4 };
-            assert_eq!((p.params, p.grads, p.adam), (n * e, n * e, n * 8), "{name}");
+            // Gradients are f32 in both precisions (bf16 mode keeps only activations and the working
+            // copy of the weights in bf16).
+            assert_eq!((p.params, p.grads, p.adam), (n * e, n * 4, n * 8), "{name}");
             assert_eq!(p.master, if bf16 { n * 4 } else { 0 }, "{name}");
             assert_eq!(p.workspace, WORKSPACE_BYTES);
             assert!(p.total as f64 <= 80.0 * GIB as f64 * USABLE_FRACTION, "{name}: {p:?}");
             // The batch-dependent parts grow linearly (up to alignment) with the micro-batch.
             let one = layout_for(&cfg, cfg.max_seq_len.min(1024), 1, bf16);
-            assert_eq!(p.activation_grads, one.activation_grads * p.micro_batch as u64, "{name}");
+            // (up to the 256-byte alignment of each buffer and the LayerNorm reduction's row chunks)
+            let linear = one.activation_grads * p.micro_batch as u64;
+            assert!(p.activation_grads.abs_diff(linear) <= linear / 100, "{name}: {} vs {linear}", p.activation_grads);
             let per_row = one.activations + one.logits;
             let acts = p.activations + p.logits;
             assert!(acts.abs_diff(per_row * p.micro_batch as u64) <= 256 * 32 * p.micro_batch as u64, "{name}");

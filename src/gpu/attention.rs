@@ -1,14 +1,16 @@
 //! Causal multi-head self-attention on the GPU, the CUDA counterpart of
 //! `src/cpu/attention.rs`: permute kernel, cuBLAS batched GEMMs and a causal softmax kernel
-//! (kernels in `kernels/attention.cu`); the fp32 backward is [`attention_backward`]. The correct-first version: it materialises the full
-//! (B,NH,T,T) attention matrix, which the backward pass needs anyway.
+//! (kernels in `kernels/attention.cu`); the backward is [`attention_backward`]. The correct-first
+//! version: it materialises the full (B,NH,T,T) attention matrix, which the backward pass needs
+//! anyway.
 //!
 //! Scratch layout (elements, each block B*T*C long, laid out (B,NH,T,hs)): `[q | k | v | y]`.
 //!
 //! Generic over the storage type ([`Float`]): f32, or bf16 for qkv, scratch, att and out. With
 //! bf16 the kernels compute in fp32 (loads widened, one rounding on store) and the GEMMs
 //! accumulate in fp32, so the bf16 roundings are: the scores (q·k^T output), the probabilities
-//! (softmax output, which feeds att·v) and y/out.
+//! (softmax output, which feeds att·v) and y/out. The backward is generic the same way (see
+//! [`attention_backward`] for its roundings).
 //!
 //! GEMMs, per (b, h), in cuBLAS's column-major terms (a row-major (R, C) buffer is a column-major
 //! (C, R) matrix with ld C):
@@ -214,16 +216,22 @@ pub fn attention_decode<T: Float>(
     Ok(())
 }
 
-/// Elements of f32 scratch [`attention_backward`] needs: four (B,NH,T,hs) blocks of B*T*C
-/// (`[q | k | v | dy]`, later holding dk, dv, dq in place of k, v, dy) and one (B,NH,T,T)
-/// block for datt / dpreatt.
+/// Elements (of the storage type `T`) of scratch [`attention_backward`] needs: four (B,NH,T,hs)
+/// blocks of B*T*C (`[q | k | v | dy]`, later holding dk, dv, dq in place of k, v, dy) and one
+/// (B,NH,T,T) block for datt / dpreatt.
 pub fn attention_backward_scratch_len(b: usize, t: usize, c: usize, nh: usize) -> usize {
     4 * b * t * c + b * nh * t * t
 }
 
-/// Causal self-attention backward (fp32), queued on `gpu.stream()`, ACCUMULATING into `dqkv`
-/// like `cpu::attention::attention_backward`: `dqkv (B,T,3C) += d(out)/d(qkv)^T · dout (B,T,C)`,
+/// Causal self-attention backward, queued on `gpu.stream()`, ACCUMULATING into `dqkv` like
+/// `cpu::attention::attention_backward`: `dqkv (B,T,3C) += d(out)/d(qkv)^T · dout (B,T,C)`,
 /// given the forward's input `qkv (B,T,3C)` and probabilities `att (B,NH,T,T)`.
+///
+/// `T` is `f32` or `half::bf16` for every buffer (dqkv, scratch, dout, qkv, att); dqkv holds
+/// activation gradients, not parameter gradients, so it has the storage type too. With bf16 the
+/// GEMMs accumulate in fp32 and the kernels compute in fp32, and these values are rounded to
+/// bf16 once each: datt and dv (GEMM outputs), dpreatt (softmax backward), dq and dk (GEMM
+/// outputs), and each dqkv element after its fp32 `+=`.
 ///
 /// `scratch` ([`attention_backward_scratch_len`] elements) is overwritten; nothing is kept from
 /// the forward's scratch (q, k, v are permuted again from `qkv`). Its slots (B*T*C each, laid
@@ -246,14 +254,14 @@ pub fn attention_backward_scratch_len(b: usize, t: usize, c: usize, nh: usize) -
 /// The softmax backward and the permutes are fixed-order kernels (no atomics), so the result is
 /// bit-for-bit reproducible for a given GPU, cuBLAS and shape.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub fn attention_backward<T: Float>(
     gpu: &Gpu,
     blas: &Blas,
-    dqkv: &mut impl DevicePtrMut<f32>,
-    scratch: &mut impl DevicePtrMut<f32>,
-    dout: &impl DevicePtr<f32>,
-    qkv: &impl DevicePtr<f32>,
-    att: &impl DevicePtr<f32>,
+    dqkv: &mut impl DevicePtrMut<T>,
+    scratch: &mut impl DevicePtrMut<T>,
+    dout: &impl DevicePtr<T>,
+    qkv: &impl DevicePtr<T>,
+    att: &impl DevicePtr<T>,
     b: usize,
     t: usize,
     c: usize,
@@ -274,6 +282,7 @@ pub fn attention_backward(
         Arc::ptr_eq(blas.stream(), gpu.stream()),
         "attention_backward: blas was created for a different stream than gpu"
     );
+    let dtype = GemmDtype::of::<T>()?;
     if btc == 0 {
         return Ok(());
     }
@@ -286,7 +295,7 @@ pub fn attention_backward(
     let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
     let (qkv_ptr, _qkv_guard) = qkv.device_ptr(stream);
     let (att_ptr, _att_guard) = att.device_ptr(stream);
-    let block = (btc * std::mem::size_of::<f32>()) as u64;
+    let block = (btc * std::mem::size_of::<T>()) as u64;
     let (q_ptr, k_ptr, v_ptr, dy_ptr, datt_ptr) =
         (scratch_ptr, scratch_ptr + block, scratch_ptr + 2 * block, scratch_ptr + 3 * block, scratch_ptr + 4 * block);
     // Slots reused once their previous contents are dead (see the doc comment).
@@ -295,15 +304,17 @@ pub fn attention_backward(
     let batch = b * nh;
 
     // 1. qkv (B,T,3C) -> q, k, v and dout (B,T,C) -> dy, all (B,NH,T,hs).
-    let permute = gpu.function("attention_backward_permute")?;
+    let permute_name = T::kernel("attention_backward_permute");
+    let permute = gpu.function(&permute_name)?;
     let mut launch = stream.launch_builder(&permute);
     launch.arg(&q_ptr).arg(&k_ptr).arg(&v_ptr).arg(&dy_ptr).arg(&qkv_ptr).arg(&dout_ptr);
     launch.arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (float*, float*, float*, float*, const float*, const float*, int,
-    // int, int, int); the kernel writes B*T*C elements of each of the first four scratch slots
-    // (inside scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked). The
-    // guards keep the buffers stream-ordered until the launch is queued.
-    unsafe { launch.launch(grid_for(btc)?) }.context("launching attention_backward_permute")?;
+    // SAFETY: arguments match (T*, T*, T*, T*, const T*, const T*, int, int, int, int), T the
+    // float or __nv_bfloat16 that T::kernel picks, and the slots are T-sized offsets into
+    // scratch; the kernel writes B*T*C elements of each of the first four scratch slots (inside
+    // scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked). The guards keep
+    // the buffers stream-ordered until the launch is queued.
+    unsafe { launch.launch(grid_for(btc)?) }.with_context(|| format!("launching {permute_name}"))?;
 
     // 2. datt[bh] (T,T) = dy[bh] · v[bh]^T.
     let datt_gemm = StridedBatchedGemm {
@@ -324,7 +335,7 @@ pub fn attention_backward(
         ldc: t,
         stride_c: t * t,
         batch,
-        dtype: GemmDtype::F32,
+        dtype,
     };
     // SAFETY: batch i reads the v and dy blocks i (T*hs each, inside scratch) and writes the
     // datt block i (T*T, inside scratch's last slot), all within the checked scratch length.
@@ -349,7 +360,7 @@ pub fn attention_backward(
         ldc: hs,
         stride_c: per_head,
         batch,
-        dtype: GemmDtype::F32,
+        dtype,
     };
     // SAFETY: batch i reads the dy block i (scratch) and att block i (B*NH*T*T checked) and
     // writes the dv block i (scratch); no operand aliases the output.
@@ -362,12 +373,13 @@ pub fn attention_backward(
     let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
         .context("attention_backward: too many softmax rows for one grid")?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let softmax = gpu.function("attention_softmax_backward")?;
+    let softmax_name = T::kernel("attention_softmax_backward");
+    let softmax = gpu.function(&softmax_name)?;
     let mut launch = stream.launch_builder(&softmax);
     launch.arg(&datt_ptr).arg(&att_ptr).arg(&rows).arg(&ti).arg(&scale);
-    // SAFETY: arguments match (float*, const float*, long long, int, float); the kernel touches
+    // SAFETY: arguments match (T*, const T*, long long, int, float); the kernel touches
     // rows*T = B*NH*T*T elements of datt (scratch) and att (both checked); whole warps per block.
-    unsafe { launch.launch(cfg) }.context("launching attention_softmax_backward")?;
+    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {softmax_name}"))?;
 
     // 5a. dq[bh] (T,hs) = dpreatt[bh] · k[bh], into dy's slot (dy's last reader was step 3).
     let dq_gemm = StridedBatchedGemm {
@@ -388,7 +400,7 @@ pub fn attention_backward(
         ldc: hs,
         stride_c: per_head,
         batch,
-        dtype: GemmDtype::F32,
+        dtype,
     };
     // SAFETY: batch i reads the k and dpreatt blocks i and writes the dq block i, all inside the
     // checked scratch; the output slot (dy's) is read by neither operand.
@@ -413,19 +425,20 @@ pub fn attention_backward(
         ldc: hs,
         stride_c: per_head,
         batch,
-        dtype: GemmDtype::F32,
+        dtype,
     };
     // SAFETY: batch i reads the q and dpreatt blocks i and writes the dk block i, all inside
     // the checked scratch; the output slot (k's) is read by neither operand.
     unsafe { blas.gemm_strided_batched(&dk_gemm) }.context("attention_backward: dpreatt^T·q")?;
 
     // 6. dqkv (B,T,3C) += dq, dk, dv (B,NH,T,hs) in their thirds.
-    let unpermute = gpu.function("attention_backward_unpermute_add")?;
+    let unpermute_name = T::kernel("attention_backward_unpermute_add");
+    let unpermute = gpu.function(&unpermute_name)?;
     let mut launch = stream.launch_builder(&unpermute);
     launch.arg(&dqkv_ptr).arg(&dq_ptr).arg(&dk_ptr).arg(&dv_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (float*, const float*, const float*, const float*, int, int, int,
-    // int); the kernel updates 3*B*T*C elements of dqkv (checked) and reads B*T*C of each of
-    // dq, dk, dv (scratch slots, checked).
-    unsafe { launch.launch(grid_for(3 * btc)?) }.context("launching attention_backward_unpermute_add")?;
+    // SAFETY: arguments match (T*, const T*, const T*, const T*, int, int, int, int); the kernel
+    // updates 3*B*T*C elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch
+    // slots, checked).
+    unsafe { launch.launch(grid_for(3 * btc)?) }.with_context(|| format!("launching {unpermute_name}"))?;
     Ok(())
 }

@@ -159,8 +159,12 @@ impl Epilogue {
 }
 
 /// One cuBLASLt matmul in column-major terms:
-/// `D (m,n) = epilogue(op(A) (m,k) · op(B) (k,n) [+ D])`, A, B, D and the bias all stored as
-/// `dtype`, accumulated in fp32 (see [`GemmDtype`]).
+/// `D (m,n) = epilogue(op(A) (m,k) · op(B) (k,n) [+ D])`, A, B and the bias stored as `dtype`,
+/// C = D stored as `d_dtype`, accumulated in fp32 (see [`GemmDtype`]).
+///
+/// Supported `(dtype, d_dtype)`: `(F32, F32)`, `(Bf16, Bf16)`, and `(Bf16, F32)`: bf16 inputs
+/// with an fp32 output, as for the fp32 weight gradient of a bf16 matmul (`CUBLAS_COMPUTE_32F`,
+/// beta = 1 accumulating into the fp32 buffer). An epilogue bias is always `dtype`.
 ///
 /// A is stored `(k,m)` with leading dimension `lda` when `trans_a` (else `(m,k)`), B is stored
 /// `(n,k)` when `trans_b` (else `(k,n)`), D is `(m,n)` with leading dimension `ldd`.
@@ -183,8 +187,10 @@ pub struct LtGemm {
     pub epilogue: Epilogue,
     /// `D += ...` (beta = 1) instead of `D = ...` (beta = 0).
     pub accumulate: bool,
-    /// Storage type of A, B, D and the bias.
+    /// Storage type of A, B and the bias.
     pub dtype: GemmDtype,
+    /// Storage type of C = D.
+    pub d_dtype: GemmDtype,
 }
 
 /// One cuBLAS strided-batched GEMM in column-major terms, for `i in 0..batch`:
@@ -302,6 +308,10 @@ impl Blas {
         ensure!(g.ldb >= if g.trans_b { g.n } else { g.k }, "cuBLASLt: ldb too small ({g:?})");
         ensure!(g.ldd >= g.m, "cuBLASLt: ldd too small ({g:?})");
         ensure!(!g.epilogue.uses_bias() || g.bias != 0, "cuBLASLt: epilogue {:?} needs a bias", g.epilogue);
+        ensure!(
+            !(g.dtype == GemmDtype::F32 && g.d_dtype == GemmDtype::Bf16),
+            "cuBLASLt: fp32 inputs with a bf16 output are not supported ({g:?})"
+        );
         self.stream.context().bind_to_thread().context("binding the CUDA context")?;
 
         let key = PlanKey::of(g);
@@ -375,9 +385,10 @@ impl Blas {
                 let bias = g.bias as *const c_void;
                 desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
                 if g.dtype == GemmDtype::Bf16 {
-                    // The bias is bf16 like D. Said explicitly rather than relying on the
-                    // default (-1, "like D" for most type combinations); the attribute is int32.
-                    // fp32 keeps the default, which is fp32.
+                    // The bias is bf16 (`dtype`, like D in the bf16 forward). Said explicitly
+                    // rather than relying on the default (-1, "like D" for most type
+                    // combinations); the attribute is int32. fp32 keeps the default, which is
+                    // fp32.
                     let bias_type = g.dtype.lt() as i32;
                     desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
                 }
@@ -387,7 +398,7 @@ impl Blas {
         let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
         let a = Layout::new(g.dtype, a_rows, a_cols, g.lda)?;
         let b = Layout::new(g.dtype, b_rows, b_cols, g.ldb)?;
-        let d = Layout::new(g.dtype, g.m, g.n, g.ldd)?;
+        let d = Layout::new(g.d_dtype, g.m, g.n, g.ldd)?;
 
         let pref =
             Preference(lt_result::create_matmul_pref().map_err(|e| anyhow!("cublasLtMatmulPreferenceCreate: {e:?}"))?);
@@ -404,7 +415,9 @@ impl Blas {
                 // Keep split-K partial sums in fp32: without this mask the heuristic may pick
                 // the INPLACE or OUTPUT_TYPE reduction schemes, which add the partial results
                 // up in bf16 and so round more than once. (NONE is always allowed; fp32 GEMMs
-                // are left as they were, their output type being the compute type.)
+                // are left as they were, their output type being the compute type. bf16 inputs
+                // with an fp32 output get the mask too: harmless there, and the same scheme
+                // choice for every bf16 GEMM.)
                 let schemes = lt_sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
                 pref.set(P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes)?;
             }
@@ -510,6 +523,7 @@ struct PlanKey {
     epilogue: Epilogue,
     align: (u32, u32, u32),
     dtype: GemmDtype,
+    d_dtype: GemmDtype,
 }
 
 impl PlanKey {
@@ -526,6 +540,7 @@ impl PlanKey {
             epilogue: g.epilogue,
             align: (alignment(g.a), alignment(g.b), alignment(g.d)),
             dtype: g.dtype,
+            d_dtype: g.d_dtype,
         }
     }
 }

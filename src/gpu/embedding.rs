@@ -1,4 +1,5 @@
-//! Token + position embedding backward on the GPU (`kernels/embedding.cu`), f32. The forward is
+//! Token + position embedding backward on the GPU (`kernels/embedding.cu`): `dout` in f32 or bf16
+//! ([`Float`]), the parameter gradients `dwte` and `dwpe` always f32. The forward is
 //! [`Gpu::embedding_forward`](super::device::Gpu::embedding_forward).
 //!
 //! Deterministic without float atomics: the host buckets the B*T rows by token ([`TokenRows`], a
@@ -6,12 +7,13 @@
 //! block per distinct token then adds that token's `dout` rows into its `dwte` row in that order,
 //! and one thread per `(t, c)` adds `dout[b, t, c]` into `dwpe[t, c]` for `b` in order. That is
 //! the CPU's order of additions too, so the result is bit-identical to
-//! `cpu::embedding::embedding_backward`.
+//! `cpu::embedding::embedding_backward` (for a bf16 `dout`, to it on `dout` widened to f32).
 
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig, PushKernelArg};
 
 use super::device::{to_i32, Gpu};
+use super::Float;
 
 /// Threads per block.
 const THREADS: u32 = 256;
@@ -57,17 +59,18 @@ impl TokenRows {
 // dout (B,T,C), inputs (B,T) on the host -> dwte (Vp,C) +=, dwpe (maxT,C) +=
 /// `dwte[inputs[b,t], :] += dout[b,t,:]` and `dwpe[t, :] += dout[b,t,:]` in f32, ACCUMULATING as
 /// `cpu::embedding::embedding_backward` (and bit-identical to it), queued on [`Gpu::stream`].
+/// `dout` is `T` (`f32` or `bf16`, widened to f32 exactly); `dwte` and `dwpe` are f32 either way.
 ///
 /// `inputs` (the token ids, on the host) holds at least `b*t` ids, each below `Vp = dwte.len() / c`
 /// (checked); `dwte` is a whole number of `c`-wide rows, `dwpe` holds at least `t*c` values and
 /// `dout` at least `b*t*c`. Uploads the token buckets from pageable memory, which waits for the
 /// work already queued on the stream.
 #[allow(clippy::too_many_arguments)]
-pub fn embedding_backward(
+pub fn embedding_backward<T: Float>(
     gpu: &Gpu,
     dwte: &mut impl DevicePtrMut<f32>,
     dwpe: &mut impl DevicePtrMut<f32>,
-    dout: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<T>,
     inputs: &[u32],
     b: usize,
     t: usize,
@@ -104,7 +107,7 @@ pub fn embedding_backward(
         .filter(|&n| n <= i32::MAX as usize)
         .with_context(|| format!("{OP}: B = {b}, T = {t}, C = {c} needs too many blocks"))?;
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
 
     let stream = gpu.stream();
     let d_csr = stream.clone_htod(&csr).with_context(|| format!("{OP}: uploading the token buckets"))?;
@@ -115,13 +118,14 @@ pub fn embedding_backward(
     let (csr_ptr, _csr_guard) = d_csr.device_ptr(stream);
     let mut launch = stream.launch_builder(&func);
     launch.arg(&dwte_ptr).arg(&dwpe_ptr).arg(&dout_ptr).arg(&csr_ptr).arg(&ui).arg(&bi).arg(&ti).arg(&ci);
-    // SAFETY: the argument list matches the kernel signature (float*, float*, const float*,
-    // const int*, int, int, int, int). csr holds 2U + 1 + B*T ints as the kernel reads them; every
-    // token is below Vp = dwte.len() / C (checked above) and every row below B*T, so the dwte rows
-    // and dout rows touched are in bounds, as are dwpe[t*C + c] for t < T, c < C. dwte and dwpe are
+    // SAFETY: the argument list matches the kernel signature (float*, float*, const T*,
+    // const int*, int, int, int, int) with T float or __nv_bfloat16 as T::kernel picks (dwte and
+    // dwpe are f32 for both). csr holds 2U + 1 + B*T ints as the kernel reads them; every token is
+    // below Vp = dwte.len() / C (checked above) and every row below B*T, so the dwte rows and dout
+    // rows touched are in bounds, as are dwpe[t*C + c] for t < T, c < C. dwte and dwpe are
     // distinct `&mut` borrows. The guards keep the buffers' stream ordering until after the launch
     // is queued; d_csr is freed stream-ordered after it.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {OP}"))?;
+    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     Ok(())
 }
 

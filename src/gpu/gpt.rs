@@ -497,8 +497,9 @@ impl<T: Float> Scorer for GpuModel<T> {
     }
 }
 
-/// The backward's activation gradients and scratch, carved from one f32 allocation.
-#[derive(Clone, Copy, Debug)]
+/// The backward's activation gradients (of the activations' type `T`) and its f32 reduction
+/// scratch, carved from one allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Grad {
     Dresidual, // (B,T,C)
     Dln,       // (B,T,C)
@@ -506,37 +507,101 @@ enum Grad {
     Dqkv,      // (B,T,3C)
     Dfch,      // (B,T,4C)
     DfchGelu,  // (B,T,4C)
-    LnScratch,
-    MmScratch,
     AttScratch,
+    LnScratch, // f32
+    MmScratch, // f32
 }
 
-/// (B, T, allocation, (offset, len) per [`Grad`]).
-type GradScratch = (usize, usize, CudaSlice<f32>, Vec<(usize, usize)>);
+impl Grad {
+    fn is_f32(self) -> bool {
+        matches!(self, Grad::LnScratch | Grad::MmScratch)
+    }
+}
 
-/// Gradients and AdamW moments (parameter layout, f32) and the backward's scratch.
+/// (B, T, allocation, (byte offset, len) per [`Grad`]).
+type GradScratch = (usize, usize, CudaSlice<u8>, Vec<(usize, usize)>);
+
+/// Elements of each [`Grad`] for a batch of (b, t), in declaration order.
+fn grad_sizes(cfg: &ModelConfig, b: usize, t: usize) -> [(Grad, usize); 9] {
+    let (n, c) = (b * t, cfg.channels);
+    [
+        (Grad::Dresidual, n * c),
+        (Grad::Dln, n * c),
+        (Grad::Datty, n * c),
+        (Grad::Dqkv, n * 3 * c),
+        (Grad::Dfch, n * 4 * c),
+        (Grad::DfchGelu, n * 4 * c),
+        (Grad::AttScratch, attention::attention_backward_scratch_len(b, t, c, cfg.num_heads)),
+        (Grad::LnScratch, super::layernorm::layernorm_backward_scratch_len(n, c)),
+        (Grad::MmScratch, super::matmul::matmul_backward_scratch_len(n, 4 * c).max(1)),
+    ]
+}
+
+/// Bytes of the backward's activation gradients and scratch for a batch of (b, t) with activations
+/// of `elem` bytes (what [`GpuModel::forward_backward`] allocates).
+pub fn grad_scratch_bytes(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> usize {
+    grad_sizes(cfg, b, t).iter().map(|&(g, len)| (len * if g.is_f32() { 4 } else { elem }).div_ceil(256) * 256).sum()
+}
+
+/// Gradients, AdamW moments and (bf16) master weights, all f32 in the parameter layout, and the
+/// backward's scratch.
 struct Training {
     grads: CudaSlice<f32>,
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
+    /// bf16 training: the f32 master weights; the model's bf16 parameters are their working copy,
+    /// rewritten from them by every AdamW step with stochastic rounding.
+    master: Option<CudaSlice<f32>>,
     norm_scratch: CudaSlice<f64>,
     scratch: Option<GradScratch>,
 }
 
-/// Training on the GPU (fp32): the backward mirrors `cpu::gpt::backward` op for op.
-impl GpuModel<f32> {
-    /// Allocates zeroed gradients and AdamW moments.
-    pub fn enable_training(&mut self) -> Result<()> {
-        let stream = self.gpu.stream();
+/// Whether `T` is bf16 (the only 2-byte [`Float`]).
+fn is_bf16<T: Float>() -> bool {
+    T::BYTES == 2
+}
+
+/// Training on the GPU in fp32 or bf16: the backward mirrors `cpu::gpt::backward` op for op.
+/// In bf16, activations and their gradients are bf16 (every kernel computes in f32), while the
+/// parameter gradients, AdamW moments and master weights are f32.
+impl<T: Float> GpuModel<T> {
+    /// Allocates zeroed gradients and AdamW moments and sets the weights to `weights` (f32, in
+    /// `ParamLayout` order) as they stand after `step` AdamW updates. In bf16 they become the f32
+    /// master copy, and the bf16 working copy is rounded from them exactly as AdamW step `step`
+    /// would have written it, so a resumed run continues bit for bit.
+    pub fn enable_training(&mut self, weights: &[f32], step: u64) -> Result<()> {
         let n = self.layout.total;
+        ensure!(weights.len() == n, "{} weights given, the model needs {n}", weights.len());
+        let stream = Arc::clone(self.gpu.stream());
+        let master = if is_bf16::<T>() {
+            let master = stream.clone_htod(weights).context("uploading the master weights")?;
+            let (ptr, _guard) = self.params.device_ptr_mut(&stream);
+            let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
+            super::optim::params_round_bf16(&self.gpu, &mut copy, &master, n, super::optim::sr_seed(step))?;
+            Some(master)
+        } else {
+            let exact: Vec<T> = weights.iter().map(|&x| T::from_f32(x)).collect();
+            stream.memcpy_htod(&exact, &mut self.params).context("uploading the weights")?;
+            None
+        };
         self.train = Some(Training {
             grads: stream.alloc_zeros(n).context("allocating gradients")?,
             m: stream.alloc_zeros(n).context("allocating AdamW moments")?,
             v: stream.alloc_zeros(n).context("allocating AdamW moments")?,
+            master,
             norm_scratch: stream.alloc_zeros(super::optim::global_norm_scratch_len())?,
             scratch: None,
         });
         Ok(())
+    }
+
+    /// The weights the optimizer updates, on the host as f32: the master weights in bf16 training,
+    /// else the parameters (what a checkpoint stores).
+    pub fn download_weights(&self) -> Result<Vec<f32>> {
+        match self.train.as_ref().and_then(|t| t.master.as_ref()) {
+            Some(master) => Ok(self.gpu.stream().clone_dtoh(master).context("copying the master weights back")?),
+            None => self.download_params(),
+        }
     }
 
     fn training(&self) -> Result<&Training> {
@@ -550,40 +615,30 @@ impl GpuModel<f32> {
     }
 
     fn ensure_grad_scratch(&mut self, b: usize, t: usize) -> Result<()> {
-        let (cfg, n) = (self.cfg, b * t);
-        let c = cfg.channels;
+        let cfg = self.cfg;
         let tr = self.train.as_mut().context("call enable_training first")?;
         if tr.scratch.as_ref().is_some_and(|s| s.0 == b && s.1 == t) {
             return Ok(());
         }
         tr.scratch = None;
-        let sizes = [
-            n * c,
-            n * c,
-            n * c,
-            n * 3 * c,
-            n * 4 * c,
-            n * 4 * c,
-            super::layernorm::layernorm_backward_scratch_len(n, c),
-            super::matmul::matmul_backward_scratch_len(n, 4 * c).max(1),
-            attention::attention_backward_scratch_len(b, t, c, cfg.num_heads),
-        ];
         let mut offsets = Vec::new();
         let mut off = 0;
-        for len in sizes {
+        for (g, len) in grad_sizes(&cfg, b, t) {
             offsets.push((off, len));
-            off += len.div_ceil(64) * 64;
+            off += (len * if g.is_f32() { 4 } else { T::BYTES }).div_ceil(256) * 256;
         }
-        let buf = self.gpu.stream().alloc_zeros::<f32>(off).context("allocating the backward's scratch")?;
+        let buf = self.gpu.stream().alloc_zeros::<u8>(off).context("allocating the backward's scratch")?;
         tr.scratch = Some((b, t, buf, offsets));
         Ok(())
     }
 
-    fn grad(&self, g: Grad) -> Region<f32> {
+    /// A region of the backward's scratch: of type `T` for activation gradients, f32 for reductions.
+    fn grad<U>(&self, g: Grad) -> Region<U> {
+        assert_eq!(std::mem::size_of::<U>(), if g.is_f32() { 4 } else { T::BYTES }, "{g:?} has another element type");
         let (_, _, buf, offsets) = self.train.as_ref().and_then(|t| t.scratch.as_ref()).expect("scratch allocated");
         let (off, len) = offsets[g as usize];
         let (base, _guard) = buf.device_ptr(self.gpu.stream());
-        Region::new(base + (off * 4) as u64, len, Arc::clone(self.gpu.stream()))
+        Region::new(base + off as u64, len, Arc::clone(self.gpu.stream()))
     }
 
     /// Layer `l`'s gradient of `p` (the whole tensor for non-layer parameters).
@@ -595,7 +650,7 @@ impl GpuModel<f32> {
     }
 
     fn zero(&self, g: Grad) -> Result<()> {
-        self.gpu.stream().memset_zeros(&mut self.grad(g))?;
+        self.gpu.stream().memset_zeros(&mut self.grad::<T>(g))?;
         Ok(())
     }
 
@@ -607,13 +662,14 @@ impl GpuModel<f32> {
         w: Param,
         bias: Option<Param>,
         l: usize,
-        dout: &Region<f32>,
-        inp: &Region<f32>,
+        dout: &Region<T>,
+        inp: &Region<T>,
         n: usize,
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        let (mut din, mut dw, mut scratch) = (self.grad(dinp), self.dparam(w, l), self.grad(Grad::MmScratch));
+        let (mut din, mut dw) = (self.grad::<T>(dinp), self.dparam(w, l));
+        let mut scratch = self.grad::<f32>(Grad::MmScratch);
         let weight = self.params.slice(self.layout.get(w).layer_range(l));
         let bias_range = bias.map(|b| self.layout.get(b).layer_range(l));
         let tr = self.train.as_mut().expect("training enabled");
@@ -643,9 +699,9 @@ impl GpuModel<f32> {
         self.ensure_grad_scratch(b, t)?;
         let cfg = self.cfg;
         let (c, nh, n, nl, vp) = (cfg.channels, cfg.num_heads, b * t, cfg.num_layers, cfg.padded_vocab_size);
-        let lnb = |m: &Self, dinp: Grad, w: Param, bias: Param, l: usize, inp: Region<f32>, mean: Act, rstd: Act| {
-            let (mut di, mut dw, mut db) = (m.grad(dinp), m.dparam(w, l), m.dparam(bias, l));
-            let (mut scratch, dout) = (m.grad(Grad::LnScratch), m.grad(Grad::Dln));
+        let lnb = |m: &Self, dinp: Grad, w: Param, bias: Param, l: usize, inp: Region<T>, mean: Act, rstd: Act| {
+            let (mut di, mut dw, mut db) = (m.grad::<T>(dinp), m.dparam(w, l), m.dparam(bias, l));
+            let (mut scratch, dout) = (m.grad::<f32>(Grad::LnScratch), m.grad::<T>(Grad::Dln));
             let weight = m.params.slice(m.layout.get(w).layer_range(l));
             let li = if w == Param::Lnfw { 0 } else { l };
             let (mu, rs) = (m.act::<f32>(mean, li), m.act::<f32>(rstd, li));
@@ -667,7 +723,7 @@ impl GpuModel<f32> {
         // Classifier: the logits already hold dlogits; dlnf into Dln, dwte +=.
         self.zero(Grad::Dresidual)?;
         self.zero(Grad::Dln)?;
-        let (logits, lnf) = (self.act::<f32>(Act::Logits, 0), self.act::<f32>(Act::Lnf, 0));
+        let (logits, lnf) = (self.act::<T>(Act::Logits, 0), self.act::<T>(Act::Lnf, 0));
         self.matmul_grads(Grad::Dln, Param::Wte, None, 0, &logits, &lnf, n, c, vp)?;
         lnb(
             self,
@@ -680,17 +736,17 @@ impl GpuModel<f32> {
             Act::LnfRstd,
         )?;
         for l in (0..nl).rev() {
-            let residual = if l == 0 { self.act::<f32>(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
-            let dres = self.grad(Grad::Dresidual);
+            let residual = if l == 0 { self.act::<T>(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
+            let dres = self.grad::<T>(Grad::Dresidual);
             self.zero(Grad::DfchGelu)?;
-            let fch_gelu = self.act::<f32>(Act::FchGelu, l);
+            let fch_gelu = self.act::<T>(Act::FchGelu, l);
             self.matmul_grads(Grad::DfchGelu, Param::FcProjw, Some(Param::FcProjb), l, &dres, &fch_gelu, n, 4 * c, c)?;
             self.zero(Grad::Dfch)?;
             let (mut dfch, fch, dfch_gelu) =
-                (self.grad(Grad::Dfch), self.act::<f32>(Act::Fch, l), self.grad(Grad::DfchGelu));
+                (self.grad::<T>(Grad::Dfch), self.act::<T>(Act::Fch, l), self.grad::<T>(Grad::DfchGelu));
             super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c)?;
             self.zero(Grad::Dln)?;
-            let ln2 = self.act::<f32>(Act::Ln2, l);
+            let ln2 = self.act::<T>(Act::Ln2, l);
             self.matmul_grads(Grad::Dln, Param::Fcw, Some(Param::Fcb), l, &dfch, &ln2, n, c, 4 * c)?;
             lnb(
                 self,
@@ -703,12 +759,12 @@ impl GpuModel<f32> {
                 Act::Ln2Rstd,
             )?;
             self.zero(Grad::Datty)?;
-            let atty = self.act::<f32>(Act::Atty, l);
+            let atty = self.act::<T>(Act::Atty, l);
             self.matmul_grads(Grad::Datty, Param::AttProjw, Some(Param::AttProjb), l, &dres, &atty, n, c, c)?;
             self.zero(Grad::Dqkv)?;
             let (mut dqkv, mut scratch, datty) =
-                (self.grad(Grad::Dqkv), self.grad(Grad::AttScratch), self.grad(Grad::Datty));
-            let (qkv, att) = (self.act::<f32>(Act::Qkv, l), self.act::<f32>(Act::Att, l));
+                (self.grad::<T>(Grad::Dqkv), self.grad::<T>(Grad::AttScratch), self.grad::<T>(Grad::Datty));
+            let (qkv, att) = (self.act::<T>(Act::Qkv, l), self.act::<T>(Act::Att, l));
             attention::attention_backward(
                 &self.gpu,
                 &self.blas,
@@ -723,12 +779,12 @@ impl GpuModel<f32> {
                 nh,
             )?;
             self.zero(Grad::Dln)?;
-            let ln1 = self.act::<f32>(Act::Ln1, l);
+            let ln1 = self.act::<T>(Act::Ln1, l);
             self.matmul_grads(Grad::Dln, Param::Qkvw, Some(Param::Qkvb), l, &dqkv, &ln1, n, c, 3 * c)?;
             lnb(self, Grad::Dresidual, Param::Ln1w, Param::Ln1b, l, residual, Act::Ln1Mean, Act::Ln1Rstd)?;
         }
         let (mut dwte, mut dwpe, dres) =
-            (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad(Grad::Dresidual));
+            (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad::<T>(Grad::Dresidual));
         super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
         let losses = GpuModel::losses(self)?;
         Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
@@ -744,7 +800,22 @@ impl GpuModel<f32> {
     /// One AdamW update; `t` counts updates including this one.
     pub fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()> {
         let tr = self.train.as_mut().context("call enable_training first")?;
-        super::optim::adamw_step(&self.gpu, &self.layout, &mut self.params, &tr.grads, &mut tr.m, &mut tr.v, cfg, t, lr)
+        let stream = Arc::clone(self.gpu.stream());
+        let n = self.layout.total;
+        let (ptr, _guard) = self.params.device_ptr_mut(&stream);
+        match tr.master.as_mut() {
+            Some(master) => {
+                let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
+                let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+                super::optim::adamw_step(&self.gpu, &self.layout, master, g, m, v, cfg, t, lr, Some(&mut copy))
+            }
+            None => {
+                // fp32 training: the parameters are the f32 weights.
+                let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
+                let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+                super::optim::adamw_step(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, None)
+            }
+        }
     }
 
     /// The AdamW moments (m, v) on the host, for a checkpoint.
@@ -767,5 +838,54 @@ impl GpuModel<f32> {
     /// The gradient buffer on the host (parameter layout).
     pub fn download_grads(&self) -> Result<Vec<f32>> {
         Ok(self.gpu.stream().clone_dtoh(&self.training()?.grads)?)
+    }
+}
+
+/// What the trainer needs from a model on the GPU, whatever its element type (`genesis train`
+/// holds a `Box<dyn GpuTrainer>` for fp32 or bf16).
+pub trait GpuTrainer {
+    /// The device, for logs.
+    fn describe(&self) -> String;
+    fn zero_grads(&mut self) -> Result<()>;
+    /// See [`GpuModel::forward_backward`].
+    fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64>;
+    /// See [`GpuModel::clip_grad_norm`].
+    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64>;
+    /// See [`GpuModel::adamw_step`].
+    fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()>;
+    /// The mean loss of `inputs` against `targets` (B,T), without gradients.
+    fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64>;
+    /// See [`GpuModel::download_weights`].
+    fn download_weights(&self) -> Result<Vec<f32>>;
+    /// See [`GpuModel::download_moments`].
+    fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)>;
+}
+
+impl<T: Float> GpuTrainer for GpuModel<T> {
+    fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+    fn zero_grads(&mut self) -> Result<()> {
+        GpuModel::zero_grads(self)
+    }
+    fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64> {
+        GpuModel::forward_backward(self, inputs, targets, b, t, dloss)
+    }
+    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        GpuModel::clip_grad_norm(self, max_norm)
+    }
+    fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()> {
+        GpuModel::adamw_step(self, cfg, t, lr)
+    }
+    fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
+        self.forward(inputs, Some(targets), b, t)?;
+        let losses = GpuModel::losses(self)?;
+        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
+    }
+    fn download_weights(&self) -> Result<Vec<f32>> {
+        GpuModel::download_weights(self)
+    }
+    fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        GpuModel::download_moments(self)
     }
 }

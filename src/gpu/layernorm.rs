@@ -1,6 +1,7 @@
-//! LayerNorm forward on the GPU (`kernels/layernorm.cu`), matching `cpu::layernorm`: eps 1e-5,
-//! biased variance, and the per-row mean and rstd saved for the backward pass. Activations and
-//! parameters are `f32` or `bf16` ([`Float`]); the arithmetic, and the saved mean and rstd, are f32.
+//! LayerNorm forward and backward on the GPU (`kernels/layernorm.cu`), matching `cpu::layernorm`:
+//! eps 1e-5, biased variance, and the per-row mean and rstd saved for the backward pass.
+//! Activations, their gradients and parameters are `f32` or `bf16` ([`Float`]); the arithmetic,
+//! the saved mean and rstd, and the parameter gradients (dweight, dbias) are f32.
 //! [`residual_layernorm_forward`] fuses the residual add that precedes each LayerNorm into the
 //! same pass over the row.
 
@@ -171,25 +172,29 @@ pub fn layernorm_backward_scratch_len(n: usize, c: usize) -> usize {
 }
 
 // dout (N,C), inp (N,C), weight (C), mean (N), rstd (N) -> dinp (N,C) +=, dweight (C) +=, dbias (C) +=
-/// LayerNorm backward in f32, ACCUMULATING into `dinp`, `dweight` and `dbias` as
+/// LayerNorm backward, ACCUMULATING into `dinp`, `dweight` and `dbias` as
 /// `cpu::layernorm::layernorm_backward`, queued on [`Gpu::stream`]. `mean` and `rstd` are those the
 /// forward saved. `scratch` holds at least [`layernorm_backward_scratch_len`] elements; its
 /// contents on entry do not matter and are overwritten.
+///
+/// `dinp`, `dout`, `inp` and `weight` are `T` (`f32` or `bf16`); the parameter gradients `dweight`
+/// and `dbias`, the statistics and `scratch` are f32 either way, and all arithmetic is f32. With
+/// `T = bf16` each `dinp` value is its old value plus the f32 update, rounded to bf16 once.
 ///
 /// Deterministic: dweight and dbias are summed over a fixed partition of the rows (one partial per
 /// channel per chunk of [`rows_per_chunk`] rows, summed in row order into its own `scratch` slot),
 /// then a second kernel sums the chunks in order and adds the totals. No atomics, so the same
 /// inputs give bit-identical outputs on every run.
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward(
+pub fn layernorm_backward<T: Float>(
     gpu: &Gpu,
-    dinp: &mut impl DevicePtrMut<f32>,
+    dinp: &mut impl DevicePtrMut<T>,
     dweight: &mut impl DevicePtrMut<f32>,
     dbias: &mut impl DevicePtrMut<f32>,
     scratch: &mut impl DevicePtrMut<f32>,
-    dout: &impl DevicePtr<f32>,
-    inp: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<T>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
     mean: &impl DevicePtr<f32>,
     rstd: &impl DevicePtr<f32>,
     n: usize,
@@ -231,7 +236,7 @@ pub fn layernorm_backward(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let func = gpu.function(OP)?;
+    let func = gpu.function(&T::kernel(OP))?;
     let reduce = gpu.function("layernorm_backward_reduce")?;
 
     let stream = &**gpu.stream();
@@ -256,23 +261,25 @@ pub fn layernorm_backward(
             .arg(&ci)
             .arg(&rpc)
             .arg(&chunks_i);
-        // SAFETY: the argument list matches the kernel signature (float*, float*, const float* x5,
-        // int, int, int, int). The lengths checked above cover every index the kernel touches:
+        // SAFETY: the argument list matches the kernel signature (T*, float*, const T*, const T*,
+        // const T*, const float*, const float*, int, int, int, int) with T float or __nv_bfloat16
+        // as T::kernel picks. The lengths checked above cover every index the kernel touches:
         // rows < N and channels < C of the (N,C), (N) and (C) buffers, and scratch slots
         // < 2 * chunks * C = layernorm_backward_scratch_len. dinp and scratch are distinct `&mut`
         // borrows, so they alias neither each other nor the inputs. The guards keep the buffers'
         // stream ordering until after the launch is queued.
-        unsafe { launch.launch(main_cfg) }.with_context(|| format!("launching {OP}"))?;
+        unsafe { launch.launch(main_cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
     }
     let (dweight_ptr, _dweight_guard) = dweight.device_ptr_mut(stream);
     let (dbias_ptr, _dbias_guard) = dbias.device_ptr_mut(stream);
     let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
     let mut launch = stream.launch_builder(&reduce);
     launch.arg(&dweight_ptr).arg(&dbias_ptr).arg(&scratch_ptr).arg(&ci).arg(&chunks_i);
-    // SAFETY: the argument list matches (float*, float*, const float*, int, int) (scratch is only
-    // read; borrowed mutably because the wrapper takes it so); channels < C of
-    // dweight and dbias and scratch slots < 2 * chunks * C, all checked above. Queued on the same
-    // stream after the partial sums it reads. dweight and dbias are distinct `&mut` borrows.
+    // SAFETY: the argument list matches (float*, float*, const float*, int, int) for every T (the
+    // gradients and scratch are f32; scratch is only read, borrowed mutably because the wrapper
+    // takes it so); channels < C of dweight and dbias and scratch slots < 2 * chunks * C, all
+    // checked above. Queued on the same stream after the partial sums it reads. dweight and dbias
+    // are distinct `&mut` borrows.
     unsafe { launch.launch(reduce_cfg) }.with_context(|| "launching layernorm_backward_reduce".to_string())?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Matmul forward on cuBLASLt: `out = inp @ weight^T (+ bias) (then GELU)`, the CUDA counterpart
-//! of `src/cpu/matmul.rs`, with bias and GELU fused into the GEMM epilogue; and the fp32
-//! backward ([`matmul_backward`]: two accumulating cuBLASLt GEMMs and a deterministic bias
-//! reduction in `kernels/matmul.cu`).
+//! of `src/cpu/matmul.rs`, with bias and GELU fused into the GEMM epilogue; and the backward
+//! ([`matmul_backward`]: two accumulating cuBLASLt GEMMs and a deterministic bias reduction in
+//! `kernels/matmul.cu`).
 //!
 //! Row-major to column-major: a row-major (R, C) matrix is, byte for byte, a column-major (C, R)
 //! matrix with leading dimension C. So cuBLASLt computes the transposed problem
@@ -13,7 +13,8 @@
 //!
 //! Generic over the storage type ([`Float`]): f32, or bf16 for every operand (input, weight, bias,
 //! output) with fp32 accumulation, bias and GELU applied in fp32 and one rounding to bf16 at the
-//! end (`CUBLAS_COMPUTE_32F`; see [`super::blas::GemmDtype`]).
+//! end (`CUBLAS_COMPUTE_32F`; see [`super::blas::GemmDtype`]). In the backward the parameter
+//! gradients (dweight, dbias) are f32 whatever the storage type; dinp has the storage type.
 
 use std::sync::Arc;
 
@@ -86,6 +87,7 @@ pub fn matmul_forward<T: Float>(
         epilogue,
         accumulate: false,
         dtype,
+        d_dtype: dtype,
     };
     // SAFETY: the lengths checked above cover every element the GEMM reads or writes (weight
     // OC*C, inp N*C, out N*OC, bias OC); the guards keep the buffers stream-ordered until after
@@ -110,12 +112,18 @@ pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
     n.div_ceil(BIAS_ROWS_PER_CHUNK) * oc
 }
 
-/// Matmul backward (fp32), queued on `gpu.stream()`, ACCUMULATING into every gradient like
+/// Matmul backward, queued on `gpu.stream()`, ACCUMULATING into every gradient like
 /// `cpu::matmul::matmul_backward`:
 /// - `dinp (N,C) += dout (N,OC) @ weight (OC,C)`
 /// - `dweight (OC,C) += dout^T @ inp (N,C)`
 /// - `dbias (OC) += column sums of dout`, when given (`scratch` then needs
 ///   [`matmul_backward_scratch_len`] elements; otherwise it is not touched).
+///
+/// `T` (`f32` or `half::bf16`) is the storage type of `dout`, `inp`, `weight` and `dinp`; the
+/// parameter gradients `dweight` and `dbias` (and the scratch) are f32 either way. With bf16 the
+/// GEMMs compute in fp32 (`CUBLAS_COMPUTE_32F`): dinp is `bf16(dinp + fp32 GEMM)`, dweight
+/// `dweight + fp32 GEMM` (bf16 inputs, fp32 C/D), and the bias reduction widens each bf16
+/// `dout` on load and sums in fp32.
 ///
 /// Both GEMMs run on cuBLASLt with beta = 1 (C = D = the gradient buffer, updated in place).
 /// In column-major terms (a row-major (R,K) buffer is a column-major (K,R) matrix, ld K):
@@ -127,16 +135,16 @@ pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
 /// The bias gradient is a fixed-order two-pass reduction (no atomics), so the whole backward
 /// is bit-for-bit reproducible for a given GPU, cuBLAS and shape.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_backward(
+pub fn matmul_backward<T: Float>(
     gpu: &Gpu,
     blas: &Blas,
-    dinp: &mut impl DevicePtrMut<f32>,
+    dinp: &mut impl DevicePtrMut<T>,
     dweight: &mut impl DevicePtrMut<f32>,
     dbias: Option<&mut CudaViewMut<'_, f32>>,
     scratch: &mut impl DevicePtrMut<f32>,
-    dout: &impl DevicePtr<f32>,
-    inp: &impl DevicePtr<f32>,
-    weight: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<T>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
     n: usize,
     c: usize,
     oc: usize,
@@ -155,6 +163,7 @@ pub fn matmul_backward(
         Arc::ptr_eq(blas.stream(), gpu.stream()),
         "matmul_backward: blas was created for a different stream than gpu"
     );
+    let dtype = GemmDtype::of::<T>()?;
     // Every gradient is a sum over an empty set: nothing to add.
     if n == 0 || c == 0 || oc == 0 {
         return Ok(());
@@ -183,14 +192,16 @@ pub fn matmul_backward(
         bias: 0,
         epilogue: Epilogue::None,
         accumulate: true,
-        dtype: GemmDtype::F32,
+        dtype,
+        d_dtype: dtype,
     };
     // SAFETY: weight covers OC*C, dout N*OC, dinp N*C elements (checked above), exactly what the
     // (C,OC)·(OC,N) -> (C,N) GEMM with these leading dimensions touches; the guards keep them
     // stream-ordered until the work is queued on the stream `blas` uses.
-    unsafe { blas.lt_matmul(&dinp_gemm) }.with_context(|| format!("matmul_backward dinp N={n} C={c} OC={oc}"))?;
+    unsafe { blas.lt_matmul(&dinp_gemm) }
+        .with_context(|| format!("matmul_backward<{dtype:?}> dinp N={n} C={c} OC={oc}"))?;
 
-    // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC).
+    // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC); inputs T, the gradient f32.
     let dweight_gemm = LtGemm {
         m: c,
         n: oc,
@@ -206,11 +217,13 @@ pub fn matmul_backward(
         bias: 0,
         epilogue: Epilogue::None,
         accumulate: true,
-        dtype: GemmDtype::F32,
+        dtype,
+        d_dtype: GemmDtype::F32,
     };
     // SAFETY: inp covers N*C, dout N*OC (read as (OC,N) ld OC, transposed), dweight OC*C
     // (checked above); guards held as for the first GEMM.
-    unsafe { blas.lt_matmul(&dweight_gemm) }.with_context(|| format!("matmul_backward dweight N={n} C={c} OC={oc}"))?;
+    unsafe { blas.lt_matmul(&dweight_gemm) }
+        .with_context(|| format!("matmul_backward<{dtype:?}> dweight N={n} C={c} OC={oc}"))?;
 
     if let Some(dbias) = dbias {
         let (ni, oci) = (to_i32(n, "N")?, to_i32(oc, "OC")?);
@@ -222,14 +235,16 @@ pub fn matmul_backward(
         let (db_ptr, _db_guard) = dbias.device_ptr_mut(stream);
         let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
 
-        let partial = gpu.function("matmul_bias_grad_partial")?;
+        let partial_name = T::kernel("matmul_bias_grad_partial");
+        let partial = gpu.function(&partial_name)?;
         let cfg = LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: BIAS_BLOCK, shared_mem_bytes: 0 };
         let mut launch = stream.launch_builder(&partial);
         launch.arg(&scratch_ptr).arg(&dout_ptr).arg(&ni).arg(&oci).arg(&rows);
-        // SAFETY: arguments match (float*, const float*, int, int, int); the kernel reads N*OC
-        // elements of dout and writes chunks*OC = matmul_backward_scratch_len(N, OC) of scratch
-        // (both checked); block (32, 8, 1) as its shared array requires.
-        unsafe { launch.launch(cfg) }.context("launching matmul_bias_grad_partial")?;
+        // SAFETY: arguments match (float*, const T*, int, int, int), T the float or
+        // __nv_bfloat16 that T::kernel picks; the kernel reads N*OC elements of dout and writes
+        // chunks*OC = matmul_backward_scratch_len(N, OC) floats of scratch (both checked);
+        // block (32, 8, 1) as its shared array requires.
+        unsafe { launch.launch(cfg) }.with_context(|| format!("launching {partial_name}"))?;
 
         let finish = gpu.function("matmul_bias_grad_finish")?;
         let blocks = u32::try_from(oc.div_ceil(BIAS_FINISH_BLOCK as usize)).context("matmul_backward: OC too large")?;

@@ -1,5 +1,7 @@
-//! The optimizer on the GPU (`kernels/optim.cu`), fp32: the global gradient norm, clipping and AdamW,
-//! mirroring `train::optim` on the CPU.
+//! The optimizer on the GPU (`kernels/optim.cu`): the global gradient norm, clipping and AdamW over
+//! f32 gradients, moments and weights, mirroring `train::optim` on the CPU. In bf16 training the f32
+//! weights are the master copy and AdamW also writes the bf16 working copy with stochastic rounding
+//! ([`stochastic_round_bf16`]).
 //!
 //! - [`global_norm`] sums squares in f64 with a fixed grid ([`NORM_BLOCKS`] blocks of
 //!   [`NORM_THREADS`] threads whatever the device), a fixed per-thread order and fixed trees, so it
@@ -7,9 +9,11 @@
 //!   of the f64 additions (relative difference around 1e-15).
 //! - [`scale`] and [`adamw_update`] are elementwise and use the CPU's float expressions with every
 //!   operation correctly rounded and nothing fused, so they are bit-identical to the CPU.
+//! - The bf16 working copy is a pure function of the master weights and the step ([`sr_seed`]), so a
+//!   resumed run rebuilds it exactly with [`params_round_bf16`] and checkpoints hold only f32.
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{grid_for, Gpu};
 use crate::model::ParamLayout;
@@ -179,20 +183,88 @@ pub fn adamw_update(
     Ok(())
 }
 
+/// The stochastic-rounding seed of AdamW step `t` (the count after the update): the working copy
+/// after step `t` is `stochastic_round_bf16(master[i], sr_bits(i, sr_seed(t)))` for flat index `i`.
+pub fn sr_seed(t: u64) -> u32 {
+    (t ^ (t >> 32)) as u32
+}
+
+/// 32 random bits for flat index `index` under `seed`: the kernels' `sr_bits` (a splitmix64
+/// finaliser of `index + seed * 0x9E3779B97F4A7C15`, low half).
+pub fn sr_bits(index: u64, seed: u32) -> u32 {
+    let mut z = index.wrapping_add((seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as u32
+}
+
+/// `x` rounded to bf16 stochastically with random bits `r`, as the kernels do: the low 16 bits of
+/// `r` are added to the float's bits and the top half kept, so `x` rounds up in magnitude with
+/// probability (its dropped bits) / 2^16 and is unbiased. Inf and NaN round to nearest; a carry into
+/// inf keeps the truncated value.
+pub fn stochastic_round_bf16(x: f32, r: u32) -> half::bf16 {
+    let bits = x.to_bits();
+    if bits & 0x7f80_0000 == 0x7f80_0000 {
+        return half::bf16::from_f32(x);
+    }
+    let mut up = bits.wrapping_add(r & 0xffff);
+    if up & 0x7f80_0000 == 0x7f80_0000 {
+        up = bits;
+    }
+    half::bf16::from_bits((up >> 16) as u16)
+}
+
+/// `params[i] = stochastic_round_bf16(master[i], sr_bits(i, seed))` for `i < n`: the bf16 working
+/// copy of f32 master weights, as the AdamW step with this seed writes it.
+pub fn params_round_bf16(
+    gpu: &Gpu,
+    params: &mut impl DevicePtrMut<half::bf16>,
+    master: &impl DevicePtr<f32>,
+    n: usize,
+    seed: u32,
+) -> Result<()> {
+    const OP: &str = "params_round_bf16";
+    ensure!(
+        params.len() >= n && master.len() >= n,
+        "{OP}: buffers hold {} and {} < N = {n}",
+        params.len(),
+        master.len()
+    );
+    if n == 0 {
+        return Ok(());
+    }
+    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let func = gpu.function(OP)?;
+    let stream = &**gpu.stream();
+    let (p_ptr, _p_guard) = params.device_ptr_mut(stream);
+    let (m_ptr, _m_guard) = master.device_ptr(stream);
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&p_ptr).arg(&m_ptr).arg(&n64).arg(&seed);
+    // SAFETY: the arguments match (__nv_bfloat16*, const float*, long long, unsigned int); the
+    // kernel touches indices < N, covered by both lengths (checked).
+    unsafe { launch.launch(grid_for(n)?) }.context("launching params_round_bf16")?;
+    Ok(())
+}
+
 /// One AdamW step over the whole flat buffer, as `train::optim::AdamW::step` with its step counter
-/// already at `t`: bias corrections in f64 as the CPU, then one [`adamw_update`] per tensor of
+/// already at `t`: bias corrections in f64 as the CPU, then one update kernel per tensor of
 /// `layout` (weight decay only where `Param::decays`). Queued on [`Gpu::stream`].
+///
+/// `params` are the f32 weights (the master copy in bf16 training). With `bf16 = Some(copy)` the
+/// kernel also writes `copy` (the bf16 working copy) from the new weights with stochastic rounding
+/// under [`sr_seed`]`(t)`; the f32 update is the same either way.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
     gpu: &Gpu,
     layout: &ParamLayout,
-    params: &mut CudaSlice<f32>,
-    grads: &CudaSlice<f32>,
-    m: &mut CudaSlice<f32>,
-    v: &mut CudaSlice<f32>,
+    params: &mut impl DevicePtrMut<f32>,
+    grads: &impl DevicePtr<f32>,
+    m: &mut impl DevicePtrMut<f32>,
+    v: &mut impl DevicePtrMut<f32>,
     cfg: AdamWConfig,
     t: u64,
     lr: f32,
+    bf16: Option<&mut dyn DevicePtrMut<half::bf16>>,
 ) -> Result<()> {
     let total = layout.total;
     ensure!(
@@ -203,28 +275,100 @@ pub fn adamw_step(
         m.len(),
         v.len()
     );
+    if let Some(copy) = bf16.as_ref() {
+        ensure!(copy.len() >= total, "adamw_step: the bf16 copy holds {} < {total} values", copy.len());
+    }
     ensure!(t >= 1, "adamw_step: t is the step count after incrementing, so at least 1");
     let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
     let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
     let step_size = (lr as f64 / bc1) as f32;
     let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+    let seed = sr_seed(t);
+    let stream = &**gpu.stream();
+    let func = gpu.function(if bf16.is_some() { "adamw_update_bf16" } else { "adamw_update" })?;
+    let (p_ptr, _p_guard) = params.device_ptr_mut(stream);
+    let (g_ptr, _g_guard) = grads.device_ptr(stream);
+    let (m_ptr, _m_guard) = m.device_ptr_mut(stream);
+    let (v_ptr, _v_guard) = v.device_ptr_mut(stream);
+    let copy_ptr = bf16.map(|c| c.device_ptr_mut(stream).0);
     for spec in &layout.tensors {
+        if spec.len == 0 {
+            continue;
+        }
         let decay = if spec.param.decays() { 1.0 - lr * cfg.weight_decay } else { 1.0 };
-        let r = spec.range();
-        adamw_update(
-            gpu,
-            &mut params.slice_mut(r.clone()),
-            &grads.slice(r.clone()),
-            &mut m.slice_mut(r.clone()),
-            &mut v.slice_mut(r),
-            spec.len,
-            cfg.beta1,
-            cfg.beta2,
-            cfg.eps,
-            decay,
-            step_size,
-            inv_sqrt_bc2,
-        )?;
+        let (off4, n64) = ((spec.offset * 4) as u64, i64::try_from(spec.len).context("tensor too large")?);
+        let (p, g, mm, vv) = (p_ptr + off4, g_ptr + off4, m_ptr + off4, v_ptr + off4);
+        let mut launch = stream.launch_builder(&func);
+        let (lowp, base) = (copy_ptr.map(|c| c + (spec.offset * 2) as u64), spec.offset as i64);
+        match &lowp {
+            None => launch.arg(&p),
+            Some(lp) => launch.arg(&p).arg(lp),
+        };
+        launch.arg(&g).arg(&mm).arg(&vv).arg(&n64);
+        launch.arg(&cfg.beta1).arg(&cfg.beta2).arg(&cfg.eps).arg(&decay).arg(&step_size).arg(&inv_sqrt_bc2);
+        if lowp.is_some() {
+            launch.arg(&seed).arg(&base);
+        }
+        // SAFETY: the arguments match adamw_update (float*, const float*, float*, float*, long long,
+        // float x6) or adamw_update_bf16 (float*, __nv_bfloat16*, const float*, float*, float*, long
+        // long, float x6, unsigned int, long long); each pointer is the tensor's offset into a buffer
+        // of at least layout.total elements (checked), and the kernel touches its spec.len elements.
+        unsafe { launch.launch(grid_for(spec.len)?) }
+            .with_context(|| format!("launching AdamW for {:?}", spec.param))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stochastic rounding gives one of the two bf16 neighbours, keeps bf16 values exact, and is
+    /// unbiased: over many random draws the mean of the rounded values is the input.
+    #[test]
+    fn stochastic_rounding_is_unbiased_and_brackets_the_value() {
+        for (k, &x) in [1.0f32 + 1.0 / 1024.0, -3.3, 1e-3, 7.77e5, -2.0e-30, 0.1].iter().enumerate() {
+            let lo = half::bf16::from_bits((x.to_bits() >> 16) as u16).to_f32();
+            let hi_bits = (x.to_bits() >> 16) as u16 + 1;
+            let hi = half::bf16::from_bits(hi_bits).to_f32();
+            let draws = 200_000u64;
+            let mut sum = 0.0f64;
+            for i in 0..draws {
+                let r = stochastic_round_bf16(x, sr_bits(i, sr_seed(k as u64 + 1))).to_f32();
+                assert!(r == lo || r == hi, "{x}: {r} is not {lo} or {hi}");
+                sum += r as f64;
+            }
+            let mean = sum / draws as f64;
+            // The mean of `draws` Bernoulli choices between lo and hi: standard error
+            // |hi - lo| / (2 sqrt(draws)); allow 5 of them.
+            let tol = 5.0 * (hi - lo).abs() as f64 / (2.0 * (draws as f64).sqrt());
+            assert!((mean - x as f64).abs() < tol, "{x}: mean {mean} (tolerance {tol})");
+            // Round-to-nearest would always give the same one of the two.
+            assert!(mean != lo as f64 && mean != hi as f64, "{x}: never rounded both ways");
+        }
+        for x in [0.0f32, -0.0, 1.0, -2.5, 0.15625, f32::INFINITY, f32::NEG_INFINITY] {
+            for i in 0..100 {
+                let r = stochastic_round_bf16(x, sr_bits(i, 7));
+                assert_eq!(r.to_f32().to_bits(), x.to_bits(), "{x} is a bf16 value and must stay exact");
+            }
+        }
+        assert!(stochastic_round_bf16(f32::NAN, 12345).is_nan());
+        // The largest finite float never carries into infinity.
+        for i in 0..1000 {
+            assert!(stochastic_round_bf16(f32::MAX, sr_bits(i, 1)).to_f32().is_finite());
+        }
+    }
+
+    /// The random bits differ between indices and between steps (seeds), and their low 16 bits
+    /// (what the rounding uses) are roughly uniform.
+    #[test]
+    fn rounding_bits_vary_with_index_and_step() {
+        let n = 1u64 << 16;
+        let mean = (0..n).map(|i| (sr_bits(i, sr_seed(3)) & 0xffff) as f64).sum::<f64>() / n as f64;
+        assert!((mean - 32767.5).abs() < 400.0, "low bits mean {mean}");
+        let same_index = (0..1000).filter(|&i| sr_bits(i, sr_seed(1)) == sr_bits(i, sr_seed(2))).count();
+        assert_eq!(same_index, 0, "steps 1 and 2 draw the same bits");
+        assert_ne!(sr_bits(0, 0), sr_bits(1, 0));
+        assert_ne!(sr_seed(1), sr_seed(2));
+    }
 }

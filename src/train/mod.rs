@@ -74,8 +74,11 @@ pub struct TrainOptions {
     /// Tests only: treat the loss of these (1-based) steps as NaN.
     #[doc(hidden)]
     pub poison_steps: Vec<u64>,
-    /// Train on this GPU (fp32, TF32 matmuls) instead of the CPU.
+    /// Train on this GPU instead of the CPU.
     pub gpu: Option<usize>,
+    /// On the GPU: fp32 (TF32 matmuls) or bf16 mixed precision (bf16 activations and matmuls; f32
+    /// gradients, moments and master weights). The CPU always trains in f32.
+    pub precision: crate::gpu::Precision,
 }
 
 impl TrainOptions {
@@ -89,6 +92,7 @@ impl TrainOptions {
             max_bad_steps: 5,
             poison_steps: Vec::new(),
             gpu: None,
+            precision: crate::gpu::Precision::Fp32,
         }
     }
 }
@@ -367,7 +371,7 @@ fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Resul
 /// CPU; on the GPU they are refreshed from the device before every checkpoint.
 enum Engine {
     Cpu { grads: Vec<f32>, acts: Box<Activations<f32>> },
-    Gpu(Box<crate::gpu::gpt::GpuModel<f32>>),
+    Gpu(Box<dyn crate::gpu::gpt::GpuTrainer>),
 }
 
 impl Engine {
@@ -379,10 +383,22 @@ impl Engine {
                 acts: Box::new(Activations::new(&r.model, r.batch, r.seq)),
             },
             Some(ordinal) => {
-                let mut g = crate::gpu::gpt::GpuModel::<f32>::new(&r.model, &t.params, ordinal, true)?;
-                g.enable_training()?;
-                g.upload_moments(&t.opt.m, &t.opt.v)?;
-                Engine::Gpu(Box::new(g))
+                use crate::gpu::gpt::GpuModel;
+                let g: Box<dyn crate::gpu::gpt::GpuTrainer> = match o.precision {
+                    crate::gpu::Precision::Fp32 => {
+                        let mut g = GpuModel::<f32>::new(&r.model, &t.params, ordinal, true)?;
+                        g.enable_training(&t.params, t.opt.t)?;
+                        g.upload_moments(&t.opt.m, &t.opt.v)?;
+                        Box::new(g)
+                    }
+                    crate::gpu::Precision::Bf16 => {
+                        let mut g = GpuModel::<half::bf16>::new(&r.model, &t.params, ordinal, false)?;
+                        g.enable_training(&t.params, t.opt.t)?;
+                        g.upload_moments(&t.opt.m, &t.opt.v)?;
+                        Box::new(g)
+                    }
+                };
+                Engine::Gpu(g)
             }
         })
     }
@@ -390,7 +406,7 @@ impl Engine {
     fn device(&self) -> String {
         match self {
             Engine::Cpu { .. } => "cpu".into(),
-            Engine::Gpu(g) => g.gpu.describe(),
+            Engine::Gpu(g) => g.describe(),
         }
     }
 
@@ -446,11 +462,7 @@ impl Engine {
             Engine::Cpu { acts, .. } => Ok(evaluate(cfg, &t.params, val, acts, batches)),
             Engine::Gpu(g) => {
                 let (b, s) = (val.batch(), val.seq());
-                evaluate_with(val, batches, |inputs, targets| {
-                    g.forward(inputs, Some(targets), b, s)?;
-                    let losses = g.losses()?;
-                    Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
-                })
+                evaluate_with(val, batches, |inputs, targets| g.mean_loss(inputs, targets, b, s))
             }
         }
     }
@@ -458,7 +470,7 @@ impl Engine {
     /// Brings the device's weights and moments into the trainer (before a checkpoint).
     fn sync_to_host(&mut self, t: &mut Trainer) -> Result<()> {
         if let Engine::Gpu(g) = self {
-            t.params = g.download_params()?;
+            t.params = g.download_weights()?;
             (t.opt.m, t.opt.v) = g.download_moments()?;
         }
         Ok(())
@@ -468,7 +480,7 @@ impl Engine {
     fn mfu(&self, cfg: &ModelConfig, seq: usize, tokens_per_sec: f64) -> Option<f64> {
         match self {
             Engine::Cpu { .. } => None,
-            Engine::Gpu(g) => crate::gpu::peak_bf16_tflops(&g.gpu.describe())
+            Engine::Gpu(g) => crate::gpu::peak_bf16_tflops(&g.describe())
                 .map(|peak| tokens_per_sec * cfg.flops_per_token(seq) / (peak * 1e12)),
         }
     }

@@ -3,15 +3,16 @@
 //! step. Pure arithmetic (no GPU needed), so `genesis info` can answer before one is rented.
 //!
 //! The parts, for micro-batch B and sequence length T:
-//! - parameters and gradients in the parameter dtype (bf16: 2 bytes, fp32: 4);
-//! - AdamW's m and v in f32, and in bf16 mode an f32 master copy of the weights;
+//! - parameters in the training dtype (bf16: 2 bytes, fp32: 4);
+//! - gradients and AdamW's m and v in f32, and in bf16 mode an f32 master copy of the weights;
 //! - the forward's activations as the GPU engine lays them out ([`ActLayout`]) plus one
 //!   (L,B,T,4C) pre-GELU buffer the backward needs, the logits split out (their gradient is written
 //!   over them in place);
-//! - gradient scratch for the backward: about (B,T,C)*6 + (B,T,4C)*2 + (B,NH,T,T) values;
+//! - the backward's activation gradients and scratch exactly as the GPU engine allocates them
+//!   ([`grad_scratch_bytes`]: (B,T,C)*10 + (B,T,4C)*2 + (B,NH,T,T) values plus small f32 reductions);
 //! - a fixed cuBLASLt/kernel workspace ([`WORKSPACE_BYTES`]).
 
-use crate::gpu::gpt::{Act, ActLayout};
+use crate::gpu::gpt::{grad_scratch_bytes, Act, ActLayout};
 use crate::model::ModelConfig;
 use anyhow::{bail, ensure, Result};
 
@@ -51,7 +52,7 @@ impl MemoryPlan {
     pub fn parts(&self) -> [(&'static str, u64); 8] {
         [
             ("parameters", self.params),
-            ("gradients", self.grads),
+            ("gradients (f32)", self.grads),
             ("adamw m+v (f32)", self.adam),
             ("master weights (f32)", self.master),
             ("activations", self.activations),
@@ -66,18 +67,16 @@ impl MemoryPlan {
 pub fn layout_for(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool) -> MemoryPlan {
     let elem = if bf16 { 2 } else { 4 };
     let n = cfg.num_params() as u64;
-    let (l, c, nh) = (cfg.num_layers as u64, cfg.channels as u64, cfg.num_heads as u64);
-    let (bu, t, e) = (b as u64, seq as u64, elem as u64);
-    let acts = ActLayout::new(cfg, b, seq, elem);
+    let e = elem as u64;
+    let acts = ActLayout::for_training(cfg, b, seq, elem);
     let (_, logit_elems) = acts.place(Act::Logits, 0, elem);
     // As ActLayout pads it: whole 256-byte units.
     let logits = (logit_elems as u64 * e).div_ceil(256) * 256;
-    let pre_gelu = l * bu * t * 4 * c * e;
-    let activations = acts.bytes() as u64 - logits + pre_gelu;
-    let activation_grads = (bu * t * c * 6 + bu * t * 4 * c * 2 + bu * nh * t * t) * e;
+    let activations = acts.bytes() as u64 - logits;
+    let activation_grads = grad_scratch_bytes(cfg, b, seq, elem) as u64;
     let mut p = MemoryPlan {
         params: n * e,
-        grads: n * e,
+        grads: n * 4,
         adam: n * 8,
         master: if bf16 { n * 4 } else { 0 },
         activations,

@@ -297,7 +297,8 @@ fn attention_decode_matches_cpu_bf16() {
 // written before it is read). Errors are relative to max |ref| of each third (dq, dk, dv) of
 // dqkv, with TF32 off.
 
-/// Inputs of one backward case, as uploaded (f32).
+/// Inputs of one backward case, as uploaded (widened to f32): every value is drawn in f32 and
+/// rounded through the storage type `T` of [`AttnBackwardCase::new`] (the identity for f32).
 struct AttnBackwardCase {
     shape: (usize, usize, usize, usize),
     dout: Vec<f32>,
@@ -307,14 +308,17 @@ struct AttnBackwardCase {
 }
 
 impl AttnBackwardCase {
-    fn new(rng: &mut SplitMix, (b, t, c, nh): (usize, usize, usize, usize)) -> Self {
-        let qkv: Vec<f32> = rng.vec(b * t * 3 * c).into_iter().map(|x| 2.0 * x).collect();
+    fn new<T: Float>(rng: &mut SplitMix, (b, t, c, nh): (usize, usize, usize, usize)) -> Self {
+        let through_t = |v: &[f32]| widen(&round::<T>(v));
+        let qkv: Vec<f32> = through_t(&rng.vec(b * t * 3 * c).into_iter().map(|x| 2.0 * x).collect::<Vec<f32>>());
         let qkv64: Vec<f64> = qkv.iter().map(|&x| f64::from(x)).collect();
         let mut out = vec![0.0f64; b * t * c];
         let mut att64 = vec![0.0f64; b * nh * t * t];
         cpu::attention::attention_forward(&mut out, &mut att64, &qkv64, b, t, c, nh);
-        let att = att64.iter().map(|&x| x as f32).collect();
-        AttnBackwardCase { shape: (b, t, c, nh), dout: rng.vec(b * t * c), qkv, att, dqkv0: rng.vec(b * t * 3 * c) }
+        let att = through_t(&att64.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+        let dout = through_t(&rng.vec(b * t * c));
+        let dqkv0 = through_t(&rng.vec(b * t * 3 * c));
+        AttnBackwardCase { shape: (b, t, c, nh), dout, qkv, att, dqkv0 }
     }
 
     fn reference(&self) -> Vec<f64> {
@@ -334,17 +338,20 @@ impl AttnBackwardCase {
         dqkv
     }
 
-    fn run(&self, gpu: &Gpu, blas: &Blas) -> Vec<f32> {
+    /// Runs `attention_backward::<T>` (every buffer uploaded as `T`, exactly: the case was built
+    /// with the same `T`; the scratch poisoned with NaN) and returns dqkv widened to f32.
+    fn run<T: Float>(&self, gpu: &Gpu, blas: &Blas) -> Vec<f32> {
         let (b, t, c, nh) = self.shape;
         let stream = gpu.stream();
-        let d_dout = stream.clone_htod(&self.dout).unwrap();
-        let d_qkv = stream.clone_htod(&self.qkv).unwrap();
-        let d_att = stream.clone_htod(&self.att).unwrap();
-        let mut d_dqkv = stream.clone_htod(&self.dqkv0).unwrap();
-        let mut d_scratch = stream.clone_htod(&vec![f32::NAN; attention_backward_scratch_len(b, t, c, nh)]).unwrap();
+        let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
+        let d_qkv = stream.clone_htod(&round::<T>(&self.qkv)).unwrap();
+        let d_att = stream.clone_htod(&round::<T>(&self.att)).unwrap();
+        let mut d_dqkv = stream.clone_htod(&round::<T>(&self.dqkv0)).unwrap();
+        let poison = vec![T::from_f32(f32::NAN); attention_backward_scratch_len(b, t, c, nh)];
+        let mut d_scratch = stream.clone_htod(&poison).unwrap();
         attention_backward(gpu, blas, &mut d_dqkv, &mut d_scratch, &d_dout, &d_qkv, &d_att, b, t, c, nh).unwrap();
         gpu.synchronize().unwrap();
-        stream.clone_dtoh(&d_dqkv).unwrap()
+        widen(&stream.clone_dtoh(&d_dqkv).unwrap())
     }
 }
 
@@ -362,9 +369,9 @@ fn attention_backward_matches_cpu_fp32() {
     let blas = Blas::new(&gpu, false).expect("Blas::new");
     let mut rng = SplitMix(0x6174_7465_6e74_0101);
     for &shape in BACKWARD_SHAPES {
-        let case = AttnBackwardCase::new(&mut rng, shape);
+        let case = AttnBackwardCase::new::<f32>(&mut rng, shape);
         let want = case.reference();
-        let got = case.run(&gpu, &blas);
+        let got = case.run::<f32>(&gpu, &blas);
         let c = shape.2;
         let what = format!("attention_backward (B,T,C,NH) = {shape:?}");
         let errs: Vec<f64> = thirds(&got, c)
@@ -386,9 +393,9 @@ fn attention_backward_is_deterministic() {
     let blas = Blas::new(&gpu, false).expect("Blas::new");
     let mut rng = SplitMix(0x6174_7465_6e74_0102);
     for &shape in &[(2usize, 64usize, 768usize, 12usize), (3, 7, 18, 3)] {
-        let case = AttnBackwardCase::new(&mut rng, shape);
-        let first = case.run(&gpu, &blas);
-        let second = case.run(&gpu, &blas);
+        let case = AttnBackwardCase::new::<f32>(&mut rng, shape);
+        let first = case.run::<f32>(&gpu, &blas);
+        let second = case.run::<f32>(&gpu, &blas);
         let same = first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "attention_backward {shape:?}: two runs differ");
     }
@@ -411,4 +418,117 @@ fn attention_backward_rejects_bad_shapes() {
     assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5).is_err());
     let short_att = stream.alloc_zeros::<f32>(b * nh * t * t - 1).unwrap();
     assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh).is_err());
+}
+
+// ---- backward, bf16 storage (every buffer bf16, fp32 math) ----
+//
+// qkv, dout and dqkv's prefill are drawn in f32 and rounded to bf16 (`round::<bf16>`, `widen`);
+// att is the f64 CPU forward on the rounded qkv, rounded to bf16. The f64 reference backward
+// (`cpu::attention::attention_backward`, at least as exact as an f32 one) runs on exactly those
+// uploaded values, so only the GPU's own roundings are measured. dqkv starts from random bf16
+// values (checks `+=`), the scratch from NaN.
+//
+// Roundings on the GPU (u = 2^-8, bf16's unit roundoff: 8 significant bits, so half an ulp is
+// between 2^-9 and 2^-8 of the value):
+//  1. datt = dy·v^T and dv = att^T·dy (GEMM outputs, fp32 accumulation, one rounding each);
+//  2. dpreatt = scale * p * (datt - sum p datt), in fp32 from the rounded datt, then rounded.
+//     datt's rounding is relative to |datt|, not to |datt - dot|, which can be much smaller:
+//     the error of dpreatt is relative to its ROW's magnitude (scale p u max|datt|), not to
+//     the element's;
+//  3. dq = dpreatt·k and dk = dpreatt^T·q (GEMM outputs) sum those row-relative errors over T
+//     and round once more;
+//  4. dqkv = bf16(dqkv + d{q,k,v}), the add in fp32: one rounding, u |ref| per element.
+// So per element |got - ref| <= u |ref| + K u max|ref| (max over that third of dqkv): the first
+// term is step 4's rounding, the second the errors of steps 1-3 carried into it, which are
+// relative to the magnitudes of whole rows and so measured against max|ref|. dv has only one
+// such rounding (<= u max|dv|); dq and dk sum several with random signs. Simulating exactly
+// these roundings in f64 (numpy, inputs drawn as here: BACKWARD_SHAPES 20 draws each, plus
+// T = 256 and 1024) gave at most 1.15u for the second term (0.47u for dv) and at most 2.2u for
+// max|err| / max|ref|. K = 3 leaves ~2.5x headroom for the fp32 accumulation order (or one
+// extra rounding inside cuBLAS), while a real error (a wrong mask or stride, a missed row, bf16
+// accumulation in a GEMM) is O(0.1-1) of max|ref| and fails by far.
+
+/// bf16 backward: the K of the bound above.
+const BF16_BACKWARD_K: f64 = 3.0;
+
+/// Checks `|got - want| <= u |want| + K u max|want|` per element and returns max |got - want| /
+/// max |want|. Panics on a non-finite value (an unwritten NaN).
+fn check_backward_bf16_close(got: &[f32], want: &[f64], what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    assert!(max_ref > 0.0, "{what}: reference is all zeros");
+    let mut max_err = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (expected {w}): not written?");
+        let err = (f64::from(g) - w).abs();
+        let bound = BF16_U * w.abs() + BF16_BACKWARD_K * BF16_U * max_ref;
+        assert!(err <= bound, "{what}: element {i} = {g}, expected {w}: error {err:.3e} > bound {bound:.3e}");
+        max_err = max_err.max(err);
+    }
+    max_err / max_ref
+}
+
+#[test]
+fn attention_backward_matches_cpu_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let mut rng = SplitMix(0x6174_7465_6e74_0201);
+    // TF32 must make no difference to bf16 GEMMs (they always compute in plain fp32).
+    for allow_tf32 in [false, true] {
+        let blas = Blas::new(&gpu, allow_tf32).expect("Blas::new");
+        for &shape in BACKWARD_SHAPES {
+            let case = AttnBackwardCase::new::<bf16>(&mut rng, shape);
+            let want = case.reference();
+            let got = case.run::<bf16>(&gpu, &blas);
+            let c = shape.2;
+            let what = format!("attention_backward bf16 (B,T,C,NH) = {shape:?} tf32={allow_tf32}");
+            let errs: Vec<f64> = thirds(&got, c)
+                .iter()
+                .zip(thirds(&want, c).iter())
+                .zip(["dq", "dk", "dv"])
+                .map(|((g, w), name)| check_backward_bf16_close(g, w, &format!("{what} {name}")))
+                .collect();
+            println!(
+                "{what}: max abs err / max |ref| dq {:.2}u, dk {:.2}u, dv {:.2}u (u = 2^-8)",
+                errs[0] / BF16_U,
+                errs[1] / BF16_U,
+                errs[2] / BF16_U
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_backward_is_deterministic_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = SplitMix(0x6174_7465_6e74_0202);
+    for &shape in &[(2usize, 64usize, 768usize, 12usize), (3, 7, 18, 3)] {
+        let case = AttnBackwardCase::new::<bf16>(&mut rng, shape);
+        let first = case.run::<bf16>(&gpu, &blas);
+        let second = case.run::<bf16>(&gpu, &blas);
+        // bf16 -> f32 widening is exact and injective, so equal f32 bits mean equal bf16 bits.
+        let same = first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "attention_backward bf16 {shape:?}: two runs differ");
+    }
+}
+
+#[test]
+fn attention_backward_rejects_bad_shapes_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let stream = gpu.stream();
+    let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
+    let qkv = stream.alloc_zeros::<bf16>(b * t * 3 * c).unwrap();
+    let dout = stream.alloc_zeros::<bf16>(b * t * c).unwrap();
+    let att = stream.alloc_zeros::<bf16>(b * nh * t * t).unwrap();
+    let mut dqkv = stream.alloc_zeros::<bf16>(b * t * 3 * c).unwrap();
+    let len = attention_backward_scratch_len(b, t, c, nh);
+    let mut short = stream.alloc_zeros::<bf16>(len - 1).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut short, &dout, &qkv, &att, b, t, c, nh).is_err());
+    let mut scratch = stream.alloc_zeros::<bf16>(len).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5).is_err());
+    let short_att = stream.alloc_zeros::<bf16>(b * nh * t * t - 1).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh).is_err());
+    let mut short_dqkv = stream.alloc_zeros::<bf16>(b * t * 3 * c - 1).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut short_dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, nh).is_err());
 }

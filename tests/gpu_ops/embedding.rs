@@ -1,10 +1,11 @@
 //! CUDA embedding forward vs. an inline CPU reference; backward vs. `cpu::embedding`.
 
-use super::{gpu_or_skip, SplitMix};
+use super::{gpu_or_skip, round, widen, SplitMix};
 use genesis::cpu;
 use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::embedding::embedding_backward;
 use genesis::gpu::kernels;
+use genesis::gpu::Float;
 use half::bf16;
 
 fn cpu_embedding_forward(inp: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
@@ -139,6 +140,10 @@ fn gpu_new_errors_cleanly_without_cuda() {
 /// gradients pre-filled with random values. `dwte` is exactly Vp*C (its length defines Vp) but lives
 /// in a device buffer [`BW_TAIL`] longer; `dwpe` has `max_t` > T rows plus a tail. Everything past
 /// what the op may touch must come back unchanged.
+///
+/// Built for the storage type `T` of `dout` (`BackwardCase::new::<T>`): `dout` is rounded to `T`
+/// and kept widened back to f32 (exact), so [`BackwardCase::run`] uploads exactly those values and
+/// the reference adds exactly them. The gradients are f32 for every `T`.
 struct BackwardCase {
     b: usize,
     t: usize,
@@ -153,7 +158,7 @@ struct BackwardCase {
 const BW_TAIL: usize = 5;
 
 impl BackwardCase {
-    fn new(rng: &mut SplitMix, b: usize, t: usize, c: usize, vp: usize) -> BackwardCase {
+    fn new<T: Float>(rng: &mut SplitMix, b: usize, t: usize, c: usize, vp: usize) -> BackwardCase {
         let mut inputs: Vec<u32> = (0..b * t)
             .map(|_| {
                 let r = rng.next_u64();
@@ -177,7 +182,7 @@ impl BackwardCase {
             c,
             vp,
             inputs,
-            dout: rng.vec(b * t * c),
+            dout: widen(&round::<T>(&rng.vec(b * t * c))),
             dwte: rng.vec(vp * c + BW_TAIL),
             dwpe: rng.vec(max_t * c + BW_TAIL),
         }
@@ -192,9 +197,10 @@ impl BackwardCase {
         (dwte, dwpe)
     }
 
-    fn run(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
+    /// The GPU backward with `dout` in `T` (the `T` the case was built for).
+    fn run<T: Float>(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
         let stream = gpu.stream();
-        let d_dout = stream.clone_htod(&self.dout).unwrap();
+        let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
         let mut d_dwte = stream.clone_htod(&self.dwte).unwrap();
         let mut d_dwpe = stream.clone_htod(&self.dwpe).unwrap();
         let n = self.vp * self.c;
@@ -233,9 +239,9 @@ fn embedding_backward_matches_cpu() {
     };
     let mut rng = SplitMix(0x656d_6262_6163_6b01);
     for &(b, t, c, vp) in BACKWARD_SHAPES {
-        let case = BackwardCase::new(&mut rng, b, t, c, vp);
+        let case = BackwardCase::new::<f32>(&mut rng, b, t, c, vp);
         let (want_dwte, want_dwpe) = case.reference();
-        let (dwte, dwpe) = case.run(&gpu);
+        let (dwte, dwpe) = case.run::<f32>(&gpu);
         let shape = format!("B={b} T={t} C={c} Vp={vp}");
         assert_bits(&format!("dwte ({shape})"), &dwte, &want_dwte, vp * c);
         assert_bits(&format!("dwpe ({shape})"), &dwpe, &want_dwpe, t * c);
@@ -249,14 +255,54 @@ fn embedding_backward_is_deterministic() {
         return;
     };
     let mut rng = SplitMix(0x656d_6264_6574_0002);
-    let case = BackwardCase::new(&mut rng, 4, 64, 768, 50304);
-    let first = case.run(&gpu);
+    let case = BackwardCase::new::<f32>(&mut rng, 4, 64, 768, 50304);
+    let first = case.run::<f32>(&gpu);
     for run in 1..3 {
-        let again = case.run(&gpu);
+        let again = case.run::<f32>(&gpu);
         assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
         assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
     }
     println!("embedding_backward: three runs bit-identical");
+}
+
+/// bf16 `dout`, f32 gradients. The tolerance is zero, i.e. |gpu - ref| <= 0 + 0 * |ref|: the
+/// kernel widens each bf16 value to f32 (exact) and then does the f32 kernel's additions in the
+/// same order (the CPU's row order), starting from the same pre-filled f32 gradients. The
+/// reference is `cpu::embedding::embedding_backward` in f32 on those widened values, so every f32
+/// rounding is the same on both sides and the results are equal bit for bit, the same argument as
+/// the f32 test's (which an H200 confirmed). The pre-filled values and the tails (which must stay
+/// as they are) check that the op accumulates and stays in bounds.
+#[test]
+fn embedding_backward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x656d_6262_6631_3603);
+    for &(b, t, c, vp) in BACKWARD_SHAPES {
+        let case = BackwardCase::new::<bf16>(&mut rng, b, t, c, vp);
+        let (want_dwte, want_dwpe) = case.reference();
+        let (dwte, dwpe) = case.run::<bf16>(&gpu);
+        let shape = format!("B={b} T={t} C={c} Vp={vp}");
+        assert_bits(&format!("dwte ({shape})"), &dwte, &want_dwte, vp * c);
+        assert_bits(&format!("dwpe ({shape})"), &dwpe, &want_dwpe, t * c);
+        println!("embedding_backward_bf16 {shape}: bit-identical to the CPU on the widened dout");
+    }
+}
+
+#[test]
+fn embedding_backward_bf16_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x656d_6264_6266_0004);
+    let case = BackwardCase::new::<bf16>(&mut rng, 4, 64, 768, 50304);
+    let first = case.run::<bf16>(&gpu);
+    for run in 1..3 {
+        let again = case.run::<bf16>(&gpu);
+        assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
+        assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
+    }
+    println!("embedding_backward_bf16: three runs bit-identical");
 }
 
 #[test]

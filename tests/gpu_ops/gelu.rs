@@ -1,6 +1,7 @@
-//! CUDA GELU forward and backward vs. `cpu::gelu` run in f64.
+//! CUDA GELU forward and backward vs. `cpu::gelu` run in f64, in f32 and in bf16 (the reference on
+//! the bf16-rounded values).
 
-use super::{gpu_or_skip, SplitMix};
+use super::{gpu_or_skip, round, widen, SplitMix};
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::gelu::{gelu_backward, gelu_forward};
@@ -117,8 +118,9 @@ fn gelu_forward_bf16_matches_cpu() {
 /// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
 const BF16_U: f64 = 1.0 / 256.0;
 
-/// GELU backward on the GPU: `dinp` (`dinp0` plus a tail) accumulated; returns it with its tail.
-fn run_gelu_backward(gpu: &Gpu, x: &[f32], dout: &[f32], dinp0: &[f32]) -> Vec<f32> {
+/// GELU backward on the GPU in `T`: `dinp` (`dinp0` plus a tail) accumulated; returns it with its
+/// tail.
+fn run_gelu_backward<T: Float>(gpu: &Gpu, x: &[T], dout: &[T], dinp0: &[T]) -> Vec<T> {
     let stream = gpu.stream();
     let d_inp = stream.clone_htod(x).unwrap();
     let d_dout = stream.clone_htod(dout).unwrap();
@@ -177,5 +179,53 @@ fn gelu_backward_matches_cpu() {
             want[worst]
         );
         println!("gelu_backward N={n}: max abs err {max_err:.1e} (scale {scale:.2})");
+    }
+}
+
+/// bf16 backward: x, dout and the pre-filled dinp (with a tail that must stay bit for bit) rounded
+/// to bf16, the f64 reference on exactly those values.
+///
+/// The kernel forms y32 = dinp0 + gelu'(x) * dout in f32, the f32 kernel's arithmetic on the same
+/// values, so |y32 - ref| <= d with d the f32 test's bound, 1e-5 * scale (scale the largest
+/// |dinp0| + |gelu'(x) * dout|, the terms added, since their sum can cancel). It stores bf16(y32),
+/// rounded once to nearest: bf16 keeps 8 significant bits, so that moves y32 by at most half an
+/// ulp <= 2^-8 |y32| <= 2^-8 (|ref| + d). Hence |gpu - ref| <= 2^-8 |ref| + (1 + 2^-8) d, checked
+/// per element as rtol = 2^-8 ([`BF16_U`]) and atol = 2e-5 * scale (d doubled for margin). A kernel
+/// that overwrote instead of adding would be off by |dinp0| ~ 0.5, far outside.
+#[test]
+fn gelu_backward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6765_6c75_6266_6277);
+    let fixed = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
+    for n in [fixed.len(), 1, 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
+        let x: Vec<f32> =
+            if n == fixed.len() { fixed.to_vec() } else { (0..n).map(|_| 5.0 * rng.next_f32()).collect() };
+        let (h_x, h_dout, h_dinp0) = (round::<bf16>(&x), round::<bf16>(&rng.vec(n)), round::<bf16>(&rng.vec(n + TAIL)));
+        let (x, dout, dinp0) = (widen(&h_x), widen(&h_dout), widen(&h_dinp0));
+        let want = backward_reference(&x, &dout, &dinp0);
+        let got = run_gelu_backward(&gpu, &h_x, &h_dout, &h_dinp0);
+        for i in n..n + TAIL {
+            assert_eq!(got[i].to_bits(), h_dinp0[i].to_bits(), "N={n}: written past the end (at {i})");
+        }
+        let got = widen(&got[..n]);
+        let scale = want.iter().zip(&dinp0).fold(0.0f64, |m, (&w, &d)| m.max(d.abs() as f64 + (w - d as f64).abs()));
+        let abs = 2e-5 * scale;
+        let mut worst = 0.0f64;
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.is_finite(), "N={n}: element {i} is {g}, expected {w}");
+            let err = (g as f64 - w).abs();
+            let tol = BF16_U * w.abs() + abs;
+            assert!(
+                err <= tol,
+                "N={n}: at {i} (x = {}, dout = {}, dinp0 = {}): gpu {g} vs ref {w}, error {err:e} > {tol:e}",
+                x[i],
+                dout[i],
+                dinp0[i]
+            );
+            worst = worst.max(err / tol);
+        }
+        println!("gelu_backward_bf16 N={n}: worst error {worst:.2} of its tolerance (scale {scale:.2})");
     }
 }

@@ -1,9 +1,12 @@
-//! The whole forward on the GPU (fp32, TF32 off) against the CPU reference: logits and loss, for
-//! `tiny` and for a 2-layer 768-wide model with GPT-2's vocabulary.
+//! The whole model on the GPU against the CPU reference, for `tiny` and for a 2-layer 768-wide model
+//! with GPT-2's vocabulary: the forward (logits and loss), a training step's loss and every gradient
+//! tensor, ten AdamW steps and determinism, in fp32 (TF32 off) and in bf16 mixed precision.
 
 use super::gpu_or_skip;
 use genesis::cpu::gpt::{self, Activations};
 use genesis::gpu::gpt::GpuModel;
+use genesis::gpu::optim::{sr_bits, sr_seed, stochastic_round_bf16};
+use genesis::gpu::Float;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
 
@@ -162,7 +165,7 @@ fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
     let cpu_loss = gpt::backward(cfg, &layout, &params, &mut want, &mut acts, &inputs, &targets, dloss);
 
     let mut model = GpuModel::<f32>::new(cfg, &params, 0, false).unwrap();
-    model.enable_training().unwrap();
+    model.enable_training(&params, 0).unwrap();
     model.zero_grads().unwrap();
     let gpu_loss = model.forward_backward(&inputs, &targets, b, t, dloss).unwrap();
     let got = model.download_grads().unwrap();
@@ -188,12 +191,13 @@ fn training_step_gradients_match_the_cpu() {
     check_gradients(&cfg, 2, 64);
 }
 
-/// `steps` AdamW steps (clipping at 1.0) on the GPU; returns the losses and the final parameters.
-fn gpu_run(cfg: &ModelConfig, steps: usize) -> (Vec<f64>, Vec<f32>) {
+/// `steps` AdamW steps (clipping at 1.0) on the GPU in `T`; returns the losses and the final f32
+/// weights (the master copy in bf16).
+fn gpu_run<T: Float>(cfg: &ModelConfig, steps: usize) -> (Vec<f64>, Vec<f32>) {
     let params = gpt::init_params(cfg, 13);
     let (b, t) = (2, 32);
-    let mut model = GpuModel::<f32>::new(cfg, &params, 0, false).unwrap();
-    model.enable_training().unwrap();
+    let mut model = GpuModel::<T>::new(cfg, &params, 0, false).unwrap();
+    model.enable_training(&params, 0).unwrap();
     let mut losses = Vec::new();
     for step in 0..steps {
         // The same batch every step, so the loss must fall (the model memorises it).
@@ -203,7 +207,35 @@ fn gpu_run(cfg: &ModelConfig, steps: usize) -> (Vec<f64>, Vec<f32>) {
         model.clip_grad_norm(1.0).unwrap();
         model.adamw_step(AdamWConfig::default(), step as u64 + 1, 1e-3).unwrap();
     }
-    (losses, model.download_params().unwrap())
+    (losses, model.download_weights().unwrap())
+}
+
+/// The CPU's losses for [`gpu_run`]'s steps.
+fn cpu_run(cfg: &ModelConfig, steps: usize) -> Vec<f64> {
+    let layout = ParamLayout::new(cfg);
+    let mut params = gpt::init_params(cfg, 13);
+    let (b, t) = (2, 32);
+    let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
+    let mut acts = Activations::<f32>::new(cfg, b, t);
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        let (inputs, targets) = batch(cfg, b * t, 100);
+        let mut grads = vec![0.0f32; layout.total];
+        gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
+        losses.push(gpt::backward(
+            cfg,
+            &layout,
+            &params,
+            &mut grads,
+            &mut acts,
+            &inputs,
+            &targets,
+            1.0 / (b * t) as f32,
+        ));
+        clip_grad_norm(&mut grads, 1.0);
+        opt.step(&layout, &mut params, &grads, 1e-3);
+    }
+    losses
 }
 
 #[test]
@@ -212,19 +244,8 @@ fn ten_adamw_steps_follow_the_cpu() {
         return;
     }
     let cfg = ModelConfig::preset("tiny").unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let (gpu_losses, _) = gpu_run(&cfg, 10);
-    let mut params = gpt::init_params(&cfg, 13);
-    let (b, t) = (2, 32);
-    let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
-    let mut acts = Activations::<f32>::new(&cfg, b, t);
-    for (step, &gl) in gpu_losses.iter().enumerate() {
-        let (inputs, targets) = batch(&cfg, b * t, 100);
-        let mut grads = vec![0.0f32; layout.total];
-        gpt::forward(&cfg, &layout, &params, &mut acts, &inputs);
-        let cl = gpt::backward(&cfg, &layout, &params, &mut grads, &mut acts, &inputs, &targets, 1.0 / (b * t) as f32);
-        clip_grad_norm(&mut grads, 1.0);
-        opt.step(&layout, &mut params, &grads, 1e-3);
+    let (gpu_losses, _) = gpu_run::<f32>(&cfg, 10);
+    for (step, (gl, cl)) in gpu_losses.iter().zip(cpu_run(&cfg, 10)).enumerate() {
         assert!((gl - cl).abs() < 1e-4 * cl, "step {}: GPU loss {gl} vs CPU {cl}", step + 1);
     }
     assert!(gpu_losses[9] < gpu_losses[0], "loss did not fall: {gpu_losses:?}");
@@ -237,8 +258,119 @@ fn gpu_training_is_deterministic() {
     }
     let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
     cfg.num_layers = 2;
-    let (l1, p1) = gpu_run(&cfg, 3);
-    let (l2, p2) = gpu_run(&cfg, 3);
+    let (l1, p1) = gpu_run::<f32>(&cfg, 3);
+    let (l2, p2) = gpu_run::<f32>(&cfg, 3);
     assert_eq!(l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
     assert!(p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()), "parameters differ between identical runs");
+}
+
+// ---- training (bf16 mixed precision) ----------------------------------------------------------
+
+/// The bf16 working copy `enable_training(weights, 0)` makes: each weight stochastically rounded
+/// with step 0's seed (the same function the kernel uses, mirrored on the host).
+fn working_copy(weights: &[f32]) -> Vec<f32> {
+    let seed = sr_seed(0);
+    weights.iter().enumerate().map(|(i, &w)| stochastic_round_bf16(w, sr_bits(i as u64, seed)).to_f32()).collect()
+}
+
+/// ||a - b|| / ||b|| over a tensor.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d += (x as f64 - y as f64).powi(2);
+        n += (y as f64).powi(2);
+    }
+    (d / n.max(1e-300)).sqrt()
+}
+
+/// One bf16 forward+backward against the CPU in f32 at the same (bf16) weights: the loss within 1%
+/// and every gradient tensor within 5% relative L2 error.
+///
+/// Why these tolerances: the weights are identical (the CPU gets the bf16 working copy), so every
+/// difference comes from the activations and activation gradients, which bf16 stores with a
+/// relative error of at most 2^-8 (0.4%, half an ulp of 8 significant bits) per value. A gradient tensor sums, over all B*T
+/// positions, products of an activation and an activation gradient that went through a chain of
+/// about ten such roundings per layer; the roundings are unbiased and mostly independent, so the
+/// expected relative error of a tensor is around 1-2% and the loss (one rounding of the logits, then
+/// f32) moves by well under 1%. 5% leaves room for the cancellations in small tensors (biases)
+/// while any real defect (a wrong index, a missing term, a lost accumulation) gives O(1) errors.
+/// The parameter gradients themselves are f32 in both.
+fn check_gradients_bf16(cfg: &ModelConfig, b: usize, t: usize) {
+    let layout = ParamLayout::new(cfg);
+    let weights = gpt::init_params(cfg, 13);
+    let params = working_copy(&weights);
+    let (inputs, targets) = batch(cfg, b * t, 17);
+    let dloss = 1.0 / (b * t) as f32;
+    let mut acts = Activations::<f32>::new(cfg, b, t);
+    let mut want = vec![0.0f32; layout.total];
+    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
+    let cpu_loss = gpt::backward(cfg, &layout, &params, &mut want, &mut acts, &inputs, &targets, dloss);
+
+    let mut model = GpuModel::<half::bf16>::new(cfg, &weights, 0, false).unwrap();
+    model.enable_training(&weights, 0).unwrap();
+    // The working copy on the device is exactly the host mirror's.
+    assert_eq!(model.download_params().unwrap(), params, "the bf16 working copy differs from the host mirror");
+    model.zero_grads().unwrap();
+    let gpu_loss = model.forward_backward(&inputs, &targets, b, t, dloss).unwrap();
+    let got = model.download_grads().unwrap();
+    assert!((gpu_loss - cpu_loss).abs() < 1e-2 * cpu_loss, "{cfg}: bf16 loss {gpu_loss} vs CPU {cpu_loss}");
+    let mut worst = (0.0, Param::Wte);
+    for spec in &layout.tensors {
+        let (g, w) = (&got[spec.range()], &want[spec.range()]);
+        assert!(g.iter().all(|x| x.is_finite()), "{:?}: non-finite gradient", spec.param);
+        let err = rel_l2(g, w);
+        assert!(err <= 0.05, "{cfg}: bf16 {:?} gradient has relative L2 error {err:.4}", spec.param);
+        if err > worst.0 {
+            worst = (err, spec.param);
+        }
+    }
+    println!("{cfg}: bf16 loss {gpu_loss:.6} vs CPU {cpu_loss:.6}; worst gradient {:?} at {:.4}", worst.1, worst.0);
+    // The f32 weights are the master copy, untouched by the step.
+    assert_eq!(model.download_weights().unwrap(), weights);
+}
+
+#[test]
+fn training_step_gradients_bf16_match_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    check_gradients_bf16(&ModelConfig::preset("tiny").unwrap(), 2, 32);
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    check_gradients_bf16(&cfg, 2, 64);
+}
+
+/// Ten bf16 AdamW steps follow the CPU's f32 losses within 2% (see `check_gradients_bf16`: about 1%
+/// gradient noise per step; AdamW normalises each update, so the noise moves the weights by a
+/// fraction of one learning-rate step, and the losses of a run memorising one batch stay close),
+/// and the loss falls.
+#[test]
+fn ten_adamw_steps_bf16_follow_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let (gpu_losses, _) = gpu_run::<half::bf16>(&cfg, 10);
+    let cpu_losses = cpu_run(&cfg, 10);
+    println!("bf16 losses {gpu_losses:?}\nCPU losses  {cpu_losses:?}");
+    for (step, (gl, cl)) in gpu_losses.iter().zip(&cpu_losses).enumerate() {
+        assert!((gl - cl).abs() < 2e-2 * cl, "step {}: bf16 loss {gl} vs CPU {cl}", step + 1);
+    }
+    assert!(gpu_losses[9] < gpu_losses[0], "loss did not fall: {gpu_losses:?}");
+}
+
+#[test]
+fn gpu_training_bf16_is_deterministic() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    let (l1, p1) = gpu_run::<half::bf16>(&cfg, 3);
+    let (l2, p2) = gpu_run::<half::bf16>(&cfg, 3);
+    assert_eq!(l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert!(
+        p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()),
+        "master weights differ between identical runs"
+    );
 }

@@ -1,7 +1,7 @@
 //! CUDA LayerNorm forward (plain and with the fused residual add) and backward vs.
-//! `cpu::layernorm` run in f64.
+//! `cpu::layernorm` run in f64, in f32 and in bf16 (the reference on the bf16-rounded values).
 
-use super::{gpu_or_skip, SplitMix};
+use super::{gpu_or_skip, round, widen, SplitMix};
 use cudarc::driver::CudaSlice;
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
@@ -324,6 +324,11 @@ const BACKWARD_SHAPES: &[(usize, usize)] =
 /// `mean` and `rstd` are the f64 forward's rounded to f32, so the GPU and the f64 reference use
 /// the same statistics. The gradients come pre-filled with random values (the kernels must add to
 /// them) and [`TAIL`] extra random elements (which must stay as they are).
+///
+/// Built for a storage type `T` (`BackwardCase::new::<T>`): the values the kernel reads or
+/// accumulates in `T` (dout, inp, weight, dinp) are rounded to `T` and kept here widened back to
+/// f32 (exact), so [`BackwardCase::run`] uploads exactly them and the reference sees exactly them.
+/// dweight and dbias are f32 parameter gradients for every `T`. For `T = f32` nothing changes.
 struct BackwardCase {
     n: usize,
     c: usize,
@@ -338,18 +343,20 @@ struct BackwardCase {
 }
 
 impl BackwardCase {
-    fn new(rng: &mut SplitMix, n: usize, c: usize) -> BackwardCase {
+    fn new<T: Float>(rng: &mut SplitMix, n: usize, c: usize) -> BackwardCase {
+        let in_t = |v: Vec<f32>| widen(&round::<T>(&v));
         let (inp, weight, bias) = inputs(rng, n, c);
+        let (inp, weight) = (in_t(inp), in_t(weight));
         let (_, mean, rstd) = reference(&inp, &weight, &bias, n, c);
         BackwardCase {
             n,
             c,
-            dout: rng.vec(n * c),
+            dout: in_t(rng.vec(n * c)),
             inp,
             weight,
             mean: mean.iter().map(|&v| v as f32).collect(),
             rstd: rstd.iter().map(|&v| v as f32).collect(),
-            dinp: rng.vec(n * c + TAIL),
+            dinp: in_t(rng.vec(n * c + TAIL)),
             dweight: rng.vec(c + TAIL),
             dbias: rng.vec(c + TAIL),
         }
@@ -377,17 +384,18 @@ impl BackwardCase {
         (dinp, dweight, dbias)
     }
 
-    /// Runs the GPU backward once (scratch poisoned with NaN, so an unwritten slot shows) and
-    /// returns (dinp, dweight, dbias) with their tails, after checking the scratch tail is untouched.
-    fn run(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    /// Runs the GPU backward once in `T` (the `T` the case was built for; scratch poisoned with
+    /// NaN, so an unwritten slot shows) and returns (dinp widened to f32, dweight, dbias) with
+    /// their tails, after checking the scratch tail is untouched.
+    fn run<T: Float>(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (n, c) = (self.n, self.c);
         let stream = gpu.stream();
-        let d_dout = stream.clone_htod(&self.dout).unwrap();
-        let d_inp = stream.clone_htod(&self.inp).unwrap();
-        let d_weight = stream.clone_htod(&self.weight).unwrap();
+        let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
+        let d_inp = stream.clone_htod(&round::<T>(&self.inp)).unwrap();
+        let d_weight = stream.clone_htod(&round::<T>(&self.weight)).unwrap();
         let d_mean = stream.clone_htod(&self.mean).unwrap();
         let d_rstd = stream.clone_htod(&self.rstd).unwrap();
-        let mut d_dinp = stream.clone_htod(&self.dinp).unwrap();
+        let mut d_dinp = stream.clone_htod(&round::<T>(&self.dinp)).unwrap();
         let mut d_dweight = stream.clone_htod(&self.dweight).unwrap();
         let mut d_dbias = stream.clone_htod(&self.dbias).unwrap();
         let scratch_len = layernorm_backward_scratch_len(n, c);
@@ -410,7 +418,7 @@ impl BackwardCase {
         gpu.synchronize().unwrap();
         download(gpu, "scratch", &d_scratch, scratch_len);
         (
-            stream.clone_dtoh(&d_dinp).unwrap(),
+            widen(&stream.clone_dtoh(&d_dinp).unwrap()),
             stream.clone_dtoh(&d_dweight).unwrap(),
             stream.clone_dtoh(&d_dbias).unwrap(),
         )
@@ -436,9 +444,9 @@ fn layernorm_backward_matches_cpu() {
     };
     let mut rng = SplitMix(0x6c6e_6261_636b_0001);
     for &(n, c) in BACKWARD_SHAPES {
-        let case = BackwardCase::new(&mut rng, n, c);
+        let case = BackwardCase::new::<f32>(&mut rng, n, c);
         let (want_dinp, want_dweight, want_dbias) = case.reference();
-        let (dinp, dweight, dbias) = case.run(&gpu);
+        let (dinp, dweight, dbias) = case.run::<f32>(&gpu);
 
         let shape = format!("N={n} C={c}");
         let dinp = untouched_tail("dinp", &dinp, &case.dinp, n * c);
@@ -498,12 +506,16 @@ fn layernorm_backward_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6c6e_6465_7465_726d);
+    assert_backward_deterministic::<f32>(&gpu, &mut SplitMix(0x6c6e_6465_7465_726d), "layernorm_backward");
+}
+
+/// Runs each case three times in `T` and asserts every output bit (tails included) repeats.
+fn assert_backward_deterministic<T: Float>(gpu: &Gpu, rng: &mut SplitMix, label: &str) {
     for &(n, c) in &[(4096usize, 768usize), (20001, 3), (515, 37)] {
-        let case = BackwardCase::new(&mut rng, n, c);
-        let first = case.run(&gpu);
+        let case = BackwardCase::new::<T>(rng, n, c);
+        let first = case.run::<T>(gpu);
         for run in 1..3 {
-            let again = case.run(&gpu);
+            let again = case.run::<T>(gpu);
             for (what, a, b) in
                 [("dinp", &first.0, &again.0), ("dweight", &first.1, &again.1), ("dbias", &first.2, &again.2)]
             {
@@ -512,7 +524,7 @@ fn layernorm_backward_is_deterministic() {
                 }
             }
         }
-        println!("layernorm_backward N={n} C={c}: three runs bit-identical");
+        println!("{label} N={n} C={c}: three runs bit-identical");
     }
 }
 
@@ -544,4 +556,64 @@ fn layernorm_backward_rejects_short_scratch() {
     )
     .expect_err("a short scratch must be rejected");
     assert!(err.to_string().contains("scratch"), "{err}");
+}
+
+/// bf16 backward: dout, inp, weight and the pre-filled dinp rounded to bf16, the f64 reference on
+/// exactly those values (mean and rstd the f64 forward's on them, rounded to f32, as in the f32
+/// test); dweight and dbias are f32 in both.
+///
+/// - dinp (bf16, accumulated): the kernel forms y32 = dinp0 + update in f32, which is the f32
+///   kernel's arithmetic on the same values, so |y32 - ref| <= d with d the f32 test's bound,
+///   TOL * max |ref| (absolute over the tensor; max |ref| includes the pre-filled values). It
+///   stores bf16(y32), rounded once to nearest: bf16 keeps 8 significant bits, so that moves y32
+///   by at most half an ulp <= 2^-8 |y32| <= 2^-8 (|ref| + d). Hence
+///   |gpu - ref| <= 2^-8 |ref| + (1 + 2^-8) d, checked per element by [`assert_bf16_close`] as
+///   rtol = 2^-8 ([`BF16_U`]), atol = 2 * TOL * max |ref| (d doubled for margin). A kernel that
+///   overwrote instead of adding would be off by |dinp0| ~ 0.5, far outside.
+/// - dweight, dbias (f32): the kernels widen the bf16 values exactly and then do the f32 kernel's
+///   arithmetic in the same order, so these are the f32 kernel's results on the same values and
+///   get the f32 test's tolerance unchanged: reduction_tol = max(TOL, 4 eps_f32 sqrt(N)) relative
+///   to max(max |ref|, largest pre-filled value).
+#[test]
+fn layernorm_backward_bf16_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x6c6e_6262_6631_3603);
+    for &(n, c) in BACKWARD_SHAPES {
+        let case = BackwardCase::new::<bf16>(&mut rng, n, c);
+        let (want_dinp, want_dweight, want_dbias) = case.reference();
+        let (dinp, dweight, dbias) = case.run::<bf16>(&gpu);
+
+        let shape = format!("N={n} C={c}");
+        let dinp = untouched_tail("dinp", &dinp, &case.dinp, n * c);
+        let dweight = untouched_tail("dweight", &dweight, &case.dweight, c);
+        let dbias = untouched_tail("dbias", &dbias, &case.dbias, c);
+        let e_dinp = assert_bf16_close(&format!("dinp ({shape})"), dinp, &want_dinp);
+        let reduction_tol = TOL.max(4.0 * f32::EPSILON as f64 * (n as f64).sqrt());
+        let floor = |x: &[f32]| x[..c].iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+        let e_dweight = assert_close_tol(
+            &format!("dweight ({shape})"),
+            dweight,
+            &want_dweight,
+            reduction_tol,
+            floor(&case.dweight),
+        );
+        let e_dbias =
+            assert_close_tol(&format!("dbias ({shape})"), dbias, &want_dbias, reduction_tol, floor(&case.dbias));
+        println!(
+            "layernorm_backward_bf16 {shape}: dinp worst {e_dinp:.2} of tolerance, rel err dweight {e_dweight:.1e}, \
+             dbias {e_dbias:.1e} (reduction tol {reduction_tol:.1e})"
+        );
+    }
+}
+
+/// bf16 in, f32 parameter gradients out: still a fixed partition and order, so the same bits every
+/// run (dinp compared as its bf16 values widened, an injective map).
+#[test]
+fn layernorm_backward_bf16_is_deterministic() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    assert_backward_deterministic::<bf16>(&gpu, &mut SplitMix(0x6c6e_6462_6631_3604), "layernorm_backward_bf16");
 }

@@ -6,6 +6,7 @@ use genesis::cpu;
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
+use genesis::gpu::Float;
 use half::bf16;
 
 /// Reference `inp @ weight^T + bias`, then tanh-GELU, in f64.
@@ -320,7 +321,10 @@ struct BackwardRun {
     dbias: Option<Vec<f32>>,
 }
 
-/// Random inputs and prefilled gradients for one (N, C, OC) case.
+/// Random inputs and prefilled gradients for one (N, C, OC) case. The values stored in the
+/// storage type `T` of [`BackwardCase::new`] (dout, inp, weight and dinp's prefill) are drawn in
+/// f32 and rounded through `T` (the identity for f32), so the reference sees exactly what is
+/// uploaded; dweight0 and dbias0 are f32 for every `T` (parameter gradients are always f32).
 struct BackwardCase {
     n: usize,
     c: usize,
@@ -334,15 +338,17 @@ struct BackwardCase {
 }
 
 impl BackwardCase {
-    fn new(rng: &mut SplitMix, n: usize, c: usize, oc: usize) -> Self {
+    fn new<T: Float>(rng: &mut SplitMix, n: usize, c: usize, oc: usize) -> Self {
+        let mut stored = |len: usize| widen(&round::<T>(&rng.vec(len)));
+        // Drawn in the same order for every T (fields are evaluated as written).
         BackwardCase {
             n,
             c,
             oc,
-            dout: rng.vec(n * oc),
-            inp: rng.vec(n * c),
-            weight: rng.vec(oc * c),
-            dinp0: rng.vec(n * c),
+            dout: stored(n * oc),
+            inp: stored(n * c),
+            weight: stored(oc * c),
+            dinp0: stored(n * c),
             dweight0: rng.vec(oc * c),
             dbias0: rng.vec(oc),
         }
@@ -366,15 +372,17 @@ impl BackwardCase {
         (dinp, dweight, dbias)
     }
 
-    /// Runs `matmul_backward` on the GPU from the prefilled gradients. dbias is a view into a
-    /// buffer with a sentinel element on each side (checked untouched); the scratch starts NaN.
-    fn run(&self, gpu: &Gpu, blas: &Blas, with_bias: bool) -> BackwardRun {
+    /// Runs `matmul_backward::<T>` on the GPU from the prefilled gradients (dout, inp, weight and
+    /// dinp uploaded as `T`, exactly: the case was built with the same `T`). dbias is a view into
+    /// a buffer with a sentinel element on each side (checked untouched); the scratch starts NaN.
+    /// dinp comes back widened to f32.
+    fn run<T: Float>(&self, gpu: &Gpu, blas: &Blas, with_bias: bool) -> BackwardRun {
         let (n, c, oc) = (self.n, self.c, self.oc);
         let stream = gpu.stream();
-        let d_dout = stream.clone_htod(&self.dout).unwrap();
-        let d_inp = stream.clone_htod(&self.inp).unwrap();
-        let d_weight = stream.clone_htod(&self.weight).unwrap();
-        let mut d_dinp = stream.clone_htod(&self.dinp0).unwrap();
+        let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
+        let d_inp = stream.clone_htod(&round::<T>(&self.inp)).unwrap();
+        let d_weight = stream.clone_htod(&round::<T>(&self.weight)).unwrap();
+        let mut d_dinp = stream.clone_htod(&round::<T>(&self.dinp0)).unwrap();
         let mut d_dweight = stream.clone_htod(&self.dweight0).unwrap();
         let mut padded = vec![f32::NAN; oc + 2];
         padded[1..=oc].copy_from_slice(&self.dbias0);
@@ -407,7 +415,7 @@ impl BackwardCase {
             assert_eq!(dbias, self.dbias0, "matmul_backward without dbias changed the bias buffer");
         }
         BackwardRun {
-            dinp: stream.clone_dtoh(&d_dinp).unwrap(),
+            dinp: widen(&stream.clone_dtoh(&d_dinp).unwrap()),
             dweight: stream.clone_dtoh(&d_dweight).unwrap(),
             dbias: with_bias.then_some(dbias),
         }
@@ -422,9 +430,9 @@ fn check_backward(
     with_bias: bool,
     tf32_tol: Option<f64>,
 ) {
-    let case = BackwardCase::new(rng, n, c, oc);
+    let case = BackwardCase::new::<f32>(rng, n, c, oc);
     let (want_dinp, want_dweight, want_dbias) = case.reference(with_bias);
-    let got = case.run(gpu, blas, with_bias);
+    let got = case.run::<f32>(gpu, blas, with_bias);
     let what = format!("matmul_backward N={n} C={c} OC={oc} bias={with_bias} tf32={}", blas.allow_tf32());
     // dinp's GEMM sums over OC, dweight's and dbias's over N.
     let (tol_dinp, tol_dw) = match tf32_tol {
@@ -487,9 +495,9 @@ fn matmul_backward_is_deterministic() {
     let blas = Blas::new(&gpu, false).expect("Blas::new");
     let mut rng = SplitMix(0x6d61_746d_756c_0103);
     for &(n, c, oc) in &[(64usize, 768usize, 3072usize), (600, 17, 33), (4, 768, 50304)] {
-        let case = BackwardCase::new(&mut rng, n, c, oc);
-        let first = case.run(&gpu, &blas, true);
-        let second = case.run(&gpu, &blas, true);
+        let case = BackwardCase::new::<f32>(&mut rng, n, c, oc);
+        let first = case.run::<f32>(&gpu, &blas, true);
+        let second = case.run::<f32>(&gpu, &blas, true);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         let what = format!("matmul_backward N={n} C={c} OC={oc}");
         assert!(bits(&first.dinp) == bits(&second.dinp), "{what}: dinp differs between two runs");
@@ -530,6 +538,165 @@ fn matmul_backward_rejects_short_buffers() {
     )
     .is_err());
     let mut dinp = stream.alloc_zeros::<f32>(n * c).unwrap();
+    let mut short_scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc) - 1).unwrap();
+    let mut dbias_view = dbias.slice_mut(..);
+    assert!(matmul_backward(
+        &gpu,
+        &blas,
+        &mut dinp,
+        &mut dweight,
+        Some(&mut dbias_view),
+        &mut short_scratch,
+        &dout,
+        &inp,
+        &weight,
+        n,
+        c,
+        oc
+    )
+    .is_err());
+}
+
+// ---- backward, bf16 storage: dout, inp, weight, dinp bf16; dweight, dbias f32 ----
+//
+// The case's bf16 operands are drawn in f32 and rounded to bf16 (`round::<bf16>` then `widen`),
+// and the f64 reference (`cpu::matmul::matmul_backward`, as for fp32, f64 being at least as exact
+// as an f32 reference) runs on exactly those values, so input rounding is not part of the
+// measured error. dinp, dweight and dbias are prefilled (random, bf16-exact for dinp) to check
+// `+=`.
+//
+// - dinp (bf16 output, fp32 accumulation in `CUBLAS_COMPUTE_32F`, beta = 1): per element
+//   |got - ref| <= 2^-8 (|ref| + 1.2 |acc|) + slack(OC) max|ref| ([`check_bf16_close`]), acc =
+//   dout @ weight alone. 2^-8 |ref| is the one rounding of the fp32 result to bf16 (bf16 keeps 8
+//   significant bits: half an ulp is 2^-9 to 2^-8 of the value, so 2^-8 is the bound). The
+//   2^-8 |acc| term allows cuBLASLt to round the product to bf16 before adding C, as it was seen
+//   to do before adding an epilogue bias (see [`check_bf16_close`]); the bf16 products are exact
+//   in fp32 and split-K partial sums are kept in fp32 (`Blas::make_plan`), so bf16 accumulation
+//   (many roundings) would still fail. slack(k) is the fp32 accumulation before the rounding.
+// - dweight (f32 output of bf16 inputs: the products are exact in fp32, only the fp32 sum
+//   rounds) and dbias (f32 sums of bf16-exact values, the same kernel code as fp32): max abs err
+//   / max |ref| below the fp32 bound [`backward_tol`], for dweight raised to the 1e-8 k
+//   tensor-core allowance of [`bf16_gemm_slack`] where that is larger (k = N here, at most
+//   600: 6e-6, so in practice backward_tol). Both are 2-3 orders of magnitude below a bf16
+//   rounding (2^-8), so an fp32 gradient that went through bf16 anywhere would fail.
+
+/// fp32-accumulation error allowed for a bf16-input GEMM with inner dimension `k`, relative to
+/// max |ref|: 1e-4 (10x the fp32 tests' 1e-5, for a different summation order and tensor-core
+/// accumulation), or 1e-8 k if larger. Tensor cores add each k-block (16 on Hopper) of exact
+/// bf16 products to the fp32 accumulator and may truncate instead of rounding that addition
+/// (Fasi et al. 2021 measured this on V100 to A100): a bias of up to 2^-23 of the running sum per
+/// block, so at most k/16 * 2^-23 ~ 7.5e-9 k of max|ref| if every block's error lines up (with
+/// the running sums below max|ref|). 1e-8 k only matters for dinp of the classifier (k = 50304:
+/// 5e-4, still far below bf16's 2^-8 = 3.9e-3).
+fn bf16_gemm_slack(k: usize) -> f64 {
+    1e-4f64.max(1e-8 * k as f64)
+}
+
+fn check_backward_bf16(gpu: &Gpu, blas: &Blas, rng: &mut SplitMix, (n, c, oc): (usize, usize, usize), with_bias: bool) {
+    let case = BackwardCase::new::<bf16>(rng, n, c, oc);
+    let (want_dinp, want_dweight, want_dbias) = case.reference(with_bias);
+    let got = case.run::<bf16>(gpu, blas, with_bias);
+    let what = format!("matmul_backward bf16 N={n} C={c} OC={oc} bias={with_bias} tf32={}", blas.allow_tf32());
+    // The GEMM's part of dinp alone (the reference minus its prefill), for the bound above.
+    let acc: Vec<f64> = want_dinp.iter().zip(&case.dinp0).map(|(&w, &p)| w - f64::from(p)).collect();
+    let err_dinp = check_bf16_close(&got.dinp, &want_dinp, Some(&acc), bf16_gemm_slack(oc), &format!("{what} dinp"));
+    // dweight's GEMM and dbias's reduction sum over N; dbias is a plain fp32 kernel sum.
+    let (tol_dw, tol_db) = (backward_tol(n).max(1e-8 * n as f64), backward_tol(n));
+    let err_dw = rel_error(&got.dweight, &want_dweight, &format!("{what} dweight"));
+    let err_db = got.dbias.as_ref().map(|db| rel_error(db, &want_dbias, &format!("{what} dbias")));
+    let db_text = err_db.map_or_else(|| "-".to_string(), |e| format!("{e:.3e}"));
+    println!(
+        "{what}: dinp max abs err / max |ref| {err_dinp:.3e} = {:.2} * 2^-8; rel err dweight {err_dw:.3e}, dbias {db_text}",
+        err_dinp / BF16_U
+    );
+    assert!(err_dw < tol_dw, "{what}: dweight relative error {err_dw:.3e} >= {tol_dw:.1e}");
+    if let Some(err_db) = err_db {
+        assert!(err_db < tol_db, "{what}: dbias relative error {err_db:.3e} >= {tol_db:.1e}");
+    }
+}
+
+#[test]
+fn matmul_backward_matches_cpu_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let mut rng = SplitMix(0x6d61_746d_756c_0201);
+    // TF32 must make no difference to bf16 GEMMs (they always compute in plain fp32).
+    for allow_tf32 in [false, true] {
+        let blas = Blas::new(&gpu, allow_tf32).expect("Blas::new");
+        for &shape in BACKWARD_SHAPES {
+            check_backward_bf16(&gpu, &blas, &mut rng, shape, true);
+        }
+        for &shape in &[(3usize, 5usize, 7usize), (51, 13, 100), (64, 768, 3072)] {
+            check_backward_bf16(&gpu, &blas, &mut rng, shape, false);
+        }
+    }
+}
+
+#[test]
+fn matmul_backward_is_deterministic_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = SplitMix(0x6d61_746d_756c_0203);
+    for &(n, c, oc) in &[(64usize, 768usize, 3072usize), (600, 17, 33), (4, 768, 50304)] {
+        let case = BackwardCase::new::<bf16>(&mut rng, n, c, oc);
+        let first = case.run::<bf16>(&gpu, &blas, true);
+        let second = case.run::<bf16>(&gpu, &blas, true);
+        // bf16 -> f32 widening is exact and injective, so equal f32 bits mean equal bf16 bits.
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        let what = format!("matmul_backward bf16 N={n} C={c} OC={oc}");
+        assert!(bits(&first.dinp) == bits(&second.dinp), "{what}: dinp differs between two runs");
+        assert!(bits(&first.dweight) == bits(&second.dweight), "{what}: dweight differs between two runs");
+        assert!(
+            bits(first.dbias.as_deref().unwrap()) == bits(second.dbias.as_deref().unwrap()),
+            "{what}: dbias differs between two runs"
+        );
+    }
+}
+
+#[test]
+fn matmul_backward_rejects_short_buffers_bf16() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let stream = gpu.stream();
+    let (n, c, oc) = (300usize, 8usize, 8usize);
+    let inp = stream.alloc_zeros::<bf16>(n * c).unwrap();
+    let weight = stream.alloc_zeros::<bf16>(oc * c).unwrap();
+    let dout = stream.alloc_zeros::<bf16>(n * oc).unwrap();
+    let mut dweight = stream.alloc_zeros::<f32>(oc * c).unwrap();
+    let mut dbias = stream.alloc_zeros::<f32>(oc).unwrap();
+    let mut scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc)).unwrap();
+    let mut short_dinp = stream.alloc_zeros::<bf16>(n * c - 1).unwrap();
+    assert!(matmul_backward(
+        &gpu,
+        &blas,
+        &mut short_dinp,
+        &mut dweight,
+        None,
+        &mut scratch,
+        &dout,
+        &inp,
+        &weight,
+        n,
+        c,
+        oc
+    )
+    .is_err());
+    let mut dinp = stream.alloc_zeros::<bf16>(n * c).unwrap();
+    let mut short_dweight = stream.alloc_zeros::<f32>(oc * c - 1).unwrap();
+    assert!(matmul_backward(
+        &gpu,
+        &blas,
+        &mut dinp,
+        &mut short_dweight,
+        None,
+        &mut scratch,
+        &dout,
+        &inp,
+        &weight,
+        n,
+        c,
+        oc
+    )
+    .is_err());
     let mut short_scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc) - 1).unwrap();
     let mut dbias_view = dbias.slice_mut(..);
     assert!(matmul_backward(

@@ -4,7 +4,10 @@
 
 use super::{gpu_or_skip, SplitMix};
 use genesis::gpu::device::Gpu;
-use genesis::gpu::optim::{adamw_step, clip_grad_norm, global_norm, global_norm_scratch_len, scale};
+use genesis::gpu::optim::{
+    adamw_step, clip_grad_norm, global_norm, global_norm_scratch_len, params_round_bf16, scale, sr_bits, sr_seed,
+    stochastic_round_bf16,
+};
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::train::optim::{self as cpu_optim, AdamW, AdamWConfig};
 
@@ -145,7 +148,7 @@ fn gpu_adamw(
     let mut out = Vec::new();
     for (t, (g, &lr)) in gs.iter().zip(lrs).enumerate() {
         let d_g = stream.clone_htod(g).unwrap();
-        adamw_step(gpu, layout, &mut p, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr).unwrap();
+        adamw_step(gpu, layout, &mut p, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, None).unwrap();
         gpu.synchronize().unwrap();
         out.push((stream.clone_dtoh(&p).unwrap(), stream.clone_dtoh(&m).unwrap(), stream.clone_dtoh(&v).unwrap()));
     }
@@ -189,5 +192,87 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
         assert_bits(&format!("rerun step {} params", step + 1), p2, p1);
         assert_bits(&format!("rerun step {} m", step + 1), m2, m1);
         assert_bits(&format!("rerun step {} v", step + 1), v2, v1);
+    }
+}
+
+/// The bf16 copy a step with seed `seed` writes for the f32 weights `w` (the host mirror).
+fn rounded(w: &[f32], seed: u32) -> Vec<u16> {
+    w.iter().enumerate().map(|(i, &x)| stochastic_round_bf16(x, sr_bits(i as u64, seed)).to_bits()).collect()
+}
+
+/// bf16 training's AdamW: the f32 master weights and moments are bit-identical to the CPU AdamW
+/// (the same update as fp32), and the bf16 working copy is exactly the host mirror of the
+/// stochastic rounding with step t's seed at every flat index; a rerun gives the same bits.
+#[test]
+fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let model = ModelConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&model);
+    let n = layout.total;
+    let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+    let mut rng = SplitMix(0x6164_616d_7700_0002);
+    let p0: Vec<f32> = (0..n).map(|_| 0.2 * rng.next_f32()).collect();
+    let gs: Vec<Vec<f32>> = (0..3).map(|_| grads(&mut rng, n)).collect();
+    let lrs = [6e-4f32, 3e-4, 1.7e-3];
+    let run = || {
+        let stream = gpu.stream();
+        let mut master = stream.clone_htod(&p0).unwrap();
+        let mut copy = stream.alloc_zeros::<half::bf16>(n).unwrap();
+        let mut m = stream.alloc_zeros::<f32>(n).unwrap();
+        let mut v = stream.alloc_zeros::<f32>(n).unwrap();
+        let mut out = Vec::new();
+        for (t, (g, &lr)) in gs.iter().zip(&lrs).enumerate() {
+            let d_g = stream.clone_htod(g).unwrap();
+            adamw_step(&gpu, &layout, &mut master, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, Some(&mut copy))
+                .unwrap();
+            gpu.synchronize().unwrap();
+            let c: Vec<half::bf16> = stream.clone_dtoh(&copy).unwrap();
+            out.push((stream.clone_dtoh(&master).unwrap(), c.iter().map(|x| x.to_bits()).collect::<Vec<u16>>()));
+        }
+        out
+    };
+    let got = run();
+    let mut opt = AdamW::new(cfg, n);
+    let mut p = p0.clone();
+    for (step, ((g, &lr), (master, copy))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
+        opt.step(&layout, &mut p, g, lr);
+        assert_bits(&format!("bf16 step {} master", step + 1), master, &p);
+        let want = rounded(&p, sr_seed(step as u64 + 1));
+        let bad = copy.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(bad.is_none(), "step {}: bf16 copy differs from the host mirror at {bad:?}", step + 1);
+        // Stochastic, not nearest: some values round away from their nearest bf16.
+        let away = p.iter().zip(copy).filter(|(x, c)| half::bf16::from_f32(**x).to_bits() != **c).count();
+        assert!(away > n / 20, "step {}: only {away} of {n} values differ from round-to-nearest", step + 1);
+    }
+    let again = run();
+    for (step, (a, b)) in got.iter().zip(&again).enumerate() {
+        assert_bits(&format!("rerun bf16 step {} master", step + 1), &b.0, &a.0);
+        assert_eq!(a.1, b.1, "rerun bf16 step {}: copy differs", step + 1);
+    }
+}
+
+/// `params_round_bf16` (what a resumed bf16 run uses to rebuild its working copy) gives exactly the
+/// bits the host mirror gives, for ordinary values, tiny and huge ones, exact bf16 values and
+/// infinities.
+#[test]
+fn params_round_bf16_matches_the_host_mirror() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(0x7372_0000_0000_0001);
+    let mut w: Vec<f32> =
+        (0..100_000).map(|_| rng.next_f32() * 10f32.powi((rng.next_u64() % 20) as i32 - 10)).collect();
+    w.extend([0.0, -0.0, 1.0, -2.5, f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY]);
+    let stream = gpu.stream();
+    let master = stream.clone_htod(&w).unwrap();
+    for seed in [sr_seed(0), sr_seed(1), sr_seed(123_456)] {
+        let mut copy = stream.alloc_zeros::<half::bf16>(w.len()).unwrap();
+        params_round_bf16(&gpu, &mut copy, &master, w.len(), seed).unwrap();
+        let got: Vec<u16> = stream.clone_dtoh(&copy).unwrap().iter().map(|x| x.to_bits()).collect();
+        let want = rounded(&w, seed);
+        let bad = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(bad.is_none(), "seed {seed}: differs at {bad:?} ({:?})", bad.map(|i| (w[i], got[i], want[i])));
     }
 }
