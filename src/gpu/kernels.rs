@@ -42,4 +42,75 @@ mod tests {
             assert_eq!(bin.as_ptr() as usize % 16, 0);
         }
     }
+
+    /// The kernel names `src/gpu/*.rs` asks for, read from its source: `(name, also as _bf16)`.
+    /// Literals in `function("..")` and `kernel("..")` calls and in a function's `const OP`; a
+    /// `T::kernel` call needs the `_bf16` twin as well.
+    fn requested_kernels() -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir("src/gpu")
+            .expect("run from the repository root: src/gpu")
+            .map(|e| e.unwrap().path())
+            // (not this file, whose scanner spells the patterns out)
+            .filter(|p| p.extension().is_some_and(|x| x == "rs") && !p.ends_with("kernels.rs"))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut op = None;
+            for line in text.lines() {
+                let quoted = |after: &str| -> Vec<String> {
+                    line.match_indices(after)
+                        .filter_map(|(i, _)| line[i + after.len()..].split('"').next().map(str::to_string))
+                        .filter(|n| {
+                            !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                        })
+                        .collect()
+                };
+                if let Some(name) = quoted("const OP: &str = \"").pop() {
+                    out.push((name.clone(), false));
+                    op = Some(name);
+                }
+                if line.contains("T::kernel(OP)") {
+                    out.push((
+                        op.clone().unwrap_or_else(|| panic!("{}: T::kernel(OP) before const OP", path.display())),
+                        true,
+                    ));
+                }
+                out.extend(quoted("kernel(\"").into_iter().map(|n| (n, true)));
+                if line.contains("function(") {
+                    out.extend(quoted("function(\"").into_iter().map(|n| (n, false)));
+                    out.extend(quoted("{ \"").into_iter().map(|n| (n, false)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every kernel the Rust side launches is in the fatbin (in both precisions where it is
+    /// generic), so a misspelt or missing kernel fails here, on a machine without a GPU, rather
+    /// than at launch time on one.
+    #[test]
+    fn every_requested_kernel_is_in_the_fatbin() {
+        let wanted = requested_kernels();
+        for must in ["adamw_update_bf16", "params_round_bf16", "layernorm_backward", "matmul_bias_grad_partial"] {
+            assert!(wanted.iter().any(|(n, _)| n == must), "the source scan missed {must}: {wanted:?}");
+        }
+        let Some(bin) = fatbin() else {
+            println!("skipping: CPU-only build (no nvcc), no fatbin to search");
+            return;
+        };
+        // SASS symbol names are stored as plain NUL-terminated strings.
+        let has = |name: &str| {
+            let needle = format!("{name}\0");
+            bin.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        let mut missing = Vec::new();
+        for (name, bf16) in &wanted {
+            let names = if *bf16 { vec![name.clone(), format!("{name}_bf16")] } else { vec![name.clone()] };
+            missing.extend(names.into_iter().filter(|n| !has(n)));
+        }
+        assert!(missing.is_empty(), "kernels launched from src/gpu but absent from the fatbin: {missing:?}");
+        println!("{} kernel names checked", wanted.len());
+    }
 }
