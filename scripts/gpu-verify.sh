@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Everything a GPU session should check, in one device call (device time is scarce).
+#
+# Here (no GPU needed):   ../shared/tools/gpu-stage, then keep .gpu/tests/gpu_ops-* and the
+#                         CLI-spawning test binaries (resume-*) so .gpu stays under 64 MiB, and
+#                         copy ../shared/data/*.{txt,raw} into .gpu/shared-data/ and
+#                         ../shared/bench/torch_reference.py into .gpu/shared-bench/ (../shared
+#                         does not travel to the device).
+# There (device run):     bash scripts/gpu-verify.sh        (carry [".gpu"]; logs land in $OUT)
+#
+# Steps, each logged to $OUT/<step>.log and summarised in $OUT/summary.txt:
+#   1. every GPU test (fp32 and bf16; GENESIS_REQUIRE_GPU=1, so a skip is a failure)
+#   2. the CLI tests that train through the binary (--device auto picks the GPU there)
+#   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32
+#   4. the PyTorch reference on the same GPU, eager and compiled
+# A failing step does not stop the later ones; the exit status says whether any failed.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+if [ ! -x .gpu/bin/genesis ] || ! command -v nvidia-smi >/dev/null; then
+  echo "gpu-verify: run it on the GPU machine after ../shared/tools/gpu-stage (needs .gpu/bin/genesis and nvidia-smi)" >&2
+  exit 2
+fi
+out=${OUT:-/tmp/gpu-verify}
+mkdir -p "$out"
+summary="$out/summary.txt"
+: >"$summary"
+rc=0
+step() {
+  local name=$1
+  shift
+  local t0=$SECONDS
+  if "$@" >"$out/$name.log" 2>&1; then
+    echo "ok    $name ($((SECONDS - t0)) s)" >>"$summary"
+  else
+    echo "FAIL  $name ($((SECONDS - t0)) s): see $name.log" >>"$summary"
+    rc=1
+  fi
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$summary" 2>&1
+if [ -d .gpu/shared-data ]; then
+  mkdir -p ../shared/data && cp -n .gpu/shared-data/* ../shared/data/ 2>/dev/null
+fi
+# Tests that spawn the CLI look for it where cargo builds it.
+mkdir -p target/release && cp .gpu/bin/genesis target/release/
+
+for t in .gpu/tests/gpu_ops-*; do
+  step gpu-tests bash .gpu/env.sh "$t" --test-threads=1
+done
+for t in .gpu/tests/resume-*; do
+  [ -e "$t" ] && step cli-resume bash .gpu/env.sh "$t" --test-threads=1
+done
+
+bench() { bash .gpu/env.sh .gpu/bin/genesis bench train --device cuda --model gpt2-124m --seq 1024 --steps 10 "$@"; }
+step bench-fp32-b16 bench --batch 16 --precision fp32
+step bench-bf16-b16 bench --batch 16 --precision bf16
+step bench-bf16-b32 bench --batch 32 --precision bf16
+ref=.gpu/shared-bench/torch_reference.py
+[ -f "$ref" ] || ref=../shared/bench/torch_reference.py
+if [ -f "$ref" ]; then
+  step torch-eager python3 "$ref" train --batch 16 --seq 1024
+  step torch-compile python3 "$ref" train --batch 16 --seq 1024 --compile
+else
+  echo "skip  torch reference: $ref not found" >>"$summary"
+fi
+grep -h "bench train\|tokens/s" "$out"/bench-*.log "$out"/torch-*.log >>"$summary" 2>/dev/null
+cat "$summary"
+exit $rc
