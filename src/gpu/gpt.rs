@@ -844,7 +844,7 @@ impl<T: Float> GpuModel<T> {
 /// What the trainer needs from a model on the GPU, whatever its element type (`genesis train`
 /// holds a `Box<dyn GpuTrainer>` for fp32 or bf16).
 pub trait GpuTrainer {
-    /// The device, for logs.
+    /// The device and the precision, for logs, e.g. `NVIDIA H200 (sm_90), bf16 mixed precision`.
     fn describe(&self) -> String;
     fn zero_grads(&mut self) -> Result<()>;
     /// See [`GpuModel::forward_backward`].
@@ -863,7 +863,8 @@ pub trait GpuTrainer {
 
 impl<T: Float> GpuTrainer for GpuModel<T> {
     fn describe(&self) -> String {
-        self.gpu.describe()
+        let precision = if is_bf16::<T>() { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
+        format!("{}, {precision}", self.gpu.describe())
     }
     fn zero_grads(&mut self) -> Result<()> {
         GpuModel::zero_grads(self)
