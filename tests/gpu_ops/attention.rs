@@ -1,7 +1,7 @@
 //! Attention forward (permute, cuBLAS batched GEMMs, causal softmax, unpermute) vs. the CPU
 //! reference, computed in f64 so the error measured is the GPU's alone.
 
-use super::{gpu_or_skip, round, widen, SplitMix};
+use super::{gpu_or_skip, round, same_bits, widen, SplitMix};
 use genesis::cpu;
 use genesis::gpu::attention::{
     attention_backward, attention_backward_scratch_len, attention_decode, attention_forward, scratch_len,
@@ -82,19 +82,24 @@ fn attention_forward_tf32_is_close() {
     }
 }
 
-#[test]
-fn attention_forward_rejects_bad_shapes() {
+/// `attention_forward::<T>` rejects a scratch one element short and NH not dividing C.
+fn assert_forward_rejects_bad_shapes<T: Float>() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
     let stream = gpu.stream();
     let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
-    let qkv = stream.alloc_zeros::<f32>(b * t * 3 * c).unwrap();
-    let mut out = stream.alloc_zeros::<f32>(b * t * c).unwrap();
-    let mut att = stream.alloc_zeros::<f32>(b * nh * t * t).unwrap();
-    let mut short = stream.alloc_zeros::<f32>(scratch_len(b, t, c) - 1).unwrap();
+    let qkv = stream.alloc_zeros::<T>(b * t * 3 * c).unwrap();
+    let mut out = stream.alloc_zeros::<T>(b * t * c).unwrap();
+    let mut att = stream.alloc_zeros::<T>(b * nh * t * t).unwrap();
+    let mut short = stream.alloc_zeros::<T>(scratch_len(b, t, c) - 1).unwrap();
     assert!(attention_forward(&gpu, &blas, &mut out, &mut short, &mut att, &qkv, b, t, c, nh).is_err());
-    let mut scratch = stream.alloc_zeros::<f32>(scratch_len(b, t, c)).unwrap();
+    let mut scratch = stream.alloc_zeros::<T>(scratch_len(b, t, c)).unwrap();
     assert!(attention_forward(&gpu, &blas, &mut out, &mut scratch, &mut att, &qkv, b, t, c, 5).is_err());
+}
+
+#[test]
+fn attention_forward_rejects_bad_shapes() {
+    assert_forward_rejects_bad_shapes::<f32>();
 }
 
 // ---- bf16 storage, fp32 math ----
@@ -181,17 +186,7 @@ fn attention_forward_matches_cpu_bf16() {
 
 #[test]
 fn attention_forward_bf16_rejects_bad_shapes() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let stream = gpu.stream();
-    let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
-    let qkv = stream.alloc_zeros::<bf16>(b * t * 3 * c).unwrap();
-    let mut out = stream.alloc_zeros::<bf16>(b * t * c).unwrap();
-    let mut att = stream.alloc_zeros::<bf16>(b * nh * t * t).unwrap();
-    let mut short = stream.alloc_zeros::<bf16>(scratch_len(b, t, c) - 1).unwrap();
-    assert!(attention_forward(&gpu, &blas, &mut out, &mut short, &mut att, &qkv, b, t, c, nh).is_err());
-    let mut scratch = stream.alloc_zeros::<bf16>(scratch_len(b, t, c)).unwrap();
-    assert!(attention_forward(&gpu, &blas, &mut out, &mut scratch, &mut att, &qkv, b, t, c, 5).is_err());
+    assert_forward_rejects_bad_shapes::<bf16>();
 }
 
 // ---- attention_decode: one new position over the KV cache ----
@@ -387,37 +382,51 @@ fn attention_backward_matches_cpu_fp32() {
     }
 }
 
-#[test]
-fn attention_backward_is_deterministic() {
+/// Runs each case twice with `T` storage (TF32 off) and asserts dqkv repeats bit for bit (widened
+/// to f32: bf16 -> f32 widening is exact and injective, so equal f32 bits mean equal bf16 bits).
+/// `label` names the op in the message.
+fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let mut rng = SplitMix(0x6174_7465_6e74_0102);
+    let mut rng = SplitMix(seed);
     for &shape in &[(2usize, 64usize, 768usize, 12usize), (3, 7, 18, 3)] {
-        let case = AttnBackwardCase::new::<f32>(&mut rng, shape);
-        let first = case.run::<f32>(&gpu, &blas);
-        let second = case.run::<f32>(&gpu, &blas);
-        let same = first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "attention_backward {shape:?}: two runs differ");
+        let case = AttnBackwardCase::new::<T>(&mut rng, shape);
+        let first = case.run::<T>(&gpu, &blas);
+        let second = case.run::<T>(&gpu, &blas);
+        assert!(same_bits(&first, &second), "{label} {shape:?}: two runs differ");
     }
 }
 
 #[test]
-fn attention_backward_rejects_bad_shapes() {
+fn attention_backward_is_deterministic() {
+    assert_backward_deterministic::<f32>(0x6174_7465_6e74_0102, "attention_backward");
+}
+
+/// `attention_backward::<T>` rejects a scratch, an att or a dqkv one element short and NH not
+/// dividing C.
+fn assert_backward_rejects_bad_shapes<T: Float>() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
     let stream = gpu.stream();
     let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
-    let qkv = stream.alloc_zeros::<f32>(b * t * 3 * c).unwrap();
-    let dout = stream.alloc_zeros::<f32>(b * t * c).unwrap();
-    let att = stream.alloc_zeros::<f32>(b * nh * t * t).unwrap();
-    let mut dqkv = stream.alloc_zeros::<f32>(b * t * 3 * c).unwrap();
+    let qkv = stream.alloc_zeros::<T>(b * t * 3 * c).unwrap();
+    let dout = stream.alloc_zeros::<T>(b * t * c).unwrap();
+    let att = stream.alloc_zeros::<T>(b * nh * t * t).unwrap();
+    let mut dqkv = stream.alloc_zeros::<T>(b * t * 3 * c).unwrap();
     let len = attention_backward_scratch_len(b, t, c, nh);
-    let mut short = stream.alloc_zeros::<f32>(len - 1).unwrap();
+    let mut short = stream.alloc_zeros::<T>(len - 1).unwrap();
     assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut short, &dout, &qkv, &att, b, t, c, nh).is_err());
-    let mut scratch = stream.alloc_zeros::<f32>(len).unwrap();
+    let mut scratch = stream.alloc_zeros::<T>(len).unwrap();
     assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5).is_err());
-    let short_att = stream.alloc_zeros::<f32>(b * nh * t * t - 1).unwrap();
+    let short_att = stream.alloc_zeros::<T>(b * nh * t * t - 1).unwrap();
     assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh).is_err());
+    let mut short_dqkv = stream.alloc_zeros::<T>(b * t * 3 * c - 1).unwrap();
+    assert!(attention_backward(&gpu, &blas, &mut short_dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, nh).is_err());
+}
+
+#[test]
+fn attention_backward_rejects_bad_shapes() {
+    assert_backward_rejects_bad_shapes::<f32>();
 }
 
 // ---- backward, bf16 storage (every buffer bf16, fp32 math) ----
@@ -499,36 +508,10 @@ fn attention_backward_matches_cpu_bf16() {
 
 #[test]
 fn attention_backward_is_deterministic_bf16() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let mut rng = SplitMix(0x6174_7465_6e74_0202);
-    for &shape in &[(2usize, 64usize, 768usize, 12usize), (3, 7, 18, 3)] {
-        let case = AttnBackwardCase::new::<bf16>(&mut rng, shape);
-        let first = case.run::<bf16>(&gpu, &blas);
-        let second = case.run::<bf16>(&gpu, &blas);
-        // bf16 -> f32 widening is exact and injective, so equal f32 bits mean equal bf16 bits.
-        let same = first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "attention_backward bf16 {shape:?}: two runs differ");
-    }
+    assert_backward_deterministic::<bf16>(0x6174_7465_6e74_0202, "attention_backward bf16");
 }
 
 #[test]
 fn attention_backward_rejects_bad_shapes_bf16() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let stream = gpu.stream();
-    let (b, t, c, nh) = (1usize, 4usize, 64usize, 4usize);
-    let qkv = stream.alloc_zeros::<bf16>(b * t * 3 * c).unwrap();
-    let dout = stream.alloc_zeros::<bf16>(b * t * c).unwrap();
-    let att = stream.alloc_zeros::<bf16>(b * nh * t * t).unwrap();
-    let mut dqkv = stream.alloc_zeros::<bf16>(b * t * 3 * c).unwrap();
-    let len = attention_backward_scratch_len(b, t, c, nh);
-    let mut short = stream.alloc_zeros::<bf16>(len - 1).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut short, &dout, &qkv, &att, b, t, c, nh).is_err());
-    let mut scratch = stream.alloc_zeros::<bf16>(len).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5).is_err());
-    let short_att = stream.alloc_zeros::<bf16>(b * nh * t * t - 1).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh).is_err());
-    let mut short_dqkv = stream.alloc_zeros::<bf16>(b * t * 3 * c - 1).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut short_dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, nh).is_err());
+    assert_backward_rejects_bad_shapes::<bf16>();
 }

@@ -232,37 +232,49 @@ fn assert_bits(what: &str, got: &[f32], want: &[f32], len: usize) {
     }
 }
 
-#[test]
-fn embedding_backward_matches_cpu() {
+/// Every [`BACKWARD_SHAPES`] case with `dout` in `T` against the f32 CPU backward on the same
+/// (widened) values: bit for bit, tails included. `label` starts the printed line.
+fn check_backward<T: Float>(seed: u64, label: &str) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x656d_6262_6163_6b01);
+    let mut rng = SplitMix(seed);
     for &(b, t, c, vp) in BACKWARD_SHAPES {
-        let case = BackwardCase::new::<f32>(&mut rng, b, t, c, vp);
+        let case = BackwardCase::new::<T>(&mut rng, b, t, c, vp);
         let (want_dwte, want_dwpe) = case.reference();
-        let (dwte, dwpe) = case.run::<f32>(&gpu);
+        let (dwte, dwpe) = case.run::<T>(&gpu);
         let shape = format!("B={b} T={t} C={c} Vp={vp}");
         assert_bits(&format!("dwte ({shape})"), &dwte, &want_dwte, vp * c);
         assert_bits(&format!("dwpe ({shape})"), &dwpe, &want_dwpe, t * c);
-        println!("embedding_backward {shape}: bit-identical to the CPU");
+        println!("{label} {shape}: bit-identical to the CPU");
     }
+}
+
+/// A GPT-2-sized case with `dout` in `T`, run three times: every bit of both gradients (tails
+/// included) repeats. `label` starts the printed line.
+fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = SplitMix(seed);
+    let case = BackwardCase::new::<T>(&mut rng, 4, 64, 768, 50304);
+    let first = case.run::<T>(&gpu);
+    for run in 1..3 {
+        let again = case.run::<T>(&gpu);
+        assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
+        assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
+    }
+    println!("{label}: three runs bit-identical");
+}
+
+#[test]
+fn embedding_backward_matches_cpu() {
+    check_backward::<f32>(0x656d_6262_6163_6b01, "embedding_backward");
 }
 
 #[test]
 fn embedding_backward_is_deterministic() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x656d_6264_6574_0002);
-    let case = BackwardCase::new::<f32>(&mut rng, 4, 64, 768, 50304);
-    let first = case.run::<f32>(&gpu);
-    for run in 1..3 {
-        let again = case.run::<f32>(&gpu);
-        assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
-        assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
-    }
-    println!("embedding_backward: three runs bit-identical");
+    assert_backward_deterministic::<f32>(0x656d_6264_6574_0002, "embedding_backward");
 }
 
 /// bf16 `dout`, f32 gradients. The tolerance is zero, i.e. |gpu - ref| <= 0 + 0 * |ref|: the
@@ -274,35 +286,12 @@ fn embedding_backward_is_deterministic() {
 /// as they are) check that the op accumulates and stays in bounds.
 #[test]
 fn embedding_backward_bf16_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x656d_6262_6631_3603);
-    for &(b, t, c, vp) in BACKWARD_SHAPES {
-        let case = BackwardCase::new::<bf16>(&mut rng, b, t, c, vp);
-        let (want_dwte, want_dwpe) = case.reference();
-        let (dwte, dwpe) = case.run::<bf16>(&gpu);
-        let shape = format!("B={b} T={t} C={c} Vp={vp}");
-        assert_bits(&format!("dwte ({shape})"), &dwte, &want_dwte, vp * c);
-        assert_bits(&format!("dwpe ({shape})"), &dwpe, &want_dwpe, t * c);
-        println!("embedding_backward_bf16 {shape}: bit-identical to the CPU on the widened dout");
-    }
+    check_backward::<bf16>(0x656d_6262_6631_3603, "embedding_backward_bf16 (dout widened)");
 }
 
 #[test]
 fn embedding_backward_bf16_is_deterministic() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x656d_6264_6266_0004);
-    let case = BackwardCase::new::<bf16>(&mut rng, 4, 64, 768, 50304);
-    let first = case.run::<bf16>(&gpu);
-    for run in 1..3 {
-        let again = case.run::<bf16>(&gpu);
-        assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
-        assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
-    }
-    println!("embedding_backward_bf16: three runs bit-identical");
+    assert_backward_deterministic::<bf16>(0x656d_6264_6266_0004, "embedding_backward_bf16");
 }
 
 #[test]

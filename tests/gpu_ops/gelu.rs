@@ -9,6 +9,8 @@ use genesis::gpu::Float;
 use half::bf16;
 
 const TAIL: usize = 5;
+/// Far tails (tanh = +-1), around the kink, and tiny inputs.
+const FIXED: [f32; 10] = [-30.0, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
 
 /// GELU of `x` on the GPU in `T` (output poisoned with NaN first, tail checked untouched).
 fn run_gelu<T: Float>(gpu: &Gpu, x: &[T]) -> Vec<T> {
@@ -67,8 +69,7 @@ fn gelu_forward_saturates() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    // Far tails (tanh = +-1), around the kink, and tiny inputs.
-    let x = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
+    let x = FIXED;
     let want = reference(&x);
     let got = run_gelu(&gpu, &x);
     for ((&xi, &g), &w) in x.iter().zip(&got).zip(&want) {
@@ -90,11 +91,10 @@ fn gelu_forward_bf16_matches_cpu() {
         return;
     };
     let mut rng = SplitMix(0x6765_6c75_6266_3136);
-    // Far tails, around the kink and tiny inputs first, then random ones.
-    let fixed = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
-    for n in [fixed.len(), 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
-        let x: Vec<bf16> = if n == fixed.len() {
-            fixed.iter().map(|&v| bf16::from_f32(v)).collect()
+    // Far tails, around the kink and tiny inputs ([`FIXED`]) first, then random ones.
+    for n in [FIXED.len(), 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
+        let x: Vec<bf16> = if n == FIXED.len() {
+            FIXED.iter().map(|&v| bf16::from_f32(v)).collect()
         } else {
             (0..n).map(|_| bf16::from_f32(5.0 * rng.next_f32())).collect()
         };
@@ -138,6 +138,45 @@ fn backward_reference(x: &[f32], dout: &[f32], dinp0: &[f32]) -> Vec<f64> {
     dinp
 }
 
+/// The backward tests' sizes: the [`FIXED`] points first, then random inputs.
+const BACKWARD_NS: [usize; 6] = [FIXED.len(), 1, 31, 1000, 12_289, 4 * 64 * 3072 + 7];
+
+/// One backward case as run in `T`, every value widened to f32 (exact).
+struct BackwardCase {
+    x: Vec<f32>,
+    dout: Vec<f32>,
+    /// The pre-filled gradient, with its tail.
+    dinp0: Vec<f32>,
+    /// The GPU's dinp, without the tail (checked untouched) and all finite.
+    got: Vec<f32>,
+    want: Vec<f64>,
+    /// The largest |dinp0| + |gelu'(x) * dout|: the scale of the two terms added, not of their sum,
+    /// which can cancel (N = 1 has a single element).
+    scale: f64,
+}
+
+/// Draws a backward case of `n` elements in `T` (x the [`FIXED`] points when `n` is their count,
+/// else 5 U(-1, 1); dout and dinp0, with a [`TAIL`], U(-1, 1); all rounded to `T`), runs it on the
+/// GPU and computes the f64 reference on exactly the rounded values. Asserts the tail stayed bit for
+/// bit (compared widened to f32, which is exact and, for finite values, injective) and every other
+/// value is finite.
+fn backward_case<T: Float>(gpu: &Gpu, rng: &mut SplitMix, n: usize) -> BackwardCase {
+    let x: Vec<f32> = if n == FIXED.len() { FIXED.to_vec() } else { (0..n).map(|_| 5.0 * rng.next_f32()).collect() };
+    let (h_x, h_dout, h_dinp0) = (round::<T>(&x), round::<T>(&rng.vec(n)), round::<T>(&rng.vec(n + TAIL)));
+    let (x, dout, dinp0) = (widen(&h_x), widen(&h_dout), widen(&h_dinp0));
+    let want = backward_reference(&x, &dout, &dinp0);
+    let mut got = widen(&run_gelu_backward(gpu, &h_x, &h_dout, &h_dinp0));
+    for i in n..n + TAIL {
+        assert_eq!(got[i].to_bits(), dinp0[i].to_bits(), "N={n}: written past the end (at {i})");
+    }
+    got.truncate(n);
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("N={n}: element {i} is {}, expected {}", got[i], want[i]);
+    }
+    let scale = want.iter().zip(&dinp0).fold(0.0f64, |m, (&w, &d)| m.max(d.abs() as f64 + (w - d as f64).abs()));
+    BackwardCase { x, dout, dinp0, got, want, scale }
+}
+
 /// Backward vs. the f64 CPU, gradients pre-filled with random values (accumulation) and a tail
 /// that must stay bit for bit; fixed points (far tails, the kink, tiny inputs) first.
 #[test]
@@ -146,24 +185,8 @@ fn gelu_backward_matches_cpu() {
         return;
     };
     let mut rng = SplitMix(0x6765_6c75_6261_636b);
-    let fixed = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
-    for n in [fixed.len(), 1, 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
-        let x: Vec<f32> =
-            if n == fixed.len() { fixed.to_vec() } else { (0..n).map(|_| 5.0 * rng.next_f32()).collect() };
-        let dout = rng.vec(n);
-        let dinp0 = rng.vec(n + TAIL);
-        let want = backward_reference(&x, &dout, &dinp0);
-        let got = run_gelu_backward(&gpu, &x, &dout, &dinp0);
-        for i in n..n + TAIL {
-            assert_eq!(got[i].to_bits(), dinp0[i].to_bits(), "N={n}: written past the end (at {i})");
-        }
-        let got = &got[..n];
-        if let Some(i) = got.iter().position(|g| !g.is_finite()) {
-            panic!("N={n}: element {i} is {}, expected {}", got[i], want[i]);
-        }
-        // The scale is that of the two terms added (the pre-filled value and gelu'(x) * dout), not of
-        // their sum, which can cancel (N = 1 has a single element).
-        let scale = want.iter().zip(&dinp0).fold(0.0f64, |m, (&w, &d)| m.max(d.abs() as f64 + (w - d as f64).abs()));
+    for n in BACKWARD_NS {
+        let BackwardCase { x, dout, got, want, scale, .. } = backward_case::<f32>(&gpu, &mut rng, n);
         let (worst, max_err) = got
             .iter()
             .zip(&want)
@@ -198,23 +221,11 @@ fn gelu_backward_bf16_matches_cpu() {
         return;
     };
     let mut rng = SplitMix(0x6765_6c75_6266_6277);
-    let fixed = [-30.0f32, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
-    for n in [fixed.len(), 1, 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
-        let x: Vec<f32> =
-            if n == fixed.len() { fixed.to_vec() } else { (0..n).map(|_| 5.0 * rng.next_f32()).collect() };
-        let (h_x, h_dout, h_dinp0) = (round::<bf16>(&x), round::<bf16>(&rng.vec(n)), round::<bf16>(&rng.vec(n + TAIL)));
-        let (x, dout, dinp0) = (widen(&h_x), widen(&h_dout), widen(&h_dinp0));
-        let want = backward_reference(&x, &dout, &dinp0);
-        let got = run_gelu_backward(&gpu, &h_x, &h_dout, &h_dinp0);
-        for i in n..n + TAIL {
-            assert_eq!(got[i].to_bits(), h_dinp0[i].to_bits(), "N={n}: written past the end (at {i})");
-        }
-        let got = widen(&got[..n]);
-        let scale = want.iter().zip(&dinp0).fold(0.0f64, |m, (&w, &d)| m.max(d.abs() as f64 + (w - d as f64).abs()));
+    for n in BACKWARD_NS {
+        let BackwardCase { x, dout, dinp0, got, want, scale } = backward_case::<bf16>(&gpu, &mut rng, n);
         let abs = 2e-5 * scale;
         let mut worst = 0.0f64;
         for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-            assert!(g.is_finite(), "N={n}: element {i} is {g}, expected {w}");
             let err = (g as f64 - w).abs();
             let tol = BF16_U * w.abs() + abs;
             assert!(

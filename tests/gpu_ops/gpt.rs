@@ -2,13 +2,20 @@
 //! with GPT-2's vocabulary: the forward (logits and loss), a training step's loss and every gradient
 //! tensor, ten AdamW steps and determinism, in fp32 (TF32 off) and in bf16 mixed precision.
 
-use super::gpu_or_skip;
+use super::{gpu_or_skip, same_bits};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::gpu::gpt::GpuModel;
 use genesis::gpu::optim::{sr_bits, sr_seed, stochastic_round_bf16};
 use genesis::gpu::Float;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
+
+/// GPT-2 small cut to 2 layers: 768 wide, GPT-2's vocabulary.
+fn two_layer_768() -> ModelConfig {
+    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
+    cfg.num_layers = 2;
+    cfg
+}
 
 fn check(cfg: &ModelConfig, b: usize, t: usize, tf32: bool, tol: f64) {
     let layout = ParamLayout::new(cfg);
@@ -52,8 +59,7 @@ fn two_layer_768_forward_matches_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
     }
-    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
-    cfg.num_layers = 2;
+    let cfg = two_layer_768();
     check(&cfg, 2, 128, false, 1e-5);
     // TF32 matmuls: about 1e-3.
     check(&cfg, 2, 128, true, 3e-3);
@@ -93,9 +99,7 @@ fn bf16_forward_is_close_to_the_cpu() {
         return;
     }
     check_bf16(&ModelConfig::preset("tiny").unwrap(), 3, 37);
-    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
-    cfg.num_layers = 2;
-    check_bf16(&cfg, 2, 128);
+    check_bf16(&two_layer_768(), 2, 128);
 }
 
 #[test]
@@ -186,9 +190,7 @@ fn training_step_gradients_match_the_cpu() {
         return;
     }
     check_gradients(&ModelConfig::preset("tiny").unwrap(), 2, 32);
-    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
-    cfg.num_layers = 2;
-    check_gradients(&cfg, 2, 64);
+    check_gradients(&two_layer_768(), 2, 64);
 }
 
 /// `steps` AdamW steps (clipping at 1.0) on the GPU in `T`; returns the losses and the final f32
@@ -251,17 +253,22 @@ fn ten_adamw_steps_follow_the_cpu() {
     assert!(gpu_losses[9] < gpu_losses[0], "loss did not fall: {gpu_losses:?}");
 }
 
-#[test]
-fn gpu_training_is_deterministic() {
+/// Two identical three-step [`gpu_run`]s in `T` on the 2-layer 768-wide model give the same losses
+/// and f32 weights bit for bit; `weights` names the weights in the message.
+fn assert_training_deterministic<T: Float>(weights: &str) {
     if gpu_or_skip().is_none() {
         return;
     }
-    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
-    cfg.num_layers = 2;
-    let (l1, p1) = gpu_run::<f32>(&cfg, 3);
-    let (l2, p2) = gpu_run::<f32>(&cfg, 3);
+    let cfg = two_layer_768();
+    let (l1, p1) = gpu_run::<T>(&cfg, 3);
+    let (l2, p2) = gpu_run::<T>(&cfg, 3);
     assert_eq!(l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-    assert!(p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()), "parameters differ between identical runs");
+    assert!(same_bits(&p1, &p2), "{weights} differ between identical runs");
+}
+
+#[test]
+fn gpu_training_is_deterministic() {
+    assert_training_deterministic::<f32>("parameters");
 }
 
 // ---- training (bf16 mixed precision) ----------------------------------------------------------
@@ -335,9 +342,7 @@ fn training_step_gradients_bf16_match_the_cpu() {
         return;
     }
     check_gradients_bf16(&ModelConfig::preset("tiny").unwrap(), 2, 32);
-    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
-    cfg.num_layers = 2;
-    check_gradients_bf16(&cfg, 2, 64);
+    check_gradients_bf16(&two_layer_768(), 2, 64);
 }
 
 /// Ten bf16 AdamW steps follow the CPU's f32 losses within 2% (see `check_gradients_bf16`: about 1%
@@ -361,16 +366,5 @@ fn ten_adamw_steps_bf16_follow_the_cpu() {
 
 #[test]
 fn gpu_training_bf16_is_deterministic() {
-    if gpu_or_skip().is_none() {
-        return;
-    }
-    let mut cfg = ModelConfig::preset("gpt2-124m").unwrap();
-    cfg.num_layers = 2;
-    let (l1, p1) = gpu_run::<half::bf16>(&cfg, 3);
-    let (l2, p2) = gpu_run::<half::bf16>(&cfg, 3);
-    assert_eq!(l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-    assert!(
-        p1.iter().zip(&p2).all(|(a, b)| a.to_bits() == b.to_bits()),
-        "master weights differ between identical runs"
-    );
+    assert_training_deterministic::<half::bf16>("master weights");
 }

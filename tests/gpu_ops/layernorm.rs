@@ -434,25 +434,26 @@ fn untouched_tail<'a>(what: &str, got: &'a [f32], prefill: &[f32], len: usize) -
     &got[..len]
 }
 
-/// GPU backward vs. the f64 CPU backward. dinp rows are reduced over C in a different order than
-/// the CPU; dweight and dbias over N rows (chunked), so their tolerance grows by a few ulps *
-/// sqrt(N) when that exceeds TOL.
-#[test]
-fn layernorm_backward_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x6c6e_6261_636b_0001);
+/// Runs every [`BACKWARD_SHAPES`] case in `T` against the f64 CPU backward: the tails must be
+/// untouched, dinp is checked by `check_dinp` (which returns its part of the printed line), dweight
+/// and dbias (f32 for every `T`) within reduction_tol = max(TOL, 4 eps_f32 sqrt(N)) relative to
+/// max(max |ref|, largest pre-filled value). `label` starts the printed line.
+fn check_backward<T: Float>(
+    gpu: &Gpu,
+    rng: &mut SplitMix,
+    label: &str,
+    check_dinp: impl Fn(&str, &[f32], &[f64]) -> String,
+) {
     for &(n, c) in BACKWARD_SHAPES {
-        let case = BackwardCase::new::<f32>(&mut rng, n, c);
+        let case = BackwardCase::new::<T>(rng, n, c);
         let (want_dinp, want_dweight, want_dbias) = case.reference();
-        let (dinp, dweight, dbias) = case.run::<f32>(&gpu);
+        let (dinp, dweight, dbias) = case.run::<T>(gpu);
 
         let shape = format!("N={n} C={c}");
         let dinp = untouched_tail("dinp", &dinp, &case.dinp, n * c);
         let dweight = untouched_tail("dweight", &dweight, &case.dweight, c);
         let dbias = untouched_tail("dbias", &dbias, &case.dbias, c);
-        let e_dinp = assert_close(&format!("dinp ({shape})"), dinp, &want_dinp);
+        let dinp_text = check_dinp(&format!("dinp ({shape})"), dinp, &want_dinp);
         let reduction_tol = TOL.max(4.0 * f32::EPSILON as f64 * (n as f64).sqrt());
         let floor = |x: &[f32]| x[..c].iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
         let e_dweight = assert_close_tol(
@@ -465,10 +466,23 @@ fn layernorm_backward_matches_cpu() {
         let e_dbias =
             assert_close_tol(&format!("dbias ({shape})"), dbias, &want_dbias, reduction_tol, floor(&case.dbias));
         println!(
-            "layernorm_backward {shape}: rel err dinp {e_dinp:.1e}, dweight {e_dweight:.1e}, dbias {e_dbias:.1e} \
+            "{label} {shape}: {dinp_text}, dweight {e_dweight:.1e}, dbias {e_dbias:.1e} \
              (reduction tol {reduction_tol:.1e})"
         );
     }
+}
+
+/// GPU backward vs. the f64 CPU backward. dinp rows are reduced over C in a different order than
+/// the CPU; dweight and dbias over N rows (chunked), so their tolerance grows by a few ulps *
+/// sqrt(N) when that exceeds TOL.
+#[test]
+fn layernorm_backward_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    check_backward::<f32>(&gpu, &mut SplitMix(0x6c6e_6261_636b_0001), "layernorm_backward", |what, got, want| {
+        format!("rel err dinp {:.1e}", assert_close(what, got, want))
+    });
 }
 
 /// As [`assert_close`] with tolerance `tol` relative to max(max |want|, `floor`); returns the error
@@ -579,33 +593,9 @@ fn layernorm_backward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6c6e_6262_6631_3603);
-    for &(n, c) in BACKWARD_SHAPES {
-        let case = BackwardCase::new::<bf16>(&mut rng, n, c);
-        let (want_dinp, want_dweight, want_dbias) = case.reference();
-        let (dinp, dweight, dbias) = case.run::<bf16>(&gpu);
-
-        let shape = format!("N={n} C={c}");
-        let dinp = untouched_tail("dinp", &dinp, &case.dinp, n * c);
-        let dweight = untouched_tail("dweight", &dweight, &case.dweight, c);
-        let dbias = untouched_tail("dbias", &dbias, &case.dbias, c);
-        let e_dinp = assert_bf16_close(&format!("dinp ({shape})"), dinp, &want_dinp);
-        let reduction_tol = TOL.max(4.0 * f32::EPSILON as f64 * (n as f64).sqrt());
-        let floor = |x: &[f32]| x[..c].iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-        let e_dweight = assert_close_tol(
-            &format!("dweight ({shape})"),
-            dweight,
-            &want_dweight,
-            reduction_tol,
-            floor(&case.dweight),
-        );
-        let e_dbias =
-            assert_close_tol(&format!("dbias ({shape})"), dbias, &want_dbias, reduction_tol, floor(&case.dbias));
-        println!(
-            "layernorm_backward_bf16 {shape}: dinp worst {e_dinp:.2} of tolerance, rel err dweight {e_dweight:.1e}, \
-             dbias {e_dbias:.1e} (reduction tol {reduction_tol:.1e})"
-        );
-    }
+    check_backward::<bf16>(&gpu, &mut SplitMix(0x6c6e_6262_6631_3603), "layernorm_backward_bf16", |what, got, want| {
+        format!("dinp worst {:.2} of tolerance", assert_bf16_close(what, got, want))
+    });
 }
 
 /// bf16 in, f32 parameter gradients out: still a fixed partition and order, so the same bits every

@@ -64,3 +64,9 @@ pub fn round<T: Float>(v: &[f32]) -> Vec<T> {
 pub fn widen<T: Float>(v: &[T]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()
 }
+
+/// Whether `a` and `b` hold the same f32 values bit for bit (same length; -0.0 differs from 0.0,
+/// NaNs compare by payload). For comparing two runs of a deterministic op.
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}

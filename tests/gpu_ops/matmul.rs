@@ -1,7 +1,8 @@
 //! cuBLASLt matmul forward (with the BIAS / GELU / GELU_BIAS epilogues) vs. the CPU reference,
 //! computed in f64 so the error measured is the GPU's alone.
 
-use super::{gpu_or_skip, round, widen, SplitMix};
+use super::{gpu_or_skip, round, same_bits, widen, SplitMix};
+use cudarc::driver::{CudaSlice, CudaViewMut};
 use genesis::cpu;
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
@@ -489,72 +490,68 @@ fn matmul_backward_tf32_is_close() {
     }
 }
 
-#[test]
-fn matmul_backward_is_deterministic() {
+/// Runs each case twice with `T` storage (TF32 off) and asserts dinp, dweight and dbias repeat bit
+/// for bit. dinp comes back widened to f32; bf16 -> f32 widening is exact and injective, so equal
+/// f32 bits mean equal bf16 bits. `label` names the op in the messages.
+fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let mut rng = SplitMix(0x6d61_746d_756c_0103);
+    let mut rng = SplitMix(seed);
     for &(n, c, oc) in &[(64usize, 768usize, 3072usize), (600, 17, 33), (4, 768, 50304)] {
-        let case = BackwardCase::new::<f32>(&mut rng, n, c, oc);
-        let first = case.run::<f32>(&gpu, &blas, true);
-        let second = case.run::<f32>(&gpu, &blas, true);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        let what = format!("matmul_backward N={n} C={c} OC={oc}");
-        assert!(bits(&first.dinp) == bits(&second.dinp), "{what}: dinp differs between two runs");
-        assert!(bits(&first.dweight) == bits(&second.dweight), "{what}: dweight differs between two runs");
+        let case = BackwardCase::new::<T>(&mut rng, n, c, oc);
+        let first = case.run::<T>(&gpu, &blas, true);
+        let second = case.run::<T>(&gpu, &blas, true);
+        let what = format!("{label} N={n} C={c} OC={oc}");
+        assert!(same_bits(&first.dinp, &second.dinp), "{what}: dinp differs between two runs");
+        assert!(same_bits(&first.dweight, &second.dweight), "{what}: dweight differs between two runs");
         assert!(
-            bits(first.dbias.as_deref().unwrap()) == bits(second.dbias.as_deref().unwrap()),
+            same_bits(first.dbias.as_deref().unwrap(), second.dbias.as_deref().unwrap()),
             "{what}: dbias differs between two runs"
         );
     }
 }
 
 #[test]
-fn matmul_backward_rejects_short_buffers() {
+fn matmul_backward_is_deterministic() {
+    assert_backward_deterministic::<f32>(0x6d61_746d_756c_0103, "matmul_backward");
+}
+
+/// `matmul_backward::<T>` rejects a dinp, a dweight or (with dbias) a scratch one element short.
+/// dout, inp, weight and dinp are `T`; dweight, dbias and the scratch f32 for every `T`.
+fn assert_backward_rejects_short_buffers<T: Float>() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
     let stream = gpu.stream();
     let (n, c, oc) = (300usize, 8usize, 8usize);
-    let inp = stream.alloc_zeros::<f32>(n * c).unwrap();
-    let weight = stream.alloc_zeros::<f32>(oc * c).unwrap();
-    let dout = stream.alloc_zeros::<f32>(n * oc).unwrap();
+    let inp = stream.alloc_zeros::<T>(n * c).unwrap();
+    let weight = stream.alloc_zeros::<T>(oc * c).unwrap();
+    let dout = stream.alloc_zeros::<T>(n * oc).unwrap();
+    // Whether `matmul_backward` refuses these gradient buffers (dout, inp and weight being right).
+    let rejects = |dinp: &mut CudaSlice<T>,
+                   dweight: &mut CudaSlice<f32>,
+                   dbias: Option<&mut CudaViewMut<'_, f32>>,
+                   scratch: &mut CudaSlice<f32>| {
+        matmul_backward(&gpu, &blas, dinp, dweight, dbias, scratch, &dout, &inp, &weight, n, c, oc).is_err()
+    };
+    let mut dinp = stream.alloc_zeros::<T>(n * c).unwrap();
     let mut dweight = stream.alloc_zeros::<f32>(oc * c).unwrap();
     let mut dbias = stream.alloc_zeros::<f32>(oc).unwrap();
     let mut scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc)).unwrap();
-    let mut short_dinp = stream.alloc_zeros::<f32>(n * c - 1).unwrap();
-    assert!(matmul_backward(
-        &gpu,
-        &blas,
-        &mut short_dinp,
-        &mut dweight,
-        None,
-        &mut scratch,
-        &dout,
-        &inp,
-        &weight,
-        n,
-        c,
-        oc
-    )
-    .is_err());
-    let mut dinp = stream.alloc_zeros::<f32>(n * c).unwrap();
+    let mut short_dinp = stream.alloc_zeros::<T>(n * c - 1).unwrap();
+    assert!(rejects(&mut short_dinp, &mut dweight, None, &mut scratch), "a short dinp was accepted");
+    let mut short_dweight = stream.alloc_zeros::<f32>(oc * c - 1).unwrap();
+    assert!(rejects(&mut dinp, &mut short_dweight, None, &mut scratch), "a short dweight was accepted");
     let mut short_scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc) - 1).unwrap();
     let mut dbias_view = dbias.slice_mut(..);
-    assert!(matmul_backward(
-        &gpu,
-        &blas,
-        &mut dinp,
-        &mut dweight,
-        Some(&mut dbias_view),
-        &mut short_scratch,
-        &dout,
-        &inp,
-        &weight,
-        n,
-        c,
-        oc
-    )
-    .is_err());
+    assert!(
+        rejects(&mut dinp, &mut dweight, Some(&mut dbias_view), &mut short_scratch),
+        "a short scratch (with dbias) was accepted"
+    );
+}
+
+#[test]
+fn matmul_backward_rejects_short_buffers() {
+    assert_backward_rejects_short_buffers::<f32>();
 }
 
 // ---- backward, bf16 storage: dout, inp, weight, dinp bf16; dweight, dbias f32 ----
@@ -633,85 +630,10 @@ fn matmul_backward_matches_cpu_bf16() {
 
 #[test]
 fn matmul_backward_is_deterministic_bf16() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let mut rng = SplitMix(0x6d61_746d_756c_0203);
-    for &(n, c, oc) in &[(64usize, 768usize, 3072usize), (600, 17, 33), (4, 768, 50304)] {
-        let case = BackwardCase::new::<bf16>(&mut rng, n, c, oc);
-        let first = case.run::<bf16>(&gpu, &blas, true);
-        let second = case.run::<bf16>(&gpu, &blas, true);
-        // bf16 -> f32 widening is exact and injective, so equal f32 bits mean equal bf16 bits.
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        let what = format!("matmul_backward bf16 N={n} C={c} OC={oc}");
-        assert!(bits(&first.dinp) == bits(&second.dinp), "{what}: dinp differs between two runs");
-        assert!(bits(&first.dweight) == bits(&second.dweight), "{what}: dweight differs between two runs");
-        assert!(
-            bits(first.dbias.as_deref().unwrap()) == bits(second.dbias.as_deref().unwrap()),
-            "{what}: dbias differs between two runs"
-        );
-    }
+    assert_backward_deterministic::<bf16>(0x6d61_746d_756c_0203, "matmul_backward bf16");
 }
 
 #[test]
 fn matmul_backward_rejects_short_buffers_bf16() {
-    let Some(gpu) = gpu_or_skip() else { return };
-    let blas = Blas::new(&gpu, false).expect("Blas::new");
-    let stream = gpu.stream();
-    let (n, c, oc) = (300usize, 8usize, 8usize);
-    let inp = stream.alloc_zeros::<bf16>(n * c).unwrap();
-    let weight = stream.alloc_zeros::<bf16>(oc * c).unwrap();
-    let dout = stream.alloc_zeros::<bf16>(n * oc).unwrap();
-    let mut dweight = stream.alloc_zeros::<f32>(oc * c).unwrap();
-    let mut dbias = stream.alloc_zeros::<f32>(oc).unwrap();
-    let mut scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc)).unwrap();
-    let mut short_dinp = stream.alloc_zeros::<bf16>(n * c - 1).unwrap();
-    assert!(matmul_backward(
-        &gpu,
-        &blas,
-        &mut short_dinp,
-        &mut dweight,
-        None,
-        &mut scratch,
-        &dout,
-        &inp,
-        &weight,
-        n,
-        c,
-        oc
-    )
-    .is_err());
-    let mut dinp = stream.alloc_zeros::<bf16>(n * c).unwrap();
-    let mut short_dweight = stream.alloc_zeros::<f32>(oc * c - 1).unwrap();
-    assert!(matmul_backward(
-        &gpu,
-        &blas,
-        &mut dinp,
-        &mut short_dweight,
-        None,
-        &mut scratch,
-        &dout,
-        &inp,
-        &weight,
-        n,
-        c,
-        oc
-    )
-    .is_err());
-    let mut short_scratch = stream.alloc_zeros::<f32>(matmul_backward_scratch_len(n, oc) - 1).unwrap();
-    let mut dbias_view = dbias.slice_mut(..);
-    assert!(matmul_backward(
-        &gpu,
-        &blas,
-        &mut dinp,
-        &mut dweight,
-        Some(&mut dbias_view),
-        &mut short_scratch,
-        &dout,
-        &inp,
-        &weight,
-        n,
-        c,
-        oc
-    )
-    .is_err());
+    assert_backward_rejects_short_buffers::<bf16>();
 }

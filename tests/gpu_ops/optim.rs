@@ -155,6 +155,28 @@ fn gpu_adamw(
     out
 }
 
+/// The AdamW tests' problem: the tiny model's layout, weight decay 0.1, and, drawn from `seed`,
+/// initial weights in 0.2 U(-1, 1) and three steps' gradients ([`grads`]), with their learning rates.
+struct AdamWCase {
+    layout: ParamLayout,
+    cfg: AdamWConfig,
+    p0: Vec<f32>,
+    gs: Vec<Vec<f32>>,
+    lrs: [f32; 3],
+}
+
+impl AdamWCase {
+    fn new(seed: u64) -> AdamWCase {
+        let model = ModelConfig::preset("tiny").unwrap();
+        let layout = ParamLayout::new(&model);
+        let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
+        let mut rng = SplitMix(seed);
+        let p0: Vec<f32> = (0..layout.total).map(|_| 0.2 * rng.next_f32()).collect();
+        let gs: Vec<Vec<f32>> = (0..3).map(|_| grads(&mut rng, layout.total)).collect();
+        AdamWCase { layout, cfg, p0, gs, lrs: [6e-4, 3e-4, 1.7e-3] }
+    }
+}
+
 fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -167,13 +189,7 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let model = ModelConfig::preset("tiny").unwrap();
-    let layout = ParamLayout::new(&model);
-    let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
-    let mut rng = SplitMix(0x6164_616d_7700_0001);
-    let p0: Vec<f32> = (0..layout.total).map(|_| 0.2 * rng.next_f32()).collect();
-    let gs: Vec<Vec<f32>> = (0..3).map(|_| grads(&mut rng, layout.total)).collect();
-    let lrs = [6e-4f32, 3e-4, 1.7e-3];
+    let AdamWCase { layout, cfg, p0, gs, lrs } = AdamWCase::new(0x6164_616d_7700_0001);
 
     let mut opt = AdamW::new(cfg, layout.total);
     let mut p = p0.clone();
@@ -208,14 +224,8 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let model = ModelConfig::preset("tiny").unwrap();
-    let layout = ParamLayout::new(&model);
+    let AdamWCase { layout, cfg, p0, gs, lrs } = AdamWCase::new(0x6164_616d_7700_0002);
     let n = layout.total;
-    let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
-    let mut rng = SplitMix(0x6164_616d_7700_0002);
-    let p0: Vec<f32> = (0..n).map(|_| 0.2 * rng.next_f32()).collect();
-    let gs: Vec<Vec<f32>> = (0..3).map(|_| grads(&mut rng, n)).collect();
-    let lrs = [6e-4f32, 3e-4, 1.7e-3];
     let run = || {
         let stream = gpu.stream();
         let mut master = stream.clone_htod(&p0).unwrap();
