@@ -608,6 +608,9 @@ fn train_cmd(c: TrainCmd) -> Result<()> {
     };
     let gpu = genesis::gpu::select_device(&c.device)?;
     let precision = Precision::parse(&c.precision)?;
+    if gpu.is_none() && precision == Precision::Bf16 {
+        eprintln!("note: --precision bf16 applies to GPU training; the CPU trains in f32");
+    }
     let seq = c.seq.or(saved.as_ref().map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024));
     let (batch, grad_accum) = match c.tokens_per_step {
         Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
