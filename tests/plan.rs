@@ -121,10 +121,11 @@ fn info_prints_the_table_without_a_gpu() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    let p = plan(&model("genesis-150m"), 1024, 524_288, 24 * GIB, true).unwrap();
+    // The default precision is genesis train's: fp32.
+    let p = plan(&model("genesis-150m"), 1024, 524_288, 24 * GIB, false).unwrap();
     for part in [
         "genesis-150m",
-        "bf16",
+        "fp32",
         "parameters",
         "gradients",
         "adamw m+v",
@@ -141,12 +142,17 @@ fn info_prints_the_table_without_a_gpu() {
         assert!(stdout.contains(part), "info output lacks {part:?}:\n{stdout}");
     }
 
-    let fp32 = Command::new(env!("CARGO_BIN_EXE_genesis"))
-        .args(["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "fp32", "--seq", "512"])
+    let bf16 = Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "bf16", "--seq", "512"])
         .output()
         .unwrap();
-    assert!(fp32.status.success());
-    assert!(String::from_utf8_lossy(&fp32.stdout).contains("fp32, seq 512"));
+    assert!(bf16.status.success());
+    let text = String::from_utf8_lossy(&bf16.stdout);
+    let p = plan(&model("genesis-150m"), 512, 524_288, 24 * GIB, true).unwrap();
+    assert!(
+        text.contains("bf16, seq 512") && text.contains(&format!("micro-batch {} x seq 512", p.micro_batch)),
+        "{text}"
+    );
 
     let small = Command::new(env!("CARGO_BIN_EXE_genesis"))
         .args(["info", "--model", "gpt2-350m", "--gpu-mem", "2", "--precision", "fp32"])

@@ -14,7 +14,7 @@ const DEFAULT_GPU_GIB: f64 = 24.0;
 #[argh(
     subcommand,
     name = "info",
-    example = "genesis info --model genesis-150m --gpu-mem 24\ngenesis info --model gpt2-350m --gpu-mem 80 --precision fp32\ngenesis info --model gpt2-124m --seq 512 --tokens-per-step 262144",
+    example = "genesis info --model genesis-150m --gpu-mem 24\ngenesis info --model gpt2-350m --gpu-mem 80 --precision bf16\ngenesis info --model gpt2-124m --seq 512 --tokens-per-step 262144",
     note = "Pure arithmetic: no GPU is needed. Parameters are in the training precision (bf16: 2 bytes, fp32: 4); gradients, AdamW's m and v, and in bf16 the master copy of the weights, are f32. Activations are the forward's tensors as the GPU engine lays them out plus the pre-GELU buffer the backward needs; activation grads is the backward's scratch; the logits' gradient reuses the logits. The micro-batch is the largest power of two up to 64 (and no more sequences than a step needs) whose total fits in 90% of the GPU's memory; grad accum makes up --tokens-per-step. Sizes are GiB (2^30 bytes), as GPU memory is quoted; without --gpu-mem the first GPU's memory is used, or 24 when there is none."
 )]
 pub struct InfoCmd {
@@ -30,8 +30,8 @@ pub struct InfoCmd {
     /// tokens per optimizer step (default 524288)
     #[argh(option, default = "524_288")]
     tokens_per_step: usize,
-    /// training precision: bf16 (default) or fp32
-    #[argh(option, default = "String::from(\"bf16\")")]
+    /// training precision: fp32 (the default, as genesis train) or bf16
+    #[argh(option, default = "String::from(\"fp32\")")]
     precision: String,
 }
 
