@@ -7,7 +7,7 @@
 //!   [`NORM_THREADS`] threads whatever the device), a fixed per-thread order and fixed trees, so it
 //!   gives the same bits on every run and every GPU. It differs from the CPU's sum only in the order
 //!   of the f64 additions (relative difference around 1e-15).
-//! - [`scale`] and [`adamw_update`] are elementwise and use the CPU's float expressions with every
+//! - [`scale`] and [`adamw_step`] are elementwise and use the CPU's float expressions with every
 //!   operation correctly rounded and nothing fused, so they are bit-identical to the CPU.
 //! - The bf16 working copy is a pure function of the master weights and the step ([`sr_seed`]), so a
 //!   resumed run rebuilds it exactly with [`params_round_bf16`] and checkpoints hold only f32.
@@ -141,48 +141,6 @@ pub fn clip_grad_norm(
     Ok(norm)
 }
 
-/// One AdamW update of `params[..n]` (and its moments `m`, `v`) from `grads[..n]`, queued on
-/// [`Gpu::stream`]. `decay` is `1 - lr*weight_decay` for decaying tensors and `1.0` otherwise,
-/// `step_size` is `lr/bc1` and `inv_sqrt_bc2` is `1/sqrt(bc2)`, as the CPU computes them.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_update(
-    gpu: &Gpu,
-    params: &mut impl DevicePtrMut<f32>,
-    grads: &impl DevicePtr<f32>,
-    m: &mut impl DevicePtrMut<f32>,
-    v: &mut impl DevicePtrMut<f32>,
-    n: usize,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    inv_sqrt_bc2: f32,
-) -> Result<()> {
-    const OP: &str = "adamw_update";
-    ensure!(params.len() >= n, "{OP}: params has {} < N = {n}", params.len());
-    ensure!(grads.len() >= n, "{OP}: grads has {} < N = {n}", grads.len());
-    ensure!(m.len() >= n, "{OP}: m has {} < N = {n}", m.len());
-    ensure!(v.len() >= n, "{OP}: v has {} < N = {n}", v.len());
-    if n == 0 {
-        return Ok(());
-    }
-    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(OP)?;
-    let stream = &**gpu.stream();
-    let (p_ptr, _p_guard) = params.device_ptr_mut(stream);
-    let (g_ptr, _g_guard) = grads.device_ptr(stream);
-    let (m_ptr, _m_guard) = m.device_ptr_mut(stream);
-    let (v_ptr, _v_guard) = v.device_ptr_mut(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&p_ptr).arg(&g_ptr).arg(&m_ptr).arg(&v_ptr).arg(&n64);
-    launch.arg(&beta1).arg(&beta2).arg(&eps).arg(&decay).arg(&step_size).arg(&inv_sqrt_bc2);
-    // SAFETY: the arguments match (float*, const float*, float*, float*, long long, float x6); the
-    // kernel touches indices < N, which the lengths checked above cover.
-    unsafe { launch.launch(grid_for(n)?) }.context("launching adamw_update")?;
-    Ok(())
-}
-
 /// The stochastic-rounding seed of AdamW step `t` (the count after the update): the working copy
 /// after step `t` is `stochastic_round_bf16(master[i], sr_bits(i, sr_seed(t)))` for flat index `i`.
 pub fn sr_seed(t: u64) -> u32 {
@@ -212,6 +170,12 @@ pub fn stochastic_round_bf16(x: f32, r: u32) -> half::bf16 {
         up = bits;
     }
     half::bf16::from_bits((up >> 16) as u16)
+}
+
+/// The bf16 working copy of `master` under `seed`, computed on the host: what [`params_round_bf16`]
+/// (and the AdamW step whose seed this is) writes on the device, bit for bit.
+pub fn round_params_host(master: &[f32], seed: u32) -> Vec<half::bf16> {
+    master.iter().enumerate().map(|(i, &x)| stochastic_round_bf16(x, sr_bits(i as u64, seed))).collect()
 }
 
 /// `params[i] = stochastic_round_bf16(master[i], sr_bits(i, seed))` for `i < n`: the bf16 working

@@ -367,6 +367,19 @@ fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Resul
     Ok(path)
 }
 
+/// The model on GPU `ordinal` in `T`, ready to continue from the trainer's weights, step and moments
+/// (TF32 for fp32 matmuls; bf16 ones always compute in fp32).
+fn gpu_trainer<T: crate::gpu::Float>(
+    t: &Trainer,
+    cfg: &ModelConfig,
+    ordinal: usize,
+) -> Result<Box<dyn crate::gpu::gpt::GpuTrainer>> {
+    let mut g = crate::gpu::gpt::GpuModel::<T>::new(cfg, &t.params, ordinal, true)?;
+    g.enable_training(&t.params, t.opt.t)?;
+    g.upload_moments(&t.opt.m, &t.opt.v)?;
+    Ok(Box::new(g))
+}
+
 /// Where the steps run. The trainer's host copies of the weights and moments are the truth on the
 /// CPU; on the GPU they are refreshed from the device before every checkpoint.
 enum Engine {
@@ -382,24 +395,10 @@ impl Engine {
                 grads: vec![0.0; ParamLayout::new(&r.model).total],
                 acts: Box::new(Activations::new(&r.model, r.batch, r.seq)),
             },
-            Some(ordinal) => {
-                use crate::gpu::gpt::GpuModel;
-                let g: Box<dyn crate::gpu::gpt::GpuTrainer> = match o.precision {
-                    crate::gpu::Precision::Fp32 => {
-                        let mut g = GpuModel::<f32>::new(&r.model, &t.params, ordinal, true)?;
-                        g.enable_training(&t.params, t.opt.t)?;
-                        g.upload_moments(&t.opt.m, &t.opt.v)?;
-                        Box::new(g)
-                    }
-                    crate::gpu::Precision::Bf16 => {
-                        let mut g = GpuModel::<half::bf16>::new(&r.model, &t.params, ordinal, false)?;
-                        g.enable_training(&t.params, t.opt.t)?;
-                        g.upload_moments(&t.opt.m, &t.opt.v)?;
-                        Box::new(g)
-                    }
-                };
-                Engine::Gpu(g)
-            }
+            Some(ordinal) => Engine::Gpu(match o.precision {
+                crate::gpu::Precision::Fp32 => gpu_trainer::<f32>(t, &r.model, ordinal)?,
+                crate::gpu::Precision::Bf16 => gpu_trainer::<half::bf16>(t, &r.model, ordinal)?,
+            }),
         })
     }
 

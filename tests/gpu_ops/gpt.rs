@@ -5,7 +5,7 @@
 use super::{gpu_or_skip, same_bits};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::gpu::gpt::GpuModel;
-use genesis::gpu::optim::{sr_bits, sr_seed, stochastic_round_bf16};
+use genesis::gpu::optim::{round_params_host, sr_seed};
 use genesis::gpu::Float;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
@@ -276,8 +276,7 @@ fn gpu_training_is_deterministic() {
 /// The bf16 working copy `enable_training(weights, 0)` makes: each weight stochastically rounded
 /// with step 0's seed (the same function the kernel uses, mirrored on the host).
 fn working_copy(weights: &[f32]) -> Vec<f32> {
-    let seed = sr_seed(0);
-    weights.iter().enumerate().map(|(i, &w)| stochastic_round_bf16(w, sr_bits(i as u64, seed)).to_f32()).collect()
+    round_params_host(weights, sr_seed(0)).iter().map(|x| x.to_f32()).collect()
 }
 
 /// ||a - b|| / ||b|| over a tensor.

@@ -5,8 +5,8 @@
 use super::{gpu_or_skip, SplitMix};
 use genesis::gpu::device::Gpu;
 use genesis::gpu::optim::{
-    adamw_step, clip_grad_norm, global_norm, global_norm_scratch_len, params_round_bf16, scale, sr_bits, sr_seed,
-    stochastic_round_bf16,
+    adamw_step, clip_grad_norm, global_norm, global_norm_scratch_len, params_round_bf16, round_params_host, scale,
+    sr_seed,
 };
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::train::optim::{self as cpu_optim, AdamW, AdamWConfig};
@@ -213,7 +213,7 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
 
 /// The bf16 copy a step with seed `seed` writes for the f32 weights `w` (the host mirror).
 fn rounded(w: &[f32], seed: u32) -> Vec<u16> {
-    w.iter().enumerate().map(|(i, &x)| stochastic_round_bf16(x, sr_bits(i as u64, seed)).to_bits()).collect()
+    round_params_host(w, seed).iter().map(|x| x.to_bits()).collect()
 }
 
 /// bf16 training's AdamW: the f32 master weights and moments are bit-identical to the CPU AdamW
