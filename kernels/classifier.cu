@@ -26,8 +26,8 @@
 // re-reads each logit once more).
 //
 // Two kernels from one template over the storage type T of the logits (and so
-// of the dlogits written over them): crossentropy_forward (float) and
-// crossentropy_forward_bf16 (__nv_bfloat16); losses are f32 in both. The bf16
+// of the dlogits written over them): classifier_forward (float) and
+// classifier_forward_bf16 (__nv_bfloat16); losses are f32 in both. The bf16
 // kernel loads each logit as float, does all arithmetic in f32 and rounds each
 // dlogit to bf16 once (round-to-nearest-even) when it stores it.
 //
@@ -138,13 +138,13 @@ __device__ __forceinline__ void forward(float* losses, T* logits, const int* tar
 }  // namespace classifier_detail
 
 extern "C" __global__ void __launch_bounds__(1024)
-    crossentropy_forward(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
+    classifier_forward(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
                          int write_dlogits) {
     classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
-    crossentropy_forward_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp,
+    classifier_forward_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp,
                               float scale, int write_dlogits) {
     classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }

@@ -1,10 +1,10 @@
 //! Benchmarks behind `genesis bench`: numbers to hold against PyTorch, never asserted in tests.
 
+use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::cpu::sample::Decoder;
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
-use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use std::time::Instant;
 
 pub struct SampleBench {
@@ -69,7 +69,7 @@ pub fn bench_train_cpu(cfg: &ModelConfig, batch: usize, seq: usize, steps: usize
         gpt::backward(cfg, &layout, &params, &mut grads, &mut acts, &inputs, &targets, 1.0 / n as f32);
         let t2 = Instant::now();
         clip_grad_norm(&mut grads, 1.0);
-        opt.step(&layout, &mut params, &grads, 1e-4);
+        opt.update(&layout, &mut params, &grads, 1e-4);
         if i > 0 {
             let t3 = Instant::now();
             step_ms.push((t3 - t0).as_secs_f64() * 1e3);
@@ -203,10 +203,10 @@ pub fn bench_train_gpu<T: crate::gpu::Float>(
     steps: usize,
 ) -> anyhow::Result<GpuTrainBench> {
     use crate::gpu::gpt::GpuModel;
-    let free_before = cudarc::driver::result::mem_get_info().map(|m| m.0).unwrap_or(0);
+    let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
     let mut model = GpuModel::<T>::new(cfg, &params, 0, true)?;
-    let free_before = if free_before == 0 { cudarc::driver::result::mem_get_info()?.0 } else { free_before };
+    let free_before = if free_before == 0 { model.gpu.memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let mut rng = Rng::new(3);
     let n = batch * seq;
@@ -216,7 +216,7 @@ pub fn bench_train_gpu<T: crate::gpu::Float>(
         model.zero_grads()?;
         model.forward_backward(&inputs, &targets, batch, seq, 1.0 / n as f32)?;
         model.clip_grad_norm(1.0)?;
-        model.adamw_step(AdamWConfig::default(), t, 1e-4)
+        model.adamw_update(AdamWConfig::default(), t, 1e-4)
     };
     step(&mut model, 1)?;
     model.gpu.synchronize()?;
@@ -226,7 +226,7 @@ pub fn bench_train_gpu<T: crate::gpu::Float>(
     }
     model.gpu.synchronize()?;
     let secs = start.elapsed().as_secs_f64() / steps as f64;
-    let free_after = cudarc::driver::result::mem_get_info()?.0;
+    let free_after = model.gpu.memory()?.0;
     let tokens_per_sec = n as f64 / secs;
     let device = model.gpu.describe();
     let flops = tokens_per_sec * cfg.flops_per_token(seq);

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::checkpoint;
 use crate::data::manifest::{self, Manifest, MANIFEST_FILE};
 use crate::model::ModelConfig;
-use crate::train::checkpoint;
 
 /// The CUDA version cudarc is built against (the `cuda-13000` feature): older drivers lack symbols.
 pub const CUDA_BUILT_FOR: i32 = 13000;
@@ -135,18 +135,6 @@ pub fn cuda_version(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
-/// The driver's CUDA version, if the driver library is loadable. Never panics.
-fn driver_version() -> Option<i32> {
-    std::panic::catch_unwind(|| {
-        let mut v: std::ffi::c_int = 0;
-        // SAFETY: only called after `device_count` loaded the driver library; writes one int.
-        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
-        (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
-    })
-    .ok()
-    .flatten()
-}
-
 /// The CUDA driver, its version and device count, then one check per device.
 pub fn check_gpu() -> Vec<Check> {
     let count = match crate::gpu::device::device_count() {
@@ -161,7 +149,7 @@ pub fn check_gpu() -> Vec<Check> {
             )]
         }
     };
-    let version = driver_version();
+    let version = crate::gpu::device::driver_version();
     let vtext = version.map_or_else(|| "unknown CUDA version".to_string(), |v| format!("CUDA {}", cuda_version(v)));
     let mut checks = Vec::new();
     if count == 0 {
@@ -187,30 +175,15 @@ pub fn check_gpu() -> Vec<Check> {
     checks
 }
 
-/// What a device reports: name, compute capability (major, minor), memory (free, total) in bytes.
-type DeviceInfo = (String, (i32, i32), (usize, usize));
-
 /// One device: name, compute capability, memory, and whether the embedded kernels run on it.
 fn check_device(ordinal: usize) -> Check {
     let name = format!("gpu {ordinal}");
-    let probe = std::panic::catch_unwind(|| -> Result<DeviceInfo, String> {
-        let ctx = cudarc::driver::CudaContext::new(ordinal).map_err(|e| e.to_string())?;
-        let dev = ctx.name().map_err(|e| e.to_string())?;
-        let cc = ctx.compute_capability().map_err(|e| e.to_string())?;
-        let mem = ctx.mem_get_info().map_err(|e| e.to_string())?;
-        Ok((dev, cc, mem))
-    });
-    let (dev, (major, minor), (free, total)) = match probe {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            return Check::warn(
-                &name,
-                format!("cannot open device {ordinal}: {e}"),
-                "check `nvidia-smi`; is another process holding it in exclusive mode?",
-            )
-        }
-        Err(_) => return Check::warn(&name, "probing the device panicked inside cudarc", "update the NVIDIA driver"),
+    let info = match crate::gpu::device::probe_device(ordinal) {
+        Ok(info) => info,
+        Err(e) if e == crate::gpu::device::PROBE_PANICKED => return Check::warn(&name, e, "update the NVIDIA driver"),
+        Err(e) => return Check::warn(&name, e, "check `nvidia-smi`; is another process holding it in exclusive mode?"),
     };
+    let (dev, (major, minor), (free, total)) = (info.name, info.compute_capability, (info.free, info.total));
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     let detail = format!("{dev}, sm_{major}{minor}, {:.1} GiB total, {:.1} GiB free", gib(total), gib(free));
     let archs = crate::gpu::kernels::kernel_archs();

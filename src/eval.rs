@@ -35,7 +35,7 @@
 //! the lowest mean loss per ending token (length-normalised, as llm.c and nanoGPT do). Ties go to
 //! the first ending. The 4 candidates of an item run as one padded batch.
 
-use crate::train::runlog::duration;
+use crate::util::duration;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

@@ -341,7 +341,7 @@ pub fn write_safetensors(
     while !(8 + json.len()).is_multiple_of(8) {
         json.push(b' ');
     }
-    let tmp = crate::data::shard::tmp_path(path);
+    let tmp = crate::util::tmp_path(path);
     let result = (|| -> Result<(u64, String)> {
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w =
@@ -367,7 +367,7 @@ pub fn write_safetensors(
         let HashingWriter { inner, hash, n } = w;
         let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
-        Ok((n, hex(&hash.finalize())))
+        Ok((n, crate::util::hex(&hash.finalize())))
     })();
     let done = result.and_then(|r| {
         std::fs::rename(&tmp, path)
@@ -378,7 +378,7 @@ pub fn write_safetensors(
         let _ = std::fs::remove_file(&tmp);
     }
     let r = done?;
-    crate::data::shard::sync_parent_dir(path)?;
+    crate::util::sync_parent_dir(path)?;
     Ok(r)
 }
 
@@ -400,15 +400,6 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// sha256 (hex) of the file at `path`.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    crate::data::download::sha256_file(path)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,7 +683,7 @@ pub fn export(dir: &Path, cfg: &ModelConfig, params: &[f32], dtype: Dtype, from:
         Ok(())
     })?;
     let config = serde_json::to_vec_pretty(&config_json(cfg, dtype))?;
-    crate::data::shard::write_atomic(&dir.join(CONFIG_FILE), &config)?;
+    crate::util::write_atomic(&dir.join(CONFIG_FILE), &config)?;
     let info = ExportInfo {
         format: EXPORT_FORMAT.into(),
         genesis_version: env!("CARGO_PKG_VERSION").into(),
@@ -704,7 +695,7 @@ pub fn export(dir: &Path, cfg: &ModelConfig, params: &[f32], dtype: Dtype, from:
         bytes,
         sha256,
     };
-    crate::data::shard::write_atomic(&dir.join(GENESIS_FILE), &serde_json::to_vec_pretty(&info)?)?;
+    crate::util::write_atomic(&dir.join(GENESIS_FILE), &serde_json::to_vec_pretty(&info)?)?;
     Ok(info)
 }
 

@@ -7,6 +7,7 @@
 //! - [`train`]: optimizer, schedule, checkpoints and the training loop.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod doctor;
@@ -18,4 +19,5 @@ pub mod model;
 pub mod plot;
 pub mod rng;
 pub mod train;
+pub mod util;
 pub mod weights;

@@ -23,7 +23,7 @@ fn header_int(path: &Path, name: &str, x: usize) -> Result<i32> {
     i32::try_from(x).with_context(|| format!("{}: {name} = {x} does not fit the llm.c header", path.display()))
 }
 
-/// Writes `params` (laid out by `cfg`) as an llm.c fp32 model file atomically (`shard::write_atomic`:
+/// Writes `params` (laid out by `cfg`) as an llm.c fp32 model file atomically (`crate::util::write_atomic`:
 /// `<path>.tmp`, fsync, rename, directory fsync), so a crash never leaves a half-written file at `path`.
 pub fn write_model(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
@@ -54,7 +54,7 @@ pub fn write_model(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()>
         bytes.extend_from_slice(&p.to_le_bytes());
     }
 
-    crate::data::shard::write_atomic(path, &bytes)
+    crate::util::write_atomic(path, &bytes)
 }
 
 /// Reads an llm.c model file (fp32 v3 or bf16 v5) into its config and an f32 parameter buffer.
@@ -131,7 +131,7 @@ mod tests {
         let params = init_params(&cfg, 1337);
         let path = scratch("roundtrip");
         write_model(&path, &cfg, &params).unwrap();
-        assert!(!crate::data::shard::tmp_path(&path).exists());
+        assert!(!crate::util::tmp_path(&path).exists());
         let (cfg2, params2) = read_model(&path).unwrap();
         assert_eq!(cfg2, cfg);
         assert_eq!(params2.len(), params.len());

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
 use genesis::data::datasets;
-use genesis::data::download::{sha256_file, DownloadOptions};
+use genesis::data::download::DownloadOptions;
 use genesis::data::loader::Split;
 use genesis::data::manifest;
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
@@ -19,6 +19,7 @@ use genesis::gpu::Precision;
 use genesis::model::{ModelConfig, EOT_TOKEN, PRESETS};
 use genesis::rng::Rng;
 use genesis::train::{self, train, RunConfig, TrainOptions};
+use genesis::util::sha256_file;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -689,7 +690,7 @@ fn micro_batch_for(
         return Ok((Some(batch), Some(tokens_per_step.div_ceil(batch * seq))));
     };
     let (free, _) = genesis::gpu::device::Gpu::new(ordinal)?.memory()?;
-    let p = genesis::train::plan::plan(model, seq, tokens_per_step, free as u64, precision == Precision::Bf16)?;
+    let p = genesis::gpu::plan::plan(model, seq, tokens_per_step, free as u64, precision == Precision::Bf16)?;
     eprintln!(
         "memory plan: micro-batch {} x seq {seq} x accum {} = {} tokens/step, {:.1} GB of the {:.1} GB free (genesis info shows the breakdown)",
         p.micro_batch,

@@ -4,8 +4,8 @@
 //! fp32 version 3 or bf16 version 5). `genesis sample`, `eval`, `import` and `train --init-from` all
 //! load through [`load`].
 
+use crate::checkpoint;
 use crate::model::{ModelConfig, ParamLayout};
-use crate::train::checkpoint;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -163,7 +163,7 @@ fn verify_safetensors(path: &Path) -> Result<VerifyReport> {
     let mut checked = format!("{dtypes}, {} tensors with the right shapes, length exact", g.tensors.len());
     match &g.export {
         Some(e) => {
-            let actual = crate::hf::sha256_file(path)?;
+            let actual = crate::util::sha256_file(path)?;
             let json = path.with_file_name(crate::hf::GENESIS_FILE);
             if actual != e.sha256 {
                 bail!(

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use common::{temp_dir, write_parquet_text};
 use genesis::data::datasets::{self, NamedDataset, RemoteSpec, WIKITEXT_REVISION};
-use genesis::data::download::{sha256_file, sha256_hex, DownloadOptions};
+use genesis::data::download::DownloadOptions;
 use genesis::data::loader::Split;
 use genesis::data::manifest::Manifest;
 use genesis::data::prepare::PrepareConfig;
 use genesis::data::shard::Shard;
 use genesis::data::tokenizer::Tokenizer;
+use genesis::util::{sha256_file, sha256_hex};
 
 /// Serves `files` (name -> bytes) at `/datasets/<repo>/resolve/<rev>/<config>/<name>` (a 302 to
 /// `/cdn/<name>` with the pinned etag) and `/cdn/<name>` (with Range). The first body of each name

@@ -13,10 +13,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{assert_mentions, temp_dir};
+use genesis::checkpoint::{self, Checkpoint};
 use genesis::data::manifest::Manifest;
 use genesis::doctor::{self, Check, Status};
 use genesis::model::ModelConfig;
-use genesis::train::checkpoint::{self, Checkpoint};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

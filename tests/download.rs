@@ -13,9 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::temp_dir;
-use genesis::data::download::{
-    download, is_unreachable, sha256_file, sha256_hex, DownloadOptions, Downloaded, RemoteFile,
-};
+use genesis::data::download::{download, is_unreachable, DownloadOptions, Downloaded, RemoteFile};
+use genesis::util::{sha256_file, sha256_hex};
 
 /// How the server answers one connection.
 #[derive(Clone)]

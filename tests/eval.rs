@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{assert_mentions, err_string, shared_file, temp_dir};
+use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::data::loader::Split;
 use genesis::data::manifest::Manifest;
@@ -20,7 +21,6 @@ use genesis::eval::{
 };
 use genesis::model::{ModelConfig, ParamLayout, EOT_TOKEN};
 use genesis::rng::Rng;
-use genesis::train::checkpoint::{self, Checkpoint};
 use serde_json::{json, Value};
 
 fn tiny() -> (ModelConfig, Vec<f32>) {

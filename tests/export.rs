@@ -5,12 +5,12 @@
 mod common;
 
 use common::{assert_mentions, err_string, temp_dir};
+use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::hf::{self, Dtype, Provenance, TensorOut};
 use genesis::llmc;
 use genesis::model::{ModelConfig, Param, ParamLayout};
 use genesis::rng::Rng;
-use genesis::train::checkpoint::{self, Checkpoint};
 use genesis::weights::{self, WeightsFormat};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ fn f32_export_loads_bit_identical_with_padded_rows_zero() {
     assert!(header.get("lm_head.weight").is_none());
     assert_eq!(header.tensors.len(), 4 + 12 * cfg.num_layers);
     assert_eq!(len, info.bytes);
-    assert_eq!(hf::sha256_file(&dir.join(hf::MODEL_FILE)).unwrap(), info.sha256);
+    assert_eq!(genesis::util::sha256_file(&dir.join(hf::MODEL_FILE)).unwrap(), info.sha256);
     // Only the three files, no temporaries left behind.
     let mut names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -1,7 +1,7 @@
 //! The GPU memory plan (`train::plan`) and `genesis info`, which prints it without a GPU.
 
+use genesis::gpu::plan::{layout_for, plan, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION, WORKSPACE_BYTES};
 use genesis::model::ModelConfig;
-use genesis::train::plan::{layout_for, plan, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION, WORKSPACE_BYTES};
 use std::process::Command;
 
 const GIB: u64 = 1 << 30;

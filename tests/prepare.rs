@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_mentions, err_string, shared_file, temp_dir, write_parquet_text};
-use genesis::data::download::sha256_file;
 use genesis::data::loader::{DataLoader, Split};
 use genesis::data::manifest::{Manifest, MANIFEST_FILE};
 use genesis::data::prepare::{prepare, Input, PrepareConfig, JOURNAL_FILE};
@@ -16,6 +15,7 @@ use genesis::data::shard::Shard;
 use genesis::data::source::{expand_inputs, Docs, Format, SourceFile};
 use genesis::data::tokenizer::Tokenizer;
 use genesis::model::EOT_TOKEN;
+use genesis::util::sha256_file;
 
 fn config(name: &str) -> PrepareConfig {
     let mut cfg = PrepareConfig::new(name);

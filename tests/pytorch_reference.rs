@@ -11,10 +11,10 @@
 //!
 //! Genesis runs in f32 throughout (its training precision); the reference is float64.
 
+use genesis::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use genesis::cpu::gpt::{backward, forward, init_params, logits, loss, Activations};
 use genesis::model::{ModelConfig, Param, ParamLayout, VOCAB_SIZE};
 use genesis::rng::Rng;
-use genesis::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -270,7 +270,7 @@ fn run() -> &'static Run {
             forward(&cfg, &layout, &params, &mut acts, &inputs);
             adamw_losses.push(backward(&cfg, &layout, &params, &mut g, &mut acts, &inputs, &targets, dloss));
             adamw_norms.push(clip_grad_norm(&mut g, MAX_GRAD_NORM));
-            opt.step(&layout, &mut params, &g, LR);
+            opt.update(&layout, &mut params, &g, LR);
         }
         Run { fixture, logits: lg, loss: ls, backward_loss, grads, adamw_losses, adamw_norms, adamw_final: params }
     })

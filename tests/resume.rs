@@ -5,11 +5,11 @@
 mod common;
 
 use common::{err_string, shared_file, temp_dir};
+use genesis::checkpoint;
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::model::ModelConfig;
 use genesis::rng::Rng;
-use genesis::train::checkpoint;
 use genesis::train::metrics::{self, Record};
 use genesis::train::rundir::list_checkpoints;
 use genesis::train::{checkpoint_path, train, RunConfig, TrainOptions, TrainState};

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{shared_file, temp_dir};
+use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
@@ -11,7 +12,6 @@ use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::data::tokenizer::Tokenizer;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
-use genesis::train::checkpoint::{self, Checkpoint};
 use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::Path;
 

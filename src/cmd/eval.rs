@@ -143,7 +143,7 @@ fn print_text(w: &Weights, data: Option<&EvalReport>, hellaswag: Option<&HellaSw
             r.windows,
             r.seq,
             r.batch,
-            genesis::train::runlog::duration(r.seconds),
+            genesis::util::duration(r.seconds),
             r.tokens as f64 / r.seconds.max(1e-9)
         );
         println!("{:<10} {:.4} nats per token", "loss", r.loss);
@@ -163,7 +163,7 @@ fn print_text(w: &Weights, data: Option<&EvalReport>, hellaswag: Option<&HellaSw
             h.acc_norm,
             h.correct_norm,
             h.items,
-            genesis::train::runlog::duration(h.seconds)
+            genesis::util::duration(h.seconds)
         );
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use argh::FromArgs;
-use genesis::train::checkpoint::{self, Checkpoint};
+use genesis::checkpoint::{self, Checkpoint};
 use std::path::PathBuf;
 
 /// Convert a model file (Hugging Face GPT-2, llm.c, export, checkpoint) into a Genesis checkpoint.

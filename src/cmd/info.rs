@@ -1,10 +1,10 @@
 //! `genesis info`: how training a model would use a GPU's memory, without needing the GPU.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use argh::FromArgs;
+use genesis::gpu::plan::{self, gib, MemoryPlan, USABLE_FRACTION};
 use genesis::gpu::Precision;
 use genesis::model::{ModelConfig, PRESETS};
-use genesis::train::plan::{self, gib, MemoryPlan, USABLE_FRACTION};
 
 /// GPU memory assumed when neither --gpu-mem is given nor a GPU is found.
 const DEFAULT_GPU_GIB: f64 = 24.0;
@@ -49,10 +49,9 @@ pub fn run(c: InfoCmd) -> Result<()> {
         }
         None => match genesis::gpu::device::cuda_available() {
             Ok(()) => {
-                let ctx = cudarc::driver::CudaContext::new(0).context("opening GPU 0 to read its memory size")?;
-                let total = ctx.total_mem().context("reading GPU 0's memory size")?;
-                let name = ctx.name().unwrap_or_else(|_| "GPU 0".into());
-                (total as u64, name)
+                let info = genesis::gpu::device::probe_device(0)
+                    .map_err(|e| anyhow::anyhow!("reading GPU 0's memory size: {e}"))?;
+                (info.total as u64, info.name)
             }
             Err(why) => {
                 eprintln!("note: no GPU here ({why}); planning for {DEFAULT_GPU_GIB} GiB, --gpu-mem chooses");

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use argh::FromArgs;
-use genesis::data::shard::write_atomic;
 use genesis::plot::{self, PlotOptions};
+use genesis::util::write_atomic;
 
 /// Draw a run's train and validation loss against training tokens as an SVG.
 #[derive(FromArgs)]

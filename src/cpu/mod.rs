@@ -8,6 +8,7 @@
 // Numeric kernels index several arrays with one loop variable and take llm.c-style argument lists.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
+pub mod adamw;
 pub mod attention;
 pub mod classifier;
 pub mod embedding;

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::data::download::{download, is_unreachable, sha256_file, DownloadOptions, RemoteFile};
+use crate::data::download::{download, is_unreachable, DownloadOptions, RemoteFile};
 use crate::data::loader::Split;
 use crate::data::prepare::{prepare, Input, PrepareConfig, PrepareReport};
 use crate::data::source::{Docs, Format, SourceFile};
+use crate::util::sha256_file;
 
 /// The Hugging Face revision (commit) every wikitext file is fetched at.
 pub const WIKITEXT_REVISION: &str = "b08601e04326c79dfdd32d625aee71d232d685c3";

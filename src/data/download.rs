@@ -33,10 +33,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
 use ureq::http::{HeaderMap, Response, Uri};
 
-use crate::data::shard::write_atomic;
+use crate::util::{sha256_file, write_atomic};
 
 /// Redirects followed per attempt.
 pub const MAX_HOPS: usize = 5;
@@ -121,27 +120,6 @@ impl std::error::Error for Unreachable {}
 /// hint such as where to put local copies of the files.
 pub fn is_unreachable(err: &anyhow::Error) -> bool {
     err.chain().any(|e| e.is::<Unreachable>())
-}
-
-/// Lowercase hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// Lowercase hex sha256 of the file at `path`, streamed through a 1 MiB buffer.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {} to compute its sha256", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {} to compute its sha256", path.display())),
-        }
-    }
-    Ok(hex(&hasher.finalize()))
 }
 
 /// Downloads `file` to `dest` (see the module documentation for the protocol), or returns the
@@ -550,10 +528,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn one_line(s: &str) -> String {

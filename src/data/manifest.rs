@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::loader::Split;
-use crate::data::shard::{self, HEADER_BYTES};
+use crate::data::shard::HEADER_BYTES;
 use crate::data::source::{Docs, Format};
 
 /// The manifest's file name inside a dataset directory.
@@ -117,7 +117,7 @@ impl Manifest {
     /// Writes `dir/manifest.json` atomically (temporary file, fsync, rename, directory fsync).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self).context("cannot serialise the manifest")?;
-        shard::write_atomic(&dir.join(MANIFEST_FILE), format!("{json}\n").as_bytes())
+        crate::util::write_atomic(&dir.join(MANIFEST_FILE), format!("{json}\n").as_bytes())
     }
 
     /// Reads `dir/manifest.json`. A missing manifest is an error that says how to prepare the data

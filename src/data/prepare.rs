@@ -65,15 +65,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::download::sha256_file;
 use crate::data::loader::Split;
 use crate::data::manifest::{
     Manifest, Settings, ShardInfo, SourceInfo, SplitInfo, TokenizerInfo, MANIFEST_FILE, MANIFEST_VERSION,
 };
-use crate::data::shard::{self, header_bytes, is_shard_name, shard_file_name, sync_parent_dir, tmp_path, HEADER_BYTES};
+use crate::data::shard::{header_bytes, is_shard_name, shard_file_name, HEADER_BYTES};
 use crate::data::source::{read_pieces, Docs, Format, Piece, SourceFile, SourceOptions};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::EOT_TOKEN;
+use crate::util::sha256_file;
+use crate::util::{sync_parent_dir, tmp_path};
 
 /// Tokens per shard (as in llm.c's dataset scripts): 200 MB files.
 pub const SHARD_TOKENS: usize = 100_000_000;
@@ -470,7 +471,7 @@ fn read_journal(out: &Path) -> Option<Journal> {
 
 fn write_journal(out: &Path, journal: &Journal) -> Result<()> {
     let json = serde_json::to_vec(journal).context("cannot serialise the prepare journal")?;
-    shard::write_atomic(&out.join(JOURNAL_FILE), &json)
+    crate::util::write_atomic(&out.join(JOURNAL_FILE), &json)
 }
 
 /// Removes what an earlier run left: shards (finished or not), journal and manifest.

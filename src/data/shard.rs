@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
 use crate::model::VOCAB_SIZE;
+use crate::util::{sync_parent_dir, tmp_path};
 
 /// First header word of every shard.
 pub const SHARD_MAGIC: i32 = 20240520;
@@ -66,13 +67,6 @@ pub fn list_shards(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// `path` with `.tmp` appended: where atomic writers stage their data.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
 /// Writes `tokens` as a shard at `path`, atomically: the data goes to `<path>.tmp`, is fsynced,
 /// renamed over `path`, and the directory is fsynced. A crash leaves either the old file or the new
 /// one at `path`, never a partial one.
@@ -120,36 +114,6 @@ fn write_file(tmp: &Path, tokens: &[u16]) -> Result<()> {
     }
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
-    Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: `<path>.tmp`, fsync, rename, directory fsync.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_parent_dir(path)
-}
-
-/// Fsyncs the directory holding `path`, so a rename into it survives a crash.
-#[cfg(unix)]
-pub fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot fsync directory {}", dir.display()))
-}
-
-#[cfg(not(unix))]
-pub fn sync_parent_dir(_path: &Path) -> Result<()> {
     Ok(())
 }
 

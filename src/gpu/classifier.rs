@@ -28,7 +28,7 @@ const MAX_BLOCK: usize = 1024;
 /// `s * softmax` without the one-hot term. `logits` holds at least N*Vp floats, `targets` and
 /// `losses` at least N.
 #[allow(clippy::too_many_arguments)]
-pub fn crossentropy_forward<T: Float>(
+pub fn classifier_forward<T: Float>(
     gpu: &Gpu,
     losses: &mut impl DevicePtrMut<f32>,
     logits: &mut impl DevicePtrMut<T>,
@@ -38,7 +38,7 @@ pub fn crossentropy_forward<T: Float>(
     vp: usize,
     dlogits_scale: Option<f32>,
 ) -> Result<()> {
-    const OP: &str = "crossentropy_forward";
+    const OP: &str = "classifier_forward";
     ensure!(v > 0 && v <= vp, "{OP}: need 0 < V <= Vp, got V = {v}, Vp = {vp}");
     let nvp = n.checked_mul(vp).with_context(|| format!("{OP}: N*Vp overflows"))?;
     ensure!(logits.len() >= nvp, "{OP}: logits has {} < N*Vp = {nvp}", logits.len());

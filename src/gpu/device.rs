@@ -53,6 +53,55 @@ pub fn device_count() -> Result<usize, String> {
     }
 }
 
+/// The driver's CUDA version (e.g. 13000), if the driver library is loadable. Never panics.
+pub fn driver_version() -> Option<i32> {
+    if device_count().is_err() {
+        return None;
+    }
+    std::panic::catch_unwind(|| {
+        let mut v: std::ffi::c_int = 0;
+        // SAFETY: `device_count` loaded the driver library; this writes one int.
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+    })
+    .ok()
+    .flatten()
+}
+
+/// What a device reports about itself.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Free device memory in bytes.
+    pub free: usize,
+    /// Total device memory in bytes.
+    pub total: usize,
+}
+
+/// The error [`probe_device`] gives when cudarc panics (an old or broken driver).
+pub const PROBE_PANICKED: &str = "probing the device panicked inside cudarc";
+
+/// Opens device `ordinal` just long enough to read its name, compute capability and memory, without
+/// loading the kernels. Never panics: a driver that makes cudarc panic is reported as an error.
+pub fn probe_device(ordinal: usize) -> Result<DeviceInfo, String> {
+    let probe = std::panic::catch_unwind(|| -> Result<DeviceInfo, String> {
+        let open = |e: cudarc::driver::DriverError| format!("cannot open device {ordinal}: {e}");
+        let ctx = CudaContext::new(ordinal).map_err(open)?;
+        let name = ctx.name().map_err(open)?;
+        let compute_capability = ctx.compute_capability().map_err(open)?;
+        let (free, total) = ctx.mem_get_info().map_err(open)?;
+        Ok(DeviceInfo { name, compute_capability, free, total })
+    });
+    probe.unwrap_or_else(|_| Err(PROBE_PANICKED.to_string()))
+}
+
+/// Free bytes of device memory in the CUDA context current on this thread (0 when there is none).
+pub fn free_memory() -> usize {
+    cudarc::driver::result::mem_get_info().map_or(0, |m| m.0)
+}
+
 /// One CUDA device with its context, the stream all work is queued on, and the
 /// module holding every embedded kernel.
 pub struct Gpu {

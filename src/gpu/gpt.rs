@@ -13,7 +13,7 @@
 
 use super::attention;
 use super::blas::Blas;
-use super::classifier::crossentropy_forward;
+use super::classifier::classifier_forward;
 use super::device::Gpu;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
@@ -448,8 +448,8 @@ impl<T: Float> GpuModel<T> {
         if targets.is_some() {
             let mut losses = self.act::<f32>(Act::Losses, 0);
             let tg = self.targets.as_ref().expect("allocated");
-            crossentropy_forward(gpu, &mut losses, &mut logits, tg, n, cfg.vocab_size, vp, dloss)?;
-            self.mark("crossentropy")?;
+            classifier_forward(gpu, &mut losses, &mut logits, tg, n, cfg.vocab_size, vp, dloss)?;
+            self.mark("classifier")?;
         }
         Ok(())
     }
@@ -577,7 +577,7 @@ impl<T: Float> GpuModel<T> {
             let master = stream.clone_htod(weights).context("uploading the master weights")?;
             let (ptr, _guard) = self.params.device_ptr_mut(&stream);
             let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
-            super::optim::params_round_bf16(&self.gpu, &mut copy, &master, n, super::optim::sr_seed(step))?;
+            super::adamw::params_round_bf16(&self.gpu, &mut copy, &master, n, super::adamw::sr_seed(step))?;
             Some(master)
         } else {
             let exact: Vec<T> = weights.iter().map(|&x| T::from_f32(x)).collect();
@@ -589,7 +589,7 @@ impl<T: Float> GpuModel<T> {
             m: stream.alloc_zeros(n).context("allocating AdamW moments")?,
             v: stream.alloc_zeros(n).context("allocating AdamW moments")?,
             master,
-            norm_scratch: stream.alloc_zeros(super::optim::global_norm_scratch_len())?,
+            norm_scratch: stream.alloc_zeros(super::adamw::global_norm_scratch_len())?,
             scratch: None,
         });
         Ok(())
@@ -794,11 +794,11 @@ impl<T: Float> GpuModel<T> {
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
         let n = self.layout.total;
         let tr = self.train.as_mut().context("call enable_training first")?;
-        super::optim::clip_grad_norm(&self.gpu, &mut tr.grads, &mut tr.norm_scratch, n, max_norm)
+        super::adamw::clip_grad_norm(&self.gpu, &mut tr.grads, &mut tr.norm_scratch, n, max_norm)
     }
 
     /// One AdamW update; `t` counts updates including this one.
-    pub fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()> {
+    pub fn adamw_update(&mut self, cfg: crate::cpu::adamw::AdamWConfig, t: u64, lr: f32) -> Result<()> {
         let tr = self.train.as_mut().context("call enable_training first")?;
         let stream = Arc::clone(self.gpu.stream());
         let n = self.layout.total;
@@ -807,13 +807,13 @@ impl<T: Float> GpuModel<T> {
             Some(master) => {
                 let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
                 let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-                super::optim::adamw_step(&self.gpu, &self.layout, master, g, m, v, cfg, t, lr, Some(&mut copy))
+                super::adamw::adamw_update(&self.gpu, &self.layout, master, g, m, v, cfg, t, lr, Some(&mut copy))
             }
             None => {
                 // fp32 training: the parameters are the f32 weights.
                 let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
                 let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-                super::optim::adamw_step(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, None)
+                super::adamw::adamw_update(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, None)
             }
         }
     }
@@ -851,8 +851,8 @@ pub trait GpuTrainer {
     fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64>;
     /// See [`GpuModel::clip_grad_norm`].
     fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64>;
-    /// See [`GpuModel::adamw_step`].
-    fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()>;
+    /// See [`GpuModel::adamw_update`].
+    fn adamw_update(&mut self, cfg: crate::cpu::adamw::AdamWConfig, t: u64, lr: f32) -> Result<()>;
     /// The mean loss of `inputs` against `targets` (B,T), without gradients.
     fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64>;
     /// See [`GpuModel::download_weights`].
@@ -875,8 +875,8 @@ impl<T: Float> GpuTrainer for GpuModel<T> {
     fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
         GpuModel::clip_grad_norm(self, max_norm)
     }
-    fn adamw_step(&mut self, cfg: crate::train::optim::AdamWConfig, t: u64, lr: f32) -> Result<()> {
-        GpuModel::adamw_step(self, cfg, t, lr)
+    fn adamw_update(&mut self, cfg: crate::cpu::adamw::AdamWConfig, t: u64, lr: f32) -> Result<()> {
+        GpuModel::adamw_update(self, cfg, t, lr)
     }
     fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
         self.forward(inputs, Some(targets), b, t)?;

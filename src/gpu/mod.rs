@@ -13,6 +13,7 @@
 //! - [`device`]: driver/device probing, [`device::Gpu`] (context, stream,
 //!   module) and the kernel launch wrappers.
 
+pub mod adamw;
 pub mod attention;
 pub mod blas;
 pub mod classifier;
@@ -23,8 +24,7 @@ pub mod gpt;
 pub mod kernels;
 pub mod layernorm;
 pub mod matmul;
-pub mod optim;
-pub mod residual;
+pub mod plan;
 pub mod sample;
 
 /// Where to run, from `--device auto|cpu|cuda`: `Ok(Some(ordinal))` for the GPU, `Ok(None)` for

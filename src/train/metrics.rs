@@ -78,7 +78,7 @@ impl MetricsLog {
                 text.push_str(&serde_json::to_string(r)?);
                 text.push('\n');
             }
-            crate::data::shard::write_atomic(&path, text.as_bytes())?;
+            crate::util::write_atomic(&path, text.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)

@@ -7,20 +7,20 @@
 //! the same bits as a run that was never stopped. The only randomness in training is the batch
 //! order (the initial weights come from the seed once); there is no dropout.
 
-pub mod checkpoint;
 pub mod metrics;
-pub mod optim;
-pub mod plan;
 pub mod rundir;
 pub mod runlog;
+pub mod schedule;
 
+use crate::checkpoint;
+use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::data::loader::{DataLoader, LoaderState, Split};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
-use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 use runlog::RunLog;
+use schedule::LrSchedule;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -447,9 +447,9 @@ impl Engine {
     /// One AdamW update with the gradients of [`gradients`](Self::gradients).
     fn update(&mut self, t: &mut Trainer, layout: &ParamLayout, lr: f32) -> Result<()> {
         match self {
-            Engine::Cpu { grads, .. } => t.opt.step(layout, &mut t.params, grads, lr),
+            Engine::Cpu { grads, .. } => t.opt.update(layout, &mut t.params, grads, lr),
             Engine::Gpu(g) => {
-                g.adamw_step(t.opt.cfg, t.opt.t + 1, lr)?;
+                g.adamw_update(t.opt.cfg, t.opt.t + 1, lr)?;
                 t.opt.t += 1;
             }
         }
@@ -508,7 +508,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let mut log = RunLog::open(&o.out, o.verbose);
     log.line(&format!(
         "==> {} genesis {} train, run {}",
-        runlog::utc_now(),
+        crate::util::utc_now(),
         env!("CARGO_PKG_VERSION"),
         o.out.display()
     ));
@@ -645,8 +645,8 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
                 train_data.epoch_progress(),
                 mfu.map(|m| format!(" | MFU {:.1}%", 100.0 * m)).unwrap_or_default(),
                 dt * 1e3,
-                runlog::duration(elapsed),
-                runlog::duration(avg * (r.steps - t.step) as f64)
+                crate::util::duration(elapsed),
+                crate::util::duration(avg * (r.steps - t.step) as f64)
             ));
             metrics.write(&Record::Train {
                 step: t.step,

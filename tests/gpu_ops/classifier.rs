@@ -2,7 +2,7 @@
 //! `cpu::classifier`'s softmax / -log p(target) over the first V of Vp logits.
 
 use super::{gpu_or_skip, SplitMix};
-use genesis::gpu::classifier::crossentropy_forward;
+use genesis::gpu::classifier::classifier_forward;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::Float;
 use half::bf16;
@@ -120,7 +120,7 @@ fn run<T: Float>(
     let mut d_logits = stream.clone_htod(logits).unwrap();
     let d_targets = stream.clone_htod(targets).unwrap();
     let mut d_losses = stream.clone_htod(&vec![poison; n]).unwrap();
-    crossentropy_forward(gpu, &mut d_losses, &mut d_logits, &d_targets, n, v, vp, scale).unwrap();
+    classifier_forward(gpu, &mut d_losses, &mut d_logits, &d_targets, n, v, vp, scale).unwrap();
     gpu.synchronize().unwrap();
     (stream.clone_dtoh(&d_losses).unwrap(), stream.clone_dtoh(&d_logits).unwrap())
 }
@@ -133,7 +133,7 @@ fn assert_bits_equal(what: &str, got: &[f32], want: &[f32]) {
 }
 
 #[test]
-fn crossentropy_forward_matches_cpu() {
+fn classifier_forward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
@@ -151,12 +151,12 @@ fn crossentropy_forward_matches_cpu() {
         let (losses, dlogits) = run(&gpu, &logits, &targets, v, vp, Some(scale), f32::NAN);
         let e_loss2 = assert_close(&format!("losses with dlogits ({shape})"), &losses, &want_losses);
         let e_dl = assert_dlogits(&format!("dlogits ({shape})"), &dlogits, &want_dlogits, v, vp);
-        println!("crossentropy_forward {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits {e_dl:.1e}");
+        println!("classifier_forward {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits {e_dl:.1e}");
     }
 }
 
 #[test]
-fn crossentropy_without_scale_leaves_logits_unchanged() {
+fn classifier_without_scale_leaves_logits_unchanged() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
@@ -170,7 +170,7 @@ fn crossentropy_without_scale_leaves_logits_unchanged() {
 }
 
 #[test]
-fn crossentropy_out_of_range_targets_give_nan_loss() {
+fn classifier_out_of_range_targets_give_nan_loss() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
@@ -235,7 +235,7 @@ fn widen(x: &[bf16]) -> Vec<f32> {
 /// dlogits are stored in bf16 and checked by [`assert_dlogits_bf16`]. Without a scale the bf16
 /// logits must come back bit for bit.
 #[test]
-fn crossentropy_forward_bf16_matches_cpu() {
+fn classifier_forward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
@@ -261,7 +261,7 @@ fn crossentropy_forward_bf16_matches_cpu() {
         let e_loss2 = assert_close(&format!("losses with dlogits ({shape})"), &losses, &want_losses);
         let e_dl = assert_dlogits_bf16(&format!("dlogits ({shape})"), &widen(&dlogits), &want_dlogits, v, vp);
         println!(
-            "crossentropy_forward_bf16 {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits worst {e_dl:.2} \
+            "classifier_forward_bf16 {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits worst {e_dl:.2} \
              of tolerance"
         );
     }
@@ -269,7 +269,7 @@ fn crossentropy_forward_bf16_matches_cpu() {
 
 /// Out-of-range targets in bf16: NaN loss, no one-hot term, as in f32.
 #[test]
-fn crossentropy_bf16_out_of_range_targets_give_nan_loss() {
+fn classifier_bf16_out_of_range_targets_give_nan_loss() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };

@@ -4,8 +4,8 @@
 
 use super::{gpu_or_skip, same_bits};
 use genesis::cpu::gpt::{self, Activations};
+use genesis::gpu::adamw::{round_params_host, sr_seed};
 use genesis::gpu::gpt::GpuModel;
-use genesis::gpu::optim::{round_params_host, sr_seed};
 use genesis::gpu::Float;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
@@ -147,8 +147,8 @@ fn gpu_evaluation_matches_the_cpu_evaluation() {
 
 // ---- training (fp32) --------------------------------------------------------------------------
 
+use genesis::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use genesis::model::Param;
-use genesis::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
 
 fn batch(cfg: &ModelConfig, n: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
     let mut rng = Rng::new(seed);
@@ -207,7 +207,7 @@ fn gpu_run<T: Float>(cfg: &ModelConfig, steps: usize) -> (Vec<f64>, Vec<f32>) {
         model.zero_grads().unwrap();
         losses.push(model.forward_backward(&inputs, &targets, b, t, 1.0 / (b * t) as f32).unwrap());
         model.clip_grad_norm(1.0).unwrap();
-        model.adamw_step(AdamWConfig::default(), step as u64 + 1, 1e-3).unwrap();
+        model.adamw_update(AdamWConfig::default(), step as u64 + 1, 1e-3).unwrap();
     }
     (losses, model.download_weights().unwrap())
 }
@@ -235,7 +235,7 @@ fn cpu_run(cfg: &ModelConfig, steps: usize) -> Vec<f64> {
             1.0 / (b * t) as f32,
         ));
         clip_grad_norm(&mut grads, 1.0);
-        opt.step(&layout, &mut params, &grads, 1e-3);
+        opt.update(&layout, &mut params, &grads, 1e-3);
     }
     losses
 }

@@ -4,6 +4,7 @@
 //! Without a usable GPU each test prints `skipping: <reason>` and passes, unless
 //! `GENESIS_REQUIRE_GPU=1`, in which case it fails.
 
+mod adamw;
 mod attention;
 mod classifier;
 mod embedding;
@@ -11,8 +12,6 @@ mod gelu;
 mod gpt;
 mod layernorm;
 mod matmul;
-mod optim;
-mod residual;
 mod sample;
 mod train;
 

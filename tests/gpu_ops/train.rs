@@ -3,11 +3,12 @@
 //! checkpoint the CPU evaluates to the same loss.
 
 use super::gpu_or_skip;
+use genesis::checkpoint;
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::gpu::Precision;
 use genesis::model::ModelConfig;
-use genesis::train::{checkpoint, train, RunConfig, TrainOptions};
+use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;

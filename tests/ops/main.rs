@@ -8,6 +8,7 @@
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
+mod adamw;
 mod attention;
 mod classifier;
 mod embedding;

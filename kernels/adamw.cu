@@ -12,7 +12,7 @@
 //
 // grad_scale: g[i] *= coef, one correctly rounded multiply (bit-identical to the CPU's `g * coef`).
 //
-// adamw_update: per element, in the CPU reference's expression order (src/train/optim.rs):
+// adamw_update: per element, in the CPU reference's expression order (src/cpu/adamw.rs):
 //   m = b1*m + (1-b1)*g
 //   v = b2*v + ((1-b2)*g)*g
 //   denom = sqrt(v)*inv_sqrt_bc2 + eps
@@ -33,7 +33,7 @@
 // value equals x in expectation and small updates are not lost to round-to-nearest. Inf and NaN go
 // through __float2bfloat16_rn; a carry that would turn the largest finite value into inf keeps the
 // truncated value. The random bits are a pure function of (seed, flat index): a splitmix64
-// finaliser of index + seed * 0x9E3779B97F4A7C15, low 32 bits. src/gpu/optim.rs mirrors both on the
+// finaliser of index + seed * 0x9E3779B97F4A7C15, low 32 bits. src/gpu/adamw.rs mirrors both on the
 // host (sr_bits, stochastic_round_bf16) and the tests compare them bit for bit.
 //
 // Launch (grad_scale, adamw_update*, params_round_bf16): any blockDim.x, grid-stride loop with
@@ -41,7 +41,7 @@
 
 #include <cuda_bf16.h>
 
-namespace optim_detail {
+namespace adamw_detail {
 
 constexpr int NORM_THREADS = 256;  // must equal the host's OPTIM_NORM_THREADS
 
@@ -55,7 +55,7 @@ __device__ __forceinline__ void block_tree_sum(double* s) {
     }
 }
 
-// 32 random bits for element `index` under `seed` (mirrored by sr_bits in src/gpu/optim.rs).
+// 32 random bits for element `index` under `seed` (mirrored by sr_bits in src/gpu/adamw.rs).
 __device__ __forceinline__ unsigned int sr_bits(unsigned long long index, unsigned int seed) {
     unsigned long long z = index + (unsigned long long)seed * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -85,11 +85,11 @@ __device__ __forceinline__ float adamw_element(float p, float g, float* m, float
     return __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
 }
 
-}  // namespace optim_detail
+}  // namespace adamw_detail
 
-extern "C" __global__ void __launch_bounds__(optim_detail::NORM_THREADS)
+extern "C" __global__ void __launch_bounds__(adamw_detail::NORM_THREADS)
     global_norm_partials(const float* g, long long N, double* partial) {
-    __shared__ double s[optim_detail::NORM_THREADS];
+    __shared__ double s[adamw_detail::NORM_THREADS];
     const long long stride = (long long)gridDim.x * blockDim.x;
     double acc = 0.0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
@@ -98,7 +98,7 @@ extern "C" __global__ void __launch_bounds__(optim_detail::NORM_THREADS)
     }
     s[threadIdx.x] = acc;
     __syncthreads();
-    optim_detail::block_tree_sum(s);
+    adamw_detail::block_tree_sum(s);
     if (threadIdx.x == 0) {
         partial[blockIdx.x] = s[0];
     }
@@ -106,16 +106,16 @@ extern "C" __global__ void __launch_bounds__(optim_detail::NORM_THREADS)
 
 // One block of NORM_THREADS threads. Thread t sums partials t, t + NORM_THREADS, ... in order,
 // then the tree; the total goes to partial[nblocks] (after every partial has been read).
-extern "C" __global__ void __launch_bounds__(optim_detail::NORM_THREADS)
+extern "C" __global__ void __launch_bounds__(adamw_detail::NORM_THREADS)
     global_norm_final(double* partial, int nblocks) {
-    __shared__ double s[optim_detail::NORM_THREADS];
+    __shared__ double s[adamw_detail::NORM_THREADS];
     double acc = 0.0;
     for (int i = threadIdx.x; i < nblocks; i += blockDim.x) {
         acc = __dadd_rn(acc, partial[i]);
     }
     s[threadIdx.x] = acc;
     __syncthreads();
-    optim_detail::block_tree_sum(s);
+    adamw_detail::block_tree_sum(s);
     if (threadIdx.x == 0) {
         partial[nblocks] = s[0];
     }
@@ -135,7 +135,7 @@ extern "C" __global__ void adamw_update(float* params, const float* grads, float
     const float one_minus_b2 = __fsub_rn(1.0f, beta2);
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        params[i] = optim_detail::adamw_element(params[i], grads[i], &m[i], &v[i], beta1, beta2, one_minus_b1,
+        params[i] = adamw_detail::adamw_element(params[i], grads[i], &m[i], &v[i], beta1, beta2, one_minus_b1,
                                                 one_minus_b2, eps, decay, step_size, inv_sqrt_bc2);
     }
 }
@@ -150,12 +150,12 @@ extern "C" __global__ void adamw_update_bf16(float* master, __nv_bfloat16* param
     const float one_minus_b2 = __fsub_rn(1.0f, beta2);
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        const float p = optim_detail::adamw_element(master[i], grads[i], &m[i], &v[i], beta1, beta2,
+        const float p = adamw_detail::adamw_element(master[i], grads[i], &m[i], &v[i], beta1, beta2,
                                                     one_minus_b1, one_minus_b2, eps, decay, step_size,
                                                     inv_sqrt_bc2);
         master[i] = p;
-        params[i] = optim_detail::round_stochastic(
-            p, optim_detail::sr_bits((unsigned long long)(index_base + i), seed));
+        params[i] = adamw_detail::round_stochastic(
+            p, adamw_detail::sr_bits((unsigned long long)(index_base + i), seed));
     }
 }
 
@@ -164,6 +164,6 @@ extern "C" __global__ void params_round_bf16(__nv_bfloat16* params, const float*
                                              unsigned int seed) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        params[i] = optim_detail::round_stochastic(master[i], optim_detail::sr_bits((unsigned long long)i, seed));
+        params[i] = adamw_detail::round_stochastic(master[i], adamw_detail::sr_bits((unsigned long long)i, seed));
     }
 }

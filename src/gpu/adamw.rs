@@ -1,5 +1,5 @@
-//! The optimizer on the GPU (`kernels/optim.cu`): the global gradient norm, clipping and AdamW over
-//! f32 gradients, moments and weights, mirroring `train::optim` on the CPU. In bf16 training the f32
+//! The optimizer on the GPU (`kernels/adamw.cu`): the global gradient norm, clipping and AdamW over
+//! f32 gradients, moments and weights, mirroring `cpu::adamw` on the CPU. In bf16 training the f32
 //! weights are the master copy and AdamW also writes the bf16 working copy with stochastic rounding
 //! ([`stochastic_round_bf16`]).
 //!
@@ -7,7 +7,7 @@
 //!   [`NORM_THREADS`] threads whatever the device), a fixed per-thread order and fixed trees, so it
 //!   gives the same bits on every run and every GPU. It differs from the CPU's sum only in the order
 //!   of the f64 additions (relative difference around 1e-15).
-//! - [`scale`] and [`adamw_step`] are elementwise and use the CPU's float expressions with every
+//! - [`scale`] and [`adamw_update`] are elementwise and use the CPU's float expressions with every
 //!   operation correctly rounded and nothing fused, so they are bit-identical to the CPU.
 //! - The bf16 working copy is a pure function of the master weights and the step ([`sr_seed`]), so a
 //!   resumed run rebuilds it exactly with [`params_round_bf16`] and checkpoints hold only f32.
@@ -16,8 +16,8 @@ use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::{grid_for, Gpu};
+use crate::cpu::adamw::AdamWConfig;
 use crate::model::ParamLayout;
-use crate::train::optim::AdamWConfig;
 
 /// Blocks of the norm's first pass: fixed, so the summation order does not depend on the device.
 pub const NORM_BLOCKS: usize = 1024;
@@ -117,7 +117,7 @@ pub fn scale(gpu: &Gpu, grads: &mut impl DevicePtrMut<f32>, coef: f32, n: usize)
     Ok(())
 }
 
-/// Scales `grads[..n]` so their global norm is at most `max_norm`, as `train::optim::clip_grad_norm`:
+/// Scales `grads[..n]` so their global norm is at most `max_norm`, as `cpu::adamw::clip_grad_norm`:
 /// coef = min(1, max_norm / (norm + 1e-6)) applied only when below 1 and the norm is finite;
 /// `max_norm <= 0` disables clipping. Returns the norm before clipping. Waits for the stream.
 pub fn clip_grad_norm(
@@ -210,7 +210,7 @@ pub fn params_round_bf16(
     Ok(())
 }
 
-/// One AdamW step over the whole flat buffer, as `train::optim::AdamW::step` with its step counter
+/// One AdamW step over the whole flat buffer, as `cpu::adamw::AdamW::update` with its step counter
 /// already at `t`: bias corrections in f64 as the CPU, then one update kernel per tensor of
 /// `layout` (weight decay only where `Param::decays`). Queued on [`Gpu::stream`].
 ///
@@ -218,7 +218,7 @@ pub fn params_round_bf16(
 /// kernel also writes `copy` (the bf16 working copy) from the new weights with stochastic rounding
 /// under [`sr_seed`]`(t)`; the f32 update is the same either way.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_step(
+pub fn adamw_update(
     gpu: &Gpu,
     layout: &ParamLayout,
     params: &mut impl DevicePtrMut<f32>,
@@ -233,16 +233,16 @@ pub fn adamw_step(
     let total = layout.total;
     ensure!(
         params.len() >= total && grads.len() >= total && m.len() >= total && v.len() >= total,
-        "adamw_step: buffers hold {}, {}, {}, {} values; the layout needs {total}",
+        "adamw_update: buffers hold {}, {}, {}, {} values; the layout needs {total}",
         params.len(),
         grads.len(),
         m.len(),
         v.len()
     );
     if let Some(copy) = bf16.as_ref() {
-        ensure!(copy.len() >= total, "adamw_step: the bf16 copy holds {} < {total} values", copy.len());
+        ensure!(copy.len() >= total, "adamw_update: the bf16 copy holds {} < {total} values", copy.len());
     }
-    ensure!(t >= 1, "adamw_step: t is the step count after incrementing, so at least 1");
+    ensure!(t >= 1, "adamw_update: t is the step count after incrementing, so at least 1");
     let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
     let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
     let step_size = (lr as f64 / bc1) as f32;

@@ -132,7 +132,7 @@ pub fn write(
         data_start = align(16 + json.len() + 4);
     };
 
-    let tmp = crate::data::shard::tmp_path(path);
+    let tmp = crate::util::tmp_path(path);
     let write = || -> Result<()> {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         f.write_all(MAGIC)?;
@@ -156,7 +156,7 @@ pub fn write(
     }
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     // Best effort: not every filesystem lets a directory be opened and fsynced.
-    let _ = crate::data::shard::sync_parent_dir(path);
+    let _ = crate::util::sync_parent_dir(path);
     Ok(())
 }
 

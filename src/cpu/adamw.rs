@@ -1,6 +1,6 @@
-//! AdamW with decoupled weight decay on the 2-D weights only, gradient clipping by global norm, and
-//! the learning-rate schedule (linear warmup, cosine decay to a floor). All of it elementwise or
-//! reduced in a fixed order, so a step gives the same bits whatever the thread count.
+//! The optimizer step: AdamW with decoupled weight decay on the 2-D weights only, and gradient
+//! clipping by global norm. All of it elementwise or reduced in a fixed order, so a step gives the
+//! same bits whatever the thread count. `gpu::adamw` and `kernels/adamw.cu` are its GPU twins.
 
 use crate::model::ParamLayout;
 use rayon::prelude::*;
@@ -37,7 +37,7 @@ impl AdamW {
     }
 
     /// One update, in PyTorch's order: decay p by lr*wd, then p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
-    pub fn step(&mut self, layout: &ParamLayout, params: &mut [f32], grads: &[f32], lr: f32) {
+    pub fn update(&mut self, layout: &ParamLayout, params: &mut [f32], grads: &[f32], lr: f32) {
         assert!(params.len() == layout.total && grads.len() == layout.total);
         self.t += 1;
         let c = self.cfg;
@@ -83,71 +83,4 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
         }
     }
     norm
-}
-
-/// Linear warmup to `max_lr` over `warmup` steps, then cosine decay to `min_lr` at `total` steps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LrSchedule {
-    pub max_lr: f64,
-    pub min_lr: f64,
-    pub warmup: u64,
-    pub total: u64,
-}
-
-impl LrSchedule {
-    /// Learning rate for the 0-based `step`.
-    pub fn at(&self, step: u64) -> f64 {
-        if step < self.warmup {
-            return self.max_lr * (step + 1) as f64 / self.warmup as f64;
-        }
-        if step >= self.total {
-            return self.min_lr;
-        }
-        let span = (self.total - self.warmup).max(1) as f64;
-        let progress = (step - self.warmup) as f64 / span;
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.min_lr + cosine * (self.max_lr - self.min_lr)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{ModelConfig, Param};
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_floor() {
-        let s = LrSchedule { max_lr: 1.0, min_lr: 0.1, warmup: 10, total: 110 };
-        assert!((s.at(0) - 0.1).abs() < 1e-12);
-        assert!((s.at(9) - 1.0).abs() < 1e-12);
-        assert!((s.at(10) - 1.0).abs() < 1e-12);
-        assert!((s.at(60) - 0.55).abs() < 1e-12);
-        assert!((s.at(110) - 0.1).abs() < 1e-12 && (s.at(1000) - 0.1).abs() < 1e-12);
-        assert!((10..110).all(|i| s.at(i + 1) <= s.at(i)));
-    }
-
-    #[test]
-    fn clipping_caps_the_norm_and_reports_the_original() {
-        let mut g = vec![3.0f32, 4.0];
-        assert!((clip_grad_norm(&mut g, 1.0) - 5.0).abs() < 1e-9);
-        assert!((global_norm(&g) - 1.0).abs() < 1e-5);
-        let mut small = vec![0.3f32, 0.4];
-        clip_grad_norm(&mut small, 1.0);
-        assert_eq!(small, vec![0.3, 0.4]);
-    }
-
-    #[test]
-    fn adamw_first_step_and_decay_mask() {
-        // First step: m/bc1 = g, sqrt(v/bc2) = |g|, so each parameter moves by lr*sign(g) (plus decay).
-        let cfg = ModelConfig::preset("tiny").unwrap();
-        let layout = ParamLayout::new(&cfg);
-        let mut p = vec![1.0f32; layout.total];
-        let g = vec![0.5f32; layout.total];
-        let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
-        opt.step(&layout, &mut p, &g, 0.01);
-        let w = layout.get(Param::Qkvw).offset;
-        let b = layout.get(Param::Qkvb).offset;
-        assert!((p[w] - (1.0 * (1.0 - 0.01 * 0.1) - 0.01)).abs() < 1e-6, "{}", p[w]);
-        assert!((p[b] - (1.0 - 0.01)).abs() < 1e-6, "{}", p[b]);
-    }
 }

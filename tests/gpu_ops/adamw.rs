@@ -1,15 +1,15 @@
-//! CUDA optimizer (`kernels/optim.cu`) vs. `train::optim`: the global norm (both f64, only the
+//! CUDA optimizer (`kernels/adamw.cu`) vs. `cpu::adamw`: the global norm (both f64, only the
 //! summation order differs), clipping and AdamW (bit-identical: the same correctly rounded f32
 //! operations in the same order, nothing fused), and run-to-run determinism.
 
 use super::{gpu_or_skip, SplitMix};
-use genesis::gpu::device::Gpu;
-use genesis::gpu::optim::{
-    adamw_step, clip_grad_norm, global_norm, global_norm_scratch_len, params_round_bf16, round_params_host, scale,
+use genesis::cpu::adamw::{self as cpu_adamw, AdamW, AdamWConfig};
+use genesis::gpu::adamw::{
+    adamw_update, clip_grad_norm, global_norm, global_norm_scratch_len, params_round_bf16, round_params_host, scale,
     sr_seed,
 };
+use genesis::gpu::device::Gpu;
 use genesis::model::{ModelConfig, ParamLayout};
-use genesis::train::optim::{self as cpu_optim, AdamW, AdamWConfig};
 
 const TAIL: usize = 5;
 
@@ -37,7 +37,7 @@ fn global_norm_matches_cpu() {
     assert_eq!(gpu_norm(&gpu, &[]), 0.0);
     for n in [1usize, 255, 1000, 262_151, 5_000_003] {
         let g = grads(&mut rng, n);
-        let want = cpu_optim::global_norm(&g);
+        let want = cpu_adamw::global_norm(&g);
         let got = gpu_norm(&gpu, &g);
         let rel = (got - want).abs() / want;
         assert!(rel <= 1e-9, "N={n}: gpu {got} vs cpu {want} (relative {rel:e})");
@@ -97,11 +97,11 @@ fn clip_grad_norm_matches_cpu() {
     let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
     let n = 262_147;
     let g = grads(&mut rng, n);
-    let norm = cpu_optim::global_norm(&g);
+    let norm = cpu_adamw::global_norm(&g);
     // Clipping (max below the norm), no clipping (max above it), and disabled (max <= 0).
     for max_norm in [1.0, norm / 3.0, norm * 2.0, 0.0, -1.0] {
         let mut want = g.clone();
-        let want_norm = cpu_optim::clip_grad_norm(&mut want, max_norm);
+        let want_norm = cpu_adamw::clip_grad_norm(&mut want, max_norm);
         let mut d_g = stream.clone_htod(&g).unwrap();
         let got_norm = clip_grad_norm(&gpu, &mut d_g, &mut scratch, n, max_norm).unwrap();
         let got = stream.clone_dtoh(&d_g).unwrap();
@@ -122,7 +122,7 @@ fn clip_grad_norm_matches_cpu() {
             assert!(ulps <= max_ulps, "max {max_norm}: {x} vs cpu {y} at {i} ({ulps} ulp)");
         }
         if clipped {
-            let after = cpu_optim::global_norm(&got);
+            let after = cpu_adamw::global_norm(&got);
             assert!((after - max_norm).abs() <= 1e-5 * max_norm, "max {max_norm}: clipped norm {after}");
         } else {
             assert_eq!(got, g, "max {max_norm}: no clipping expected");
@@ -148,7 +148,7 @@ fn gpu_adamw(
     let mut out = Vec::new();
     for (t, (g, &lr)) in gs.iter().zip(lrs).enumerate() {
         let d_g = stream.clone_htod(g).unwrap();
-        adamw_step(gpu, layout, &mut p, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, None).unwrap();
+        adamw_update(gpu, layout, &mut p, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, None).unwrap();
         gpu.synchronize().unwrap();
         out.push((stream.clone_dtoh(&p).unwrap(), stream.clone_dtoh(&m).unwrap(), stream.clone_dtoh(&v).unwrap()));
     }
@@ -195,7 +195,7 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
     let mut p = p0.clone();
     let got = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
     for (step, ((g, &lr), (gp, gm, gv))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
-        opt.step(&layout, &mut p, g, lr);
+        opt.update(&layout, &mut p, g, lr);
         assert_bits(&format!("step {} m", step + 1), gm, &opt.m);
         assert_bits(&format!("step {} v", step + 1), gv, &opt.v);
         assert_bits(&format!("step {} params", step + 1), gp, &p);
@@ -235,7 +235,7 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
         let mut out = Vec::new();
         for (t, (g, &lr)) in gs.iter().zip(&lrs).enumerate() {
             let d_g = stream.clone_htod(g).unwrap();
-            adamw_step(&gpu, &layout, &mut master, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, Some(&mut copy))
+            adamw_update(&gpu, &layout, &mut master, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, Some(&mut copy))
                 .unwrap();
             gpu.synchronize().unwrap();
             let c: Vec<half::bf16> = stream.clone_dtoh(&copy).unwrap();
@@ -247,7 +247,7 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
     let mut opt = AdamW::new(cfg, n);
     let mut p = p0.clone();
     for (step, ((g, &lr), (master, copy))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
-        opt.step(&layout, &mut p, g, lr);
+        opt.update(&layout, &mut p, g, lr);
         assert_bits(&format!("bf16 step {} master", step + 1), master, &p);
         let want = rounded(&p, sr_seed(step as u64 + 1));
         let bad = copy.iter().zip(&want).position(|(a, b)| a != b);

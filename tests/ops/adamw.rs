@@ -1,0 +1,30 @@
+//! The CPU optimizer step (`src/cpu/adamw.rs`): clipping by global norm and AdamW's first update
+//! with its weight-decay mask. Its GPU twin is checked bit for bit in `tests/gpu_ops/adamw.rs`.
+
+use genesis::cpu::adamw::{clip_grad_norm, global_norm, AdamW, AdamWConfig};
+use genesis::model::{ModelConfig, Param, ParamLayout};
+
+#[test]
+fn clipping_caps_the_norm_and_reports_the_original() {
+    let mut g = vec![3.0f32, 4.0];
+    assert!((clip_grad_norm(&mut g, 1.0) - 5.0).abs() < 1e-9);
+    assert!((global_norm(&g) - 1.0).abs() < 1e-5);
+    let mut small = vec![0.3f32, 0.4];
+    clip_grad_norm(&mut small, 1.0);
+    assert_eq!(small, vec![0.3, 0.4]);
+}
+
+#[test]
+fn adamw_first_step_and_decay_mask() {
+    // First step: m/bc1 = g, sqrt(v/bc2) = |g|, so each parameter moves by lr*sign(g) (plus decay).
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let mut p = vec![1.0f32; layout.total];
+    let g = vec![0.5f32; layout.total];
+    let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
+    opt.update(&layout, &mut p, &g, 0.01);
+    let w = layout.get(Param::Qkvw).offset;
+    let b = layout.get(Param::Qkvb).offset;
+    assert!((p[w] - (1.0 * (1.0 - 0.01 * 0.1) - 0.01)).abs() < 1e-6, "{}", p[w]);
+    assert!((p[b] - (1.0 - 0.01)).abs() < 1e-6, "{}", p[b]);
+}
