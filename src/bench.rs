@@ -3,6 +3,8 @@
 use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::cpu::sample::Decoder;
+use crate::gpu::engine::{gpu_engine, GpuEngine};
+use crate::gpu::Precision;
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use std::time::Instant;
@@ -144,40 +146,41 @@ pub struct ForwardBench {
     pub activation_gb: f64,
 }
 
-/// Times whole forward passes (with the loss) of random weights on random tokens on GPU 0.
-pub fn bench_forward_gpu<T: crate::gpu::Float>(
+/// Times whole forward passes (with the loss) of random weights on random tokens on GPU 0, in
+/// `precision` (`tf32`: fp32 matmuls on TF32 tensor cores).
+pub fn bench_forward_gpu(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
     steps: usize,
+    precision: Precision,
     tf32: bool,
 ) -> anyhow::Result<ForwardBench> {
-    use crate::gpu::gpt::GpuModel;
     let params = gpt::init_params(cfg, 1);
-    let mut model = GpuModel::<T>::new(cfg, &params, 0, tf32)?;
+    let mut model = gpu_engine(cfg, &params, 0, precision, tf32)?;
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     model.forward(&inputs, Some(&targets), batch, seq)?;
-    model.gpu.synchronize()?;
+    model.gpu().synchronize()?;
     let start = Instant::now();
     for _ in 0..steps {
         model.forward(&inputs, Some(&targets), batch, seq)?;
     }
-    model.gpu.synchronize()?;
+    model.gpu().synchronize()?;
     let secs = start.elapsed().as_secs_f64() / steps as f64;
     model.set_profiling(true);
     model.forward(&inputs, Some(&targets), batch, seq)?;
     let per_op = model.take_profile()?;
     let tokens_per_sec = n as f64 / secs;
     Ok(ForwardBench {
-        device: model.gpu.describe(),
+        device: model.gpu().describe(),
         ms_per_forward: secs * 1e3,
         tokens_per_sec,
         tflops: tokens_per_sec * cfg.flops_per_token(seq) / 3.0 / 1e12,
         per_op,
-        activation_gb: GpuModel::<T>::activation_bytes(cfg, batch, seq) as f64 / 1e9,
+        activation_gb: model.activation_bytes(batch, seq) as f64 / 1e9,
     })
 }
 
@@ -194,41 +197,40 @@ pub struct GpuTrainBench {
 }
 
 /// Full GPU training steps (forward, backward, clipping, AdamW) of `cfg` on random tokens, in fp32
-/// with TF32 matmuls (`T = f32`) or bf16 mixed precision (`T = bf16`): one warmup step, then
-/// `steps` timed.
-pub fn bench_train_gpu<T: crate::gpu::Float>(
+/// with TF32 matmuls or bf16 mixed precision: one warmup step, then `steps` timed.
+pub fn bench_train_gpu(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
     steps: usize,
+    precision: Precision,
 ) -> anyhow::Result<GpuTrainBench> {
-    use crate::gpu::gpt::GpuModel;
     let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
-    let mut model = GpuModel::<T>::new(cfg, &params, 0, true)?;
-    let free_before = if free_before == 0 { model.gpu.memory()?.0 } else { free_before };
+    let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
+    let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let step = |model: &mut GpuModel<T>, t: u64| -> anyhow::Result<()> {
+    let step = |model: &mut dyn GpuEngine, t: u64| -> anyhow::Result<()> {
         model.zero_grads()?;
         model.forward_backward(&inputs, &targets, batch, seq, 1.0 / n as f32)?;
         model.clip_grad_norm(1.0)?;
         model.adamw_update(AdamWConfig::default(), t, 1e-4)
     };
-    step(&mut model, 1)?;
-    model.gpu.synchronize()?;
+    step(model.as_mut(), 1)?;
+    model.gpu().synchronize()?;
     let start = Instant::now();
     for t in 0..steps {
-        step(&mut model, t as u64 + 2)?;
+        step(model.as_mut(), t as u64 + 2)?;
     }
-    model.gpu.synchronize()?;
+    model.gpu().synchronize()?;
     let secs = start.elapsed().as_secs_f64() / steps as f64;
-    let free_after = model.gpu.memory()?.0;
+    let free_after = model.gpu().memory()?.0;
     let tokens_per_sec = n as f64 / secs;
-    let device = model.gpu.describe();
+    let device = model.gpu().describe();
     let flops = tokens_per_sec * cfg.flops_per_token(seq);
     Ok(GpuTrainBench {
         mfu: crate::gpu::peak_bf16_tflops(&device).map(|peak| flops / (peak * 1e12)),

@@ -51,6 +51,7 @@ use crate::data::manifest::Manifest;
 use crate::data::shard::Shard;
 use crate::data::source::Docs;
 use crate::data::tokenizer::Tokenizer;
+use crate::gpu::engine::GpuEngine;
 use crate::model::{ModelConfig, ParamLayout, EOT_TOKEN, VOCAB_SIZE};
 
 /// The longest window used when `seq` is not given: GPT-2's context.
@@ -112,8 +113,8 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
-/// Per-position losses of a batch: what evaluation needs from an engine (the CPU reference here,
-/// the GPU in `gpu::gpt`).
+/// Per-position losses of a batch: what evaluation needs from an engine (the CPU reference or a
+/// model on the GPU in either precision).
 pub trait Scorer {
     fn config(&self) -> &ModelConfig;
     /// Cross-entropy of predicting `targets` from `inputs`, both (B,T) row-major: (B*T) losses.
@@ -154,6 +155,21 @@ impl Scorer for CpuScorer<'_> {
 
     fn auto_batch(&self, seq: usize) -> usize {
         auto_batch(&self.cfg, seq)
+    }
+}
+
+/// A model on the GPU as a [`Scorer`].
+impl Scorer for Box<dyn GpuEngine> {
+    fn config(&self) -> &ModelConfig {
+        GpuEngine::config(&**self)
+    }
+
+    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        GpuEngine::losses(&mut **self, inputs, targets, b, t)
+    }
+
+    fn auto_batch(&self, seq: usize) -> usize {
+        GpuEngine::auto_batch(&**self, seq)
     }
 }
 

@@ -50,7 +50,7 @@ impl ModelConfig {
         }
     }
 
-    /// Look a preset up by name (see [`PRESETS`]).
+    /// Look a preset up by name (see [`PRESETS`]); an unknown name is an error listing them all.
     pub fn preset(name: &str) -> Result<Self, String> {
         match name {
             "tiny" => Ok(Self::gpt2(2, 64, 4, 64)),
@@ -58,8 +58,9 @@ impl ModelConfig {
             "genesis-150m" => Ok(Self::gpt2(16, 768, 12, 1024)),
             "gpt2-350m" => Ok(Self::gpt2(24, 1024, 16, 1024)),
             _ => Err(format!(
-                "unknown model '{name}'; choose one of: {}",
-                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+                "unknown model '{name}'; choose one of: {}\n{}",
+                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
+                PRESETS.iter().map(|(n, d)| format!("  {n}: {d}")).collect::<Vec<_>>().join("\n")
             )),
         }
     }

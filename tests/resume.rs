@@ -434,7 +434,7 @@ fn tokens_per_step_sets_batch_and_accumulation() {
     assert!(!ok && text.contains("--tokens-per-step 1000 chooses --batch and --grad-accum"), "{text}");
     // --precision is checked, and on the CPU bf16 says it does not apply.
     let (ok, text) = run(&["--precision", "fp8", "--fresh"]);
-    assert!(!ok && text.contains("--precision fp8: expected auto, fp32 or bf16"), "{text}");
+    assert!(!ok && text.contains("'--precision' with value 'fp8': expected auto, fp32 or bf16"), "{text}");
     let (ok, text) = run(&["--precision", "bf16", "--fresh"]);
     assert!(ok && text.contains("--precision bf16 applies to GPU training; the CPU trains in f32"), "{text}");
     fs::remove_dir_all(&dir).unwrap();

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::data::{datasets, manifest};
 use genesis::doctor::{self, DoctorOptions};
-use genesis::model::{ModelConfig, PRESETS};
+use genesis::model::ModelConfig;
 
 /// Check whether this machine can train: GPU, CUDA libraries, kernels, nvcc, disk, data, network.
 #[derive(FromArgs)]
@@ -38,8 +38,7 @@ pub struct DoctorCmd {
 /// Runs every check, prints them, and fails (exit status 1) when one makes training impossible.
 pub fn run(c: DoctorCmd) -> Result<()> {
     if let Err(e) = ModelConfig::preset(&c.model) {
-        let list: Vec<String> = PRESETS.iter().map(|(n, d)| format!("  {n}: {d}")).collect();
-        bail!("--model: {e}\n{}", list.join("\n"));
+        bail!("--model: {e}");
     }
     let opts = DoctorOptions {
         run_dir: c.out.unwrap_or_else(|| PathBuf::from(".")),

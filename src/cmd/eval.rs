@@ -9,8 +9,8 @@ use argh::FromArgs;
 use genesis::data::loader::Split;
 use genesis::data::manifest::{self, Manifest};
 use genesis::eval::{self, EvalOptions, EvalReport, HellaSwagOptions, HellaSwagReport};
-use genesis::gpu::gpt::GpuModel;
-use genesis::gpu::Precision;
+use genesis::gpu::engine::gpu_engine;
+use genesis::gpu::{Device, Precision};
 use genesis::weights::{self, Weights};
 use serde_json::json;
 
@@ -52,14 +52,14 @@ pub struct EvalCmd {
     #[argh(switch)]
     json: bool,
     /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
-    #[argh(option, default = "String::from(\"auto\")")]
-    device: String,
+    #[argh(option, default = "Device::Auto")]
+    device: Device,
     /// on the GPU, let fp32 matmuls use TF32 tensor cores (faster; about 1e-3 relative)
     #[argh(switch)]
     tf32: bool,
     /// on the GPU: fp32 or bf16 (default auto: bf16)
-    #[argh(option, default = "String::from(\"auto\")")]
-    precision: String,
+    #[argh(option, default = "Precision::Bf16")]
+    precision: Precision,
 }
 
 pub fn run(c: EvalCmd) -> Result<()> {
@@ -77,15 +77,11 @@ pub fn run(c: EvalCmd) -> Result<()> {
             bail!("HellaSwag file {} does not exist; give the official hellaswag_val.jsonl", h.display());
         }
     }
-    let device = genesis::gpu::select_device(&c.device)?;
+    let device = genesis::gpu::select_device(c.device)?;
     let w = weights::load(&c.checkpoint)?;
-    let precision = Precision::parse(&c.precision)?;
-    let mut scorer: Box<dyn eval::Scorer + '_> = match (device, precision) {
-        (Some(ordinal), Precision::Fp32) => Box::new(GpuModel::<f32>::new(&w.config, &w.params, ordinal, c.tf32)?),
-        (Some(ordinal), Precision::Bf16) => {
-            Box::new(GpuModel::<half::bf16>::new(&w.config, &w.params, ordinal, false)?)
-        }
-        (None, _) => Box::new(eval::CpuScorer::new(&w.config, &w.params)?),
+    let mut scorer: Box<dyn eval::Scorer + '_> = match device {
+        Some(ordinal) => Box::new(gpu_engine(&w.config, &w.params, ordinal, c.precision, c.tf32)?),
+        None => Box::new(eval::CpuScorer::new(&w.config, &w.params)?),
     };
     let scorer = scorer.as_mut();
     let progress = true; // stderr, every 10 s: harmless beside --json on stdout

@@ -4,7 +4,7 @@ use anyhow::Result;
 use argh::FromArgs;
 use genesis::gpu::plan::{self, gib, MemoryPlan, USABLE_FRACTION};
 use genesis::gpu::Precision;
-use genesis::model::{ModelConfig, PRESETS};
+use genesis::model::ModelConfig;
 
 /// GPU memory assumed when neither --gpu-mem is given nor a GPU is found.
 const DEFAULT_GPU_GIB: f64 = 24.0;
@@ -31,16 +31,13 @@ pub struct InfoCmd {
     #[argh(option, default = "524_288")]
     tokens_per_step: usize,
     /// training precision: fp32 (the default, as genesis train) or bf16
-    #[argh(option, default = "String::from(\"fp32\")")]
-    precision: String,
+    #[argh(option, default = "Precision::Fp32")]
+    precision: Precision,
 }
 
 pub fn run(c: InfoCmd) -> Result<()> {
-    let cfg = ModelConfig::preset(&c.model).map_err(|e| {
-        let list: Vec<String> = PRESETS.iter().map(|(n, d)| format!("  {n}: {d}")).collect();
-        anyhow::anyhow!("{e}\n{}", list.join("\n"))
-    })?;
-    let bf16 = Precision::parse(&c.precision)? == Precision::Bf16;
+    let cfg = ModelConfig::preset(&c.model).map_err(anyhow::Error::msg)?;
+    let bf16 = c.precision == Precision::Bf16;
     let seq = c.seq.unwrap_or(cfg.max_seq_len.min(1024));
     let (gpu_bytes, source) = match c.gpu_mem {
         Some(g) => {

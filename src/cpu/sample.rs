@@ -8,6 +8,19 @@ use crate::model::{ModelConfig, Param, ParamLayout};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
+/// Token-by-token decoding with a KV cache: the CPU's [`Decoder`] and its GPU twin
+/// (`gpu::sample::GpuDecoder`), so `genesis sample` drives either the same way.
+pub trait TokenDecoder {
+    /// Feeds `token` at the next position and returns the logits (V) for the position after it.
+    fn step(&mut self, token: u32) -> anyhow::Result<&[f32]>;
+}
+
+impl TokenDecoder for Decoder<'_> {
+    fn step(&mut self, token: u32) -> anyhow::Result<&[f32]> {
+        Ok(Decoder::step(self, token))
+    }
+}
+
 /// How to pick the next token from the logits.
 #[derive(Clone, Copy, Debug)]
 pub struct SamplingParams {

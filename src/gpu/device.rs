@@ -7,15 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, ensure, Context as _, Result};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
-    PushKernelArg,
-};
+use anyhow::{anyhow, bail, Context as _, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
-use super::Float;
 
 /// Threads per block for the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -170,57 +166,6 @@ impl Gpu {
     /// Waits for all work queued on the stream.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().context("CUDA stream synchronize")
-    }
-
-    /// `out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]`, queued on [`Gpu::stream`]; in f32, or in bf16
-    /// (the f32 sum rounded to bf16 once).
-    ///
-    /// `out` holds at least `b*t*c` values, `inp` at least `b*t` token ids,
-    /// `wpe` at least `t*c` values and `wte` a whole number of `c`-wide rows.
-    /// Token ids must lie in `0..wte.len()/c`; they are not checked on the device.
-    #[allow(clippy::too_many_arguments)]
-    pub fn embedding_forward<T: Float>(
-        &self,
-        out: &mut impl DevicePtrMut<T>,
-        inp: &impl DevicePtr<i32>,
-        wte: &impl DevicePtr<T>,
-        wpe: &impl DevicePtr<T>,
-        b: usize,
-        t: usize,
-        c: usize,
-    ) -> Result<()> {
-        let n = b * t * c;
-        ensure!(c > 0, "embedding_forward: C must be positive");
-        ensure!(out.len() >= n, "embedding_forward: out has {} < B*T*C = {n}", out.len());
-        ensure!(inp.len() >= b * t, "embedding_forward: inp has {} < B*T = {}", inp.len(), b * t);
-        ensure!(wpe.len() >= t * c, "embedding_forward: wpe has {} < T*C = {}", wpe.len(), t * c);
-        ensure!(
-            wte.len() % c == 0 && !DeviceSlice::is_empty(wte),
-            "embedding_forward: wte length {} is not a positive multiple of C = {c}",
-            wte.len()
-        );
-        if n == 0 {
-            return Ok(());
-        }
-        let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
-        let cfg = grid_for(n)?;
-        let func = self.function(&T::kernel("embedding_forward"))?;
-
-        let stream = &*self.stream;
-        let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-        let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
-        let (wte_ptr, _wte_guard) = wte.device_ptr(stream);
-        let (wpe_ptr, _wpe_guard) = wpe.device_ptr(stream);
-        let mut launch = self.stream.launch_builder(&func);
-        launch.arg(&out_ptr).arg(&inp_ptr).arg(&wte_ptr).arg(&wpe_ptr).arg(&bi).arg(&ti).arg(&ci);
-        // SAFETY: the argument list matches the kernel signature
-        // (T*, const int*, const T*, const T*, int, int, int) with T float or
-        // __nv_bfloat16 as T::kernel picks, and
-        // the lengths checked above bound every index the kernel touches given
-        // in-range token ids. The guards keep the buffers' stream ordering
-        // until after the launch is queued.
-        unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("embedding_forward")))?;
-        Ok(())
     }
 }
 

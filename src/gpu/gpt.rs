@@ -15,11 +15,11 @@ use super::attention;
 use super::blas::Blas;
 use super::classifier::classifier_forward;
 use super::device::Gpu;
+use super::embedding::embedding_forward;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
 use super::Float;
-use crate::eval::Scorer;
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
@@ -365,7 +365,16 @@ impl<T: Float> GpuModel<T> {
 
         self.mark("start")?;
         let mut encoded = self.act::<T>(Act::Encoded, 0);
-        gpu.embedding_forward(&mut encoded, self.inputs.as_ref().expect("allocated"), &p(Param::Wte), &wpe_t, b, t, c)?;
+        embedding_forward(
+            gpu,
+            &mut encoded,
+            self.inputs.as_ref().expect("allocated"),
+            &p(Param::Wte),
+            &wpe_t,
+            b,
+            t,
+            c,
+        )?;
         self.mark("embedding")?;
         let (mut ln1, mut m, mut r) =
             (self.act::<T>(Act::Ln1, 0), self.act::<f32>(Act::Ln1Mean, 0), self.act::<f32>(Act::Ln1Rstd, 0));
@@ -476,24 +485,6 @@ impl<T: Float> GpuModel<T> {
     /// Bytes of activations for a batch of `b` rows of `t` tokens.
     pub fn activation_bytes(cfg: &ModelConfig, b: usize, t: usize) -> usize {
         ActLayout::new(cfg, b, t, T::BYTES).bytes()
-    }
-}
-
-impl<T: Float> Scorer for GpuModel<T> {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
-        self.forward(inputs, Some(targets), b, t)?;
-        GpuModel::losses(self)
-    }
-
-    fn auto_batch(&self, seq: usize) -> usize {
-        // Activations within half the free memory, at most 64 rows.
-        let free = cudarc::driver::result::mem_get_info().map(|(free, _)| free).unwrap_or(1 << 30);
-        let per_row = Self::activation_bytes(&self.cfg, 1, seq).max(1);
-        (free / 2 / per_row).clamp(1, 64)
     }
 }
 
@@ -838,55 +829,5 @@ impl<T: Float> GpuModel<T> {
     /// The gradient buffer on the host (parameter layout).
     pub fn download_grads(&self) -> Result<Vec<f32>> {
         Ok(self.gpu.stream().clone_dtoh(&self.training()?.grads)?)
-    }
-}
-
-/// What the trainer needs from a model on the GPU, whatever its element type (`genesis train`
-/// holds a `Box<dyn GpuTrainer>` for fp32 or bf16).
-pub trait GpuTrainer {
-    /// The device and the precision, for logs, e.g. `NVIDIA H200 (sm_90), bf16 mixed precision`.
-    fn describe(&self) -> String;
-    fn zero_grads(&mut self) -> Result<()>;
-    /// See [`GpuModel::forward_backward`].
-    fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64>;
-    /// See [`GpuModel::clip_grad_norm`].
-    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64>;
-    /// See [`GpuModel::adamw_update`].
-    fn adamw_update(&mut self, cfg: crate::cpu::adamw::AdamWConfig, t: u64, lr: f32) -> Result<()>;
-    /// The mean loss of `inputs` against `targets` (B,T), without gradients.
-    fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64>;
-    /// See [`GpuModel::download_weights`].
-    fn download_weights(&self) -> Result<Vec<f32>>;
-    /// See [`GpuModel::download_moments`].
-    fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)>;
-}
-
-impl<T: Float> GpuTrainer for GpuModel<T> {
-    fn describe(&self) -> String {
-        let precision = if is_bf16::<T>() { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
-        format!("{}, {precision}", self.gpu.describe())
-    }
-    fn zero_grads(&mut self) -> Result<()> {
-        GpuModel::zero_grads(self)
-    }
-    fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64> {
-        GpuModel::forward_backward(self, inputs, targets, b, t, dloss)
-    }
-    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
-        GpuModel::clip_grad_norm(self, max_norm)
-    }
-    fn adamw_update(&mut self, cfg: crate::cpu::adamw::AdamWConfig, t: u64, lr: f32) -> Result<()> {
-        GpuModel::adamw_update(self, cfg, t, lr)
-    }
-    fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
-        self.forward(inputs, Some(targets), b, t)?;
-        let losses = GpuModel::losses(self)?;
-        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
-    }
-    fn download_weights(&self) -> Result<Vec<f32>> {
-        GpuModel::download_weights(self)
-    }
-    fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        GpuModel::download_moments(self)
     }
 }

@@ -19,6 +19,7 @@ pub mod blas;
 pub mod classifier;
 pub mod device;
 pub mod embedding;
+pub mod engine;
 pub mod gelu;
 pub mod gpt;
 pub mod kernels;
@@ -27,24 +28,44 @@ pub mod matmul;
 pub mod plan;
 pub mod sample;
 
-/// Where to run, from `--device auto|cpu|cuda`: `Ok(Some(ordinal))` for the GPU, `Ok(None)` for
-/// the CPU. `auto` takes the GPU when one works and otherwise says why on stderr and uses the CPU;
-/// `cuda` demands the GPU.
-pub fn select_device(choice: &str) -> anyhow::Result<Option<usize>> {
+/// Where to run, from `--device auto|cpu|cuda`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The GPU when one works, else the CPU (saying why on stderr).
+    Auto,
+    Cpu,
+    /// The GPU or an error.
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            _ => Err("expected auto, cpu or cuda".into()),
+        }
+    }
+}
+
+/// Where to run: `Ok(Some(ordinal))` for the GPU, `Ok(None)` for the CPU. `Auto` takes the GPU when
+/// one works and otherwise says why on stderr and uses the CPU; `Cuda` demands the GPU.
+pub fn select_device(choice: Device) -> anyhow::Result<Option<usize>> {
     match choice {
-        "cpu" => Ok(None),
-        "cuda" | "gpu" => match device::cuda_available() {
+        Device::Cpu => Ok(None),
+        Device::Cuda => match device::cuda_available() {
             Ok(()) => Ok(Some(0)),
             Err(why) => anyhow::bail!("--device cuda: {why}; run genesis doctor, or use --device cpu"),
         },
-        "auto" => match device::cuda_available() {
+        Device::Auto => match device::cuda_available() {
             Ok(()) => Ok(Some(0)),
             Err(why) => {
                 eprintln!("note: running on the CPU ({why}); --device cuda insists on the GPU");
                 Ok(None)
             }
         },
-        other => anyhow::bail!("--device {other}: expected auto, cpu or cuda"),
     }
 }
 
@@ -111,13 +132,23 @@ pub enum Precision {
     Bf16,
 }
 
-impl Precision {
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "fp32" | "f32" => Ok(Precision::Fp32),
             "bf16" | "auto" => Ok(Precision::Bf16),
-            other => anyhow::bail!("--precision {other}: expected auto, fp32 or bf16"),
+            _ => Err("expected auto, fp32 or bf16".into()),
         }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
     }
 }
 
@@ -127,18 +158,18 @@ mod tests {
 
     #[test]
     fn device_choices() {
-        assert_eq!(select_device("cpu").unwrap(), None);
+        assert_eq!(select_device(Device::Cpu).unwrap(), None);
         match device::cuda_available() {
-            Ok(()) => assert_eq!(select_device("cuda").unwrap(), Some(0)),
+            Ok(()) => assert_eq!(select_device(Device::Cuda).unwrap(), Some(0)),
             Err(why) => {
-                let e = select_device("cuda").unwrap_err().to_string();
+                let e = select_device(Device::Cuda).unwrap_err().to_string();
                 assert!(e.contains(&why) && e.contains("--device cpu"), "{e}");
-                assert_eq!(select_device("auto").unwrap(), None);
+                assert_eq!(select_device(Device::Auto).unwrap(), None);
             }
         }
-        assert!(select_device("tpu").unwrap_err().to_string().contains("auto, cpu or cuda"));
-        assert_eq!(Precision::parse("auto").unwrap(), Precision::Bf16);
-        assert_eq!(Precision::parse("fp32").unwrap(), Precision::Fp32);
-        assert!(Precision::parse("fp8").is_err());
+        assert!("tpu".parse::<Device>().unwrap_err().contains("auto, cpu or cuda"));
+        assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Fp32);
+        assert!("fp8".parse::<Precision>().is_err());
     }
 }

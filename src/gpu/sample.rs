@@ -5,6 +5,7 @@
 //! `cpu::sample::sample_token` picks the next token, so sampling options and seeds behave the same.
 
 use super::attention::attention_decode;
+use super::embedding::embedding_forward;
 use super::gpt::{GpuModel, Region};
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
@@ -92,7 +93,7 @@ impl<'m, T: Float> GpuDecoder<'m, T> {
         gpu.stream().memcpy_htod(&[token as i32], &mut self.tokens)?;
         let wpe = layout.get(Param::Wpe).offset + self.pos * c;
         let mut x = self.region(Buf::X, 0, None);
-        gpu.embedding_forward(&mut x, &self.tokens, &p(Param::Wte), &params.slice(wpe..wpe + c), 1, 1, c)?;
+        embedding_forward(gpu, &mut x, &self.tokens, &p(Param::Wte), &params.slice(wpe..wpe + c), 1, 1, c)?;
         let (mut ln, mut mean, mut rstd) = (self.region(Buf::Ln, 0, None), self.stat(0), self.stat(1));
         layernorm_forward(gpu, &mut ln, &mut mean, &mut rstd, &x, &pl(Param::Ln1w, 0), &pl(Param::Ln1b, 0), 1, c)?;
         for l in 0..cfg.num_layers {
@@ -171,5 +172,11 @@ impl<'m, T: Float> GpuDecoder<'m, T> {
         }
         self.pos += 1;
         Ok(&self.logits)
+    }
+}
+
+impl<T: Float> crate::cpu::sample::TokenDecoder for GpuDecoder<'_, T> {
+    fn step(&mut self, token: u32) -> Result<&[f32]> {
+        GpuDecoder::step(self, token)
     }
 }

@@ -16,6 +16,8 @@ use crate::checkpoint;
 use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::data::loader::{DataLoader, LoaderState, Split};
+use crate::gpu::engine::{gpu_engine, GpuEngine};
+use crate::gpu::Precision;
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
@@ -58,6 +60,95 @@ pub struct RunConfig {
     pub init_from: Option<PathBuf>,
 }
 
+impl RunConfig {
+    /// A new run of `model` on the dataset in `data` with every other setting at its default: 1000
+    /// steps, batch 8, the model's context (at most 1024), no accumulation, lr 6e-4 decaying to 10%,
+    /// warmup 5% of the steps (at most 700), weight decay 0.1, clipping at 1.0, validation every 100
+    /// steps over 20 batches, a checkpoint every 250 steps keeping 3, seed 1337.
+    pub fn new(model: ModelConfig, data: PathBuf) -> Self {
+        let steps = 1000;
+        RunConfig {
+            model,
+            data,
+            steps,
+            batch: 8,
+            seq: model.max_seq_len.min(1024),
+            grad_accum: 1,
+            lr: 6e-4,
+            min_lr_frac: 0.1,
+            warmup: default_warmup(steps),
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 20,
+            ckpt_every: 250,
+            keep: 3,
+            seed: 1337,
+            init_from: None,
+        }
+    }
+}
+
+/// Warmup steps when none are given: 5% of the run, at most 700.
+pub fn default_warmup(steps: u64) -> u64 {
+    (steps / 20).min(700)
+}
+
+/// The run settings a command line gave (`None`: not given). [`resolve`](Self::resolve) merges them
+/// with a saved run's and the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct RunChoices {
+    pub steps: Option<u64>,
+    pub batch: Option<usize>,
+    pub seq: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub lr: Option<f64>,
+    pub min_lr_frac: Option<f64>,
+    pub warmup: Option<u64>,
+    pub weight_decay: Option<f32>,
+    pub grad_clip: Option<f64>,
+    pub eval_every: Option<u64>,
+    pub eval_batches: Option<usize>,
+    pub ckpt_every: Option<u64>,
+    pub keep: Option<usize>,
+    pub seed: Option<u64>,
+    pub init_from: Option<PathBuf>,
+}
+
+impl RunChoices {
+    /// The run of `model` on `data`: each setting as given, else the saved run's (when resuming),
+    /// else [`RunConfig::new`]'s default. A new run's default warmup follows its `steps`.
+    pub fn resolve(&self, model: ModelConfig, data: PathBuf, saved: Option<&RunConfig>) -> RunConfig {
+        let base = match saved {
+            Some(s) => RunConfig { model, data, ..s.clone() },
+            None => RunConfig::new(model, data),
+        };
+        let steps = self.steps.unwrap_or(base.steps);
+        let warmup = match saved {
+            Some(s) => self.warmup.unwrap_or(s.warmup),
+            None => self.warmup.unwrap_or(default_warmup(steps)),
+        };
+        RunConfig {
+            steps,
+            batch: self.batch.unwrap_or(base.batch),
+            seq: self.seq.unwrap_or(base.seq),
+            grad_accum: self.grad_accum.unwrap_or(base.grad_accum),
+            lr: self.lr.unwrap_or(base.lr),
+            min_lr_frac: self.min_lr_frac.unwrap_or(base.min_lr_frac),
+            warmup,
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            grad_clip: self.grad_clip.unwrap_or(base.grad_clip),
+            eval_every: self.eval_every.unwrap_or(base.eval_every),
+            eval_batches: self.eval_batches.unwrap_or(base.eval_batches),
+            ckpt_every: self.ckpt_every.unwrap_or(base.ckpt_every),
+            keep: self.keep.unwrap_or(base.keep),
+            seed: self.seed.unwrap_or(base.seed),
+            init_from: self.init_from.clone().or(base.init_from.clone()),
+            ..base
+        }
+    }
+}
+
 /// A run: its settings, where it lives, and how it is driven.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -78,7 +169,7 @@ pub struct TrainOptions {
     pub gpu: Option<usize>,
     /// On the GPU: fp32 (TF32 matmuls) or bf16 mixed precision (bf16 activations and matmuls; f32
     /// gradients, moments and master weights). The CPU always trains in f32.
-    pub precision: crate::gpu::Precision,
+    pub precision: Precision,
 }
 
 impl TrainOptions {
@@ -92,7 +183,7 @@ impl TrainOptions {
             max_bad_steps: 5,
             poison_steps: Vec::new(),
             gpu: None,
-            precision: crate::gpu::Precision::Fp32,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -367,24 +458,11 @@ fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Resul
     Ok(path)
 }
 
-/// The model on GPU `ordinal` in `T`, ready to continue from the trainer's weights, step and moments
-/// (TF32 for fp32 matmuls; bf16 ones always compute in fp32).
-fn gpu_trainer<T: crate::gpu::Float>(
-    t: &Trainer,
-    cfg: &ModelConfig,
-    ordinal: usize,
-) -> Result<Box<dyn crate::gpu::gpt::GpuTrainer>> {
-    let mut g = crate::gpu::gpt::GpuModel::<T>::new(cfg, &t.params, ordinal, true)?;
-    g.enable_training(&t.params, t.opt.t)?;
-    g.upload_moments(&t.opt.m, &t.opt.v)?;
-    Ok(Box::new(g))
-}
-
 /// Where the steps run. The trainer's host copies of the weights and moments are the truth on the
 /// CPU; on the GPU they are refreshed from the device before every checkpoint.
 enum Engine {
     Cpu { grads: Vec<f32>, acts: Box<Activations<f32>> },
-    Gpu(Box<dyn crate::gpu::gpt::GpuTrainer>),
+    Gpu(Box<dyn GpuEngine>),
 }
 
 impl Engine {
@@ -395,10 +473,13 @@ impl Engine {
                 grads: vec![0.0; ParamLayout::new(&r.model).total],
                 acts: Box::new(Activations::new(&r.model, r.batch, r.seq)),
             },
-            Some(ordinal) => Engine::Gpu(match o.precision {
-                crate::gpu::Precision::Fp32 => gpu_trainer::<f32>(t, &r.model, ordinal)?,
-                crate::gpu::Precision::Bf16 => gpu_trainer::<half::bf16>(t, &r.model, ordinal)?,
-            }),
+            // Ready to continue from the trainer's weights, step and moments (TF32 for fp32 matmuls).
+            Some(ordinal) => {
+                let mut g = gpu_engine(&r.model, &t.params, ordinal, o.precision, true)?;
+                g.enable_training(&t.params, t.opt.t)?;
+                g.upload_moments(&t.opt.m, &t.opt.v)?;
+                Engine::Gpu(g)
+            }
         })
     }
 

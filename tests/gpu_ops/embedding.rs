@@ -3,7 +3,7 @@
 use super::{gpu_or_skip, round, widen, SplitMix};
 use genesis::cpu;
 use genesis::gpu::device::{cuda_available, Gpu};
-use genesis::gpu::embedding::embedding_backward;
+use genesis::gpu::embedding::{embedding_backward, embedding_forward};
 use genesis::gpu::kernels;
 use genesis::gpu::Float;
 use half::bf16;
@@ -39,7 +39,7 @@ fn embedding_forward_matches_cpu() {
     let d_wte = stream.clone_htod(&wte).unwrap();
     let d_wpe = stream.clone_htod(&wpe).unwrap();
     let mut d_out = stream.alloc_zeros::<f32>(b * t * c).unwrap();
-    gpu.embedding_forward(&mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
+    embedding_forward(&gpu, &mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
     gpu.synchronize().unwrap();
     let got = stream.clone_dtoh(&d_out).unwrap();
 
@@ -83,7 +83,7 @@ fn embedding_forward_bf16_matches_cpu() {
     let d_wte = stream.clone_htod(&wte).unwrap();
     let d_wpe = stream.clone_htod(&wpe).unwrap();
     let mut d_out = stream.clone_htod(&vec![bf16::NAN; n + TAIL]).unwrap();
-    gpu.embedding_forward(&mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
+    embedding_forward(&gpu, &mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
     gpu.synchronize().unwrap();
     let got = stream.clone_dtoh(&d_out).unwrap();
 

@@ -1,0 +1,223 @@
+//! `genesis bench`: speed of the forward pass, data preparation, sampling and training steps.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use argh::FromArgs;
+use genesis::gpu::{Device, Precision};
+use genesis::model::ModelConfig;
+
+/// Measure speed: `genesis bench sample` or `genesis bench train`.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "bench")]
+pub struct BenchCmd {
+    #[argh(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+pub enum BenchWhat {
+    Forward(BenchForward),
+    Prepare(BenchPrepare),
+    Sample(BenchSample),
+    Train(BenchTrain),
+}
+
+/// Tokens/s and TFLOP/s of the forward pass (with the loss) on the GPU, and where the time goes.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "forward",
+    example = "genesis bench forward --model gpt2-124m --batch 8 --seq 1024\ngenesis bench forward --model gpt2-124m --batch 8 --seq 1024 --tf32",
+    note = "Random weights and tokens on GPU 0, fp32 activations and weights. Reports ms per forward, tokens/s, achieved TFLOP/s (2N + 4LCT FLOPs per token: a third of the 6N + 12LCT training formula) and the time per op family from CUDA events in one profiled forward. --tf32 lets cuBLAS use TF32 tensor cores for the matmuls (about 1e-3 relative error)."
+)]
+pub struct BenchForward {
+    /// model preset (default gpt2-124m)
+    #[argh(option, default = "String::from(\"gpt2-124m\")")]
+    model: String,
+    /// sequences per forward (default 8)
+    #[argh(option, default = "8")]
+    batch: usize,
+    /// tokens per sequence (default 1024)
+    #[argh(option, default = "1024")]
+    seq: usize,
+    /// timed forwards after one warmup (default 10)
+    #[argh(option, default = "10")]
+    steps: usize,
+    /// allow TF32 matmuls (fp32 only)
+    #[argh(switch)]
+    tf32: bool,
+    /// fp32 or bf16 (default auto: bf16)
+    #[argh(option, default = "Precision::Bf16")]
+    precision: Precision,
+}
+
+/// MB/s of `genesis prepare` on all cores against single-thread tiktoken-rs.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "prepare",
+    example = "genesis bench prepare\ngenesis bench prepare --input ../shared/data/wikitext-test.raw --repeat 40",
+    note = "Builds a corpus of --repeat copies of the input in a temporary directory, prepares it with the full pipeline (reading, wikitext article splitting, parallel encoding, shard writing with fsync) and reports MB of text per second, then encodes the same text with tiktoken-rs on one thread for comparison."
+)]
+pub struct BenchPrepare {
+    /// text file to encode (default ../shared/data/wikitext-test.raw)
+    #[argh(option, default = "PathBuf::from(\"../shared/data/wikitext-test.raw\")")]
+    input: PathBuf,
+    /// copies of the input in the corpus (default 20)
+    #[argh(option, default = "20")]
+    repeat: usize,
+}
+
+/// Tokens/s of KV-cache decoding on the CPU with random weights.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "sample", example = "genesis bench sample --model gpt2-124m")]
+pub struct BenchSample {
+    /// model preset (default gpt2-124m)
+    #[argh(option, default = "String::from(\"gpt2-124m\")")]
+    model: String,
+    /// tokens to decode (default 64)
+    #[argh(option, default = "64")]
+    tokens: usize,
+}
+
+/// Time full training steps (forward, backward, clipping, AdamW) on random tokens.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "train",
+    example = "genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64",
+    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token). On a GPU (--device auto or cuda): full steps in fp32 with TF32 matmuls or, with --precision bf16, in bf16 mixed precision; MFU against the GPU's bf16 peak and the device memory the run holds. The PyTorch reference: python3 ../shared/bench/torch_reference.py train [--compile]."
+)]
+pub struct BenchTrain {
+    /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
+    #[argh(option, default = "Device::Auto")]
+    device: Device,
+    /// model preset (default gpt2-124m)
+    #[argh(option, default = "String::from(\"gpt2-124m\")")]
+    model: String,
+    /// sequences per step (default 4)
+    #[argh(option, default = "4")]
+    batch: usize,
+    /// tokens per sequence (default 64)
+    #[argh(option, default = "64")]
+    seq: usize,
+    /// measured steps after one warmup step (default 3)
+    #[argh(option, default = "3")]
+    steps: usize,
+    /// on the GPU: fp32 (TF32 matmuls; default) or bf16 (mixed precision, as train --precision bf16)
+    #[argh(option, default = "Precision::Fp32")]
+    precision: Precision,
+}
+
+pub fn run(c: BenchCmd) -> Result<()> {
+    match c.what {
+        BenchWhat::Forward(b) => forward(b),
+        BenchWhat::Prepare(b) => prepare(b),
+        BenchWhat::Sample(b) => sample(b),
+        BenchWhat::Train(b) => train(b),
+    }
+}
+
+fn prepare(b: BenchPrepare) -> Result<()> {
+    let r = genesis::bench::bench_prepare(&b.input, b.repeat)?;
+    println!(
+        "bench prepare: {:.1} MB of text, pipeline {:.2} MB/s on {} threads, tiktoken-rs single thread {:.2} MB/s ({:.2}x)",
+        r.bytes as f64 / 1e6,
+        r.pipeline_mb_per_sec,
+        r.threads,
+        r.single_thread_mb_per_sec,
+        r.pipeline_mb_per_sec / r.single_thread_mb_per_sec
+    );
+    Ok(())
+}
+
+fn forward(b: BenchForward) -> Result<()> {
+    let cfg = ModelConfig::preset(&b.model).map_err(anyhow::Error::msg)?;
+    if b.seq == 0 || b.seq > cfg.max_seq_len || b.batch == 0 || b.steps == 0 {
+        bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
+    }
+    genesis::gpu::select_device(Device::Cuda)?;
+    let precision = b.precision;
+    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.tf32)?;
+    println!(
+        "bench forward {} on {} ({}), batch {} seq {}: {:.2} ms/forward, {:.0} tokens/s, {:.1} TFLOP/s, activations {:.2} GB",
+        b.model,
+        r.device,
+        match (precision, b.tf32) {
+            (Precision::Bf16, _) => "bf16",
+            (Precision::Fp32, true) => "fp32, TF32 matmuls",
+            (Precision::Fp32, false) => "fp32",
+        },
+        b.batch,
+        b.seq,
+        r.ms_per_forward,
+        r.tokens_per_sec,
+        r.tflops,
+        r.activation_gb
+    );
+    let total: f64 = r.per_op.iter().map(|o| o.1).sum();
+    for (name, ms) in &r.per_op {
+        println!("  {name:<24} {ms:>8.3} ms  {:>5.1}%", 100.0 * ms / total.max(1e-9));
+    }
+    Ok(())
+}
+
+fn sample(b: BenchSample) -> Result<()> {
+    let cfg = ModelConfig::preset(&b.model).map_err(anyhow::Error::msg)?;
+    let r = genesis::bench::bench_sample(&cfg, b.tokens);
+    println!(
+        "bench sample {}: {} tokens in {:.2} s = {:.1} tokens/s ({:.1} GB/s of weights, {} threads)",
+        b.model,
+        r.tokens,
+        r.seconds,
+        r.tokens_per_sec,
+        r.weight_gb_per_sec,
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
+
+fn train(b: BenchTrain) -> Result<()> {
+    let cfg = ModelConfig::preset(&b.model).map_err(anyhow::Error::msg)?;
+    if b.seq == 0 || b.seq > cfg.max_seq_len || b.batch == 0 || b.steps == 0 {
+        bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
+    }
+    if genesis::gpu::select_device(b.device)?.is_some() {
+        let precision = b.precision;
+        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision)?;
+        println!(
+            "bench train {} on {} ({}), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            b.model,
+            r.device,
+            if precision == Precision::Bf16 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" },
+            b.batch,
+            b.seq,
+            r.ms_per_step,
+            r.tokens_per_sec,
+            r.tflops,
+            r.mfu.map(|m| format!(", MFU {:.1}%", 100.0 * m)).unwrap_or_default(),
+            r.memory_gb
+        );
+        return Ok(());
+    }
+    let r = genesis::bench::bench_train_cpu(&cfg, b.batch, b.seq, b.steps);
+    let mean = r.step_ms.iter().sum::<f64>() / r.step_ms.len() as f64;
+    let steps: Vec<String> = r.step_ms.iter().map(|m| format!("{m:.0}")).collect();
+    println!(
+        "bench train cpu {} batch {} seq {}: {:.0} ms/step (steps: {} ms; forward {:.0}, backward {:.0}, optimizer {:.0}), {:.0} tokens/s, {:.1} GFLOP/s, {} threads",
+        b.model,
+        b.batch,
+        b.seq,
+        mean,
+        steps.join(", "),
+        r.phase_ms[0],
+        r.phase_ms[1],
+        r.phase_ms[2],
+        r.tokens_per_sec,
+        r.gflops,
+        rayon::current_num_threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `genesis sample`: stream text from any model file, on the GPU when one works or the CPU.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use argh::FromArgs;
+use genesis::cpu::sample::{sample_token, Decoder, SamplingParams, TokenDecoder};
+use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
+use genesis::gpu::engine::gpu_engine;
+use genesis::gpu::{Device, Precision};
+use genesis::model::EOT_TOKEN;
+use genesis::rng::Rng;
+
+/// Generate text from a checkpoint or an exported model, streaming it as it is produced (on the GPU when one works, else the CPU).
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "sample",
+    example = "genesis sample --checkpoint runs/shakespeare/step_00000600.ckpt --prompt \"ROMEO:\"",
+    note = "Decoding uses a KV cache. Generation stops at the end-of-text token, after --max-tokens, or when the model's context is full. The same --seed gives the same text."
+)]
+pub struct SampleCmd {
+    /// model to sample from: a checkpoint (*.ckpt), an export directory (genesis export), a Hugging Face GPT-2 model.safetensors or an llm.c .bin
+    #[argh(option)]
+    checkpoint: PathBuf,
+    /// text to continue (default: start from end-of-text, i.e. a new document)
+    #[argh(option, default = "String::new()")]
+    prompt: String,
+    /// most tokens to generate (default 256)
+    #[argh(option, default = "256")]
+    max_tokens: usize,
+    /// softmax temperature; 0 = always the most likely token (default 0.8)
+    #[argh(option, default = "0.8")]
+    temperature: f32,
+    /// sample among the k most likely tokens only; 0 = all (default 200)
+    #[argh(option, default = "200")]
+    top_k: usize,
+    /// nucleus sampling: smallest set of tokens with this much probability (default 0.95)
+    #[argh(option, default = "0.95")]
+    top_p: f32,
+    /// random seed (default 42)
+    #[argh(option, default = "42")]
+    seed: u64,
+    /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
+    #[argh(option, default = "Device::Auto")]
+    device: Device,
+    /// on the GPU: fp32 or bf16 (default auto: bf16)
+    #[argh(option, default = "Precision::Bf16")]
+    precision: Precision,
+}
+
+pub fn run(c: SampleCmd) -> Result<()> {
+    let device = genesis::gpu::select_device(c.device)?;
+    let w = genesis::weights::load(&c.checkpoint)?;
+    let (cfg, params) = (w.config, w.params);
+    let tok = Tokenizer::gpt2()?;
+    let mut prompt = vec![EOT_TOKEN];
+    prompt.extend(tok.encode(&c.prompt));
+    if prompt.len() >= cfg.max_seq_len {
+        bail!("the prompt is {} tokens but the model's context is {}; shorten it", prompt.len(), cfg.max_seq_len);
+    }
+    let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
+    let mut rng = Rng::new(c.seed);
+    let engine;
+    let mut decoder: Box<dyn TokenDecoder + '_> = match device {
+        Some(ordinal) => {
+            engine = gpu_engine(&cfg, &params, ordinal, c.precision, false)?;
+            engine.decoder()?
+        }
+        None => Box::new(Decoder::new(&cfg, &params)),
+    };
+    let mut stream = StreamDecoder::default();
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", c.prompt)?;
+    let mut logits = Vec::new();
+    for &t in &prompt {
+        logits = decoder.step(t)?.to_vec();
+    }
+    // `position`: tokens fed to the model so far.
+    for position in (prompt.len()..).take(c.max_tokens) {
+        let next = sample_token(&logits, &params_s, &mut rng);
+        if next == EOT_TOKEN || position >= cfg.max_seq_len {
+            break;
+        }
+        write!(out, "{}", stream.push(next))?;
+        out.flush()?;
+        logits = decoder.step(next)?.to_vec();
+    }
+    writeln!(out, "{}", stream.finish()).context("writing to stdout")?;
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! `genesis train`: train a model on prepared shards, on the GPU when one works, resuming by itself.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use argh::FromArgs;
+use genesis::data::manifest;
+use genesis::gpu::{Device, Precision};
+use genesis::model::ModelConfig;
+use genesis::train::{self, train, RunChoices, TrainOptions};
+
+/// Train a model on prepared shards, on the GPU when one works (else the CPU). Resumes by itself.
+#[derive(FromArgs)]
+#[argh(
+    subcommand,
+    name = "train",
+    example = "genesis train --model tiny --data shakespeare --out runs/shakespeare --steps 600 --batch 16\ngenesis train --out runs/shakespeare                 # resume it where it stopped\ngenesis train --out runs/shakespeare --steps 1200    # resume and train longer\ngenesis train --model gpt2-124m --out runs/gpt2      # wikitext-103, prepared first if absent\ngenesis train --out runs/ft --init-from gpt2/model.safetensors --data shakespeare --lr 1e-4",
+    note = "RUN DIRECTORY (--out): step_NNNNNNNN.ckpt full checkpoints (weights, AdamW moments, step, data position, settings), metrics.jsonl (one JSON record per step and evaluation; genesis plot RUN draws it) and main.log (a copy of everything printed). Checkpoints are written every --ckpt-every steps, at the end, and when stopped by a signal; each goes to a temporary file, is fsynced, checksummed per section and renamed, so a kill at any moment leaves the previous checkpoint whole. The newest --keep checkpoints and the one with the best validation loss are kept.\n\nRESUME: run the same command again, or just genesis train --out RUN: training continues from the newest whole checkpoint (a damaged one is reported, renamed *.corrupt and the previous one used) and gives bit-for-bit the losses of a run that never stopped. Options not given are taken from the run; --steps, --lr and the other schedule and evaluation settings may change (each change is logged); --model and --seq may not. --fresh starts over, moving the earlier run into RUN/previous-N/.\n\nSTOPPING: Ctrl-C, SIGTERM or SIGHUP (a dropped ssh session) finish the current step, write a checkpoint and exit 0 with the command that resumes; a second Ctrl-C exits at once. A step whose loss or gradient norm is NaN or infinite is skipped (not applied, never saved) and logged; --max-bad-steps in a row stop the run and name the last good checkpoint.\n\nEach step prints loss, learning rate, gradient norm, tokens/s, time per step, elapsed time and ETA; the validation loss is printed every --eval-every steps and at each checkpoint. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
+)]
+pub struct TrainCmd {
+    /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny, or the run's when resuming, or --init-from's shape)
+    #[argh(option)]
+    model: Option<String>,
+    /// prepared dataset: a name in data/ or a directory (default wikitext-103, downloaded and prepared first if absent)
+    #[argh(option)]
+    data: Option<String>,
+    /// run directory: checkpoints, metrics.jsonl, main.log (created if missing; resumed if it holds checkpoints)
+    #[argh(option)]
+    out: PathBuf,
+    /// start over even if --out holds a run (the earlier run is moved to RUN/previous-N/)
+    #[argh(switch)]
+    fresh: bool,
+    /// start from these weights instead of a random init: a checkpoint, an export directory, a Hugging Face GPT-2 model.safetensors or an llm.c .bin
+    #[argh(option)]
+    init_from: Option<PathBuf>,
+    /// optimizer steps in the whole run (default 1000)
+    #[argh(option)]
+    steps: Option<u64>,
+    /// sequences per micro-batch (default 8)
+    #[argh(option)]
+    batch: Option<usize>,
+    /// tokens per sequence (default: the model's context, at most 1024)
+    #[argh(option)]
+    seq: Option<usize>,
+    /// micro-batches accumulated per step (default 1)
+    #[argh(option)]
+    grad_accum: Option<usize>,
+    /// tokens per optimizer step, e.g. 524288 (GPT-2's recipe): on a GPU the largest micro-batch that fits its free memory is chosen and accumulated to reach it (instead of --batch and --grad-accum)
+    #[argh(option)]
+    tokens_per_step: Option<usize>,
+    /// peak learning rate (default 6e-4)
+    #[argh(option)]
+    lr: Option<f64>,
+    /// final learning rate as a fraction of the peak (default 0.1)
+    #[argh(option)]
+    min_lr_frac: Option<f64>,
+    /// linear warmup steps (default: 5% of --steps, at most 700)
+    #[argh(option)]
+    warmup: Option<u64>,
+    /// weight decay of AdamW on the 2-D weights (default 0.1)
+    #[argh(option)]
+    weight_decay: Option<f32>,
+    /// clip the global gradient norm to this (0 = off; default 1.0)
+    #[argh(option)]
+    grad_clip: Option<f64>,
+    /// evaluate the validation loss every N steps (0 = only at the start, checkpoints and the end; default 100)
+    #[argh(option)]
+    eval_every: Option<u64>,
+    /// validation batches per evaluation (default 20)
+    #[argh(option)]
+    eval_batches: Option<usize>,
+    /// write a checkpoint every N steps (0 = only at the end; default 250)
+    #[argh(option)]
+    ckpt_every: Option<u64>,
+    /// checkpoints to keep besides the best one (default 3)
+    #[argh(option)]
+    keep: Option<usize>,
+    /// seed for initialisation and batch order (default 1337)
+    #[argh(option)]
+    seed: Option<u64>,
+    /// stop after this many consecutive steps with a non-finite loss or gradient norm (default 5)
+    #[argh(option, default = "5")]
+    max_bad_steps: u64,
+    /// where to train: auto (the GPU when one works), cpu or cuda (default auto)
+    #[argh(option, default = "Device::Auto")]
+    device: Device,
+    /// on the GPU: fp32 (TF32 matmuls; the default) or bf16 (mixed precision: bf16 activations and matmuls, f32 gradients, AdamW moments and master weights, stochastic rounding); checkpoints hold f32 weights either way
+    #[argh(option, default = "Precision::Fp32")]
+    precision: Precision,
+}
+
+/// The dataset directory for `genesis train --data`; with no --data, wikitext-103, prepared first
+/// when absent.
+fn train_data(data: Option<&str>) -> Result<PathBuf> {
+    let Some(data) = data else {
+        let dir = manifest::data_root().join("wikitext-103");
+        if !dir.join(manifest::MANIFEST_FILE).exists() {
+            eprintln!("no --data given: training on wikitext-103, which is not prepared yet; preparing it first");
+            super::prepare::run(super::prepare::PrepareCmd::named("wikitext-103"))?;
+        }
+        return Ok(dir);
+    };
+    let dir = manifest::resolve(data);
+    manifest::Manifest::load(&dir)?;
+    Ok(dir)
+}
+
+pub fn run(c: TrainCmd) -> Result<()> {
+    let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
+    // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
+    let init = match (&c.init_from, &saved, &c.model) {
+        (Some(path), None, None) => Some(genesis::weights::load(path)?.config),
+        _ => None,
+    };
+    let model = match (&c.model, &saved, init) {
+        (Some(name), _, _) => ModelConfig::preset(name).map_err(anyhow::Error::msg)?,
+        (None, Some(s), _) => s.model,
+        (None, None, Some(cfg)) => cfg,
+        (None, None, None) => ModelConfig::preset("tiny").map_err(anyhow::Error::msg)?,
+    };
+    let data = match (&c.data, &saved) {
+        (None, Some(s)) => s.data.clone(),
+        (data, _) => train_data(data.as_deref())?,
+    };
+    let gpu = genesis::gpu::select_device(c.device)?;
+    if gpu.is_none() && c.precision == Precision::Bf16 {
+        eprintln!("note: --precision bf16 applies to GPU training; the CPU trains in f32");
+    }
+    let seq = c.seq.or(saved.as_ref().map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024));
+    let (batch, grad_accum) = match c.tokens_per_step {
+        Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
+            bail!("--tokens-per-step {tps} chooses --batch and --grad-accum; give one or the others")
+        }
+        Some(tps) => micro_batch_for(&model, seq, tps, gpu, c.precision)?,
+        None => (c.batch, c.grad_accum),
+    };
+    let choices = RunChoices {
+        steps: c.steps,
+        batch,
+        seq: Some(seq),
+        grad_accum,
+        lr: c.lr,
+        min_lr_frac: c.min_lr_frac,
+        warmup: c.warmup,
+        weight_decay: c.weight_decay,
+        grad_clip: c.grad_clip,
+        eval_every: c.eval_every,
+        eval_batches: c.eval_batches,
+        ckpt_every: c.ckpt_every,
+        keep: c.keep,
+        seed: c.seed,
+        init_from: c.init_from.clone(),
+    };
+    let run = choices.resolve(model, data, saved.as_ref());
+    let mut opts = TrainOptions::new(run, c.out.clone());
+    opts.fresh = c.fresh;
+    opts.verbose = true;
+    opts.max_bad_steps = c.max_bad_steps.max(1);
+    opts.stop = Some(stop_on_signals()?);
+    opts.gpu = gpu;
+    opts.precision = c.precision;
+    let s = train(&opts)?;
+    let mut out = std::io::stdout().lock();
+    let resume = format!("genesis train --out {}", c.out.display());
+    if let Some(sig) = &s.stopped_by {
+        let _ = writeln!(
+            out,
+            "stopped by {sig} after step {}; {} holds it. Resume with: {resume}",
+            s.step,
+            s.checkpoint.display()
+        );
+        return Ok(());
+    }
+    if let (Some(first), Some(last)) = (s.val_losses.first(), s.val_losses.last()) {
+        let _ = writeln!(
+            out,
+            "done: step {}, val loss {:.4} -> {:.4}, {:.0} tokens/s",
+            s.step, first.1, last.1, s.tokens_per_sec
+        );
+    }
+    if let Some((step, v)) = s.best {
+        let _ =
+            writeln!(out, "best val loss {v:.4} at step {step}: {}", train::checkpoint_path(&c.out, step).display());
+    }
+    let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", s.checkpoint.display());
+    Ok(())
+}
+
+/// (micro-batch, accumulation) reaching `tokens_per_step`: on the GPU the largest micro-batch the
+/// memory plan fits in its free memory at `precision`, on the CPU 8 sequences.
+fn micro_batch_for(
+    model: &ModelConfig,
+    seq: usize,
+    tokens_per_step: usize,
+    gpu: Option<usize>,
+    precision: Precision,
+) -> Result<(Option<usize>, Option<usize>)> {
+    let Some(ordinal) = gpu else {
+        let batch = 8.min(tokens_per_step.div_ceil(seq));
+        return Ok((Some(batch), Some(tokens_per_step.div_ceil(batch * seq))));
+    };
+    let (free, _) = genesis::gpu::device::Gpu::new(ordinal)?.memory()?;
+    let p = genesis::gpu::plan::plan(model, seq, tokens_per_step, free as u64, precision == Precision::Bf16)?;
+    eprintln!(
+        "memory plan: micro-batch {} x seq {seq} x accum {} = {} tokens/step, {:.1} GB of the {:.1} GB free (genesis info shows the breakdown)",
+        p.micro_batch,
+        p.grad_accum,
+        p.micro_batch * seq * p.grad_accum,
+        p.total as f64 / 1e9,
+        free as f64 / 1e9
+    );
+    Ok((Some(p.micro_batch), Some(p.grad_accum)))
+}
+
+/// SIGINT, SIGTERM and SIGHUP set the returned flag (to the signal number): training finishes its
+/// step, checkpoints and returns. A second signal exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicUsize::new(0));
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let flag = Arc::clone(&stop);
+        let action = move || {
+            if flag.swap(sig as usize, Ordering::SeqCst) != 0 {
+                signal_hook::low_level::exit(128 + sig);
+            }
+        };
+        // SAFETY: the action only does an atomic swap and _exit, both async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, action) }.context("cannot install signal handlers")?;
+    }
+    Ok(stop)
+}

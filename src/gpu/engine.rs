@@ -1,0 +1,129 @@
+//! One model on the GPU whatever its element type: [`GpuEngine`] is what training, evaluation,
+//! sampling and the benchmarks need from a [`GpuModel`], and [`gpu_engine`] is the one place a
+//! [`Precision`] picks `f32` or `bf16`.
+
+use super::device::Gpu;
+use super::gpt::GpuModel;
+use super::sample::GpuDecoder;
+use super::{Float, Precision};
+use crate::cpu::adamw::AdamWConfig;
+use crate::cpu::sample::TokenDecoder;
+use crate::model::ModelConfig;
+use anyhow::Result;
+
+/// A [`GpuModel`] in fp32 or bf16. Each method is the model's own, documented there.
+pub trait GpuEngine {
+    fn config(&self) -> &ModelConfig;
+    /// The device and the precision, for logs, e.g. `NVIDIA H200 (sm_90), bf16 mixed precision`.
+    fn describe(&self) -> String;
+    /// The device, to wait for it or read its memory.
+    fn gpu(&self) -> &Gpu;
+
+    // Forward, evaluation and benchmarks.
+    fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()>;
+    /// The per-position losses (B*T) of `inputs` against `targets` (B,T).
+    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>>;
+    /// The mean loss of `inputs` against `targets` (B,T), without gradients.
+    fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64>;
+    /// The largest batch worth evaluating at sequence length `seq`: activations within half the
+    /// free memory, at most 64 rows.
+    fn auto_batch(&self, seq: usize) -> usize;
+    /// Bytes of activations for a batch of `b` rows of `t` tokens.
+    fn activation_bytes(&self, b: usize, t: usize) -> usize;
+    fn set_profiling(&mut self, on: bool);
+    fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>>;
+
+    // Sampling.
+    /// A token-by-token decoder with a KV cache on the device.
+    fn decoder(&self) -> Result<Box<dyn TokenDecoder + '_>>;
+
+    // Training.
+    fn enable_training(&mut self, weights: &[f32], step: u64) -> Result<()>;
+    fn upload_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()>;
+    fn zero_grads(&mut self) -> Result<()>;
+    fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64>;
+    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64>;
+    fn adamw_update(&mut self, cfg: AdamWConfig, t: u64, lr: f32) -> Result<()>;
+    fn download_weights(&self) -> Result<Vec<f32>>;
+    fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)>;
+}
+
+/// Uploads `params` to GPU `ordinal` in `precision`. `allow_tf32` lets fp32 matmuls use TF32 tensor
+/// cores (bf16 ones always accumulate in f32).
+pub fn gpu_engine(
+    cfg: &ModelConfig,
+    params: &[f32],
+    ordinal: usize,
+    precision: Precision,
+    allow_tf32: bool,
+) -> Result<Box<dyn GpuEngine>> {
+    Ok(match precision {
+        Precision::Fp32 => Box::new(GpuModel::<f32>::new(cfg, params, ordinal, allow_tf32)?),
+        Precision::Bf16 => Box::new(GpuModel::<half::bf16>::new(cfg, params, ordinal, allow_tf32)?),
+    })
+}
+
+impl<T: Float> GpuEngine for GpuModel<T> {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn describe(&self) -> String {
+        let precision = if T::BYTES == 2 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
+        format!("{}, {precision}", self.gpu.describe())
+    }
+    fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
+        GpuModel::forward(self, inputs, targets, b, t)
+    }
+    fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        GpuModel::forward(self, inputs, Some(targets), b, t)?;
+        GpuModel::losses(self)
+    }
+    fn mean_loss(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f64> {
+        let losses = GpuEngine::losses(self, inputs, targets, b, t)?;
+        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
+    }
+    fn auto_batch(&self, seq: usize) -> usize {
+        let free = self.gpu.memory().map(|(free, _)| free).unwrap_or(1 << 30);
+        let per_row = Self::activation_bytes(&self.cfg, 1, seq).max(1);
+        (free / 2 / per_row).clamp(1, 64)
+    }
+    fn activation_bytes(&self, b: usize, t: usize) -> usize {
+        Self::activation_bytes(&self.cfg, b, t)
+    }
+    fn set_profiling(&mut self, on: bool) {
+        GpuModel::set_profiling(self, on)
+    }
+    fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        GpuModel::take_profile(self)
+    }
+    fn decoder(&self) -> Result<Box<dyn TokenDecoder + '_>> {
+        Ok(Box::new(GpuDecoder::new(self)?))
+    }
+    fn enable_training(&mut self, weights: &[f32], step: u64) -> Result<()> {
+        GpuModel::enable_training(self, weights, step)
+    }
+    fn upload_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        GpuModel::upload_moments(self, m, v)
+    }
+    fn zero_grads(&mut self) -> Result<()> {
+        GpuModel::zero_grads(self)
+    }
+    fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64> {
+        GpuModel::forward_backward(self, inputs, targets, b, t, dloss)
+    }
+    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
+        GpuModel::clip_grad_norm(self, max_norm)
+    }
+    fn adamw_update(&mut self, cfg: AdamWConfig, t: u64, lr: f32) -> Result<()> {
+        GpuModel::adamw_update(self, cfg, t, lr)
+    }
+    fn download_weights(&self) -> Result<Vec<f32>> {
+        GpuModel::download_weights(self)
+    }
+    fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        GpuModel::download_moments(self)
+    }
+}
