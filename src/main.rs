@@ -7,8 +7,7 @@ use argh::FromArgs;
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
 use genesis::data::datasets;
 use genesis::data::download::DownloadOptions;
-use genesis::data::loader::Split;
-use genesis::data::manifest;
+use genesis::data::manifest::{self, Split};
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::shard::Shard;
 use genesis::data::source::{expand_inputs, Docs, SourceOptions};
@@ -413,7 +412,7 @@ fn prepare_cmd(c: PrepareCmd) -> Result<()> {
             let Some(ds) = datasets::named(name) else {
                 bail!(
                     "unknown dataset {name:?}; the built-in ones are {}. To prepare your own files use --input PATH",
-                    datasets::NAMES.join(", ")
+                    manifest::NAMES.join(", ")
                 );
             };
             if c.name.is_some() {
@@ -430,7 +429,7 @@ fn prepare_cmd(c: PrepareCmd) -> Result<()> {
         (Some(_), false) => bail!("give either a dataset name or --input PATH, not both"),
         (None, true) => bail!(
             "nothing to prepare: name a dataset ({}) or pass --input PATH (see genesis prepare --help)",
-            datasets::NAMES.join(", ")
+            manifest::NAMES.join(", ")
         ),
         (None, false) => {
             let files = expand_inputs(&c.input)?;
