@@ -13,12 +13,12 @@
 //!   windows for training, a fixed sequential pass for validation.
 //! - [`prepare`]: text files -> EOT-separated token stream -> `train_NNNNNN.bin` / `val_NNNNNN.bin`
 //!   shards, tokenized in parallel with output independent of the thread count.
-//! - [`datasets`]: the datasets known by name, downloaded, checked and prepared.
 //! - [`download`]: resumable, checked HTTP downloads.
+//! - [`datasets`]: the datasets known by name, downloaded, checked and prepared.
 //!
-//! Imports point down this list: `tokenizer`, `shard`, `cut` and `source` know nothing of the
-//! others; `manifest` reads `shard` and `source`; `loader` and `prepare` read `manifest`;
-//! `datasets` sits on top; `download` stands alone.
+//! Each module imports only modules above it in this list: `tokenizer`, `shard`, `cut` and
+//! `download` import none of the others, `source` only `cut`; `manifest` reads `shard` and
+//! `source`; `loader` and `prepare` read `manifest`; `datasets` sits on top.
 
 pub mod cut;
 pub mod datasets;
