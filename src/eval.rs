@@ -46,8 +46,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cpu::gpt::{self, Activations};
-use crate::data::loader::Split;
-use crate::data::manifest::Manifest;
+use crate::data::manifest::{Manifest, Split};
 use crate::data::shard::Shard;
 use crate::data::source::Docs;
 use crate::data::tokenizer::Tokenizer;

@@ -5,6 +5,7 @@
 //! - [`gpu`]: CUDA device discovery and the embedded kernels.
 //! - [`data`]: tokenizer, token shards and the batch loader.
 //! - [`train`]: optimizer, schedule, checkpoints and the training loop.
+//! - [`safetensors`]: the safetensors container (read and write); [`hf`]: Hugging Face GPT-2 files built on it.
 
 pub mod bench;
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod llmc;
 pub mod model;
 pub mod plot;
 pub mod rng;
+pub mod safetensors;
 pub mod train;
 pub mod util;
 pub mod weights;

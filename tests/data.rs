@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_mentions, err_string, shared_file};
 
-use genesis::data::loader::{DataLoader, Split};
-use genesis::data::manifest::{Manifest, Settings, ShardInfo, SplitInfo, TokenizerInfo, MANIFEST_VERSION};
-use genesis::data::prepare::{encode_parallel, split_for_encoding, CHUNK_BYTES};
+use genesis::data::cut::split_for_encoding;
+use genesis::data::loader::DataLoader;
+use genesis::data::manifest::{Manifest, Settings, ShardInfo, Split, SplitInfo, TokenizerInfo, MANIFEST_VERSION};
+use genesis::data::prepare::{encode_parallel, CHUNK_BYTES};
 use genesis::data::shard::{write_shard, Shard, SHARD_MAGIC};
 use genesis::data::source::Docs;
 use genesis::data::tokenizer::Tokenizer;

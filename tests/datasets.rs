@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use common::{temp_dir, write_parquet_text};
 use genesis::data::datasets::{self, NamedDataset, RemoteSpec, WIKITEXT_REVISION};
 use genesis::data::download::DownloadOptions;
-use genesis::data::loader::Split;
-use genesis::data::manifest::Manifest;
+use genesis::data::manifest::{self, Manifest, Split};
 use genesis::data::prepare::PrepareConfig;
 use genesis::data::shard::Shard;
 use genesis::data::tokenizer::Tokenizer;
@@ -321,7 +320,7 @@ fn unreachable_hub_says_how_to_work_offline_and_from_dir_works() {
 
 #[test]
 fn built_in_datasets_are_pinned() {
-    for name in datasets::NAMES {
+    for name in manifest::NAMES {
         let ds = datasets::named(name).unwrap();
         assert_eq!(ds.revision, WIKITEXT_REVISION);
         let splits: Vec<Split> = ds.files.iter().map(|f| f.split).collect();

@@ -7,10 +7,11 @@ mod common;
 use common::{assert_mentions, err_string, temp_dir};
 use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
-use genesis::hf::{self, Dtype, Provenance, TensorOut};
+use genesis::hf::{self, Provenance};
 use genesis::llmc;
 use genesis::model::{ModelConfig, Param, ParamLayout};
 use genesis::rng::Rng;
+use genesis::safetensors::{self, Dtype, TensorOut};
 use genesis::weights::{self, WeightsFormat};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,7 +86,7 @@ fn f32_export_loads_bit_identical_with_padded_rows_zero() {
     assert_eq!(w.step, Some(42));
     assert_bits_eq(&w.params, &params, "f32 export round trip");
     // The file itself: unpadded vocabulary, no lm_head, the sha256 genesis.json records.
-    let (header, len) = hf::read_header(&dir.join(hf::MODEL_FILE)).unwrap();
+    let (header, len) = safetensors::read_header(&dir.join(hf::MODEL_FILE)).unwrap();
     assert_eq!(header.get("transformer.wte.weight").unwrap().shape, vec![cfg.vocab_size, cfg.channels]);
     assert!(header.get("lm_head.weight").is_none());
     assert_eq!(header.tensors.len(), 4 + 12 * cfg.num_layers);
@@ -104,7 +105,7 @@ fn export_stores_conv1d_weights_transposed_with_hf_config() {
     let params = random_params(&cfg, 2);
     let dir = temp_dir("export-layout");
     export_tiny(&dir, &params, Dtype::F32);
-    let file = hf::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
+    let file = safetensors::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
     let c = cfg.channels;
     let layout = ParamLayout::new(&cfg);
     // ours fcw[1] (4C, C) (out, in) -> theirs transformer.h.1.mlp.c_fc.weight (C, 4C) (in, out)
@@ -153,7 +154,7 @@ fn bf16_export_holds_the_bf16_rounding_of_each_value() {
 /// without `transformer.`, `h.{i}.attn.bias` / `attn.masked_bias` buffers, in `dtype`; plus
 /// `lm_head.weight` when `lm_head` gives it.
 fn write_hub_style(dir: &Path, out: &Path, dtype: Dtype, lm_head: Option<&[f32]>) {
-    let file = hf::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
+    let file = safetensors::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
     let cfg = tiny();
     let mut outs = Vec::new();
     let mut data: Vec<Vec<f32>> = Vec::new();
@@ -174,7 +175,7 @@ fn write_hub_style(dir: &Path, out: &Path, dtype: Dtype, lm_head: Option<&[f32]>
     }
     std::fs::create_dir_all(out).unwrap();
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    hf::write_safetensors(&out.join(hf::MODEL_FILE), &meta, &outs, |i, buf| {
+    safetensors::write_safetensors(&out.join(hf::MODEL_FILE), &meta, &outs, |i, buf| {
         dtype.encode(&data[i], buf);
         Ok(())
     })
@@ -237,14 +238,14 @@ fn refuses_configs_and_tensors_genesis_cannot_run() {
     assert_mentions(&err_string(weights::load(&dir)), &[&cp, "config.json"]);
     std::fs::write(&config_path, serde_json::to_vec(&original).unwrap()).unwrap();
     // A missing tensor: drop one from the file.
-    let file = hf::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
+    let file = safetensors::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
     let kept: Vec<_> = file.header.tensors.iter().filter(|t| t.name != "transformer.h.1.ln_2.bias").cloned().collect();
     let outs: Vec<TensorOut> =
         kept.iter().map(|t| TensorOut { name: t.name.clone(), dtype: Dtype::F32, shape: t.shape.clone() }).collect();
     let data: Vec<Vec<f32>> = kept.iter().map(|t| file.values(t).unwrap()).collect();
     drop(file);
     std::fs::remove_file(dir.join(hf::GENESIS_FILE)).unwrap();
-    hf::write_safetensors(&dir.join(hf::MODEL_FILE), &BTreeMap::new(), &outs, |i, buf| {
+    safetensors::write_safetensors(&dir.join(hf::MODEL_FILE), &BTreeMap::new(), &outs, |i, buf| {
         Dtype::F32.encode(&data[i], buf);
         Ok(())
     })
@@ -315,7 +316,7 @@ fn verify_names_what_is_broken() {
     export_tiny(&export, &params, Dtype::BF16);
     let st = export.join(hf::MODEL_FILE);
     let good = std::fs::read(&st).unwrap();
-    let (header, _) = hf::read_header(&st).unwrap();
+    let (header, _) = safetensors::read_header(&st).unwrap();
     let st_name = st.display().to_string();
 
     // Truncated in the middle of a tensor: the message names it and its byte range.

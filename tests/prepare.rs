@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_mentions, err_string, shared_file, temp_dir, write_parquet_text};
-use genesis::data::loader::{DataLoader, Split};
-use genesis::data::manifest::{Manifest, MANIFEST_FILE};
-use genesis::data::prepare::{prepare, Input, PrepareConfig, JOURNAL_FILE};
+use genesis::data::loader::DataLoader;
+use genesis::data::manifest::{Manifest, Split, JOURNAL_FILE, MANIFEST_FILE};
+use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::shard::Shard;
 use genesis::data::source::{expand_inputs, Docs, Format, SourceFile};
 use genesis::data::tokenizer::Tokenizer;

@@ -454,7 +454,8 @@ fn init_from_starts_from_the_given_weights() {
     cfg.init_from = Some(bin.clone());
     let s = train(&options(cfg.clone(), &dir.join("b"))).unwrap();
     // The step-0 validation loss is the given weights', not a fresh init's.
-    let mut val = genesis::data::loader::DataLoader::open(&data, genesis::data::loader::Split::Val, 4, 32, 7).unwrap();
+    let mut val =
+        genesis::data::loader::DataLoader::open(&data, genesis::data::manifest::Split::Val, 4, 32, 7).unwrap();
     let mut acts = genesis::cpu::gpt::Activations::<f32>::new(&cfg.model, 4, 32);
     let want = genesis::train::evaluate(&cfg.model, trained.params(), &mut val, &mut acts, cfg.eval_batches);
     assert_eq!(s.val_losses[0].1.to_bits(), want.to_bits(), "step 0 did not start from {}", bin.display());

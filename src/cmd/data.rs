@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Result};
 use argh::FromArgs;
-use genesis::data::loader::Split;
-use genesis::data::manifest;
+use genesis::data::manifest::{self, Split};
+
 use genesis::data::shard::Shard;
 use genesis::data::tokenizer::Tokenizer;
 use genesis::rng::Rng;

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use argh::FromArgs;
-use genesis::data::loader::Split;
-use genesis::data::manifest::{self, Manifest};
+use genesis::data::manifest::{self, Manifest, Split};
 use genesis::eval::{self, EvalOptions, EvalReport, HellaSwagOptions, HellaSwagReport};
 use genesis::gpu::engine::gpu_engine;
 use genesis::gpu::{Device, Precision};

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Result};
 use argh::FromArgs;
-use genesis::hf::{self, Dtype, Provenance};
+use genesis::hf::{self, Provenance};
+use genesis::safetensors::Dtype;
 use std::path::PathBuf;
 
 /// Write a model as a Hugging Face GPT-2 directory (model.safetensors, config.json, genesis.json).

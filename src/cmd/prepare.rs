@@ -81,7 +81,7 @@ pub fn run(c: PrepareCmd) -> Result<()> {
             let Some(ds) = datasets::named(name) else {
                 bail!(
                     "unknown dataset {name:?}; the built-in ones are {}. To prepare your own files use --input PATH",
-                    datasets::NAMES.join(", ")
+                    manifest::NAMES.join(", ")
                 );
             };
             if c.name.is_some() {
@@ -98,7 +98,7 @@ pub fn run(c: PrepareCmd) -> Result<()> {
         (Some(_), false) => bail!("give either a dataset name or --input PATH, not both"),
         (None, true) => bail!(
             "nothing to prepare: name a dataset ({}) or pass --input PATH (see genesis prepare --help)",
-            datasets::NAMES.join(", ")
+            manifest::NAMES.join(", ")
         ),
         (None, false) => {
             let files = expand_inputs(&c.input)?;

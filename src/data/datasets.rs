@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::data::download::{download, is_unreachable, DownloadOptions, RemoteFile};
-use crate::data::loader::Split;
+use crate::data::manifest::Split;
 use crate::data::prepare::{prepare, Input, PrepareConfig, PrepareReport};
 use crate::data::source::{Docs, Format, SourceFile};
 use crate::util::sha256_file;
@@ -49,9 +49,6 @@ pub struct NamedDataset {
     /// Roughly how much is downloaded, for messages.
     pub download_mb: u32,
 }
-
-/// The names `genesis prepare NAME` accepts.
-pub const NAMES: [&str; 2] = ["wikitext-103", "wikitext-2"];
 
 /// The built-in dataset called `name`.
 pub fn named(name: &str) -> Option<NamedDataset> {

@@ -16,41 +16,14 @@
 //!
 //! Only directories with a complete `manifest.json` are opened (see [`manifest`](super::manifest)).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::data::manifest::Manifest;
+use crate::data::manifest::{Manifest, Split};
 use crate::data::shard::Shard;
 use crate::rng::Rng;
-
-/// A dataset split: `train_*.bin`, `val_*.bin` or `test_*.bin` shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Val,
-    Test,
-}
-
-impl Split {
-    /// The shard file prefix: `"train"`, `"val"` or `"test"`.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
-}
-
-impl fmt::Display for Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.prefix())
-    }
-}
 
 /// Where a train loader is: enough to continue with the identical batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,15 +7,19 @@
 //! Datasets are found by name: `--data wikitext-103` means `data/wikitext-103/` (the data root is
 //! `data/` in the current directory, or `$GENESIS_DATA_DIR`); anything that looks like a path
 //! (contains a `/`, or starts with `.`) is used as a directory as it is.
+//!
+//! The manifest also owns the names the rest of the data layer reads: [`Split`] (train / val /
+//! test), the file names inside a dataset directory ([`MANIFEST_FILE`], [`JOURNAL_FILE`]) and the
+//! built-in dataset names ([`NAMES`]), so it imports none of the modules that use them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::data::loader::Split;
 use crate::data::shard::HEADER_BYTES;
 use crate::data::source::{Docs, Format};
 
@@ -23,6 +27,37 @@ use crate::data::source::{Docs, Format};
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Bumped when the manifest's meaning changes incompatibly.
 pub const MANIFEST_VERSION: u32 = 1;
+/// The journal of an unfinished `prepare`, inside the output directory.
+pub const JOURNAL_FILE: &str = "prepare.journal.json";
+/// The names `genesis prepare NAME` accepts: the built-in datasets, whose files `datasets::named`
+/// pins. A missing one's error ([`missing_hint`]) names that command.
+pub const NAMES: [&str; 2] = ["wikitext-103", "wikitext-2"];
+
+/// A dataset split: `train_*.bin`, `val_*.bin` or `test_*.bin` shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    /// The shard file prefix: `"train"`, `"val"` or `"test"`.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
 
 /// The tokenizer that made the shards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,8 +241,8 @@ pub fn resolve(data: &str) -> PathBuf {
 /// The error text for a directory with no manifest: what is wrong and the command that fixes it.
 pub fn missing_hint(dir: &Path) -> String {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("NAME");
-    let named = crate::data::datasets::named(name).is_some();
-    let journal = dir.join(crate::data::prepare::JOURNAL_FILE).exists();
+    let named = NAMES.contains(&name);
+    let journal = dir.join(JOURNAL_FILE).exists();
     let what = if journal {
         format!("{} holds an unfinished `genesis prepare` (no {MANIFEST_FILE} yet)", dir.display())
     } else if dir.exists() {

@@ -48,7 +48,7 @@ use parquet::column::reader::ColumnReader;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::SchemaDescriptor;
 
-use crate::data::prepare::{is_cut_point, split_for_encoding};
+use crate::data::cut::{is_cut_point, split_for_encoding};
 
 /// A document with no cut point for this many bytes is cut at a char boundary (see the module docs).
 pub const MAX_UNCUT_BYTES: usize = 64 << 20;

@@ -99,7 +99,8 @@ fn follows_and_resumes(tag: &str, precision: Precision, loss_tol: f64, val_tol: 
     // The GPU-trained checkpoint on the CPU: the same validation loss as the GPU measured.
     let ckpt = checkpoint::load(&gpu.checkpoint).unwrap();
     let o = options(&data, &dir.join("x"), 8, false);
-    let mut val = genesis::data::loader::DataLoader::open(&data, genesis::data::loader::Split::Val, 4, 32, 7).unwrap();
+    let mut val =
+        genesis::data::loader::DataLoader::open(&data, genesis::data::manifest::Split::Val, 4, 32, 7).unwrap();
     let mut acts = genesis::cpu::gpt::Activations::<f32>::new(&o.run.model, 4, 32);
     let cpu_val = genesis::train::evaluate(&o.run.model, ckpt.params(), &mut val, &mut acts, 2);
     let gpu_val = gpu.val_losses.last().unwrap().1;
