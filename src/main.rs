@@ -12,7 +12,7 @@ use argh::FromArgs;
     note = "Models (--model): tiny (tests), gpt2-124m, genesis-150m, gpt2-350m. Training, eval, sample and the benchmarks run on the GPU when one works (--device auto|cpu|cuda). GPU training is fp32 with TF32 matmuls by default, or bf16 mixed precision with train --precision bf16 (not yet verified on a GPU); eval and sample default to bf16 on the GPU. Every command has its own --help: genesis COMMAND --help.\n\nThe path: genesis doctor (is this machine ready?), genesis prepare, genesis train (resumes by itself; plot RUN draws its loss), genesis eval, genesis export (a Hugging Face GPT-2 directory to take home), genesis verify (after the download), genesis sample."
 )]
 struct Cli {
-    /// worker threads for CPU work (default: all cores)
+    /// worker threads for CPU work, at most 4 per core (default: all cores)
     #[argh(option)]
     threads: Option<usize>,
     #[argh(subcommand)]
@@ -36,6 +36,10 @@ enum Command {
     Bench(cmd::bench::BenchCmd),
 }
 
+/// `--threads` beyond this many per core only add scheduling overhead (5000 threads took 72 s to
+/// sample 3 tokens), so more is refused.
+const MAX_THREADS_PER_CORE: usize = 4;
+
 fn main() {
     let cli: Cli = argh::from_env();
     if let Err(e) = run(cli) {
@@ -46,7 +50,15 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let most = MAX_THREADS_PER_CORE * cores;
+        if n == 0 || n > most {
+            anyhow::bail!(
+                "--threads {n}: expected 1 to {most} ({MAX_THREADS_PER_CORE} per core; this machine has {cores}); \
+                 leave it out to use every core"
+            );
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     match cli.command {
         Command::Prepare(c) => cmd::prepare::run(c),

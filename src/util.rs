@@ -73,6 +73,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
+/// The memory this machine can still give a process (`MemAvailable` of `/proc/meminfo`), in bytes;
+/// `None` where it cannot be read.
+pub fn available_memory() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// `bytes` as `13.2 GB`.
+pub fn gb(bytes: u128) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
 /// `1h02m`, `3m05s`, `12s`.
 pub fn duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;

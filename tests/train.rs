@@ -155,3 +155,39 @@ fn tiny_model_learns_shakespeare_and_samples() {
     assert!(!tok.decode(&a).trim().is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One flipped byte inside each section of a full checkpoint, at an offset read from its header: every
+/// reader that covers the section fails naming it (`load_params` reads only `params`).
+#[test]
+fn a_flipped_byte_in_any_section_is_reported_with_that_section() {
+    let dir = temp_dir("ckpt-sections");
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let params = gpt::init_params(&cfg, 3);
+    let mut rng = Rng::new(5);
+    let m: Vec<f32> = (0..params.len()).map(|_| rng.normal() as f32 * 1e-3).collect();
+    let v: Vec<f32> = (0..params.len()).map(|_| (rng.normal() as f32 * 1e-3).powi(2)).collect();
+    let path = dir.join("full.ckpt");
+    let sections: [(&str, &[f32]); 3] = [("params", &params), ("adam_m", &m), ("adam_v", &v)];
+    checkpoint::write(&path, &cfg, 7, &serde_json::json!({}), &sections).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let info = checkpoint::read_info(&path).unwrap();
+    assert_eq!(info.sections.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["params", "adam_m", "adam_v"]);
+    for s in &info.sections {
+        let mut damaged = bytes.clone();
+        damaged[(s.offset + s.bytes / 2) as usize] ^= 0x04;
+        let p = dir.join(format!("{}.ckpt", s.name));
+        std::fs::write(&p, &damaged).unwrap();
+        let needle = format!("section '{}'", s.name);
+        let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
+        assert!(e.contains(&needle), "load: {e}");
+        let e = format!("{:#}", checkpoint::verify(&p).unwrap_err());
+        assert!(e.contains(&needle), "verify: {e}");
+        let e = format!("{:#}", genesis::weights::verify(&p).unwrap_err());
+        assert!(e.contains(&needle), "genesis verify: {e}");
+        match checkpoint::load_params(&p) {
+            Err(e) => assert!(s.name == "params" && format!("{e:#}").contains(&needle), "load_params: {e:#}"),
+            Ok((_, got)) => assert!(s.name != "params" && got == params, "load_params missed damage in params"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -51,6 +51,8 @@ pub struct SampleCmd {
 }
 
 pub fn run(c: SampleCmd) -> Result<()> {
+    let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
+    params_s.check().map_err(anyhow::Error::msg)?;
     let device = genesis::gpu::select_device(c.device)?;
     let w = genesis::weights::load(&c.checkpoint)?;
     let (cfg, params) = (w.config, w.params);
@@ -60,7 +62,6 @@ pub fn run(c: SampleCmd) -> Result<()> {
     if prompt.len() >= cfg.max_seq_len {
         bail!("the prompt is {} tokens but the model's context is {}; shorten it", prompt.len(), cfg.max_seq_len);
     }
-    let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
     let mut rng = Rng::new(c.seed);
     let engine;
     let mut decoder: Box<dyn TokenDecoder + '_> = match device {

@@ -109,6 +109,27 @@ fn train_data(data: Option<&str>) -> Result<PathBuf> {
 }
 
 pub fn run(c: TrainCmd) -> Result<()> {
+    let mut choices = RunChoices {
+        steps: c.steps,
+        batch: c.batch,
+        seq: c.seq,
+        grad_accum: c.grad_accum,
+        lr: c.lr,
+        min_lr_frac: c.min_lr_frac,
+        warmup: c.warmup,
+        weight_decay: c.weight_decay,
+        grad_clip: c.grad_clip,
+        eval_every: c.eval_every,
+        eval_batches: c.eval_batches,
+        ckpt_every: c.ckpt_every,
+        keep: c.keep,
+        seed: c.seed,
+        init_from: c.init_from.clone(),
+    };
+    choices.check()?;
+    if c.max_bad_steps == 0 {
+        bail!("--max-bad-steps 0: expected at least 1 (the consecutive non-finite steps that stop the run)");
+    }
     let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
     // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
     let init = match (&c.init_from, &saved, &c.model) {
@@ -137,28 +158,13 @@ pub fn run(c: TrainCmd) -> Result<()> {
         Some(tps) => micro_batch_for(&model, seq, tps, gpu, c.precision)?,
         None => (c.batch, c.grad_accum),
     };
-    let choices = RunChoices {
-        steps: c.steps,
-        batch,
-        seq: Some(seq),
-        grad_accum,
-        lr: c.lr,
-        min_lr_frac: c.min_lr_frac,
-        warmup: c.warmup,
-        weight_decay: c.weight_decay,
-        grad_clip: c.grad_clip,
-        eval_every: c.eval_every,
-        eval_batches: c.eval_batches,
-        ckpt_every: c.ckpt_every,
-        keep: c.keep,
-        seed: c.seed,
-        init_from: c.init_from.clone(),
-    };
+    choices.seq = Some(seq);
+    (choices.batch, choices.grad_accum) = (batch, grad_accum);
     let run = choices.resolve(model, data, saved.as_ref());
     let mut opts = TrainOptions::new(run, c.out.clone());
     opts.fresh = c.fresh;
     opts.verbose = true;
-    opts.max_bad_steps = c.max_bad_steps.max(1);
+    opts.max_bad_steps = c.max_bad_steps;
     opts.stop = Some(stop_on_signals()?);
     opts.gpu = gpu;
     opts.precision = c.precision;
@@ -185,7 +191,25 @@ pub fn run(c: TrainCmd) -> Result<()> {
         let _ =
             writeln!(out, "best val loss {v:.4} at step {step}: {}", train::checkpoint_path(&c.out, step).display());
     }
-    let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", s.checkpoint.display());
+    match &s.recommended {
+        Some(p) if *p != s.checkpoint => {
+            let _ = writeln!(
+                out,
+                "the last checkpoint's validation loss is not finite (the run diverged); sample from the newest \
+                 sound one: genesis sample --checkpoint {} --prompt \"...\"",
+                p.display()
+            );
+        }
+        Some(p) => {
+            let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", p.display());
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "no checkpoint has a finite validation loss (the run diverged); start over with a lower --lr and --fresh"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -100,6 +100,29 @@ impl<F: Real> Activations<F> {
     }
 }
 
+impl Activations<f32> {
+    /// Bytes [`Activations::new`] allocates for (b, t), computed without allocating (in u128, so an
+    /// absurd batch gives a huge number rather than an overflow).
+    pub fn bytes(cfg: &ModelConfig, b: usize, t: usize) -> u128 {
+        let (l, c, nh) = (cfg.num_layers as u128, cfg.channels as u128, cfg.num_heads as u128);
+        let (b, t) = (b as u128, t as u128);
+        let bt = b * t;
+        // encoded, lnf; ln1, atty, attproj, residual2, ln2, fcproj, residual3 (C each), qkv (3C),
+        // fch and fch_gelu (4C each); the six per-layer statistics and the final two, losses;
+        // att (NH*T*T per row of B); the logits scratch.
+        let per_token = 2 * c + l * (7 * c + 3 * c + 8 * c) + l * 4 + 3;
+        let elems = bt * per_token + l * b * nh * t * t + logits_scratch_len_u128(bt, cfg.vocab_size as u128);
+        elems * 4
+    }
+}
+
+fn logits_scratch_len_u128(n: u128, v: u128) -> u128 {
+    match usize::try_from(n) {
+        Ok(n) => logits_scratch_len(n, v as usize) as u128,
+        Err(_) => n * v,
+    }
+}
+
 /// Scratch for the backward: one layer's worth of activation gradients, reused layer by layer.
 struct GradScratch<F> {
     dresidual: Vec<F>, // (B,T,C) gradient of the residual stream

@@ -223,6 +223,23 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     total
 }
 
+impl SamplingParams {
+    /// The options in their ranges, each error naming the option, its value and the range.
+    pub fn check(&self) -> Result<(), String> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(format!(
+                "--temperature {t}: expected a finite number from 0 up (0 = always the most likely token)"
+            ));
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(format!("--top-p {p}: expected a probability above 0 and at most 1 (1 = no nucleus cut)"));
+        }
+        Ok(())
+    }
+}
+
 /// Pick the next token from `logits` (V) as `params` says.
 pub fn sample_token(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.temperature <= 0.0 {

@@ -91,6 +91,12 @@ pub struct RunChoices {
 }
 
 impl RunChoices {
+    /// The given numbers in their ranges, before any work starts (the same rules as a run's).
+    pub fn check(&self) -> Result<()> {
+        let any = ModelConfig::preset("tiny").expect("a preset");
+        check_numbers(&self.resolve(any, PathBuf::new(), None))
+    }
+
     /// The run of `model` on `data`: each setting as given, else the saved run's (when resuming),
     /// else [`RunConfig::new`]'s default. A new run's default warmup follows its `steps`.
     pub fn resolve(&self, model: ModelConfig, data: PathBuf, saved: Option<&RunConfig>) -> RunConfig {
@@ -129,8 +135,28 @@ pub(super) fn check_config(o: &RunConfig) -> Result<()> {
     if o.seq == 0 || o.seq > o.model.max_seq_len {
         bail!("--seq {} must be between 1 and the model's context {}", o.seq, o.model.max_seq_len);
     }
+    check_numbers(o)
+}
+
+/// The numeric settings in their ranges, each error naming the option, its value and the range.
+fn check_numbers(o: &RunConfig) -> Result<()> {
     if o.batch == 0 || o.grad_accum == 0 || o.steps == 0 {
         bail!("--batch, --grad-accum and --steps must be at least 1");
+    }
+    let in_range = |name: &str, v: f64, ok: bool, range: &str| -> Result<()> {
+        if v.is_finite() && ok {
+            Ok(())
+        } else {
+            bail!("--{name} {v}: expected {range}")
+        }
+    };
+    in_range("lr", o.lr, o.lr > 0.0, "a finite learning rate above 0, e.g. 6e-4")?;
+    in_range("min-lr-frac", o.min_lr_frac, (0.0..=1.0).contains(&o.min_lr_frac), "a fraction from 0 to 1")?;
+    let wd = o.weight_decay as f64;
+    in_range("weight-decay", wd, wd >= 0.0, "a finite number from 0 up (0 = no decay)")?;
+    in_range("grad-clip", o.grad_clip, o.grad_clip >= 0.0, "a finite norm from 0 up (0 = no clipping)")?;
+    if o.eval_batches == 0 {
+        bail!("--eval-batches 0: expected at least 1 (validation runs at the start, every --eval-every steps and at checkpoints)");
     }
     Ok(())
 }

@@ -95,6 +95,10 @@ pub struct TrainState {
     /// Training time so far, over all sessions.
     pub elapsed_s: f64,
     pub genesis_version: String,
+    /// The validation loss measured at this step was not finite: the weights are saved, but this
+    /// checkpoint is never recommended and never pushes a sound one out of `--keep`.
+    #[serde(default)]
+    pub diverged: bool,
 }
 
 /// What a run produced.
@@ -106,6 +110,8 @@ pub struct TrainSummary {
     pub val_losses: Vec<(u64, f64)>,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// The newest checkpoint whose validation loss was finite: the one to sample from.
+    pub recommended: Option<PathBuf>,
     /// The step training resumed from, if it did.
     pub resumed_from: Option<u64>,
     /// The last step completed.
@@ -267,6 +273,16 @@ fn start_fresh(o: &TrainOptions, loader: &DataLoader, log: &mut RunLog) -> Resul
     Ok(Trainer { params, opt, state, step: 0 })
 }
 
+/// Whether the checkpoint at `path` records a diverged step (a header read; unreadable counts as not).
+fn diverged(path: &Path) -> bool {
+    checkpoint::read_info(path).is_ok_and(|i| i.meta.get("diverged").and_then(|d| d.as_bool()) == Some(true))
+}
+
+/// The newest checkpoint in `out` that did not diverge, to recommend.
+fn newest_sound_checkpoint(out: &Path) -> Option<PathBuf> {
+    rundir::list_checkpoints(out).into_iter().map(|c| c.1).find(|p| !diverged(p))
+}
+
 /// Writes a full checkpoint for the trainer's current step and prunes old ones.
 fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Result<PathBuf> {
     if let Some(v) = t.state.val_loss {
@@ -274,12 +290,16 @@ fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Resul
             t.state.best = Some((t.step, v));
         }
     }
+    t.state.diverged = t.state.val_loss.is_some_and(|v| !v.is_finite());
     let path = checkpoint_path(&o.out, t.step);
     let meta = serde_json::to_value(&t.state)?;
     let sections: [(&str, &[f32]); 3] = [("params", &t.params), ("adam_m", &t.opt.m), ("adam_v", &t.opt.v)];
     checkpoint::write(&path, &o.run.model, t.step, &meta, &sections)?;
-    let pruned = rundir::prune(&o.out, o.run.keep, t.state.best.map(|b| b.0));
+    let pruned = rundir::prune(&o.out, o.run.keep, t.state.best.map(|b| b.0), diverged);
     let mut line = format!("step {:>6} | saved {}", t.step, path.display());
+    if t.state.diverged {
+        line.push_str(" (its validation loss is not finite: kept apart, never recommended)");
+    }
     if !pruned.is_empty() {
         line.push_str(&format!(" (removed step {})", pruned.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")));
     }
@@ -395,6 +415,28 @@ impl Engine {
     }
 }
 
+/// Refuses a CPU run whose weights, gradients, AdamW moments and activations would not fit in the
+/// memory this machine has available, naming both figures (instead of aborting in the allocator).
+fn check_cpu_memory(r: &RunConfig) -> Result<()> {
+    let Some(available) = crate::util::available_memory() else { return Ok(()) };
+    let params = ParamLayout::new(&r.model).total as u128;
+    // Weights, gradients, m and v in f32, the activations, and the backward's scratch (14 C per token).
+    let scratch = (r.batch * r.seq) as u128 * r.model.channels as u128 * 14 * 4;
+    let need = params * 16 + Activations::bytes(&r.model, r.batch, r.seq) + scratch;
+    if need > available as u128 {
+        bail!(
+            "training {} on the CPU at --batch {} --seq {} needs about {} of memory, but {} is available; \
+             use a smaller --batch (and --grad-accum to keep the tokens per step) or a shorter --seq",
+            r.model,
+            r.batch,
+            r.seq,
+            crate::util::gb(need),
+            crate::util::gb(available as u128)
+        );
+    }
+    Ok(())
+}
+
 /// Notes a validation loss in the state, the summary, the log and the metrics.
 fn record_val(
     t: &mut Trainer,
@@ -412,6 +454,9 @@ fn record_val(
 pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let r = &o.run;
     check_config(r)?;
+    if o.gpu.is_none() {
+        check_cpu_memory(r)?;
+    }
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create run directory {}", o.out.display()))?;
     let removed = rundir::remove_stale_temporaries(&o.out);
     let archived = if o.fresh { rundir::archive(&o.out)? } else { None };
@@ -594,6 +639,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     if summary.checkpoint.as_os_str().is_empty() {
         summary.checkpoint = last_saved.unwrap_or_default();
     }
+    summary.recommended = newest_sound_checkpoint(&o.out);
     summary.tokens_per_sec = session_tokens as f64 / session_start.elapsed().as_secs_f64().max(1e-9);
     Ok(summary)
 }

@@ -46,12 +46,21 @@ pub fn remove_stale_temporaries(out: &Path) -> Vec<String> {
     removed
 }
 
-/// Keeps the newest `keep` checkpoints and the one at `best_step`; deletes the rest. Returns the
-/// steps deleted.
-pub fn prune(out: &Path, keep: usize, best_step: Option<u64>) -> Vec<u64> {
+/// Keeps the newest `keep` sound checkpoints, the one at `best_step`, and diverged ones (whose
+/// validation loss was not finite, as `diverged` says) only while they are among the newest `keep`
+/// of all: a diverged checkpoint never pushes a sound one out. Deletes the rest; returns their steps.
+pub fn prune(out: &Path, keep: usize, best_step: Option<u64>, diverged: impl Fn(&Path) -> bool) -> Vec<u64> {
+    let keep = keep.max(1);
     let mut deleted = Vec::new();
+    let mut sound_kept = 0;
     for (i, (step, path)) in list_checkpoints(out).into_iter().enumerate() {
-        if i >= keep.max(1) && Some(step) != best_step && fs::remove_file(&path).is_ok() {
+        let keep_it = if diverged(&path) {
+            i < keep
+        } else {
+            sound_kept += 1;
+            sound_kept <= keep
+        };
+        if !keep_it && Some(step) != best_step && fs::remove_file(&path).is_ok() {
             deleted.push(step);
         }
     }
@@ -113,10 +122,29 @@ mod tests {
             fs::write(checkpoint_path(&d, s), b"x").unwrap();
         }
         fs::write(d.join("notes.txt"), b"x").unwrap();
-        assert_eq!(prune(&d, 2, Some(20)), vec![30, 10]);
+        assert_eq!(prune(&d, 2, Some(20), |_| false), vec![30, 10]);
         let left: Vec<u64> = list_checkpoints(&d).into_iter().map(|c| c.0).collect();
         assert_eq!(left, vec![50, 40, 20]);
         assert!(d.join("notes.txt").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn diverged_checkpoints_never_push_sound_ones_out() {
+        let d = scratch("diverged");
+        for s in [10, 20, 30, 40, 50] {
+            fs::write(checkpoint_path(&d, s), b"x").unwrap();
+        }
+        // 40 and 50 diverged: the two newest sound ones (30, 20) stay, and so do 40 and 50 as the
+        // newest of all; 10 goes.
+        let bad = |p: &Path| p.ends_with("step_00000040.ckpt") || p.ends_with("step_00000050.ckpt");
+        assert_eq!(prune(&d, 2, None, bad), vec![10]);
+        // A newer diverged one pushes the older diverged ones out, never the sound ones.
+        fs::write(checkpoint_path(&d, 60), b"x").unwrap();
+        let bad = |p: &Path| !p.ends_with("step_00000030.ckpt") && !p.ends_with("step_00000020.ckpt");
+        assert_eq!(prune(&d, 2, None, bad), vec![40]);
+        let left: Vec<u64> = list_checkpoints(&d).into_iter().map(|c| c.0).collect();
+        assert_eq!(left, vec![60, 50, 30, 20]);
         fs::remove_dir_all(&d).unwrap();
     }
 
