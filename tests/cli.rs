@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::temp_dir;
+use common::{temp_dir, text};
 
 /// Runs `genesis ARGS` with `data_root` as the data directory and no network (an HF endpoint on a
 /// closed local port).
@@ -20,10 +20,6 @@ fn genesis(data_root: &Path, args: &[&str]) -> Output {
         .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .output()
         .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

@@ -12,15 +12,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{assert_mentions, temp_dir};
+use common::{assert_mentions, genesis, temp_dir, text};
 use genesis::checkpoint::{self, Checkpoint};
 use genesis::data::manifest::Manifest;
 use genesis::doctor::{self, Check, Status};
 use genesis::model::ModelConfig;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Prepares a small dataset called `name` under `root` through the binary.
 fn prepare(root: &Path, name: &str) {
@@ -290,6 +286,6 @@ fn cli_rejects_an_unknown_model_and_documents_its_exit_status() {
     let out = doctor_cli(&["--offline", "--model", "gpt5"], &[]);
     assert!(!out.status.success());
     assert_mentions(&text(&out.stderr), &["gpt5", "genesis-150m"]);
-    let help = Command::new(env!("CARGO_BIN_EXE_genesis")).args(["doctor", "--help"]).output().unwrap();
+    let help = genesis(&["doctor", "--help"]);
     assert_mentions(&text(&help.stdout), &["Exit status", "FAIL", "--offline", "--keep"]);
 }

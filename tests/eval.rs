@@ -5,9 +5,8 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use common::{assert_mentions, err_string, shared_file, temp_dir};
+use common::{assert_mentions, err_string, genesis, shared_file, temp_dir, text};
 use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::data::manifest::{Manifest, Split};
@@ -357,14 +356,6 @@ fn bad_hellaswag_files_name_file_and_line() {
     assert_mentions(&err_string(read_hellaswag(&empty, None)), &["empty.jsonl", "no HellaSwag items"]);
     assert_mentions(&err_string(read_hellaswag(&root.join("missing.jsonl"), None)), &["missing.jsonl"]);
     fs::remove_dir_all(&root).unwrap();
-}
-
-fn genesis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_genesis")).args(args).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The CLI prints the report, --json parses and matches the library, bad arguments explain themselves.

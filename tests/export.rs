@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_mentions, err_string, temp_dir};
+use common::{assert_mentions, assert_same_bits, err_string, genesis, output_text, repo_root, temp_dir};
 use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::hf::{self, Provenance};
@@ -14,7 +14,7 @@ use genesis::rng::Rng;
 use genesis::safetensors::{self, Dtype, TensorOut};
 use genesis::weights::{self, WeightsFormat};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn tiny() -> ModelConfig {
@@ -42,13 +42,6 @@ fn export_tiny(dir: &Path, params: &[f32], dtype: Dtype) -> hf::ExportInfo {
     hf::export(dir, &tiny(), params, dtype, &provenance()).unwrap()
 }
 
-fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        panic!("{what}: element {i} is {} but should be {}", got[i], want[i]);
-    }
-}
-
 /// Genesis's mean loss of predicting `tokens[1..]` from `tokens[..n-1]` (one sequence, f32 forward).
 fn genesis_loss(cfg: &ModelConfig, params: &[f32], tokens: &[u32]) -> (f64, Vec<f32>) {
     let t = tokens.len() - 1;
@@ -57,18 +50,6 @@ fn genesis_loss(cfg: &ModelConfig, params: &[f32], tokens: &[u32]) -> (f64, Vec<
     gpt::forward(cfg, &layout, params, &mut acts, &tokens[..t]);
     let loss = gpt::loss(cfg, &layout, params, &mut acts, &tokens[1..]);
     (loss, gpt::logits(cfg, &layout, params, &acts))
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run the tests through cargo"))
-}
-
-fn genesis_bin(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_genesis")).args(args).output().expect("run the genesis binary")
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[test]
@@ -84,7 +65,7 @@ fn f32_export_loads_bit_identical_with_padded_rows_zero() {
     assert_eq!(w.config, cfg);
     assert_eq!(w.format, WeightsFormat::Safetensors);
     assert_eq!(w.step, Some(42));
-    assert_bits_eq(&w.params, &params, "f32 export round trip");
+    assert_same_bits("f32 export round trip", &w.params, &params);
     // The file itself: unpadded vocabulary, no lm_head, the sha256 genesis.json records.
     let (header, len) = safetensors::read_header(&dir.join(hf::MODEL_FILE)).unwrap();
     assert_eq!(header.get("transformer.wte.weight").unwrap().shape, vec![cfg.vocab_size, cfg.channels]);
@@ -117,7 +98,7 @@ fn export_stores_conv1d_weights_transposed_with_hf_config() {
         assert_eq!(theirs[i * 4 * c + o], ours[o * c + i], "c_fc.weight[{i}][{o}]");
     }
     let bias = file.values(file.header.get("transformer.h.0.attn.c_attn.bias").unwrap()).unwrap();
-    assert_bits_eq(&bias, layout.layer(&params, Param::Qkvb, 0), "c_attn.bias");
+    assert_same_bits("c_attn.bias", &bias, layout.layer(&params, Param::Qkvb, 0));
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(hf::CONFIG_FILE)).unwrap()).unwrap();
     assert_eq!(config["model_type"], "gpt2");
     assert_eq!(config["architectures"][0], "GPT2LMHeadModel");
@@ -144,7 +125,7 @@ fn bf16_export_holds_the_bf16_rounding_of_each_value() {
     let i16_ = export_tiny(&d16, &params, Dtype::BF16);
     let w = weights::load(&d16.join(hf::MODEL_FILE)).unwrap();
     let rounded: Vec<f32> = params.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
-    assert_bits_eq(&w.params, &rounded, "bf16 export");
+    assert_same_bits("bf16 export", &w.params, &rounded);
     assert!(rounded.iter().zip(&params).any(|(a, b)| a != b), "rounding should change some values");
     // Half the bytes, give or take the header.
     assert!(i16_.bytes * 2 - i32_.bytes < 16 * 1024, "{} vs {}", i16_.bytes, i32_.bytes);
@@ -200,13 +181,13 @@ fn hub_style_files_load_in_f32_bf16_and_f16() {
         assert_eq!(w.config.padded_vocab_size, 50304, "vocab 50257 pads to 50304");
         assert_eq!(w.step, None);
         let want: Vec<f32> = params.iter().map(|&x| round(x)).collect();
-        assert_bits_eq(&w.params, &want, &format!("hub-style {dtype}"));
+        assert_same_bits(&format!("hub-style {dtype}"), &w.params, &want);
     }
     // A stored lm_head equal to wte (tied) loads; a different one is refused.
     let wte = &params[..cfg.vocab_size * cfg.channels];
     let hub = temp_dir("hub-lmhead");
     write_hub_style(&dir, &hub, Dtype::F32, Some(wte));
-    assert_bits_eq(&weights::load(&hub).unwrap().params, &params, "hub with tied lm_head");
+    assert_same_bits("hub with tied lm_head", &weights::load(&hub).unwrap().params, &params);
     let mut other = wte.to_vec();
     other[7] += 1.0;
     write_hub_style(&dir, &hub, Dtype::F32, Some(&other));
@@ -273,17 +254,17 @@ fn llmc_fp32_and_bf16_files_load_and_import() {
     for (path, want) in [(&f32_path, &params), (&bf16_path, &rounded)] {
         let w = weights::load(path).unwrap();
         assert_eq!((w.config, w.format), (cfg, WeightsFormat::LlmC));
-        assert_bits_eq(&w.params, want, &path.display().to_string());
+        assert_same_bits(&path.display().to_string(), &w.params, want);
         let ckpt = dir.join(format!("{}.ckpt", path.file_stem().unwrap().to_str().unwrap()));
-        let out = genesis_bin(&["import", path.to_str().unwrap(), "--out", ckpt.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", text(&out));
-        assert_mentions(&text(&out), &["2 layers, 64 channels", "llm.c"]);
+        let out = genesis(&["import", path.to_str().unwrap(), "--out", ckpt.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert_mentions(&output_text(&out), &["2 layers, 64 channels", "llm.c"]);
         let c = checkpoint::load(&ckpt).unwrap();
         assert_eq!((c.config, c.step), (cfg, 0));
-        assert_bits_eq(c.params(), want, "imported checkpoint");
-        let again = genesis_bin(&["import", path.to_str().unwrap(), "--out", ckpt.to_str().unwrap()]);
+        assert_same_bits("imported checkpoint", c.params(), want);
+        let again = genesis(&["import", path.to_str().unwrap(), "--out", ckpt.to_str().unwrap()]);
         assert!(!again.status.success(), "import must not replace an existing checkpoint without --force");
-        assert_mentions(&text(&again), &["already exists", "--force"]);
+        assert_mentions(&output_text(&again), &["already exists", "--force"]);
     }
 }
 
@@ -399,7 +380,7 @@ fn transformers_loss(dir: &Path, tokens: &[u32]) -> f64 {
     let mut cmd = Command::new("python3");
     cmd.arg(script).arg(dir).args(tokens.iter().map(u32::to_string));
     let out = cmd.output().expect("run python3");
-    assert!(out.status.success(), "scripts/hf_loss.py failed:\n{}", text(&out));
+    assert!(out.status.success(), "scripts/hf_loss.py failed:\n{}", output_text(&out));
     let line = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("")).expect("hf_loss.py prints JSON");
     v["loss"].as_f64().unwrap()
@@ -447,29 +428,29 @@ fn cli_export_verify_sample_import() {
     checkpoint::save(&ckpt, &Checkpoint::new(cfg, 77, random_params(&cfg, 11))).unwrap();
     let export = dir.join("home");
     let (c, e) = (ckpt.to_str().unwrap(), export.to_str().unwrap());
-    let out = genesis_bin(&["export", "--checkpoint", c, "--out", e]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_mentions(&text(&out), &["step 77", "bf16", "genesis verify"]);
-    let out = genesis_bin(&["verify", e]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = genesis(&["export", "--checkpoint", c, "--out", e]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_mentions(&output_text(&out), &["step 77", "bf16", "genesis verify"]);
+    let out = genesis(&["verify", e]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let line = String::from_utf8_lossy(&out.stdout);
     assert!(line.starts_with(&format!("{e}: whole (")), "{line}");
     assert_mentions(&line, &["step 77", "sha256 matches"]);
-    let out = genesis_bin(&["sample", "--checkpoint", e, "--max-tokens", "5", "--seed", "1"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = genesis(&["sample", "--checkpoint", e, "--max-tokens", "5", "--seed", "1"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let back = dir.join("back.ckpt");
-    let out = genesis_bin(&["import", e, "--out", back.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(genesis_bin(&["verify", back.to_str().unwrap()]).status.success());
+    let out = genesis(&["import", e, "--out", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(genesis(&["verify", back.to_str().unwrap()]).status.success());
     let st = export.join(hf::MODEL_FILE);
     let mut bytes = std::fs::read(&st).unwrap();
     let n = bytes.len();
     bytes[n - 3] ^= 0xff;
     std::fs::write(&st, &bytes).unwrap();
-    let out = genesis_bin(&["verify", e]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_mentions(&text(&out), &["model.safetensors", "sha256"]);
-    let out = genesis_bin(&["export", "--checkpoint", c, "--out", e, "--dtype", "int8"]);
+    let out = genesis(&["verify", e]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert_mentions(&output_text(&out), &["model.safetensors", "sha256"]);
+    let out = genesis(&["export", "--checkpoint", c, "--out", e, "--dtype", "int8"]);
     assert!(!out.status.success());
-    assert_mentions(&text(&out), &["--dtype int8", "bf16"]);
+    assert_mentions(&output_text(&out), &["--dtype int8", "bf16"]);
 }

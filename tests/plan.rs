@@ -1,8 +1,10 @@
 //! The GPU memory plan (`train::plan`) and `genesis info`, which prints it without a GPU.
 
+mod common;
+
+use common::{genesis, text};
 use genesis::gpu::plan::{layout_for, plan, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION, WORKSPACE_BYTES};
 use genesis::model::ModelConfig;
-use std::process::Command;
 
 const GIB: u64 = 1 << 30;
 const MODELS: [&str; 4] = ["tiny", "gpt2-124m", "genesis-150m", "gpt2-350m"];
@@ -115,12 +117,9 @@ fn a_tiny_gpu_is_an_error_naming_the_requirement() {
 
 #[test]
 fn info_prints_the_table_without_a_gpu() {
-    let out = Command::new(env!("CARGO_BIN_EXE_genesis"))
-        .args(["info", "--model", "genesis-150m", "--gpu-mem", "24"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let out = genesis(&["info", "--model", "genesis-150m", "--gpu-mem", "24"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
     // The default precision is genesis train's: fp32.
     let p = plan(&model("genesis-150m"), 1024, 524_288, 24 * GIB, false).unwrap();
     for part in [
@@ -142,22 +141,16 @@ fn info_prints_the_table_without_a_gpu() {
         assert!(stdout.contains(part), "info output lacks {part:?}:\n{stdout}");
     }
 
-    let bf16 = Command::new(env!("CARGO_BIN_EXE_genesis"))
-        .args(["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "bf16", "--seq", "512"])
-        .output()
-        .unwrap();
+    let bf16 = genesis(&["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "bf16", "--seq", "512"]);
     assert!(bf16.status.success());
-    let text = String::from_utf8_lossy(&bf16.stdout);
+    let shown = text(&bf16.stdout);
     let p = plan(&model("genesis-150m"), 512, 524_288, 24 * GIB, true).unwrap();
     assert!(
-        text.contains("bf16, seq 512") && text.contains(&format!("micro-batch {} x seq 512", p.micro_batch)),
-        "{text}"
+        shown.contains("bf16, seq 512") && shown.contains(&format!("micro-batch {} x seq 512", p.micro_batch)),
+        "{shown}"
     );
 
-    let small = Command::new(env!("CARGO_BIN_EXE_genesis"))
-        .args(["info", "--model", "gpt2-350m", "--gpu-mem", "2", "--precision", "fp32"])
-        .output()
-        .unwrap();
+    let small = genesis(&["info", "--model", "gpt2-350m", "--gpu-mem", "2", "--precision", "fp32"]);
     assert!(!small.status.success());
-    assert!(String::from_utf8_lossy(&small.stderr).contains("needs at least"));
+    assert!(text(&small.stderr).contains("needs at least"));
 }

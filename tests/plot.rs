@@ -4,9 +4,8 @@
 mod common;
 
 use std::fs;
-use std::process::{Command, Output};
 
-use common::{assert_mentions, err_string, temp_dir};
+use common::{assert_mentions, err_string, genesis, temp_dir, text};
 use genesis::plot::{self, PlotOptions, Point, RunData};
 use genesis::train::metrics::Record;
 
@@ -77,14 +76,6 @@ fn synthetic_run(tag: &str) -> std::path::PathBuf {
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("metrics.jsonl"), synthetic_records(3.0).1).unwrap();
     dir
-}
-
-fn genesis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_genesis")).args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The number of "x,y" pairs in the `points` attribute of the polyline with class `class`.

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{err_string, shared_file, temp_dir};
+use common::{
+    assert_same_state, err_string, loss_bits, output_text, paragraph_dataset, shared_file, temp_dir, tiny_run, val_loss,
+};
 use genesis::checkpoint;
-use genesis::data::prepare::{prepare, Input, PrepareConfig};
-use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::model::ModelConfig;
 use genesis::rng::Rng;
 use genesis::train::metrics::{self, Record};
@@ -24,36 +24,7 @@ use std::time::{Duration, Instant};
 fn dataset(dir: &Path) -> PathBuf {
     let text = fs::read_to_string(shared_file("tinyshakespeare.txt")).unwrap();
     let cut = text[..150_000].rfind("\n\n").unwrap();
-    let src = dir.join("shakespeare.txt");
-    fs::write(&src, &text[..cut]).unwrap();
-    let data = dir.join("data");
-    let mut cfg = PrepareConfig::new("shakespeare");
-    cfg.source.docs = Docs::Paragraphs;
-    cfg.progress = false;
-    prepare(&[Input::local(SourceFile { path: src, format: Format::Text })], &data, &cfg).unwrap();
-    data
-}
-
-fn run_config(data: &Path, steps: u64) -> RunConfig {
-    RunConfig {
-        model: ModelConfig::preset("tiny").unwrap(),
-        data: data.to_path_buf(),
-        steps,
-        batch: 4,
-        seq: 32,
-        grad_accum: 2,
-        lr: 3e-3,
-        min_lr_frac: 0.1,
-        warmup: 3,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        eval_every: 0,
-        eval_batches: 2,
-        ckpt_every: 0,
-        keep: 3,
-        seed: 7,
-        init_from: None,
-    }
+    paragraph_dataset(dir, "shakespeare", &text[..cut])
 }
 
 fn options(run: RunConfig, out: &Path) -> TrainOptions {
@@ -67,21 +38,6 @@ fn one_step_then_stop(run: RunConfig, out: &Path) -> TrainOptions {
     o
 }
 
-fn bits(xs: &[(u64, f64)]) -> Vec<(u64, u64)> {
-    xs.iter().map(|&(s, l)| (s, l.to_bits())).collect()
-}
-
-/// Asserts that two checkpoints hold bit-identical parameters and AdamW moments.
-fn assert_same_state(a: &Path, b: &Path) {
-    let (ca, cb) = (checkpoint::load(a).unwrap(), checkpoint::load(b).unwrap());
-    assert_eq!(ca.step, cb.step);
-    for name in ["params", "adam_m", "adam_v"] {
-        let (x, y) = (ca.section(name).unwrap(), cb.section(name).unwrap());
-        let differ = x.iter().zip(y).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
-        assert_eq!(differ, 0, "{name}: {differ} values differ between {} and {}", a.display(), b.display());
-    }
-}
-
 fn main_log(out: &Path) -> String {
     fs::read_to_string(out.join("main.log")).unwrap_or_default()
 }
@@ -90,7 +46,7 @@ fn main_log(out: &Path) -> String {
 fn resume_gives_the_same_bits_as_an_unbroken_run() {
     let dir = temp_dir("resume-exact");
     let data = dataset(&dir);
-    let straight = train(&options(run_config(&data, 10), &dir.join("a"))).unwrap();
+    let straight = train(&options(tiny_run(&data, 10), &dir.join("a"))).unwrap();
     assert_eq!(straight.train_losses.len(), 10);
 
     // The same run, stopped after steps 1, 2 and 3 (as by a signal), then resumed to the end with a
@@ -98,17 +54,17 @@ fn resume_gives_the_same_bits_as_an_unbroken_run() {
     let b = dir.join("b");
     let mut losses = Vec::new();
     for expect in 1..=3 {
-        let s = train(&one_step_then_stop(run_config(&data, 10), &b)).unwrap();
+        let s = train(&one_step_then_stop(tiny_run(&data, 10), &b)).unwrap();
         assert_eq!((s.step, s.stopped_by.as_deref()), (expect, Some("SIGTERM")));
         assert_eq!(s.resumed_from, (expect > 1).then_some(expect - 1));
         losses.extend(s.train_losses);
     }
-    let mut rest = run_config(&data, 10);
+    let mut rest = tiny_run(&data, 10);
     rest.ckpt_every = 4;
     let s = train(&options(rest, &b)).unwrap();
     assert_eq!(s.resumed_from, Some(3));
     losses.extend(s.train_losses);
-    assert_eq!(bits(&losses), bits(&straight.train_losses), "losses differ after resuming");
+    assert_eq!(loss_bits(&losses), loss_bits(&straight.train_losses), "losses differ after resuming");
     assert_same_state(&straight.checkpoint, &s.checkpoint);
     let log = main_log(&b);
     assert!(log.contains("resuming from step 3 (768 tokens seen, train loss"), "{log}");
@@ -126,13 +82,13 @@ fn resume_gives_the_same_bits_as_an_unbroken_run() {
 fn a_full_checkpoint_holds_the_whole_training_state() {
     let dir = temp_dir("resume-state");
     let data = dataset(&dir);
-    let s = train(&options(run_config(&data, 3), &dir.join("run"))).unwrap();
+    let s = train(&options(tiny_run(&data, 3), &dir.join("run"))).unwrap();
     let ckpt = checkpoint::load(&s.checkpoint).unwrap();
     let names: Vec<&str> = ckpt.sections.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(names, ["params", "adam_m", "adam_v"]);
     let state: TrainState = serde_json::from_value(ckpt.meta).unwrap();
     assert_eq!((state.adam_t, state.tokens, state.skipped), (3, 3 * 2 * 4 * 32, 0));
-    assert_eq!(state.run, run_config(&data, 3));
+    assert_eq!(state.run, tiny_run(&data, 3));
     assert_eq!(state.loss.to_bits(), s.train_losses[2].1.to_bits());
     assert_eq!(state.val_loss.map(f64::to_bits), s.val_losses.last().map(|v| v.1.to_bits()));
     assert!(state.loader.position > 0 || state.loader.shard > 0, "loader position not saved: {:?}", state.loader);
@@ -146,10 +102,10 @@ fn a_full_checkpoint_holds_the_whole_training_state() {
 fn a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used() {
     let dir = temp_dir("resume-damaged");
     let data = dataset(&dir);
-    let straight = train(&options(run_config(&data, 8), &dir.join("a"))).unwrap();
+    let straight = train(&options(tiny_run(&data, 8), &dir.join("a"))).unwrap();
 
     let b = dir.join("b");
-    let mut cfg = run_config(&data, 6);
+    let mut cfg = tiny_run(&data, 6);
     cfg.ckpt_every = 2;
     train(&options(cfg, &b)).unwrap();
     let newest = checkpoint_path(&b, 6);
@@ -160,14 +116,14 @@ fn a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used() {
     // A leftover temporary from a killed write is removed too.
     fs::write(b.join("step_00000007.ckpt.tmp"), b"half a checkpoint").unwrap();
 
-    let s = train(&options(run_config(&data, 8), &b)).unwrap();
+    let s = train(&options(tiny_run(&data, 8), &b)).unwrap();
     assert_eq!(s.resumed_from, Some(4));
     let log = main_log(&b);
     assert!(log.contains("step_00000006.ckpt is damaged") && log.contains("section 'adam_v'"), "{log}");
     assert!(log.contains("removed step_00000007.ckpt.tmp"), "{log}");
     assert!(b.join("step_00000006.ckpt.corrupt").exists());
     assert!(!b.join("step_00000007.ckpt.tmp").exists());
-    assert_eq!(bits(&s.train_losses), bits(&straight.train_losses[4..]));
+    assert_eq!(loss_bits(&s.train_losses), loss_bits(&straight.train_losses[4..]));
     assert_same_state(&straight.checkpoint, &s.checkpoint);
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -177,13 +133,13 @@ fn changing_the_model_or_sequence_on_resume_is_an_error_and_fresh_starts_over() 
     let dir = temp_dir("resume-refuse");
     let data = dataset(&dir);
     let out = dir.join("run");
-    train(&options(run_config(&data, 2), &out)).unwrap();
+    train(&options(tiny_run(&data, 2), &out)).unwrap();
 
-    let mut wider = run_config(&data, 4);
+    let mut wider = tiny_run(&data, 4);
     wider.model.channels = 128;
     let e = err_string(train(&options(wider.clone(), &out)));
     assert!(e.contains("different model") && e.contains("--fresh"), "{e}");
-    let mut longer = run_config(&data, 4);
+    let mut longer = tiny_run(&data, 4);
     longer.seq = 16;
     let e = err_string(train(&options(longer, &out)));
     assert!(e.contains("--seq 32") && e.contains("--seq 16"), "{e}");
@@ -202,7 +158,7 @@ fn keeps_the_newest_checkpoints_and_the_best() {
     let dir = temp_dir("resume-keep");
     let data = dataset(&dir);
     let out = dir.join("run");
-    let mut cfg = run_config(&data, 12);
+    let mut cfg = tiny_run(&data, 12);
     cfg.ckpt_every = 1;
     cfg.keep = 2;
     // A learning rate high enough that validation loss rises again after a few steps.
@@ -224,7 +180,7 @@ fn keeps_the_newest_checkpoints_and_the_best() {
 fn non_finite_steps_are_skipped_and_never_saved() {
     let dir = temp_dir("resume-nan");
     let data = dataset(&dir);
-    let mut o = options(run_config(&data, 6), &dir.join("a"));
+    let mut o = options(tiny_run(&data, 6), &dir.join("a"));
     o.poison_steps = vec![3];
     let s = train(&o).unwrap();
     let steps: Vec<u64> = s.train_losses.iter().map(|l| l.0).collect();
@@ -238,7 +194,7 @@ fn non_finite_steps_are_skipped_and_never_saved() {
     assert!(main_log(&dir.join("a")).contains("not finite: update skipped"));
 
     // Several in a row stop the run and name the last good checkpoint.
-    let mut cfg = run_config(&data, 20);
+    let mut cfg = tiny_run(&data, 20);
     cfg.ckpt_every = 2;
     let mut o = options(cfg, &dir.join("b"));
     o.poison_steps = (5..=20).collect();
@@ -287,8 +243,7 @@ fn spawn_train(data: &Path, out: &Path, extra: &[&str]) -> Child {
 
 fn finish(child: Child) -> (i32, String) {
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    (out.status.code().unwrap_or(-1), output_text(&out))
 }
 
 #[test]
@@ -421,10 +376,7 @@ fn tokens_per_step_sets_batch_and_accumulation() {
             .args(extra)
             .output()
             .unwrap();
-        (
-            out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        )
+        (out.status.success(), output_text(&out))
     };
     // On the CPU: 8 sequences of 32, accumulated 4 times to reach at least 1000 tokens.
     let (ok, text) = run(&["--tokens-per-step", "1000", "--fresh"]);
@@ -445,19 +397,16 @@ fn init_from_starts_from_the_given_weights() {
     let dir = temp_dir("resume-init");
     let data = dataset(&dir);
     // Weights trained a little, saved as an llm.c file (any model file works through weights::load).
-    let first = train(&options(run_config(&data, 3), &dir.join("a"))).unwrap();
+    let first = train(&options(tiny_run(&data, 3), &dir.join("a"))).unwrap();
     let trained = checkpoint::load(&first.checkpoint).unwrap();
     let bin = dir.join("start.bin");
     genesis::llmc::write_model(&bin, &trained.config, trained.params()).unwrap();
 
-    let mut cfg = run_config(&data, 2);
+    let mut cfg = tiny_run(&data, 2);
     cfg.init_from = Some(bin.clone());
     let s = train(&options(cfg.clone(), &dir.join("b"))).unwrap();
     // The step-0 validation loss is the given weights', not a fresh init's.
-    let mut val =
-        genesis::data::loader::DataLoader::open(&data, genesis::data::manifest::Split::Val, 4, 32, 7).unwrap();
-    let mut acts = genesis::cpu::gpt::Activations::<f32>::new(&cfg.model, 4, 32);
-    let want = genesis::train::evaluate(&cfg.model, trained.params(), &mut val, &mut acts, cfg.eval_batches);
+    let want = val_loss(&cfg, trained.params());
     assert_eq!(s.val_losses[0].1.to_bits(), want.to_bits(), "step 0 did not start from {}", bin.display());
     assert!(main_log(&dir.join("b")).contains("initial weights:"));
 

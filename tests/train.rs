@@ -3,12 +3,10 @@
 
 mod common;
 
-use common::{shared_file, temp_dir};
+use common::{max_abs_diff, prepare_paragraphs, shared_file, temp_dir, tiny_run};
 use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams};
-use genesis::data::prepare::{prepare, Input, PrepareConfig};
-use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::data::tokenizer::Tokenizer;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
@@ -31,7 +29,7 @@ fn decoder_logits_match_the_full_forward() {
     for (pos, &tok) in tokens.iter().enumerate() {
         let step = dec.step(tok);
         let row = &full[pos * v..(pos + 1) * v];
-        let err = step.iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let err = max_abs_diff(step, row);
         assert!(err < 1e-4, "position {pos}: KV-cache logits differ from the full forward by {err}");
     }
 }
@@ -94,23 +92,14 @@ fn checkpoint_round_trips_and_detects_damage() {
 
 fn train_options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
     let run = RunConfig {
-        model: ModelConfig::preset("tiny").unwrap(),
-        data: data.to_path_buf(),
-        steps,
         batch: 8,
         seq: 64,
         grad_accum: 1,
         lr: 1e-3,
-        min_lr_frac: 0.1,
         warmup: 10,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        eval_every: 0,
         eval_batches: 8,
-        ckpt_every: 0,
-        keep: 3,
         seed: 1337,
-        init_from: None,
+        ..tiny_run(data, steps)
     };
     TrainOptions::new(run, out.to_path_buf())
 }
@@ -119,11 +108,7 @@ fn train_options(data: &Path, out: &Path, steps: u64) -> TrainOptions {
 fn tiny_model_learns_shakespeare_and_samples() {
     let dir = temp_dir("shakespeare");
     let data = dir.join("data");
-    let mut cfg = PrepareConfig::new("shakespeare");
-    cfg.source.docs = Docs::Paragraphs;
-    cfg.progress = false;
-    let input = Input::local(SourceFile { path: shared_file("tinyshakespeare.txt"), format: Format::Text });
-    prepare(&[input], &data, &cfg).unwrap();
+    prepare_paragraphs(&shared_file("tinyshakespeare.txt"), "shakespeare", &data);
     let summary = train(&train_options(&data, &dir.join("run"), 150)).unwrap();
     let (first, last) = (summary.val_losses[0].1, summary.val_losses.last().unwrap().1);
     // Measured: 10.82 -> 6.36 after 150 steps (ln(50257) = 10.8 is the untrained loss). A model

@@ -2,7 +2,8 @@
 //! summation order differs), clipping and AdamW (bit-identical: the same correctly rounded f32
 //! operations in the same order, nothing fused), and run-to-run determinism.
 
-use super::{gpu_or_skip, SplitMix};
+use super::common::assert_same_bits;
+use super::{download, gpu_or_skip, Uniform, TAIL};
 use genesis::cpu::adamw::{self as cpu_adamw, AdamW, AdamWConfig};
 use genesis::gpu::adamw::{
     adamw_update, clip_grad_norm, global_norm, global_norm_scratch_len, params_round_bf16, round_params_host, scale,
@@ -10,20 +11,24 @@ use genesis::gpu::adamw::{
 };
 use genesis::gpu::device::Gpu;
 use genesis::model::{ModelConfig, ParamLayout};
-
-const TAIL: usize = 5;
+use genesis::rng::Rng;
 
 /// Gradients with a spread of magnitudes (so the squares span many binades).
-fn grads(rng: &mut SplitMix, n: usize) -> Vec<f32> {
-    (0..n).map(|i| rng.next_f32() * [1e-3, 0.1, 1.0, 30.0][i % 4]).collect()
+fn grads(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|i| rng.uniform() * [1e-3, 0.1, 1.0, 30.0][i % 4]).collect()
+}
+
+/// `g` with [`TAIL`] NaNs after it, which the kernels must neither count nor write.
+fn nan_padded(g: &[f32]) -> Vec<f32> {
+    let mut padded = g.to_vec();
+    padded.extend([f32::NAN; TAIL]);
+    padded
 }
 
 /// The GPU norm of `g`, with a NaN-poisoned tail past `n` that must not count.
 fn gpu_norm(gpu: &Gpu, g: &[f32]) -> f64 {
     let stream = gpu.stream();
-    let mut padded = g.to_vec();
-    padded.extend([f32::NAN; TAIL]);
-    let d_g = stream.clone_htod(&padded).unwrap();
+    let d_g = stream.clone_htod(&nan_padded(g)).unwrap();
     let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
     global_norm(gpu, &d_g, &mut scratch, g.len()).unwrap()
 }
@@ -33,7 +38,7 @@ fn global_norm_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6e6f_726d_0000_0001);
+    let mut rng = Rng::new(0x6e6f_726d_0000_0001);
     assert_eq!(gpu_norm(&gpu, &[]), 0.0);
     for n in [1usize, 255, 1000, 262_151, 5_000_003] {
         let g = grads(&mut rng, n);
@@ -53,7 +58,7 @@ fn global_norm_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6e6f_726d_0000_0002);
+    let mut rng = Rng::new(0x6e6f_726d_0000_0002);
     let g = grads(&mut rng, 3_000_017);
     let stream = gpu.stream();
     let d_g = stream.clone_htod(&g).unwrap();
@@ -71,20 +76,14 @@ fn scale_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x7363_616c_6500_0001);
+    let mut rng = Rng::new(0x7363_616c_6500_0001);
     let n = 100_003;
     let g = grads(&mut rng, n);
     let coef = 0.123_456_7f32;
-    let stream = gpu.stream();
-    let mut padded = g.clone();
-    padded.extend([f32::NAN; TAIL]);
-    let mut d_g = stream.clone_htod(&padded).unwrap();
+    let mut d_g = gpu.stream().clone_htod(&nan_padded(&g)).unwrap();
     scale(&gpu, &mut d_g, coef, n).unwrap();
-    let got = stream.clone_dtoh(&d_g).unwrap();
-    assert!(got[n..].iter().all(|x| x.is_nan()), "written past the end");
-    for (i, (x, y)) in got[..n].iter().zip(&g).enumerate() {
-        assert_eq!(x.to_bits(), (y * coef).to_bits(), "mismatch at {i}");
-    }
+    let got = download(&gpu, "scale", &d_g, n);
+    assert_same_bits("scale", &got, &g.iter().map(|y| y * coef).collect::<Vec<f32>>());
 }
 
 #[test]
@@ -92,7 +91,7 @@ fn clip_grad_norm_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x636c_6970_0000_0001);
+    let mut rng = Rng::new(0x636c_6970_0000_0001);
     let stream = gpu.stream();
     let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
     let n = 262_147;
@@ -170,17 +169,10 @@ impl AdamWCase {
         let model = ModelConfig::preset("tiny").unwrap();
         let layout = ParamLayout::new(&model);
         let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
-        let mut rng = SplitMix(seed);
-        let p0: Vec<f32> = (0..layout.total).map(|_| 0.2 * rng.next_f32()).collect();
+        let mut rng = Rng::new(seed);
+        let p0: Vec<f32> = (0..layout.total).map(|_| 0.2 * rng.uniform()).collect();
         let gs: Vec<Vec<f32>> = (0..3).map(|_| grads(&mut rng, layout.total)).collect();
         AdamWCase { layout, cfg, p0, gs, lrs: [6e-4, 3e-4, 1.7e-3] }
-    }
-}
-
-fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.to_bits(), w.to_bits(), "{what}: mismatch at {i}: gpu {g} vs cpu {w}");
     }
 }
 
@@ -196,18 +188,18 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
     let got = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
     for (step, ((g, &lr), (gp, gm, gv))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
         opt.update(&layout, &mut p, g, lr);
-        assert_bits(&format!("step {} m", step + 1), gm, &opt.m);
-        assert_bits(&format!("step {} v", step + 1), gv, &opt.v);
-        assert_bits(&format!("step {} params", step + 1), gp, &p);
+        assert_same_bits(&format!("step {} m", step + 1), gm, &opt.m);
+        assert_same_bits(&format!("step {} v", step + 1), gv, &opt.v);
+        assert_same_bits(&format!("step {} params", step + 1), gp, &p);
     }
     assert!(p.iter().zip(&p0).any(|(a, b)| a != b), "the parameters did not move");
     println!("adamw: 3 steps on the tiny layout ({} values), bit-identical to the CPU", layout.total);
 
     let again = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
     for (step, ((p1, m1, v1), (p2, m2, v2))) in got.iter().zip(&again).enumerate() {
-        assert_bits(&format!("rerun step {} params", step + 1), p2, p1);
-        assert_bits(&format!("rerun step {} m", step + 1), m2, m1);
-        assert_bits(&format!("rerun step {} v", step + 1), v2, v1);
+        assert_same_bits(&format!("rerun step {} params", step + 1), p2, p1);
+        assert_same_bits(&format!("rerun step {} m", step + 1), m2, m1);
+        assert_same_bits(&format!("rerun step {} v", step + 1), v2, v1);
     }
 }
 
@@ -248,7 +240,7 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
     let mut p = p0.clone();
     for (step, ((g, &lr), (master, copy))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
         opt.update(&layout, &mut p, g, lr);
-        assert_bits(&format!("bf16 step {} master", step + 1), master, &p);
+        assert_same_bits(&format!("bf16 step {} master", step + 1), master, &p);
         let want = rounded(&p, sr_seed(step as u64 + 1));
         let bad = copy.iter().zip(&want).position(|(a, b)| a != b);
         assert!(bad.is_none(), "step {}: bf16 copy differs from the host mirror at {bad:?}", step + 1);
@@ -258,7 +250,7 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
     }
     let again = run();
     for (step, (a, b)) in got.iter().zip(&again).enumerate() {
-        assert_bits(&format!("rerun bf16 step {} master", step + 1), &b.0, &a.0);
+        assert_same_bits(&format!("rerun bf16 step {} master", step + 1), &b.0, &a.0);
         assert_eq!(a.1, b.1, "rerun bf16 step {}: copy differs", step + 1);
     }
 }
@@ -271,9 +263,8 @@ fn params_round_bf16_matches_the_host_mirror() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x7372_0000_0000_0001);
-    let mut w: Vec<f32> =
-        (0..100_000).map(|_| rng.next_f32() * 10f32.powi((rng.next_u64() % 20) as i32 - 10)).collect();
+    let mut rng = Rng::new(0x7372_0000_0000_0001);
+    let mut w: Vec<f32> = (0..100_000).map(|_| rng.uniform() * 10f32.powi(rng.below(20) as i32 - 10)).collect();
     w.extend([0.0, -0.0, 1.0, -2.5, f32::MAX, -f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY]);
     let stream = gpu.stream();
     let master = stream.clone_htod(&w).unwrap();

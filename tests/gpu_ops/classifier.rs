@@ -1,10 +1,12 @@
 //! CUDA softmax cross-entropy forward (and its in-place dlogits) vs. an f64 reference of
 //! `cpu::classifier`'s softmax / -log p(target) over the first V of Vp logits.
 
-use super::{gpu_or_skip, SplitMix};
+use super::common::assert_same_bits;
+use super::{assert_close, assert_elementwise, gpu_or_skip, max_ref, round, to_bf16, widen, Uniform, BF16_U};
 use genesis::gpu::classifier::classifier_forward;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::Float;
+use genesis::rng::Rng;
 use half::bf16;
 
 /// (N, V, Vp, logit range): GPT-2's padded vocabulary, a small padded one, no padding, V = 1,
@@ -23,9 +25,9 @@ const TOL: f64 = 1e-5;
 
 /// Random logits over all Vp entries (the padding too, so leaving it alone or zeroing it shows) and
 /// random targets in 0..V.
-fn inputs(rng: &mut SplitMix, n: usize, v: usize, vp: usize, range: f32) -> (Vec<f32>, Vec<i32>) {
-    let logits = (0..n * vp).map(|_| range * rng.next_f32()).collect();
-    let targets = (0..n).map(|_| (rng.next_u64() % v as u64) as i32).collect();
+fn inputs(rng: &mut Rng, n: usize, v: usize, vp: usize, range: f32) -> (Vec<f32>, Vec<i32>) {
+    let logits = (0..n * vp).map(|_| range * rng.uniform()).collect();
+    let targets = (0..n).map(|_| rng.below(v as u64) as i32).collect();
     (logits, targets)
 }
 
@@ -51,56 +53,29 @@ fn reference(logits: &[f32], targets: &[i32], v: usize, vp: usize, scale: f64) -
     (losses, dlogits)
 }
 
-/// Max abs error relative to max |want| (every `got` finite, else panic); NaN entries of `want`
-/// must be NaN in `got` and are left out of the comparison.
-fn assert_close(what: &str, got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if w.is_nan() {
-            assert!(g.is_nan(), "{what}: element {i} is {g}, expected NaN");
-        } else {
-            assert!(g.is_finite(), "{what}: element {i} is {g} (unwritten?), expected {w}");
-        }
+/// Padding (columns V..Vp of each row) exactly +0.0, and elsewhere per element
+/// |got - want| <= rtol |want| + atol_frac max |want| ([`assert_elementwise`]); returns the worst
+/// error as a fraction of its bound.
+fn assert_dlogits_within(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    (v, vp): (usize, usize),
+    rtol: f64,
+    atol_frac: f64,
+) -> f64 {
+    for (i, &g) in got.iter().enumerate().filter(|(i, _)| i % vp >= v) {
+        assert_eq!(g.to_bits(), 0.0f32.to_bits(), "{what}: padding at row {} col {} is {g}", i / vp, i % vp);
     }
-    let max_ref = want.iter().filter(|w| !w.is_nan()).fold(0.0f64, |m, w| m.max(w.abs()));
-    let (worst, max_err) = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| if w.is_nan() { 0.0 } else { (g as f64 - w).abs() })
-        .enumerate()
-        .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
-    assert!(
-        max_err <= TOL * max_ref,
-        "{what}: max abs error {max_err:e} at {worst} (gpu {} vs ref {}) exceeds {TOL:e} * max |ref| {max_ref}",
-        got[worst],
-        want[worst]
-    );
-    if max_ref > 0.0 {
-        max_err / max_ref
-    } else {
-        0.0
-    }
+    assert_elementwise(what, got, want, rtol, atol_frac * max_ref(want))
 }
 
-/// dlogits check: [`assert_close`] plus a per-element relative bound, so the tiny probabilities are
-/// checked too, not only the dominant -1 entries; padding must be exactly 0.
+/// dlogits check: [`assert_close`] (returned) plus a per-element bound of 1e-4 |ref| + 1e-7 max |ref|,
+/// so the tiny probabilities are checked too, not only the dominant -1 entries; padding must be
+/// exactly 0.
 fn assert_dlogits(what: &str, got: &[f32], want: &[f64], v: usize, vp: usize) -> f64 {
-    let rel = assert_close(what, got, want);
-    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if i % vp >= v {
-            assert_eq!(g.to_bits(), 0.0f32.to_bits(), "{what}: padding at row {} col {} is {g}", i / vp, i % vp);
-        } else {
-            let err = (g as f64 - w).abs();
-            assert!(
-                err <= 1e-4 * w.abs() + 1e-7 * max_ref,
-                "{what}: row {} col {}: gpu {g} vs ref {w} (rel err {:e})",
-                i / vp,
-                i % vp,
-                err / w.abs()
-            );
-        }
-    }
+    let rel = assert_close(what, got, want, TOL);
+    assert_dlogits_within(what, got, want, (v, vp), 1e-4, 1e-7);
     rel
 }
 
@@ -125,34 +100,45 @@ fn run<T: Float>(
     (stream.clone_dtoh(&d_losses).unwrap(), stream.clone_dtoh(&d_logits).unwrap())
 }
 
-fn assert_bits_equal(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {i} changed from {w} to {g}");
+/// Every [`SHAPES`] case with the logits stored in `T`, drawn from `seed` ([`inputs`]) and rounded
+/// through `T` (the identity for f32), the f64 reference on exactly those values. Losses are f32
+/// outputs of f32 arithmetic for every `T`, so they get TOL; without a scale the logits must come
+/// back bit for bit; dlogits (in `T`, widened) are checked by `check_dlogits` (which returns its
+/// part of the printed line). `label` starts the printed line.
+fn check_forward<T: Float>(
+    seed: u64,
+    label: &str,
+    check_dlogits: impl Fn(&str, &[f32], &[f64], usize, usize) -> String,
+) {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = Rng::new(seed);
+    for &(n, v, vp, range) in SHAPES {
+        let (logits, targets) = inputs(&mut rng, n, v, vp, range);
+        let t_logits = round::<T>(&logits);
+        let logits = widen(&t_logits);
+        let scale = 0.75 / n as f32;
+        let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
+        let shape = format!("N={n} V={v} Vp={vp} range={range}");
+
+        let (losses, after) = run(&gpu, &t_logits, &targets, v, vp, None, f32::NAN);
+        let e_loss = assert_close(&format!("losses ({shape})"), &losses, &want_losses, TOL);
+        // Widened to f32, exactly and injectively: equal f32 bits are equal bf16 bits.
+        assert_same_bits(&format!("logits without dlogits ({shape})"), &widen(&after), &logits);
+
+        let (losses, dlogits) = run(&gpu, &t_logits, &targets, v, vp, Some(scale), f32::NAN);
+        let e_loss2 = assert_close(&format!("losses with dlogits ({shape})"), &losses, &want_losses, TOL);
+        let dl_text = check_dlogits(&format!("dlogits ({shape})"), &widen(&dlogits), &want_dlogits, v, vp);
+        println!("{label} {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, {dl_text}");
     }
 }
 
 #[test]
 fn classifier_forward_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x636c_6173_7369_6679);
-    for &(n, v, vp, range) in SHAPES {
-        let (logits, targets) = inputs(&mut rng, n, v, vp, range);
-        let scale = 0.75 / n as f32;
-        let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
-        let shape = format!("N={n} V={v} Vp={vp} range={range}");
-
-        let (losses, after) = run(&gpu, &logits, &targets, v, vp, None, f32::NAN);
-        let e_loss = assert_close(&format!("losses ({shape})"), &losses, &want_losses);
-        assert_bits_equal(&format!("logits without dlogits ({shape})"), &after, &logits);
-
-        let (losses, dlogits) = run(&gpu, &logits, &targets, v, vp, Some(scale), f32::NAN);
-        let e_loss2 = assert_close(&format!("losses with dlogits ({shape})"), &losses, &want_losses);
-        let e_dl = assert_dlogits(&format!("dlogits ({shape})"), &dlogits, &want_dlogits, v, vp);
-        println!("classifier_forward {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits {e_dl:.1e}");
-    }
+    check_forward::<f32>(0x636c_6173_7369_6679, "classifier_forward", |what, got, want, v, vp| {
+        format!("dlogits {:.1e}", assert_dlogits(what, got, want, v, vp))
+    });
 }
 
 #[test]
@@ -160,12 +146,12 @@ fn classifier_without_scale_leaves_logits_unchanged() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x756e_6368_616e_6765);
+    let mut rng = Rng::new(0x756e_6368_616e_6765);
     for &(n, v, vp) in &[(8usize, 50257usize, 50304usize), (5, 100, 128)] {
         let (logits, targets) = inputs(&mut rng, n, v, vp, 6.0);
         let (losses, after) = run(&gpu, &logits, &targets, v, vp, None, f32::NAN);
         assert!(losses.iter().all(|l| l.is_finite() && *l >= 0.0), "losses {losses:?}");
-        assert_bits_equal(&format!("logits (N={n} V={v} Vp={vp})"), &after, &logits);
+        assert_same_bits(&format!("logits (N={n} V={v} Vp={vp})"), &after, &logits);
     }
 }
 
@@ -178,23 +164,20 @@ fn classifier_out_of_range_targets_give_nan_loss() {
     // Negative, first padded entry, last padded entry, just past the row, far out; then valid ones.
     let targets = [-1i32, v as i32, vp as i32 - 1, vp as i32, i32::MAX, i32::MIN, 0, v as i32 - 1];
     let n = targets.len();
-    let mut rng = SplitMix(0x6f75_7472_616e_6765);
+    let mut rng = Rng::new(0x6f75_7472_616e_6765);
     let (logits, _) = inputs(&mut rng, n, v, vp, 4.0);
     let scale = 0.5f32;
     let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
 
     // Poisoned with a finite value here, since the expected losses include NaN.
     let (losses, after) = run(&gpu, &logits, &targets, v, vp, None, 1.0e30);
-    assert_close("losses", &losses, &want_losses);
-    assert_bits_equal("logits without dlogits", &after, &logits);
+    assert_close("losses", &losses, &want_losses, TOL);
+    assert_same_bits("logits without dlogits", &after, &logits);
 
     let (losses, dlogits) = run(&gpu, &logits, &targets, v, vp, Some(scale), 1.0e30);
-    assert_close("losses with dlogits", &losses, &want_losses);
+    assert_close("losses with dlogits", &losses, &want_losses, TOL);
     assert_dlogits("dlogits", &dlogits, &want_dlogits, v, vp);
 }
-
-/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
-const BF16_U: f64 = 1.0 / 256.0;
 
 /// bf16 dlogits (widened to f32) per element. The kernel computes g32 in f32 and stores bf16(g32),
 /// rounded to nearest: bf16 has an 8-bit significand (7 stored bits), so that moves g32 by at most
@@ -202,32 +185,7 @@ const BF16_U: f64 = 1.0 / 256.0;
 /// 2^-8 |ref| + (1 + 2^-8) d of ref, where d is the f32 test's per-element bound
 /// 1e-4 |ref| + 1e-7 max |ref| ([`assert_dlogits`]), doubled here for margin. Padding exactly 0.
 fn assert_dlogits_bf16(what: &str, got: &[f32], want: &[f64], v: usize, vp: usize) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let mut worst = 0.0f64;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if i % vp >= v {
-            assert_eq!(g.to_bits(), 0.0f32.to_bits(), "{what}: padding at row {} col {} is {g}", i / vp, i % vp);
-            continue;
-        }
-        assert!(g.is_finite(), "{what}: row {} col {} is {g} (unwritten?), expected {w}", i / vp, i % vp);
-        let err = (g as f64 - w).abs();
-        let tol = (BF16_U + 2e-4) * w.abs() + 2e-7 * max_ref;
-        assert!(err <= tol, "{what}: row {} col {}: gpu {g} vs ref {w}, error {err:e} > {tol:e}", i / vp, i % vp);
-        worst = worst.max(err / tol);
-    }
-    worst
-}
-
-/// `x` rounded to bf16, and those values back in f32 (exact) for the reference.
-fn to_bf16(x: &[f32]) -> (Vec<bf16>, Vec<f32>) {
-    let h: Vec<bf16> = super::round(x);
-    let back = super::widen(&h);
-    (h, back)
-}
-
-fn widen(x: &[bf16]) -> Vec<f32> {
-    x.iter().map(|v| v.to_f32()).collect()
+    assert_dlogits_within(what, got, want, (v, vp), BF16_U + 2e-4, 2e-7)
 }
 
 /// bf16 logits: the inputs rounded to bf16 and the f64 reference computed on the rounded values.
@@ -236,35 +194,9 @@ fn widen(x: &[bf16]) -> Vec<f32> {
 /// logits must come back bit for bit.
 #[test]
 fn classifier_forward_bf16_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x6365_6266_3136_0001);
-    for &(n, v, vp, range) in SHAPES {
-        let (logits, targets) = inputs(&mut rng, n, v, vp, range);
-        let (h_logits, logits) = to_bf16(&logits);
-        let scale = 0.75 / n as f32;
-        let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
-        let shape = format!("N={n} V={v} Vp={vp} range={range}");
-
-        let (losses, after) = run(&gpu, &h_logits, &targets, v, vp, None, f32::NAN);
-        let e_loss = assert_close(&format!("losses ({shape})"), &losses, &want_losses);
-        for (i, (g, w)) in after.iter().zip(&h_logits).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                w.to_bits(),
-                "logits without dlogits ({shape}): element {i} changed from {w} to {g}"
-            );
-        }
-
-        let (losses, dlogits) = run(&gpu, &h_logits, &targets, v, vp, Some(scale), f32::NAN);
-        let e_loss2 = assert_close(&format!("losses with dlogits ({shape})"), &losses, &want_losses);
-        let e_dl = assert_dlogits_bf16(&format!("dlogits ({shape})"), &widen(&dlogits), &want_dlogits, v, vp);
-        println!(
-            "classifier_forward_bf16 {shape}: rel err losses {e_loss:.1e} / {e_loss2:.1e}, dlogits worst {e_dl:.2} \
-             of tolerance"
-        );
-    }
+    check_forward::<bf16>(0x6365_6266_3136_0001, "classifier_forward_bf16", |what, got, want, v, vp| {
+        format!("dlogits worst {:.2} of tolerance", assert_dlogits_bf16(what, got, want, v, vp))
+    });
 }
 
 /// Out-of-range targets in bf16: NaN loss, no one-hot term, as in f32.
@@ -276,13 +208,13 @@ fn classifier_bf16_out_of_range_targets_give_nan_loss() {
     let (v, vp) = (100usize, 128usize);
     let targets = [-1i32, v as i32, vp as i32 - 1, vp as i32, i32::MAX, i32::MIN, 0, v as i32 - 1];
     let n = targets.len();
-    let mut rng = SplitMix(0x6f6f_7262_6631_3603);
+    let mut rng = Rng::new(0x6f6f_7262_6631_3603);
     let (logits, _) = inputs(&mut rng, n, v, vp, 4.0);
     let (h_logits, logits) = to_bf16(&logits);
     let scale = 0.5f32;
     let (want_losses, want_dlogits) = reference(&logits, &targets, v, vp, scale as f64);
 
     let (losses, dlogits) = run(&gpu, &h_logits, &targets, v, vp, Some(scale), 1.0e30);
-    assert_close("losses with dlogits", &losses, &want_losses);
+    assert_close("losses with dlogits", &losses, &want_losses, TOL);
     assert_dlogits_bf16("dlogits", &widen(&dlogits), &want_dlogits, v, vp);
 }

@@ -1,11 +1,13 @@
 //! CUDA embedding forward vs. an inline CPU reference; backward vs. `cpu::embedding`.
 
-use super::{gpu_or_skip, round, widen, SplitMix};
+use super::common::assert_same_bits;
+use super::{download, gpu_or_skip, poisoned, round, widen, Uniform, TAIL};
 use genesis::cpu;
 use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::embedding::{embedding_backward, embedding_forward};
 use genesis::gpu::kernels;
 use genesis::gpu::Float;
+use genesis::rng::Rng;
 use half::bf16;
 
 fn cpu_embedding_forward(inp: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usize, c: usize) -> Vec<f32> {
@@ -22,16 +24,32 @@ fn cpu_embedding_forward(inp: &[i32], wte: &[f32], wpe: &[f32], b: usize, t: usi
     out
 }
 
+/// Asserts the forward's output `got` equals `expected` bit for bit, naming the (b, t, c) of the
+/// first mismatch.
+fn assert_forward_bits(got: &[f32], expected: &[f32], t: usize, c: usize) {
+    assert_eq!(got.len(), expected.len());
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "mismatch at flat index {i} (b={}, t={}, c={}): gpu {g} vs cpu {e}",
+            i / (t * c),
+            (i / c) % t,
+            i % c
+        );
+    }
+}
+
 #[test]
 fn embedding_forward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
     let (b, t, c, vp) = (3usize, 17usize, 64usize, 128usize);
-    let mut rng = SplitMix(0x0067_656e_6573_6973);
-    let inp: Vec<i32> = (0..b * t).map(|_| (rng.next_u64() % vp as u64) as i32).collect();
-    let wte: Vec<f32> = (0..vp * c).map(|_| rng.next_f32()).collect();
-    let wpe: Vec<f32> = (0..t * c).map(|_| rng.next_f32()).collect();
+    let mut rng = Rng::new(0x0067_656e_6573_6973);
+    let inp = tokens(&mut rng, b * t, vp);
+    let wte = rng.uniform_vec(vp * c);
+    let wpe = rng.uniform_vec(t * c);
     let expected = cpu_embedding_forward(&inp, &wte, &wpe, b, t, c);
 
     let stream = gpu.stream();
@@ -42,18 +60,7 @@ fn embedding_forward_matches_cpu() {
     embedding_forward(&gpu, &mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
     gpu.synchronize().unwrap();
     let got = stream.clone_dtoh(&d_out).unwrap();
-
-    assert_eq!(got.len(), expected.len());
-    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            e.to_bits(),
-            "mismatch at flat index {i} (b={}, t={}, c={}): gpu {g} vs cpu {e}",
-            i / (t * c),
-            (i / c) % t,
-            i % c
-        );
-    }
+    assert_forward_bits(&got, &expected, t, c);
     println!("embedding_forward on {}: {} values bit-identical", gpu.describe(), got.len());
 }
 
@@ -65,39 +72,25 @@ fn embedding_forward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    const TAIL: usize = 5;
     let (b, t, c, vp) = (3usize, 17usize, 64usize, 128usize);
-    let mut rng = SplitMix(0x6266_3136_656d_6264);
-    let inp: Vec<i32> = (0..b * t).map(|_| (rng.next_u64() % vp as u64) as i32).collect();
+    let mut rng = Rng::new(0x6266_3136_656d_6264);
+    let inp = tokens(&mut rng, b * t, vp);
     // Different scales so that the sums need rounding (and some cancel).
-    let wte: Vec<bf16> = (0..vp * c).map(|_| bf16::from_f32(rng.next_f32())).collect();
-    let wpe: Vec<bf16> = (0..t * c).map(|_| bf16::from_f32(0.37 * rng.next_f32())).collect();
-    let wte_f32: Vec<f32> = wte.iter().map(|x| x.to_f32()).collect();
-    let wpe_f32: Vec<f32> = wpe.iter().map(|x| x.to_f32()).collect();
-    let expected: Vec<bf16> =
-        cpu_embedding_forward(&inp, &wte_f32, &wpe_f32, b, t, c).into_iter().map(bf16::from_f32).collect();
+    let wte: Vec<bf16> = round(&rng.uniform_vec(vp * c));
+    let wpe: Vec<bf16> = round(&(0..t * c).map(|_| 0.37 * rng.uniform()).collect::<Vec<f32>>());
+    let expected: Vec<bf16> = round(&cpu_embedding_forward(&inp, &widen(&wte), &widen(&wpe), b, t, c));
 
     let n = b * t * c;
     let stream = gpu.stream();
     let d_inp = stream.clone_htod(&inp).unwrap();
     let d_wte = stream.clone_htod(&wte).unwrap();
     let d_wpe = stream.clone_htod(&wpe).unwrap();
-    let mut d_out = stream.clone_htod(&vec![bf16::NAN; n + TAIL]).unwrap();
+    let mut d_out = poisoned::<bf16>(&gpu, n);
     embedding_forward(&gpu, &mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap();
     gpu.synchronize().unwrap();
-    let got = stream.clone_dtoh(&d_out).unwrap();
-
-    assert!(got[n..].iter().all(|x| x.is_nan()), "written past the end");
-    for (i, (g, e)) in got[..n].iter().zip(&expected).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            e.to_bits(),
-            "mismatch at flat index {i} (b={}, t={}, c={}): gpu {g} vs cpu {e}",
-            i / (t * c),
-            (i / c) % t,
-            i % c
-        );
-    }
+    // Widened to f32, exactly and injectively: equal f32 bits are equal bf16 bits.
+    let got = download(&gpu, "embedding_forward_bf16", &d_out, n);
+    assert_forward_bits(&got, &widen(&expected), t, c);
     println!("embedding_forward_bf16 on {}: {n} values bit-identical", gpu.describe());
 }
 
@@ -136,9 +129,14 @@ fn gpu_new_errors_cleanly_without_cuda() {
     }
 }
 
+/// `n` token ids uniform in 0..Vp.
+fn tokens(rng: &mut Rng, n: usize, vp: usize) -> Vec<i32> {
+    (0..n).map(|_| rng.below(vp as u64) as i32).collect()
+}
+
 /// One embedding backward problem: token ids (many repeated, plus 0 and Vp - 1), dout, and the
 /// gradients pre-filled with random values. `dwte` is exactly Vp*C (its length defines Vp) but lives
-/// in a device buffer [`BW_TAIL`] longer; `dwpe` has `max_t` > T rows plus a tail. Everything past
+/// in a device buffer [`TAIL`] longer; `dwpe` has `max_t` > T rows plus a tail. Everything past
 /// what the op may touch must come back unchanged.
 ///
 /// Built for the storage type `T` of `dout` (`BackwardCase::new::<T>`): `dout` is rounded to `T`
@@ -155,10 +153,8 @@ struct BackwardCase {
     dwpe: Vec<f32>,
 }
 
-const BW_TAIL: usize = 5;
-
 impl BackwardCase {
-    fn new<T: Float>(rng: &mut SplitMix, b: usize, t: usize, c: usize, vp: usize) -> BackwardCase {
+    fn new<T: Float>(rng: &mut Rng, b: usize, t: usize, c: usize, vp: usize) -> BackwardCase {
         let mut inputs: Vec<u32> = (0..b * t)
             .map(|_| {
                 let r = rng.next_u64();
@@ -182,9 +178,9 @@ impl BackwardCase {
             c,
             vp,
             inputs,
-            dout: widen(&round::<T>(&rng.vec(b * t * c))),
-            dwte: rng.vec(vp * c + BW_TAIL),
-            dwpe: rng.vec(max_t * c + BW_TAIL),
+            dout: widen(&round::<T>(&rng.uniform_vec(b * t * c))),
+            dwte: rng.uniform_vec(vp * c + TAIL),
+            dwpe: rng.uniform_vec(max_t * c + TAIL),
         }
     }
 
@@ -224,12 +220,16 @@ impl BackwardCase {
 const BACKWARD_SHAPES: &[(usize, usize, usize, usize)] =
     &[(1, 1, 1, 3), (1, 1, 768, 50304), (3, 17, 37, 11), (2, 33, 100, 1), (4, 64, 768, 50304)];
 
+/// [`assert_same_bits`] on the first `len` elements (the gradient) and, separately, on the rest
+/// (outside the gradient: a difference there was written past it).
 fn assert_bits(what: &str, got: &[f32], want: &[f32], len: usize) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, e)) in got.iter().zip(want).enumerate() {
-        let place = if i < len { "" } else { " (outside the gradient: written past it)" };
-        assert_eq!(g.to_bits(), e.to_bits(), "{what}: mismatch at {i}{place}: gpu {g} vs cpu {e}");
-    }
+    assert_same_bits(what, &got[..len], &want[..len]);
+    assert_same_bits(
+        &format!("{what} past element {len} (outside the gradient: written past it)"),
+        &got[len..],
+        &want[len..],
+    );
 }
 
 /// Every [`BACKWARD_SHAPES`] case with `dout` in `T` against the f32 CPU backward on the same
@@ -238,7 +238,7 @@ fn check_backward<T: Float>(seed: u64, label: &str) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     for &(b, t, c, vp) in BACKWARD_SHAPES {
         let case = BackwardCase::new::<T>(&mut rng, b, t, c, vp);
         let (want_dwte, want_dwpe) = case.reference();
@@ -256,7 +256,7 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let case = BackwardCase::new::<T>(&mut rng, 4, 64, 768, 50304);
     let first = case.run::<T>(&gpu);
     for run in 1..3 {

@@ -1,35 +1,35 @@
 //! CUDA GELU forward and backward vs. `cpu::gelu` run in f64, in f32 and in bf16 (the reference on
 //! the bf16-rounded values).
 
-use super::{gpu_or_skip, round, widen, SplitMix};
+use super::common::assert_same_bits;
+use super::{
+    assert_elementwise, download, gpu_or_skip, max_abs_error, max_ref, poisoned, round, to_f64, widen, Uniform, BF16_U,
+    TAIL,
+};
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::gelu::{gelu_backward, gelu_forward};
 use genesis::gpu::Float;
+use genesis::rng::Rng;
 use half::bf16;
 
-const TAIL: usize = 5;
 /// Far tails (tanh = +-1), around the kink, and tiny inputs.
 const FIXED: [f32; 10] = [-30.0, -10.0, -3.0, -0.5, 1e-4, -1e-4, 0.5, 3.0, 10.0, 30.0];
 
-/// GELU of `x` on the GPU in `T` (output poisoned with NaN first, tail checked untouched).
-fn run_gelu<T: Float>(gpu: &Gpu, x: &[T]) -> Vec<T> {
+/// GELU of `x` on the GPU in `T` (output poisoned with NaN first, tail checked untouched), widened
+/// to f32.
+fn run_gelu<T: Float>(gpu: &Gpu, x: &[T]) -> Vec<f32> {
     let n = x.len();
-    let stream = gpu.stream();
-    let d_inp = stream.clone_htod(x).unwrap();
-    let mut d_out = stream.clone_htod(&vec![T::from_f32(f32::NAN); n + TAIL]).unwrap();
+    let d_inp = gpu.stream().clone_htod(x).unwrap();
+    let mut d_out = poisoned::<T>(gpu, n);
     gelu_forward(gpu, &mut d_out, &d_inp, n).unwrap();
     gpu.synchronize().unwrap();
-    let mut got = stream.clone_dtoh(&d_out).unwrap();
-    assert!(got[n..].iter().all(|v| v.to_f32().is_nan()), "N={n}: written past the end");
-    got.truncate(n);
-    got
+    download(gpu, &format!("N={n}"), &d_out, n)
 }
 
 fn reference(x: &[f32]) -> Vec<f64> {
-    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let mut out = vec![0.0f64; x.len()];
-    cpu::gelu::gelu_forward(&mut out, &x64);
+    cpu::gelu::gelu_forward(&mut out, &to_f64(x));
     out
 }
 
@@ -38,21 +38,16 @@ fn gelu_forward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6765_6c75_0000_0001);
+    let mut rng = Rng::new(0x6765_6c75_0000_0001);
     for n in [1usize, 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
-        let x: Vec<f32> = (0..n).map(|_| 5.0 * rng.next_f32()).collect();
+        let x = gelu_inputs(&mut rng, n);
         let want = reference(&x);
         let got = run_gelu(&gpu, &x);
         if let Some(i) = got.iter().position(|g| !g.is_finite()) {
             panic!("N={n}: element {i} is {} (unwritten?), expected {}", got[i], want[i]);
         }
-        let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-        let (worst, max_err) = got
-            .iter()
-            .zip(&want)
-            .map(|(&g, &w)| (g as f64 - w).abs())
-            .enumerate()
-            .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+        let max_ref = max_ref(&want);
+        let (worst, max_err) = max_abs_error(&got, &want);
         assert!(
             max_err <= 1e-5 * max_ref,
             "N={n}: max abs error {max_err:e} at {worst} (x = {}, gpu {} vs ref {}) exceeds 1e-5 * {max_ref}",
@@ -90,33 +85,17 @@ fn gelu_forward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6765_6c75_6266_3136);
+    let mut rng = Rng::new(0x6765_6c75_6266_3136);
     // Far tails, around the kink and tiny inputs ([`FIXED`]) first, then random ones.
     for n in [FIXED.len(), 31, 1000, 12_289, 4 * 64 * 3072 + 7] {
-        let x: Vec<bf16> = if n == FIXED.len() {
-            FIXED.iter().map(|&v| bf16::from_f32(v)).collect()
-        } else {
-            (0..n).map(|_| bf16::from_f32(5.0 * rng.next_f32())).collect()
-        };
-        let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let x: Vec<bf16> = round(&fixed_or_random(&mut rng, n));
+        let x32 = widen(&x);
         let want = reference(&x32);
-        let got: Vec<f32> = run_gelu(&gpu, &x).into_iter().map(|v| v.to_f32()).collect();
-        let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-        let abs = 2e-5 * max_ref;
-        let mut worst = 0.0f64;
-        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-            assert!(g.is_finite(), "N={n}: element {i} is {g} (unwritten?), expected {w}");
-            let err = (g as f64 - w).abs();
-            let tol = BF16_U * w.abs() + abs;
-            assert!(err <= tol, "N={n}: at {i} (x = {}): gpu {g} vs ref {w}, error {err:e} > {tol:e}", x32[i]);
-            worst = worst.max(err / tol);
-        }
+        let got = run_gelu(&gpu, &x);
+        let worst = assert_elementwise(&format!("N={n}"), &got, &want, BF16_U, 2e-5 * max_ref(&want));
         println!("gelu_forward_bf16 N={n}: worst error {worst:.2} of its tolerance");
     }
 }
-
-/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
-const BF16_U: f64 = 1.0 / 256.0;
 
 /// GELU backward on the GPU in `T`: `dinp` (`dinp0` plus a tail) accumulated; returns it with its
 /// tail.
@@ -132,10 +111,23 @@ fn run_gelu_backward<T: Float>(gpu: &Gpu, x: &[T], dout: &[T], dinp0: &[T]) -> V
 
 /// `cpu::gelu::gelu_backward` in f64 on the same values (without the tail).
 fn backward_reference(x: &[f32], dout: &[f32], dinp0: &[f32]) -> Vec<f64> {
-    let to64 = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
-    let mut dinp = to64(&dinp0[..x.len()]);
-    cpu::gelu::gelu_backward(&mut dinp, &to64(x), &to64(dout));
+    let mut dinp = to_f64(&dinp0[..x.len()]);
+    cpu::gelu::gelu_backward(&mut dinp, &to_f64(x), &to_f64(dout));
     dinp
+}
+
+/// `n` GELU inputs: the [`FIXED`] points when `n` is their count, else 5 U(-1, 1).
+fn fixed_or_random(rng: &mut Rng, n: usize) -> Vec<f32> {
+    if n == FIXED.len() {
+        FIXED.to_vec()
+    } else {
+        gelu_inputs(rng, n)
+    }
+}
+
+/// `n` GELU inputs in 5 U(-1, 1): the far tails, the kink and everything between.
+fn gelu_inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| 5.0 * rng.uniform()).collect()
 }
 
 /// The backward tests' sizes: the [`FIXED`] points first, then random inputs.
@@ -145,8 +137,6 @@ const BACKWARD_NS: [usize; 6] = [FIXED.len(), 1, 31, 1000, 12_289, 4 * 64 * 3072
 struct BackwardCase {
     x: Vec<f32>,
     dout: Vec<f32>,
-    /// The pre-filled gradient, with its tail.
-    dinp0: Vec<f32>,
     /// The GPU's dinp, without the tail (checked untouched) and all finite.
     got: Vec<f32>,
     want: Vec<f64>,
@@ -160,21 +150,20 @@ struct BackwardCase {
 /// GPU and computes the f64 reference on exactly the rounded values. Asserts the tail stayed bit for
 /// bit (compared widened to f32, which is exact and, for finite values, injective) and every other
 /// value is finite.
-fn backward_case<T: Float>(gpu: &Gpu, rng: &mut SplitMix, n: usize) -> BackwardCase {
-    let x: Vec<f32> = if n == FIXED.len() { FIXED.to_vec() } else { (0..n).map(|_| 5.0 * rng.next_f32()).collect() };
-    let (h_x, h_dout, h_dinp0) = (round::<T>(&x), round::<T>(&rng.vec(n)), round::<T>(&rng.vec(n + TAIL)));
+fn backward_case<T: Float>(gpu: &Gpu, rng: &mut Rng, n: usize) -> BackwardCase {
+    let x = fixed_or_random(rng, n);
+    let (h_x, h_dout, h_dinp0) =
+        (round::<T>(&x), round::<T>(&rng.uniform_vec(n)), round::<T>(&rng.uniform_vec(n + TAIL)));
     let (x, dout, dinp0) = (widen(&h_x), widen(&h_dout), widen(&h_dinp0));
     let want = backward_reference(&x, &dout, &dinp0);
     let mut got = widen(&run_gelu_backward(gpu, &h_x, &h_dout, &h_dinp0));
-    for i in n..n + TAIL {
-        assert_eq!(got[i].to_bits(), dinp0[i].to_bits(), "N={n}: written past the end (at {i})");
-    }
+    assert_same_bits(&format!("N={n}: the tail past dinp (written past the end?)"), &got[n..], &dinp0[n..]);
     got.truncate(n);
     if let Some(i) = got.iter().position(|g| !g.is_finite()) {
         panic!("N={n}: element {i} is {}, expected {}", got[i], want[i]);
     }
     let scale = want.iter().zip(&dinp0).fold(0.0f64, |m, (&w, &d)| m.max(d.abs() as f64 + (w - d as f64).abs()));
-    BackwardCase { x, dout, dinp0, got, want, scale }
+    BackwardCase { x, dout, got, want, scale }
 }
 
 /// Backward vs. the f64 CPU, gradients pre-filled with random values (accumulation) and a tail
@@ -184,15 +173,10 @@ fn gelu_backward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6765_6c75_6261_636b);
+    let mut rng = Rng::new(0x6765_6c75_6261_636b);
     for n in BACKWARD_NS {
         let BackwardCase { x, dout, got, want, scale, .. } = backward_case::<f32>(&gpu, &mut rng, n);
-        let (worst, max_err) = got
-            .iter()
-            .zip(&want)
-            .map(|(&g, &w)| (g as f64 - w).abs())
-            .enumerate()
-            .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
+        let (worst, max_err) = max_abs_error(&got, &want);
         assert!(
             max_err <= 1e-5 * scale,
             "N={n}: max abs error {max_err:e} at {worst} (x = {}, dout = {}, gpu {} vs ref {}) exceeds 1e-5 * {scale}",
@@ -220,23 +204,10 @@ fn gelu_backward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6765_6c75_6266_6277);
+    let mut rng = Rng::new(0x6765_6c75_6266_6277);
     for n in BACKWARD_NS {
-        let BackwardCase { x, dout, dinp0, got, want, scale } = backward_case::<bf16>(&gpu, &mut rng, n);
-        let abs = 2e-5 * scale;
-        let mut worst = 0.0f64;
-        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-            let err = (g as f64 - w).abs();
-            let tol = BF16_U * w.abs() + abs;
-            assert!(
-                err <= tol,
-                "N={n}: at {i} (x = {}, dout = {}, dinp0 = {}): gpu {g} vs ref {w}, error {err:e} > {tol:e}",
-                x[i],
-                dout[i],
-                dinp0[i]
-            );
-            worst = worst.max(err / tol);
-        }
+        let BackwardCase { got, want, scale, .. } = backward_case::<bf16>(&gpu, &mut rng, n);
+        let worst = assert_elementwise(&format!("N={n}"), &got, &want, BF16_U, 2e-5 * scale);
         println!("gelu_backward_bf16 N={n}: worst error {worst:.2} of its tolerance (scale {scale:.2})");
     }
 }

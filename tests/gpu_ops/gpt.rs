@@ -2,7 +2,8 @@
 //! with GPT-2's vocabulary: the forward (logits and loss), a training step's loss and every gradient
 //! tensor, ten AdamW steps and determinism, in fp32 (TF32 off) and in bf16 mixed precision.
 
-use super::{gpu_or_skip, same_bits};
+use super::common::{assert_same_bits, max_abs, max_abs_diff, paragraph_dataset, temp_dir};
+use super::{gpu_or_skip, max_abs_diff_f64, rel_l2};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::gpu::adamw::{round_params_host, sr_seed};
 use genesis::gpu::gpt::GpuModel;
@@ -17,31 +18,52 @@ fn two_layer_768() -> ModelConfig {
     cfg
 }
 
+/// One forward of a batch (drawn with seed 5) on the CPU in f32 and on the GPU in `T` (TF32 as
+/// `tf32`), both from `params`.
+struct Forward {
+    cpu_loss: f64,
+    /// The CPU's loss at each position.
+    cpu_losses: Vec<f32>,
+    cpu_logits: Vec<f32>,
+    /// The mean of the GPU's per-position losses.
+    gpu_loss: f64,
+    gpu_losses: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Forward {
+    fn run<T: Float>(cfg: &ModelConfig, params: &[f32], b: usize, t: usize, tf32: bool) -> Forward {
+        let layout = ParamLayout::new(cfg);
+        let (inputs, targets) = batch(cfg, b * t, 5);
+        let mut acts = Activations::<f32>::new(cfg, b, t);
+        gpt::forward(cfg, &layout, params, &mut acts, &inputs);
+        let cpu_loss = gpt::loss(cfg, &layout, params, &mut acts, &targets);
+        let cpu_logits = gpt::logits(cfg, &layout, params, &acts);
+
+        let mut model = GpuModel::<T>::new(cfg, params, 0, tf32).expect("GpuModel::new");
+        model.forward(&inputs, Some(&targets), b, t).unwrap();
+        let gpu_losses = model.losses().unwrap();
+        let gpu_loss = gpu_losses.iter().map(|&l| l as f64).sum::<f64>() / gpu_losses.len() as f64;
+        let logits = model.logits().unwrap();
+        Forward { cpu_loss, cpu_losses: acts.losses.clone(), cpu_logits, gpu_loss, gpu_losses, logits }
+    }
+
+    /// (max |CPU logit|, max |GPU logit - CPU logit|), after checking every GPU logit is finite.
+    fn logits_error(&self) -> (f64, f64) {
+        assert!(self.logits.iter().all(|x| x.is_finite()), "non-finite logits");
+        (f64::from(max_abs(&self.cpu_logits)), max_abs_diff_f64(&self.logits, &self.cpu_logits))
+    }
+}
+
 fn check(cfg: &ModelConfig, b: usize, t: usize, tf32: bool, tol: f64) {
-    let layout = ParamLayout::new(cfg);
-    let params = gpt::init_params(cfg, 11);
-    let mut rng = Rng::new(5);
-    let mut tokens = || (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<u32>>();
-    let (inputs, targets) = (tokens(), tokens());
-
-    let mut acts = Activations::<f32>::new(cfg, b, t);
-    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
-    let cpu_loss = gpt::loss(cfg, &layout, &params, &mut acts, &targets);
-    let cpu_logits = gpt::logits(cfg, &layout, &params, &acts);
-
-    let mut model = GpuModel::<f32>::new(cfg, &params, 0, tf32).expect("GpuModel::new");
-    model.forward(&inputs, Some(&targets), b, t).unwrap();
-    let losses = model.losses().unwrap();
-    let gpu_loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
-    let logits = model.logits().unwrap();
-    assert_eq!(logits.len(), cpu_logits.len());
-    assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
-    let max_ref = cpu_logits.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
-    let max_err = logits.iter().zip(&cpu_logits).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    let f = Forward::run::<f32>(cfg, &gpt::init_params(cfg, 11), b, t, tf32);
+    let (cpu_loss, gpu_loss) = (f.cpu_loss, f.gpu_loss);
+    assert_eq!(f.logits.len(), f.cpu_logits.len());
+    let (max_ref, max_err) = f.logits_error();
     assert!(max_err / max_ref < tol, "{cfg}: logits differ by {max_err} (max |logit| {max_ref}), tolerance {tol}");
     let rel = (gpu_loss - cpu_loss).abs() / cpu_loss;
     assert!(rel < tol, "{cfg}: GPU loss {gpu_loss} vs CPU {cpu_loss} (relative {rel})");
-    for (i, (&g, &c)) in losses.iter().zip(&acts.losses).enumerate() {
+    for (i, (&g, &c)) in f.gpu_losses.iter().zip(&f.cpu_losses).enumerate() {
         assert!(((g - c) as f64).abs() < tol * 10.0 * (c as f64).abs().max(1.0), "position {i}: loss {g} vs {c}");
     }
 }
@@ -70,24 +92,10 @@ fn two_layer_768_forward_matches_the_cpu() {
 /// logits are dot products over C bf16 inputs, so logits carry errors of a few 1e-3 of their scale;
 /// the mean loss averages them out (llm.c holds its bf16 loss to 0.05).
 fn check_bf16(cfg: &ModelConfig, b: usize, t: usize) {
-    let layout = ParamLayout::new(cfg);
     let params: Vec<f32> = gpt::init_params(cfg, 11).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
-    let mut rng = Rng::new(5);
-    let mut tokens = || (0..b * t).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<u32>>();
-    let (inputs, targets) = (tokens(), tokens());
-    let mut acts = Activations::<f32>::new(cfg, b, t);
-    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
-    let cpu_loss = gpt::loss(cfg, &layout, &params, &mut acts, &targets);
-    let cpu_logits = gpt::logits(cfg, &layout, &params, &acts);
-
-    let mut model = GpuModel::<half::bf16>::new(cfg, &params, 0, false).expect("GpuModel::new");
-    model.forward(&inputs, Some(&targets), b, t).unwrap();
-    let losses = model.losses().unwrap();
-    let gpu_loss = losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64;
-    let logits = model.logits().unwrap();
-    assert!(logits.iter().all(|x| x.is_finite()), "non-finite logits");
-    let max_ref = cpu_logits.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
-    let max_err = logits.iter().zip(&cpu_logits).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    let f = Forward::run::<half::bf16>(cfg, &params, b, t, false);
+    let (cpu_loss, gpu_loss) = (f.cpu_loss, f.gpu_loss);
+    let (max_ref, max_err) = f.logits_error();
     println!("{cfg}: bf16 logits max error {max_err:.3e} of {max_ref:.3e}; loss {gpu_loss} vs {cpu_loss}");
     assert!(max_err / max_ref < 3e-2, "{cfg}: bf16 logits differ by {max_err} (max |logit| {max_ref})");
     assert!((gpu_loss - cpu_loss).abs() < 0.02, "{cfg}: bf16 loss {gpu_loss} vs CPU {cpu_loss}");
@@ -110,7 +118,7 @@ fn parameters_come_back_from_the_gpu() {
     let cfg = ModelConfig::preset("tiny").unwrap();
     let params = gpt::init_params(&cfg, 4);
     let back = GpuModel::<f32>::new(&cfg, &params, 0, false).unwrap().download_params().unwrap();
-    assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()), "f32 round trip changed bits");
+    assert_same_bits("f32 round trip", &back, &params);
     let back = GpuModel::<half::bf16>::new(&cfg, &params, 0, false).unwrap().download_params().unwrap();
     assert!(back.iter().zip(&params).all(|(&a, &b)| a == half::bf16::from_f32(b).to_f32()), "bf16 round trip");
 }
@@ -120,19 +128,10 @@ fn gpu_evaluation_matches_the_cpu_evaluation() {
     if gpu_or_skip().is_none() {
         return;
     }
-    use genesis::data::prepare::{prepare, Input, PrepareConfig};
-    use genesis::data::source::{Docs, Format, SourceFile};
     use genesis::eval::{evaluate_split, evaluate_split_with, EvalOptions};
-    let dir = std::env::temp_dir().join(format!("genesis-gpu-eval-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("gpu-eval");
     let text: String = (0..400).map(|i| format!("Paragraph {i} counts {} sheep in the field.\n\n", i * 3)).collect();
-    std::fs::write(dir.join("t.txt"), text).unwrap();
-    let mut pc = PrepareConfig::new("t");
-    pc.source.docs = Docs::Paragraphs;
-    pc.progress = false;
-    let data = dir.join("data");
-    prepare(&[Input::local(SourceFile { path: dir.join("t.txt"), format: Format::Text })], &data, &pc).unwrap();
+    let data = paragraph_dataset(&dir, "t", &text);
 
     let cfg = ModelConfig::preset("tiny").unwrap();
     let params = gpt::init_params(&cfg, 2);
@@ -157,6 +156,23 @@ fn batch(cfg: &ModelConfig, n: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
     (tokens(), tokens())
 }
 
+/// One forward and backward on the CPU from `params`: the loss and the gradients (accumulated from
+/// zero) for `dloss` per position.
+fn cpu_gradients(
+    cfg: &ModelConfig,
+    params: &[f32],
+    acts: &mut Activations<f32>,
+    inputs: &[u32],
+    targets: &[u32],
+    dloss: f32,
+) -> (f64, Vec<f32>) {
+    let layout = ParamLayout::new(cfg);
+    let mut grads = vec![0.0f32; layout.total];
+    gpt::forward(cfg, &layout, params, acts, inputs);
+    let loss = gpt::backward(cfg, &layout, params, &mut grads, acts, inputs, targets, dloss);
+    (loss, grads)
+}
+
 /// One forward+backward on the GPU against `cpu::gpt::backward`: the loss, and every one of the 16
 /// gradient tensors within 1e-4 of its largest value (fp32 with other summation orders; TF32 off).
 fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
@@ -164,10 +180,7 @@ fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
     let params = gpt::init_params(cfg, 13);
     let (inputs, targets) = batch(cfg, b * t, 17);
     let dloss = 1.0 / (b * t) as f32;
-    let mut acts = Activations::<f32>::new(cfg, b, t);
-    let mut want = vec![0.0f32; layout.total];
-    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
-    let cpu_loss = gpt::backward(cfg, &layout, &params, &mut want, &mut acts, &inputs, &targets, dloss);
+    let (cpu_loss, want) = cpu_gradients(cfg, &params, &mut Activations::new(cfg, b, t), &inputs, &targets, dloss);
 
     let mut model = GpuModel::<f32>::new(cfg, &params, 0, false).unwrap();
     model.enable_training(&params, 0).unwrap();
@@ -178,8 +191,7 @@ fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
     for spec in &layout.tensors {
         let (g, w) = (&got[spec.range()], &want[spec.range()]);
         assert!(g.iter().all(|x| x.is_finite()), "{:?}: non-finite gradient", spec.param);
-        let max_ref = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let err = g.iter().zip(w).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (max_ref, err) = (max_abs(w), max_abs_diff(g, w));
         assert!(max_ref > 0.0 || spec.param == Param::Wpe, "{:?}: zero reference gradient", spec.param);
         assert!(err <= 1e-4 * max_ref.max(1e-12), "{cfg}: {:?} gradient differs by {err} (max {max_ref})", spec.param);
     }
@@ -223,18 +235,8 @@ fn cpu_run(cfg: &ModelConfig, steps: usize) -> Vec<f64> {
     let mut losses = Vec::new();
     for _ in 0..steps {
         let (inputs, targets) = batch(cfg, b * t, 100);
-        let mut grads = vec![0.0f32; layout.total];
-        gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
-        losses.push(gpt::backward(
-            cfg,
-            &layout,
-            &params,
-            &mut grads,
-            &mut acts,
-            &inputs,
-            &targets,
-            1.0 / (b * t) as f32,
-        ));
+        let (loss, mut grads) = cpu_gradients(cfg, &params, &mut acts, &inputs, &targets, 1.0 / (b * t) as f32);
+        losses.push(loss);
         clip_grad_norm(&mut grads, 1.0);
         opt.update(&layout, &mut params, &grads, 1e-3);
     }
@@ -264,7 +266,7 @@ fn assert_training_deterministic<T: Float>(weights: &str) {
     let (l1, p1) = gpu_run::<T>(&cfg, 3);
     let (l2, p2) = gpu_run::<T>(&cfg, 3);
     assert_eq!(l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
-    assert!(same_bits(&p1, &p2), "{weights} differ between identical runs");
+    assert_same_bits(&format!("{weights} of the second of two identical runs"), &p2, &p1);
 }
 
 #[test]
@@ -278,16 +280,6 @@ fn gpu_training_is_deterministic() {
 /// with step 0's seed (the same function the kernel uses, mirrored on the host).
 fn working_copy(weights: &[f32]) -> Vec<f32> {
     round_params_host(weights, sr_seed(0)).iter().map(|x| x.to_f32()).collect()
-}
-
-/// ||a - b|| / ||b|| over a tensor.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let (mut d, mut n) = (0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        d += (x as f64 - y as f64).powi(2);
-        n += (y as f64).powi(2);
-    }
-    (d / n.max(1e-300)).sqrt()
 }
 
 /// One bf16 forward+backward against the CPU in f32 at the same (bf16) weights: the loss within 1%
@@ -308,10 +300,7 @@ fn check_gradients_bf16(cfg: &ModelConfig, b: usize, t: usize) {
     let params = working_copy(&weights);
     let (inputs, targets) = batch(cfg, b * t, 17);
     let dloss = 1.0 / (b * t) as f32;
-    let mut acts = Activations::<f32>::new(cfg, b, t);
-    let mut want = vec![0.0f32; layout.total];
-    gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
-    let cpu_loss = gpt::backward(cfg, &layout, &params, &mut want, &mut acts, &inputs, &targets, dloss);
+    let (cpu_loss, want) = cpu_gradients(cfg, &params, &mut Activations::new(cfg, b, t), &inputs, &targets, dloss);
 
     let mut model = GpuModel::<half::bf16>::new(cfg, &weights, 0, false).unwrap();
     model.enable_training(&weights, 0).unwrap();

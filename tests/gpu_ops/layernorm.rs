@@ -1,77 +1,36 @@
 //! CUDA LayerNorm forward (plain and with the fused residual add) and backward vs.
 //! `cpu::layernorm` run in f64, in f32 and in bf16 (the reference on the bf16-rounded values).
 
-use super::{gpu_or_skip, round, widen, SplitMix};
-use cudarc::driver::CudaSlice;
+use super::common::{assert_same_bits, max_abs};
+use super::{
+    assert_close, assert_close_floor, assert_elementwise, download, gpu_or_skip, max_ref, poisoned, round, to_f64,
+    widen, Uniform, BF16_U, TAIL,
+};
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::layernorm::{
     layernorm_backward, layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_forward,
 };
 use genesis::gpu::Float;
+use genesis::rng::Rng;
 use half::bf16;
 
 /// (N, C): single row, C not a multiple of 32, GPT-2 widths, C = 1, N not a multiple of 8.
 const SHAPES: &[(usize, usize)] = &[(1, 768), (7, 37), (64, 768), (33, 1024), (5, 1600), (3, 1), (130, 96)];
-/// Extra poisoned elements past the end of every output; the kernels must leave them alone.
-const TAIL: usize = 5;
 const TOL: f64 = 1e-5;
 
-/// A buffer of `len + TAIL` NaNs, so an element the kernel fails to write (or writes past) shows.
-fn poisoned<T: Float>(gpu: &Gpu, len: usize) -> CudaSlice<T> {
-    gpu.stream().clone_htod(&vec![T::from_f32(f32::NAN); len + TAIL]).unwrap()
-}
-
-/// The first `len` elements of a [`poisoned`] buffer as f32 (exact for bf16), after checking its
-/// tail is still NaN.
-fn download<T: Float>(gpu: &Gpu, what: &str, buf: &CudaSlice<T>, len: usize) -> Vec<f32> {
-    let host = gpu.stream().clone_dtoh(buf).unwrap();
-    assert!(host[len..].iter().all(|x| x.to_f32().is_nan()), "{what}: written past its first {len} elements");
-    host[..len].iter().map(|x| x.to_f32()).collect()
-}
-
-/// Asserts every value is finite and max |got - want| <= TOL * max |want|; returns that ratio.
-fn assert_close(what: &str, got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
-        panic!("{what}: element {i} is {} (unwritten?), expected {}", got[i], want[i]);
-    }
-    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let (worst, max_err) = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).abs())
-        .enumerate()
-        .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
-    assert!(
-        max_err <= TOL * max_ref,
-        "{what}: max abs error {max_err:e} at {worst} (gpu {} vs ref {}) exceeds {TOL:e} * max |ref| {max_ref}",
-        got[worst],
-        want[worst]
-    );
-    if max_ref > 0.0 {
-        max_err / max_ref
-    } else {
-        0.0
-    }
-}
-
 /// Rows with a non-zero mean (|offset| in [1, 2]) and varied spread, weight around 1, small bias.
-fn inputs(rng: &mut SplitMix, n: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn inputs(rng: &mut Rng, n: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut inp = Vec::with_capacity(n * c);
     for _ in 0..n {
         let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
-        let offset = sign * (1.5 + 0.5 * rng.next_f32());
-        let spread = 1.0 + 0.9 * rng.next_f32();
-        inp.extend((0..c).map(|_| offset + spread * rng.next_f32()));
+        let offset = sign * (1.5 + 0.5 * rng.uniform());
+        let spread = 1.0 + 0.9 * rng.uniform();
+        inp.extend((0..c).map(|_| offset + spread * rng.uniform()));
     }
-    let weight = (0..c).map(|_| 1.0 + 0.5 * rng.next_f32()).collect();
-    let bias = (0..c).map(|_| 0.3 * rng.next_f32()).collect();
+    let weight = (0..c).map(|_| 1.0 + 0.5 * rng.uniform()).collect();
+    let bias = (0..c).map(|_| 0.3 * rng.uniform()).collect();
     (inp, weight, bias)
-}
-
-fn to_f64(x: &[f32]) -> Vec<f64> {
-    x.iter().map(|&v| v as f64).collect()
 }
 
 /// The CPU reference in f64: (out, mean, rstd).
@@ -90,85 +49,104 @@ fn reference(inp: &[f32], weight: &[f32], bias: &[f32], n: usize, c: usize) -> (
     (out, mean, rstd)
 }
 
-#[test]
-fn layernorm_forward_matches_cpu() {
+/// Every [`SHAPES`] case of LayerNorm forward in storage type `T`, drawn from `seed`: the inputs
+/// ([`inputs`]) rounded through `T` (the identity for f32) and the f64 reference on exactly those
+/// values. With `fused`, a second addend in U(-1, 1) (also through `T`) goes through the fused
+/// `residual_layernorm_forward`: its residual must equal the CPU's f32 sum rounded through `T` (one
+/// f32 add, one round-to-nearest-even: exact), and LayerNorm is of that residual. `out` (in `T`) is
+/// checked by `check_out` (which returns its part of the printed line); mean and rstd are f32
+/// outputs of f32 arithmetic on the same values for every `T`, so they get TOL. Every output is
+/// [`poisoned`] and its tail checked. `label` starts the printed line.
+fn check_forward<T: Float>(seed: u64, label: &str, fused: bool, check_out: impl Fn(&str, &[f32], &[f64]) -> String) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let mut rng = SplitMix(0x6c61_7965_726e_6f72);
+    let mut rng = Rng::new(seed);
     let stream = gpu.stream();
+    let in_t = |v: &[f32]| widen(&round::<T>(v));
+    let upload = |v: &[f32]| stream.clone_htod(&round::<T>(v)).unwrap();
     for &(n, c) in SHAPES {
         let (inp, weight, bias) = inputs(&mut rng, n, c);
-        let (want_out, want_mean, want_rstd) = reference(&inp, &weight, &bias, n, c);
-
-        let d_inp = stream.clone_htod(&inp).unwrap();
-        let d_weight = stream.clone_htod(&weight).unwrap();
-        let d_bias = stream.clone_htod(&bias).unwrap();
-        let mut d_out = poisoned(&gpu, n * c);
-        let mut d_mean = poisoned(&gpu, n);
-        let mut d_rstd = poisoned(&gpu, n);
-        layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &d_inp, &d_weight, &d_bias, n, c).unwrap();
-        gpu.synchronize().unwrap();
-
+        let addend = fused.then(|| rng.uniform_vec(n * c));
+        let (inp, weight, bias) = (in_t(&inp), in_t(&weight), in_t(&bias));
+        let (d_weight, d_bias) = (upload(&weight), upload(&bias));
+        let mut d_out = poisoned::<T>(&gpu, n * c);
+        let mut d_mean = poisoned::<f32>(&gpu, n);
+        let mut d_rstd = poisoned::<f32>(&gpu, n);
         let shape = format!("N={n} C={c}");
-        let e_out = assert_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
-        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
-        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
-        println!("layernorm_forward {shape}: rel err out {e_out:.1e}, mean {e_mean:.1e}, rstd {e_rstd:.1e}");
+        // What LayerNorm normalises: the input, or the fused residual (checked exact).
+        let normalised = match addend {
+            None => {
+                layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &upload(&inp), &d_weight, &d_bias, n, c)
+                    .unwrap();
+                gpu.synchronize().unwrap();
+                inp
+            }
+            Some(addend) => {
+                let addend = in_t(&addend);
+                let mut sum = vec![0.0f32; n * c];
+                cpu::residual::residual_forward(&mut sum, &inp, &addend);
+                let residual = in_t(&sum);
+                let mut d_residual = poisoned::<T>(&gpu, n * c);
+                residual_layernorm_forward(
+                    &gpu,
+                    &mut d_residual,
+                    &mut d_out,
+                    &mut d_mean,
+                    &mut d_rstd,
+                    &upload(&inp),
+                    &upload(&addend),
+                    &d_weight,
+                    &d_bias,
+                    n,
+                    c,
+                )
+                .unwrap();
+                gpu.synchronize().unwrap();
+                // Widened to f32, exactly and injectively: equal f32 bits are equal bf16 bits.
+                let got_residual = download(&gpu, "residual", &d_residual, n * c);
+                assert_same_bits(&format!("residual ({shape})"), &got_residual, &residual);
+                residual
+            }
+        };
+        let (want_out, want_mean, want_rstd) = reference(&normalised, &weight, &bias, n, c);
+        let out_text = check_out(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
+        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean, TOL);
+        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd, TOL);
+        let residual_text = if fused { "residual exact, " } else { "" };
+        println!("{label} {shape}: {residual_text}{out_text}, rel err mean {e_mean:.1e}, rstd {e_rstd:.1e}");
     }
+}
+
+/// The f32 check of `out`: max abs error within TOL of max |ref|.
+fn out_fp32(what: &str, got: &[f32], want: &[f64]) -> String {
+    format!("rel err out {:.1e}", assert_close(what, got, want, TOL))
+}
+
+/// Per-element check of a bf16 output (already widened to f32) against the f64 reference computed
+/// on the same bf16 inputs. The kernel computes y32 in f32 and stores bf16(y32), rounded to
+/// nearest: bf16 has an 8-bit significand (7 stored bits), so that moves y32 by at most half an
+/// ulp <= 2^-8 |y32|. With the f32 error |y32 - ref| <= d, the stored value is within
+/// 2^-8 |ref| + (1 + 2^-8) d of ref. d is what the f32 test bounds, TOL * max |ref| (the output's
+/// f32 error is absolute, from (x - mean) * rstd * weight + bias with terms up to max |ref|);
+/// doubled here for margin. Returns the worst error as a fraction of its tolerance.
+fn assert_bf16_close(what: &str, got: &[f32], want: &[f64]) -> f64 {
+    assert_elementwise(what, got, want, BF16_U, 2.0 * TOL * max_ref(want))
+}
+
+/// The bf16 check of `out`, [`assert_bf16_close`].
+fn out_bf16(what: &str, got: &[f32], want: &[f64]) -> String {
+    format!("out worst {:.2} of tolerance", assert_bf16_close(what, got, want))
+}
+
+#[test]
+fn layernorm_forward_matches_cpu() {
+    check_forward::<f32>(0x6c61_7965_726e_6f72, "layernorm_forward", false, out_fp32);
 }
 
 #[test]
 fn residual_layernorm_forward_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x7265_7369_6475_616c);
-    let stream = gpu.stream();
-    for &(n, c) in SHAPES {
-        let (a, weight, bias) = inputs(&mut rng, n, c);
-        let b = rng.vec(n * c);
-        let mut residual = vec![0.0f32; n * c];
-        cpu::residual::residual_forward(&mut residual, &a, &b);
-        let (want_out, want_mean, want_rstd) = reference(&residual, &weight, &bias, n, c);
-
-        let d_a = stream.clone_htod(&a).unwrap();
-        let d_b = stream.clone_htod(&b).unwrap();
-        let d_weight = stream.clone_htod(&weight).unwrap();
-        let d_bias = stream.clone_htod(&bias).unwrap();
-        let mut d_residual = poisoned(&gpu, n * c);
-        let mut d_out = poisoned(&gpu, n * c);
-        let mut d_mean = poisoned(&gpu, n);
-        let mut d_rstd = poisoned(&gpu, n);
-        residual_layernorm_forward(
-            &gpu,
-            &mut d_residual,
-            &mut d_out,
-            &mut d_mean,
-            &mut d_rstd,
-            &d_a,
-            &d_b,
-            &d_weight,
-            &d_bias,
-            n,
-            c,
-        )
-        .unwrap();
-        gpu.synchronize().unwrap();
-
-        let shape = format!("N={n} C={c}");
-        let got_residual = download(&gpu, "residual", &d_residual, n * c);
-        for (i, (g, e)) in got_residual.iter().zip(&residual).enumerate() {
-            assert_eq!(g.to_bits(), e.to_bits(), "residual ({shape}) at {i}: gpu {g} vs cpu {e}");
-        }
-        let e_out = assert_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
-        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
-        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
-        println!(
-            "residual_layernorm_forward {shape}: residual exact, rel err out {e_out:.1e}, mean {e_mean:.1e}, \
-             rstd {e_rstd:.1e}"
-        );
-    }
+    check_forward::<f32>(0x7265_7369_6475_616c, "residual_layernorm_forward", true, out_fp32);
 }
 
 #[test]
@@ -186,71 +164,12 @@ fn layernorm_forward_rejects_short_buffers() {
     assert!(err.to_string().contains("inp"), "{err}");
 }
 
-/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude.
-const BF16_U: f64 = 1.0 / 256.0;
-
-/// `x` rounded to bf16, and those values back in f32 (exact) for the CPU reference.
-fn to_bf16(x: &[f32]) -> (Vec<bf16>, Vec<f32>) {
-    let h: Vec<bf16> = super::round(x);
-    let back = super::widen(&h);
-    (h, back)
-}
-
-/// Per-element check of a bf16 output (already widened to f32) against the f64 reference computed
-/// on the same bf16 inputs. The kernel computes y32 in f32 and stores bf16(y32), rounded to
-/// nearest: bf16 has an 8-bit significand (7 stored bits), so that moves y32 by at most half an
-/// ulp <= 2^-8 |y32|. With the f32 error |y32 - ref| <= d, the stored value is within
-/// 2^-8 |ref| + (1 + 2^-8) d of ref. d is what the f32 test bounds, TOL * max |ref| (the output's
-/// f32 error is absolute, from (x - mean) * rstd * weight + bias with terms up to max |ref|);
-/// doubled here for margin. Returns the worst error as a fraction of its tolerance.
-fn assert_bf16_close(what: &str, got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let max_ref = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let abs = 2.0 * TOL * max_ref;
-    let mut worst = 0.0f64;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}: element {i} is {g} (unwritten?), expected {w}");
-        let err = (g as f64 - w).abs();
-        let tol = BF16_U * w.abs() + abs;
-        assert!(err <= tol, "{what}: at {i}: gpu {g} vs ref {w}, error {err:e} > {tol:e}");
-        worst = worst.max(err / tol);
-    }
-    worst
-}
-
 /// bf16 activations and parameters: inputs rounded to bf16, the reference in f64 on the rounded
 /// values. `out` per element as [`assert_bf16_close`]; mean and rstd are f32 outputs of f32
 /// arithmetic on the same values, so they get the f32 test's TOL.
 #[test]
 fn layernorm_forward_bf16_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x6c6e_6266_3136_0001);
-    let stream = gpu.stream();
-    for &(n, c) in SHAPES {
-        let (inp, weight, bias) = inputs(&mut rng, n, c);
-        let ((h_inp, inp), (h_weight, weight), (h_bias, bias)) = (to_bf16(&inp), to_bf16(&weight), to_bf16(&bias));
-        let (want_out, want_mean, want_rstd) = reference(&inp, &weight, &bias, n, c);
-
-        let d_inp = stream.clone_htod(&h_inp).unwrap();
-        let d_weight = stream.clone_htod(&h_weight).unwrap();
-        let d_bias = stream.clone_htod(&h_bias).unwrap();
-        let mut d_out = poisoned::<bf16>(&gpu, n * c);
-        let mut d_mean = poisoned::<f32>(&gpu, n);
-        let mut d_rstd = poisoned::<f32>(&gpu, n);
-        layernorm_forward(&gpu, &mut d_out, &mut d_mean, &mut d_rstd, &d_inp, &d_weight, &d_bias, n, c).unwrap();
-        gpu.synchronize().unwrap();
-
-        let shape = format!("N={n} C={c}");
-        let e_out = assert_bf16_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
-        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
-        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
-        println!(
-            "layernorm_forward_bf16 {shape}: out worst {e_out:.2} of tolerance, rel err mean {e_mean:.1e}, \
-             rstd {e_rstd:.1e}"
-        );
-    }
+    check_forward::<bf16>(0x6c6e_6266_3136_0001, "layernorm_forward_bf16", false, out_bf16);
 }
 
 /// The fused kernel in bf16: the residual must equal the CPU's f32 sum of the two bf16 inputs
@@ -258,58 +177,7 @@ fn layernorm_forward_bf16_matches_cpu() {
 /// rounded residual, checked as in [`layernorm_forward_bf16_matches_cpu`].
 #[test]
 fn residual_layernorm_forward_bf16_matches_cpu() {
-    let Some(gpu) = gpu_or_skip() else {
-        return;
-    };
-    let mut rng = SplitMix(0x726c_6e62_6631_3602);
-    let stream = gpu.stream();
-    for &(n, c) in SHAPES {
-        let (a, weight, bias) = inputs(&mut rng, n, c);
-        let b = rng.vec(n * c);
-        let ((h_a, a), (h_b, b)) = (to_bf16(&a), to_bf16(&b));
-        let ((h_weight, weight), (h_bias, bias)) = (to_bf16(&weight), to_bf16(&bias));
-        let mut sum = vec![0.0f32; n * c];
-        cpu::residual::residual_forward(&mut sum, &a, &b);
-        let (h_residual, residual) = to_bf16(&sum);
-        let (want_out, want_mean, want_rstd) = reference(&residual, &weight, &bias, n, c);
-
-        let d_a = stream.clone_htod(&h_a).unwrap();
-        let d_b = stream.clone_htod(&h_b).unwrap();
-        let d_weight = stream.clone_htod(&h_weight).unwrap();
-        let d_bias = stream.clone_htod(&h_bias).unwrap();
-        let mut d_residual = poisoned::<bf16>(&gpu, n * c);
-        let mut d_out = poisoned::<bf16>(&gpu, n * c);
-        let mut d_mean = poisoned::<f32>(&gpu, n);
-        let mut d_rstd = poisoned::<f32>(&gpu, n);
-        residual_layernorm_forward(
-            &gpu,
-            &mut d_residual,
-            &mut d_out,
-            &mut d_mean,
-            &mut d_rstd,
-            &d_a,
-            &d_b,
-            &d_weight,
-            &d_bias,
-            n,
-            c,
-        )
-        .unwrap();
-        gpu.synchronize().unwrap();
-
-        let shape = format!("N={n} C={c}");
-        let got_residual = download(&gpu, "residual", &d_residual, n * c);
-        for (i, (g, e)) in got_residual.iter().zip(&h_residual).enumerate() {
-            assert_eq!(bf16::from_f32(*g).to_bits(), e.to_bits(), "residual ({shape}) at {i}: gpu {g} vs cpu {e}");
-        }
-        let e_out = assert_bf16_close(&format!("out ({shape})"), &download(&gpu, "out", &d_out, n * c), &want_out);
-        let e_mean = assert_close(&format!("mean ({shape})"), &download(&gpu, "mean", &d_mean, n), &want_mean);
-        let e_rstd = assert_close(&format!("rstd ({shape})"), &download(&gpu, "rstd", &d_rstd, n), &want_rstd);
-        println!(
-            "residual_layernorm_forward_bf16 {shape}: residual exact, out worst {e_out:.2} of tolerance, \
-             rel err mean {e_mean:.1e}, rstd {e_rstd:.1e}"
-        );
-    }
+    check_forward::<bf16>(0x726c_6e62_6631_3602, "residual_layernorm_forward_bf16", true, out_bf16);
 }
 
 /// (N, C) for the backward: single row, odd C, GPT-2 widths, C = 1, N not a multiple of the 32-row
@@ -343,7 +211,7 @@ struct BackwardCase {
 }
 
 impl BackwardCase {
-    fn new<T: Float>(rng: &mut SplitMix, n: usize, c: usize) -> BackwardCase {
+    fn new<T: Float>(rng: &mut Rng, n: usize, c: usize) -> BackwardCase {
         let in_t = |v: Vec<f32>| widen(&round::<T>(&v));
         let (inp, weight, bias) = inputs(rng, n, c);
         let (inp, weight) = (in_t(inp), in_t(weight));
@@ -351,14 +219,14 @@ impl BackwardCase {
         BackwardCase {
             n,
             c,
-            dout: in_t(rng.vec(n * c)),
+            dout: in_t(rng.uniform_vec(n * c)),
             inp,
             weight,
             mean: mean.iter().map(|&v| v as f32).collect(),
             rstd: rstd.iter().map(|&v| v as f32).collect(),
-            dinp: in_t(rng.vec(n * c + TAIL)),
-            dweight: rng.vec(c + TAIL),
-            dbias: rng.vec(c + TAIL),
+            dinp: in_t(rng.uniform_vec(n * c + TAIL)),
+            dweight: rng.uniform_vec(c + TAIL),
+            dbias: rng.uniform_vec(c + TAIL),
         }
     }
 
@@ -428,9 +296,7 @@ impl BackwardCase {
 /// Splits a gradient downloaded with its tail into the first `len` values, after checking the
 /// tail still holds the pre-filled values bit for bit.
 fn untouched_tail<'a>(what: &str, got: &'a [f32], prefill: &[f32], len: usize) -> &'a [f32] {
-    for i in len..got.len() {
-        assert_eq!(got[i].to_bits(), prefill[i].to_bits(), "{what}: written past its first {len} elements (at {i})");
-    }
+    assert_same_bits(&format!("{what} past its first {len} elements (written there?)"), &got[len..], &prefill[len..]);
     &got[..len]
 }
 
@@ -440,7 +306,7 @@ fn untouched_tail<'a>(what: &str, got: &'a [f32], prefill: &[f32], len: usize) -
 /// max(max |ref|, largest pre-filled value). `label` starts the printed line.
 fn check_backward<T: Float>(
     gpu: &Gpu,
-    rng: &mut SplitMix,
+    rng: &mut Rng,
     label: &str,
     check_dinp: impl Fn(&str, &[f32], &[f64]) -> String,
 ) {
@@ -455,8 +321,8 @@ fn check_backward<T: Float>(
         let dbias = untouched_tail("dbias", &dbias, &case.dbias, c);
         let dinp_text = check_dinp(&format!("dinp ({shape})"), dinp, &want_dinp);
         let reduction_tol = TOL.max(4.0 * f32::EPSILON as f64 * (n as f64).sqrt());
-        let floor = |x: &[f32]| x[..c].iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-        let e_dweight = assert_close_tol(
+        let floor = |x: &[f32]| f64::from(max_abs(&x[..c]));
+        let e_dweight = assert_close_floor(
             &format!("dweight ({shape})"),
             dweight,
             &want_dweight,
@@ -464,7 +330,7 @@ fn check_backward<T: Float>(
             floor(&case.dweight),
         );
         let e_dbias =
-            assert_close_tol(&format!("dbias ({shape})"), dbias, &want_dbias, reduction_tol, floor(&case.dbias));
+            assert_close_floor(&format!("dbias ({shape})"), dbias, &want_dbias, reduction_tol, floor(&case.dbias));
         println!(
             "{label} {shape}: {dinp_text}, dweight {e_dweight:.1e}, dbias {e_dbias:.1e} \
              (reduction tol {reduction_tol:.1e})"
@@ -480,37 +346,9 @@ fn layernorm_backward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    check_backward::<f32>(&gpu, &mut SplitMix(0x6c6e_6261_636b_0001), "layernorm_backward", |what, got, want| {
-        format!("rel err dinp {:.1e}", assert_close(what, got, want))
+    check_backward::<f32>(&gpu, &mut Rng::new(0x6c6e_6261_636b_0001), "layernorm_backward", |what, got, want| {
+        format!("rel err dinp {:.1e}", assert_close(what, got, want, TOL))
     });
-}
-
-/// As [`assert_close`] with tolerance `tol` relative to max(max |want|, `floor`); returns the error
-/// relative to that. `floor` is the largest pre-filled value: with few channels (C = 1) the sum can
-/// cancel to near zero while the rounding errors scale with the terms added.
-fn assert_close_tol(what: &str, got: &[f32], want: &[f64], tol: f64, floor: f64) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
-        panic!("{what}: element {i} is {} (unwritten?), expected {}", got[i], want[i]);
-    }
-    let max_ref = want.iter().fold(floor, |m, w| m.max(w.abs()));
-    let (worst, max_err) = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).abs())
-        .enumerate()
-        .fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best });
-    assert!(
-        max_err <= tol * max_ref,
-        "{what}: max abs error {max_err:e} at {worst} (gpu {} vs ref {}) exceeds {tol:e} * max |ref| {max_ref}",
-        got[worst],
-        want[worst]
-    );
-    if max_ref > 0.0 {
-        max_err / max_ref
-    } else {
-        0.0
-    }
 }
 
 /// Same inputs, same bits: the dweight/dbias reductions use a fixed partition and order, no
@@ -520,11 +358,11 @@ fn layernorm_backward_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    assert_backward_deterministic::<f32>(&gpu, &mut SplitMix(0x6c6e_6465_7465_726d), "layernorm_backward");
+    assert_backward_deterministic::<f32>(&gpu, &mut Rng::new(0x6c6e_6465_7465_726d), "layernorm_backward");
 }
 
 /// Runs each case three times in `T` and asserts every output bit (tails included) repeats.
-fn assert_backward_deterministic<T: Float>(gpu: &Gpu, rng: &mut SplitMix, label: &str) {
+fn assert_backward_deterministic<T: Float>(gpu: &Gpu, rng: &mut Rng, label: &str) {
     for &(n, c) in &[(4096usize, 768usize), (20001, 3), (515, 37)] {
         let case = BackwardCase::new::<T>(rng, n, c);
         let first = case.run::<T>(gpu);
@@ -533,9 +371,7 @@ fn assert_backward_deterministic<T: Float>(gpu: &Gpu, rng: &mut SplitMix, label:
             for (what, a, b) in
                 [("dinp", &first.0, &again.0), ("dweight", &first.1, &again.1), ("dbias", &first.2, &again.2)]
             {
-                for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
-                    assert_eq!(x.to_bits(), y.to_bits(), "{what} (N={n} C={c}) run {run} differs at {i}: {x} vs {y}");
-                }
+                assert_same_bits(&format!("{what} (N={n} C={c}) run {run}"), b, a);
             }
         }
         println!("{label} N={n} C={c}: three runs bit-identical");
@@ -593,7 +429,7 @@ fn layernorm_backward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    check_backward::<bf16>(&gpu, &mut SplitMix(0x6c6e_6262_6631_3603), "layernorm_backward_bf16", |what, got, want| {
+    check_backward::<bf16>(&gpu, &mut Rng::new(0x6c6e_6262_6631_3603), "layernorm_backward_bf16", |what, got, want| {
         format!("dinp worst {:.2} of tolerance", assert_bf16_close(what, got, want))
     });
 }
@@ -605,5 +441,5 @@ fn layernorm_backward_bf16_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    assert_backward_deterministic::<bf16>(&gpu, &mut SplitMix(0x6c6e_6462_6631_3604), "layernorm_backward_bf16");
+    assert_backward_deterministic::<bf16>(&gpu, &mut Rng::new(0x6c6e_6462_6631_3604), "layernorm_backward_bf16");
 }

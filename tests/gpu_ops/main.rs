@@ -15,8 +15,14 @@ mod matmul;
 mod sample;
 mod train;
 
+#[path = "../common/mod.rs"]
+mod common;
+
+use cudarc::driver::CudaSlice;
 use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::Float;
+use genesis::rng::Rng;
+use half::bf16;
 
 /// `Some(gpu)` when CUDA works here; otherwise skips (or panics when `GENESIS_REQUIRE_GPU=1`).
 pub fn gpu_or_skip() -> Option<Gpu> {
@@ -31,26 +37,22 @@ pub fn gpu_or_skip() -> Option<Gpu> {
     Some(Gpu::new(0).expect("CUDA reported available but Gpu::new(0) failed"))
 }
 
-/// Small deterministic generator (splitmix64).
-pub struct SplitMix(pub u64);
+/// The kernel tests' random inputs, drawn from `genesis::rng::Rng`.
+pub trait Uniform {
+    /// Uniform in [-1, 1), a multiple of 2^-23 (24 random bits), so exact in f32.
+    fn uniform(&mut self) -> f32;
 
-impl SplitMix {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+    /// `n` values of [`Uniform::uniform`].
+    fn uniform_vec(&mut self, n: usize) -> Vec<f32>;
+}
 
-    /// Uniform in [-1, 1).
-    pub fn next_f32(&mut self) -> f32 {
+impl Uniform for Rng {
+    fn uniform(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
-    /// `n` values uniform in [-1, 1).
-    pub fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next_f32()).collect()
+    fn uniform_vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform()).collect()
     }
 }
 
@@ -64,8 +66,164 @@ pub fn widen<T: Float>(v: &[T]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()
 }
 
-/// Whether `a` and `b` hold the same f32 values bit for bit (same length; -0.0 differs from 0.0,
-/// NaNs compare by payload). For comparing two runs of a deterministic op.
-pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+/// `x` rounded to bf16, and those values back in f32 (exact) for a CPU reference.
+pub fn to_bf16(x: &[f32]) -> (Vec<bf16>, Vec<f32>) {
+    let h: Vec<bf16> = round(x);
+    let back = widen(&h);
+    (h, back)
+}
+
+/// f32 values in f64 (exact), for the f64 references.
+pub fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+// ---- device buffers ----
+
+/// Extra elements past the end of a buffer (poisoned outputs, pre-filled gradients, padded
+/// inputs) that the kernels must leave alone.
+pub const TAIL: usize = 5;
+
+/// A device buffer of `len` NaNs: an output element the kernel fails to write stays NaN.
+pub fn nan_buffer<T: Float>(gpu: &Gpu, len: usize) -> CudaSlice<T> {
+    gpu.stream().clone_htod(&vec![T::from_f32(f32::NAN); len]).unwrap()
+}
+
+/// A device buffer of `len + TAIL` NaNs, so an element the kernel fails to write (or writes past)
+/// shows; read it back with [`download`].
+pub fn poisoned<T: Float>(gpu: &Gpu, len: usize) -> CudaSlice<T> {
+    nan_buffer(gpu, len + TAIL)
+}
+
+/// The first `len` elements of `buf` as f32 (exact for bf16), after checking that every element
+/// past them is still NaN (as [`poisoned`] left it).
+pub fn download<T: Float>(gpu: &Gpu, what: &str, buf: &CudaSlice<T>, len: usize) -> Vec<f32> {
+    let host = gpu.stream().clone_dtoh(buf).unwrap();
+    assert!(host[len..].iter().all(|x| x.to_f32().is_nan()), "{what}: written past its first {len} elements");
+    widen(&host[..len])
+}
+
+// ---- closeness of GPU results (f32, or bf16 widened) to f64 references ----
+//
+// Two measures, kept apart because their bounds were reasoned differently:
+// - relative to the whole tensor: max |got - want| against max |want| ([`rel_error`], for the
+//   caller to bound strictly, `err < tol`; [`assert_close`] and [`assert_close_floor`], which
+//   bound it themselves, `<=`, optionally against a floor for sums that can cancel);
+// - per element: |got - want| against a bound of that element's own |want| plus a share of the
+//   tensor's ([`assert_elementwise`], [`check_bf16_close`]), for bf16 outputs whose last rounding
+//   is relative to each value.
+
+/// bf16's unit roundoff: round-to-nearest moves a value by at most this times its magnitude (8
+/// significant bits: half an ulp is 2^-9 to 2^-8 of the value, so 2^-8 is the bound).
+pub const BF16_U: f64 = 1.0 / 256.0;
+
+/// The largest |want| (0 for none; NaNs are passed over).
+pub fn max_ref(want: &[f64]) -> f64 {
+    want.iter().fold(0.0f64, |m, w| m.max(w.abs()))
+}
+
+/// The index and size of the largest |got - want| (the first of equals; NaN differences are passed
+/// over, and (0, 0.0) when there is none).
+pub fn max_abs_error(got: &[f32], want: &[f64]) -> (usize, f64) {
+    let errors = got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - w).abs());
+    errors.enumerate().fold((0, 0.0f64), |best, (i, e)| if e > best.1 { (i, e) } else { best })
+}
+
+/// The largest |a - b| over the pairs, each difference taken in f64 (exact for f32 values); compare
+/// `common::max_abs_diff`, which rounds each difference to f32.
+pub fn max_abs_diff_f64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| m.max((f64::from(x) - f64::from(y)).abs()))
+}
+
+/// max |got - want| / max |want|, panicking on any non-finite value (an unwritten NaN) and on an
+/// all-zero reference. The caller bounds it (strictly).
+pub fn rel_error(got: &[f32], want: &[f64], what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (expected {w}): not written?");
+    }
+    let max_ref = max_ref(want);
+    assert!(max_ref > 0.0, "{what}: reference is all zeros");
+    max_abs_error(got, want).1 / max_ref
+}
+
+/// [`assert_close_floor`] without a floor: max |got - want| <= tol * max |want|.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) -> f64 {
+    assert_close_floor(what, got, want, tol, 0.0)
+}
+
+/// Asserts max |got - want| <= tol * max(max |want|, `floor`) and returns max |got - want| relative
+/// to that scale (0 when the scale is 0). Every `got` must be finite, except where `want` is NaN:
+/// there `got` must be NaN too, and the element is left out of the comparison. `floor` is for
+/// sums that can cancel to near zero while their rounding errors scale with the terms added.
+pub fn assert_close_floor(what: &str, got: &[f32], want: &[f64], tol: f64, floor: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}: element {i} is {g}, expected NaN");
+        } else {
+            assert!(g.is_finite(), "{what}: element {i} is {g} (unwritten?), expected {w}");
+        }
+    }
+    let max_ref = max_ref(want).max(floor);
+    let (worst, max_err) = max_abs_error(got, want);
+    assert!(
+        max_err <= tol * max_ref,
+        "{what}: max abs error {max_err:e} at {worst} (gpu {} vs ref {}) exceeds {tol:e} * max |ref| {max_ref}",
+        got[worst],
+        want[worst]
+    );
+    if max_ref > 0.0 {
+        max_err / max_ref
+    } else {
+        0.0
+    }
+}
+
+/// Asserts every `got` is finite and |got - want| <= rtol |want| + atol per element; returns the
+/// worst error as a fraction of its bound. For a bf16 output, rtol is [`BF16_U`] (its one rounding)
+/// or more, and atol the f32 arithmetic's error before it, in units of max |want|.
+pub fn assert_elementwise(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (unwritten?), expected {w}");
+        let err = (f64::from(g) - w).abs();
+        let tol = rtol * w.abs() + atol;
+        assert!(err <= tol, "{what}: at {i}: gpu {g} vs ref {w}, error {err:e} > {tol:e}");
+        worst = worst.max(err / tol);
+    }
+    worst
+}
+
+/// Checks `|got - want| <= 2^-8 (|want| + 1.2 |acc|) + slack * max|want|` for every element and
+/// returns max |got - want| / max |want| (unlike [`assert_elementwise`], which returns the worst
+/// fraction of the bound). `acc` is a GEMM's product before its epilogue (bias, GELU): cuBLASLt
+/// rounds it to bf16 before applying a bias epilogue (seen on an H200: an element of -0.0209 made
+/// of a product near 0.5 and a bias near -0.52 came back 1.3e-3 off), so that rounding, carried
+/// through GELU (slope at most 1.13), bounds the error too. Without an epilogue pass `acc = None`.
+/// Panics on a non-finite value (an unwritten NaN) and on an all-zero reference.
+pub fn check_bf16_close(got: &[f32], want: &[f64], acc: Option<&[f64]>, slack: f64, what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let max_ref = max_ref(want);
+    assert!(max_ref > 0.0, "{what}: reference is all zeros");
+    let mut max_err = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (expected {w}): not written?");
+        let err = (f64::from(g) - w).abs();
+        let bound = BF16_U * (w.abs() + acc.map_or(0.0, |a| 1.2 * a[i].abs())) + slack * max_ref;
+        assert!(err <= bound, "{what}: element {i} = {g}, expected {w}: error {err:.3e} > bound {bound:.3e}");
+        max_err = max_err.max(err);
+    }
+    max_err / max_ref
+}
+
+/// ||a - b|| / ||b|| over a tensor.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d += (x as f64 - y as f64).powi(2);
+        n += (y as f64).powi(2);
+    }
+    (d / n.max(1e-300)).sqrt()
 }

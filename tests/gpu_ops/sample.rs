@@ -1,5 +1,6 @@
 //! KV-cache decoding on the GPU against the CPU decoder: the logits after every token.
 
+use super::common::{max_abs, max_abs_diff};
 use super::gpu_or_skip;
 use genesis::cpu::gpt;
 use genesis::cpu::sample::Decoder;
@@ -19,8 +20,7 @@ fn check(cfg: &ModelConfig, steps: usize) {
         let want = cpu.step(token).to_vec();
         let got = gpu.step(token).unwrap();
         assert_eq!(got.len(), want.len());
-        let max_ref = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let err = got.iter().zip(&want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (max_ref, err) = (max_abs(&want), max_abs_diff(got, &want));
         assert!(
             err <= 1e-4 * max_ref.max(1.0),
             "{cfg}: position {pos}: logits differ by {err} (max |logit| {max_ref})"
@@ -61,8 +61,7 @@ fn bf16_gpu_decoder_tracks_the_bf16_forward() {
     for (pos, &tok) in tokens.iter().enumerate() {
         let got = dec.step(tok).unwrap();
         let want = &full[pos * v..(pos + 1) * v];
-        let max_ref = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (max_ref, err) = (max_abs(want), max_abs_diff(got, want));
         assert!(err <= 2e-2 * max_ref.max(1.0), "position {pos}: decoder logits differ by {err} (max {max_ref})");
     }
 }

@@ -2,57 +2,25 @@
 //! (within TF32 or bf16 rounding), resume that gives the same bits as an unbroken GPU run, and a
 //! checkpoint the CPU evaluates to the same loss.
 
+use super::common::{assert_same_state, loss_bits, paragraph_dataset, temp_dir, tiny_run, val_loss};
 use super::gpu_or_skip;
 use genesis::checkpoint;
-use genesis::data::prepare::{prepare, Input, PrepareConfig};
-use genesis::data::source::{Docs, Format, SourceFile};
 use genesis::gpu::Precision;
-use genesis::model::ModelConfig;
 use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("genesis-gpu-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn dataset(dir: &Path) -> PathBuf {
     let text: String = (0..3000)
         .map(|i| format!("Line {i}: the {} fox jumps over {} lazy dogs near river {}.\n\n", i % 7, i % 13, i % 5))
         .collect();
-    std::fs::write(dir.join("t.txt"), text).unwrap();
-    let mut pc = PrepareConfig::new("t");
-    pc.source.docs = Docs::Paragraphs;
-    pc.progress = false;
-    let data = dir.join("data");
-    prepare(&[Input::local(SourceFile { path: dir.join("t.txt"), format: Format::Text })], &data, &pc).unwrap();
-    data
+    paragraph_dataset(dir, "t", &text)
 }
 
+/// [`tiny_run`] with 2 warm-up steps, on the GPU (device 0) or the CPU.
 fn options(data: &Path, out: &Path, steps: u64, gpu: bool) -> TrainOptions {
-    let run = RunConfig {
-        model: ModelConfig::preset("tiny").unwrap(),
-        data: data.to_path_buf(),
-        steps,
-        batch: 4,
-        seq: 32,
-        grad_accum: 2,
-        lr: 3e-3,
-        min_lr_frac: 0.1,
-        warmup: 2,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        eval_every: 0,
-        eval_batches: 2,
-        ckpt_every: 0,
-        keep: 3,
-        seed: 7,
-        init_from: None,
-    };
+    let run = RunConfig { warmup: 2, ..tiny_run(data, steps) };
     let mut o = TrainOptions::new(run, out.to_path_buf());
     o.gpu = gpu.then_some(0);
     o
@@ -63,7 +31,7 @@ fn options(data: &Path, out: &Path, steps: u64, gpu: bool) -> TrainOptions {
 /// weights, moments), and the CPU evaluates the GPU checkpoint to the GPU's validation loss within
 /// `val_tol`.
 fn follows_and_resumes(tag: &str, precision: Precision, loss_tol: f64, val_tol: f64) {
-    let dir = scratch(tag);
+    let dir = temp_dir(&format!("gpu-train-{tag}"));
     let data = dataset(&dir);
     let on_gpu = |out: &str| {
         let mut o = options(&data, &dir.join(out), 8, true);
@@ -87,22 +55,13 @@ fn follows_and_resumes(tag: &str, precision: Precision, loss_tol: f64, val_tol: 
     let rest = train(&on_gpu("gpu-resumed")).unwrap();
     assert_eq!(rest.resumed_from, Some(2));
     losses.extend(rest.train_losses);
-    let bits = |v: &[(u64, f64)]| v.iter().map(|x| (x.0, x.1.to_bits())).collect::<Vec<_>>();
-    assert_eq!(bits(&losses), bits(&gpu.train_losses), "{precision:?}: GPU resume changed the losses");
-    let (a, b) = (checkpoint::load(&gpu.checkpoint).unwrap(), checkpoint::load(&rest.checkpoint).unwrap());
-    for name in ["params", "adam_m", "adam_v"] {
-        let same =
-            a.section(name).unwrap().iter().zip(b.section(name).unwrap()).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{precision:?}: {name} differs between the unbroken and the resumed GPU run");
-    }
+    assert_eq!(loss_bits(&losses), loss_bits(&gpu.train_losses), "{precision:?}: GPU resume changed the losses");
+    // The unbroken and the resumed GPU run end with the same step, weights and moments.
+    assert_same_state(&gpu.checkpoint, &rest.checkpoint);
 
     // The GPU-trained checkpoint on the CPU: the same validation loss as the GPU measured.
     let ckpt = checkpoint::load(&gpu.checkpoint).unwrap();
-    let o = options(&data, &dir.join("x"), 8, false);
-    let mut val =
-        genesis::data::loader::DataLoader::open(&data, genesis::data::manifest::Split::Val, 4, 32, 7).unwrap();
-    let mut acts = genesis::cpu::gpt::Activations::<f32>::new(&o.run.model, 4, 32);
-    let cpu_val = genesis::train::evaluate(&o.run.model, ckpt.params(), &mut val, &mut acts, 2);
+    let cpu_val = val_loss(&options(&data, &dir.join("x"), 8, false).run, ckpt.params());
     let gpu_val = gpu.val_losses.last().unwrap().1;
     assert!(
         (cpu_val - gpu_val).abs() < val_tol * cpu_val,
