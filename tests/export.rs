@@ -89,13 +89,30 @@ fn export_stores_conv1d_weights_transposed_with_hf_config() {
     let file = safetensors::SafetensorsFile::open(&dir.join(hf::MODEL_FILE)).unwrap();
     let c = cfg.channels;
     let layout = ParamLayout::new(&cfg);
-    // ours fcw[1] (4C, C) (out, in) -> theirs transformer.h.1.mlp.c_fc.weight (C, 4C) (in, out)
-    let t = file.header.get("transformer.h.1.mlp.c_fc.weight").unwrap().clone();
-    assert_eq!(t.shape, vec![c, 4 * c]);
-    let theirs = file.values(&t).unwrap();
-    let ours = layout.layer(&params, Param::Fcw, 1);
-    for (o, i) in [(0, 0), (5, 17), (4 * c - 1, c - 1), (100, 3)] {
-        assert_eq!(theirs[i * 4 * c + o], ours[o * c + i], "c_fc.weight[{i}][{o}]");
+    // Every Conv1D weight of every layer: ours (out, in) is theirs (in, out) transposed, element for
+    // element (a square attn.c_proj left untransposed keeps its shape, so only the values tell).
+    let conv1d = [
+        ("attn.c_attn", Param::Qkvw, c, 3 * c),
+        ("attn.c_proj", Param::AttProjw, c, c),
+        ("mlp.c_fc", Param::Fcw, c, 4 * c),
+        ("mlp.c_proj", Param::FcProjw, 4 * c, c),
+    ];
+    for l in 0..cfg.num_layers {
+        for (name, param, inp, out) in conv1d {
+            let t = file.header.get(&format!("transformer.h.{l}.{name}.weight")).unwrap().clone();
+            assert_eq!(t.shape, vec![inp, out], "{name}");
+            let theirs = file.values(&t).unwrap();
+            let ours = layout.layer(&params, param, l);
+            for o in 0..out {
+                for i in 0..inp {
+                    assert_eq!(
+                        theirs[i * out + o].to_bits(),
+                        ours[o * inp + i].to_bits(),
+                        "h.{l}.{name}.weight[{i}][{o}]"
+                    );
+                }
+            }
+        }
     }
     let bias = file.values(file.header.get("transformer.h.0.attn.c_attn.bias").unwrap()).unwrap();
     assert_same_bits("c_attn.bias", &bias, layout.layer(&params, Param::Qkvb, 0));

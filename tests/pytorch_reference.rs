@@ -30,7 +30,9 @@ const LR: f32 = 1e-3;
 const MAX_GRAD_NORM: f64 = 1.0;
 const STEPS: usize = 10;
 
-const LOGITS_TOL: f64 = 1e-5;
+/// f32 against float64 measures 2.6e-7 relative (L2) on this fixture; 1e-6 leaves a 3.8x margin for
+/// another summation order and still fails a 1e-4 change in GELU's cubic constant (measured 1.5e-6).
+const LOGITS_TOL: f64 = 1e-6;
 const LOSS_TOL: f64 = 1e-5;
 const GRAD_TOL: f64 = 1e-4;
 const ADAMW_LOSS_TOL: f64 = 1e-4;

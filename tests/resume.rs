@@ -416,3 +416,62 @@ fn init_from_starts_from_the_given_weights() {
     assert!(e.contains("--init-from") && e.contains("start.bin"), "{e}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The learning rate each step logs is the schedule's at that step (0-based: step 1 uses `at(0)`),
+/// through the warmup, the decay and a resume.
+#[test]
+fn each_step_logs_the_scheduled_learning_rate() {
+    use genesis::train::schedule::LrSchedule;
+    let dir = temp_dir("resume-lr");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    let mut cfg = tiny_run(&data, 9);
+    cfg.warmup = 3;
+    cfg.eval_every = 0;
+    train(&one_step_then_stop(cfg.clone(), &out)).unwrap();
+    train(&options(cfg.clone(), &out)).unwrap();
+    let sched = LrSchedule { max_lr: cfg.lr, min_lr: cfg.lr * cfg.min_lr_frac, warmup: cfg.warmup, total: cfg.steps };
+    let text = fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let logged: Vec<(u64, f64)> = text
+        .lines()
+        .filter_map(|l| match serde_json::from_str::<Record>(l).unwrap() {
+            Record::Train { step, lr, .. } => Some((step, lr)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logged.iter().map(|x| x.0).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
+    for (step, lr) in logged {
+        assert_eq!(
+            lr.to_bits(),
+            sched.at(step - 1).to_bits(),
+            "step {step}: lr {lr:e}, schedule {:e}",
+            sched.at(step - 1)
+        );
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run that diverges on resume (a learning rate of 1e30) keeps its sound checkpoints: the
+/// diverged ones never push them out of `--keep`, and the one recommended is sound.
+#[test]
+fn a_diverged_resume_never_costs_the_sound_checkpoints() {
+    let dir = temp_dir("resume-diverged");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    let mut cfg = tiny_run(&data, 4);
+    cfg.ckpt_every = 1;
+    cfg.keep = 2;
+    train(&options(cfg.clone(), &out)).unwrap();
+    cfg.steps = 10;
+    cfg.lr = 1e30;
+    let mut o = options(cfg, &out);
+    o.max_bad_steps = 100;
+    let s = train(&o).unwrap();
+    assert!(s.val_losses.iter().all(|v| !v.1.is_finite()), "the run did not diverge: {:?}", s.val_losses);
+    // The two newest sound checkpoints stay beside the two newest diverged ones.
+    let kept: Vec<u64> = list_checkpoints(&out).into_iter().map(|c| c.0).collect();
+    assert_eq!(kept, vec![10, 9, 4, 3], "{}", main_log(&out));
+    assert_eq!(s.recommended.as_deref(), Some(checkpoint_path(&out, 4).as_path()));
+    assert!(main_log(&out).contains("its validation loss is not finite"));
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -176,3 +176,37 @@ fn a_flipped_byte_in_any_section_is_reported_with_that_section() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The CPU memory check's activation estimate is exactly what `Activations::new` allocates.
+#[test]
+fn activation_bytes_match_the_allocation() {
+    for (name, b, t) in [("tiny", 3, 17), ("tiny", 8, 64), ("gpt2-124m", 1, 5)] {
+        let cfg = ModelConfig::preset(name).unwrap();
+        let a = Activations::<f32>::new(&cfg, b, t);
+        let buffers = [
+            &a.encoded,
+            &a.ln1,
+            &a.ln1_mean,
+            &a.ln1_rstd,
+            &a.qkv,
+            &a.atty,
+            &a.att,
+            &a.attproj,
+            &a.residual2,
+            &a.ln2,
+            &a.ln2_mean,
+            &a.ln2_rstd,
+            &a.fch,
+            &a.fch_gelu,
+            &a.fcproj,
+            &a.residual3,
+            &a.lnf,
+            &a.lnf_mean,
+            &a.lnf_rstd,
+            &a.losses,
+            &a.logits,
+        ];
+        let allocated: usize = buffers.iter().map(|v| v.len() * 4).sum();
+        assert_eq!(Activations::<f32>::bytes(&cfg, b, t), allocated as u128, "{name} b={b} t={t}");
+    }
+}

@@ -311,4 +311,42 @@ mod tests {
         let nucleus = SamplingParams { top_p: 0.5, ..Default::default() };
         assert!((0..50).all(|_| sample_token(&logits, &nucleus, &mut rng) == 1));
     }
+
+    /// The tokens `params` ever picks from `logits` over many draws.
+    fn support(logits: &[f32], params: SamplingParams) -> Vec<u32> {
+        let mut rng = Rng::new(11);
+        let seen: std::collections::BTreeSet<u32> =
+            (0..2000).map(|_| sample_token(logits, &params, &mut rng)).collect();
+        seen.into_iter().collect()
+    }
+
+    #[test]
+    fn the_nucleus_is_the_smallest_set_reaching_top_p() {
+        // Probabilities 0.657, 0.242, 0.089, 0.012 (tokens 1, 2, 0, 3): 0.8 needs tokens 1 and 2.
+        let nucleus = SamplingParams { top_p: 0.8, ..Default::default() };
+        assert_eq!(support(&[1.0, 3.0, 2.0, -1.0], nucleus), vec![1, 2]);
+        // Four equal tokens of exactly 0.25: the mass reaches 0.5 exactly at the second (ties go to
+        // the lower id), so tokens 0 and 1 are the nucleus, 2 and 3 never drawn.
+        let half = SamplingParams { top_p: 0.5, ..Default::default() };
+        assert_eq!(support(&[0.0; 4], half), vec![0, 1]);
+        // 1.0 is no cut at all.
+        assert_eq!(support(&[0.0; 4], SamplingParams::default()), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn sampling_options_out_of_range_are_refused() {
+        let ok = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 };
+        assert!(ok.check().is_ok());
+        for (t, p, needle) in [
+            (f32::NAN, 0.9, "--temperature NaN"),
+            (-1.0, 0.9, "--temperature -1"),
+            (f32::INFINITY, 0.9, "--temperature inf"),
+            (0.8, 2.0, "--top-p 2"),
+            (0.8, f32::NAN, "--top-p NaN"),
+            (0.8, 0.0, "--top-p 0"),
+        ] {
+            let e = SamplingParams { temperature: t, top_k: 0, top_p: p }.check().unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
 }

@@ -268,6 +268,7 @@ fn start_fresh(o: &TrainOptions, loader: &DataLoader, log: &mut RunLog) -> Resul
         skipped: 0,
         elapsed_s: 0.0,
         genesis_version: env!("CARGO_PKG_VERSION").to_string(),
+        diverged: false,
     };
     let opt = AdamW::new(adamw_config(r), params.len());
     Ok(Trainer { params, opt, state, step: 0 })

@@ -1,0 +1,84 @@
+//! Nonsense numbers on the command line are refused before any work starts, each with the option's
+//! name and the range it takes.
+
+mod common;
+
+use common::{genesis, output_text, paragraph_dataset, temp_dir};
+
+/// Runs `genesis args`, expects it to fail, and returns what it printed.
+fn refused(args: &[&str]) -> String {
+    let out = genesis(args);
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{args:?} was accepted:\n{text}");
+    assert!(!text.contains("panicked"), "{args:?} panicked:\n{text}");
+    text
+}
+
+#[test]
+fn training_numbers_out_of_range_are_refused_naming_the_option() {
+    let dir = temp_dir("options-train");
+    let data = paragraph_dataset(&dir, "notes", &"Some words to train on.\n\nAnd a second paragraph.\n\n".repeat(40));
+    let data = data.to_str().unwrap();
+    for (option, value, range) in [
+        ("--lr", "nan", "above 0"),
+        ("--lr", "inf", "above 0"),
+        ("--lr", "-1", "above 0"),
+        ("--lr", "0", "above 0"),
+        ("--min-lr-frac", "-5", "from 0 to 1"),
+        ("--min-lr-frac", "1.5", "from 0 to 1"),
+        ("--weight-decay", "nan", "from 0 up"),
+        ("--weight-decay", "-0.1", "from 0 up"),
+        ("--grad-clip", "-1", "from 0 up"),
+        ("--grad-clip", "nan", "from 0 up"),
+        ("--eval-batches", "0", "at least 1"),
+        ("--max-bad-steps", "0", "at least 1"),
+    ] {
+        let out = dir.join(format!("run{option}{value}"));
+        let args = ["train", "--device", "cpu", "--data", data, "--out", out.to_str().unwrap(), option, value];
+        let text = refused(&args);
+        let shown = format!("{option} {}", value.replace("nan", "NaN"));
+        assert!(text.contains(&shown) && text.contains(range), "{option} {value}: {text}");
+        assert!(!out.exists(), "{option} {value}: the run directory was created before the check");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_cpu_batch_beyond_the_memory_is_refused_with_both_figures() {
+    let dir = temp_dir("options-memory");
+    let data = paragraph_dataset(&dir, "notes", &"Some words to train on.\n\nAnd a second paragraph.\n\n".repeat(40));
+    let out = dir.join("run");
+    let text = refused(&[
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "1000000",
+    ]);
+    // About 133 GB of attention scores alone: more than any machine this runs on has.
+    assert!(text.contains("--batch 1000000") && text.contains("GB of memory") && text.contains("available"), "{text}");
+    assert!(!out.join("step_00000000.ckpt").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sampling_and_thread_numbers_out_of_range_are_refused() {
+    for (option, value, needle) in [
+        ("--temperature", "nan", "--temperature NaN"),
+        ("--temperature", "-1", "--temperature -1"),
+        ("--top-p", "2", "--top-p 2"),
+        ("--top-p", "nan", "--top-p NaN"),
+    ] {
+        // Checked before the model file is even opened: this one does not exist.
+        let text = refused(&["sample", "--device", "cpu", "--checkpoint", "missing.ckpt", option, value]);
+        assert!(text.contains(needle) && !text.contains("missing.ckpt"), "{option} {value}: {text}");
+    }
+    for threads in ["0", "100000"] {
+        let text = refused(&["--threads", threads, "info", "--model", "tiny", "--gpu-mem", "24"]);
+        assert!(text.contains(&format!("--threads {threads}: expected 1 to")), "{text}");
+    }
+}
