@@ -25,7 +25,19 @@ const SASS_ARCHS: &[u32] = &[80, 86, 89, 90];
 const PTX_ARCH: u32 = 90;
 /// Relative to `$HOME`: where `.ci/run` (and the warning below) installs nvcc from pip.
 const PIP_NVCC_DIR: &str = ".cache/genesis/nvcc/nvidia/cu13/bin";
-const PIP_INSTALL: &str = "pip install --target ~/.cache/genesis/nvcc \"nvidia-cuda-nvcc==13.0.*\" \"nvidia-cuda-runtime==13.0.*\" \"nvidia-cuda-crt==13.0.*\" \"nvidia-nvvm==13.0.*\" \"nvidia-cuda-cccl==13.0.*\"";
+/// The pinned nvcc packages, one per line (`genesis doctor` prints the same command from them).
+const NVCC_REQUIREMENTS: &str = include_str!("scripts/nvcc-requirements.txt");
+
+/// `pip install --target ~/.cache/genesis/nvcc "pkg==x.y.z" ...` from [`NVCC_REQUIREMENTS`].
+fn pip_install() -> String {
+    let pins: Vec<String> = NVCC_REQUIREMENTS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("\"{l}\""))
+        .collect();
+    format!("pip install --target ~/.cache/genesis/nvcc {}", pins.join(" "))
+}
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(genesis_kernels)");
@@ -46,11 +58,12 @@ fn main() {
              /usr/local/cuda/bin, ~/{PIP_NVCC_DIR})"
         );
         if require {
-            panic!("genesis: GENESIS_REQUIRE_NVCC=1 but {missing}. Install nvcc with: {PIP_INSTALL}");
+            panic!("genesis: GENESIS_REQUIRE_NVCC=1 but {missing}. Install nvcc with: {}", pip_install());
         }
         println!(
             "cargo::warning=genesis: {missing}; this build is CPU-only. \
-             To build the CUDA kernels install nvcc with: {PIP_INSTALL}"
+             To build the CUDA kernels install nvcc with: {}",
+            pip_install()
         );
         return;
     };

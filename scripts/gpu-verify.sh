@@ -9,7 +9,8 @@
 # There (device run):     bash scripts/gpu-verify.sh        (carry [".gpu"]; logs land in $OUT)
 #
 # Steps, each logged to $OUT/<step>.log and summarised in $OUT/summary.txt:
-#   1. every GPU test (fp32 and bf16; GENESIS_REQUIRE_GPU=1, so a skip is a failure)
+#   1. every GPU test (fp32 and bf16; --include-ignored, as they are #[ignore]d where no GPU is;
+#      GENESIS_REQUIRE_GPU=1, so a skip is a failure)
 #   2. the CLI tests that train through the binary (--device auto picks the GPU there)
 #   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32
 #   4. the PyTorch reference on the same GPU, eager and compiled
@@ -45,10 +46,10 @@ fi
 mkdir -p target/release && cp .gpu/bin/genesis target/release/
 
 for t in .gpu/tests/gpu_ops-*; do
-  step gpu-tests bash .gpu/env.sh "$t" --test-threads=1
+  step gpu-tests bash .gpu/env.sh "$t" --test-threads=1 --include-ignored
 done
 for t in .gpu/tests/resume-*; do
-  [ -e "$t" ] && step cli-resume bash .gpu/env.sh "$t" --test-threads=1
+  [ -e "$t" ] && step cli-resume bash .gpu/env.sh "$t" --test-threads=1 --include-ignored
 done
 
 bench() { bash .gpu/env.sh .gpu/bin/genesis bench train --device cuda --model gpt2-124m --seq 1024 --steps 10 "$@"; }

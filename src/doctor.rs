@@ -16,10 +16,22 @@ use crate::model::ModelConfig;
 
 /// The CUDA version cudarc is built against (the `cuda-13000` feature): older drivers lack symbols.
 pub const CUDA_BUILT_FOR: i32 = 13000;
-/// The command that installs nvcc where `build.rs` looks for it (same as its warning).
-pub const NVCC_PIP_INSTALL: &str = "pip install --target ~/.cache/genesis/nvcc \"nvidia-cuda-nvcc==13.0.*\" \
-     \"nvidia-cuda-runtime==13.0.*\" \"nvidia-cuda-crt==13.0.*\" \"nvidia-nvvm==13.0.*\" \"nvidia-cuda-cccl==13.0.*\"";
-/// Relative to `$HOME`: where [`NVCC_PIP_INSTALL`] puts nvcc.
+/// The pinned nvcc packages (`scripts/nvcc-requirements.txt`), one per line.
+const NVCC_REQUIREMENTS: &str = include_str!("../scripts/nvcc-requirements.txt");
+
+/// The one command that installs the pinned nvcc where `build.rs` looks for it: the same as
+/// `build.rs`'s warning, the README and `.ci/run` (all from `scripts/nvcc-requirements.txt`).
+pub fn nvcc_pip_install() -> String {
+    let pins: Vec<String> = NVCC_REQUIREMENTS
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("\"{l}\""))
+        .collect();
+    format!("pip install --target ~/.cache/genesis/nvcc {}", pins.join(" "))
+}
+
+/// Relative to `$HOME`: where [`nvcc_pip_install`] puts nvcc.
 const PIP_NVCC_DIR: &str = ".cache/genesis/nvcc/nvidia/cu13/bin";
 
 /// How a check came out.
@@ -241,7 +253,7 @@ pub fn check_kernels() -> Check {
         Check::warn(
             "kernels",
             "none: this binary was built without nvcc (CPU-only)",
-            format!("install nvcc, then rebuild:\n$ {NVCC_PIP_INSTALL}\n$ cargo build --release"),
+            format!("install nvcc, then rebuild:\n$ {}\n$ cargo build --release", nvcc_pip_install()),
         )
     } else {
         Check::ok("kernels", format!("compiled in for {archs}"))
@@ -287,7 +299,10 @@ pub fn check_nvcc() -> Check {
             "not found (looked in $NVCC, PATH, $CUDA_HOME/bin, $CUDA_PATH/bin, /usr/local/cuda/bin, ~/".to_string()
                 + PIP_NVCC_DIR
                 + ")",
-            format!("$ {NVCC_PIP_INSTALL}\nor install the CUDA toolkit and set CUDA_HOME; then rebuild with cargo build --release"),
+            format!(
+                "$ {}\nor install the CUDA toolkit and set CUDA_HOME; then rebuild with cargo build --release",
+                nvcc_pip_install()
+            ),
         );
     };
     match Command::new(&nvcc).arg("--version").output() {
@@ -299,12 +314,12 @@ pub fn check_nvcc() -> Check {
         Ok(out) => Check::warn(
             "nvcc",
             format!("{} --version failed: {}", nvcc.display(), String::from_utf8_lossy(&out.stderr).trim()),
-            format!("reinstall it:\n$ {NVCC_PIP_INSTALL}"),
+            format!("reinstall it:\n$ {}", nvcc_pip_install()),
         ),
         Err(e) => Check::warn(
             "nvcc",
             format!("cannot run {}: {e}", nvcc.display()),
-            format!("reinstall it:\n$ {NVCC_PIP_INSTALL}"),
+            format!("reinstall it:\n$ {}", nvcc_pip_install()),
         ),
     }
 }

@@ -289,3 +289,16 @@ fn cli_rejects_an_unknown_model_and_documents_its_exit_status() {
     let help = genesis(&["doctor", "--help"]);
     assert_mentions(&text(&help.stdout), &["Exit status", "FAIL", "--offline", "--keep"]);
 }
+
+/// One pinned nvcc command everywhere: doctor's fix, the README (and build.rs's warning, built from
+/// the same file) name exact versions, and `.ci/run` installs from that file.
+#[test]
+fn the_nvcc_install_hint_is_one_pinned_command() {
+    let cmd = doctor::nvcc_pip_install();
+    assert!(cmd.contains("\"nvidia-cuda-nvcc==13.0.88\"") && !cmd.contains('*'), "{cmd}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains(&cmd), "README does not show {cmd}");
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(ci.contains("-r scripts/nvcc-requirements.txt"), ".ci/run does not install the pinned nvcc");
+}

@@ -34,6 +34,7 @@ fn gpu_norm(gpu: &Gpu, g: &[f32]) -> f64 {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn global_norm_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -54,6 +55,7 @@ fn global_norm_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn global_norm_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -72,6 +74,7 @@ fn global_norm_is_deterministic() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn scale_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -87,6 +90,7 @@ fn scale_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn clip_grad_norm_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -177,6 +181,7 @@ impl AdamWCase {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn adamw_matches_cpu_bitwise_and_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -212,6 +217,7 @@ fn rounded(w: &[f32], seed: u32) -> Vec<u16> {
 /// (the same update as fp32), and the bf16 working copy is exactly the host mirror of the
 /// stochastic rounding with step t's seed at every flat index; a rerun gives the same bits.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -259,6 +265,7 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
 /// bits the host mirror gives, for ordinary values, tiny and huge ones, exact bf16 values and
 /// infinities.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn params_round_bf16_matches_the_host_mirror() {
     let Some(gpu) = gpu_or_skip() else {
         return;

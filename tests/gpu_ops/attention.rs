@@ -55,6 +55,7 @@ fn check(gpu: &Gpu, blas: &Blas, rng: &mut Rng, (b, t, c, nh): (usize, usize, us
 const SHAPES: &[(usize, usize, usize, usize)] = &[(1, 1, 64, 4), (2, 17, 64, 4), (1, 33, 24, 3), (2, 64, 768, 12)];
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_forward_matches_cpu_fp32() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
@@ -65,6 +66,7 @@ fn attention_forward_matches_cpu_fp32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_forward_tf32_is_close() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, true).expect("Blas::new");
@@ -90,6 +92,7 @@ fn assert_forward_rejects_bad_shapes<T: Float>() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_forward_rejects_bad_shapes() {
     assert_forward_rejects_bad_shapes::<f32>();
 }
@@ -161,6 +164,7 @@ fn check_bf16(gpu: &Gpu, blas: &Blas, rng: &mut Rng, (b, t, c, nh): (usize, usiz
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_forward_matches_cpu_bf16() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut rng = Rng::new(0x6174_7465_6e74_0003);
@@ -175,6 +179,7 @@ fn attention_forward_matches_cpu_bf16() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_forward_bf16_rejects_bad_shapes() {
     assert_forward_rejects_bad_shapes::<bf16>();
 }
@@ -237,6 +242,7 @@ const DECODE_SHAPES: &[(usize, usize, usize, usize)] =
     &[(1, 4, 64, 4), (7, 9, 24, 3), (64, 64, 768, 12), (300, 320, 768, 12), (1024, 1024, 768, 12)];
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_decode_matches_cpu_fp32() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut rng = Rng::new(0x6174_7465_6e74_0004);
@@ -250,6 +256,7 @@ fn attention_decode_matches_cpu_fp32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_decode_matches_cpu_bf16() {
     // Scores, softmax and the weighted sum are fp32 in the kernel (nothing intermediate is
     // rounded to bf16), so the only bf16 rounding is the output's: per element at most
@@ -338,6 +345,7 @@ const BACKWARD_SHAPES: &[(usize, usize, usize, usize)] =
     &[(1, 1, 64, 4), (2, 17, 64, 4), (1, 33, 24, 3), (3, 7, 18, 3), (2, 64, 768, 12)];
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_backward_matches_cpu_fp32() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
@@ -377,6 +385,7 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_backward_is_deterministic() {
     assert_backward_deterministic::<f32>(0x6174_7465_6e74_0102, "attention_backward");
 }
@@ -404,6 +413,7 @@ fn assert_backward_rejects_bad_shapes<T: Float>() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_backward_rejects_bad_shapes() {
     assert_backward_rejects_bad_shapes::<f32>();
 }
@@ -440,6 +450,7 @@ fn attention_backward_rejects_bad_shapes() {
 const BF16_BACKWARD_K: f64 = 3.0;
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_backward_matches_cpu_bf16() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut rng = Rng::new(0x6174_7465_6e74_0201);
@@ -469,11 +480,13 @@ fn attention_backward_matches_cpu_bf16() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_backward_is_deterministic_bf16() {
     assert_backward_deterministic::<bf16>(0x6174_7465_6e74_0202, "attention_backward bf16");
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_backward_rejects_bad_shapes_bf16() {
     assert_backward_rejects_bad_shapes::<bf16>();
 }

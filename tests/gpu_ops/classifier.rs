@@ -135,6 +135,7 @@ fn check_forward<T: Float>(
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn classifier_forward_matches_cpu() {
     check_forward::<f32>(0x636c_6173_7369_6679, "classifier_forward", |what, got, want, v, vp| {
         format!("dlogits {:.1e}", assert_dlogits(what, got, want, v, vp))
@@ -142,6 +143,7 @@ fn classifier_forward_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn classifier_without_scale_leaves_logits_unchanged() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -156,6 +158,7 @@ fn classifier_without_scale_leaves_logits_unchanged() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn classifier_out_of_range_targets_give_nan_loss() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -193,6 +196,7 @@ fn assert_dlogits_bf16(what: &str, got: &[f32], want: &[f64], v: usize, vp: usiz
 /// dlogits are stored in bf16 and checked by [`assert_dlogits_bf16`]. Without a scale the bf16
 /// logits must come back bit for bit.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn classifier_forward_bf16_matches_cpu() {
     check_forward::<bf16>(0x6365_6266_3136_0001, "classifier_forward_bf16", |what, got, want, v, vp| {
         format!("dlogits worst {:.2} of tolerance", assert_dlogits_bf16(what, got, want, v, vp))
@@ -201,6 +205,7 @@ fn classifier_forward_bf16_matches_cpu() {
 
 /// Out-of-range targets in bf16: NaN loss, no one-hot term, as in f32.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn classifier_bf16_out_of_range_targets_give_nan_loss() {
     let Some(gpu) = gpu_or_skip() else {
         return;

@@ -41,6 +41,7 @@ fn assert_forward_bits(got: &[f32], expected: &[f32], t: usize, c: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_forward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -68,6 +69,7 @@ fn embedding_forward_matches_cpu() {
 /// once (round-to-nearest-even, as `bf16::from_f32`). The CPU does the same f32 add on the same
 /// bf16 inputs and the same rounding, so the comparison is exact (bit for bit), not a tolerance.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_forward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -268,11 +270,13 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_backward_matches_cpu() {
     check_backward::<f32>(0x656d_6262_6163_6b01, "embedding_backward");
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_backward_is_deterministic() {
     assert_backward_deterministic::<f32>(0x656d_6264_6574_0002, "embedding_backward");
 }
@@ -285,16 +289,19 @@ fn embedding_backward_is_deterministic() {
 /// the f32 test's (which an H200 confirmed). The pre-filled values and the tails (which must stay
 /// as they are) check that the op accumulates and stays in bounds.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_backward_bf16_matches_cpu() {
     check_backward::<bf16>(0x656d_6262_6631_3603, "embedding_backward_bf16 (dout widened)");
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_backward_bf16_is_deterministic() {
     assert_backward_deterministic::<bf16>(0x656d_6264_6266_0004, "embedding_backward_bf16");
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_backward_rejects_bad_tokens() {
     let Some(gpu) = gpu_or_skip() else {
         return;

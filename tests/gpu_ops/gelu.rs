@@ -34,6 +34,7 @@ fn reference(x: &[f32]) -> Vec<f64> {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gelu_forward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -60,6 +61,7 @@ fn gelu_forward_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gelu_forward_saturates() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -81,6 +83,7 @@ fn gelu_forward_saturates() {
 /// (the tanh form loses relative accuracy where 1 + tanh cancels, for negative x); doubled here
 /// for margin.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gelu_forward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -169,6 +172,7 @@ fn backward_case<T: Float>(gpu: &Gpu, rng: &mut Rng, n: usize) -> BackwardCase {
 /// Backward vs. the f64 CPU, gradients pre-filled with random values (accumulation) and a tail
 /// that must stay bit for bit; fixed points (far tails, the kink, tiny inputs) first.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gelu_backward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -200,6 +204,7 @@ fn gelu_backward_matches_cpu() {
 /// per element as rtol = 2^-8 ([`BF16_U`]) and atol = 2e-5 * scale (d doubled for margin). A kernel
 /// that overwrote instead of adding would be off by |dinp0| ~ 0.5, far outside.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gelu_backward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;

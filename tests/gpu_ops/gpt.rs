@@ -69,6 +69,7 @@ fn check(cfg: &ModelConfig, b: usize, t: usize, tf32: bool, tol: f64) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn tiny_forward_matches_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -77,6 +78,7 @@ fn tiny_forward_matches_the_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn two_layer_768_forward_matches_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -102,6 +104,7 @@ fn check_bf16(cfg: &ModelConfig, b: usize, t: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn bf16_forward_is_close_to_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -111,6 +114,7 @@ fn bf16_forward_is_close_to_the_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn parameters_come_back_from_the_gpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -124,6 +128,7 @@ fn parameters_come_back_from_the_gpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_evaluation_matches_the_cpu_evaluation() {
     if gpu_or_skip().is_none() {
         return;
@@ -198,6 +203,7 @@ fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn training_step_gradients_match_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -244,6 +250,7 @@ fn cpu_run(cfg: &ModelConfig, steps: usize) -> Vec<f64> {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn ten_adamw_steps_follow_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -270,6 +277,7 @@ fn assert_training_deterministic<T: Float>(weights: &str) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_training_is_deterministic() {
     assert_training_deterministic::<f32>("parameters");
 }
@@ -326,6 +334,7 @@ fn check_gradients_bf16(cfg: &ModelConfig, b: usize, t: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn training_step_gradients_bf16_match_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -339,6 +348,7 @@ fn training_step_gradients_bf16_match_the_cpu() {
 /// fraction of one learning-rate step, and the losses of a run memorising one batch stay close),
 /// and the loss falls.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn ten_adamw_steps_bf16_follow_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -354,6 +364,7 @@ fn ten_adamw_steps_bf16_follow_the_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_training_bf16_is_deterministic() {
     assert_training_deterministic::<half::bf16>("master weights");
 }

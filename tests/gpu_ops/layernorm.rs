@@ -140,16 +140,19 @@ fn out_bf16(what: &str, got: &[f32], want: &[f64]) -> String {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_forward_matches_cpu() {
     check_forward::<f32>(0x6c61_7965_726e_6f72, "layernorm_forward", false, out_fp32);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn residual_layernorm_forward_matches_cpu() {
     check_forward::<f32>(0x7265_7369_6475_616c, "residual_layernorm_forward", true, out_fp32);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_forward_rejects_short_buffers() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -168,6 +171,7 @@ fn layernorm_forward_rejects_short_buffers() {
 /// values. `out` per element as [`assert_bf16_close`]; mean and rstd are f32 outputs of f32
 /// arithmetic on the same values, so they get the f32 test's TOL.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_forward_bf16_matches_cpu() {
     check_forward::<bf16>(0x6c6e_6266_3136_0001, "layernorm_forward_bf16", false, out_bf16);
 }
@@ -176,6 +180,7 @@ fn layernorm_forward_bf16_matches_cpu() {
 /// rounded to bf16 (one f32 add, one round-to-nearest-even: exact), and LayerNorm is of that
 /// rounded residual, checked as in [`layernorm_forward_bf16_matches_cpu`].
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn residual_layernorm_forward_bf16_matches_cpu() {
     check_forward::<bf16>(0x726c_6e62_6631_3602, "residual_layernorm_forward_bf16", true, out_bf16);
 }
@@ -342,6 +347,7 @@ fn check_backward<T: Float>(
 /// the CPU; dweight and dbias over N rows (chunked), so their tolerance grows by a few ulps *
 /// sqrt(N) when that exceeds TOL.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_backward_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -354,6 +360,7 @@ fn layernorm_backward_matches_cpu() {
 /// Same inputs, same bits: the dweight/dbias reductions use a fixed partition and order, no
 /// atomics.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_backward_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -379,6 +386,7 @@ fn assert_backward_deterministic<T: Float>(gpu: &Gpu, rng: &mut Rng, label: &str
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_backward_rejects_short_scratch() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -425,6 +433,7 @@ fn layernorm_backward_rejects_short_scratch() {
 ///   get the f32 test's tolerance unchanged: reduction_tol = max(TOL, 4 eps_f32 sqrt(N)) relative
 ///   to max(max |ref|, largest pre-filled value).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_backward_bf16_matches_cpu() {
     let Some(gpu) = gpu_or_skip() else {
         return;
@@ -437,6 +446,7 @@ fn layernorm_backward_bf16_matches_cpu() {
 /// bf16 in, f32 parameter gradients out: still a fixed partition and order, so the same bits every
 /// run (dinp compared as its bf16 values widened, an injective map).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn layernorm_backward_bf16_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;

@@ -1,8 +1,11 @@
 //! Every CUDA kernel against its CPU reference, one file per op family (named like
 //! `src/cpu/<op>.rs`, `src/gpu/<op>.rs` and `kernels/<op>.cu`).
 //!
-//! Without a usable GPU each test prints `skipping: <reason>` and passes, unless
-//! `GENESIS_REQUIRE_GPU=1`, in which case it fails.
+//! Every test that needs a GPU is `#[ignore = "needs a CUDA GPU"]`, so a plain `cargo test`
+//! reports it as ignored rather than passed; on a GPU machine run them with
+//! `cargo test --release --test gpu_ops -- --include-ignored` (`scripts/gpu-verify.sh` and
+//! `gpu-stage`'s `run-tests.sh` do). Included without a usable GPU, each prints `skipping: <reason>`
+//! and passes, unless `GENESIS_REQUIRE_GPU=1`, in which case it fails.
 
 mod adamw;
 mod attention;
@@ -23,6 +26,40 @@ use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::Float;
 use genesis::rng::Rng;
 use half::bf16;
+
+/// The tests here that need no GPU (they check how Genesis behaves without one); every other test
+/// must be ignored by default. [`gpu_tests_are_marked_ignored`] holds the files to that.
+const RUN_WITHOUT_GPU: [&str; 3] = [
+    "cuda_available_reports_instead_of_panicking",
+    "fatbin_present_iff_built_with_kernels",
+    "gpu_new_errors_cleanly_without_cuda",
+];
+
+#[test]
+fn gpu_tests_are_marked_ignored() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gpu_ops");
+    let mut unmarked = Vec::new();
+    let mut tests = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() != "#[test]" {
+                continue;
+            }
+            tests += 1;
+            let name = lines[i + 1..].iter().find_map(|l| l.trim().strip_prefix("fn ")).unwrap_or("?");
+            let name = name.split('(').next().unwrap();
+            let ignored = lines[i + 1].trim() == "#[ignore = \"needs a CUDA GPU\"]";
+            if !ignored && !RUN_WITHOUT_GPU.contains(&name) && name != "gpu_tests_are_marked_ignored" {
+                unmarked.push(format!("{}: {name}", path.display()));
+            }
+        }
+    }
+    assert!(tests > 70, "found only {tests} tests in {}", dir.display());
+    assert!(unmarked.is_empty(), "GPU tests without #[ignore = \"needs a CUDA GPU\"]: {unmarked:?}");
+}
 
 /// `Some(gpu)` when CUDA works here; otherwise skips (or panics when `GENESIS_REQUIRE_GPU=1`).
 pub fn gpu_or_skip() -> Option<Gpu> {

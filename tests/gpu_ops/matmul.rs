@@ -72,6 +72,7 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_matches_cpu_fp32() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
@@ -88,6 +89,7 @@ fn matmul_forward_matches_cpu_fp32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_tf32_is_close() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, true).expect("Blas::new");
@@ -101,6 +103,7 @@ fn matmul_forward_tf32_is_close() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_on_offset_views() {
     // Sub-views of one buffer (as in the flat parameter layout): pointers only 4-byte aligned.
     let Some(gpu) = gpu_or_skip() else { return };
@@ -131,6 +134,7 @@ fn matmul_forward_on_offset_views() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_rejects_short_buffers() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
@@ -191,6 +195,7 @@ fn check_bf16(gpu: &Gpu, blas: &Blas, rng: &mut Rng, n: usize, c: usize, oc: usi
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_matches_cpu_bf16() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut rng = Rng::new(0x6d61_746d_756c_0004);
@@ -206,6 +211,7 @@ fn matmul_forward_matches_cpu_bf16() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_bf16_on_offset_views() {
     // Sub-views of one bf16 buffer at odd element offsets: pointers only 2-byte aligned.
     let Some(gpu) = gpu_or_skip() else { return };
@@ -246,6 +252,7 @@ fn matmul_forward_bf16_on_offset_views() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_forward_bf16_rejects_short_buffers() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
@@ -422,6 +429,7 @@ const BACKWARD_SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_matches_cpu_fp32() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, false).expect("Blas::new");
@@ -435,6 +443,7 @@ fn matmul_backward_matches_cpu_fp32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_tf32_is_close() {
     let Some(gpu) = gpu_or_skip() else { return };
     let blas = Blas::new(&gpu, true).expect("Blas::new");
@@ -464,6 +473,7 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_is_deterministic() {
     assert_backward_deterministic::<f32>(0x6d61_746d_756c_0103, "matmul_backward");
 }
@@ -502,6 +512,7 @@ fn assert_backward_rejects_short_buffers<T: Float>() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_rejects_short_buffers() {
     assert_backward_rejects_short_buffers::<f32>();
 }
@@ -565,6 +576,7 @@ fn check_backward_bf16(gpu: &Gpu, blas: &Blas, rng: &mut Rng, (n, c, oc): (usize
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_matches_cpu_bf16() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut rng = Rng::new(0x6d61_746d_756c_0201);
@@ -581,11 +593,13 @@ fn matmul_backward_matches_cpu_bf16() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_is_deterministic_bf16() {
     assert_backward_deterministic::<bf16>(0x6d61_746d_756c_0203, "matmul_backward bf16");
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn matmul_backward_rejects_short_buffers_bf16() {
     assert_backward_rejects_short_buffers::<bf16>();
 }

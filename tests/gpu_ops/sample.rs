@@ -30,6 +30,7 @@ fn check(cfg: &ModelConfig, steps: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_decoder_matches_the_cpu_decoder() {
     if gpu_or_skip().is_none() {
         return;
@@ -42,6 +43,7 @@ fn gpu_decoder_matches_the_cpu_decoder() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn bf16_gpu_decoder_tracks_the_bf16_forward() {
     if gpu_or_skip().is_none() {
         return;

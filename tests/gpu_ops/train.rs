@@ -71,6 +71,7 @@ fn follows_and_resumes(tag: &str, precision: Precision, loss_tol: f64, val_tol: 
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_training_follows_the_cpu_and_resumes_bit_exact() {
     if gpu_or_skip().is_none() {
         return;
@@ -80,6 +81,7 @@ fn gpu_training_follows_the_cpu_and_resumes_bit_exact() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_bf16_training_follows_the_cpu_and_resumes_bit_exact() {
     if gpu_or_skip().is_none() {
         return;
