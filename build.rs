@@ -25,19 +25,9 @@ const SASS_ARCHS: &[u32] = &[80, 86, 89, 90];
 const PTX_ARCH: u32 = 90;
 /// Relative to `$HOME`: where `.ci/run` (and the warning below) installs nvcc from pip.
 const PIP_NVCC_DIR: &str = ".cache/genesis/nvcc/nvidia/cu13/bin";
-/// The pinned nvcc packages, one per line (`genesis doctor` prints the same command from them).
-const NVCC_REQUIREMENTS: &str = include_str!("scripts/nvcc-requirements.txt");
-
-/// `pip install --target ~/.cache/genesis/nvcc "pkg==x.y.z" ...` from [`NVCC_REQUIREMENTS`].
-fn pip_install() -> String {
-    let pins: Vec<String> = NVCC_REQUIREMENTS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| format!("\"{l}\""))
-        .collect();
-    format!("pip install --target ~/.cache/genesis/nvcc {}", pins.join(" "))
-}
+#[path = "src/nvcc_pins.rs"]
+mod nvcc_pins;
+use nvcc_pins::pip_install;
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(genesis_kernels)");

@@ -16,20 +16,8 @@ use crate::model::ModelConfig;
 
 /// The CUDA version cudarc is built against (the `cuda-13000` feature): older drivers lack symbols.
 pub const CUDA_BUILT_FOR: i32 = 13000;
-/// The pinned nvcc packages (`scripts/nvcc-requirements.txt`), one per line.
-const NVCC_REQUIREMENTS: &str = include_str!("../scripts/nvcc-requirements.txt");
-
-/// The one command that installs the pinned nvcc where `build.rs` looks for it: the same as
-/// `build.rs`'s warning, the README and `.ci/run` (all from `scripts/nvcc-requirements.txt`).
-pub fn nvcc_pip_install() -> String {
-    let pins: Vec<String> = NVCC_REQUIREMENTS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| format!("\"{l}\""))
-        .collect();
-    format!("pip install --target ~/.cache/genesis/nvcc {}", pins.join(" "))
-}
+/// The one command that installs the pinned nvcc (the same as `build.rs`'s warning).
+pub use crate::nvcc_pins::pip_install as nvcc_pip_install;
 
 /// Relative to `$HOME`: where [`nvcc_pip_install`] puts nvcc.
 const PIP_NVCC_DIR: &str = ".cache/genesis/nvcc/nvidia/cu13/bin";

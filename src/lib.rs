@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod hf;
 pub mod llmc;
 pub mod model;
+pub mod nvcc_pins;
 pub mod plot;
 pub mod rng;
 pub mod safetensors;

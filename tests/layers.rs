@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules of `src/lib.rs` by layer, lowest first.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("model/util", &["model", "util", "rng"]),
+    ("model/util", &["model", "util", "rng", "nvcc_pins"]),
     ("formats", &["checkpoint", "safetensors", "hf", "llmc", "weights", "data"]),
     ("engines", &["cpu", "gpu"]),
     ("train/eval/bench", &["train", "eval", "bench", "doctor", "plot"]),
