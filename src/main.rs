@@ -43,6 +43,10 @@ const MAX_THREADS_PER_CORE: usize = 4;
 fn main() {
     let cli: Cli = argh::from_env();
     if let Err(e) = run(cli) {
+        // A reader that stopped reading (`genesis eval ... | head -1`) is no failure.
+        if e.chain().any(|c| c.is::<cmd::StdoutClosed>()) {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

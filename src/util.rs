@@ -1,13 +1,13 @@
 //! Small helpers every layer uses: atomic file writes (temporary file, fsync, rename, directory
-//! fsync), sha256 of bytes and files, and human-readable times. Nothing here knows about models,
-//! data sets or runs.
+//! fsync), a directory lock for one writer at a time, sha256 of bytes and files, and human-readable
+//! times. Nothing here knows about models, data sets or runs.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 /// `path` with `.tmp` appended: where atomic writers stage their data.
@@ -45,6 +45,100 @@ pub fn sync_parent_dir(path: &Path) -> Result<()> {
 #[cfg(not(unix))]
 pub fn sync_parent_dir(_path: &Path) -> Result<()> {
     Ok(())
+}
+
+/// The lock file [`DirLock`] holds in a dataset or run directory. Hidden, so input listings skip it;
+/// every place that lists such a directory looks only at its own names and ignores it.
+pub const LOCK_FILE: &str = ".genesis.lock";
+
+/// An advisory lock (`flock`) on `DIR/.genesis.lock`, so that two processes never write one dataset
+/// or run directory at once. Held until dropped; the kernel releases it when the process dies, so a
+/// lock left by a killed process never blocks. The lock file holds the holder's pid and command for
+/// the message a second process gets; it is removed on release.
+#[derive(Debug)]
+pub struct DirLock {
+    path: PathBuf,
+    /// `None` when the directory cannot hold a lock file (read-only) or its file system has no
+    /// `flock`: then nobody can lock it and nothing is held.
+    file: Option<File>,
+}
+
+impl DirLock {
+    /// Locks `dir` (which must exist) for `what` (`"genesis prepare"`, `"genesis train"`), or fails at
+    /// once naming the process that holds it.
+    #[cfg(unix)]
+    pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let path = dir.join(LOCK_FILE);
+        for _ in 0..1000 {
+            let open = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+            let mut file = match open {
+                Ok(f) => f,
+                Err(e) if matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem) => {
+                    return Ok(DirLock { path, file: None });
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot create the lock file {}", path.display())),
+            };
+            // SAFETY: flock on a file descriptor this function owns; no memory is passed.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EWOULDBLOCK) => {
+                        let mut holder = String::new();
+                        let _ = file.read_to_string(&mut holder);
+                        bail!(
+                            "{} is in use by another {}; wait for it to finish or use another --out",
+                            dir.display(),
+                            describe_holder(&holder)
+                        );
+                    }
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOLCK | libc::EOPNOTSUPP) => return Ok(DirLock { path, file: None }),
+                    _ => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+                }
+            }
+            // A holder removes the file as it releases it: if that happened between our open and
+            // our flock, we hold a lock on a file that is gone, so start again.
+            let held = file.metadata().with_context(|| format!("cannot read {}", path.display()))?;
+            match fs::metadata(&path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {}
+                _ => continue,
+            }
+            let me = format!("{} {what}\n", std::process::id());
+            file.set_len(0)
+                .and_then(|()| file.write_all(me.as_bytes()))
+                .with_context(|| format!("cannot write the lock file {}", path.display()))?;
+            return Ok(DirLock { path, file: Some(file) });
+        }
+        bail!("cannot lock {}: the lock file keeps being replaced", path.display())
+    }
+
+    #[cfg(not(unix))]
+    pub fn acquire(dir: &Path, _what: &str) -> Result<DirLock> {
+        Ok(DirLock { path: dir.join(LOCK_FILE), file: None })
+    }
+}
+
+impl Drop for DirLock {
+    /// Removes the lock file while still holding the lock (a process waiting on the old file sees it
+    /// gone and starts again), then closes it, which releases the lock.
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// "genesis train (pid 1234)" from a lock file's "1234 genesis train".
+fn describe_holder(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    match line.split_once(' ') {
+        Some((pid, what)) if pid.parse::<u32>().is_ok() && !what.trim().is_empty() => {
+            format!("{} (pid {pid})", what.trim())
+        }
+        _ => "genesis process".to_string(),
+    }
 }
 
 /// Lowercase hex of `bytes`.
@@ -125,6 +219,30 @@ mod tests {
         assert_eq!(duration(3720.0), "1h02m");
         assert_eq!(duration(3725.0), "1h02m");
         assert_eq!(duration(65.0), "1m05s");
+    }
+
+    #[test]
+    fn a_locked_directory_refuses_a_second_lock_until_released() {
+        let dir = std::env::temp_dir().join(format!("genesis-util-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let first = DirLock::acquire(&dir, "genesis train").unwrap();
+        let holder = fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
+        assert_eq!(holder, format!("{} genesis train\n", std::process::id()));
+        // flock locks belong to the open file, so a second open in this process conflicts too.
+        let e = format!("{:#}", DirLock::acquire(&dir, "genesis train").unwrap_err());
+        let want = format!(
+            "{} is in use by another genesis train (pid {}); wait for it to finish or use another --out",
+            dir.display(),
+            std::process::id()
+        );
+        assert_eq!(e, want);
+        drop(first);
+        assert!(!dir.join(LOCK_FILE).exists(), "the lock file is removed on release");
+        let again = DirLock::acquire(&dir, "genesis prepare").unwrap();
+        drop(again);
+        assert_eq!(describe_holder(""), "genesis process");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub struct Weights {
 }
 
 /// The file to read for `path` (a directory's `model.safetensors`) and its format as its first bytes
-/// tell: `None` when they name no format Genesis recognises by content.
+/// tell: `Err` naming the format the file's extension promises when they name none Genesis
+/// recognises by content (only a `.safetensors` file, whose header is checked later, passes as
+/// `None`).
 fn sniff(path: &Path) -> Result<(PathBuf, Option<WeightsFormat>)> {
     if path.is_dir() {
         let st = path.join(crate::hf::MODEL_FILE);
@@ -62,14 +64,49 @@ fn sniff(path: &Path) -> Result<(PathBuf, Option<WeightsFormat>)> {
         .and_then(|mut f| f.read(&mut head))
         .with_context(|| format!("cannot read model file {}", path.display()))?;
     let head = &head[..n];
-    let format = if head.starts_with(checkpoint::MAGIC) {
-        Some(WeightsFormat::Checkpoint)
+    if head.starts_with(checkpoint::MAGIC) {
+        Ok((path.to_path_buf(), Some(WeightsFormat::Checkpoint)))
     } else if head.len() >= 4 && head[..4] == crate::llmc::MAGIC.to_le_bytes() {
-        Some(WeightsFormat::LlmC)
+        Ok((path.to_path_buf(), Some(WeightsFormat::LlmC)))
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        Ok((path.to_path_buf(), None))
     } else {
-        None
+        Err(unrecognised(path, head))
+    }
+}
+
+/// The error for a file whose first bytes (`head`) name no format Genesis reads: the format its
+/// extension promises, and what the file starts with instead.
+fn unrecognised(path: &Path, head: &[u8]) -> anyhow::Error {
+    let p = path.display();
+    let starts = if head.is_empty() {
+        "the file is empty".to_string()
+    } else if head.iter().all(|&b| b == 0) {
+        "it starts with zero bytes".to_string()
+    } else {
+        format!("it starts with the bytes {}", head.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
     };
-    Ok((path.to_path_buf(), format))
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ckpt") => anyhow::anyhow!(
+            "{p} is not a Genesis checkpoint: a checkpoint starts with GENESIS, but {starts}; the file is \
+             damaged or was not written by genesis train: copy it again, or use an earlier checkpoint"
+        ),
+        Some("bin") => {
+            let magic = (head.len() >= 4).then(|| i32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+            let found = magic.map_or(starts, |m| format!("its magic number is {m}"));
+            anyhow::anyhow!(
+                "{p} is not an llm.c model file: one starts with the magic number {} (version 3 fp32 or 5 bf16), but \
+                 {found}; the file is damaged or is not an llm.c model (llm.c's token shards and state files are \
+                 not models): copy it again or give the model file",
+                crate::llmc::MAGIC
+            )
+        }
+        _ => anyhow::anyhow!(
+            "{p} is not a model file Genesis knows ({starts}): expected a Genesis checkpoint (starts with GENESIS), \
+             an llm.c model file (magic {}), a .safetensors file or an export directory",
+            crate::llmc::MAGIC
+        ),
+    }
 }
 
 /// Loads weights from `path`, recognising the format by content (a directory is read as an export
@@ -91,13 +128,7 @@ pub fn load(path: &Path) -> Result<Weights> {
             let (config, params) = crate::llmc::read_model(&file)?;
             Ok(Weights { config, params, format: WeightsFormat::LlmC, path: file, step: None })
         }
-        Some(WeightsFormat::Safetensors) => load_safetensors(&file),
-        None if file.extension().is_some_and(|e| e == "safetensors") => load_safetensors(&file),
-        None => bail!(
-            "{} is not a model file Genesis knows: expected a Genesis checkpoint (starts with GENESIS), an llm.c \
-             model file (magic 20240326), a .safetensors file or an export directory",
-            path.display()
-        ),
+        Some(WeightsFormat::Safetensors) | None => load_safetensors(&file),
     }
 }
 
@@ -150,7 +181,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
                 checked: format!("version {version}, size matches the header"),
             })
         }
-        // Anything else is checked as safetensors, which names what does not parse.
+        // A .safetensors file: its header check names what does not parse.
         Some(WeightsFormat::Safetensors) | None => verify_safetensors(&st),
     }
 }

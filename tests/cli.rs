@@ -117,3 +117,67 @@ fn missing_data_says_which_command_prepares_it() {
     assert!(err.contains("unknown dataset") && err.contains("wikitext-103, wikitext-2"), "{err}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `genesis ARGS` whose standard output is a pipe nobody reads (closed before the command starts,
+/// as when `| head -1` has exited): every write to it fails with a broken pipe.
+fn genesis_closed_stdout(data_root: &Path, args: &[&str]) -> Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors; each is owned exactly once below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .args(args)
+        .env("GENESIS_DATA_DIR", data_root)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_command_stops_quietly_when_its_output_is_closed() {
+    let dir = temp_dir("cli-pipe");
+    let root = dir.join("data");
+    let corpus: String = (0..60).map(|i| format!("Paragraph {i} is about the number {}.\n\n", i * 7)).collect();
+    fs::write(dir.join("notes.txt"), &corpus).unwrap();
+    let input = dir.join("notes.txt").display().to_string();
+    let prepare = ["prepare", "--input", &input, "--docs", "paragraphs", "--name", "notes"];
+    assert!(genesis(&root, &prepare).status.success());
+    let run = dir.join("run").display().to_string();
+    let train = ["train", "--device", "cpu", "--data", "notes", "--steps", "2", "--batch", "2", "--seq", "16"];
+    let trained = genesis(&root, &[&train[..], &["--eval-batches", "1", "--out", &run]].concat());
+    assert!(trained.status.success(), "{}", text(&trained.stderr));
+    let ckpt = dir.join("run").join("step_00000002.ckpt").display().to_string();
+    let export = dir.join("export").display().to_string();
+    let imported = dir.join("back.ckpt").display().to_string();
+    let again = dir.join("again").display().to_string();
+
+    let commands: Vec<Vec<&str>> = vec![
+        prepare.to_vec(),
+        vec!["data", "inspect", "notes", "--tokens", "20"],
+        [&train[..], &["--eval-batches", "1", "--out", &again]].concat(),
+        vec!["eval", "--checkpoint", &ckpt, "--data", "notes", "--seq", "16", "--device", "cpu"],
+        vec!["eval", "--checkpoint", &ckpt, "--data", "notes", "--seq", "16", "--device", "cpu", "--json"],
+        vec!["info", "--model", "tiny", "--gpu-mem", "10"],
+        vec!["verify", &ckpt],
+        vec!["doctor", "--offline", "--model", "tiny"],
+        vec!["plot", &run],
+        vec!["export", "--checkpoint", &ckpt, "--out", &export],
+        vec!["import", &export, "--out", &imported],
+        vec!["sample", "--checkpoint", &ckpt, "--prompt", "Paragraph", "--max-tokens", "5", "--device", "cpu"],
+        vec!["bench", "sample", "--model", "tiny", "--tokens", "2"],
+    ];
+    for args in commands {
+        let out = genesis_closed_stdout(&root, &args);
+        let err = text(&out.stderr);
+        assert!(
+            out.status.code() == Some(0) && !err.contains("panicked") && !err.contains("error"),
+            "genesis {} with its output closed: {:?}\n{err}",
+            args.join(" "),
+            out.status
+        );
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -472,3 +472,43 @@ fn cli_export_verify_sample_import() {
     assert!(!out.status.success());
     assert_mentions(&output_text(&out), &["--dtype int8", "bf16"]);
 }
+
+/// A file that is not what its extension says is reported as not being that format, by `verify`
+/// and by everything that loads weights: a zeroed checkpoint, one that reads like /dev/zero, and an
+/// llm.c file with the wrong magic.
+#[test]
+fn verify_names_the_format_the_file_claims() {
+    let dir = temp_dir("verify-claims");
+    let zeroed = dir.join("zeroed.ckpt");
+    std::fs::write(&zeroed, vec![0u8; 4096]).unwrap();
+    let endless = dir.join("endless.ckpt");
+    std::os::unix::fs::symlink("/dev/zero", &endless).unwrap();
+    let bin = dir.join("model.bin");
+    let mut bytes = vec![0u8; 2048];
+    bytes[..4].copy_from_slice(&12345i32.to_le_bytes());
+    std::fs::write(&bin, &bytes).unwrap();
+
+    for ckpt in [&zeroed, &endless] {
+        let want = format!(
+            "{} is not a Genesis checkpoint: a checkpoint starts with GENESIS, but it starts with zero bytes; the \
+             file is damaged or was not written by genesis train: copy it again, or use an earlier checkpoint",
+            ckpt.display()
+        );
+        assert_eq!(err_string(weights::verify(ckpt)), want);
+        assert_eq!(err_string(weights::load(ckpt)), want);
+        let out = genesis(&["verify", ckpt.to_str().unwrap()]);
+        assert!(
+            !out.status.success() && output_text(&out).contains(&want) && !output_text(&out).contains("safetensors")
+        );
+    }
+    let msg = err_string(weights::verify(&bin));
+    assert_mentions(
+        &msg,
+        &[&bin.display().to_string(), "is not an llm.c model file", "20240326", "magic number is 12345"],
+    );
+    assert!(!msg.contains("safetensors"), "{msg}");
+    assert_eq!(err_string(weights::load(&bin)), msg);
+    let out = genesis(&["verify", bin.to_str().unwrap()]);
+    assert!(!out.status.success() && output_text(&out).contains(&msg), "{}", output_text(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -278,3 +278,135 @@ fn bad_settings_and_inputs_are_clear_errors() {
     assert!(!dir.join("o3").join(MANIFEST_FILE).exists());
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `genesis prepare ARGS` through the binary, data root `root`: (success, stdout and stderr).
+fn prepare_bin(root: &Path, args: &[String]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_genesis"))
+        .arg("prepare")
+        .args(args)
+        .env("GENESIS_DATA_DIR", root)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The flags a message tells to add to the same command: each `--...` in backquotes.
+fn suggested_flags(msg: &str) -> Vec<Vec<String>> {
+    msg.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("--"))
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .collect()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Whether the dataset in `dir` has the val split training needs.
+fn trains(dir: &Path) -> bool {
+    DataLoader::open(dir, Split::Val, 1, 4, 0).is_ok()
+}
+
+/// Too few documents for a val split: every suggestion in the message, run as suggested, gives a
+/// dataset that trains; none suggests a dead end (--docs paragraphs on text without blank lines,
+/// --val-fraction 0).
+#[test]
+fn every_val_split_suggestion_works_when_run() {
+    let dir = temp_dir("prepare-advice");
+    let root = dir.join("data");
+    let paragraphs = |n: usize| -> String { (0..n).map(|i| format!("Paragraph {i} has some words.\n\n")).collect() };
+    let input = |name: &str, text: &str| -> String {
+        fs::write(dir.join(name), text).unwrap();
+        dir.join(name).display().to_string()
+    };
+    // Runs `base` + each suggested flag set; all must prepare a dataset with a val split.
+    let check = |base: Vec<String>, out: &Path, want: &[&[&str]]| {
+        let (ok, msg) = prepare_bin(&root, &base);
+        assert!(!ok, "{msg}");
+        assert!(
+            !msg.contains("`--val-fraction 0`") && msg.contains("--val-fraction 0 would leave no validation split")
+        );
+        let flags = suggested_flags(&msg);
+        assert_eq!(flags, want.iter().map(|w| strings(w)).collect::<Vec<_>>(), "{msg}");
+        for f in flags {
+            let (ok, text) = prepare_bin(&root, &[base.clone(), f.clone()].concat());
+            assert!(ok && trains(out), "{f:?} was suggested but: {text}");
+        }
+        msg
+    };
+
+    // One line of text: no --docs mode gives more documents. More input works, and so does text
+    // with blank lines between documents with --docs paragraphs.
+    let one = input("one.txt", "just one document\n");
+    let out = dir.join("one");
+    let base = strings(&["--input", &one, "--out", out.to_str().unwrap()]);
+    let msg = check(base.clone(), &out, &[]);
+    assert_mentions(&msg, &["--docs paragraphs would give only 1 document", "more input (at least 10 documents"]);
+    let many = dir.join("many");
+    fs::create_dir_all(&many).unwrap();
+    for i in 0..10 {
+        fs::write(many.join(format!("doc{i}.txt")), format!("Document {i}.\n")).unwrap();
+    }
+    let more = dir.join("more");
+    let (ok, text) =
+        prepare_bin(&root, &strings(&["--input", many.to_str().unwrap(), "--out", more.to_str().unwrap()]));
+    assert!(ok && trains(&more), "{text}");
+    fs::write(&one, paragraphs(10)).unwrap();
+    let (ok, text) = prepare_bin(&root, &[base, strings(&["--docs", "paragraphs"])].concat());
+    assert!(ok && trains(&out), "{text}");
+
+    // --docs paragraphs on lines without blank lines is one document: it is not suggested again.
+    let lines = input("lines.txt", "line one\nline two\nline three\n");
+    let out = dir.join("lines");
+    let msg = check(strings(&["--input", &lines, "--out", out.to_str().unwrap(), "--docs", "paragraphs"]), &out, &[]);
+    assert_mentions(&msg, &["the inputs hold 1 document (--docs paragraphs)", "more input"]);
+
+    // Two such files: two documents, so a larger share works.
+    let lines2 = input("lines2.txt", "more lines\nand more\n");
+    let out = dir.join("lines2");
+    let base =
+        strings(&["--input", &lines, "--input", &lines2, "--out", out.to_str().unwrap(), "--docs", "paragraphs"]);
+    check(base, &out, &[&["--val-fraction", "0.5"]]);
+
+    // Paragraphs in one file: --docs paragraphs, with a share that holds one of them out.
+    let five = input("five.txt", &paragraphs(5));
+    let out = dir.join("five");
+    check(
+        strings(&["--input", &five, "--out", out.to_str().unwrap()]),
+        &out,
+        &[&["--docs", "paragraphs", "--val-fraction", "0.2"]],
+    );
+    let thirty = input("thirty.txt", &paragraphs(30));
+    let out = dir.join("thirty");
+    check(strings(&["--input", &thirty, "--out", out.to_str().unwrap()]), &out, &[&["--docs", "paragraphs"]]);
+
+    // A dataset prepared with no val split: train's error gives a prepare command that works.
+    let (ok, text) = prepare_bin(
+        &root,
+        &strings(&["--input", &thirty, "--name", "noval", "--docs", "paragraphs", "--val-fraction", "0"]),
+    );
+    assert!(ok, "{text}");
+    let train = || {
+        Command::new(env!("CARGO_BIN_EXE_genesis"))
+            .args(["train", "--device", "cpu", "--data", "noval", "--steps", "1", "--batch", "1", "--seq", "4"])
+            .args(["--eval-batches", "1", "--out"])
+            .arg(dir.join("run"))
+            .env("GENESIS_DATA_DIR", &root)
+            .output()
+            .unwrap()
+    };
+    let failed = train();
+    let msg = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success() && msg.contains("has no val split"), "{msg}");
+    let command = msg.split('`').nth(1).unwrap_or_else(|| panic!("no command in {msg}"));
+    let want = format!("genesis prepare --input {thirty} --name noval --docs paragraphs --val-fraction 0.1 --force");
+    assert_eq!(command, want);
+    let args: Vec<String> = command.split_whitespace().skip(2).map(String::from).collect();
+    let (ok, text) = prepare_bin(&root, &args);
+    assert!(ok, "{text}");
+    let trained = train();
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -349,7 +349,7 @@ fn a_second_sigint_exits_at_once() {
         .arg("--out")
         .arg(&out)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for_a_step(&out, &mut child);
@@ -359,6 +359,16 @@ fn a_second_sigint_exits_at_once() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "a second SIGINT must exit at once with 130");
     assert!(list_checkpoints(&out).is_empty(), "it must not have finished the step and saved");
+    // It says so, and where the run resumes.
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let said = format!(
+        "second signal: stopped at once; no checkpoint was written for the current step. The newest checkpoint \
+         in {} (if any) is where it resumes: genesis train --out {}",
+        out.display(),
+        out.display()
+    );
+    assert!(err.contains(&said), "{err}");
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -473,5 +483,194 @@ fn a_diverged_resume_never_costs_the_sound_checkpoints() {
     assert_eq!(kept, vec![10, 9, 4, 3], "{}", main_log(&out));
     assert_eq!(s.recommended.as_deref(), Some(checkpoint_path(&out, 4).as_path()));
     assert!(main_log(&out).contains("its validation loss is not finite"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `genesis train ARGS` on the CPU, with no network and an empty data root (so a run that wrongly
+/// falls back to wikitext-103 fails), in `cwd` when given.
+fn genesis_train(dir: &Path, cwd: Option<&Path>, args: &[&str]) -> (bool, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_genesis"));
+    c.args(["--threads", "1", "train", "--device", "cpu"])
+        .args(args)
+        .env("GENESIS_DATA_DIR", dir.join("no-data-here"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9");
+    if let Some(cwd) = cwd {
+        c.current_dir(cwd);
+    }
+    let out = c.output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The settings stored in `out`'s newest checkpoint.
+fn stored_run(out: &Path) -> RunConfig {
+    let (_, newest) = list_checkpoints(out).into_iter().next().expect("a checkpoint");
+    serde_json::from_value::<TrainState>(checkpoint::load(&newest).unwrap().meta).unwrap().run
+}
+
+#[test]
+fn a_run_without_a_whole_checkpoint_resumes_with_its_own_settings_or_refuses() {
+    let dir = temp_dir("resume-runjson");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    // Killed before its first checkpoint: run.json holds the settings.
+    let mut child = spawn_train(&data, &out, &["--steps", "100000", "--ckpt-every", "0", "--eval-every", "0"]);
+    wait_for_a_step(&out, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(list_checkpoints(&out).is_empty());
+    let saved: RunConfig = serde_json::from_slice(&fs::read(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!((saved.batch, saved.seq, saved.data.clone()), (4, 32, data.canonicalize().unwrap()));
+
+    // `genesis train --out RUN` trains that run (its data, batch and sequence), not wikitext-103.
+    let (ok, text) = genesis_train(&dir, None, &["--out", o, "--steps", "2"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("batch 4 x seq 32 x accum 1") && !text.contains("wikitext"), "{text}");
+    assert_eq!(stored_run(&out).data, data.canonicalize().unwrap());
+
+    // Every checkpoint damaged: the run's own settings, and the checkpoint problem, are what it says.
+    let ckpt = checkpoint_path(&out, 2);
+    fs::write(&ckpt, vec![0u8; 4096]).unwrap();
+    let (ok, text) = genesis_train(&dir, None, &["--out", o, "--steps", "4"]);
+    assert!(!ok && text.contains("none of the 1 checkpoints") && text.contains("--fresh"), "{text}");
+    assert!(!text.contains("wikitext"), "{text}");
+
+    // And with no settings to read at all, it refuses rather than start something else, and what it
+    // says to do works.
+    fs::remove_file(out.join("run.json")).unwrap();
+    let (ok, text) = genesis_train(&dir, None, &["--out", o, "--steps", "4"]);
+    let want = format!(
+        "error: {o} holds a run, but its settings cannot be read (no whole checkpoint, no readable run.json), so \
+         resuming it could start a different run; start it over with --fresh and its --model and --data (its 1 \
+         damaged checkpoint(s) and other files move to {o}/previous-N/)"
+    );
+    assert!(!ok && text.contains(&want), "{text}");
+    let d = data.to_str().unwrap();
+    let (ok, text) =
+        genesis_train(&dir, None, &["--out", o, "--steps", "1", "--fresh", "--model", "tiny", "--data", d]);
+    assert!(ok && out.join("previous-1").join("step_00000002.ckpt").exists(), "{text}");
+
+    // No checkpoint at all (an older run killed before its first one, without run.json).
+    fs::remove_file(out.join("run.json")).unwrap();
+    fs::remove_file(checkpoint_path(&out, 1)).unwrap();
+    let (ok, text) = genesis_train(&dir, None, &["--out", o, "--steps", "1"]);
+    let want = format!(
+        "error: {o} holds a run, but its settings cannot be read (no whole checkpoint, no readable run.json), so \
+         resuming it could start a different run; give its --model and --data to train it again from step 0, or \
+         add --fresh to move its files to {o}/previous-N/ first"
+    );
+    assert!(!ok && text.contains(&want), "{text}");
+    let (ok, text) = genesis_train(&dir, None, &["--out", o, "--steps", "1", "--model", "tiny", "--data", d]);
+    assert!(ok && !text.contains("resuming"), "{text}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether the log says the data changed on resume.
+fn data_changed(log: &str) -> bool {
+    log.lines().any(|l| l.starts_with("settings changed on resume") && l.contains("data"))
+}
+
+#[test]
+fn a_run_resumes_from_any_working_directory() {
+    let dir = temp_dir("resume-cwd");
+    let data = dataset(&dir);
+    let args = ["--model", "tiny", "--batch", "4", "--seq", "32", "--eval-batches", "1", "--eval-every", "0"];
+    let (ok, text) =
+        genesis_train(&dir, Some(&dir), &[&args[..], &["--data", "./data", "--out", "run", "--steps", "1"]].concat());
+    assert!(ok, "{text}");
+    let out = dir.join("run");
+    // The checkpoint stores where the data is; the log shows it as given.
+    assert_eq!(stored_run(&out).data, data.canonicalize().unwrap());
+    assert!(main_log(&out).contains("data: ./data ("), "{}", main_log(&out));
+
+    // From another directory, `--out` alone finds the data.
+    let elsewhere = dir.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let (ok, text) = genesis_train(&dir, Some(&elsewhere), &["--out", "../run", "--steps", "2"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("resuming from step 1 ") && !data_changed(&text), "{text}");
+
+    // A run saved before paths were resolved holds `--data` as given; it still resumes from where
+    // it was given (and the path, now resolved, is no change of data).
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = PathBuf::from(format!("{up}{}", data.display().to_string().trim_start_matches('/')));
+    assert!(relative.is_relative() && relative.join("manifest.json").is_file(), "{}", relative.display());
+    let old = dir.join("old");
+    train(&options(tiny_run(&relative, 1), &old)).unwrap();
+    assert_eq!(stored_run(&old).data, relative);
+    let (ok, text) = genesis_train(&dir, Some(&cwd), &["--out", old.to_str().unwrap(), "--steps", "2"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("resuming from step 1 ") && !data_changed(&text), "{text}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_error_that_stops_train_goes_to_main_log_too() {
+    let dir = temp_dir("resume-error-log");
+    let data = dataset(&dir);
+    let out = dir.join("run");
+    // A directory where the checkpoint's temporary file goes: the write fails, as on a full disk.
+    fs::create_dir_all(out.join("step_00000001.ckpt.tmp")).unwrap();
+    let (code, text) = finish(spawn_train(&data, &out, &["--steps", "1"]));
+    assert_eq!(code, 1, "{text}");
+    let printed = text.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error in {text}"));
+    assert!(printed.contains("step_00000001.ckpt.tmp"), "{printed}");
+    let log = main_log(&out);
+    assert_eq!(log.lines().last(), Some(printed), "main.log does not end with the error:\n{log}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `metrics.jsonl` without what legitimately differs between two runs of the same steps: the start
+/// records and the timing fields.
+fn without_timings(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with("{\"kind\":\"start\""))
+        .map(|l| {
+            let mut l = l.to_string();
+            for field in ["tokens_per_sec", "mfu", "elapsed_s"] {
+                let key = format!(",\"{field}\":");
+                if let Some(at) = l.find(&key) {
+                    let end = l[at + 1..].find([',', '}']).map_or(l.len(), |e| at + 1 + e);
+                    l.replace_range(at..end, "");
+                }
+            }
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn resumed_metrics_equal_an_unbroken_run_byte_for_byte_but_for_timings() {
+    let dir = temp_dir("resume-metrics");
+    let data = dataset(&dir);
+    let mut cfg = tiny_run(&data, 8);
+    cfg.eval_every = 3;
+    train(&options(cfg.clone(), &dir.join("a"))).unwrap();
+    let straight = fs::read_to_string(dir.join("a").join("metrics.jsonl")).unwrap();
+
+    let b = dir.join("b");
+    let metrics_b = b.join("metrics.jsonl");
+    for _ in 0..2 {
+        train(&one_step_then_stop(cfg.clone(), &b)).unwrap();
+    }
+    // A line that is no record (kept and reported), and a record torn by a kill after the
+    // checkpoint (dropped with the steps trained again).
+    let before = fs::read_to_string(&metrics_b).unwrap();
+    let lines: Vec<&str> = before.lines().collect();
+    let junk = "this line is not a record";
+    let mut damaged = format!("{}\n{junk}\n{}\n", lines[..2].join("\n"), lines[2..].join("\n"));
+    damaged.push_str("{\"kind\":\"train\",\"step\":3,\"tok");
+    fs::write(&metrics_b, &damaged).unwrap();
+    let kept = &damaged[..damaged.rfind('\n').unwrap() + 1];
+    train(&options(cfg, &b)).unwrap();
+    let resumed = fs::read_to_string(&metrics_b).unwrap();
+    assert!(resumed.starts_with(kept), "the kept part was rewritten:\n{kept}\n---\n{resumed}");
+    let log = main_log(&b);
+    assert!(log.contains("metrics.jsonl: line 3 is not a metrics record; kept as it is"), "{log}");
+    assert!(log.contains("metrics.jsonl: removed 1 line(s) after step 2, which is trained again"), "{log}");
+
+    let resumed: Vec<String> = without_timings(&resumed).into_iter().filter(|l| l != junk).collect();
+    assert_eq!(resumed, without_timings(&straight));
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::gpu::{Device, Precision};
@@ -122,7 +123,7 @@ pub fn run(c: BenchCmd) -> Result<()> {
 
 fn prepare(b: BenchPrepare) -> Result<()> {
     let r = genesis::bench::bench_prepare(&b.input, b.repeat)?;
-    println!(
+    outln!(
         "bench prepare: {:.1} MB of text, pipeline {:.2} MB/s on {} threads, tiktoken-rs single thread {:.2} MB/s ({:.2}x)",
         r.bytes as f64 / 1e6,
         r.pipeline_mb_per_sec,
@@ -141,7 +142,7 @@ fn forward(b: BenchForward) -> Result<()> {
     genesis::gpu::select_device(Device::Cuda)?;
     let precision = b.precision;
     let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.tf32)?;
-    println!(
+    outln!(
         "bench forward {} on {} ({}), batch {} seq {}: {:.2} ms/forward, {:.0} tokens/s, {:.1} TFLOP/s, activations {:.2} GB",
         b.model,
         r.device,
@@ -159,7 +160,7 @@ fn forward(b: BenchForward) -> Result<()> {
     );
     let total: f64 = r.per_op.iter().map(|o| o.1).sum();
     for (name, ms) in &r.per_op {
-        println!("  {name:<24} {ms:>8.3} ms  {:>5.1}%", 100.0 * ms / total.max(1e-9));
+        outln!("  {name:<24} {ms:>8.3} ms  {:>5.1}%", 100.0 * ms / total.max(1e-9));
     }
     Ok(())
 }
@@ -167,7 +168,7 @@ fn forward(b: BenchForward) -> Result<()> {
 fn sample(b: BenchSample) -> Result<()> {
     let cfg = ModelConfig::preset(&b.model).map_err(anyhow::Error::msg)?;
     let r = genesis::bench::bench_sample(&cfg, b.tokens);
-    println!(
+    outln!(
         "bench sample {}: {} tokens in {:.2} s = {:.1} tokens/s ({:.1} GB/s of weights, {} threads)",
         b.model,
         r.tokens,
@@ -187,7 +188,7 @@ fn train(b: BenchTrain) -> Result<()> {
     if genesis::gpu::select_device(b.device)?.is_some() {
         let precision = b.precision;
         let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision)?;
-        println!(
+        outln!(
             "bench train {} on {} ({}), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,
             r.device,
@@ -205,7 +206,7 @@ fn train(b: BenchTrain) -> Result<()> {
     let r = genesis::bench::bench_train_cpu(&cfg, b.batch, b.seq, b.steps);
     let mean = r.step_ms.iter().sum::<f64>() / r.step_ms.len() as f64;
     let steps: Vec<String> = r.step_ms.iter().map(|m| format!("{m:.0}")).collect();
-    println!(
+    outln!(
         "bench train cpu {} batch {} seq {}: {:.0} ms/step (steps: {} ms; forward {:.0}, backward {:.0}, optimizer {:.0}), {:.0} tokens/s, {:.1} GFLOP/s, {} threads",
         b.model,
         b.batch,

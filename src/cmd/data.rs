@@ -1,5 +1,6 @@
 //! `genesis data inspect`: a prepared dataset's manifest summary and a random window of its tokens.
 
+use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::data::manifest::{self, Split};
@@ -66,26 +67,32 @@ fn inspect(c: DataInspect) -> Result<()> {
     };
     let dir = manifest::resolve(&c.dataset);
     let m = manifest::Manifest::load(&dir)?;
-    println!("dataset {} in {}", m.name, dir.display());
+    outln!("dataset {} in {}", m.name, dir.display());
     if let Some(origin) = &m.origin {
-        println!("  origin     {origin}");
+        outln!("  origin     {origin}");
     }
-    println!(
+    outln!(
         "  tokenizer  {} (vocab {}, end-of-text {})",
-        m.tokenizer.name, m.tokenizer.vocab_size, m.tokenizer.eot_token
+        m.tokenizer.name,
+        m.tokenizer.vocab_size,
+        m.tokenizer.eot_token
     );
-    println!(
+    outln!(
         "  prepared   by Genesis {} with docs={:?} field={} val-fraction={} shard-tokens={}",
-        m.genesis_version, m.settings.docs, m.settings.field, m.settings.val_fraction, m.settings.shard_tokens
+        m.genesis_version,
+        m.settings.docs,
+        m.settings.field,
+        m.settings.val_fraction,
+        m.settings.shard_tokens
     );
-    println!("  sources    {} file(s), {:.1} MB", m.sources.len(), m.source_bytes() as f64 / 1e6);
+    outln!("  sources    {} file(s), {:.1} MB", m.sources.len(), m.source_bytes() as f64 / 1e6);
     for s in m.sources.iter().take(8) {
-        println!("    {} ({} bytes, sha256 {}…)", s.path, s.bytes, &s.sha256[..s.sha256.len().min(16)]);
+        outln!("    {} ({} bytes, sha256 {}…)", s.path, s.bytes, &s.sha256[..s.sha256.len().min(16)]);
     }
     if m.sources.len() > 8 {
-        println!("    … and {} more", m.sources.len() - 8);
+        outln!("    … and {} more", m.sources.len() - 8);
     }
-    print_splits(&m);
+    print_splits(&m)?;
     if c.verify {
         for (name, s) in &m.splits {
             for shard in &s.shards {
@@ -99,7 +106,7 @@ fn inspect(c: DataInspect) -> Result<()> {
                 }
             }
         }
-        println!("  verified   every shard's sha256 matches the manifest");
+        outln!("  verified   every shard's sha256 matches the manifest");
     }
     let paths = m.shard_paths(&dir, split)?;
     let shards = paths.iter().map(|p| Shard::open(p)).collect::<Result<Vec<_>>>()?;
@@ -121,8 +128,8 @@ fn inspect(c: DataInspect) -> Result<()> {
         shard.tokens()[start..(start + c.tokens).min(shard.len())].iter().map(|&t| t as u32).collect();
     let tok = Tokenizer::gpt2()?;
     let name = shard.path().file_name().and_then(|n| n.to_str()).unwrap_or("?");
-    println!("\n{} tokens of {split} from {name} at token {start} (--seed {seed}):\n", window.len());
+    outln!("\n{} tokens of {split} from {name} at token {start} (--seed {seed}):\n", window.len());
     // The end-of-text token decodes as "<|endoftext|>".
-    println!("{}", tok.decode(&window));
+    outln!("{}", tok.decode(&window));
     Ok(())
 }

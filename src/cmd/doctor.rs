@@ -51,7 +51,7 @@ pub fn run(c: DoctorCmd) -> Result<()> {
         hf_timeout: Duration::from_secs(5),
     };
     let checks = doctor::run_checks(&opts);
-    print!("{}", doctor::render(&checks));
+    super::write_stdout(format_args!("{}", doctor::render(&checks)), false)?;
     if doctor::any_failed(&checks) {
         let names: Vec<&str> =
             checks.iter().filter(|c| c.status == doctor::Status::Fail).map(|c| c.name.as_str()).collect();

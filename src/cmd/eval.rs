@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::data::manifest::{self, Manifest, Split};
@@ -107,9 +108,9 @@ pub fn run(c: EvalCmd) -> Result<()> {
             "data": data,
             "hellaswag": hellaswag,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        print_text(&w, data.as_ref(), hellaswag.as_ref());
+        print_text(&w, data.as_ref(), hellaswag.as_ref())?;
     }
     Ok(())
 }
@@ -124,12 +125,12 @@ fn parse_split(s: &str) -> Result<Split> {
 }
 
 /// The human report: one aligned line per number.
-fn print_text(w: &Weights, data: Option<&EvalReport>, hellaswag: Option<&HellaSwagReport>) {
+fn print_text(w: &Weights, data: Option<&EvalReport>, hellaswag: Option<&HellaSwagReport>) -> Result<()> {
     let step = w.step.map(|s| format!(", step {s}")).unwrap_or_default();
-    println!("{:<10} {} ({}{step})", "model", w.path.display(), w.format);
-    println!("{:<10} {}", "", w.config);
+    outln!("{:<10} {} ({}{step})", "model", w.path.display(), w.format);
+    outln!("{:<10} {}", "", w.config);
     if let Some(r) = data {
-        println!(
+        outln!(
             "{:<10} {} {}: {} tokens in {} windows of {} (batch {}), {} ({:.0} tokens/s)",
             "data",
             r.dataset,
@@ -141,15 +142,15 @@ fn print_text(w: &Weights, data: Option<&EvalReport>, hellaswag: Option<&HellaSw
             genesis::util::duration(r.seconds),
             r.tokens as f64 / r.seconds.max(1e-9)
         );
-        println!("{:<10} {:.4} nats per token", "loss", r.loss);
-        println!("{:<10} {:.3} per token", "ppl", r.perplexity);
-        println!("{:<10} {:.4} bits per byte ({} bytes)", "bpb", r.bits_per_byte, r.bytes);
+        outln!("{:<10} {:.4} nats per token", "loss", r.loss);
+        outln!("{:<10} {:.3} per token", "ppl", r.perplexity);
+        outln!("{:<10} {:.4} bits per byte ({} bytes)", "bpb", r.bits_per_byte, r.bytes);
         if let (Some(words), Some(ppl)) = (r.words, r.word_perplexity) {
-            println!("{:<10} {ppl:.3} per word ({words} words, lm-evaluation-harness convention)", "word ppl");
+            outln!("{:<10} {ppl:.3} per word ({words} words, lm-evaluation-harness convention)", "word ppl");
         }
     }
     if let Some(h) = hellaswag {
-        println!(
+        outln!(
             "{:<10} acc {:.4} ({}/{}), acc_norm {:.4} ({}/{}), {}",
             "hellaswag",
             h.acc,
@@ -161,4 +162,5 @@ fn print_text(w: &Weights, data: Option<&EvalReport>, hellaswag: Option<&HellaSw
             genesis::util::duration(h.seconds)
         );
     }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `genesis export`: a trained model as a Hugging Face GPT-2 directory for inference elsewhere.
 
+use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::hf::{self, Provenance};
@@ -38,9 +39,9 @@ pub fn run(c: ExportCmd) -> Result<()> {
         Provenance { source: c.checkpoint.display().to_string(), source_format: w.format.to_string(), step: w.step };
     let info = hf::export(&c.out, &w.config, &w.params, dtype, &from)?;
     let step = info.step.map_or(String::new(), |s| format!(" at step {s}"));
-    println!("exported {} ({}{step}) to {}", c.checkpoint.display(), w.format, c.out.display());
-    println!("  model   {}", w.config);
-    println!("  {}  {} bytes, {dtype}, sha256 {}", hf::MODEL_FILE, info.bytes, info.sha256);
-    println!("check a copy with: genesis verify {}", c.out.display());
+    outln!("exported {} ({}{step}) to {}", c.checkpoint.display(), w.format, c.out.display());
+    outln!("  model   {}", w.config);
+    outln!("  {}  {} bytes, {dtype}, sha256 {}", hf::MODEL_FILE, info.bytes, info.sha256);
+    outln!("check a copy with: genesis verify {}", c.out.display());
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `genesis import`: any model file Genesis reads, as a Genesis checkpoint.
 
+use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::checkpoint::{self, Checkpoint};
@@ -37,8 +38,8 @@ pub fn run(c: ImportCmd) -> Result<()> {
         "source_step": w.step,
     });
     checkpoint::save(&c.out, &ckpt)?;
-    println!("imported {} ({}) to {}", c.file.display(), w.format, c.out.display());
-    println!("  model {}", w.config);
-    println!("sample from it: genesis sample --checkpoint {}", c.out.display());
+    outln!("imported {} ({}) to {}", c.file.display(), w.format, c.out.display());
+    outln!("  model {}", w.config);
+    outln!("sample from it: genesis sample --checkpoint {}", c.out.display());
     Ok(())
 }

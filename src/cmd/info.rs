@@ -57,7 +57,10 @@ pub fn run(c: InfoCmd) -> Result<()> {
         },
     };
     let p = plan::plan(&cfg, seq, c.tokens_per_step, gpu_bytes, bf16)?;
-    print!("{}", table(&c.model, &cfg, seq, bf16, gpu_bytes, &source, c.tokens_per_step, &p));
+    super::write_stdout(
+        format_args!("{}", table(&c.model, &cfg, seq, bf16, gpu_bytes, &source, c.tokens_per_step, &p)),
+        false,
+    )?;
     Ok(())
 }
 

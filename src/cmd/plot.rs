@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::outln;
 use anyhow::Result;
 use argh::FromArgs;
 use genesis::plot::{self, PlotOptions};
@@ -37,7 +38,7 @@ pub fn run(c: PlotCmd) -> Result<()> {
         dir.join("loss.svg")
     });
     write_atomic(&out, svg.as_bytes())?;
-    println!("{}", out.display());
+    outln!("{}", out.display());
     let last = data.train.last().expect("load_run refuses runs without train steps");
     let best = data.best_val().map_or_else(
         || "no validation loss yet".to_string(),

@@ -1,14 +1,17 @@
 //! `genesis prepare`: a corpus (a named dataset or local files) to GPT-2 token shards.
 
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use super::outln;
+use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::datasets;
 use genesis::data::download::DownloadOptions;
 use genesis::data::manifest;
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::source::{expand_inputs, Docs, SourceOptions};
+use genesis::util::DirLock;
 
 /// Turn a corpus into GPT-2 token shards that `genesis train` finds by name.
 #[derive(FromArgs)]
@@ -16,7 +19,7 @@ use genesis::data::source::{expand_inputs, Docs, SourceOptions};
     subcommand,
     name = "prepare",
     example = "genesis prepare wikitext-103\ngenesis prepare wikitext-103 --from ~/Downloads/wikitext\ngenesis prepare --input ../shared/data/tinyshakespeare.txt --name shakespeare --docs paragraphs\ngenesis prepare --input 'corpus/*.jsonl' --field content --name mycorpus",
-    note = "DATASET is wikitext-103 or wikitext-2: the raw Salesforce/wikitext parquet files are downloaded from Hugging Face at a pinned revision (resumable, retried, each file checked against its pinned sha256) into data/NAME/raw/, and wikitext's train/validation/test splits become the train/val/test shards, one document per article. Set HF_ENDPOINT to use a mirror; without network use --from DIR with the parquet files fetched elsewhere.\n\nWith --input, inputs are .txt/.text/.raw/.md (UTF-8; CRLF becomes LF), .jsonl/.ndjson (the --field string of each line) and .parquet (the --field column of each row) files, directories (searched recursively) and quoted globs. --docs says what a document is: whole (a text file, a jsonl line or a parquet row; the default), paragraphs (blank-line-separated blocks of a text file) or wikitext (articles under ` = Title = ` headings). Every --val-fraction-th document, evenly spread, is held out as the val split.\n\nOutput goes to data/NAME/ (--out to override; $GENESIS_DATA_DIR moves data/): train_000000.bin, val_000000.bin, ... in llm.c's shard format (a 1024-byte header, then uint16 tokens; 100M tokens per shard) and manifest.json (tokenizer, tokens per split and shard, sources with size and sha256), written last. Each document starts with the end-of-text token 50256. Encoding runs on all cores with bounded memory and gives the same bytes whatever the thread count.\n\nSafe to interrupt: shards are written under temporary names, fsynced and renamed, and a journal records progress after every batch; running the same command again finishes the work (byte-identical to an uninterrupted run), and running it after success does nothing. A directory without manifest.json is never used for training."
+    note = "DATASET is wikitext-103 or wikitext-2: the raw Salesforce/wikitext parquet files are downloaded from Hugging Face at a pinned revision (resumable, retried, each file checked against its pinned sha256) into data/NAME/raw/, and wikitext's train/validation/test splits become the train/val/test shards, one document per article. Set HF_ENDPOINT to use a mirror; without network use --from DIR with the parquet files fetched elsewhere.\n\nWith --input, inputs are .txt/.text/.raw/.md (UTF-8; CRLF becomes LF), .jsonl/.ndjson (the --field string of each line) and .parquet (the --field column of each row) files, directories (searched recursively) and quoted globs. --docs says what a document is: whole (a text file, a jsonl line or a parquet row; the default), paragraphs (blank-line-separated blocks of a text file) or wikitext (articles under ` = Title = ` headings). Every --val-fraction-th document, evenly spread, is held out as the val split.\n\nOutput goes to data/NAME/ (--out to override; $GENESIS_DATA_DIR moves data/): train_000000.bin, val_000000.bin, ... in llm.c's shard format (a 1024-byte header, then uint16 tokens; 100M tokens per shard) and manifest.json (tokenizer, tokens per split and shard, sources with size and sha256), written last. Each document starts with the end-of-text token 50256. Encoding runs on all cores with bounded memory and gives the same bytes whatever the thread count.\n\nSafe to interrupt: shards are written under temporary names, fsynced and renamed, and a journal records progress after every batch; running the same command again finishes the work (byte-identical to an uninterrupted run), and running it after success does nothing. A directory without manifest.json is never used for training. One genesis prepare at a time uses an output directory (a lock file, .genesis.lock); a second one stops at once, naming the first."
 )]
 pub struct PrepareCmd {
     /// a dataset to download and prepare: wikitext-103 or wikitext-2
@@ -92,7 +95,9 @@ pub fn run(c: PrepareCmd) -> Result<()> {
             cfg.shard_tokens = c.shard_tokens;
             cfg.force = c.force;
             eprintln!("prepare {name}: about {} MB from {}", ds.download_mb, datasets::hf_endpoint());
-            let r = ds.prepare(&out, &datasets::hf_endpoint(), c.from.as_deref(), cfg, &DownloadOptions::default())?;
+            let r = locked(&out, || {
+                ds.prepare(&out, &datasets::hf_endpoint(), c.from.as_deref(), cfg, &DownloadOptions::default())
+            })?;
             (r, out, name.clone())
         }
         (Some(_), false) => bail!("give either a dataset name or --input PATH, not both"),
@@ -118,15 +123,15 @@ pub fn run(c: PrepareCmd) -> Result<()> {
             cfg.shard_tokens = c.shard_tokens;
             cfg.force = c.force;
             let inputs: Vec<Input> = files.into_iter().map(Input::local).collect();
-            (prepare(&inputs, &out, &cfg)?, out, name)
+            (locked(&out, || prepare(&inputs, &out, &cfg))?, out, name)
         }
     };
     let (r, out, name) = report;
     let m = &r.manifest;
     if r.already_done {
-        println!("{} already holds {name}, prepared from the same inputs; nothing to do", out.display());
+        outln!("{} already holds {name}, prepared from the same inputs; nothing to do", out.display());
     } else {
-        println!(
+        outln!(
             "prepared {name}{}: {:.1} MB of text in {:.1} s ({:.1} MB/s, {} threads)",
             if r.resumed { " (resumed)" } else { "" },
             r.text_bytes as f64 / 1e6,
@@ -135,15 +140,31 @@ pub fn run(c: PrepareCmd) -> Result<()> {
             rayon::current_num_threads()
         );
     }
-    print_splits(m);
+    print_splits(m)?;
     let data_arg = if out == manifest::data_root().join(&name) { name } else { out.display().to_string() };
-    println!("next: genesis train --data {data_arg}");
+    outln!("next: genesis train --data {data_arg}");
     Ok(())
 }
 
-/// One line per split: tokens, documents, shards.
-pub fn print_splits(m: &manifest::Manifest) {
-    for (split, s) in &m.splits {
-        println!("  {split:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
+/// Runs `work` with the output directory `out` created (when missing) and locked against other
+/// genesis processes for as long as it runs. A directory this call created is removed again when
+/// `work` fails and leaves it empty.
+fn locked<T>(out: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let created = !out.exists();
+    fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let lock = DirLock::acquire(out, "genesis prepare")?;
+    let result = work();
+    drop(lock);
+    if result.is_err() && created {
+        let _ = fs::remove_dir(out);
     }
+    result
+}
+
+/// One line per split: tokens, documents, shards.
+pub fn print_splits(m: &manifest::Manifest) -> Result<()> {
+    for (split, s) in &m.splits {
+        outln!("  {split:<5} {:>12} tokens  {:>9} documents  {} shard(s)", s.tokens, s.documents, s.shards.len());
+    }
+    Ok(())
 }

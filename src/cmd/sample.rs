@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::{sample_token, Decoder, SamplingParams, TokenDecoder};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
@@ -11,6 +11,8 @@ use genesis::gpu::engine::gpu_engine;
 use genesis::gpu::{Device, Precision};
 use genesis::model::EOT_TOKEN;
 use genesis::rng::Rng;
+
+use super::stdout_error;
 
 /// Generate text from a checkpoint or an exported model, streaming it as it is produced (on the GPU when one works, else the CPU).
 #[derive(FromArgs)]
@@ -73,7 +75,7 @@ pub fn run(c: SampleCmd) -> Result<()> {
     };
     let mut stream = StreamDecoder::default();
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", c.prompt)?;
+    write!(out, "{}", c.prompt).map_err(stdout_error)?;
     let mut logits = Vec::new();
     for &t in &prompt {
         logits = decoder.step(t)?.to_vec();
@@ -84,10 +86,9 @@ pub fn run(c: SampleCmd) -> Result<()> {
         if next == EOT_TOKEN || position >= cfg.max_seq_len {
             break;
         }
-        write!(out, "{}", stream.push(next))?;
-        out.flush()?;
+        write!(out, "{}", stream.push(next)).and_then(|()| out.flush()).map_err(stdout_error)?;
         logits = decoder.step(next)?.to_vec();
     }
-    writeln!(out, "{}", stream.finish()).context("writing to stdout")?;
+    writeln!(out, "{}", stream.finish()).and_then(|()| out.flush()).map_err(stdout_error)?;
     Ok(())
 }

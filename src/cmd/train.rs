@@ -1,7 +1,7 @@
 //! `genesis train`: train a model on prepared shards, on the GPU when one works, resuming by itself.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -10,7 +10,9 @@ use argh::FromArgs;
 use genesis::data::manifest;
 use genesis::gpu::{Device, Precision};
 use genesis::model::ModelConfig;
-use genesis::train::{self, train, RunChoices, TrainOptions};
+use genesis::train::runlog::RunLog;
+use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
+use genesis::util::DirLock;
 
 /// Train a model on prepared shards, on the GPU when one works (else the CPU). Resumes by itself.
 #[derive(FromArgs)]
@@ -18,7 +20,7 @@ use genesis::train::{self, train, RunChoices, TrainOptions};
     subcommand,
     name = "train",
     example = "genesis train --model tiny --data shakespeare --out runs/shakespeare --steps 600 --batch 16\ngenesis train --out runs/shakespeare                 # resume it where it stopped\ngenesis train --out runs/shakespeare --steps 1200    # resume and train longer\ngenesis train --model gpt2-124m --out runs/gpt2      # wikitext-103, prepared first if absent\ngenesis train --out runs/ft --init-from gpt2/model.safetensors --data shakespeare --lr 1e-4",
-    note = "RUN DIRECTORY (--out): step_NNNNNNNN.ckpt full checkpoints (weights, AdamW moments, step, data position, settings), metrics.jsonl (one JSON record per step and evaluation; genesis plot RUN draws it) and main.log (a copy of everything printed). Checkpoints are written every --ckpt-every steps, at the end, and when stopped by a signal; each goes to a temporary file, is fsynced, checksummed per section and renamed, so a kill at any moment leaves the previous checkpoint whole. The newest --keep checkpoints and the one with the best validation loss are kept.\n\nRESUME: run the same command again, or just genesis train --out RUN: training continues from the newest whole checkpoint (a damaged one is reported, renamed *.corrupt and the previous one used) and gives bit-for-bit the losses of a run that never stopped. Options not given are taken from the run; --steps, --lr and the other schedule and evaluation settings may change (each change is logged); --model and --seq may not. --fresh starts over, moving the earlier run into RUN/previous-N/.\n\nSTOPPING: Ctrl-C, SIGTERM or SIGHUP (a dropped ssh session) finish the current step, write a checkpoint and exit 0 with the command that resumes; a second Ctrl-C exits at once. A step whose loss or gradient norm is NaN or infinite is skipped (not applied, never saved) and logged; --max-bad-steps in a row stop the run and name the last good checkpoint.\n\nEach step prints loss, learning rate, gradient norm, tokens/s, time per step, elapsed time and ETA; the validation loss is printed every --eval-every steps and at each checkpoint. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
+    note = "RUN DIRECTORY (--out): step_NNNNNNNN.ckpt full checkpoints (weights, AdamW moments, step, data position, settings), run.json (the settings, written at the start), metrics.jsonl (one JSON record per step and evaluation; genesis plot RUN draws it) and main.log (a copy of everything printed, and the error that ends a run). One genesis train at a time uses a run directory: a second one stops at once, naming the first. Checkpoints are written every --ckpt-every steps, at the end, and when stopped by a signal; each goes to a temporary file, is fsynced, checksummed per section and renamed, so a kill at any moment leaves the previous checkpoint whole. The newest --keep checkpoints and the one with the best validation loss are kept.\n\nRESUME: run the same command again, or just genesis train --out RUN: training continues from the newest whole checkpoint (a damaged one is reported, renamed *.corrupt and the previous one used) and gives bit-for-bit the losses of a run that never stopped. Options not given are taken from the run (its run.json when no checkpoint is whole yet; a run whose settings cannot be read is refused); --steps, --lr and the other schedule and evaluation settings may change (each change is logged); --model and --seq may not. --fresh starts over, moving the earlier run into RUN/previous-N/.\n\nSTOPPING: Ctrl-C, SIGTERM or SIGHUP (a dropped ssh session) finish the current step, write a checkpoint and exit 0 with the command that resumes; a second Ctrl-C exits at once, saying the step in progress was not saved. A step whose loss or gradient norm is NaN or infinite is skipped (not applied, never saved) and logged; --max-bad-steps in a row stop the run and name the last good checkpoint.\n\nEach step prints loss, learning rate, gradient norm, tokens/s, time per step, elapsed time and ETA; the validation loss is printed every --eval-every steps and at each checkpoint. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
 )]
 pub struct TrainCmd {
     /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny, or the run's when resuming, or --init-from's shape)
@@ -92,24 +94,32 @@ pub struct TrainCmd {
     precision: Precision,
 }
 
-/// The dataset directory for `genesis train --data`; with no --data, wikitext-103, prepared first
-/// when absent.
-fn train_data(data: Option<&str>) -> Result<PathBuf> {
+/// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
+/// from any working directory), and the path as given for the log; with no --data, wikitext-103,
+/// prepared first when absent.
+fn train_data(data: Option<&str>) -> Result<(PathBuf, String)> {
     let Some(data) = data else {
         let dir = manifest::data_root().join("wikitext-103");
         if !dir.join(manifest::MANIFEST_FILE).exists() {
             eprintln!("no --data given: training on wikitext-103, which is not prepared yet; preparing it first");
             super::prepare::run(super::prepare::PrepareCmd::named("wikitext-103"))?;
         }
-        return Ok(dir);
+        return Ok((absolute(&dir)?, dir.display().to_string()));
     };
     let dir = manifest::resolve(data);
     manifest::Manifest::load(&dir)?;
-    Ok(dir)
+    Ok((absolute(&dir)?, data.to_string()))
 }
 
+/// `dir` made absolute with symbolic links resolved.
+fn absolute(dir: &Path) -> Result<PathBuf> {
+    dir.canonicalize().with_context(|| format!("cannot resolve the dataset path {}", dir.display()))
+}
+
+/// Trains, and appends the error that ends `genesis train`, if one does, to `RUN/main.log` as well
+/// (when this process holds the run directory).
 pub fn run(c: TrainCmd) -> Result<()> {
-    let mut choices = RunChoices {
+    let choices = RunChoices {
         steps: c.steps,
         batch: c.batch,
         seq: c.seq,
@@ -130,7 +140,33 @@ pub fn run(c: TrainCmd) -> Result<()> {
     if c.max_bad_steps == 0 {
         bail!("--max-bad-steps 0: expected at least 1 (the consecutive non-finite steps that stop the run)");
     }
+    let out = c.out.clone();
+    // An existing run directory is locked at once, so a second process refuses before any work.
+    let mut lock = if out.is_dir() { Some(DirLock::acquire(&out, "genesis train")?) } else { None };
+    let result = run_locked(c, choices, &mut lock);
+    if let (Err(e), Some(_)) = (&result, &lock) {
+        RunLog::open(&out, false).line(&format!("error: {e:#}"));
+    }
+    result
+}
+
+fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) -> Result<()> {
     let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
+    if saved.is_none() && !c.fresh && (c.model.is_none() || c.data.is_none()) && rundir::holds_a_run(&c.out) {
+        let (out, n) = (c.out.display(), rundir::list_checkpoints(&c.out).len());
+        let unreadable = format!("its settings cannot be read (no whole checkpoint, no readable {})", rundir::RUN_FILE);
+        if n > 0 {
+            bail!(
+                "{out} holds a run, but {unreadable}, so resuming it could start a different run; start it over \
+                 with --fresh and its --model and --data (its {n} damaged checkpoint(s) and other files move to \
+                 {out}/previous-N/)"
+            );
+        }
+        bail!(
+            "{out} holds a run, but {unreadable}, so resuming it could start a different run; give its --model and \
+             --data to train it again from step 0, or add --fresh to move its files to {out}/previous-N/ first"
+        );
+    }
     // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
     let init = match (&c.init_from, &saved, &c.model) {
         (Some(path), None, None) => Some(genesis::weights::load(path)?.config),
@@ -142,8 +178,9 @@ pub fn run(c: TrainCmd) -> Result<()> {
         (None, None, Some(cfg)) => cfg,
         (None, None, None) => ModelConfig::preset("tiny").map_err(anyhow::Error::msg)?,
     };
-    let data = match (&c.data, &saved) {
-        (None, Some(s)) => s.data.clone(),
+    let (data, data_label) = match (&c.data, &saved) {
+        // Old runs stored the path as given: relative to the working directory, as then.
+        (None, Some(s)) => (s.data.canonicalize().unwrap_or_else(|_| s.data.clone()), s.data.display().to_string()),
         (data, _) => train_data(data.as_deref())?,
     };
     let gpu = genesis::gpu::select_device(c.device)?;
@@ -161,11 +198,16 @@ pub fn run(c: TrainCmd) -> Result<()> {
     choices.seq = Some(seq);
     (choices.batch, choices.grad_accum) = (batch, grad_accum);
     let run = choices.resolve(model, data, saved.as_ref());
+    if lock.is_none() {
+        std::fs::create_dir_all(&c.out).with_context(|| format!("cannot create run directory {}", c.out.display()))?;
+        *lock = Some(DirLock::acquire(&c.out, "genesis train")?);
+    }
     let mut opts = TrainOptions::new(run, c.out.clone());
+    opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
     opts.verbose = true;
     opts.max_bad_steps = c.max_bad_steps;
-    opts.stop = Some(stop_on_signals()?);
+    opts.stop = Some(stop_on_signals(&c.out)?);
     opts.gpu = gpu;
     opts.precision = c.precision;
     let s = train(&opts)?;
@@ -240,18 +282,32 @@ fn micro_batch_for(
 }
 
 /// SIGINT, SIGTERM and SIGHUP set the returned flag (to the signal number): training finishes its
-/// step, checkpoints and returns. A second signal exits at once.
-fn stop_on_signals() -> Result<Arc<AtomicUsize>> {
+/// step, checkpoints and returns. A second signal exits at once, saying on stderr that the step in
+/// progress was not saved and where the run resumes.
+fn stop_on_signals(out: &Path) -> Result<Arc<AtomicUsize>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let stop = Arc::new(AtomicUsize::new(0));
+    // Built here, once: the handler may only write these bytes, not format or allocate.
+    let message: &'static [u8] = Box::leak(
+        format!(
+            "\nsecond signal: stopped at once; no checkpoint was written for the current step. The newest \
+             checkpoint in {} (if any) is where it resumes: genesis train --out {}\n",
+            out.display(),
+            out.display()
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
     for sig in [SIGINT, SIGTERM, SIGHUP] {
         let flag = Arc::clone(&stop);
         let action = move || {
             if flag.swap(sig as usize, Ordering::SeqCst) != 0 {
+                // SAFETY: write(2) of a static buffer is async-signal-safe; its result does not matter.
+                unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
                 signal_hook::low_level::exit(128 + sig);
             }
         };
-        // SAFETY: the action only does an atomic swap and _exit, both async-signal-safe.
+        // SAFETY: the action only does an atomic swap, write(2) and _exit, all async-signal-safe.
         unsafe { signal_hook::low_level::register(sig, action) }.context("cannot install signal handlers")?;
     }
     Ok(stop)

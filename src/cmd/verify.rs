@@ -1,5 +1,6 @@
 //! `genesis verify`: is a checkpoint or export whole after a copy or download?
 
+use super::outln;
 use anyhow::Result;
 use argh::FromArgs;
 use std::path::PathBuf;
@@ -21,6 +22,6 @@ pub struct VerifyCmd {
 pub fn run(c: VerifyCmd) -> Result<()> {
     let r = genesis::weights::verify(&c.file)?;
     let step = r.step.map_or(String::new(), |s| format!(", step {s}"));
-    println!("{}: whole ({}, {}{step}; {})", c.file.display(), r.format, r.config, r.checked);
+    outln!("{}: whole ({}, {}{step}; {})", c.file.display(), r.format, r.config, r.checked);
     Ok(())
 }

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::shard::HEADER_BYTES;
-use crate::data::source::{Docs, Format};
+use crate::data::source::{count_documents, Docs, Format, SourceFile, SourceOptions};
 
 /// The manifest's file name inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -181,17 +181,12 @@ impl Manifest {
     /// implies (contents are validated when the loader maps them).
     pub fn shard_paths(&self, dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
         let Some(info) = self.split(split) else {
-            bail!(
-                "{} has no {split} split (its manifest lists: {}); prepare it with a validation share, \
-                 e.g. `--val-fraction 0.05`",
-                dir.display(),
-                self.splits
-                    .iter()
-                    .filter(|(_, s)| s.tokens > 0)
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let listed: Vec<&str> = self.splits.iter().filter(|(_, s)| s.tokens > 0).map(|(k, _)| k.as_str()).collect();
+            let what = format!("{} has no {split} split (its manifest lists: {})", dir.display(), listed.join(", "));
+            match split {
+                Split::Val => bail!("{what}; {}", self.val_split_advice(dir)),
+                _ => bail!("{what}; only the built-in datasets have one: use the val split"),
+            }
         };
         let mut paths = Vec::with_capacity(info.shards.len());
         for s in &info.shards {
@@ -215,6 +210,170 @@ impl Manifest {
             paths.push(path);
         }
         Ok(paths)
+    }
+}
+
+impl Manifest {
+    /// How to prepare this dataset (in `dir`) again so that it has a val split: a command that
+    /// works for its documents (see [`val_split_options`]).
+    fn val_split_advice(&self, dir: &Path) -> String {
+        let documents: u64 = self.splits.values().map(|s| s.documents).sum();
+        let files: Vec<SourceFile> = self
+            .sources
+            .iter()
+            .map(|s| SourceFile { path: PathBuf::from(&s.path), format: s.format })
+            .filter(|f| f.path.is_file())
+            .collect();
+        let files = if files.len() == self.sources.len() { files } else { Vec::new() };
+        let opts = SourceOptions { field: self.settings.field.clone(), docs: self.settings.docs };
+        let options = val_split_options(&files, &opts, documents, 0.0);
+        let Some(flags) = options.works.first() else {
+            return format!(
+                "its {documents} document(s) are too few to hold one out (no --val-fraction can), and more \
+                 documents cannot be cut from its inputs; prepare it again from more documents ({})",
+                options.more
+            );
+        };
+        let mut cmd = String::from("genesis prepare");
+        if self.sources.len() <= 4 {
+            for s in &self.sources {
+                cmd.push_str(&format!(" --input {}", shell_word(&s.path)));
+            }
+        } else {
+            cmd.push_str(" --input ...");
+        }
+        let named = dir == data_root().join(&self.name);
+        if !named {
+            cmd.push_str(&format!(" --out {}", shell_word(&dir.display().to_string())));
+        }
+        cmd.push_str(&format!(" --name {}", shell_word(&self.name)));
+        if !flags.contains("--docs") && self.settings.docs != Docs::Whole {
+            cmd.push_str(&format!(" --docs {}", self.settings.docs.name()));
+        }
+        if self.settings.field != "text" {
+            cmd.push_str(&format!(" --field {}", shell_word(&self.settings.field)));
+        }
+        if self.settings.shard_tokens != 100_000_000 {
+            cmd.push_str(&format!(" --shard-tokens {}", self.settings.shard_tokens));
+        }
+        cmd.push_str(&format!(" {flags} --force"));
+        let inputs = if self.sources.len() <= 4 { "" } else { " (with the same inputs as before)" };
+        format!("hold out a validation share by preparing it again{inputs}: `{cmd}`")
+    }
+}
+
+/// The changes to a `genesis prepare` command that give a val split, found by [`val_split_options`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValSplitOptions {
+    /// Flags that work, best first, e.g. `--docs paragraphs` or `--val-fraction 0.5`.
+    pub works: Vec<String>,
+    /// `--docs` modes that would not give enough documents, e.g. `--docs paragraphs gives 1 document`.
+    pub would_not: Vec<String>,
+    /// How many documents more input needs: `at least 10 documents in all`.
+    pub more: String,
+}
+
+/// Documents needed to hold out one at `fraction`: the smallest `n` with [`held_out_count`] 1.
+pub fn documents_needed(fraction: f64) -> u64 {
+    let mut n = (1.0 / fraction).ceil().max(1.0) as u64;
+    while n > 1 && held_out_count(n - 1, fraction) >= 1 {
+        n -= 1;
+    }
+    while held_out_count(n, fraction) == 0 {
+        n += 1;
+    }
+    n
+}
+
+/// Documents held out of `n` at `fraction`: every `1/fraction`-th, evenly spread.
+pub fn held_out_count(n: u64, fraction: f64) -> u64 {
+    (n as f64 * fraction).floor() as u64
+}
+
+/// The smallest round fraction that holds out at least one of `n >= 2` documents (and keeps one
+/// for training): 0.5 for 2, 0.34 for 3, 0.02 for 50.
+pub fn fraction_for(n: u64) -> f64 {
+    let scale = 10f64.powi((n.max(2) as f64).log10().ceil() as i32).max(10.0);
+    let mut f = (scale / n as f64).ceil() / scale;
+    while held_out_count(n, f) == 0 {
+        f += 1.0 / scale;
+    }
+    f
+}
+
+/// What gives a val split when `files` cut as `opts` says hold `documents` documents, too few for
+/// `val_fraction` (0: none asked, 0.1 is aimed at): every other `--docs` mode that applies to all
+/// the files is tried by counting its documents (reading stops once there are enough), and a
+/// larger `--val-fraction` is offered where at least two documents exist. Only options that work
+/// for these files are listed in `works`.
+pub fn val_split_options(
+    files: &[SourceFile],
+    opts: &SourceOptions,
+    documents: u64,
+    val_fraction: f64,
+) -> ValSplitOptions {
+    let target = if val_fraction > 0.0 { val_fraction } else { 0.1 };
+    let needed = documents_needed(target);
+    let mut works = Vec::new();
+    let mut would_not = Vec::new();
+    let at =
+        |f: f64| if val_fraction == 0.0 || f != val_fraction { format!(" --val-fraction {f}") } else { String::new() };
+    let mut consider = |docs: Docs, count: u64| {
+        let other = docs != opts.docs;
+        if other && count <= documents {
+            // No more documents than now: what works now works as well without this mode.
+            if docs == Docs::Paragraphs {
+                let n = if count == 1 { "1 document".to_string() } else { format!("{count} documents") };
+                would_not.push(format!(
+                    "--docs paragraphs would give only {n} (the text has too few blank-line-separated paragraphs)"
+                ));
+            }
+            return;
+        }
+        let mode = if other { format!("--docs {}", docs.name()) } else { String::new() };
+        let flags = if count >= needed {
+            format!("{mode}{}", at(target))
+        } else if count >= 2 {
+            format!("{mode}{}", at(fraction_for(count)))
+        } else {
+            return;
+        };
+        works.push(flags.trim().to_string());
+    };
+    consider(opts.docs, documents);
+    for docs in [Docs::Paragraphs, Docs::Wikitext, Docs::Whole] {
+        let applies = files.iter().all(|f| match docs {
+            Docs::Paragraphs => f.format == Format::Text,
+            Docs::Wikitext => f.format != Format::Jsonl,
+            Docs::Whole => true,
+        });
+        if docs == opts.docs || files.is_empty() || !applies {
+            continue;
+        }
+        let other = SourceOptions { docs, ..opts.clone() };
+        let mut count = 0u64;
+        for f in files {
+            if let Ok(n) = count_documents(f, &other, needed - count) {
+                count += n;
+            }
+            if count >= needed {
+                break;
+            }
+        }
+        consider(docs, count);
+    }
+    works.retain(|w| !w.is_empty());
+    works.dedup();
+    ValSplitOptions { works, would_not, more: format!("at least {needed} documents in all") }
+}
+
+/// `word` as one shell word: as it is when plain, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

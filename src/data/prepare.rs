@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::cut::split_for_encoding;
 use crate::data::manifest::{
-    Manifest, Settings, ShardInfo, SourceInfo, Split, SplitInfo, TokenizerInfo, JOURNAL_FILE, MANIFEST_FILE,
-    MANIFEST_VERSION,
+    held_out_count, val_split_options, Manifest, Settings, ShardInfo, SourceInfo, Split, SplitInfo, TokenizerInfo,
+    JOURNAL_FILE, MANIFEST_FILE, MANIFEST_VERSION,
 };
 use crate::data::shard::{header_bytes, is_shard_name, shard_file_name, HEADER_BYTES};
 use crate::data::source::{read_pieces, Docs, Format, Piece, SourceFile, SourceOptions};
@@ -367,12 +367,12 @@ fn check_config(inputs: &[Input], cfg: &PrepareConfig) -> Result<()> {
         && held_out_count(local.len() as u64, cfg.val_fraction) == 0
     {
         bail!(
-            "cannot hold out {}% of the documents for validation: each text file is one document and there {} only {}. \
-             Pass --docs paragraphs (blank-line-separated paragraphs become documents) or --docs wikitext \
-             (wikitext articles), give more files, or --val-fraction 0 for no validation split",
+            "cannot hold out {}% of the documents for validation: each text file is one document and there {} only \
+             {}. {}",
             cfg.val_fraction * 100.0,
             if local.len() == 1 { "is" } else { "are" },
-            local.len()
+            local.len(),
+            too_few_documents(inputs, cfg, local.len() as u64)
         );
     }
     Ok(())
@@ -385,21 +385,46 @@ fn check_splits(inputs: &[Input], cfg: &PrepareConfig, states: &[SplitState], do
     let by_fraction = inputs.iter().any(|i| i.split.is_none());
     if by_fraction && cfg.val_fraction > 0.0 && states[split_index(Split::Val)].tokens == 0 {
         bail!(
-            "the inputs hold {documents} documents, too few to hold out {}% of them for validation; \
-             pass --docs paragraphs to cut text into more documents, or a larger --val-fraction",
-            cfg.val_fraction * 100.0
+            "the inputs hold {documents} document{} (--docs {}), too few to hold out {}% of them for validation. {}",
+            if documents == 1 { "" } else { "s" },
+            cfg.source.docs.name(),
+            cfg.val_fraction * 100.0,
+            too_few_documents(inputs, cfg, documents)
         );
     }
     Ok(())
 }
 
+/// What to do when the `documents` documents of `inputs` (cut as `cfg` says) are too few to hold
+/// out `cfg.val_fraction` of them: only changes that work for these inputs (see
+/// [`val_split_options`]), each a flag in backquotes for the same command.
+fn too_few_documents(inputs: &[Input], cfg: &PrepareConfig, documents: u64) -> String {
+    let files: Vec<SourceFile> = inputs.iter().filter(|i| i.split.is_none()).map(|i| i.file.clone()).collect();
+    let o = val_split_options(&files, &cfg.source, documents, cfg.val_fraction);
+    let all_text = files.iter().all(|f| f.format == Format::Text);
+    let mut text = String::new();
+    if !o.would_not.is_empty() {
+        text.push_str(&format!("{}. ", o.would_not.join(" and ")));
+    }
+    let per_file = if all_text { "; with --docs whole each text file is one" } else { "" };
+    let more = format!("more input ({}{per_file})", o.more);
+    if o.works.is_empty() {
+        text.push_str(&format!("Give {more}"));
+        if all_text {
+            text.push_str(", or put blank lines between the documents of the text and pass --docs paragraphs");
+        }
+        text.push('.');
+    } else {
+        let with: Vec<String> = o.works.iter().map(|w| format!("`{w}`")).collect();
+        text.push_str(&format!("Run the same command with {}, or give {more}.", with.join(" or with ")));
+    }
+    text.push_str(" (--val-fraction 0 would leave no validation split, which genesis train needs.)");
+    text
+}
+
 /// Whether document `i` is held out: every `1/f`-th document, evenly spread.
 fn held_out(i: u64, f: f64) -> bool {
     f > 0.0 && ((i + 1) as f64 * f).floor() > (i as f64 * f).floor()
-}
-
-fn held_out_count(n: u64, f: f64) -> u64 {
-    (n as f64 * f).floor() as u64
 }
 
 fn split_index(split: Split) -> usize {

@@ -97,7 +97,8 @@ pub enum Docs {
 }
 
 impl Docs {
-    fn name(self) -> &'static str {
+    /// The `--docs` value: `whole`, `paragraphs` or `wikitext`.
+    pub fn name(self) -> &'static str {
         match self {
             Docs::Whole => "whole",
             Docs::Paragraphs => "paragraphs",
@@ -357,6 +358,25 @@ pub fn read_pieces(
         bail!("{} has no documents; remove it from the inputs", path.display());
     }
     Ok(docs.count)
+}
+
+/// The documents `file` holds when cut as `opts` says, reading only until `enough` are found (then
+/// the answer is `enough`). Errors as [`read_pieces`] does, e.g. for a `--docs` mode that does not
+/// apply to the file.
+pub fn count_documents(file: &SourceFile, opts: &SourceOptions, enough: u64) -> Result<u64> {
+    let mut found = 0u64;
+    let result = read_pieces(file, opts, 1 << 20, &mut |piece| {
+        found += u64::from(piece.doc_start);
+        if found >= enough {
+            bail!("found enough documents");
+        }
+        Ok(())
+    });
+    match result {
+        Ok(count) => Ok(count),
+        Err(_) if found >= enough => Ok(enough),
+        Err(e) => Err(e),
+    }
 }
 
 fn check_docs_mode(file: &SourceFile, docs: Docs) -> Result<()> {

@@ -203,6 +203,14 @@ pub(super) fn resume_changes(saved: &RunConfig, now: &RunConfig, out: &Path) -> 
     note("ckpt-every", saved.ckpt_every.to_string(), now.ckpt_every.to_string());
     note("keep", saved.keep.to_string(), now.keep.to_string());
     note("seed", saved.seed.to_string(), now.seed.to_string());
-    note("data", saved.data.display().to_string(), now.data.display().to_string());
+    // The same directory spelled differently (an old run's relative path, now resolved) is no change.
+    if !same_dir(&saved.data, &now.data) {
+        note("data", saved.data.display().to_string(), now.data.display().to_string());
+    }
     Ok(changes)
+}
+
+/// Whether `a` and `b` name the same directory (resolved against the working directory).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

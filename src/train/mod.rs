@@ -56,6 +56,8 @@ pub struct TrainOptions {
     /// On the GPU: fp32 (TF32 matmuls) or bf16 mixed precision (bf16 activations and matmuls; f32
     /// gradients, moments and master weights). The CPU always trains in f32.
     pub precision: Precision,
+    /// The dataset as the user named it, for the log (default: `run.data`, which is resolved).
+    pub data_label: Option<String>,
 }
 
 impl TrainOptions {
@@ -70,6 +72,7 @@ impl TrainOptions {
             poison_steps: Vec::new(),
             gpu: None,
             precision: Precision::Fp32,
+            data_label: None,
         }
     }
 }
@@ -157,13 +160,15 @@ fn evaluate_with(
     Ok(total / batches as f64)
 }
 
-/// The run settings saved in the newest readable checkpoint of `out` (header only), to fill in the
-/// options a resumed `genesis train --out RUN` was not given.
+/// The run settings saved in the newest readable checkpoint of `out` (header only), else in its
+/// `run.json` (a run stopped before its first checkpoint, or whose checkpoints are all damaged), to
+/// fill in the options a resumed `genesis train --out RUN` was not given.
 pub fn saved_run_config(out: &Path) -> Option<RunConfig> {
-    rundir::list_checkpoints(out).into_iter().find_map(|(_, p)| {
+    let from_checkpoint = rundir::list_checkpoints(out).into_iter().find_map(|(_, p)| {
         let info = checkpoint::read_info(&p).ok()?;
         serde_json::from_value::<TrainState>(info.meta).ok().map(|s| s.run)
-    })
+    });
+    from_checkpoint.or_else(|| rundir::read_run_config(out))
 }
 
 /// The name of a stop signal, for the log.
@@ -504,6 +509,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
         }
         None => start_fresh(o, &train_data, &mut log)?,
     };
+    rundir::write_run_config(&o.out, r)?;
 
     let cfg = r.model;
     let layout = ParamLayout::new(&cfg);
@@ -512,7 +518,10 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let n = r.batch * r.seq;
     let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
     let tokens_per_step = (n * r.grad_accum) as u64;
-    let mut metrics = MetricsLog::open(&o.out, resumed_from)?;
+    let (mut metrics, notes) = MetricsLog::open(&o.out, resumed_from)?;
+    for note in notes {
+        log.line(&note);
+    }
     metrics.write(&Record::Start {
         step: t.step,
         tokens: t.state.tokens,
@@ -525,7 +534,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     log.line(&format!(
         "model: {cfg}\ndevice: {}\ndata: {} ({} train tokens, {} val tokens)\nbatch {} x seq {} x accum {} = {} tokens/step, {} steps, checkpoints {} (keep {} + best)",
         engine.device(),
-        r.data.display(),
+        o.data_label.clone().unwrap_or_else(|| r.data.display().to_string()),
         train_data.total_tokens(),
         val_data.total_tokens(),
         r.batch,

@@ -3,14 +3,22 @@
 //!
 //! ```text
 //! RUN/step_00001000.ckpt   full checkpoints (the last --keep, plus the best validation loss)
+//! RUN/run.json             the run's settings, written when it starts (resumes use them when no
+//!                          checkpoint is whole yet)
 //! RUN/metrics.jsonl        one JSON record per step and evaluation
 //! RUN/main.log             the human log
 //! RUN/previous-N/          an earlier run moved aside by --fresh
+//! RUN/.genesis.lock        held by the `genesis train` using the directory (util::DirLock)
 //! ```
 
 use anyhow::{Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use super::RunConfig;
+
+/// The run's settings ([`RunConfig`] as JSON), written atomically when the run starts.
+pub const RUN_FILE: &str = "run.json";
 
 /// File name of the checkpoint written at `step`.
 pub fn checkpoint_path(out: &Path, step: u64) -> PathBuf {
@@ -32,6 +40,27 @@ pub fn list_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
         .collect();
     found.sort_by_key(|c| std::cmp::Reverse(c.0));
     found
+}
+
+/// Writes `out/run.json` atomically.
+pub fn write_run_config(out: &Path, run: &RunConfig) -> Result<()> {
+    let mut json = serde_json::to_string_pretty(run).context("cannot serialise the run settings")?;
+    json.push('\n');
+    crate::util::write_atomic(&out.join(RUN_FILE), json.as_bytes())
+}
+
+/// The settings in `out/run.json`, if it exists and reads.
+pub fn read_run_config(out: &Path) -> Option<RunConfig> {
+    serde_json::from_slice(&fs::read(out.join(RUN_FILE)).ok()?).ok()
+}
+
+/// Whether `out` holds files of a run: checkpoints (whole or not), run.json or metrics.jsonl.
+pub fn holds_a_run(out: &Path) -> bool {
+    fs::read_dir(out).into_iter().flatten().flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("step_") || name == RUN_FILE || name == super::metrics::METRICS_FILE
+    })
 }
 
 /// Deletes `*.ckpt.tmp` files left by a checkpoint write that was killed; returns their names.
@@ -77,11 +106,12 @@ pub fn set_aside(path: &Path) -> Result<PathBuf> {
     Ok(to)
 }
 
-/// Moves the run's files (checkpoints, logs, metrics, plots) into a new `out/previous-N/` and
+/// Moves the run's files (checkpoints, settings, logs, metrics, plots) into a new `out/previous-N/` and
 /// returns it, or `None` when there was nothing to move.
 pub fn archive(out: &Path) -> Result<Option<PathBuf>> {
     let movable = |name: &str| {
         name.starts_with("step_")
+            || name == RUN_FILE
             || name == super::metrics::METRICS_FILE
             || name == super::runlog::LOG_FILE
             || name.ends_with(".svg")
