@@ -41,7 +41,7 @@ enum Command {
 const MAX_THREADS_PER_CORE: usize = 4;
 
 fn main() {
-    let cli: Cli = argh::from_env();
+    let cli = parse_args();
     if let Err(e) = run(cli) {
         // A reader that stopped reading (`genesis eval ... | head -1`) is no failure.
         if e.chain().any(|c| c.is::<cmd::StdoutClosed>()) {
@@ -49,6 +49,67 @@ fn main() {
         }
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// The command line, parsed. `--help` prints the help on stdout and exits 0; an error prints argh's
+/// message on stderr, then where the help is (`genesis train --help` when a subcommand was given,
+/// not argh's `genesis --help`), and exits 1.
+fn parse_args() -> Cli {
+    let args: Vec<String> =
+        std::env::args_os().map(|a| a.into_string()).collect::<Result<_, _>>().unwrap_or_else(|a| {
+            eprintln!("error: an argument is not valid UTF-8: {}", a.to_string_lossy());
+            std::process::exit(1)
+        });
+    let program = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("genesis")
+        .to_string();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match Cli::from_args(&[&program], &rest) {
+        Ok(cli) => cli,
+        Err(exit) if exit.status.is_ok() => {
+            println!("{}", exit.output);
+            std::process::exit(0)
+        }
+        Err(exit) => {
+            let help = match subcommand_path(&rest) {
+                Some(sub) => format!("{program} {sub} --help"),
+                None => format!("{program} --help"),
+            };
+            eprintln!("{}\nRun {help} for more information.", exit.output);
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The subcommand the arguments name (`train`, or `bench train` for the nested ones), if any: the
+/// first word that is not an option of the top level (`--threads N`).
+fn subcommand_path(args: &[&str]) -> Option<String> {
+    let mut words = args.iter();
+    let first = loop {
+        match *words.next()? {
+            "--threads" => {
+                words.next();
+            }
+            w if w.starts_with('-') => {}
+            w => break w,
+        }
+    };
+    let name = |commands: &[&argh::CommandInfo], w: &str| commands.iter().any(|c| c.name == w);
+    if !name(<Command as argh::SubCommands>::COMMANDS, first) {
+        return None;
+    }
+    let nested: &[&argh::CommandInfo] = match first {
+        "data" => <cmd::data::DataWhat as argh::SubCommands>::COMMANDS,
+        "bench" => <cmd::bench::BenchWhat as argh::SubCommands>::COMMANDS,
+        _ => &[],
+    };
+    match words.next() {
+        Some(second) if name(nested, second) => Some(format!("{first} {second}")),
+        _ => Some(first.to_string()),
     }
 }
 

@@ -103,7 +103,11 @@ pub fn metrics_path(run: &Path) -> PathBuf {
 pub fn load_run(run: &Path) -> Result<RunData> {
     let path = metrics_path(run);
     if !run.exists() {
-        bail!("{} does not exist; give the directory passed to `genesis train --out`", run.display());
+        bail!(
+            "{} does not exist; give the directory passed to `genesis train --out` (runs/DATA-MODEL when it \
+             was given none)",
+            run.display()
+        );
     }
     if !path.is_file() {
         let below = runs_below(run);
@@ -120,7 +124,7 @@ pub fn load_run(run: &Path) -> Result<RunData> {
             "{} has no {METRICS_FILE}, but these directories in it do: {}; plot one of them, e.g. genesis plot {}",
             run.display(),
             list.join(", "),
-            list[0]
+            crate::util::shell_path(&below[0])
         );
     }
     let data = RunData::from_records(&metrics::read(&path)?);

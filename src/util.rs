@@ -47,6 +47,46 @@ pub fn sync_parent_dir(_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and whichever of its parents are missing, like [`fs::create_dir_all`], and returns
+/// the directories it created, deepest first, so that work that fails before it writes anything can
+/// take them away again with [`remove_empty_dirs`].
+pub fn create_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    fs::create_dir_all(dir)?;
+    Ok(missing)
+}
+
+/// Removes each of `dirs` (deepest first, as [`create_dirs`] returns them) that is empty; a
+/// directory that holds anything stays, and so do its parents.
+pub fn remove_empty_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        if fs::remove_dir(d).is_err() {
+            return;
+        }
+    }
+}
+
+/// `word` as one shell word: as it is when plain, else in single quotes, so that a command printed
+/// for the user to run works as printed.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// [`shell_word`] of a path.
+pub fn shell_path(path: &Path) -> String {
+    shell_word(&path.to_string_lossy())
+}
+
 /// The lock file [`DirLock`] holds in a dataset or run directory. Hidden, so input listings skip it;
 /// every place that lists such a directory looks only at its own names and ignores it.
 pub const LOCK_FILE: &str = ".genesis.lock";

@@ -463,3 +463,55 @@ fn not_found_fails_at_once() {
     assert!(!dest.exists());
     fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_failed_first_download_leaves_no_empty_directory() {
+    let dir = temp_dir("failed-first");
+    // Unreachable, a 404 and a 500 every time: nothing arrives, so nothing stays behind, not even
+    // the directories the download created (data/wikitext/raw/ here).
+    let dead = remote(format!("http://{}/resolve/main/f.parquet", dead_addr()));
+    let dest = dir.join("data").join("wikitext").join("raw").join("f.parquet");
+    assert!(is_unreachable(&download(&dead, &dest, &fast()).expect_err("nothing listens there")));
+    assert!(!dir.join("data").exists(), "a failed first download left {}", dir.join("data").display());
+
+    let server = Server::start(payload(), vec![Step::Status(404)]);
+    download(&remote(server.url("/resolve/main/f.parquet")), &dest, &fast()).expect_err("404 must fail");
+    server.finish();
+    assert!(!dir.join("data").exists(), "a 404 left {}", dir.join("data").display());
+
+    let server = Server::start(payload(), vec![Step::Status(500), Step::Status(500)]);
+    let opts = DownloadOptions { retries: 1, ..fast() };
+    download(&remote(server.url("/resolve/main/f.parquet")), &dest, &opts).expect_err("500s must fail");
+    server.finish();
+    assert!(!dir.join("data").exists(), "HTTP 500s left {}", dir.join("data").display());
+
+    // A directory that was there before stays, empty or not.
+    let raw = dir.join("raw");
+    fs::create_dir(&raw).unwrap();
+    download(&dead, &raw.join("f.parquet"), &fast()).expect_err("nothing listens there");
+    assert!(raw.is_dir());
+    assert_eq!(fs::read_dir(&raw).unwrap().count(), 0);
+    fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_failed_partial_download_is_kept_and_resumes() {
+    let data = payload();
+    let sha = sha256_hex(&data);
+    let cut = 100_000;
+    let server = Server::start(Arc::clone(&data), vec![Step::Serve { honor_range: true, cut_at: Some(cut) }]);
+    let dir = temp_dir("failed-partial");
+    let dest = dir.join("data").join("raw").join("f.parquet");
+    let file = RemoteFile { url: server.url("/f.parquet"), sha256: Some(sha.clone()), size: None };
+    let err = download(&file, &dest, &DownloadOptions { retries: 0, ..fast() }).expect_err("cut short");
+    server.finish();
+    assert!(format!("{err:#}").contains("run the same command again to resume"), "{err:#}");
+    assert_eq!(fs::metadata(part_of(&dest)).expect("the .part is kept").len(), cut as u64);
+
+    let server = Server::start(Arc::clone(&data), vec![Step::Serve { honor_range: true, cut_at: None }]);
+    let file = RemoteFile { url: server.url("/f.parquet"), ..file };
+    let got = download(&file, &dest, &fast()).expect("resumed");
+    assert_eq!(server.finish(), vec![seen("/f.parquet", Some(&format!("bytes={cut}-")))]);
+    assert_eq!((got.sha256, fs::read(&dest).unwrap()), (sha, data.to_vec()));
+    fs::remove_dir_all(&dir).ok();
+}

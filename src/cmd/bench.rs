@@ -185,7 +185,9 @@ fn train(b: BenchTrain) -> Result<()> {
     if b.seq == 0 || b.seq > cfg.max_seq_len || b.batch == 0 || b.steps == 0 {
         bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
     }
-    if genesis::gpu::select_device(b.device)?.is_some() {
+    let device = genesis::gpu::select_device(b.device)?;
+    device.note();
+    if device.gpu.is_some() {
         let precision = b.precision;
         let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision)?;
         outln!(

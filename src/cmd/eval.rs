@@ -79,7 +79,9 @@ pub fn run(c: EvalCmd) -> Result<()> {
     }
     let device = genesis::gpu::select_device(c.device)?;
     let w = weights::load(&c.checkpoint)?;
-    let mut scorer: Box<dyn eval::Scorer + '_> = match device {
+    // The arguments and the model file are sound: say where it runs, once.
+    device.note();
+    let mut scorer: Box<dyn eval::Scorer + '_> = match device.gpu {
         Some(ordinal) => Box::new(gpu_engine(&w.config, &w.params, ordinal, c.precision, c.tf32)?),
         None => Box::new(eval::CpuScorer::new(&w.config, &w.params)?),
     };

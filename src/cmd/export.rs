@@ -42,6 +42,6 @@ pub fn run(c: ExportCmd) -> Result<()> {
     outln!("exported {} ({}{step}) to {}", c.checkpoint.display(), w.format, c.out.display());
     outln!("  model   {}", w.config);
     outln!("  {}  {} bytes, {dtype}, sha256 {}", hf::MODEL_FILE, info.bytes, info.sha256);
-    outln!("check a copy with: genesis verify {}", c.out.display());
+    outln!("check a copy with: genesis verify {}", genesis::util::shell_path(&c.out));
     Ok(())
 }

@@ -40,6 +40,6 @@ pub fn run(c: ImportCmd) -> Result<()> {
     checkpoint::save(&c.out, &ckpt)?;
     outln!("imported {} ({}) to {}", c.file.display(), w.format, c.out.display());
     outln!("  model {}", w.config);
-    outln!("sample from it: genesis sample --checkpoint {}", c.out.display());
+    outln!("sample from it: genesis sample --checkpoint {}", genesis::util::shell_path(&c.out));
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! `genesis prepare`: a corpus (a named dataset or local files) to GPT-2 token shards.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::outln;
@@ -11,7 +10,7 @@ use genesis::data::download::DownloadOptions;
 use genesis::data::manifest;
 use genesis::data::prepare::{prepare, Input, PrepareConfig};
 use genesis::data::source::{expand_inputs, Docs, SourceOptions};
-use genesis::util::DirLock;
+use genesis::util::{create_dirs, remove_empty_dirs, DirLock};
 
 /// Turn a corpus into GPT-2 token shards that `genesis train` finds by name.
 #[derive(FromArgs)]
@@ -141,22 +140,22 @@ pub fn run(c: PrepareCmd) -> Result<()> {
         );
     }
     print_splits(m)?;
-    let data_arg = if out == manifest::data_root().join(&name) { name } else { out.display().to_string() };
-    outln!("next: genesis train --data {data_arg}");
+    // The name when train finds this directory by it, else the path (see manifest::resolve).
+    let data_arg = if manifest::resolve(&name) == out { name } else { out.display().to_string() };
+    outln!("next: genesis train --data {}", genesis::util::shell_word(&data_arg));
     Ok(())
 }
 
 /// Runs `work` with the output directory `out` created (when missing) and locked against other
-/// genesis processes for as long as it runs. A directory this call created is removed again when
-/// `work` fails and leaves it empty.
+/// genesis processes for as long as it runs. The directories this call created (`out`, and `data/`
+/// when it was missing) are removed again when `work` fails and leaves them empty.
 fn locked<T>(out: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let created = !out.exists();
-    fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let created = create_dirs(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
     let lock = DirLock::acquire(out, "genesis prepare")?;
     let result = work();
     drop(lock);
-    if result.is_err() && created {
-        let _ = fs::remove_dir(out);
+    if result.is_err() {
+        remove_empty_dirs(&created);
     }
     result
 }

@@ -64,9 +64,11 @@ pub fn run(c: SampleCmd) -> Result<()> {
     if prompt.len() >= cfg.max_seq_len {
         bail!("the prompt is {} tokens but the model's context is {}; shorten it", prompt.len(), cfg.max_seq_len);
     }
+    // The arguments and the model file are sound: say where it runs, once.
+    device.note();
     let mut rng = Rng::new(c.seed);
     let engine;
-    let mut decoder: Box<dyn TokenDecoder + '_> = match device {
+    let mut decoder: Box<dyn TokenDecoder + '_> = match device.gpu {
         Some(ordinal) => {
             engine = gpu_engine(&cfg, &params, ordinal, c.precision, false)?;
             engine.decoder()?

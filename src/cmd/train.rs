@@ -12,7 +12,7 @@ use genesis::gpu::{Device, Precision};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
-use genesis::util::DirLock;
+use genesis::util::{shell_path, DirLock};
 
 /// Train a model on prepared shards, on the GPU when one works (else the CPU). Resumes by itself.
 #[derive(FromArgs)]
@@ -20,7 +20,7 @@ use genesis::util::DirLock;
     subcommand,
     name = "train",
     example = "genesis train --model tiny --data shakespeare --out runs/shakespeare --steps 600 --batch 16\ngenesis train --out runs/shakespeare                 # resume it where it stopped\ngenesis train --out runs/shakespeare --steps 1200    # resume and train longer\ngenesis train --model gpt2-124m --out runs/gpt2      # wikitext-103, prepared first if absent\ngenesis train --out runs/ft --init-from gpt2/model.safetensors --data shakespeare --lr 1e-4",
-    note = "RUN DIRECTORY (--out): step_NNNNNNNN.ckpt full checkpoints (weights, AdamW moments, step, data position, settings), run.json (the settings, written at the start), metrics.jsonl (one JSON record per step and evaluation; genesis plot RUN draws it) and main.log (a copy of everything printed, and the error that ends a run). One genesis train at a time uses a run directory: a second one stops at once, naming the first. Checkpoints are written every --ckpt-every steps, at the end, and when stopped by a signal; each goes to a temporary file, is fsynced, checksummed per section and renamed, so a kill at any moment leaves the previous checkpoint whole. The newest --keep checkpoints and the one with the best validation loss are kept.\n\nRESUME: run the same command again, or just genesis train --out RUN: training continues from the newest whole checkpoint (a damaged one is reported, renamed *.corrupt and the previous one used) and gives bit-for-bit the losses of a run that never stopped. Options not given are taken from the run (its run.json when no checkpoint is whole yet; a run whose settings cannot be read is refused); --steps, --lr and the other schedule and evaluation settings may change (each change is logged); --model and --seq may not. --fresh starts over, moving the earlier run into RUN/previous-N/.\n\nSTOPPING: Ctrl-C, SIGTERM or SIGHUP (a dropped ssh session) finish the current step, write a checkpoint and exit 0 with the command that resumes; a second Ctrl-C exits at once, saying the step in progress was not saved. A step whose loss or gradient norm is NaN or infinite is skipped (not applied, never saved) and logged; --max-bad-steps in a row stop the run and name the last good checkpoint.\n\nEach step prints loss, learning rate, gradient norm, tokens/s, time per step, elapsed time and ETA; the validation loss is printed every --eval-every steps and at each checkpoint. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
+    note = "RUN DIRECTORY (--out; without it runs/DATA-MODEL, e.g. runs/wikitext-103-tiny, named in the first line, so the same command finds the same run again): step_NNNNNNNN.ckpt full checkpoints (weights, AdamW moments, step, data position, settings), run.json (the settings, written at the start), metrics.jsonl (one JSON record per step and evaluation; genesis plot RUN draws it) and main.log (a copy of everything printed, and the error that ends a run). One genesis train at a time uses a run directory: a second one stops at once, naming the first. Checkpoints are written every --ckpt-every steps, at the end, and when stopped by a signal; each goes to a temporary file, is fsynced, checksummed per section and renamed, so a kill at any moment leaves the previous checkpoint whole. The newest --keep checkpoints and the one with the best validation loss are kept.\n\nRESUME: run the same command again, or just genesis train --out RUN: training continues from the newest whole checkpoint (a damaged one is reported, renamed *.corrupt and the previous one used) and gives bit-for-bit the losses of a run that never stopped. Options not given are taken from the run (its run.json when no checkpoint is whole yet; a run whose settings cannot be read is refused); --steps, --lr and the other schedule and evaluation settings may change (each change is logged); --model and --seq may not. --fresh starts over, moving the earlier run into RUN/previous-N/.\n\nSTOPPING: Ctrl-C, SIGTERM or SIGHUP (a dropped ssh session) finish the current step, write a checkpoint and exit 0 with the command that resumes; a second Ctrl-C exits at once, saying the step in progress was not saved. A step whose loss or gradient norm is NaN or infinite is skipped (not applied, never saved) and logged; --max-bad-steps in a row stop the run and name the last good checkpoint.\n\nEach step prints loss, learning rate, gradient norm, tokens/s, time per step, elapsed time and ETA; the validation loss is printed every --eval-every steps and at each checkpoint. AdamW (beta1 0.9, beta2 0.95, eps 1e-8) with weight decay on the 2-D weights only, linear warmup then cosine decay to --min-lr-frac of --lr."
 )]
 pub struct TrainCmd {
     /// model preset: tiny, gpt2-124m, genesis-150m, gpt2-350m (default tiny, or the run's when resuming, or --init-from's shape)
@@ -29,9 +29,9 @@ pub struct TrainCmd {
     /// prepared dataset: a name in data/ or a directory (default wikitext-103, downloaded and prepared first if absent)
     #[argh(option)]
     data: Option<String>,
-    /// run directory: checkpoints, metrics.jsonl, main.log (created if missing; resumed if it holds checkpoints)
+    /// run directory: checkpoints, metrics.jsonl, main.log (created if missing; resumed if it holds checkpoints; default runs/DATA-MODEL, e.g. runs/wikitext-103-tiny)
     #[argh(option)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// start over even if --out holds a run (the earlier run is moved to RUN/previous-N/)
     #[argh(switch)]
     fresh: bool,
@@ -140,20 +140,67 @@ pub fn run(c: TrainCmd) -> Result<()> {
     if c.max_bad_steps == 0 {
         bail!("--max-bad-steps 0: expected at least 1 (the consecutive non-finite steps that stop the run)");
     }
-    let out = c.out.clone();
+    // The shape of --init-from's weights, when nothing names the model: the default run directory
+    // is named after it. (Without --out; with --out it is loaded only when the run does not say.)
+    let mut init = None;
+    let out = match &c.out {
+        Some(out) => out.clone(),
+        None => {
+            if let (Some(path), None) = (&c.init_from, &c.model) {
+                init = Some(genesis::weights::load(path)?.config);
+            }
+            let out = default_run_dir(c.data.as_deref(), c.model.as_deref(), init.as_ref());
+            eprintln!("no --out given: the run directory is {}", out.display());
+            out
+        }
+    };
     // An existing run directory is locked at once, so a second process refuses before any work.
     let mut lock = if out.is_dir() { Some(DirLock::acquire(&out, "genesis train")?) } else { None };
-    let result = run_locked(c, choices, &mut lock);
+    let result = run_locked(c, &out, init, choices, &mut lock);
     if let (Err(e), Some(_)) = (&result, &lock) {
         RunLog::open(&out, false).line(&format!("error: {e:#}"));
     }
     result
 }
 
-fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) -> Result<()> {
-    let saved = if c.fresh { None } else { train::saved_run_config(&c.out) };
-    if saved.is_none() && !c.fresh && (c.model.is_none() || c.data.is_none()) && rundir::holds_a_run(&c.out) {
-        let (out, n) = (c.out.display(), rundir::list_checkpoints(&c.out).len());
+/// `runs/DATA-MODEL`, the run directory `genesis train` uses when no --out is given: the dataset's
+/// name (wikitext-103 when no --data is given; for a directory, the name its manifest gives, else
+/// the directory's) and the model's preset (tiny when none is given; for --init-from weights, the
+/// preset of their shape, else LAYERSxWIDTH). The same command picks the same directory, so it
+/// resumes the same way.
+fn default_run_dir(data: Option<&str>, model: Option<&str>, init: Option<&ModelConfig>) -> PathBuf {
+    let data = match data {
+        None => "wikitext-103".to_string(),
+        Some(d) if manifest::is_dataset_name(d) => d.to_string(),
+        Some(d) => {
+            let dir = Path::new(d);
+            let named = manifest::Manifest::load(dir).ok().map(|m| m.name).filter(|n| manifest::is_dataset_name(n));
+            let base = dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            named.or(base).unwrap_or_else(|| "data".to_string())
+        }
+    };
+    let model = match (model, init) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(cfg)) => genesis::model::PRESETS
+            .iter()
+            .map(|p| p.0)
+            .find(|&name| ModelConfig::preset(name).as_ref() == Ok(cfg))
+            .map_or_else(|| format!("{}x{}", cfg.num_layers, cfg.channels), str::to_string),
+        (None, None) => "tiny".to_string(),
+    };
+    Path::new("runs").join(format!("{data}-{model}"))
+}
+
+fn run_locked(
+    c: TrainCmd,
+    out_dir: &Path,
+    init: Option<ModelConfig>,
+    mut choices: RunChoices,
+    lock: &mut Option<DirLock>,
+) -> Result<()> {
+    let saved = if c.fresh { None } else { train::saved_run_config(out_dir) };
+    if saved.is_none() && !c.fresh && (c.model.is_none() || c.data.is_none()) && rundir::holds_a_run(out_dir) {
+        let (out, n) = (out_dir.display(), rundir::list_checkpoints(out_dir).len());
         let unreadable = format!("its settings cannot be read (no whole checkpoint, no readable {})", rundir::RUN_FILE);
         if n > 0 {
             bail!(
@@ -168,8 +215,9 @@ fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) 
         );
     }
     // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
-    let init = match (&c.init_from, &saved, &c.model) {
-        (Some(path), None, None) => Some(genesis::weights::load(path)?.config),
+    let init = match (&c.init_from, &saved, &c.model, init) {
+        (Some(_), None, None, Some(cfg)) => Some(cfg),
+        (Some(path), None, None, None) => Some(genesis::weights::load(path)?.config),
         _ => None,
     };
     let model = match (&c.model, &saved, init) {
@@ -183,10 +231,8 @@ fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) 
         (None, Some(s)) => (s.data.canonicalize().unwrap_or_else(|_| s.data.clone()), s.data.display().to_string()),
         (data, _) => train_data(data.as_deref())?,
     };
-    let gpu = genesis::gpu::select_device(c.device)?;
-    if gpu.is_none() && c.precision == Precision::Bf16 {
-        eprintln!("note: --precision bf16 applies to GPU training; the CPU trains in f32");
-    }
+    let device = genesis::gpu::select_device(c.device)?;
+    let gpu = device.gpu;
     let seq = c.seq.or(saved.as_ref().map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024));
     let (batch, grad_accum) = match c.tokens_per_step {
         Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
@@ -199,20 +245,26 @@ fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) 
     (choices.batch, choices.grad_accum) = (batch, grad_accum);
     let run = choices.resolve(model, data, saved.as_ref());
     if lock.is_none() {
-        std::fs::create_dir_all(&c.out).with_context(|| format!("cannot create run directory {}", c.out.display()))?;
-        *lock = Some(DirLock::acquire(&c.out, "genesis train")?);
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("cannot create run directory {}", out_dir.display()))?;
+        *lock = Some(DirLock::acquire(out_dir, "genesis train")?);
     }
-    let mut opts = TrainOptions::new(run, c.out.clone());
+    // The arguments are checked and the run directory is ours: say where it trains, once.
+    device.note();
+    if gpu.is_none() && c.precision == Precision::Bf16 {
+        eprintln!("note: --precision bf16 applies to GPU training; the CPU trains in f32");
+    }
+    let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
     opts.verbose = true;
     opts.max_bad_steps = c.max_bad_steps;
-    opts.stop = Some(stop_on_signals(&c.out)?);
+    opts.stop = Some(stop_on_signals(out_dir)?);
     opts.gpu = gpu;
     opts.precision = c.precision;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
-    let resume = format!("genesis train --out {}", c.out.display());
+    let resume = format!("genesis train --out {}", shell_path(out_dir));
     if let Some(sig) = &s.stopped_by {
         let _ = writeln!(
             out,
@@ -231,7 +283,7 @@ fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) 
     }
     if let Some((step, v)) = s.best {
         let _ =
-            writeln!(out, "best val loss {v:.4} at step {step}: {}", train::checkpoint_path(&c.out, step).display());
+            writeln!(out, "best val loss {v:.4} at step {step}: {}", train::checkpoint_path(out_dir, step).display());
     }
     match &s.recommended {
         Some(p) if *p != s.checkpoint => {
@@ -239,11 +291,11 @@ fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) 
                 out,
                 "the last checkpoint's validation loss is not finite (the run diverged); sample from the newest \
                  sound one: genesis sample --checkpoint {} --prompt \"...\"",
-                p.display()
+                shell_path(p)
             );
         }
         Some(p) => {
-            let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", p.display());
+            let _ = writeln!(out, "sample from it: genesis sample --checkpoint {} --prompt \"...\"", shell_path(p));
         }
         None => {
             let _ = writeln!(
@@ -293,7 +345,7 @@ fn stop_on_signals(out: &Path) -> Result<Arc<AtomicUsize>> {
             "\nsecond signal: stopped at once; no checkpoint was written for the current step. The newest \
              checkpoint in {} (if any) is where it resumes: genesis train --out {}\n",
             out.display(),
-            out.display()
+            shell_path(out)
         )
         .into_bytes()
         .into_boxed_slice(),

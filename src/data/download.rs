@@ -24,6 +24,9 @@
 //!   one-line [`Unreachable`] error, `cannot reach HOST (REASON)`, recognised by [`is_unreachable`]
 //!   so that callers can add their own hint. DNS failures, and a host that could not be reached
 //!   before any byte arrived, give up after [`DNS_ATTEMPTS`] attempts.
+//! - **Failure leaves nothing empty.** A download that fails removes an empty `.part` and the
+//!   directories it created that are still empty; a `.part` with bytes in it stays (with its
+//!   directory), so the next run resumes it.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -35,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use ureq::http::{HeaderMap, Response, Uri};
 
-use crate::util::{sha256_file, write_atomic};
+use crate::util::{create_dirs, remove_empty_dirs, sha256_file, write_atomic};
 
 /// Redirects followed per attempt.
 pub const MAX_HOPS: usize = 5;
@@ -129,9 +132,24 @@ pub fn download(file: &RemoteFile, dest: &Path, opts: &DownloadOptions) -> Resul
     if let Some(done) = reuse_existing(file, pin.as_deref(), dest)? {
         return Ok(done);
     }
-    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let created = match dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => create_dirs(dir).with_context(|| format!("cannot create directory {}", dir.display()))?,
+        None => Vec::new(),
+    };
+    let result = fetch_to(file, pin.as_deref(), dest, opts);
+    if result.is_err() {
+        // Keep what can be resumed (a `.part` with bytes in it); take away what holds nothing.
+        let part = with_suffix(dest, ".part");
+        if fs::metadata(&part).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            let _ = fs::remove_file(&part);
+        }
+        remove_empty_dirs(&created);
     }
+    result
+}
+
+/// [`download`] once `dest`'s directory exists: the attempts, then the check and the rename.
+fn fetch_to(file: &RemoteFile, pin: Option<&str>, dest: &Path, opts: &DownloadOptions) -> Result<Downloaded> {
     let part = with_suffix(dest, ".part");
     let name = dest.file_name().map_or_else(|| dest.display().to_string(), |n| n.to_string_lossy().into_owned());
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -147,7 +165,7 @@ pub fn download(file: &RemoteFile, dest: &Path, opts: &DownloadOptions) -> Resul
     let mut fetch = Fetch {
         agent,
         file,
-        pin: pin.as_deref(),
+        pin,
         part: &part,
         server: Server::default(),
         progress: Progress::new(name.clone(), opts.progress),

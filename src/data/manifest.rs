@@ -5,8 +5,9 @@
 //! fsynced and renamed into place, so a half-prepared directory has no manifest and is refused.
 //!
 //! Datasets are found by name: `--data wikitext-103` means `data/wikitext-103/` (the data root is
-//! `data/` in the current directory, or `$GENESIS_DATA_DIR`); anything that looks like a path
-//! (contains a `/`, or starts with `.`) is used as a directory as it is.
+//! `data/` in the current directory, or `$GENESIS_DATA_DIR`), unless the current directory has a
+//! directory of that name holding a manifest (`genesis prepare --out d`); anything that looks like a
+//! path (contains a `/`, or starts with `.`) is used as a directory as it is.
 //!
 //! The manifest also owns the names the rest of the data layer reads: [`Split`] (train / val /
 //! test), the file names inside a dataset directory ([`MANIFEST_FILE`], [`JOURNAL_FILE`]) and the
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::shard::HEADER_BYTES;
 use crate::data::source::{count_documents, Docs, Format, SourceFile, SourceOptions};
+use crate::util::shell_word;
 
 /// The manifest's file name inside a dataset directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -32,6 +34,9 @@ pub const JOURNAL_FILE: &str = "prepare.journal.json";
 /// The names `genesis prepare NAME` accepts: the built-in datasets, whose files `datasets::named`
 /// pins. A missing one's error ([`missing_hint`]) names that command.
 pub const NAMES: [&str; 2] = ["wikitext-103", "wikitext-2"];
+
+/// Where a test split comes from, for the error of a dataset without one.
+const WIKITEXT_TEST: &str = "of the built-in datasets, wikitext-103 and wikitext-2 have a test split";
 
 /// A dataset split: `train_*.bin`, `val_*.bin` or `test_*.bin` shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -185,7 +190,16 @@ impl Manifest {
             let what = format!("{} has no {split} split (its manifest lists: {})", dir.display(), listed.join(", "));
             match split {
                 Split::Val => bail!("{what}; {}", self.val_split_advice(dir)),
-                _ => bail!("{what}; only the built-in datasets have one: use the val split"),
+                Split::Test if self.split(Split::Val).is_some() => bail!(
+                    "{what}; `genesis prepare --input` makes only train and val splits, so evaluate the val split \
+                     with --split val ({WIKITEXT_TEST})"
+                ),
+                Split::Test => bail!(
+                    "{what}; `genesis prepare --input` makes only train and val splits, and this dataset has no val \
+                     split either: {}, then evaluate it with --split val ({WIKITEXT_TEST})",
+                    self.val_split_advice(dir)
+                ),
+                Split::Train => bail!("{what}; prepare it again from its inputs"),
             }
         };
         let mut paths = Vec::with_capacity(info.shards.len());
@@ -367,16 +381,6 @@ pub fn val_split_options(
     ValSplitOptions { works, would_not, more: format!("at least {needed} documents in all") }
 }
 
-/// `word` as one shell word: as it is when plain, else in single quotes.
-fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
-
 /// The directory holding prepared datasets: `$GENESIS_DATA_DIR`, else `data` (relative to the
 /// current directory).
 pub fn data_root() -> PathBuf {
@@ -388,9 +392,11 @@ pub fn is_dataset_name(data: &str) -> bool {
     !data.is_empty() && !data.contains('/') && !data.contains('\\') && !data.starts_with('.')
 }
 
-/// Where the dataset `data` lives: `data_root()/NAME` for a name, the path itself otherwise.
+/// Where the dataset `data` lives: the path itself for a path; for a name, the directory of that
+/// name in the working directory when it holds a [`MANIFEST_FILE`] (what `genesis prepare --out NAME`
+/// wrote), else `data_root()/NAME`.
 pub fn resolve(data: &str) -> PathBuf {
-    if is_dataset_name(data) {
+    if is_dataset_name(data) && !Path::new(data).join(MANIFEST_FILE).is_file() {
         data_root().join(data)
     } else {
         PathBuf::from(data)

@@ -50,23 +50,47 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Where to run: `Ok(Some(ordinal))` for the GPU, `Ok(None)` for the CPU. `Auto` takes the GPU when
-/// one works and otherwise says why on stderr and uses the CPU; `Cuda` demands the GPU.
-pub fn select_device(choice: Device) -> anyhow::Result<Option<usize>> {
-    match choice {
-        Device::Cpu => Ok(None),
+/// Where a command runs, as [`select_device`] chose it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selected {
+    /// The GPU's ordinal, or `None` for the CPU.
+    pub gpu: Option<usize>,
+    /// Why `--device auto` fell back to the CPU (`None` when it did not): the command says so with
+    /// [`Selected::note`] once, after its arguments are checked.
+    pub fallback: Option<String>,
+}
+
+impl Selected {
+    /// The line saying why `--device auto` runs on the CPU, if it fell back.
+    pub fn fallback_note(&self) -> Option<String> {
+        self.fallback.as_ref().map(|why| format!("note: running on the CPU ({why}); --device cuda insists on the GPU"))
+    }
+
+    /// Prints [`Selected::fallback_note`] on stderr, if there is one.
+    pub fn note(&self) {
+        if let Some(line) = self.fallback_note() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Where to run: the GPU (`gpu: Some(ordinal)`) or the CPU (`None`). `Auto` takes the GPU when one
+/// works and otherwise the CPU, keeping the reason in `fallback` (printed by the command with
+/// [`Selected::note`], not here, so that it comes once and after the arguments are checked);
+/// `Cuda` demands the GPU.
+pub fn select_device(choice: Device) -> anyhow::Result<Selected> {
+    let (gpu, fallback) = match choice {
+        Device::Cpu => (None, None),
         Device::Cuda => match device::cuda_available() {
-            Ok(()) => Ok(Some(0)),
+            Ok(()) => (Some(0), None),
             Err(why) => anyhow::bail!("--device cuda: {why}; run genesis doctor, or use --device cpu"),
         },
         Device::Auto => match device::cuda_available() {
-            Ok(()) => Ok(Some(0)),
-            Err(why) => {
-                eprintln!("note: running on the CPU ({why}); --device cuda insists on the GPU");
-                Ok(None)
-            }
+            Ok(()) => (Some(0), None),
+            Err(why) => (None, Some(why)),
         },
-    }
+    };
+    Ok(Selected { gpu, fallback })
 }
 
 /// The element types GPU activations and weights come in: `f32` (exact comparison with the CPU)
@@ -158,13 +182,19 @@ mod tests {
 
     #[test]
     fn device_choices() {
-        assert_eq!(select_device(Device::Cpu).unwrap(), None);
+        assert_eq!(select_device(Device::Cpu).unwrap(), Selected { gpu: None, fallback: None });
         match device::cuda_available() {
-            Ok(()) => assert_eq!(select_device(Device::Cuda).unwrap(), Some(0)),
+            Ok(()) => {
+                assert_eq!(select_device(Device::Cuda).unwrap().gpu, Some(0));
+                assert_eq!(select_device(Device::Auto).unwrap(), Selected { gpu: Some(0), fallback: None });
+            }
             Err(why) => {
                 let e = select_device(Device::Cuda).unwrap_err().to_string();
                 assert!(e.contains(&why) && e.contains("--device cpu"), "{e}");
-                assert_eq!(select_device(Device::Auto).unwrap(), None);
+                let auto = select_device(Device::Auto).unwrap();
+                assert_eq!(auto.gpu, None);
+                let note = auto.fallback_note().unwrap();
+                assert!(note.starts_with("note: running on the CPU (") && note.contains(&why), "{note}");
             }
         }
         assert!("tpu".parse::<Device>().unwrap_err().contains("auto, cpu or cuda"));

@@ -587,7 +587,7 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
                     "{bad_in_a_row} steps in a row (up to step {}) had a non-finite loss or gradient norm, so the run \
                      stopped; {last}. Resume with a lower learning rate: genesis train --out {} --lr {:e}",
                     t.step,
-                    o.out.display(),
+                    crate::util::shell_path(&o.out),
                     r.lr / 2.0
                 );
             }
