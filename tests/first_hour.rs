@@ -183,7 +183,41 @@ fn train_without_out_picks_its_run_directory_and_every_hint_runs_as_printed() {
     let evaluated = run(&dir, &["eval", "--checkpoint", ckpt, "--data", "d", "--seq", "16"]);
     assert!(evaluated.status.success(), "{}", output_text(&evaluated));
     assert_eq!(text(&evaluated.stderr).matches(CPU_NOTE).count(), usize::from(auto_is_cpu()));
+
+    // export's and import's hints, as printed.
+    let exported = run(&dir, &["export", "--checkpoint", ckpt, "--out", "export/d"]);
+    assert!(exported.status.success(), "{}", output_text(&exported));
+    let verify = hint(&text(&exported.stdout), "check a copy with: ");
+    assert_eq!(verify, ["verify", "export/d"]);
+    let verified = run(&dir, &strs(&verify));
+    assert!(verified.status.success(), "{}", output_text(&verified));
+    let imported = run(&dir, &["import", "export/d", "--out", "back.ckpt"]);
+    assert!(imported.status.success(), "{}", output_text(&imported));
+    let sample = hint(&text(&imported.stdout), "sample from it: ");
+    let sampled = run(&dir, &strs(&sample));
+    assert!(sampled.status.success(), "{}", output_text(&sampled));
     fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_readme_installs_genesis_before_it_uses_it() {
+    let root = common::repo_root();
+    let readme = fs::read_to_string(root.join("README.md")).unwrap();
+    // The first command block installs it, before any block runs `genesis ...`.
+    let first_block = readme.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("a sh block");
+    assert!(first_block.contains("cargo install --path ."), "the first command block is {first_block:?}");
+    let install = readme.find("```sh").unwrap();
+    let first_use = readme
+        .match_indices('\n')
+        .map(|(at, _)| at + 1)
+        .find(|&at| readme[at..].starts_with("genesis "))
+        .expect("a genesis command in the README");
+    assert!(install < first_use, "the README runs genesis before it installs it");
+    // What train without --out and the README's export write is not for git.
+    let ignored = fs::read_to_string(root.join(".gitignore")).unwrap();
+    for dir in ["/runs", "/export"] {
+        assert!(ignored.lines().any(|l| l.trim() == dir), ".gitignore lacks {dir}");
+    }
 }
 
 #[test]
