@@ -107,6 +107,10 @@ fn train_data(data: Option<&str>) -> Result<(PathBuf, String)> {
         return Ok((absolute(&dir)?, dir.display().to_string()));
     };
     let dir = manifest::resolve(data);
+    if data == genesis::data::datasets::SHAKESPEARE && !dir.join(manifest::MANIFEST_FILE).exists() {
+        eprintln!("--data shakespeare is not prepared yet; preparing the built-in copy first (no network needed)");
+        super::prepare::run(super::prepare::PrepareCmd::named(data))?;
+    }
     manifest::Manifest::load(&dir)?;
     Ok((absolute(&dir)?, data.to_string()))
 }

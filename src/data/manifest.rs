@@ -29,9 +29,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MANIFEST_VERSION: u32 = 1;
 /// The journal of an unfinished `prepare`, inside the output directory.
 pub const JOURNAL_FILE: &str = "prepare.journal.json";
-/// The names `genesis prepare NAME` accepts: the built-in datasets, whose files `datasets::named`
-/// pins. A missing one's error ([`missing_hint`]) names that command.
-pub const NAMES: [&str; 2] = ["wikitext-103", "wikitext-2"];
+/// The names `genesis prepare NAME` accepts: the built-in datasets (`shakespeare` ships inside the
+/// binary; `datasets::named` pins the others' files). A missing one's error ([`missing_hint`])
+/// names that command.
+pub const NAMES: [&str; 3] = ["shakespeare", "wikitext-103", "wikitext-2"];
 
 /// A dataset split: `train_*.bin`, `val_*.bin` or `test_*.bin` shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -225,7 +226,7 @@ impl Manifest {
             .filter(|f| f.path.is_file())
             .collect();
         let files = if files.len() == self.sources.len() { files } else { Vec::new() };
-        let opts = SourceOptions { field: self.settings.field.clone(), docs: self.settings.docs };
+        let opts = SourceOptions { field: self.settings.field.clone(), docs: self.settings.docs, tail_from: None };
         let options = val_split_options(&files, &opts, documents, 0.0);
         let Some(flags) = options.works.first() else {
             return format!(
