@@ -7,9 +7,10 @@
 //!
 //! Every result must be `Ok` or a clean `Err`: a panic fails the test with the target, seed and
 //! mutation. No call may make a single allocation larger than twice the bytes of the files it reads
-//! plus [`SLACK`] (the global allocator below records the largest), and `verify` may never call
-//! whole a file `load` refuses. Set `GENESIS_FUZZ_VERBOSE=1` to print each case before it runs (to
-//! find the case if the process aborts), `GENESIS_FUZZ_ITERS=N` to change the count per target.
+//! plus [`SLACK`] (the global allocator below records the largest, and stops the process naming the
+//! case at any allocation above [`HARD_CAP`]), and `verify` may never call whole a file `load`
+//! refuses. `GENESIS_FUZZ_VERBOSE=1` prints each case before it runs, `GENESIS_FUZZ_ITERS=N` changes
+//! the count per target.
 
 mod common;
 
@@ -27,7 +28,7 @@ use genesis::{hf, llmc, weights};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// What a reader may allocate beyond twice its input (bf16 and f16 widen 2 bytes to an f32's 4):
@@ -36,23 +37,58 @@ const SLACK: u64 = 1 << 20;
 /// Mutated inputs per target (each is read by every parser of that target).
 const DEFAULT_ITERS: usize = 5000;
 
-/// The system allocator, recording the largest single allocation.
+/// No single allocation in this test may be larger (the files are a few KiB): a request above it is
+/// a reader sized by a crafted header, and the process stops there naming the case.
+const HARD_CAP: usize = 1 << 30;
+
+/// The system allocator, recording the largest single allocation and refusing any above
+/// [`HARD_CAP`].
 struct Recording;
 
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
+/// The case being run, for the message when an allocation is refused (no allocating there).
+static CASE: [AtomicU8; 512] = [const { AtomicU8::new(0) }; 512];
+static CASE_LEN: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call goes straight to `System`; the only addition is an atomic max.
+fn set_case(case: &str) {
+    let n = case.len().min(CASE.len());
+    for (slot, &b) in CASE.iter().zip(&case.as_bytes()[..n]) {
+        slot.store(b, Ordering::Relaxed);
+    }
+    CASE_LEN.store(n, Ordering::Relaxed);
+}
+
+fn record(size: usize) {
+    LARGEST.fetch_max(size, Ordering::Relaxed);
+    if size > HARD_CAP {
+        let mut buf = [0u8; 600];
+        let head = b"fuzz_parsers: refused an allocation above 1 GiB in: ";
+        buf[..head.len()].copy_from_slice(head);
+        let n = CASE_LEN.load(Ordering::Relaxed);
+        for i in 0..n {
+            buf[head.len() + i] = CASE[i].load(Ordering::Relaxed);
+        }
+        buf[head.len() + n] = b'\n';
+        // SAFETY: writes a stack buffer to stderr and aborts; neither allocates.
+        unsafe {
+            libc::write(2, buf.as_ptr().cast(), head.len() + n + 1);
+            libc::abort();
+        }
+    }
+}
+
+// SAFETY: every call goes straight to `System`; the additions are atomics and, past the cap, abort.
 unsafe impl GlobalAlloc for Recording {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        record(layout.size());
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        record(layout.size());
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        record(new_size);
         System.realloc(ptr, layout, new_size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -80,8 +116,9 @@ enum Shape {
     Safetensors,
     /// A whole JSON file.
     Json,
-    /// 256 little-endian i32 header words, `used` of them meaningful.
-    Ints { used: usize },
+    /// 256 little-endian i32 header words, `used` of them meaningful; `sized` says how long a file
+    /// those words imply (so a mutation can make the length agree and reach the reader behind it).
+    Ints { used: usize, sized: fn(&[i32]) -> Option<u64> },
 }
 
 const NUMBERS: &[&str] = &[
@@ -218,11 +255,11 @@ fn json_region(shape: Shape, bytes: &[u8]) -> Option<(usize, usize)> {
     match shape {
         Shape::Checkpoint if bytes.len() >= 16 => {
             let hlen = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-            (16 + hlen <= bytes.len()).then_some((16, 16 + hlen))
+            (16 + hlen <= bytes.len()).then(|| (16, 16 + hlen))
         }
         Shape::Safetensors if bytes.len() >= 8 => {
             let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
-            (n <= (bytes.len() - 8) as u64).then_some((8, 8 + n as usize))
+            (n <= (bytes.len() - 8) as u64).then(|| (8, 8 + n as usize))
         }
         Shape::Json => Some((0, bytes.len())),
         _ => None,
@@ -296,7 +333,7 @@ fn mutate(shape: Shape, base: &[u8], seed: u64) -> (Vec<u8>, String) {
     let mut rng = Rng::new(seed);
     let mut b = base.to_vec();
     let hot = match (shape, json_region(shape, base)) {
-        (Shape::Ints { used }, _) => 4 * used,
+        (Shape::Ints { used, .. }, _) => 4 * used,
         (_, Some((_, end))) => end + 4,
         _ => 64,
     };
@@ -361,7 +398,7 @@ fn mutate(shape: Shape, base: &[u8], seed: u64) -> (Vec<u8>, String) {
             _ => {
                 // A header integer set to an extreme (or a neighbour of its value).
                 let (offset, width) = match shape {
-                    Shape::Ints { used } => (4 * rng.below(used as u64) as usize, 4),
+                    Shape::Ints { used, .. } => (4 * rng.below(used as u64) as usize, 4),
                     Shape::Checkpoint => (*pick(&mut rng, &[8usize, 12]), 4),
                     Shape::Safetensors => (0, 8),
                     Shape::Json => continue,
@@ -388,6 +425,17 @@ fn mutate(shape: Shape, base: &[u8], seed: u64) -> (Vec<u8>, String) {
             }
         }
     }
+    // Half the time make the file as long as its (mutated) header says, when that is small.
+    if let Shape::Ints { sized, .. } = shape {
+        if b.len() >= 1024 && rng.below(2) == 0 {
+            let words: Vec<i32> =
+                b[..1024].chunks_exact(4).map(|w| i32::from_le_bytes(w.try_into().unwrap())).collect();
+            if let Some(n) = sized(&words).filter(|&n| n <= 1 << 20) {
+                b.resize(n as usize, 0);
+                what.push(format!("resized to {n} bytes"));
+            }
+        }
+    }
     if matches!(shape, Shape::Checkpoint) && rng.below(2) == 0 {
         fix_checkpoint_crc(&mut b);
         what.push("header CRC repaired".into());
@@ -405,6 +453,23 @@ fn mutate(shape: Shape, base: &[u8], seed: u64) -> (Vec<u8>, String) {
 /// A parser under test: its name and a call returning how many values it loaded (0 when it loads
 /// none).
 type Parser = (&'static str, Box<dyn Fn() -> anyhow::Result<usize>>);
+
+/// The length of an llm.c file with header `w`, computed as an unchecked reader would not: in u128.
+fn llmc_size(w: &[i32]) -> Option<u64> {
+    let [t, l, c, vp] = [w[2], w[4], w[6], w[7]].map(|x| u128::try_from(x).unwrap_or(0));
+    let elem = match w[1] {
+        3 => 4,
+        5 => 2,
+        _ => return None,
+    };
+    let params = vp * c + t * c + l * (12 * c * c + 13 * c) + 2 * c;
+    u64::try_from(1024 + params * elem).ok()
+}
+
+/// The length of a shard whose header says `w[2]` tokens.
+fn shard_size(w: &[i32]) -> Option<u64> {
+    u64::try_from(w[2]).ok().map(|n| 1024 + 2 * n)
+}
 
 /// One file to mutate and the parsers that read it.
 struct Target {
@@ -518,7 +583,7 @@ fn targets(root: &Path) -> Vec<Target> {
     out.push(Target {
         name: "llm.c",
         file: bin,
-        shape: Shape::Ints { used: 8 },
+        shape: Shape::Ints { used: 8, sized: llmc_size },
         companions: vec![],
         parsers: vec![
             parser("llmc::read_header", move || llmc::read_header(&a).map(|_| 0)),
@@ -556,7 +621,7 @@ fn targets(root: &Path) -> Vec<Target> {
     out.push(Target {
         name: "shard",
         file: shard,
-        shape: Shape::Ints { used: 3 },
+        shape: Shape::Ints { used: 3, sized: shard_size },
         companions: vec![],
         parsers: vec![parser("Shard::open", move || Shard::open(&a).map(|s| s.tokens().len()))],
         implies: vec![],
@@ -608,13 +673,14 @@ fn mutated_files_give_ok_or_a_clean_error_and_allocate_within_their_size() {
             let input = bytes.len() as u64 + companions;
             let mut results = Vec::new();
             for (name, call) in &target.parsers {
+                let case = format!("{} seed {seed:#x} ({what}): {name}", target.name);
                 if verbose {
-                    eprintln!("{} seed {seed:#x} ({what}): {name}", target.name);
+                    eprintln!("{case}");
                 }
+                set_case(&case);
                 LARGEST.store(0, Ordering::Relaxed);
                 let r = catch_unwind(AssertUnwindSafe(call));
                 let largest = LARGEST.load(Ordering::Relaxed) as u64;
-                let case = format!("{} seed {seed:#x} ({what}): {name}", target.name);
                 match &r {
                     Err(p) => {
                         let msg = p
