@@ -79,6 +79,7 @@ pub fn run(c: EvalCmd) -> Result<()> {
     }
     let device = genesis::gpu::select_device(c.device)?;
     let w = weights::load(&c.checkpoint)?;
+    super::sample::cfg_gpt2_vocab(&w)?;
     let mut scorer: Box<dyn eval::Scorer + '_> = match device {
         Some(ordinal) => Box::new(gpu_engine(&w.config, &w.params, ordinal, c.precision, c.tf32)?),
         None => Box::new(eval::CpuScorer::new(&w.config, &w.params)?),

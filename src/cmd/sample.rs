@@ -55,11 +55,17 @@ pub struct SampleCmd {
     precision: Precision,
 }
 
+/// The model file's vocabulary must cover the GPT-2 tokenizer's (prompts and samples are GPT-2 tokens).
+pub(crate) fn cfg_gpt2_vocab(w: &genesis::weights::Weights) -> Result<()> {
+    w.config.check_gpt2_vocab().map_err(|e| anyhow::anyhow!("{}: {e}", w.path.display()))
+}
+
 pub fn run(c: SampleCmd) -> Result<()> {
     let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
     params_s.check().map_err(anyhow::Error::msg)?;
     let device = genesis::gpu::select_device(c.device)?;
     let w = genesis::weights::load(&c.checkpoint)?;
+    cfg_gpt2_vocab(&w)?;
     let (cfg, params) = (w.config, w.params);
     let tok = Tokenizer::gpt2()?;
     let mut prompt = vec![EOT_TOKEN];

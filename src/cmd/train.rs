@@ -173,7 +173,11 @@ fn run_locked(c: TrainCmd, mut choices: RunChoices, lock: &mut Option<DirLock>) 
     }
     // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
     let init = match (&c.init_from, &saved, &c.model) {
-        (Some(path), None, None) => Some(genesis::weights::load(path)?.config),
+        (Some(path), None, None) => {
+            let w = genesis::weights::load(path)?;
+            super::sample::cfg_gpt2_vocab(&w)?;
+            Some(w.config)
+        }
         _ => None,
     };
     let model = match (&c.model, &saved, init) {

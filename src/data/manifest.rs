@@ -192,7 +192,16 @@ impl Manifest {
         let mut paths = Vec::with_capacity(info.shards.len());
         for s in &info.shards {
             let path = dir.join(&s.file);
-            let expected = HEADER_BYTES as u64 + 2 * s.tokens;
+            // Checked: a damaged manifest's count must not wrap to the file's size.
+            let Some(expected) = s.tokens.checked_mul(2).and_then(|b| b.checked_add(HEADER_BYTES as u64)) else {
+                bail!(
+                    "{}: the manifest says {} holds {} tokens, more than any file can; the dataset is damaged: \
+                     re-run `genesis prepare` for it",
+                    dir.join(MANIFEST_FILE).display(),
+                    s.file,
+                    s.tokens
+                );
+            };
             match fs::metadata(&path) {
                 Ok(md) if md.len() == expected => {}
                 Ok(md) => bail!(
