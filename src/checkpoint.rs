@@ -13,7 +13,7 @@
 //! to `<name>.tmp`, fsynced, renamed into place and the directory fsynced: a crash at any moment leaves
 //! either the old file or the new one, never a torn one.
 
-use crate::model::{ModelConfig, ParamLayout};
+use crate::model::{ModelConfig, ParamLayout, RawModelConfig};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -35,7 +35,8 @@ pub struct SectionInfo {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Header {
-    config: ModelConfig,
+    /// Checked by [`ModelConfig::new`] after reading, so the error can name the file.
+    config: RawModelConfig,
     step: u64,
     #[serde(default)]
     meta: serde_json::Value,
@@ -107,7 +108,7 @@ pub fn write(
     }
     // Offsets depend on the header length, which depends on the offsets' digits: fix them with
     // a generous fixed-size preamble estimate, then pad the header to it.
-    let mut header = Header { config: *config, step, meta: meta.clone(), sections: vec![] };
+    let mut header = Header { config: (*config).into(), step, meta: meta.clone(), sections: vec![] };
     for (name, data) in sections {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         header.sections.push(SectionInfo {
@@ -203,9 +204,14 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<CheckpointInfo> {
     if crc32fast::hash(json) != stored {
         bail!("{p}: header checksum mismatch; the file is corrupt");
     }
-    let header: Header = serde_json::from_slice(json).with_context(|| format!("{p}: unreadable header"))?;
-    header.config.validate().map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-    for s in &header.sections {
+    let header: Header = serde_json::from_slice(json).with_context(|| {
+        format!("{p}: the header does not parse; the file is damaged or was not written by this Genesis")
+    })?;
+    let config = ModelConfig::try_from(header.config).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+    // Sections lie after the header, in order, without overlapping (as `write` lays them out), so
+    // reading them all allocates no more than the file holds.
+    let mut end_of_previous = 20 + hlen as u64;
+    for (i, s) in header.sections.iter().enumerate() {
         let end = s.offset.saturating_add(s.bytes);
         if end > bytes.len() as u64 {
             bail!(
@@ -215,18 +221,30 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<CheckpointInfo> {
                 bytes.len()
             );
         }
+        if s.offset < end_of_previous {
+            bail!(
+                "{p}: section '{}' starts at byte {} and so overlaps the header or the section before it (which ends at byte {end_of_previous}); the file is damaged",
+                s.name,
+                s.offset
+            );
+        }
+        end_of_previous = end;
+        if header.sections[..i].iter().any(|t| t.name == s.name) {
+            bail!("{p}: section '{}' appears twice; the file is damaged", s.name);
+        }
         if s.dtype != "f32" || s.bytes % 4 != 0 {
             bail!("{p}: section '{}' has dtype {} and {} bytes; expected f32", s.name, s.dtype, s.bytes);
         }
     }
-    let want = ParamLayout::new(&header.config).total as u64 * 4;
+    // `validate` checked that the parameter bytes fit in 64 bits.
+    let want = ParamLayout::new(&config).total as u64 * 4;
     match header.sections.iter().find(|s| s.name == "params") {
         Some(s) if s.bytes == want => {}
         Some(s) => bail!("{p}: params hold {} values but its config needs {}", s.bytes / 4, want / 4),
         None => bail!("{p}: no 'params' section"),
     }
     Ok(CheckpointInfo {
-        config: header.config,
+        config,
         step: header.step,
         meta: header.meta,
         sections: header.sections,

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::model::{ModelConfig, Param, ParamLayout};
+use crate::model::{ConfigError, Field, ModelConfig, Param, ParamLayout, RawModelConfig};
 use crate::safetensors::{write_safetensors, Dtype, SafetensorsFile, TensorInfo, TensorOut};
 
 /// The weights file of an export directory.
@@ -130,9 +130,22 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Vocabulary rows Genesis keeps for a real vocabulary of `vocab`: rounded up to a multiple of 128
-/// (50257 -> 50304).
+/// (50257 -> 50304). Saturates instead of wrapping for an absurd `vocab` (which
+/// [`ModelConfig::new`] then refuses).
 pub fn padded_vocab(vocab: usize) -> usize {
-    vocab.div_ceil(128) * 128
+    vocab.div_ceil(128).saturating_mul(128)
+}
+
+/// What `config.json` calls each [`ModelConfig`] field, for errors.
+pub fn config_json_name(f: Field) -> String {
+    match f {
+        Field::MaxSeqLen => "n_positions".into(),
+        Field::VocabSize => "vocab_size".into(),
+        Field::PaddedVocabSize => "padded vocabulary (vocab_size rounded up to a multiple of 128)".into(),
+        Field::NumLayers => "n_layer".into(),
+        Field::NumHeads => "n_head".into(),
+        Field::Channels => "n_embd".into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,17 +235,17 @@ pub fn read_config(path: &Path) -> Result<HfConfig> {
     check_config_field(path, &v, "scale_attn_by_inverse_layer_idx", |x| x.as_bool() == Some(false), "false")?;
     check_config_field(path, &v, "add_cross_attention", |x| x.as_bool() == Some(false), "false")?;
     let vocab_size = size(&["vocab_size"])?;
-    let config = ModelConfig {
-        max_seq_len: size(&["n_positions", "max_position_embeddings", "n_ctx"])?,
+    let config = ModelConfig::new(
+        size(&["n_positions", "max_position_embeddings", "n_ctx"])?,
         vocab_size,
-        padded_vocab_size: padded_vocab(vocab_size),
-        num_layers: size(&["n_layer", "num_hidden_layers"])?,
-        num_heads: size(&["n_head", "num_attention_heads"])?,
-        channels: size(&["n_embd", "hidden_size"])?,
-    };
+        padded_vocab(vocab_size),
+        size(&["n_layer", "num_hidden_layers"])?,
+        size(&["n_head", "num_attention_heads"])?,
+        size(&["n_embd", "hidden_size"])?,
+    )
+    .map_err(|e: ConfigError| anyhow::anyhow!("{p}: {}", e.message(config_json_name)))?;
     let c4 = 4 * config.channels;
     check_config_field(path, &v, "n_inner", |x| x.as_u64() == Some(c4 as u64), &format!("null or 4 x n_embd = {c4}"))?;
-    config.validate().map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
     let tied = get(&["tie_word_embeddings"]).is_none_or(|x| x.as_bool() != Some(false));
     Ok(HfConfig { config, tied })
 }
@@ -332,9 +345,14 @@ pub fn read_export_info(model_file: &Path) -> Result<Option<ExportInfo>> {
         return Ok(None);
     }
     let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let info: ExportInfo = serde_json::from_slice(&text).with_context(|| {
-        format!("{} is not a genesis.json Genesis can read (damaged? export again or delete it)", path.display())
-    })?;
+    let unreadable =
+        || format!("{} is not a genesis.json Genesis can read (damaged? export again or delete it)", path.display());
+    let value: Value = serde_json::from_slice(&text).with_context(unreadable)?;
+    // The model shape first, so an impossible one is named as such.
+    if let Some(Ok(raw)) = value.get("config").map(RawModelConfig::deserialize) {
+        ModelConfig::try_from(raw).map_err(|e| anyhow::anyhow!("{}: field config: {e}", path.display()))?;
+    }
+    let info: ExportInfo = serde_json::from_value(value).with_context(unreadable)?;
     if info.format != EXPORT_FORMAT {
         bail!("{}: field format is {:?}, expected {EXPORT_FORMAT:?}", path.display(), info.format);
     }
@@ -370,7 +388,22 @@ pub fn open_gpt2(path: &Path) -> Result<Gpt2File> {
     if let Some(e) = &export {
         // A Genesis export records its padded vocabulary; keep it so a round trip is exact.
         if e.config.padded_vocab_size >= config.vocab_size {
-            config.padded_vocab_size = e.config.padded_vocab_size;
+            let c = config;
+            config = ModelConfig::new(
+                c.max_seq_len,
+                c.vocab_size,
+                e.config.padded_vocab_size,
+                c.num_layers,
+                c.num_heads,
+                c.channels,
+            )
+            .map_err(|err| {
+                anyhow::anyhow!(
+                    "{} with vocab_size {} from {CONFIG_FILE}: {err}",
+                    path.with_file_name(GENESIS_FILE).display(),
+                    c.vocab_size
+                )
+            })?;
         }
     }
     let p = path.display();
@@ -417,14 +450,55 @@ pub fn open_gpt2(path: &Path) -> Result<Gpt2File> {
             "{p}: {CONFIG_FILE} says tie_word_embeddings false but there is no lm_head.weight; the file is incomplete"
         );
     }
+    check_allocation(path, &config, file.len())?;
     Ok(Gpt2File { file, config, tied: hf.tied, tensors, lm_head, export })
+}
+
+/// Refuses a model whose f32 parameter buffer the file cannot justify: each stored value widens to at
+/// most 4 bytes from at least 2 (bf16, f16), and the padded vocabulary rows Genesis adds as zeros are
+/// at most [`crate::model::MAX_VOCAB_PADDING`] rows. (The tensor checks before it already imply this;
+/// it is checked once more, on the numbers themselves, before [`load`] allocates.)
+fn check_allocation(path: &Path, cfg: &ModelConfig, file_len: u64) -> Result<()> {
+    let need = (ParamLayout::new(cfg).total as u64).checked_mul(4);
+    let padding = ((cfg.padded_vocab_size - cfg.vocab_size) as u64 * cfg.channels as u64).saturating_mul(4);
+    let justified = file_len.saturating_mul(2).saturating_add(padding);
+    match need {
+        Some(n) if n <= justified => Ok(()),
+        _ => bail!(
+            "{}: the model its {CONFIG_FILE} describes ({cfg}) needs more memory than a file of {file_len} bytes can hold; the file is damaged or does not belong to this config.json",
+            path.display()
+        ),
+    }
+}
+
+/// A stored `lm_head.weight` must equal `wte` (Genesis ties the output layer to the token
+/// embedding). Reads both tensors.
+fn check_tied(g: &Gpt2File) -> Result<()> {
+    let Some(head) = &g.lm_head else { return Ok(()) };
+    let wte = g.tensors.iter().find(|(t, _)| t.param == Param::Wte).map(|(_, info)| info);
+    let wte = wte.context("internal error: no wte tensor")?;
+    if g.file.values(head)? != g.file.values(wte)? {
+        bail!(
+            "{}: lm_head.weight differs from transformer.wte.weight; Genesis ties the output layer to the token embedding and cannot run an untied model",
+            g.file.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Everything [`load`] checks before it allocates the parameters: structure ([`open_gpt2`]) and the
+/// tied output layer. `genesis verify` runs exactly this, so a file it calls whole loads.
+pub fn check_gpt2(path: &Path) -> Result<Gpt2File> {
+    let g = open_gpt2(path)?;
+    check_tied(&g)?;
+    Ok(g)
 }
 
 /// Loads a Hugging Face GPT-2 `model.safetensors` (with `config.json` beside it) into our flat f32
 /// buffer: names with or without the `transformer.` prefix, F32/BF16/F16, Conv1D weights transposed,
 /// vocabulary rows padded with zeros. Returns the shape, the parameters and `genesis.json` if present.
 pub fn load(path: &Path) -> Result<(ModelConfig, Vec<f32>, Option<ExportInfo>)> {
-    let g = open_gpt2(path)?;
+    let g = check_gpt2(path)?;
     let layout = ParamLayout::new(&g.config);
     let mut params = vec![0.0f32; layout.total];
     for (t, info) in &g.tensors {
@@ -435,15 +509,6 @@ pub fn load(path: &Path) -> Result<(ModelConfig, Vec<f32>, Option<ExportInfo>)> 
             dst.copy_from_slice(&transpose(&values, t.shape[0], t.shape[1]));
         } else {
             dst.copy_from_slice(&values);
-        }
-    }
-    if let Some(head) = &g.lm_head {
-        let wte = &params[..g.config.vocab_size * g.config.channels];
-        if g.file.values(head)? != wte {
-            bail!(
-                "{}: lm_head.weight differs from transformer.wte.weight; Genesis ties the output layer to the token embedding and cannot run an untied model",
-                path.display()
-            );
         }
     }
     Ok((g.config, params, g.export))

@@ -5,8 +5,10 @@
 //! `[4]` layers, `[5]` heads, `[6]` channels, `[7]` padded vocab; the rest is zero. We write fp32
 //! (version 3) and read both fp32 and bf16 (converted to f32).
 
-use crate::model::{ModelConfig, ParamLayout};
+use crate::model::{Field, ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 /// llm.c's model-file magic number.
@@ -57,60 +59,103 @@ pub fn write_model(path: &Path, cfg: &ModelConfig, params: &[f32]) -> Result<()>
     crate::util::write_atomic(path, &bytes)
 }
 
-/// Reads an llm.c model file (fp32 v3 or bf16 v5) into its config and an f32 parameter buffer.
-pub fn read_model(path: &Path) -> Result<(ModelConfig, Vec<f32>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading model file {}", path.display()))?;
-    if bytes.len() < HEADER_BYTES {
-        bail!(
-            "{}: too short for an llm.c model file: {} bytes, the header alone is {HEADER_BYTES}",
-            path.display(),
-            bytes.len()
-        );
+/// What an llm.c header says: the model shape, the version and bytes per parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LlmcHeader {
+    pub config: ModelConfig,
+    /// [`VERSION_FP32`] or [`VERSION_BF16`].
+    pub version: i32,
+    /// 4 (fp32) or 2 (bf16).
+    pub elem_bytes: usize,
+}
+
+impl LlmcHeader {
+    /// The exact length of a file with this header: the header and every parameter.
+    pub fn file_bytes(&self) -> u64 {
+        // ModelConfig::new checked that the parameter bytes fit in 64 bits.
+        HEADER_BYTES as u64 + ParamLayout::new(&self.config).total as u64 * self.elem_bytes as u64
     }
-    let header: Vec<i32> =
-        bytes[..HEADER_BYTES].chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+}
+
+/// What the llm.c header calls each [`ModelConfig`] field, for errors.
+fn header_name(f: Field) -> String {
+    let (i, name) = match f {
+        Field::MaxSeqLen => (2, "max_seq_len"),
+        Field::VocabSize => (3, "vocab_size"),
+        Field::NumLayers => (4, "num_layers"),
+        Field::NumHeads => (5, "num_heads"),
+        Field::Channels => (6, "channels"),
+        Field::PaddedVocabSize => (7, "padded_vocab_size"),
+    };
+    format!("{name} (header int {i})")
+}
+
+/// Reads and checks the 1024-byte header of the llm.c model file at `path` (magic, version, a model
+/// shape [`ModelConfig::new`] accepts) and checks the file's length against it: everything
+/// [`read_model`] checks before it reads the parameters, and what `genesis verify` runs.
+pub fn read_header(path: &Path) -> Result<(LlmcHeader, u64)> {
+    let p = path.display();
+    let mut f = File::open(path).with_context(|| format!("cannot open model file {p}"))?;
+    let file_len = f.metadata().with_context(|| format!("cannot stat {p}"))?.len();
+    if file_len < HEADER_BYTES as u64 {
+        bail!("{p}: too short for an llm.c model file: {file_len} bytes, the header alone is {HEADER_BYTES}; copy it again");
+    }
+    let mut bytes = [0u8; HEADER_BYTES];
+    f.read_exact(&mut bytes).with_context(|| format!("cannot read the header of {p}"))?;
+    let header: Vec<i32> = bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     if header[0] != MAGIC {
-        bail!("{}: bad magic number {} (expected {MAGIC}); not an llm.c model file", path.display(), header[0]);
+        bail!("{p}: bad magic number {} (expected {MAGIC}); not an llm.c model file", header[0]);
     }
     let elem_bytes = match header[1] {
         VERSION_FP32 => 4,
         VERSION_BF16 => 2,
-        v => bail!(
-            "{}: unknown llm.c model version {v} (supported: {VERSION_FP32} = fp32, {VERSION_BF16} = bf16)",
-            path.display()
-        ),
+        v => bail!("{p}: unknown llm.c model version {v} (supported: {VERSION_FP32} = fp32, {VERSION_BF16} = bf16)"),
     };
-    let field = |i: usize, name: &str| -> Result<usize> {
+    let field = |i: usize, f: Field| -> Result<usize> {
         usize::try_from(header[i])
             .ok()
-            .filter(|&x| x > 0)
-            .with_context(|| format!("{}: invalid {name} {} in the header", path.display(), header[i]))
+            .with_context(|| format!("{p}: {} is {}; it must be positive", header_name(f), header[i]))
     };
-    let cfg = ModelConfig {
-        max_seq_len: field(2, "max_seq_len")?,
-        vocab_size: field(3, "vocab_size")?,
-        num_layers: field(4, "num_layers")?,
-        num_heads: field(5, "num_heads")?,
-        channels: field(6, "channels")?,
-        padded_vocab_size: field(7, "padded_vocab_size")?,
-    };
-    cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let n = ParamLayout::new(&cfg).total;
-    let expected = HEADER_BYTES + n * elem_bytes;
-    if bytes.len() != expected {
+    let config = ModelConfig::new(
+        field(2, Field::MaxSeqLen)?,
+        field(3, Field::VocabSize)?,
+        field(7, Field::PaddedVocabSize)?,
+        field(4, Field::NumLayers)?,
+        field(5, Field::NumHeads)?,
+        field(6, Field::Channels)?,
+    )
+    .map_err(|e| anyhow::anyhow!("{p}: {}", e.message(header_name)))?;
+    let h = LlmcHeader { config, version: header[1], elem_bytes };
+    let want = h.file_bytes();
+    if file_len < want {
         bail!(
-            "{}: size mismatch: expected {expected} bytes (header {HEADER_BYTES} + {n} parameters x {elem_bytes} bytes for {cfg}), found {} bytes",
-            path.display(),
-            bytes.len()
+            "{p}: truncated (size mismatch): the header ({config}) implies {want} bytes but the file has {file_len}; copy it again"
         );
     }
+    if file_len > want {
+        bail!(
+            "{p}: size mismatch: the header ({config}) implies {want} bytes but the file has {file_len} ({} extra)",
+            file_len - want
+        );
+    }
+    Ok((h, file_len))
+}
+
+/// Reads an llm.c model file (fp32 v3 or bf16 v5) into its config and an f32 parameter buffer. The
+/// header and the file's length are checked ([`read_header`]) before the parameters are read.
+pub fn read_model(path: &Path) -> Result<(ModelConfig, Vec<f32>)> {
+    let (h, _) = read_header(path)?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading model file {}", path.display()))?;
+    if bytes.len() as u64 != h.file_bytes() {
+        bail!("{}: the file changed while it was being read; try again", path.display());
+    }
     let data = &bytes[HEADER_BYTES..];
-    let params: Vec<f32> = if elem_bytes == 4 {
+    let params: Vec<f32> = if h.elem_bytes == 4 {
         data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     } else {
         data.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
     };
-    Ok((cfg, params))
+    Ok((h.config, params))
 }
 
 #[cfg(test)]

@@ -13,8 +13,26 @@ pub const PADDED_VOCAB_SIZE: usize = 50304;
 /// The `<|endoftext|>` token that separates documents.
 pub const EOT_TOKEN: u32 = 50256;
 
+/// Most transformer blocks a model may have (GPT-2 XL has 48, GPT-3 175B 96).
+pub const MAX_LAYERS: usize = 256;
+/// Most attention heads (GPT-2 XL has 25, GPT-3 175B 96).
+pub const MAX_HEADS: usize = 256;
+/// Widest residual stream (GPT-2 XL is 1600 wide, GPT-3 175B 12288).
+pub const MAX_CHANNELS: usize = 16384;
+/// Longest context the position embedding may cover (GPT-2: 1024).
+pub const MAX_SEQ_LEN: usize = 65536;
+/// Largest vocabulary, real or padded (GPT-2: 50257, padded to 50304).
+pub const MAX_VOCAB: usize = 1 << 20;
+/// Most padding rows past the real vocabulary (llm.c and Genesis pad to a multiple of 128, so at most
+/// 127; the bound keeps a reader from allocating zero rows that the file does not hold).
+pub const MAX_VOCAB_PADDING: usize = 1024;
+
 /// The shape of a GPT-2 model: pre-LayerNorm blocks, learned positions, tied embeddings, tanh GELU.
+///
+/// Every reader builds it through [`ModelConfig::new`] (a file's config is deserialized through it
+/// too), so a config from a file is within the `MAX_*` bounds and its sizes cannot overflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RawModelConfig")]
 pub struct ModelConfig {
     /// Longest context the position embedding covers (T max).
     pub max_seq_len: usize,
@@ -30,6 +48,111 @@ pub struct ModelConfig {
     pub channels: usize,
 }
 
+/// The six numbers as a file states them, before [`ModelConfig::new`] checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RawModelConfig {
+    pub max_seq_len: usize,
+    pub vocab_size: usize,
+    pub padded_vocab_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub channels: usize,
+}
+
+impl TryFrom<RawModelConfig> for ModelConfig {
+    type Error = ConfigError;
+    fn try_from(r: RawModelConfig) -> Result<Self, ConfigError> {
+        ModelConfig::new(r.max_seq_len, r.vocab_size, r.padded_vocab_size, r.num_layers, r.num_heads, r.channels)
+    }
+}
+
+impl From<ModelConfig> for RawModelConfig {
+    fn from(c: ModelConfig) -> Self {
+        RawModelConfig {
+            max_seq_len: c.max_seq_len,
+            vocab_size: c.vocab_size,
+            padded_vocab_size: c.padded_vocab_size,
+            num_layers: c.num_layers,
+            num_heads: c.num_heads,
+            channels: c.channels,
+        }
+    }
+}
+
+/// A field of [`ModelConfig`], for errors (each file format names it its own way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    MaxSeqLen,
+    VocabSize,
+    PaddedVocabSize,
+    NumLayers,
+    NumHeads,
+    Channels,
+}
+
+impl Field {
+    /// The field's name in [`ModelConfig`] (and in checkpoint and `genesis.json` headers).
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::MaxSeqLen => "max_seq_len",
+            Field::VocabSize => "vocab_size",
+            Field::PaddedVocabSize => "padded_vocab_size",
+            Field::NumLayers => "num_layers",
+            Field::NumHeads => "num_heads",
+            Field::Channels => "channels",
+        }
+    }
+}
+
+/// What is wrong with a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Below the smallest value allowed.
+    BelowMin(usize),
+    /// Above the largest value allowed (a `MAX_*` constant).
+    AboveMax(usize),
+    /// Not a multiple of the other field's value.
+    NotDivisibleBy(Field, usize),
+    /// Below the other field's value.
+    BelowField(Field, usize),
+    /// More than this far above the other field's value.
+    TooFarAbove(Field, usize, usize),
+    /// The model's parameter count (or its bytes) does not fit in 64 bits.
+    Overflow,
+}
+
+/// Why [`ModelConfig::new`] refused a config: the field, its value and the rule it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: Field,
+    pub value: usize,
+    pub problem: Problem,
+}
+
+impl ConfigError {
+    /// The message with each field called what `name` says (a file format's own names).
+    pub fn message(&self, name: impl Fn(Field) -> String) -> String {
+        let (f, v) = (name(self.field), self.value);
+        let what = match self.problem {
+            Problem::BelowMin(min) => format!("{f} {v} is below the minimum {min}"),
+            Problem::AboveMax(max) => format!("{f} {v} is above the limit {max}"),
+            Problem::NotDivisibleBy(g, x) => format!("{f} {v} is not divisible by {} {x}", name(g)),
+            Problem::BelowField(g, x) => format!("{f} {v} is below {} {x}", name(g)),
+            Problem::TooFarAbove(g, x, d) => format!("{f} {v} is more than {d} above {} {x}", name(g)),
+            Problem::Overflow => format!("the parameter count of a model with {f} {v} overflows"),
+        };
+        format!("{what}; this is not a GPT-2 model this build can load")
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message(|g| g.name().to_string()))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// Names accepted by `--model`, with what they are.
 pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", "2 layers, 64 wide, 4 heads, context 64 (tests)"),
@@ -39,6 +162,24 @@ pub const PRESETS: &[(&str, &str)] = &[
 ];
 
 impl ModelConfig {
+    /// The one validating constructor: every reader builds its config here. Checks, in this order,
+    /// each field against its bounds (layers 1..=[`MAX_LAYERS`], heads 1..=[`MAX_HEADS`], channels
+    /// 1..=[`MAX_CHANNELS`] and divisible by heads, context 1..=[`MAX_SEQ_LEN`], vocabulary
+    /// 1..=[`MAX_VOCAB`], padded vocabulary from the vocabulary to [`MAX_VOCAB_PADDING`] rows above
+    /// it and at most [`MAX_VOCAB`]) and that the parameter count and its bytes fit in 64 bits.
+    pub fn new(
+        max_seq_len: usize,
+        vocab_size: usize,
+        padded_vocab_size: usize,
+        num_layers: usize,
+        num_heads: usize,
+        channels: usize,
+    ) -> Result<Self, ConfigError> {
+        let cfg = ModelConfig { max_seq_len, vocab_size, padded_vocab_size, num_layers, num_heads, channels };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     fn gpt2(num_layers: usize, channels: usize, num_heads: usize, max_seq_len: usize) -> Self {
         ModelConfig {
             max_seq_len,
@@ -65,20 +206,57 @@ impl ModelConfig {
         }
     }
 
-    /// Check the invariants every op relies on.
-    pub fn validate(&self) -> Result<(), String> {
-        let ok = self.max_seq_len > 0
-            && self.vocab_size > 0
-            && self.padded_vocab_size >= self.vocab_size
-            && self.num_layers > 0
-            && self.num_heads > 0
-            && self.channels > 0
-            && self.channels.is_multiple_of(self.num_heads);
-        if ok {
-            Ok(())
-        } else {
-            Err(format!("invalid model config {self:?}: need all sizes > 0, padded vocab >= vocab and channels divisible by heads"))
+    /// The checks of [`ModelConfig::new`], for a config built otherwise (presets, tests).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, value, problem| Err(ConfigError { field, value, problem });
+        let range = |field, value: usize, max: usize| {
+            if value < 1 {
+                err(field, value, Problem::BelowMin(1))
+            } else if value > max {
+                err(field, value, Problem::AboveMax(max))
+            } else {
+                Ok(())
+            }
+        };
+        range(Field::NumLayers, self.num_layers, MAX_LAYERS)?;
+        range(Field::NumHeads, self.num_heads, MAX_HEADS)?;
+        range(Field::Channels, self.channels, MAX_CHANNELS)?;
+        if !self.channels.is_multiple_of(self.num_heads) {
+            return err(Field::Channels, self.channels, Problem::NotDivisibleBy(Field::NumHeads, self.num_heads));
         }
+        range(Field::MaxSeqLen, self.max_seq_len, MAX_SEQ_LEN)?;
+        range(Field::VocabSize, self.vocab_size, MAX_VOCAB)?;
+        let vp = self.padded_vocab_size;
+        if vp < self.vocab_size {
+            return err(Field::PaddedVocabSize, vp, Problem::BelowField(Field::VocabSize, self.vocab_size));
+        }
+        if vp - self.vocab_size > MAX_VOCAB_PADDING {
+            return err(
+                Field::PaddedVocabSize,
+                vp,
+                Problem::TooFarAbove(Field::VocabSize, self.vocab_size, MAX_VOCAB_PADDING),
+            );
+        }
+        range(Field::PaddedVocabSize, vp, MAX_VOCAB)?;
+        // Within the bounds above this cannot fail; checked all the same, so no size ever wraps.
+        let total = ParamLayout::try_new(self)?.total;
+        if total.checked_mul(3 * 4).is_none() {
+            return err(Field::Channels, self.channels, Problem::Overflow);
+        }
+        Ok(())
+    }
+
+    /// Refuses a model whose vocabulary is smaller than the GPT-2 tokenizer's: sampling, evaluation
+    /// and training feed it GPT-2 tokens (up to [`EOT_TOKEN`]), which need an embedding row each.
+    pub fn check_gpt2_vocab(&self) -> Result<(), String> {
+        if self.vocab_size < VOCAB_SIZE {
+            return Err(format!(
+                "the model's vocabulary has {} tokens, fewer than the {VOCAB_SIZE} of the GPT-2 tokenizer Genesis \
+                 encodes text with; sample, eval and train need a model with the GPT-2 vocabulary",
+                self.vocab_size
+            ));
+        }
+        Ok(())
     }
 
     pub fn head_size(&self) -> usize {
@@ -106,7 +284,7 @@ impl fmt::Display for ModelConfig {
             self.max_seq_len,
             self.vocab_size,
             self.padded_vocab_size,
-            self.num_params() as f64 / 1e6
+            ParamLayout::try_new(self).map_or(f64::NAN, |l| l.total as f64 / 1e6)
         )
     }
 }
@@ -216,32 +394,38 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
+    /// The layout of a config that passed [`ModelConfig::validate`] (presets, and every config read
+    /// from a file). Panics only if given an unchecked config whose sizes overflow.
     pub fn new(cfg: &ModelConfig) -> Self {
+        Self::try_new(cfg).unwrap_or_else(|e| panic!("ParamLayout::new on an unchecked model config: {e}"))
+    }
+
+    /// The layout, every size computed with checked arithmetic: an error instead of a wrapped size.
+    pub fn try_new(cfg: &ModelConfig) -> Result<Self, ConfigError> {
         let (vp, t, l, c) = (cfg.padded_vocab_size, cfg.max_seq_len, cfg.num_layers, cfg.channels);
-        let mut offset = 0;
-        let tensors = Param::ALL
-            .iter()
-            .map(|&param| {
-                let shape = match param {
-                    Param::Wte => vec![vp, c],
-                    Param::Wpe => vec![t, c],
-                    Param::Ln1w | Param::Ln1b | Param::Ln2w | Param::Ln2b => vec![l, c],
-                    Param::Qkvw => vec![l, 3 * c, c],
-                    Param::Qkvb => vec![l, 3 * c],
-                    Param::AttProjw => vec![l, c, c],
-                    Param::AttProjb | Param::FcProjb => vec![l, c],
-                    Param::Fcw => vec![l, 4 * c, c],
-                    Param::Fcb => vec![l, 4 * c],
-                    Param::FcProjw => vec![l, c, 4 * c],
-                    Param::Lnfw | Param::Lnfb => vec![c],
-                };
-                let len = shape.iter().product();
-                let spec = TensorSpec { param, shape, offset, len };
-                offset += len;
-                spec
-            })
-            .collect();
-        ParamLayout { tensors, total: offset }
+        let overflow = ConfigError { field: Field::Channels, value: c, problem: Problem::Overflow };
+        let (c3, c4) = (c.checked_mul(3).ok_or(overflow)?, c.checked_mul(4).ok_or(overflow)?);
+        let mut offset = 0usize;
+        let mut tensors = Vec::with_capacity(NUM_PARAM_TENSORS);
+        for param in Param::ALL {
+            let shape = match param {
+                Param::Wte => vec![vp, c],
+                Param::Wpe => vec![t, c],
+                Param::Ln1w | Param::Ln1b | Param::Ln2w | Param::Ln2b => vec![l, c],
+                Param::Qkvw => vec![l, c3, c],
+                Param::Qkvb => vec![l, c3],
+                Param::AttProjw => vec![l, c, c],
+                Param::AttProjb | Param::FcProjb => vec![l, c],
+                Param::Fcw => vec![l, c4, c],
+                Param::Fcb => vec![l, c4],
+                Param::FcProjw => vec![l, c, c4],
+                Param::Lnfw | Param::Lnfb => vec![c],
+            };
+            let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(overflow)?;
+            tensors.push(TensorSpec { param, shape, offset, len });
+            offset = offset.checked_add(len).ok_or(overflow)?;
+        }
+        Ok(ParamLayout { tensors, total: offset })
     }
 
     pub fn get(&self, p: Param) -> &TensorSpec {

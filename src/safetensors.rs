@@ -217,14 +217,19 @@ pub fn check_extent(path: &Path, header: &Header, file_len: u64) -> Result<()> {
     for t in &header.tensors {
         let elem =
             dtype_bytes(&t.dtype).with_context(|| format!("{p}: tensor {} has unknown dtype {}", t.name, t.dtype))?;
-        let numel: u64 = t.shape.iter().map(|&d| d as u64).product();
-        if t.end < t.begin || t.end - t.begin != numel * elem {
+        // Checked: a shape such as [2^32, 2^32] must not wrap to a size that matches its bytes.
+        let want = t.shape.iter().try_fold(elem, |a, &d| a.checked_mul(d as u64)).with_context(|| {
+            format!(
+                "{p}: tensor {} has shape {:?}, whose size in bytes does not fit in 64 bits; the header is damaged or crafted",
+                t.name, t.shape
+            )
+        })?;
+        if t.end < t.begin || t.end - t.begin != want {
             bail!(
-                "{p}: tensor {} ({} {:?}) should hold {} bytes but its offsets {}..{} give {}",
+                "{p}: tensor {} ({} {:?}) should hold {want} bytes but its offsets {}..{} give {}",
                 t.name,
                 t.dtype,
                 t.shape,
-                numel * elem,
                 t.begin,
                 t.end,
                 t.end.saturating_sub(t.begin)
@@ -235,17 +240,18 @@ pub fn check_extent(path: &Path, header: &Header, file_len: u64) -> Result<()> {
         }
         expected_begin = t.end;
     }
-    if let Some(i) = header.tensors.iter().position(|t| header.data_start + t.end > file_len) {
+    if let Some(i) = header.tensors.iter().position(|t| header.data_start.saturating_add(t.end) > file_len) {
         let t = &header.tensors[i];
         let more = header.tensors.len() - i - 1;
         bail!(
             "{p}: truncated: tensor {} needs bytes {}..{} but the file has {file_len}{}; the copy or download was cut short, fetch it again",
             t.name,
-            header.data_start + t.begin,
-            header.data_start + t.end,
+            header.data_start.saturating_add(t.begin),
+            header.data_start.saturating_add(t.end),
             if more > 0 { format!(" ({more} more tensors lie past the end)") } else { String::new() }
         );
     }
+    // Every tensor ends inside the file (checked above), so this cannot overflow.
     let want = header.data_start + header.data_bytes();
     if file_len != want {
         bail!(
@@ -275,6 +281,16 @@ impl SafetensorsFile {
             bail!("{}: the file changed while it was being opened; try again", path.display());
         }
         Ok(SafetensorsFile { path: path.to_path_buf(), header, map })
+    }
+
+    /// The file's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Whether the file is empty (never, once opened: the header alone is 8 bytes).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// The raw bytes of tensor `t`.

@@ -1,11 +1,12 @@
-//! Model weights from any file Genesis reads, as one f32 buffer in [`ParamLayout`] order:
+//! Model weights from any file Genesis reads, as one f32 buffer in
+//! [`ParamLayout`](crate::model::ParamLayout) order:
 //! Genesis checkpoints (`*.ckpt`, full or not), `genesis export` directories and Hugging Face GPT-2
 //! `model.safetensors` files (with their `config.json`), and llm.c model files (`gpt2_124M.bin`,
 //! fp32 version 3 or bf16 version 5). `genesis sample`, `eval`, `import` and `train --init-from` all
 //! load through [`load`].
 
 use crate::checkpoint;
-use crate::model::{ModelConfig, ParamLayout};
+use crate::model::ModelConfig;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,11 +43,10 @@ pub struct Weights {
     pub step: Option<u64>,
 }
 
-/// The file to read for `path` (a directory's `model.safetensors`) and its format as its first bytes
-/// tell: `Err` naming the format the file's extension promises when they name none Genesis
-/// recognises by content (only a `.safetensors` file, whose header is checked later, passes as
-/// `None`).
-fn sniff(path: &Path) -> Result<(PathBuf, Option<WeightsFormat>)> {
+/// The file to read for `path` (a directory's `model.safetensors`) and its format: by its first bytes,
+/// else a `.safetensors` name. [`load`] and [`verify`] both decide through here, so `verify` never
+/// calls whole a file `load` would not read.
+fn sniff(path: &Path) -> Result<(PathBuf, WeightsFormat)> {
     if path.is_dir() {
         let st = path.join(crate::hf::MODEL_FILE);
         if !st.exists() {
@@ -57,22 +57,23 @@ fn sniff(path: &Path) -> Result<(PathBuf, Option<WeightsFormat>)> {
                 crate::hf::MODEL_FILE
             );
         }
-        return Ok((st, Some(WeightsFormat::Safetensors)));
+        return Ok((st, WeightsFormat::Safetensors));
     }
     let mut head = [0u8; 8];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
         .with_context(|| format!("cannot read model file {}", path.display()))?;
     let head = &head[..n];
-    if head.starts_with(checkpoint::MAGIC) {
-        Ok((path.to_path_buf(), Some(WeightsFormat::Checkpoint)))
+    let format = if head.starts_with(checkpoint::MAGIC) {
+        WeightsFormat::Checkpoint
     } else if head.len() >= 4 && head[..4] == crate::llmc::MAGIC.to_le_bytes() {
-        Ok((path.to_path_buf(), Some(WeightsFormat::LlmC)))
+        WeightsFormat::LlmC
     } else if path.extension().is_some_and(|e| e == "safetensors") {
-        Ok((path.to_path_buf(), None))
+        WeightsFormat::Safetensors
     } else {
-        Err(unrecognised(path, head))
-    }
+        return Err(unrecognised(path, head));
+    };
+    Ok((path.to_path_buf(), format))
 }
 
 /// The error for a file whose first bytes (`head`) name no format Genesis reads: the format its
@@ -114,7 +115,7 @@ fn unrecognised(path: &Path, head: &[u8]) -> anyhow::Error {
 pub fn load(path: &Path) -> Result<Weights> {
     let (file, format) = sniff(path)?;
     match format {
-        Some(WeightsFormat::Checkpoint) => {
+        WeightsFormat::Checkpoint => {
             let (info, params) = checkpoint::load_params(&file)?;
             Ok(Weights {
                 config: info.config,
@@ -124,11 +125,11 @@ pub fn load(path: &Path) -> Result<Weights> {
                 step: Some(info.step),
             })
         }
-        Some(WeightsFormat::LlmC) => {
+        WeightsFormat::LlmC => {
             let (config, params) = crate::llmc::read_model(&file)?;
             Ok(Weights { config, params, format: WeightsFormat::LlmC, path: file, step: None })
         }
-        Some(WeightsFormat::Safetensors) | None => load_safetensors(&file),
+        WeightsFormat::Safetensors => load_safetensors(&file),
     }
 }
 
@@ -155,14 +156,17 @@ pub struct VerifyReport {
     pub checked: String,
 }
 
-/// Checks that the model file (or export directory) at `path` is whole without loading it for use:
-/// a Genesis checkpoint's header and every section's CRC-32; a safetensors file's header, tensor
-/// extents, exact length, expected GPT-2 tensors and shapes, and the sha256 recorded in `genesis.json`
+/// Checks that the model file (or export directory) at `path` is whole without loading it for use,
+/// running every check [`load`] runs before it reads the values (so a file called whole loads): a
+/// Genesis checkpoint's header (a model shape `ModelConfig::new` accepts, sections in bounds and not
+/// overlapping) and every section's CRC-32; a safetensors file's header, tensor extents (each
+/// shape's byte size, without overflow, equal to its byte range), exact length, `config.json`,
+/// expected GPT-2 tensors and shapes, a tied `lm_head`, and the sha256 recorded in `genesis.json`
 /// when present; an llm.c file's header and size. The error names the file and the broken part.
 pub fn verify(path: &Path) -> Result<VerifyReport> {
     let (st, format) = sniff(path)?;
     match format {
-        Some(WeightsFormat::Checkpoint) => {
+        WeightsFormat::Checkpoint => {
             let info = checkpoint::verify(&st)?;
             let names: Vec<&str> = info.sections.iter().map(|s| s.name.as_str()).collect();
             Ok(VerifyReport {
@@ -172,23 +176,22 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
                 checked: format!("CRC-32 of every section ({}) matches", names.join(", ")),
             })
         }
-        Some(WeightsFormat::LlmC) => {
-            let (config, version) = verify_llmc(&st)?;
+        WeightsFormat::LlmC => {
+            let (h, _) = crate::llmc::read_header(&st)?;
             Ok(VerifyReport {
                 format: WeightsFormat::LlmC,
-                config,
+                config: h.config,
                 step: None,
-                checked: format!("version {version}, size matches the header"),
+                checked: format!("version {}, size matches the header", h.version),
             })
         }
-        // A .safetensors file: its header check names what does not parse.
-        Some(WeightsFormat::Safetensors) | None => verify_safetensors(&st),
+        WeightsFormat::Safetensors => verify_safetensors(&st),
     }
 }
 
 /// Structure of a GPT-2 safetensors file, and its sha256 against `genesis.json` when there is one.
 fn verify_safetensors(path: &Path) -> Result<VerifyReport> {
-    let g = crate::hf::open_gpt2(path)?;
+    let g = crate::hf::check_gpt2(path)?;
     let dtypes: std::collections::BTreeSet<&str> = g.tensors.iter().map(|(_, i)| i.dtype.as_str()).collect();
     let dtypes = dtypes.into_iter().collect::<Vec<_>>().join("+");
     let mut checked = format!("{dtypes}, {} tensors with the right shapes, length exact", g.tensors.len());
@@ -214,42 +217,4 @@ fn verify_safetensors(path: &Path) -> Result<VerifyReport> {
         step: g.export.as_ref().and_then(|e| e.step),
         checked,
     })
-}
-
-/// An llm.c model file's header and size, without reading the parameters. Returns the shape and version.
-fn verify_llmc(path: &Path) -> Result<(ModelConfig, i32)> {
-    use crate::llmc::{HEADER_BYTES, VERSION_BF16, VERSION_FP32};
-    let p = path.display();
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {p}"))?;
-    let file_len = f.metadata().with_context(|| format!("cannot stat {p}"))?.len();
-    let mut bytes = vec![0u8; HEADER_BYTES];
-    f.read_exact(&mut bytes)
-        .with_context(|| format!("{p}: truncated: {file_len} bytes, the llm.c header alone needs {HEADER_BYTES}"))?;
-    let h: Vec<i32> = bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let elem = match h[1] {
-        VERSION_FP32 => 4,
-        VERSION_BF16 => 2,
-        v => bail!("{p}: unknown llm.c model version {v} (expected {VERSION_FP32} = fp32 or {VERSION_BF16} = bf16)"),
-    };
-    let field = |i: usize| usize::try_from(h[i]).unwrap_or(0);
-    let config = ModelConfig {
-        max_seq_len: field(2),
-        vocab_size: field(3),
-        num_layers: field(4),
-        num_heads: field(5),
-        channels: field(6),
-        padded_vocab_size: field(7),
-    };
-    config.validate().map_err(|e| anyhow::anyhow!("{p}: bad llm.c header: {e}"))?;
-    let want = (HEADER_BYTES + ParamLayout::new(&config).total * elem) as u64;
-    if file_len < want {
-        bail!("{p}: truncated: the header ({config}) implies {want} bytes but the file has {file_len}; copy it again");
-    }
-    if file_len > want {
-        bail!(
-            "{p}: the header ({config}) implies {want} bytes but the file has {file_len} ({} extra)",
-            file_len - want
-        );
-    }
-    Ok((config, h[1]))
 }

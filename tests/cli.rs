@@ -181,3 +181,31 @@ fn every_command_stops_quietly_when_its_output_is_closed() {
     }
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The built-in tiny Shakespeare needs no file and no network: `train --data shakespeare` prepares
+/// it first (the whole play as one document, its last 10% the val split), and sampling the result
+/// prints text and says why it stopped.
+#[test]
+fn train_data_shakespeare_prepares_the_built_in_copy_offline() {
+    let dir = temp_dir("cli-shakespeare");
+    let root = dir.join("data");
+    let run = dir.join("run");
+    let args = ["train", "--device", "cpu", "--data", "shakespeare", "--steps", "1", "--batch", "2", "--seq", "16"];
+    let out = genesis(&root, &[&args[..], &["--eval-batches", "1", "--out", run.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("preparing the built-in copy"), "{}", text(&out.stderr));
+    let m = genesis::data::manifest::Manifest::load(&root.join("shakespeare")).unwrap();
+    assert_eq!((m.splits["train"].documents, m.splits["val"].documents), (1, 1));
+    let share = m.splits["val"].tokens as f64 / (m.splits["train"].tokens + m.splits["val"].tokens) as f64;
+    assert!((0.08..0.12).contains(&share), "val is {share:.3} of the tokens");
+    let again = genesis(&root, &["prepare", "shakespeare"]);
+    assert!(text(&again.stdout).contains("nothing to do"), "{}", text(&again.stdout));
+
+    let ckpt = run.join("step_00000001.ckpt");
+    let sample = ["sample", "--device", "cpu", "--checkpoint", ckpt.to_str().unwrap(), "--prompt", "ROMEO:"];
+    let out = genesis(&root, &[&sample[..], &["--max-tokens", "5", "--temperature", "0"]].concat());
+    assert!(out.status.success() && text(&out.stdout).starts_with("ROMEO:"), "{}", text(&out.stderr));
+    let eot = genesis(&root, &[&sample[..], &["--max-tokens", "3", "--ignore-eot"]].concat());
+    assert!(eot.status.success(), "{}", text(&eot.stderr));
+    fs::remove_dir_all(&dir).unwrap();
+}

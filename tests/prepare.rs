@@ -378,9 +378,11 @@ fn every_val_split_suggestion_works_when_run() {
         &out,
         &[&["--docs", "paragraphs", "--val-fraction", "0.2"]],
     );
+    // Thirty paragraphs in one file read whole: the file's tail is held out, no advice needed.
     let thirty = input("thirty.txt", &paragraphs(30));
     let out = dir.join("thirty");
-    check(strings(&["--input", &thirty, "--out", out.to_str().unwrap()]), &out, &[&["--docs", "paragraphs"]]);
+    let (ok, text) = prepare_bin(&root, &strings(&["--input", &thirty, "--out", out.to_str().unwrap()]));
+    assert!(ok && trains(&out) && text.contains("is held out as the val split"), "{text}");
 
     // A dataset prepared with no val split: train's error gives a prepare command that works.
     let (ok, text) = prepare_bin(
@@ -408,5 +410,30 @@ fn every_val_split_suggestion_works_when_run() {
     assert!(ok, "{text}");
     let trained = train();
     assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One text file, read whole, is one document: its last `--val-fraction` is held out as val, cut at
+/// the start of a paragraph, and train and val decode back to the head and the tail of the text.
+#[test]
+fn a_single_text_file_holds_out_its_tail() {
+    let dir = temp_dir("prepare-tail");
+    let text: String = (0..400).map(|i| format!("Speaker {i}:\nLine {i} of the play, and more words.\n\n")).collect();
+    fs::write(dir.join("play.txt"), &text).unwrap();
+    let out = dir.join("out");
+    let r = prepare(&[local(&dir.join("play.txt"))], &out, &config("play")).unwrap();
+    let (train, val) = (r.manifest.split(Split::Train).unwrap(), r.manifest.split(Split::Val).unwrap());
+    assert_eq!((train.documents, val.documents), (1, 1));
+    let decode = |split: &str| -> String {
+        let shard = Shard::open(&out.join(format!("{split}_000000.bin"))).unwrap();
+        let tokens: Vec<u32> = shard.tokens().iter().map(|&t| t as u32).collect();
+        assert_eq!(tokens[0], EOT_TOKEN);
+        Tokenizer::gpt2().unwrap().decode(&tokens[1..])
+    };
+    let (head, tail) = (decode("train"), decode("val"));
+    assert_eq!(format!("{head}{tail}"), text, "the two splits are not the text cut in two");
+    assert!(tail.starts_with("Speaker ") && head.ends_with("\n\n"), "not cut at a paragraph: {:?}", &tail[..20]);
+    let share = tail.len() as f64 / text.len() as f64;
+    assert!((0.08..=0.1).contains(&share), "held out {share:.3} of the text, not about 10%");
     fs::remove_dir_all(&dir).unwrap();
 }

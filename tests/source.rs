@@ -360,7 +360,7 @@ fn jsonl_documents_come_from_the_field() {
         ["first doc\nwith two lines", "café 😀", "third"]
     );
     let file = write(&dir, "c.ndjson", "{\"content\": \"x y\"}\n{\"content\": \"z\"}\n");
-    let custom = SourceOptions { field: "content".into(), docs: Docs::Whole };
+    let custom = SourceOptions { field: "content".into(), docs: Docs::Whole, tail_from: None };
     assert_eq!(read_docs(&file, &custom, 1 << 20).unwrap(), ["x y", "z"]);
 }
 
@@ -462,7 +462,7 @@ fn parquet_wikitext_rows_are_lines_of_articles() {
 fn parquet_column_errors() {
     let dir = temp_dir("source-parquet-bad");
     let file = parquet(&dir, "p.parquet", &[Some("x")], 1);
-    let content = SourceOptions { field: "content".into(), docs: Docs::Whole };
+    let content = SourceOptions { field: "content".into(), docs: Docs::Whole, tail_from: None };
     let e = err_string(read_docs(&file, &content, 1 << 20));
     assert!(e.contains(&file.path.display().to_string()) && e.contains("no column \"content\""), "{e}");
     assert!(e.contains("its columns: text"), "{e}");

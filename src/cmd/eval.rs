@@ -79,6 +79,7 @@ pub fn run(c: EvalCmd) -> Result<()> {
     }
     let device = genesis::gpu::select_device(c.device)?;
     let w = weights::load(&c.checkpoint)?;
+    super::sample::cfg_gpt2_vocab(&w)?;
     // The arguments and the model file are sound: say where it runs, once.
     device.note();
     let mut scorer: Box<dyn eval::Scorer + '_> = match device.gpu {

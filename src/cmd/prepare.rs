@@ -17,11 +17,11 @@ use genesis::util::{create_dirs, remove_empty_dirs, DirLock};
 #[argh(
     subcommand,
     name = "prepare",
-    example = "genesis prepare wikitext-103\ngenesis prepare wikitext-103 --from ~/Downloads/wikitext\ngenesis prepare --input ../shared/data/tinyshakespeare.txt --name shakespeare --docs paragraphs\ngenesis prepare --input 'corpus/*.jsonl' --field content --name mycorpus",
-    note = "DATASET is wikitext-103 or wikitext-2: the raw Salesforce/wikitext parquet files are downloaded from Hugging Face at a pinned revision (resumable, retried, each file checked against its pinned sha256) into data/NAME/raw/, and wikitext's train/validation/test splits become the train/val/test shards, one document per article. Set HF_ENDPOINT to use a mirror; without network use --from DIR with the parquet files fetched elsewhere.\n\nWith --input, inputs are .txt/.text/.raw/.md (UTF-8; CRLF becomes LF), .jsonl/.ndjson (the --field string of each line) and .parquet (the --field column of each row) files, directories (searched recursively) and quoted globs. --docs says what a document is: whole (a text file, a jsonl line or a parquet row; the default), paragraphs (blank-line-separated blocks of a text file) or wikitext (articles under ` = Title = ` headings). Every --val-fraction-th document, evenly spread, is held out as the val split.\n\nOutput goes to data/NAME/ (--out to override; $GENESIS_DATA_DIR moves data/): train_000000.bin, val_000000.bin, ... in llm.c's shard format (a 1024-byte header, then uint16 tokens; 100M tokens per shard) and manifest.json (tokenizer, tokens per split and shard, sources with size and sha256), written last. Each document starts with the end-of-text token 50256. Encoding runs on all cores with bounded memory and gives the same bytes whatever the thread count.\n\nSafe to interrupt: shards are written under temporary names, fsynced and renamed, and a journal records progress after every batch; running the same command again finishes the work (byte-identical to an uninterrupted run), and running it after success does nothing. A directory without manifest.json is never used for training. One genesis prepare at a time uses an output directory (a lock file, .genesis.lock); a second one stops at once, naming the first."
+    example = "genesis prepare shakespeare\ngenesis prepare wikitext-103\ngenesis prepare wikitext-103 --from ~/Downloads/wikitext\ngenesis prepare --input ../shared/data/tinyshakespeare.txt --name shakespeare --docs paragraphs\ngenesis prepare --input 'corpus/*.jsonl' --field content --name mycorpus",
+    note = "DATASET is shakespeare, wikitext-103 or wikitext-2. shakespeare is tiny Shakespeare (1.1 MB, public domain), built into Genesis: no network needed; the whole play is one document and its last --val-fraction (default 10%) is the val split. wikitext-103 and wikitext-2: the raw Salesforce/wikitext parquet files are downloaded from Hugging Face at a pinned revision (resumable, retried, each file checked against its pinned sha256) into data/NAME/raw/, and wikitext's train/validation/test splits become the train/val/test shards, one document per article. Set HF_ENDPOINT to use a mirror; without network use --from DIR with the parquet files fetched elsewhere.\n\nWith --input, inputs are .txt/.text/.raw/.md (UTF-8; CRLF becomes LF), .jsonl/.ndjson (the --field string of each line) and .parquet (the --field column of each row) files, directories (searched recursively) and quoted globs. --docs says what a document is: whole (a text file, a jsonl line or a parquet row; the default), paragraphs (blank-line-separated blocks of a text file) or wikitext (articles under ` = Title = ` headings). Every --val-fraction-th document, evenly spread, is held out as the val split; a single text file read whole is one document, so its last --val-fraction (cut at a paragraph or line start) is held out instead.\n\nOutput goes to data/NAME/ (--out to override; $GENESIS_DATA_DIR moves data/): train_000000.bin, val_000000.bin, ... in llm.c's shard format (a 1024-byte header, then uint16 tokens; 100M tokens per shard) and manifest.json (tokenizer, tokens per split and shard, sources with size and sha256), written last. Each document starts with the end-of-text token 50256. Encoding runs on all cores with bounded memory and gives the same bytes whatever the thread count.\n\nSafe to interrupt: shards are written under temporary names, fsynced and renamed, and a journal records progress after every batch; running the same command again finishes the work (byte-identical to an uninterrupted run), and running it after success does nothing. A directory without manifest.json is never used for training. One genesis prepare at a time uses an output directory (a lock file, .genesis.lock); a second one stops at once, naming the first."
 )]
 pub struct PrepareCmd {
-    /// a dataset to download and prepare: wikitext-103 or wikitext-2
+    /// a built-in dataset: shakespeare (no download), wikitext-103 or wikitext-2
     #[argh(positional)]
     dataset: Option<String>,
     /// a file, directory or glob to prepare (repeat for several)
@@ -63,7 +63,7 @@ impl PrepareCmd {
             out: None,
             docs: "whole".into(),
             field: "text".into(),
-            val_fraction: 0.0,
+            val_fraction: 0.1,
             shard_tokens: genesis::data::prepare::SHARD_TOKENS,
             from: None,
             force: false,
@@ -79,6 +79,18 @@ pub fn run(c: PrepareCmd) -> Result<()> {
         other => bail!("--docs {other}: expected whole, paragraphs or wikitext"),
     };
     let report = match (&c.dataset, c.input.is_empty()) {
+        (Some(name), true) if name == datasets::SHAKESPEARE => {
+            if c.name.is_some() {
+                bail!("--name is for --input; a built-in dataset is called by its own name (use --out to put it elsewhere)");
+            }
+            let out = c.out.clone().unwrap_or_else(|| manifest::data_root().join(name));
+            let mut cfg = PrepareConfig::new(name);
+            cfg.val_fraction = c.val_fraction;
+            cfg.shard_tokens = c.shard_tokens;
+            cfg.force = c.force;
+            let r = locked(&out, || datasets::prepare_shakespeare(&out, cfg))?;
+            (r, out, name.clone())
+        }
         (Some(name), true) => {
             let Some(ds) = datasets::named(name) else {
                 bail!(
@@ -117,7 +129,7 @@ pub fn run(c: PrepareCmd) -> Result<()> {
             }
             let out = c.out.clone().unwrap_or_else(|| manifest::data_root().join(&name));
             let mut cfg = PrepareConfig::new(&name);
-            cfg.source = SourceOptions { field: c.field.clone(), docs };
+            cfg.source = SourceOptions { field: c.field.clone(), docs, tail_from: None };
             cfg.val_fraction = c.val_fraction;
             cfg.shard_tokens = c.shard_tokens;
             cfg.force = c.force;

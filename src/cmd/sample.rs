@@ -44,6 +44,9 @@ pub struct SampleCmd {
     /// random seed (default 42)
     #[argh(option, default = "42")]
     seed: u64,
+    /// keep generating past the end-of-text token (it starts a new document) up to --max-tokens
+    #[argh(switch)]
+    ignore_eot: bool,
     /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
     #[argh(option, default = "Device::Auto")]
     device: Device,
@@ -52,11 +55,17 @@ pub struct SampleCmd {
     precision: Precision,
 }
 
+/// The model file's vocabulary must cover the GPT-2 tokenizer's (prompts and samples are GPT-2 tokens).
+pub(crate) fn cfg_gpt2_vocab(w: &genesis::weights::Weights) -> Result<()> {
+    w.config.check_gpt2_vocab().map_err(|e| anyhow::anyhow!("{}: {e}", w.path.display()))
+}
+
 pub fn run(c: SampleCmd) -> Result<()> {
     let params_s = SamplingParams { temperature: c.temperature, top_k: c.top_k, top_p: c.top_p };
     params_s.check().map_err(anyhow::Error::msg)?;
     let device = genesis::gpu::select_device(c.device)?;
     let w = genesis::weights::load(&c.checkpoint)?;
+    cfg_gpt2_vocab(&w)?;
     let (cfg, params) = (w.config, w.params);
     let tok = Tokenizer::gpt2()?;
     let mut prompt = vec![EOT_TOKEN];
@@ -84,8 +93,14 @@ pub fn run(c: SampleCmd) -> Result<()> {
     }
     // `position`: tokens fed to the model so far.
     for position in (prompt.len()..).take(c.max_tokens) {
+        if position >= cfg.max_seq_len {
+            eprintln!("note: stopped at the model's context of {} tokens", cfg.max_seq_len);
+            break;
+        }
         let next = sample_token(&logits, &params_s, &mut rng);
-        if next == EOT_TOKEN || position >= cfg.max_seq_len {
+        if next == EOT_TOKEN && !c.ignore_eot {
+            let written = position - prompt.len();
+            eprintln!("note: the model ended the text (end-of-text) after {written} tokens; --ignore-eot keeps going");
             break;
         }
         write!(out, "{}", stream.push(next)).and_then(|()| out.flush()).map_err(stdout_error)?;

@@ -107,6 +107,10 @@ fn train_data(data: Option<&str>) -> Result<(PathBuf, String)> {
         return Ok((absolute(&dir)?, dir.display().to_string()));
     };
     let dir = manifest::resolve(data);
+    if data == genesis::data::datasets::SHAKESPEARE && !dir.join(manifest::MANIFEST_FILE).exists() {
+        eprintln!("--data shakespeare is not prepared yet; preparing the built-in copy first (no network needed)");
+        super::prepare::run(super::prepare::PrepareCmd::named(data))?;
+    }
     manifest::Manifest::load(&dir)?;
     Ok((absolute(&dir)?, data.to_string()))
 }
@@ -147,7 +151,9 @@ pub fn run(c: TrainCmd) -> Result<()> {
         Some(out) => out.clone(),
         None => {
             if let (Some(path), None) = (&c.init_from, &c.model) {
-                init = Some(genesis::weights::load(path)?.config);
+                let w = genesis::weights::load(path)?;
+                super::sample::cfg_gpt2_vocab(&w)?;
+                init = Some(w.config);
             }
             let out = default_run_dir(c.data.as_deref(), c.model.as_deref(), init.as_ref());
             eprintln!("no --out given: the run directory is {}", out.display());
@@ -217,7 +223,11 @@ fn run_locked(
     // The shape of --init-from's weights, only when nothing else names the model (train loads them again).
     let init = match (&c.init_from, &saved, &c.model, init) {
         (Some(_), None, None, Some(cfg)) => Some(cfg),
-        (Some(path), None, None, None) => Some(genesis::weights::load(path)?.config),
+        (Some(path), None, None, None) => {
+            let w = genesis::weights::load(path)?;
+            super::sample::cfg_gpt2_vocab(&w)?;
+            Some(w.config)
+        }
         _ => None,
     };
     let model = match (&c.model, &saved, init) {

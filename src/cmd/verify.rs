@@ -11,7 +11,7 @@ use std::path::PathBuf;
     subcommand,
     name = "verify",
     example = "genesis verify runs/gpt2/step_00010000.ckpt\ngenesis verify gpt2-export\ngenesis verify gpt2/model.safetensors",
-    note = "Genesis checkpoint: the header checksum and every section's CRC-32 (the error names the damaged section). Export directory or model.safetensors: the header parses, every tensor lies inside the file, the file is exactly as long as the header says, every GPT-2 tensor is present with the shape config.json implies, and the sha256 recorded in genesis.json matches (when there is one). llm.c model file: the header and the file size. Prints one line \"FILE: whole (...)\" and exits 0, or says what is broken and exits 1."
+    note = "Every file is checked as sample, eval, import, export and train --init-from load it (a file called whole loads), model shape included: at most 256 layers and 256 heads, at most 16384 channels (divisible by the heads), a context of at most 65536, a vocabulary of at most 1048576 padded by at most 1024 rows.\n\nGenesis checkpoint: the header checksum, sections in bounds and not overlapping, and every section's CRC-32 (the error names the damaged section). Export directory or model.safetensors: the header parses, every tensor's shape gives exactly its bytes and lies inside the file, the file is exactly as long as the header says, every GPT-2 tensor is present with the shape config.json implies, a stored lm_head equals wte, and the sha256 recorded in genesis.json matches (when there is one). llm.c model file: the header and the file size. Prints one line \"FILE: whole (...)\" and exits 0, or says what is broken and exits 1."
 )]
 pub struct VerifyCmd {
     /// checkpoint, export directory, model.safetensors or llm.c .bin

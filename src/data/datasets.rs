@@ -20,6 +20,26 @@ use crate::data::prepare::{prepare, Input, PrepareConfig, PrepareReport};
 use crate::data::source::{Docs, Format, SourceFile};
 use crate::util::sha256_file;
 
+/// The built-in dataset that needs no network: tiny Shakespeare (public domain, 1.1 MB), shipped
+/// in `data/tinyshakespeare.txt` and inside the binary.
+pub const SHAKESPEARE: &str = "shakespeare";
+const SHAKESPEARE_TEXT: &str = include_str!("../../data/tinyshakespeare.txt");
+
+/// Prepares tiny Shakespeare into `out`: the text is written to `out/raw/tinyshakespeare.txt` and
+/// prepared as one document (the whole play, so a model learns to keep going) whose last
+/// `cfg.val_fraction` is held out as the val split.
+pub fn prepare_shakespeare(out: &Path, mut cfg: PrepareConfig) -> Result<PrepareReport> {
+    let raw = out.join("raw");
+    std::fs::create_dir_all(&raw).with_context(|| format!("cannot create {}", raw.display()))?;
+    let path = raw.join("tinyshakespeare.txt");
+    if std::fs::read(&path).ok().as_deref() != Some(SHAKESPEARE_TEXT.as_bytes()) {
+        crate::util::write_atomic(&path, SHAKESPEARE_TEXT.as_bytes())?;
+    }
+    cfg.source.docs = Docs::Whole;
+    cfg.origin = Some("tiny Shakespeare (public domain), built into Genesis".to_string());
+    prepare(&[Input::local(SourceFile { path, format: Format::Text })], out, &cfg)
+}
+
 /// The Hugging Face revision (commit) every wikitext file is fetched at.
 pub const WIKITEXT_REVISION: &str = "b08601e04326c79dfdd32d625aee71d232d685c3";
 const WIKITEXT_REPO: &str = "Salesforce/wikitext";

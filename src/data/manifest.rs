@@ -31,9 +31,10 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MANIFEST_VERSION: u32 = 1;
 /// The journal of an unfinished `prepare`, inside the output directory.
 pub const JOURNAL_FILE: &str = "prepare.journal.json";
-/// The names `genesis prepare NAME` accepts: the built-in datasets, whose files `datasets::named`
-/// pins. A missing one's error ([`missing_hint`]) names that command.
-pub const NAMES: [&str; 2] = ["wikitext-103", "wikitext-2"];
+/// The names `genesis prepare NAME` accepts: the built-in datasets (`shakespeare` ships inside the
+/// binary; `datasets::named` pins the others' files). A missing one's error ([`missing_hint`])
+/// names that command.
+pub const NAMES: [&str; 3] = ["shakespeare", "wikitext-103", "wikitext-2"];
 
 /// Where a test split comes from, for the error of a dataset without one.
 const WIKITEXT_TEST: &str = "of the built-in datasets, wikitext-103 and wikitext-2 have a test split";
@@ -205,7 +206,16 @@ impl Manifest {
         let mut paths = Vec::with_capacity(info.shards.len());
         for s in &info.shards {
             let path = dir.join(&s.file);
-            let expected = HEADER_BYTES as u64 + 2 * s.tokens;
+            // Checked: a damaged manifest's count must not wrap to the file's size.
+            let Some(expected) = s.tokens.checked_mul(2).and_then(|b| b.checked_add(HEADER_BYTES as u64)) else {
+                bail!(
+                    "{}: the manifest says {} holds {} tokens, more than any file can; the dataset is damaged: \
+                     re-run `genesis prepare` for it",
+                    dir.join(MANIFEST_FILE).display(),
+                    s.file,
+                    s.tokens
+                );
+            };
             match fs::metadata(&path) {
                 Ok(md) if md.len() == expected => {}
                 Ok(md) => bail!(
@@ -239,7 +249,7 @@ impl Manifest {
             .filter(|f| f.path.is_file())
             .collect();
         let files = if files.len() == self.sources.len() { files } else { Vec::new() };
-        let opts = SourceOptions { field: self.settings.field.clone(), docs: self.settings.docs };
+        let opts = SourceOptions { field: self.settings.field.clone(), docs: self.settings.docs, tail_from: None };
         let options = val_split_options(&files, &opts, documents, 0.0);
         let Some(flags) = options.works.first() else {
             return format!(

@@ -200,6 +200,24 @@ struct Journal {
 pub fn prepare(inputs: &[Input], out: &Path, cfg: &PrepareConfig) -> Result<PrepareReport> {
     let start = Instant::now();
     check_config(inputs, cfg)?;
+    let tail = tail_holdout(inputs, cfg);
+    let with_tail;
+    let cfg = match tail {
+        Some(from) => {
+            with_tail =
+                PrepareConfig { source: SourceOptions { tail_from: Some(from), ..cfg.source.clone() }, ..cfg.clone() };
+            if cfg.progress {
+                eprintln!(
+                    "prepare: {} is one document, so its last {}% (from the first paragraph, or line, after byte {from}) \
+                     is held out as the val split",
+                    inputs[0].file.path.display(),
+                    cfg.val_fraction * 100.0
+                );
+            }
+            &with_tail
+        }
+        None => cfg,
+    };
     fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
     let plan = make_plan(inputs, cfg)?;
 
@@ -262,7 +280,10 @@ pub fn prepare(inputs: &[Input], out: &Path, cfg: &PrepareConfig) -> Result<Prep
             for ((piece, &input), tokens) in batch.pieces.iter().zip(&batch.input_of).zip(&encoded) {
                 if piece.doc_start {
                     let split = inputs[input].split.unwrap_or_else(|| {
-                        if held_out(journal.documents, cfg.val_fraction) {
+                        // A single document's tail is the second document.
+                        if tail.is_some() && journal.documents > 0
+                            || tail.is_none() && held_out(journal.documents, cfg.val_fraction)
+                        {
                             Split::Val
                         } else {
                             Split::Train
@@ -358,9 +379,11 @@ fn check_config(inputs: &[Input], cfg: &PrepareConfig) -> Result<()> {
     if cfg.shard_tokens == 0 || cfg.shard_tokens > i32::MAX as usize {
         bail!("--shard-tokens must be between 1 and {}, got {}", i32::MAX, cfg.shard_tokens);
     }
-    // The one case known before reading anything: every text file is a single document.
+    // The one case known before reading anything: every text file is a single document (a single
+    // file's tail is held out instead: see `tail_holdout`).
     let local: Vec<&Input> = inputs.iter().filter(|i| i.split.is_none()).collect();
     if cfg.val_fraction > 0.0
+        && tail_holdout(inputs, cfg).is_none()
         && cfg.source.docs == Docs::Whole
         && !local.is_empty()
         && local.iter().all(|i| i.file.format == Format::Text)
@@ -378,9 +401,34 @@ fn check_config(inputs: &[Input], cfg: &PrepareConfig) -> Result<()> {
     Ok(())
 }
 
+/// Where the held-out tail of a single text document starts: with one local text file read whole
+/// and a `val_fraction`, its last `val_fraction` of bytes (cut at a paragraph or line start) is the
+/// val split, as nanoGPT users expect.
+fn tail_holdout(inputs: &[Input], cfg: &PrepareConfig) -> Option<u64> {
+    let [only] = inputs else { return None };
+    if only.split.is_some() || only.file.format != Format::Text || cfg.source.docs != Docs::Whole {
+        return None;
+    }
+    if cfg.val_fraction <= 0.0 {
+        return None;
+    }
+    let bytes = fs::metadata(&only.file.path).ok()?.len();
+    Some((bytes as f64 * (1.0 - cfg.val_fraction)) as u64)
+}
+
 fn check_splits(inputs: &[Input], cfg: &PrepareConfig, states: &[SplitState], documents: u64) -> Result<()> {
     if states[split_index(Split::Train)].tokens == 0 {
         bail!("the inputs produced no training documents; check that they hold text");
+    }
+    if cfg.source.tail_from.is_some() && states[split_index(Split::Val)].tokens == 0 {
+        bail!(
+            "cannot hold out {}% of {} for validation: it is one document with no line start in its last {}% to cut \
+             at. {}",
+            cfg.val_fraction * 100.0,
+            inputs[0].file.path.display(),
+            cfg.val_fraction * 100.0,
+            too_few_documents(inputs, cfg, documents)
+        );
     }
     let by_fraction = inputs.iter().any(|i| i.split.is_none());
     if by_fraction && cfg.val_fraction > 0.0 && states[split_index(Split::Val)].tokens == 0 {

@@ -114,11 +114,19 @@ pub struct SourceOptions {
     pub field: String,
     /// How the text is cut into documents (default [`Docs::Whole`]).
     pub docs: Docs,
+    /// A text file read with [`Docs::Whole`] only: a second document starts at the first paragraph
+    /// (a line after a blank one) that begins at or after this many bytes of its text, or at the
+    /// first line start once [`TAIL_PARAGRAPH_SEARCH`] more bytes pass without one. `prepare` holds
+    /// that tail out as the val split of a single text file.
+    pub tail_from: Option<u64>,
 }
+
+/// How far past [`SourceOptions::tail_from`] a paragraph start is looked for before a line start will do.
+pub const TAIL_PARAGRAPH_SEARCH: u64 = 64 << 10;
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        SourceOptions { field: "text".to_string(), docs: Docs::Whole }
+        SourceOptions { field: "text".to_string(), docs: Docs::Whole, tail_from: None }
     }
 }
 
@@ -350,7 +358,7 @@ pub fn read_pieces(
     check_docs_mode(file, opts.docs)?;
     let mut docs = DocWriter::new(max_piece_bytes, sink);
     match file.format {
-        Format::Text => read_text(path, opts.docs, &mut docs)?,
+        Format::Text => read_text(path, opts.docs, opts.tail_from, &mut docs)?,
         Format::Jsonl => read_jsonl(path, &opts.field, &mut docs)?,
         Format::Parquet => read_parquet(path, opts, &mut docs)?,
     }
@@ -600,13 +608,26 @@ fn safe_cut(bytes: &[u8]) -> usize {
     }
 }
 
-fn read_text(path: &Path, mode: Docs, docs: &mut DocWriter) -> Result<()> {
+fn read_text(path: &Path, mode: Docs, tail_from: Option<u64>, docs: &mut DocWriter) -> Result<()> {
     let reader = BufReader::with_capacity(1 << 16, open_input(path)?);
     let mut lines = LineReader::new(reader, path);
     let mut any_text = false;
+    // For `tail_from`: bytes of text so far, whether the last whole line was blank, and whether the
+    // tail has started.
+    let (mut offset, mut after_blank, mut cut) = (0u64, false, tail_from.is_none());
     while let Some(part) = lines.next_part()? {
         any_text = any_text || has_text(&part.text);
         let whole_line = part.first && part.last;
+        if let (false, Some(from), true) = (cut, tail_from, part.first) {
+            if offset >= from && (after_blank || offset >= from + TAIL_PARAGRAPH_SEARCH) && any_text {
+                docs.end_doc()?;
+                cut = true;
+            }
+        }
+        offset += part.text.len() as u64;
+        if part.first {
+            after_blank = whole_line && !has_text(&part.text);
+        }
         match mode {
             Docs::Whole => docs.push(&part.text)?,
             Docs::Paragraphs if whole_line && !has_text(&part.text) => docs.end_doc()?,

@@ -132,6 +132,7 @@ impl RunChoices {
 
 pub(super) fn check_config(o: &RunConfig) -> Result<()> {
     o.model.validate().map_err(anyhow::Error::msg)?;
+    o.model.check_gpt2_vocab().map_err(anyhow::Error::msg)?;
     if o.seq == 0 || o.seq > o.model.max_seq_len {
         bail!("--seq {} must be between 1 and the model's context {}", o.seq, o.model.max_seq_len);
     }
