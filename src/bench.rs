@@ -2,42 +2,86 @@
 
 use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
-use crate::cpu::sample::Decoder;
+use crate::cpu::sample::{convert_params, Decoder, Weight, WeightType};
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::Precision;
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
+use half::bf16;
+use rayon::prelude::*;
 use std::time::Instant;
 
 pub struct SampleBench {
+    pub weights: WeightType,
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_sec: f64,
     /// Weight bytes streamed per token over the measured time (GB/s).
     pub weight_gb_per_sec: f64,
+    /// What this machine reads from memory on all threads (GB/s), measured in the same run.
+    pub read_gb_per_sec: f64,
 }
 
-/// KV-cache decoding speed of `cfg` with random weights: `tokens` decode steps after one warmup step.
-pub fn bench_sample(cfg: &ModelConfig, tokens: usize) -> SampleBench {
+/// KV-cache decoding speed of `cfg` with random weights held as `weights`: `tokens` decode steps
+/// after one warmup step; then the machine's read bandwidth to hold the weight traffic against.
+pub fn bench_sample(cfg: &ModelConfig, tokens: usize, weights: WeightType) -> SampleBench {
     let params = gpt::init_params(cfg, 1);
-    let mut dec = Decoder::new(cfg, &params);
-    let mut rng = Rng::new(7);
     let tokens = tokens.min(cfg.max_seq_len - 1);
+    let seconds = match weights {
+        WeightType::F32 => time_decoding(cfg, &params, tokens),
+        WeightType::Bf16 => {
+            let narrow = convert_params::<bf16>(&params);
+            drop(params);
+            time_decoding(cfg, &narrow, tokens)
+        }
+    };
+    // Every weight is read once per token except the padded vocabulary rows and all but one row
+    // of the position embedding.
+    let streamed = ParamLayout::new(cfg).total
+        - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.channels
+        - (cfg.max_seq_len - 1) * cfg.channels;
+    let bytes_per_token = (weights.bytes() * streamed) as f64;
+    SampleBench {
+        weights,
+        tokens,
+        seconds,
+        tokens_per_sec: tokens as f64 / seconds,
+        weight_gb_per_sec: bytes_per_token * tokens as f64 / seconds / 1e9,
+        read_gb_per_sec: read_bandwidth(1 << 30, 5),
+    }
+}
+
+/// Seconds for `tokens` decode steps of random tokens after one warmup step.
+fn time_decoding<W: Weight>(cfg: &ModelConfig, params: &[W], tokens: usize) -> f64 {
+    let mut dec = Decoder::new(cfg, params);
+    let mut rng = Rng::new(7);
     dec.step(0);
     let start = Instant::now();
     for _ in 0..tokens {
         dec.step(rng.below(cfg.vocab_size as u64) as u32);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let bytes_per_token = 4.0
-        * (params.len() - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.channels - cfg.max_seq_len * cfg.channels)
-            as f64;
-    SampleBench {
-        tokens,
-        seconds,
-        tokens_per_sec: tokens as f64 / seconds,
-        weight_gb_per_sec: bytes_per_token * tokens as f64 / seconds / 1e9,
+    start.elapsed().as_secs_f64()
+}
+
+/// Memory read bandwidth in GB/s: the best of `passes` sums of a `bytes` buffer (written first, so
+/// every page is real memory) on all threads.
+pub fn read_bandwidth(bytes: usize, passes: usize) -> f64 {
+    const CHUNK: usize = 1 << 16; // u64s per task: 512 KiB
+    let mut buf = vec![0u64; bytes / 8];
+    buf.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| c.iter_mut().enumerate().for_each(|(j, x)| *x = (i ^ j) as u64 | 1));
+    let mut best = 0.0f64;
+    for _ in 0..passes {
+        let start = Instant::now();
+        let sum = buf
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.max((buf.len() * 8) as f64 / start.elapsed().as_secs_f64() / 1e9);
     }
+    best
 }
 
 pub struct TrainBench {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_mentions, assert_same_bits, err_string, genesis, output_text, repo_root, temp_dir};
+use common::{assert_mentions, assert_same_bits, err_string, genesis, output_text, repo_root, temp_dir, text};
 use genesis::checkpoint::{self, Checkpoint};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::hf::{self, Provenance};
@@ -456,6 +456,11 @@ fn cli_export_verify_sample_import() {
     assert_mentions(&line, &["step 77", "sha256 matches"]);
     let out = genesis(&["sample", "--checkpoint", e, "--max-tokens", "5", "--seed", "1"]);
     assert!(out.status.success(), "{}", output_text(&out));
+    // The export is bf16, so the CPU's bf16 weights (the default) are exactly the file's values and
+    // f32 weights hold the same numbers: only the order of the sums differs, and the text does not.
+    let wide = genesis(&["sample", "--checkpoint", e, "--max-tokens", "5", "--seed", "1", "--weights", "f32"]);
+    assert!(wide.status.success(), "{}", output_text(&wide));
+    assert_eq!(text(&wide.stdout), text(&out.stdout), "bf16 and f32 weights sample different text");
     let back = dir.join("back.ckpt");
     let out = genesis(&["import", e, "--out", back.to_str().unwrap()]);
     assert!(out.status.success(), "{}", output_text(&out));

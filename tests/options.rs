@@ -77,6 +77,11 @@ fn sampling_and_thread_numbers_out_of_range_are_refused() {
         let text = refused(&["sample", "--device", "cpu", "--checkpoint", "missing.ckpt", option, value]);
         assert!(text.contains(needle) && !text.contains("missing.ckpt"), "{option} {value}: {text}");
     }
+    // --weights names its choices, on sample and on bench sample.
+    for args in [&["sample", "--checkpoint", "missing.ckpt"][..], &["bench", "sample", "--model", "tiny"]] {
+        let text = refused(&[args, &["--weights", "fp8"]].concat());
+        assert!(text.contains("'--weights' with value 'fp8': expected f32 or bf16"), "{text}");
+    }
     for threads in ["0", "100000"] {
         let text = refused(&["--threads", threads, "info", "--model", "tiny", "--gpu-mem", "24"]);
         assert!(text.contains(&format!("--threads {threads}: expected 1 to")), "{text}");

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use argh::FromArgs;
-use genesis::cpu::sample::{sample_token, Decoder, SamplingParams, TokenDecoder};
+use genesis::cpu::sample::{convert_params, sample_token, Decoder, SamplingParams, TokenDecoder, WeightType};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
 use genesis::gpu::engine::gpu_engine;
 use genesis::gpu::{Device, Precision};
 use genesis::model::EOT_TOKEN;
 use genesis::rng::Rng;
+use half::bf16;
 
 use super::stdout_error;
 
@@ -53,6 +54,9 @@ pub struct SampleCmd {
     /// on the GPU: fp32 or bf16 (default auto: bf16)
     #[argh(option, default = "Precision::Bf16")]
     precision: Precision,
+    /// on the CPU: weights held as bf16 (half the memory and half the bytes read per token; sums stay f32) or f32 (default bf16); on the GPU --precision decides
+    #[argh(option, default = "WeightType::Bf16")]
+    weights: WeightType,
 }
 
 /// The model file's vocabulary must cover the GPT-2 tokenizer's (prompts and samples are GPT-2 tokens).
@@ -76,13 +80,19 @@ pub fn run(c: SampleCmd) -> Result<()> {
     // The arguments and the model file are sound: say where it runs, once.
     device.note();
     let mut rng = Rng::new(c.seed);
-    let engine;
-    let mut decoder: Box<dyn TokenDecoder + '_> = match device.gpu {
-        Some(ordinal) => {
+    let (engine, narrow);
+    let mut decoder: Box<dyn TokenDecoder + '_> = match (device.gpu, c.weights) {
+        (Some(ordinal), _) => {
             engine = gpu_engine(&cfg, &params, ordinal, c.precision, false)?;
             engine.decoder()?
         }
-        None => Box::new(Decoder::new(&cfg, &params)),
+        (None, WeightType::F32) => Box::new(Decoder::new(&cfg, &params)),
+        (None, WeightType::Bf16) => {
+            // Rounded once; the f32 copy goes before decoding so the model takes half the memory.
+            narrow = convert_params::<bf16>(&params);
+            drop(params);
+            Box::new(Decoder::new(&cfg, &narrow))
+        }
     };
     let mut stream = StreamDecoder::default();
     let mut out = std::io::stdout().lock();

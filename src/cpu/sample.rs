@@ -1,11 +1,13 @@
 //! Fast CPU decoding with a KV cache: one token at a time, each step a chain of matrix-vector
-//! products that stream the weights once. Decoding is memory-bound, so the matvec is written to keep
-//! both cores streaming (AVX2/FMA when the CPU has it, picked at run time).
+//! products that stream the weights once. Decoding is memory-bound, so the weights can be held in
+//! bf16 (half the bytes per token, widened to f32 inside the dot product) and the matvec is written
+//! to keep both cores streaming (AVX-512F or AVX2/FMA when the CPU has them, picked at run time).
 
 use super::gelu::gelu_forward;
 use super::layernorm::layernorm_forward;
-use crate::model::{ModelConfig, Param, ParamLayout};
+use crate::model::{ModelConfig, Param, ParamLayout, TensorSpec};
 use crate::rng::Rng;
+use half::bf16;
 use rayon::prelude::*;
 
 /// Token-by-token decoding with a KV cache: the CPU's [`Decoder`] and its GPU twin
@@ -15,10 +17,97 @@ pub trait TokenDecoder {
     fn step(&mut self, token: u32) -> anyhow::Result<&[f32]>;
 }
 
-impl TokenDecoder for Decoder<'_> {
+impl<W: Weight> TokenDecoder for Decoder<'_, W> {
     fn step(&mut self, token: u32) -> anyhow::Result<&[f32]> {
         Ok(Decoder::step(self, token))
     }
+}
+
+/// The element type a [`Decoder`] keeps its weights in: f32, or bf16 (half the memory and half the
+/// bytes streamed per token). Activations, the KV cache and every sum stay f32; bf16 weights are
+/// widened exactly to f32 before they are multiplied.
+pub trait Weight: Copy + Send + Sync + 'static {
+    /// Bytes per weight.
+    const BYTES: usize;
+    /// Rounds to nearest (ties to even) where `Self` is narrower than f32.
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// Σ w[i] x[i] in f32, through the widest SIMD path the CPU has.
+    fn dot(w: &[Self], x: &[f32]) -> f32;
+}
+
+impl Weight for f32 {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn dot(w: &[f32], x: &[f32]) -> f32 {
+        dot(w, x)
+    }
+}
+
+impl Weight for bf16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        widen(self)
+    }
+    #[inline(always)]
+    fn dot(w: &[bf16], x: &[f32]) -> f32 {
+        dot_bf16(w, x)
+    }
+}
+
+/// What `--weights` chooses: the element type the CPU decoder holds its weights in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightType {
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for WeightType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(WeightType::F32),
+            "bf16" => Ok(WeightType::Bf16),
+            _ => Err("expected f32 or bf16".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightType::F32 => "f32",
+            WeightType::Bf16 => "bf16",
+        })
+    }
+}
+
+impl WeightType {
+    /// Bytes per weight.
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightType::F32 => f32::BYTES,
+            WeightType::Bf16 => bf16::BYTES,
+        }
+    }
+}
+
+/// `params` rounded to nearest (ties to even) in the decoder's weight type, on all threads.
+pub fn convert_params<W: Weight>(params: &[f32]) -> Vec<W> {
+    params.par_iter().map(|&x| W::from_f32(x)).collect()
 }
 
 /// How to pick the next token from the logits.
@@ -38,11 +127,20 @@ impl Default for SamplingParams {
     }
 }
 
-/// A model plus its KV cache, decoding one position at a time.
-pub struct Decoder<'a> {
+/// The tensors a decoding step reads whole rather than streams: embeddings and weight matrices
+/// are read in `W`; LayerNorm weights and biases are kept widened to f32 (about 0.1% of the model).
+fn streamed(p: Param) -> bool {
+    matches!(p, Param::Wte | Param::Wpe | Param::Qkvw | Param::AttProjw | Param::Fcw | Param::FcProjw)
+}
+
+/// A model plus its KV cache, decoding one position at a time, its weights held in `W` (f32 or bf16).
+pub struct Decoder<'a, W: Weight = f32> {
     cfg: ModelConfig,
     layout: ParamLayout,
-    params: &'a [f32],
+    params: &'a [W],
+    /// The LayerNorm weights and biases widened to f32; `small_layout` says where each lies.
+    small: Vec<f32>,
+    small_layout: Vec<TensorSpec>,
     kcache: Vec<f32>, // (L, maxT, C)
     vcache: Vec<f32>, // (L, maxT, C)
     pos: usize,
@@ -57,15 +155,32 @@ pub struct Decoder<'a> {
     logits: Vec<f32>, // (V)
 }
 
-impl<'a> Decoder<'a> {
-    pub fn new(cfg: &ModelConfig, params: &'a [f32]) -> Self {
+impl<'a, W: Weight> Decoder<'a, W> {
+    pub fn new(cfg: &ModelConfig, params: &'a [W]) -> Self {
         let layout = ParamLayout::new(cfg);
         assert_eq!(params.len(), layout.total, "parameter buffer does not match the model config");
         let (l, t, c) = (cfg.num_layers, cfg.max_seq_len, cfg.channels);
+        let mut small = Vec::new();
+        let small_layout = layout
+            .tensors
+            .iter()
+            .map(|spec| {
+                let mut s = spec.clone();
+                s.offset = small.len();
+                if streamed(spec.param) {
+                    s.len = 0;
+                } else {
+                    small.extend(params[spec.range()].iter().map(|w| w.to_f32()));
+                }
+                s
+            })
+            .collect();
         Decoder {
             cfg: *cfg,
             layout,
             params,
+            small,
+            small_layout,
             kcache: vec![0.0; l * t * c],
             vcache: vec![0.0; l * t * c],
             pos: 0,
@@ -99,15 +214,19 @@ impl<'a> Decoder<'a> {
         assert!(self.pos < tmax, "context of {tmax} tokens is full");
         assert!((token as usize) < cfg.vocab_size, "token {token} outside the vocabulary");
         let (layout, params, pos) = (&self.layout, self.params, self.pos);
+        let (small, small_layout) = (&self.small, &self.small_layout);
+        // A streamed tensor in W, and a small one in f32.
         let p = |name: Param, l: usize| layout.layer(params, name, l);
+        let s = |name: Param, l: usize| &small[small_layout[name as usize].layer_range(l)];
         let (wte, wpe) = (p(Param::Wte, 0), p(Param::Wpe, 0));
+        let (wte_row, wpe_row) = (&wte[token as usize * c..][..c], &wpe[pos * c..][..c]);
         for i in 0..c {
-            self.x[i] = wte[token as usize * c + i] + wpe[pos * c + i];
+            self.x[i] = wte_row[i].to_f32() + wpe_row[i].to_f32();
         }
         let (mut mean, mut rstd) = ([0.0f32], [0.0f32]);
         for l in 0..cfg.num_layers {
-            layernorm_forward(&mut self.ln, &mut mean, &mut rstd, &self.x, p(Param::Ln1w, l), p(Param::Ln1b, l), 1, c);
-            matvec(&mut self.qkv, p(Param::Qkvw, l), Some(p(Param::Qkvb, l)), &self.ln);
+            layernorm_forward(&mut self.ln, &mut mean, &mut rstd, &self.x, s(Param::Ln1w, l), s(Param::Ln1b, l), 1, c);
+            matvec(&mut self.qkv, p(Param::Qkvw, l), Some(s(Param::Qkvb, l)), &self.ln);
             let cache = l * tmax * c;
             self.kcache[cache + pos * c..][..c].copy_from_slice(&self.qkv[c..2 * c]);
             self.vcache[cache + pos * c..][..c].copy_from_slice(&self.qkv[2 * c..]);
@@ -136,15 +255,15 @@ impl<'a> Decoder<'a> {
                     }
                 }
             }
-            matvec(&mut self.proj, p(Param::AttProjw, l), Some(p(Param::AttProjb, l)), &self.atty);
+            matvec(&mut self.proj, p(Param::AttProjw, l), Some(s(Param::AttProjb, l)), &self.atty);
             add_in_place(&mut self.x, &self.proj);
-            layernorm_forward(&mut self.ln, &mut mean, &mut rstd, &self.x, p(Param::Ln2w, l), p(Param::Ln2b, l), 1, c);
-            matvec(&mut self.fch, p(Param::Fcw, l), Some(p(Param::Fcb, l)), &self.ln);
+            layernorm_forward(&mut self.ln, &mut mean, &mut rstd, &self.x, s(Param::Ln2w, l), s(Param::Ln2b, l), 1, c);
+            matvec(&mut self.fch, p(Param::Fcw, l), Some(s(Param::Fcb, l)), &self.ln);
             gelu_forward(&mut self.fch_g, &self.fch);
-            matvec(&mut self.proj, p(Param::FcProjw, l), Some(p(Param::FcProjb, l)), &self.fch_g);
+            matvec(&mut self.proj, p(Param::FcProjw, l), Some(s(Param::FcProjb, l)), &self.fch_g);
             add_in_place(&mut self.x, &self.proj);
         }
-        layernorm_forward(&mut self.ln, &mut mean, &mut rstd, &self.x, p(Param::Lnfw, 0), p(Param::Lnfb, 0), 1, c);
+        layernorm_forward(&mut self.ln, &mut mean, &mut rstd, &self.x, s(Param::Lnfw, 0), s(Param::Lnfb, 0), 1, c);
         matvec(&mut self.logits, &wte[..cfg.vocab_size * c], None, &self.ln);
         self.pos += 1;
         &self.logits
@@ -157,8 +276,9 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// out (O) = w (O,I) @ x (I) + bias (O); rows of w split across threads.
-pub fn matvec(out: &mut [f32], w: &[f32], bias: Option<&[f32]>, x: &[f32]) {
+/// out (O) = w (O,I) @ x (I) + bias (O); rows of w split across threads, each row's weights widened
+/// to f32 inside its dot product.
+pub fn matvec<W: Weight>(out: &mut [f32], w: &[W], bias: Option<&[f32]>, x: &[f32]) {
     let n_in = x.len();
     assert_eq!(w.len(), out.len() * n_in);
     const ROWS: usize = 64;
@@ -166,7 +286,7 @@ pub fn matvec(out: &mut [f32], w: &[f32], bias: Option<&[f32]>, x: &[f32]) {
         let base = chunk * ROWS;
         for (j, oj) in o.iter_mut().enumerate() {
             let row = &w[(base + j) * n_in..(base + j + 1) * n_in];
-            *oj = dot(row, x) + bias.map_or(0.0, |b| b[base + j]);
+            *oj = W::dot(row, x) + bias.map_or(0.0, |b| b[base + j]);
         }
     });
 }
@@ -218,6 +338,107 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     let mut total: f32 = lanes.iter().sum();
     while i < n {
         total += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    total
+}
+
+/// bf16 to f32 is exact: the bf16 bits are the top half of the f32's.
+#[inline(always)]
+fn widen(w: bf16) -> f32 {
+    f32::from_bits((w.to_bits() as u32) << 16)
+}
+
+/// Σ w[i] x[i] with bf16 weights widened to f32: AVX-512F (16 at a time) or AVX2+FMA (8 at a time)
+/// when the CPU has them, else portable code.
+pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { dot_bf16_avx512(w, x) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { dot_bf16_avx2(w, x) };
+        }
+    }
+    dot_bf16_portable(w, x)
+}
+
+fn dot_bf16_portable(w: &[bf16], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (cw, cx) = (w.chunks_exact(16), x.chunks_exact(16));
+    let tail: f32 = cw.remainder().iter().zip(cx.remainder()).map(|(a, b)| widen(*a) * b).sum();
+    for (a, b) in cw.zip(cx) {
+        for i in 0..16 {
+            acc[i] += widen(a[i]) * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Eight bf16 (128 bits) at a time: zero-extend each to 32 bits and shift it into the top half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_bf16_avx2(w: &[bf16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = w.len();
+    let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
+    let load = |i: usize| {
+        let h = _mm_loadu_si128(pw.add(i) as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(load(i + 8 * j), _mm256_loadu_ps(px.add(i + 8 * j)), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(load(i), _mm256_loadu_ps(px.add(i)), acc[0]);
+        i += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+    let mut total: f32 = lanes.iter().sum();
+    while i < n {
+        total += widen(*w.get_unchecked(i)) * *px.add(i);
+        i += 1;
+    }
+    total
+}
+
+/// Sixteen bf16 (256 bits) at a time, as the AVX2 path but twice as wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_bf16_avx512(w: &[bf16], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = w.len();
+    let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
+    let load = |i: usize| {
+        let h = _mm256_loadu_si256(pw.add(i) as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    };
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(load(i + 16 * j), _mm512_loadu_ps(px.add(i + 16 * j)), *acc);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(load(i), _mm512_loadu_ps(px.add(i)), acc[0]);
+        i += 16;
+    }
+    let mut total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    while i < n {
+        total += widen(*w.get_unchecked(i)) * *px.add(i);
         i += 1;
     }
     total
@@ -294,6 +515,85 @@ mod tests {
         let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         assert!((dot(&a, &b) as f64 - exact).abs() < 1e-4);
         assert!((dot_portable(&a, &b) as f64 - exact).abs() < 1e-4);
+    }
+
+    /// Random weights and inputs of mixed sign over a few orders of magnitude.
+    fn bf16_inputs(n: usize, seed: u64) -> (Vec<bf16>, Vec<f32>) {
+        let mut rng = Rng::new(seed);
+        let val = |rng: &mut Rng| ((rng.next_f64() - 0.5) * 10f64.powf(rng.next_f64() * 4.0 - 2.0)) as f32;
+        let w = (0..n).map(|_| bf16::from_f32(val(&mut rng))).collect();
+        let x = (0..n).map(|_| val(&mut rng)).collect();
+        (w, x)
+    }
+
+    /// `dot` against the f64 sum of the exactly widened products (half's own conversion), within
+    /// the f32 rounding bound of an n-term sum: n ε Σ|w x|.
+    fn check_bf16_dot(name: &str, dot: impl Fn(&[bf16], &[f32]) -> f32) {
+        let lengths = (0..=70).chain([255, 256, 257, 768, 1000, 3072, 4099, 50_257]);
+        for n in lengths {
+            let (w, x) = bf16_inputs(n, n as u64 + 1);
+            let exact: f64 = w.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
+            let scale: f64 = w.iter().zip(&x).map(|(a, b)| (a.to_f64() * *b as f64).abs()).sum();
+            let got = dot(&w, &x) as f64;
+            let bound = n as f64 * f32::EPSILON as f64 * scale;
+            assert!((got - exact).abs() <= bound, "{name}, length {n}: {got} against {exact} (bound {bound})");
+        }
+    }
+
+    #[test]
+    fn bf16_dot_portable_matches_f64() {
+        check_bf16_dot("portable", dot_bf16_portable);
+    }
+
+    #[test]
+    fn bf16_dot_matches_f64_on_the_path_this_cpu_takes() {
+        check_bf16_dot("dispatch", dot_bf16);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_dot_avx2_matches_f64() {
+        if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: this CPU has no AVX2+FMA");
+            return;
+        }
+        // SAFETY: the CPU has the features, checked above.
+        check_bf16_dot("avx2", |w, x| unsafe { dot_bf16_avx2(w, x) });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_dot_avx512_matches_f64() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        // SAFETY: the CPU has the feature, checked above.
+        check_bf16_dot("avx512", |w, x| unsafe { dot_bf16_avx512(w, x) });
+    }
+
+    #[test]
+    fn bf16_weights_widen_exactly_and_round_to_nearest() {
+        for x in [0.0f32, -0.0, 1.0, -2.5, 3.140625, 2f32.powi(-100), -1.5 * 2f32.powi(100), f32::INFINITY] {
+            let b = <bf16 as Weight>::from_f32(x);
+            assert_eq!(b.to_f32(), x, "{x} is a bf16 value and must survive the round trip");
+            assert_eq!(Weight::to_f32(b), x);
+        }
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties to even gives 1; just above rounds up.
+        assert_eq!(<bf16 as Weight>::from_f32(1.0 + 1.0 / 256.0).to_f32(), 1.0);
+        assert_eq!(<bf16 as Weight>::from_f32(1.0 + 1.0 / 256.0 + 1.0 / 65536.0).to_f32(), 1.0 + 1.0 / 128.0);
+        assert_eq!(convert_params::<bf16>(&[1.0, 0.3]), vec![bf16::from_f32(1.0), bf16::from_f32(0.3)]);
+    }
+
+    #[test]
+    fn weight_type_parses_and_names_its_choices() {
+        assert_eq!("bf16".parse::<WeightType>().unwrap(), WeightType::Bf16);
+        assert_eq!("f32".parse::<WeightType>().unwrap(), WeightType::F32);
+        assert_eq!("fp32".parse::<WeightType>().unwrap(), WeightType::F32);
+        let e = "fp8".parse::<WeightType>().unwrap_err();
+        assert!(e.contains("f32 or bf16"), "{e}");
+        assert_eq!(WeightType::Bf16.to_string(), "bf16");
+        assert_eq!((WeightType::F32.bytes(), WeightType::Bf16.bytes()), (4, 2));
     }
 
     #[test]
