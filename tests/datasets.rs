@@ -320,7 +320,11 @@ fn unreachable_hub_says_how_to_work_offline_and_from_dir_works() {
 
 #[test]
 fn built_in_datasets_are_pinned() {
-    for name in manifest::NAMES {
+    // Tiny Shakespeare ships in the repository (and the binary): pinned by its sha256.
+    assert!(datasets::named(datasets::SHAKESPEARE).is_none());
+    let shakespeare = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
+    assert_eq!(sha256_file(&shakespeare).unwrap(), "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed");
+    for name in manifest::NAMES.into_iter().filter(|n| *n != datasets::SHAKESPEARE) {
         let ds = datasets::named(name).unwrap();
         assert_eq!(ds.revision, WIKITEXT_REVISION);
         let splits: Vec<Split> = ds.files.iter().map(|f| f.split).collect();
