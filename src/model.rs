@@ -476,6 +476,71 @@ mod tests {
     }
 
     #[test]
+    fn new_takes_each_limit_and_refuses_one_past_it() {
+        let max = ModelConfig::new(
+            MAX_SEQ_LEN,
+            MAX_VOCAB - MAX_VOCAB_PADDING,
+            MAX_VOCAB,
+            MAX_LAYERS,
+            MAX_HEADS,
+            MAX_CHANNELS,
+        );
+        assert!(max.unwrap().num_params() > 0);
+        for (name, _) in PRESETS {
+            ModelConfig::preset(name).unwrap().validate().unwrap();
+        }
+        let t = ModelConfig::preset("tiny").unwrap();
+        let refused = [
+            (ModelConfig { num_layers: MAX_LAYERS + 1, ..t }, "num_layers 257 is above the limit 256"),
+            (ModelConfig { num_layers: 0, ..t }, "num_layers 0 is below the minimum 1"),
+            (ModelConfig { num_heads: MAX_HEADS + 1, ..t }, "num_heads 257 is above the limit 256"),
+            (ModelConfig { channels: MAX_CHANNELS + 4, ..t }, "channels 16388 is above the limit 16384"),
+            (ModelConfig { channels: 1 << 62, num_heads: 1, ..t }, "channels 4611686018427387904 is above"),
+            (ModelConfig { channels: 66, ..t }, "channels 66 is not divisible by num_heads 4"),
+            (ModelConfig { max_seq_len: MAX_SEQ_LEN + 1, ..t }, "max_seq_len 65537 is above the limit 65536"),
+            (ModelConfig { max_seq_len: usize::MAX, ..t }, "max_seq_len 18446744073709551615 is above"),
+            (ModelConfig { vocab_size: 0, ..t }, "vocab_size 0 is below the minimum 1"),
+            (ModelConfig { vocab_size: MAX_VOCAB + 1, ..t }, "vocab_size 1048577 is above the limit 1048576"),
+            (
+                ModelConfig { padded_vocab_size: VOCAB_SIZE - 1, ..t },
+                "padded_vocab_size 50256 is below vocab_size 50257",
+            ),
+            (
+                ModelConfig { padded_vocab_size: VOCAB_SIZE + MAX_VOCAB_PADDING + 1, ..t },
+                "padded_vocab_size 51282 is more than 1024 above vocab_size 50257",
+            ),
+        ];
+        for (cfg, want) in refused {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.starts_with(want), "{cfg:?}: {e}");
+            assert!(e.ends_with("this is not a GPT-2 model this build can load"), "{e}");
+            let c = cfg;
+            let again = ModelConfig::new(
+                c.max_seq_len,
+                c.vocab_size,
+                c.padded_vocab_size,
+                c.num_layers,
+                c.num_heads,
+                c.channels,
+            );
+            assert_eq!(again.unwrap_err().to_string(), e);
+        }
+        // A file format's own field names.
+        let e = ModelConfig { channels: 66, ..t }.validate().unwrap_err();
+        assert!(e
+            .message(|f| format!("<{}>", f.name()))
+            .starts_with("<channels> 66 is not divisible by <num_heads> 4"));
+        // Sizes are computed in checked arithmetic, whatever the config.
+        let wraps = ModelConfig { channels: 1 << 62, num_heads: 1, ..t };
+        assert_eq!(ParamLayout::try_new(&wraps).unwrap_err().problem, Problem::Overflow);
+        // Deserializing goes through the same checks.
+        let json = serde_json::to_string(&ModelConfig { num_heads: 0, ..t }).unwrap();
+        let e = serde_json::from_str::<ModelConfig>(&json).unwrap_err().to_string();
+        assert!(e.contains("num_heads 0 is below the minimum 1"), "{e}");
+        assert_eq!(serde_json::from_str::<ModelConfig>(&serde_json::to_string(&t).unwrap()).unwrap(), t);
+    }
+
+    #[test]
     fn flops_per_token_matches_reference() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
         let gflop = cfg.flops_per_token(1024) / 1e9;

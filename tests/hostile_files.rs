@@ -73,7 +73,7 @@ fn raw_safetensors(path: &Path, entries: &[(String, &str, Vec<u64>, u64)]) {
 }
 
 /// The GPT-2 tensor entries for a model of `c` channels, `l` layers, context `t` and vocabulary `v`,
-/// each F32 of `bytes(shape)` bytes.
+/// each F32 of `bytes(shape)` bytes. `3c` and `4c` wrap, as an unchecked reader computes them.
 fn gpt2_entries(
     v: u64,
     t: u64,
