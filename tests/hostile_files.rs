@@ -265,8 +265,9 @@ fn cases(root: &Path) -> Vec<Case> {
         write_config(d, &[]);
         d.to_path_buf()
     });
-    // A valid safetensors file under a name that is not *.safetensors: loading refuses it, so verify must too.
-    add("st_misnamed", &["weights.bin", "not a model file Genesis knows"], &|d| {
+    // A valid safetensors file under a name that is not *.safetensors: loading refuses it, so verify
+    // must too, naming the format the .bin name claims.
+    add("st_misnamed", &["weights.bin", "is not an llm.c model file"], &|d| {
         valid_export(d);
         std::fs::rename(d.join(hf::MODEL_FILE), d.join("weights.bin")).unwrap();
         d.join("weights.bin")
