@@ -220,6 +220,13 @@ fn refuses_to_write_non_finite_values() {
     let e = err_string(checkpoint::write(&path, &cfg, 1, &serde_json::Value::Null, &[("params", &params)]));
     assert!(e.contains("non-finite") && e.contains("index 17"), "{e}");
     assert!(!path.exists());
+    // Infinities too, of either sign (a diverged step's weights are more often inf than NaN).
+    for inf in [f32::INFINITY, f32::NEG_INFINITY] {
+        params[17] = inf;
+        let e = err_string(checkpoint::write(&path, &cfg, 1, &serde_json::Value::Null, &[("params", &params)]));
+        assert!(e.contains("non-finite") && e.contains("index 17"), "{e}");
+        assert!(!path.exists());
+    }
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -210,3 +210,30 @@ fn activation_bytes_match_the_allocation() {
         assert_eq!(Activations::<f32>::bytes(&cfg, b, t), allocated as u128, "{name} b={b} t={t}");
     }
 }
+
+/// The checkpoint header is held to its checksum even when a change leaves it valid JSON (a digit
+/// of the step), and a file of another format version is refused, older as well as newer.
+#[test]
+fn a_header_edit_and_another_format_version_are_refused() {
+    let dir = temp_dir("ckpt-header");
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let path = dir.join("a.ckpt");
+    checkpoint::save(&path, &Checkpoint::new(cfg, 42, gpt::init_params(&cfg, 9))).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"\"step\":42").expect("the step in the header JSON") + 8;
+    let mut edited = bytes.clone();
+    edited[at] = b'3';
+    let p = dir.join("edited.ckpt");
+    std::fs::write(&p, &edited).unwrap();
+    let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
+    assert!(e.contains("header"), "a header edited to step 43 was read: {e}");
+    for version in [0u32, checkpoint::FORMAT_VERSION + 1] {
+        let mut other = bytes.clone();
+        other[8..12].copy_from_slice(&version.to_le_bytes());
+        let p = dir.join(format!("v{version}.ckpt"));
+        std::fs::write(&p, &other).unwrap();
+        let e = format!("{:#}", checkpoint::load(&p).unwrap_err());
+        assert!(e.contains(&format!("format version {version}")), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
