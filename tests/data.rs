@@ -121,6 +121,19 @@ fn bad_shards_give_clear_errors() {
     assert_mentions(&msg, &["train_000000.bin", "60000"]);
 }
 
+/// The first id outside the vocabulary (50257, one past the last token) is refused like any larger one.
+#[test]
+fn a_token_one_past_the_vocabulary_is_refused() {
+    let tmp = TempDir::new("vocabedge");
+    let mut tokens: Vec<u16> = (0..20).collect();
+    tokens[5] = (VOCAB_SIZE - 1) as u16;
+    let p = tmp.file("last.bin", &raw_shard(SHARD_MAGIC, 1, 20, &tokens));
+    assert_eq!(Shard::open(&p).unwrap().tokens()[5] as usize, VOCAB_SIZE - 1);
+    tokens[5] = VOCAB_SIZE as u16;
+    let p = tmp.file("past.bin", &raw_shard(SHARD_MAGIC, 1, 20, &tokens));
+    assert_mentions(&err_string(Shard::open(&p)), &["past.bin", "position 5", "is 50257"]);
+}
+
 #[test]
 fn loader_open_errors() {
     let tmp = TempDir::new("loadererr");
@@ -339,6 +352,28 @@ fn val_loader_order_is_fixed() {
     v.reset();
     assert_eq!(batches(&mut v, 4), first);
     assert_eq!(rows_of(&first), got[..8].to_vec());
+}
+
+/// Shards whose lengths are multiples of seq: a window needs seq + 1 tokens, so a shard of k * seq
+/// tokens holds k - 1 windows. The val loader stops there (never reading past the end), counts
+/// them so, and a dataset whose only shard holds exactly seq tokens has no window at all.
+#[test]
+fn windows_stop_one_token_before_the_shard_end() {
+    let tmp = TempDir::new("shardend");
+    let shards = synthetic_dataset(tmp.path(), "val", &[16, 24]);
+    let t = 8;
+    let mut v = DataLoader::open(tmp.path(), Split::Val, 1, t, 0).unwrap();
+    assert_eq!(v.num_val_batches(), 3);
+    // Shard 0: start 0 only (8 + 9 > 16); shard 1: starts 0 and 8 (16 + 9 > 24); then around again.
+    for (i, (k, s)) in [(0, 0), (1, 0), (1, 8), (0, 0)].into_iter().enumerate() {
+        let (mut x, mut y) = (vec![0; t], vec![0; t]);
+        v.next_batch(&mut x, &mut y);
+        let want: Vec<u32> = shards[k][s..s + t + 1].iter().map(|&x| x as u32).collect();
+        assert_eq!((x, y), (want[..t].to_vec(), want[1..].to_vec()), "row {i}");
+    }
+    let exact = TempDir::new("shardexact");
+    synthetic_dataset(exact.path(), "train", &[8]);
+    assert_mentions(&err_string(DataLoader::open(exact.path(), Split::Train, 1, 8, 0)), &["8 tokens", "needs 9"]);
 }
 
 fn tinyshakespeare() -> String {

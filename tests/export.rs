@@ -251,6 +251,33 @@ fn refuses_configs_and_tensors_genesis_cannot_run() {
     assert_mentions(&err_string(weights::load(&dir)), &["model.safetensors", "transformer.h.1.ln_2.bias", "missing"]);
 }
 
+/// The config.json fields that change what GPT-2 computes in ways Genesis does not (attention
+/// scaling, cross-attention, an MLP width other than 4 x n_embd) are refused naming the file and field.
+#[test]
+fn refuses_attention_and_mlp_variants_genesis_does_not_compute() {
+    let dir = temp_dir("refuse-variants");
+    export_tiny(&dir, &random_params(&tiny(), 10), Dtype::F32);
+    let config_path = dir.join(hf::CONFIG_FILE);
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    let cp = config_path.display().to_string();
+    for (field, value) in [
+        ("scale_attn_weights", false.into()),
+        ("scale_attn_by_inverse_layer_idx", true.into()),
+        ("add_cross_attention", true.into()),
+        ("n_inner", 128.into()),
+    ] {
+        let mut c = original.clone();
+        c[field] = value;
+        std::fs::write(&config_path, serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_mentions(&err_string(weights::load(&dir)), &[&cp, &format!("field {field} is")]);
+    }
+    // The values Genesis does compute load: n_inner 4 x n_embd as well as null.
+    let mut c = original.clone();
+    c["n_inner"] = (4 * tiny().channels).into();
+    std::fs::write(&config_path, serde_json::to_vec(&c).unwrap()).unwrap();
+    weights::load(&dir).unwrap();
+}
+
 #[test]
 fn llmc_fp32_and_bf16_files_load_and_import() {
     let cfg = tiny();
@@ -303,6 +330,29 @@ fn verify_passes_whole_files() {
     assert_eq!(weights::verify(&bin).unwrap().format, WeightsFormat::LlmC);
     let fixture = repo_root().join("tests/fixtures/hf_tiny");
     assert_mentions(&weights::verify(&fixture).unwrap().checked, &["no genesis.json"]);
+}
+
+/// `genesis verify` sizes an llm.c bf16 file (version 5) at two bytes a parameter: the whole file
+/// passes, one parameter short is reported truncated.
+#[test]
+fn verify_sizes_llmc_bf16_files_by_their_version() {
+    let cfg = tiny();
+    let params = random_params(&cfg, 9);
+    let dir = temp_dir("verify-bf16");
+    let bin = dir.join("m.bin");
+    llmc::write_model(&bin, &cfg, &params).unwrap();
+    let mut bf16 = std::fs::read(&bin).unwrap()[..llmc::HEADER_BYTES].to_vec();
+    bf16[4..8].copy_from_slice(&llmc::VERSION_BF16.to_le_bytes());
+    for p in &params {
+        bf16.extend_from_slice(&half::bf16::from_f32(*p).to_bits().to_le_bytes());
+    }
+    std::fs::write(&bin, &bf16).unwrap();
+    let r = weights::verify(&bin).unwrap();
+    assert_eq!((r.format, r.config), (WeightsFormat::LlmC, cfg));
+    assert_mentions(&r.checked, &["version 5"]);
+    std::fs::write(&bin, &bf16[..bf16.len() - 2]).unwrap();
+    let msg = err_string(weights::verify(&bin));
+    assert_mentions(&msg, &[&bin.display().to_string(), "truncated", &format!("implies {} bytes", bf16.len())]);
 }
 
 #[test]

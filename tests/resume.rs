@@ -220,11 +220,26 @@ fn refuses_to_write_non_finite_values() {
     let e = err_string(checkpoint::write(&path, &cfg, 1, &serde_json::Value::Null, &[("params", &params)]));
     assert!(e.contains("non-finite") && e.contains("index 17"), "{e}");
     assert!(!path.exists());
-    // Infinities too, of either sign (a diverged step's weights are more often inf than NaN).
-    for inf in [f32::INFINITY, f32::NEG_INFINITY] {
-        params[17] = inf;
-        let e = err_string(checkpoint::write(&path, &cfg, 1, &serde_json::Value::Null, &[("params", &params)]));
-        assert!(e.contains("non-finite") && e.contains("index 17"), "{e}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Infinities are refused as NaN is, in any section (a checkpoint must reload to finite weights).
+#[test]
+fn refuses_to_write_infinities() {
+    let dir = temp_dir("resume-refuse-inf");
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let params = genesis::cpu::gpt::init_params(&cfg, 1);
+    let path = dir.join("x.ckpt");
+    for (section, bad) in [("params", f32::INFINITY), ("adam_v", f32::NEG_INFINITY)] {
+        let (mut p, mut v) = (params.clone(), vec![0.5f32; params.len()]);
+        if section == "params" {
+            p[23] = bad;
+        } else {
+            v[23] = bad;
+        }
+        let e =
+            err_string(checkpoint::write(&path, &cfg, 1, &serde_json::Value::Null, &[("params", &p), ("adam_v", &v)]));
+        assert!(e.contains("non-finite") && e.contains(&format!("'{section}'")) && e.contains("index 23"), "{e}");
         assert!(!path.exists());
     }
     fs::remove_dir_all(&dir).unwrap();

@@ -60,3 +60,47 @@ fn classifier_chunks_agree_with_one_pass() {
         assert!((one[0] - losses[i]).abs() < 1e-4, "row {i}: {} vs {}", one[0], losses[i]);
     }
 }
+
+#[test]
+fn classifier_backward_chunks_agree_with_smaller_pieces() {
+    // The backward over more rows than one logits chunk holds (256 rows at V = 65536: chunks of
+    // 256 and 44) against the same rows in pieces of 50, each inside one chunk: dx row for row and
+    // dwte summed over the pieces must agree, so every chunk uses its own rows of x and targets.
+    let mut rng = Rng::new(14);
+    let (n, c, v, piece) = (300, 4, 1 << 16, 50);
+    let x: Vec<f32> = (0..n * c).map(|_| rng.normal() as f32).collect();
+    let wte: Vec<f32> = (0..v * c).map(|_| rng.normal() as f32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+    let dloss = 1.0 / n as f32;
+    let mut scratch = vec![0.0f32; logits_scratch_len(n, v)];
+    assert!(scratch.len() < n * v, "the test must span several chunks");
+    let (mut dx, mut dwte, mut losses) = (vec![0.0f32; n * c], vec![0.0f32; v * c], vec![0.0f32; n]);
+    classifier_backward(&mut dx, &mut dwte, &mut losses, &mut scratch, &x, &wte, &targets, dloss, n, c, v);
+    let (mut dx_p, mut dwte_p, mut losses_p) = (vec![0.0f32; n * c], vec![0.0f32; v * c], vec![0.0f32; n]);
+    for s in (0..n).step_by(piece) {
+        let rows = s..s + piece;
+        classifier_backward(
+            &mut dx_p[s * c..(s + piece) * c],
+            &mut dwte_p,
+            &mut losses_p[rows.clone()],
+            &mut scratch,
+            &x[s * c..(s + piece) * c],
+            &wte,
+            &targets[rows],
+            dloss,
+            piece,
+            c,
+            v,
+        );
+    }
+    // Same products summed in another grouping: f32 rounding of a few hundred terms, far below the
+    // O(dloss * |x|) = O(3e-3) that one row's gradient contributes.
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let scale = b.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        let worst = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(scale > 0.0 && worst <= 1e-4 * scale, "{what}: differs by {worst} (scale {scale})");
+    };
+    close(&losses, &losses_p, "losses");
+    close(&dx, &dx_p, "dx");
+    close(&dwte, &dwte_p, "dwte");
+}
