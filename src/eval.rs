@@ -144,6 +144,8 @@ impl Scorer for CpuScorer<'_> {
 
     fn losses(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
         if self.acts.as_ref().is_none_or(|a| a.b != b || a.t != t) {
+            self.acts = None;
+            check_cpu_memory(&self.cfg, b, t, crate::util::available_memory())?;
             self.acts = Some(Activations::new(&self.cfg, b, t));
         }
         let acts = self.acts.as_mut().expect("allocated above");
@@ -154,6 +156,22 @@ impl Scorer for CpuScorer<'_> {
 
     fn auto_batch(&self, seq: usize) -> usize {
         auto_batch(&self.cfg, seq)
+    }
+}
+
+/// Refuses a CPU batch of `b` windows of `t` tokens whose activations would not fit in `available`
+/// bytes (instead of aborting in the allocator), naming both figures and the option to change.
+fn check_cpu_memory(cfg: &ModelConfig, b: usize, t: usize, available: Option<u64>) -> Result<()> {
+    let need = Activations::<f32>::bytes(cfg, b, t);
+    match available {
+        Some(avail) if need > avail as u128 => bail!(
+            "evaluating {b} windows of {t} tokens at once on the CPU needs about {} of activations, but {} is \
+             available; use a smaller --batch (or leave it out: the automatic batch keeps within {})",
+            crate::util::gb(need),
+            crate::util::gb(avail as u128),
+            crate::util::gb(AUTO_BATCH_BYTES as u128)
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -653,6 +671,19 @@ pub fn evaluate_hellaswag_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CPU batch whose activations exceed the available memory is refused naming both figures and
+    /// --batch; one that fits, or an unknown amount of memory, passes.
+    #[test]
+    fn a_cpu_batch_too_large_for_memory_is_refused() {
+        let cfg = ModelConfig::preset("gpt2-124m").unwrap();
+        let need = Activations::<f32>::bytes(&cfg, 64, 1024);
+        let e = check_cpu_memory(&cfg, 64, 1024, Some((need - 1) as u64)).unwrap_err().to_string();
+        assert!(e.contains("64 windows of 1024 tokens") && e.contains("smaller --batch"), "{e}");
+        assert!(e.contains(&crate::util::gb(need)) && e.contains(&crate::util::gb(need - 1)), "{e}");
+        check_cpu_memory(&cfg, 64, 1024, Some(need as u64)).unwrap();
+        check_cpu_memory(&cfg, 64, 1024, None).unwrap();
+    }
 
     #[test]
     fn candidates_cut_from_the_left() {

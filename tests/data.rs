@@ -174,6 +174,20 @@ fn loader_open_errors() {
     write_manifest(tmp.path(), &[("train", vec![("train_000000.bin", 10), ("train_000007.bin", 6)])]);
     let msg = err_string(DataLoader::open(tmp.path(), Split::Train, 2, 4, 0));
     assert_mentions(&msg, &["train_000007.bin", "missing", "damaged"]);
+
+    // A manifest naming a file outside the directory, or another split's shard, is refused before
+    // anything is opened (the outside file exists and has the size the manifest claims).
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    write_shard(&outside.join("train_000000.bin"), &[1; 10]).unwrap();
+    let dataset = tmp.path().join("dataset");
+    fs::create_dir_all(&dataset).unwrap();
+    write_shard(&dataset.join("val_000000.bin"), &[1; 10]).unwrap();
+    for name in ["../outside/train_000000.bin", "val_000000.bin"] {
+        write_manifest(&dataset, &[("train", vec![(name, 10)])]);
+        let msg = err_string(DataLoader::open(&dataset, Split::Train, 2, 4, 0));
+        assert_mentions(&msg, &["manifest.json", name, "not a train_NNNNNN.bin file", "re-run `genesis prepare`"]);
+    }
 }
 
 /// A manifest listing the given shards (names and token counts) per split.

@@ -180,6 +180,19 @@ impl Manifest {
                 m.manifest_version
             );
         }
+        // Shards live in the dataset directory under their split's name (`train_000000.bin`): a
+        // manifest naming `../x`, `/etc/passwd` or another split's file is damaged or hostile, and
+        // nothing outside the directory may be read (or hashed by `data inspect --verify`).
+        for (split, info) in &m.splits {
+            if let Some(s) = info.shards.iter().find(|s| !crate::data::shard::is_shard_name(&s.file, split)) {
+                bail!(
+                    "{}: the {split} split lists the shard {:?}, which is not a {split}_NNNNNN.bin file in the \
+                     dataset directory; the manifest is damaged: re-run `genesis prepare` for this dataset",
+                    path.display(),
+                    s.file
+                );
+            }
+        }
         Ok(m)
     }
 
