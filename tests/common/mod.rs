@@ -21,9 +21,13 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
-/// A fresh, empty directory under the system temp dir, unique per process and call. Not removed
-/// automatically (the OS cleans the temp dir); tests may remove it when done.
+/// A fresh, empty directory under the system temp dir, unique per process and call. Tests may
+/// remove it when done; what a test left (one that failed or did not clean up) is removed by the
+/// first `temp_dir` of a later test process once the process that made it has exited, so repeated
+/// runs do not fill the temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_dead_processes_temp_dirs);
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos =
@@ -34,6 +38,23 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     }
     fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes `genesis-test-{tag}-{pid}-{n}-{nanos}` directories whose process is gone (Linux: no
+/// `/proc/{pid}`); elsewhere it does nothing.
+fn remove_dead_processes_temp_dirs() {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_prefix("genesis-test-")) else { continue };
+        let Some(pid) = name.rsplit('-').nth(2).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The repository's root (CARGO_MANIFEST_DIR, read at run time).
