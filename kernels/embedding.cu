@@ -113,3 +113,76 @@ extern "C" __global__ void embedding_backward_bf16(float* dwte, float* dwpe, con
                                                    int U, int B, int T, int C) {
     embedding_detail::backward(dwte, dwpe, dout, csr, U, B, T, C);
 }
+
+// Balanced backward (embedding_backward_balanced): the same sums in the order of
+// cpu::embedding::embedding_backward_balanced, so that one frequent token (" the", ",") does not
+// leave one block adding hundreds of rows while the rest of the GPU idles. Each token's rows, in
+// increasing order, are cut by the host into chunks of at most CHUNK_ROWS (64) rows:
+//  - embedding_backward_chunks: one block per chunk, heaviest chunks first (lowest blockIdx).
+//    items = [token, begin, end, slot] per chunk (4 ints), then rows; the chunk adds
+//    dout[rows[begin..end]] in order. The first chunk of a token (slot -1) starts from and writes
+//    the token's dwte row; a later chunk (slot s >= 0) starts from 0 and writes partials[s*C ..].
+//    Blocks [n_items, n_items + ceil(T*C / blockDim.x)) do dwpe as embedding_backward does.
+//  - embedding_backward_combine, launched after it on the same stream: one block per token with
+//    later chunks; combine = [token, first_slot, count] per token (3 ints); it adds
+//    partials[first_slot .. first_slot + count) to the dwte row in slot (= chunk) order.
+// Launch: blockDim.x 256, no shared memory; grid = n_items + ceil(T*C / 256), then n_combine.
+namespace embedding_detail {
+template <typename T>
+__device__ __forceinline__ void backward_chunks(float* dwte, float* dwpe, float* partials, const T* dout,
+                                                const int* items, int n_items, int B, int T_, int C) {
+    if ((int)blockIdx.x < n_items) {
+        const int* item = items + 4 * (long long)blockIdx.x;
+        const int* rows = items + 4 * (long long)n_items;
+        const long long token = (long long)item[0];
+        const int begin = item[1];
+        const int end = item[2];
+        const int slot = item[3];
+        float* dst = slot < 0 ? dwte + token * C : partials + (long long)slot * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float acc = slot < 0 ? dst[c] : 0.0f;
+            for (int j = begin; j < end; ++j) {
+                acc += load(dout[(long long)rows[j] * C + c]);
+            }
+            dst[c] = acc;
+        }
+        return;
+    }
+    const long long idx = (long long)(blockIdx.x - n_items) * blockDim.x + threadIdx.x;
+    if (idx >= (long long)T_ * C) {
+        return;
+    }
+    const long long t = idx / C;
+    const long long c = idx - t * C;
+    float acc = dwpe[idx];
+    for (int b = 0; b < B; ++b) {
+        acc += load(dout[((long long)b * T_ + t) * C + c]);
+    }
+    dwpe[idx] = acc;
+}
+}  // namespace embedding_detail
+
+extern "C" __global__ void embedding_backward_chunks(float* dwte, float* dwpe, float* partials, const float* dout,
+                                                     const int* items, int n_items, int B, int T, int C) {
+    embedding_detail::backward_chunks(dwte, dwpe, partials, dout, items, n_items, B, T, C);
+}
+
+extern "C" __global__ void embedding_backward_chunks_bf16(float* dwte, float* dwpe, float* partials,
+                                                          const __nv_bfloat16* dout, const int* items, int n_items,
+                                                          int B, int T, int C) {
+    embedding_detail::backward_chunks(dwte, dwpe, partials, dout, items, n_items, B, T, C);
+}
+
+extern "C" __global__ void embedding_backward_combine(float* dwte, const float* partials, const int* combine, int C) {
+    const int* entry = combine + 3 * (long long)blockIdx.x;
+    const long long token = (long long)entry[0];
+    const long long first = (long long)entry[1];
+    const int count = entry[2];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float acc = dwte[token * C + c];
+        for (int s = 0; s < count; ++s) {
+            acc += partials[(first + s) * C + c];
+        }
+        dwte[token * C + c] = acc;
+    }
+}

@@ -180,6 +180,169 @@ pub fn embedding_backward<T: Float>(
     Ok(())
 }
 
+/// One chunk of the balanced backward: rows `rows[begin..end]` of `token`, written to the token's
+/// `dwte` row (`slot: None`, its first chunk) or to partial-sum slot `slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub token: u32,
+    pub begin: usize,
+    pub end: usize,
+    pub slot: Option<usize>,
+}
+
+/// The balanced backward's work ([`embedding_backward_balanced`]): each token's rows ([`TokenRows`])
+/// cut into chunks of at most `chunk_rows`, heaviest chunks first; `combine` lists, for each token
+/// with more than one chunk, its token, first slot and slot count (the slots of one token are
+/// consecutive, in chunk order).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ChunkPlan {
+    pub chunks: Vec<Chunk>,
+    pub rows: Vec<usize>,
+    pub combine: Vec<(u32, usize, usize)>,
+    pub slots: usize,
+}
+
+impl ChunkPlan {
+    pub fn new(inputs: &[u32], chunk_rows: usize) -> ChunkPlan {
+        assert!(chunk_rows > 0);
+        let buckets = TokenRows::new(inputs);
+        let (mut chunks, mut combine, mut slots) = (Vec::new(), Vec::new(), 0);
+        for (u, &token) in buckets.tokens.iter().enumerate() {
+            let (lo, hi) = (buckets.offsets[u], buckets.offsets[u + 1]);
+            let first_slot = slots;
+            for (k, begin) in (lo..hi).step_by(chunk_rows).enumerate() {
+                let slot = (k > 0).then(|| {
+                    slots += 1;
+                    slots - 1
+                });
+                chunks.push(Chunk { token, begin, end: (begin + chunk_rows).min(hi), slot });
+            }
+            if slots > first_slot {
+                combine.push((token, first_slot, slots - first_slot));
+            }
+        }
+        // Stable: among equal sizes the token order stays. The largest chunks start first.
+        chunks.sort_by_key(|ch| std::cmp::Reverse(ch.end - ch.begin));
+        ChunkPlan { chunks, rows: buckets.rows, combine, slots }
+    }
+
+    /// `[token, begin, end, slot (-1: the dwte row)]` per chunk, then the rows; and
+    /// `[token, first_slot, count]` per combined token: as the kernels read them.
+    fn packed(&self) -> Result<(Vec<i32>, Vec<i32>)> {
+        let mut items = Vec::with_capacity(4 * self.chunks.len() + self.rows.len());
+        for ch in &self.chunks {
+            items.push(i32::try_from(ch.token).context("token id does not fit in an i32")?);
+            items.push(to_i32(ch.begin, "B*T")?);
+            items.push(to_i32(ch.end, "B*T")?);
+            items.push(match ch.slot {
+                Some(s) => to_i32(s, "chunks")?,
+                None => -1,
+            });
+        }
+        for &r in &self.rows {
+            items.push(to_i32(r, "B*T")?);
+        }
+        let mut combine = Vec::with_capacity(3 * self.combine.len());
+        for &(token, first, count) in &self.combine {
+            combine.push(i32::try_from(token).context("token id does not fit in an i32")?);
+            combine.push(to_i32(first, "chunks")?);
+            combine.push(to_i32(count, "chunks")?);
+        }
+        Ok((items, combine))
+    }
+}
+
+// dout (B,T,C), inputs (B,T) on the host -> dwte (Vp,C) +=, dwpe (maxT,C) +=
+/// [`embedding_backward`] with each token's rows cut into chunks of
+/// [`cpu::embedding::CHUNK_ROWS`](crate::cpu::embedding::CHUNK_ROWS), so a frequent token is added by
+/// many blocks, not one; bit-identical to `cpu::embedding::embedding_backward_balanced`, which sums
+/// in the same order (and equals [`embedding_backward`] when no token has more rows than a chunk).
+/// Same arguments and checks as [`embedding_backward`]. Never run on a GPU yet: the default path
+/// uses [`embedding_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward_balanced<T: Float>(
+    gpu: &Gpu,
+    dwte: &mut impl DevicePtrMut<f32>,
+    dwpe: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<T>,
+    inputs: &[u32],
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<()> {
+    const OP: &str = "embedding_backward_chunks";
+    ensure!(c > 0, "{OP}: C must be positive");
+    let bt = b.checked_mul(t).with_context(|| format!("{OP}: B*T overflows"))?;
+    let btc = bt.checked_mul(c).with_context(|| format!("{OP}: B*T*C overflows"))?;
+    let tc = t * c;
+    ensure!(inputs.len() >= bt, "{OP}: inputs has {} < B*T = {bt}", inputs.len());
+    ensure!(dout.len() >= btc, "{OP}: dout has {} < B*T*C = {btc}", dout.len());
+    ensure!(dwpe.len() >= tc, "{OP}: dwpe has {} < T*C = {tc}", dwpe.len());
+    ensure!(
+        dwte.len() % c == 0 && !DeviceSlice::is_empty(dwte),
+        "{OP}: dwte length {} is not a positive multiple of C = {c}",
+        dwte.len()
+    );
+    let vp = dwte.len() / c;
+    let inputs = &inputs[..bt];
+    if let Some((i, tok)) = inputs.iter().enumerate().find(|(_, &tok)| tok as usize >= vp) {
+        anyhow::bail!("{OP}: inputs[{i}] = {tok} is not below Vp = {vp}");
+    }
+    if bt == 0 {
+        return Ok(());
+    }
+    let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
+    let plan = ChunkPlan::new(inputs, crate::cpu::embedding::CHUNK_ROWS);
+    let (items, combine) = plan.packed()?;
+    let n_items = to_i32(plan.chunks.len(), "chunks")?;
+    let blocks = plan
+        .chunks
+        .len()
+        .checked_add(tc.div_ceil(THREADS as usize))
+        .filter(|&n| n <= i32::MAX as usize)
+        .with_context(|| format!("{OP}: B = {b}, T = {t}, C = {c} needs too many blocks"))?;
+    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let chunks_fn = gpu.function(&T::kernel(OP))?;
+    let combine_fn = gpu.function("embedding_backward_combine")?;
+
+    let stream = gpu.stream();
+    let d_items = stream.clone_htod(&items).with_context(|| format!("{OP}: uploading the chunks"))?;
+    let mut d_partials = stream
+        .alloc_zeros::<f32>(plan.slots.max(1) * c)
+        .with_context(|| format!("{OP}: allocating {} partial sums", plan.slots))?;
+    let stream = &**stream;
+    let (dwte_ptr, _dwte_guard) = dwte.device_ptr_mut(stream);
+    let (dwpe_ptr, _dwpe_guard) = dwpe.device_ptr_mut(stream);
+    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
+    let (items_ptr, _items_guard) = d_items.device_ptr(stream);
+    let (partials_ptr, _partials_guard) = d_partials.device_ptr_mut(stream);
+    let mut launch = stream.launch_builder(&chunks_fn);
+    launch.arg(&dwte_ptr).arg(&dwpe_ptr).arg(&partials_ptr).arg(&dout_ptr).arg(&items_ptr).arg(&n_items);
+    launch.arg(&bi).arg(&ti).arg(&ci);
+    // SAFETY: the argument list matches (float*, float*, float*, const T*, const int*, int, int,
+    // int, int) with T float or __nv_bfloat16 as T::kernel picks. items holds 4 ints per chunk and
+    // then the B*T rows, as the kernel reads them; every token is below Vp = dwte.len() / C and
+    // every row below B*T (checked / built above), every slot below plan.slots, and partials holds
+    // max(slots, 1) * C floats; dwpe[t*C + c] for t < T, c < C is in bounds. The guards keep the
+    // buffers' stream ordering until the launch is queued; d_items and d_partials are freed
+    // stream-ordered after both launches.
+    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
+    if !combine.is_empty() {
+        let d_combine =
+            gpu.stream().clone_htod(&combine).with_context(|| format!("{OP}: uploading the combine list"))?;
+        let (combine_ptr, _combine_guard) = d_combine.device_ptr(stream);
+        let n = u32::try_from(plan.combine.len()).context("too many tokens to combine")?;
+        let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(&combine_fn);
+        launch.arg(&dwte_ptr).arg(&partials_ptr).arg(&combine_ptr).arg(&ci);
+        // SAFETY: (float*, const float*, const int*, int): combine holds 3 ints per block, each
+        // token below Vp and each slot range inside the plan.slots * C partials written above,
+        // in stream order after the chunks kernel.
+        unsafe { launch.launch(cfg) }.context("launching embedding_backward_combine")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +356,39 @@ mod tests {
         assert_eq!(b.packed().unwrap(), vec![2, 5, 7, 0, 2, 5, 6, 1, 4, 0, 2, 5, 3]);
         let empty = TokenRows::new(&[]);
         assert_eq!((empty.tokens.len(), empty.offsets, empty.rows.len()), (0, vec![0], 0));
+    }
+
+    /// Every row lands in exactly one chunk of its own token, chunks hold at most `chunk_rows`
+    /// consecutive rows of the token's (increasing) rows, the first chunk of each token writes the
+    /// dwte row and the later ones consecutive slots in chunk order, and the largest chunks come
+    /// first.
+    #[test]
+    fn chunk_plan_covers_every_row_once_heaviest_first() {
+        let inputs: Vec<u32> = (0..300u32).map(|i| if i % 3 == 0 { 9 } else { i % 7 }).collect();
+        let plan = ChunkPlan::new(&inputs, 16);
+        let mut seen = vec![0; inputs.len()];
+        for ch in &plan.chunks {
+            assert!(ch.end > ch.begin && ch.end - ch.begin <= 16, "{ch:?}");
+            for &r in &plan.rows[ch.begin..ch.end] {
+                assert_eq!(inputs[r], ch.token);
+                seen[r] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "every row exactly once: {seen:?}");
+        assert!(plan.chunks.windows(2).all(|w| w[0].end - w[0].begin >= w[1].end - w[1].begin));
+        // Token 9 has 100 rows: chunks of 16, 16, ..., 4; first writes dwte, then slots in order.
+        let mut nine: Vec<Chunk> = plan.chunks.iter().copied().filter(|ch| ch.token == 9).collect();
+        nine.sort_by_key(|ch| ch.begin);
+        assert_eq!(nine.len(), 7);
+        assert_eq!(nine[0].slot, None);
+        let (_, first, count) = *plan.combine.iter().find(|e| e.0 == 9).unwrap();
+        assert_eq!(count, 6);
+        for (k, ch) in nine[1..].iter().enumerate() {
+            assert_eq!(ch.slot, Some(first + k));
+        }
+        assert_eq!(plan.slots, plan.combine.iter().map(|e| e.2).sum::<usize>());
+        // Tokens with at most one chunk are not combined.
+        let light = ChunkPlan::new(&[1, 2, 1], 16);
+        assert!(light.combine.is_empty() && light.slots == 0 && light.chunks.iter().all(|ch| ch.slot.is_none()));
     }
 }

@@ -4,7 +4,7 @@ use super::common::assert_same_bits;
 use super::{download, gpu_or_skip, poisoned, round, widen, Uniform, TAIL};
 use genesis::cpu;
 use genesis::gpu::device::{cuda_available, Gpu};
-use genesis::gpu::embedding::{embedding_backward, embedding_forward};
+use genesis::gpu::embedding::{embedding_backward, embedding_backward_balanced, embedding_forward};
 use genesis::gpu::kernels;
 use genesis::gpu::Float;
 use genesis::rng::Rng;
@@ -188,39 +188,45 @@ impl BackwardCase {
 
     /// `cpu::embedding::embedding_backward` in f32: the GPU adds in the same order, so the result
     /// is the same bit for bit. Returns full buffers (tails unchanged).
-    fn reference(&self) -> (Vec<f32>, Vec<f32>) {
+    /// With `balanced`, `cpu::embedding::embedding_backward_balanced`, the order of the balanced
+    /// kernel.
+    fn reference(&self, balanced: bool) -> (Vec<f32>, Vec<f32>) {
         let (mut dwte, mut dwpe) = (self.dwte.clone(), self.dwpe.clone());
         let n = self.vp * self.c;
-        cpu::embedding::embedding_backward(&mut dwte[..n], &mut dwpe, &self.dout, &self.inputs, self.b, self.t, self.c);
+        let (b, t, c) = (self.b, self.t, self.c);
+        if balanced {
+            cpu::embedding::embedding_backward_balanced(&mut dwte[..n], &mut dwpe, &self.dout, &self.inputs, b, t, c);
+        } else {
+            cpu::embedding::embedding_backward(&mut dwte[..n], &mut dwpe, &self.dout, &self.inputs, b, t, c);
+        }
         (dwte, dwpe)
     }
 
     /// The GPU backward with `dout` in `T` (the `T` the case was built for).
-    fn run<T: Float>(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
+    fn run<T: Float>(&self, gpu: &Gpu, balanced: bool) -> (Vec<f32>, Vec<f32>) {
         let stream = gpu.stream();
         let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
         let mut d_dwte = stream.clone_htod(&self.dwte).unwrap();
         let mut d_dwpe = stream.clone_htod(&self.dwpe).unwrap();
         let n = self.vp * self.c;
-        embedding_backward(
-            gpu,
-            &mut d_dwte.slice_mut(0..n),
-            &mut d_dwpe,
-            &d_dout,
-            &self.inputs,
-            self.b,
-            self.t,
-            self.c,
-        )
-        .unwrap();
+        let (b, t, c) = (self.b, self.t, self.c);
+        {
+            let mut dwte = d_dwte.slice_mut(0..n);
+            if balanced {
+                embedding_backward_balanced(gpu, &mut dwte, &mut d_dwpe, &d_dout, &self.inputs, b, t, c).unwrap();
+            } else {
+                embedding_backward(gpu, &mut dwte, &mut d_dwpe, &d_dout, &self.inputs, b, t, c).unwrap();
+            }
+        }
         gpu.synchronize().unwrap();
         (stream.clone_dtoh(&d_dwte).unwrap(), stream.clone_dtoh(&d_dwpe).unwrap())
     }
 }
 
-/// (B, T, C, Vp): a single row, odd C with few tokens (heavy repetition), GPT-2 small.
+/// (B, T, C, Vp): a single row, odd C with few tokens (heavy repetition), GPT-2 small, and tokens
+/// with hundreds of rows (several chunks of the balanced backward each, one chunk ending short).
 const BACKWARD_SHAPES: &[(usize, usize, usize, usize)] =
-    &[(1, 1, 1, 3), (1, 1, 768, 50304), (3, 17, 37, 11), (2, 33, 100, 1), (4, 64, 768, 50304)];
+    &[(1, 1, 1, 3), (1, 1, 768, 50304), (3, 17, 37, 11), (2, 33, 100, 1), (4, 64, 768, 50304), (4, 251, 96, 5)];
 
 /// [`assert_same_bits`] on the first `len` elements (the gradient) and, separately, on the rest
 /// (outside the gradient: a difference there was written past it).
@@ -236,15 +242,15 @@ fn assert_bits(what: &str, got: &[f32], want: &[f32], len: usize) {
 
 /// Every [`BACKWARD_SHAPES`] case with `dout` in `T` against the f32 CPU backward on the same
 /// (widened) values: bit for bit, tails included. `label` starts the printed line.
-fn check_backward<T: Float>(seed: u64, label: &str) {
+fn check_backward<T: Float>(seed: u64, label: &str, balanced: bool) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
     let mut rng = Rng::new(seed);
     for &(b, t, c, vp) in BACKWARD_SHAPES {
         let case = BackwardCase::new::<T>(&mut rng, b, t, c, vp);
-        let (want_dwte, want_dwpe) = case.reference();
-        let (dwte, dwpe) = case.run::<T>(&gpu);
+        let (want_dwte, want_dwpe) = case.reference(balanced);
+        let (dwte, dwpe) = case.run::<T>(&gpu, balanced);
         let shape = format!("B={b} T={t} C={c} Vp={vp}");
         assert_bits(&format!("dwte ({shape})"), &dwte, &want_dwte, vp * c);
         assert_bits(&format!("dwpe ({shape})"), &dwpe, &want_dwpe, t * c);
@@ -254,15 +260,15 @@ fn check_backward<T: Float>(seed: u64, label: &str) {
 
 /// A GPT-2-sized case with `dout` in `T`, run three times: every bit of both gradients (tails
 /// included) repeats. `label` starts the printed line.
-fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
+fn assert_backward_deterministic<T: Float>(seed: u64, label: &str, balanced: bool) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
     let mut rng = Rng::new(seed);
-    let case = BackwardCase::new::<T>(&mut rng, 4, 64, 768, 50304);
-    let first = case.run::<T>(&gpu);
+    let case = BackwardCase::new::<T>(&mut rng, 4, 256, 768, 50304);
+    let first = case.run::<T>(&gpu, balanced);
     for run in 1..3 {
-        let again = case.run::<T>(&gpu);
+        let again = case.run::<T>(&gpu, balanced);
         assert_bits(&format!("dwte run {run}"), &again.0, &first.0, again.0.len());
         assert_bits(&format!("dwpe run {run}"), &again.1, &first.1, again.1.len());
     }
@@ -272,13 +278,13 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embedding_backward_matches_cpu() {
-    check_backward::<f32>(0x656d_6262_6163_6b01, "embedding_backward");
+    check_backward::<f32>(0x656d_6262_6163_6b01, "embedding_backward", false);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embedding_backward_is_deterministic() {
-    assert_backward_deterministic::<f32>(0x656d_6264_6574_0002, "embedding_backward");
+    assert_backward_deterministic::<f32>(0x656d_6264_6574_0002, "embedding_backward", false);
 }
 
 /// bf16 `dout`, f32 gradients. The tolerance is zero, i.e. |gpu - ref| <= 0 + 0 * |ref|: the
@@ -291,13 +297,13 @@ fn embedding_backward_is_deterministic() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embedding_backward_bf16_matches_cpu() {
-    check_backward::<bf16>(0x656d_6262_6631_3603, "embedding_backward_bf16 (dout widened)");
+    check_backward::<bf16>(0x656d_6262_6631_3603, "embedding_backward_bf16 (dout widened)", false);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embedding_backward_bf16_is_deterministic() {
-    assert_backward_deterministic::<bf16>(0x656d_6264_6266_0004, "embedding_backward_bf16");
+    assert_backward_deterministic::<bf16>(0x656d_6264_6266_0004, "embedding_backward_bf16", false);
 }
 
 #[test]
@@ -317,4 +323,26 @@ fn embedding_backward_rejects_bad_tokens() {
     let err = embedding_backward(&gpu, &mut d_dwte, &mut d_dwpe, &d_dout, &[1, 2, 3], b, t, c)
         .expect_err("too few token ids must be rejected");
     assert!(err.to_string().contains("inputs"), "{err}");
+}
+
+/// The balanced backward (heavy tokens cut into chunks, never run on a GPU yet) against
+/// `cpu::embedding::embedding_backward_balanced`, its order on the CPU: bit for bit, f32 `dout`,
+/// for the reason the unbalanced test gives (every f32 addition is the same on both sides).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_backward_balanced_matches_cpu() {
+    check_backward::<f32>(0x656d_6262_616c_0005, "embedding_backward_balanced", true);
+}
+
+/// As above with bf16 `dout` (widened exactly, then the f32 additions).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_backward_balanced_bf16_matches_cpu() {
+    check_backward::<bf16>(0x656d_6262_616c_0006, "embedding_backward_balanced bf16", true);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_backward_balanced_is_deterministic() {
+    assert_backward_deterministic::<bf16>(0x656d_6262_616c_0007, "embedding_backward_balanced bf16", true);
 }

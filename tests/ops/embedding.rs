@@ -1,5 +1,5 @@
 use super::*;
-use genesis::cpu::embedding::{embedding_backward, embedding_forward};
+use genesis::cpu::embedding::{embedding_backward, embedding_backward_balanced, embedding_forward, CHUNK_ROWS};
 
 #[test]
 fn embedding_backward_matches_finite_differences() {
@@ -18,4 +18,46 @@ fn embedding_backward_matches_finite_differences() {
     };
     check_grad("embedding", "wte", &wte, &dwte, |x| f(x, &wpe));
     check_grad("embedding", "wpe", &wpe, &dwpe, |x| f(&wte, x));
+}
+
+/// The balanced order (the GPU's balanced kernel's) adds exactly what `embedding_backward` adds:
+/// bit for bit when no token has more than [`CHUNK_ROWS`] rows, and to f64 rounding when tokens
+/// repeat hundreds of times (the sums are regrouped by chunk); the regrouping is real: in f32 the
+/// heavy case differs in some bits.
+#[test]
+fn embedding_backward_balanced_regroups_only_heavy_tokens() {
+    let mut rng = Rng::new(5);
+    let (c, vp, maxt) = (24, 9, 300);
+    let run = |inp: &[u32], b: usize, t: usize, dout: &[f64], balanced: bool| {
+        let (mut dwte, mut dwpe) = (randn(&mut Rng::new(8), vp * c, 1.0), randn(&mut Rng::new(9), maxt * c, 1.0));
+        if balanced {
+            embedding_backward_balanced(&mut dwte, &mut dwpe, dout, inp, b, t, c);
+        } else {
+            embedding_backward(&mut dwte, &mut dwpe, dout, inp, b, t, c);
+        }
+        (dwte, dwpe)
+    };
+    // Light: every token at most CHUNK_ROWS times -> identical bits.
+    let (b, t) = (2, 60);
+    let light: Vec<u32> = (0..b * t).map(|i| (i % vp) as u32).collect();
+    assert!(light.iter().filter(|&&x| x == 0).count() <= CHUNK_ROWS);
+    let dout = randn(&mut rng, b * t * c, 1.0);
+    assert_eq!(run(&light, b, t, &dout, true), run(&light, b, t, &dout, false));
+    // Heavy: token 3 on 5 rows of 6, so it has several chunks.
+    let (b, t) = (4, 250);
+    let heavy: Vec<u32> = (0..b * t).map(|i| if i % 6 != 0 { 3 } else { (i % vp) as u32 }).collect();
+    assert!(heavy.iter().filter(|&&x| x == 3).count() > 4 * CHUNK_ROWS);
+    let dout = randn(&mut rng, b * t * c, 1.0);
+    let (got, want) = (run(&heavy, b, t, &dout, true), run(&heavy, b, t, &dout, false));
+    for (g, w) in got.0.iter().zip(&want.0).chain(got.1.iter().zip(&want.1)) {
+        assert!((g - w).abs() <= 1e-12 * w.abs().max(1.0), "{g} vs {w}");
+    }
+    assert_eq!(got.1, want.1, "dwpe keeps the unbalanced order");
+    // In f32 the regrouped sums of token 3 are not all the same bits: the order really changed.
+    let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (d32, mut a, mut b32) =
+        (to32(&dout), (vec![0f32; vp * c], vec![0f32; maxt * c]), (vec![0f32; vp * c], vec![0f32; maxt * c]));
+    embedding_backward_balanced(&mut a.0, &mut a.1, &d32, &heavy, b, t, c);
+    embedding_backward(&mut b32.0, &mut b32.1, &d32, &heavy, b, t, c);
+    assert_ne!(a.0[3 * c..4 * c], b32.0[3 * c..4 * c]);
 }
