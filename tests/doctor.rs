@@ -296,6 +296,8 @@ fn cli_rejects_an_unknown_model_and_documents_its_exit_status() {
 fn the_nvcc_install_hint_is_one_pinned_command() {
     let cmd = doctor::nvcc_pip_install();
     assert!(cmd.contains("\"nvidia-cuda-nvcc==13.0.88\"") && !cmd.contains('*'), "{cmd}");
+    // cuobjdump (scripts/kernel-report.sh) is pinned the same way, in the same command.
+    assert!(cmd.contains("\"nvidia-cuda-cuobjdump==13.2.51\""), "{cmd}");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(readme.contains(&cmd), "README does not show {cmd}");
