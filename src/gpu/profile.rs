@@ -66,8 +66,10 @@ pub fn family(name: &str) -> &'static str {
     }
 }
 
-/// What bounds `family`: matmuls and attention (cuBLAS GEMMs) are compute-bound, copies to and
-/// from the host are host-bound, everything else is memory-bound.
+/// The kind of `family`: matmuls and attention (built on cuBLAS GEMMs) are `Compute`, copies to
+/// and from the host `Host`, everything else `Memory` (the bandwidth-bound total of issue 15). What
+/// limits a family on a given device is [`FamilyRow::limit`] (the attention that materialises
+/// its T x T scores is limited by memory despite its kind).
 pub fn bound(family: &str) -> Bound {
     match family {
         "matmul fwd" | "matmul bwd" | "attention fwd" | "attention bwd" => Bound::Compute,
@@ -217,9 +219,14 @@ pub fn measure_ceilings<T: Float>(gpu: &Gpu, blas: &Blas) -> Result<Ceilings> {
         median(runs)
     };
     let gemm_tflops = {
+        // Random operands: tensor cores run faster on zeros (the H200 notes: 894 against 788
+        // TFLOP/s), which would flatter the ceiling.
         let m = 8192usize;
-        let a = stream.alloc_zeros::<T>(m * m).context("allocating the GEMM operands")?;
-        let w = stream.alloc_zeros::<T>(m * m).context("allocating the GEMM operands")?;
+        let mut rng = crate::rng::Rng::new(11);
+        let host: Vec<T> = (0..m * m).map(|_| T::from_f32(rng.below(2001) as f32 / 1000.0 - 1.0)).collect();
+        let a = stream.clone_htod(&host).context("uploading the GEMM operands")?;
+        let w = stream.clone_htod(&host[..]).context("uploading the GEMM operands")?;
+        drop(host);
         let mut out = stream.alloc_zeros::<T>(m * m).context("allocating the GEMM output")?;
         let mut runs = Vec::new();
         for i in 0..6 {
@@ -244,29 +251,44 @@ pub struct FamilyRow {
 
 impl FamilyRow {
     /// Achieved GB/s (memory- and host-bound) or TFLOP/s (compute-bound).
-    pub fn achieved(&self) -> f64 {
+    /// What limits this family on a device with `ceil`: host copies are `Host`; otherwise the
+    /// larger of its two floors (bytes over the copy bandwidth, FLOPs over the GEMM rate).
+    pub fn limit(&self, ceil: &Ceilings) -> Bound {
+        if self.bound == Bound::Host {
+            Bound::Host
+        } else if self.cost.flops / (ceil.gemm_tflops * 1e12) >= self.cost.bytes / (ceil.copy_gb_per_sec * 1e9) {
+            Bound::Compute
+        } else {
+            Bound::Memory
+        }
+    }
+
+    /// Achieved TFLOP/s (limited by compute) or GB/s (by memory or the host).
+    pub fn achieved(&self, ceil: &Ceilings) -> f64 {
         let s = self.ms_per_step * 1e-3;
-        match self.bound {
+        match self.limit(ceil) {
             Bound::Compute => self.cost.flops / s / 1e12,
             Bound::Memory | Bound::Host => self.cost.bytes / s / 1e9,
         }
     }
 
-    /// Per cent of the ceiling that bounds this family (none for host-bound ones).
+    /// Per cent of the ceiling that limits this family (none for host copies).
     pub fn of_ceiling(&self, ceil: &Ceilings) -> Option<f64> {
-        match self.bound {
-            Bound::Compute => Some(100.0 * self.achieved() / ceil.gemm_tflops),
-            Bound::Memory => Some(100.0 * self.achieved() / ceil.copy_gb_per_sec),
+        match self.limit(ceil) {
+            Bound::Compute => Some(100.0 * self.achieved(ceil) / ceil.gemm_tflops),
+            Bound::Memory => Some(100.0 * self.achieved(ceil) / ceil.copy_gb_per_sec),
             Bound::Host => None,
         }
     }
 
-    /// Milliseconds this family would take at its ceiling (host-bound: none).
+    /// Milliseconds this family would take at its ceilings, the larger of its two floors (host
+    /// copies: none).
     pub fn floor_ms(&self, ceil: &Ceilings) -> Option<f64> {
         match self.bound {
-            Bound::Compute => Some(self.cost.flops / (ceil.gemm_tflops * 1e12) * 1e3),
-            Bound::Memory => Some(self.cost.bytes / (ceil.copy_gb_per_sec * 1e9) * 1e3),
             Bound::Host => None,
+            _ => Some(
+                (self.cost.flops / (ceil.gemm_tflops * 1e12)).max(self.cost.bytes / (ceil.copy_gb_per_sec * 1e9)) * 1e3,
+            ),
         }
     }
 }
@@ -313,10 +335,14 @@ pub fn format_table(rows: &[FamilyRow], ceil: &Ceilings, tokens: usize) -> Strin
         "  {:<15} {:>9} {:>6} {:>12} {:>14} {:>9} {:>9}",
         "family", "ms/step", "share", "moved/step", "achieved", "% ceil", "floor ms"
     );
+    let _ = writeln!(
+        s,
+        "  (moved/step: bytes read + written, or FLOPs where those limit; floor: the larger of bytes over the copy rate and FLOPs over the GEMM rate)"
+    );
     for r in rows {
-        let (moved, rate) = match r.bound {
-            Bound::Compute => (format!("{:.1} GFLOP", r.cost.flops / 1e9), format!("{:.1} TFLOP/s", r.achieved())),
-            _ => (format!("{:.3} GB", r.cost.bytes / 1e9), format!("{:.0} GB/s", r.achieved())),
+        let (moved, rate) = match r.limit(ceil) {
+            Bound::Compute => (format!("{:.1} GFLOP", r.cost.flops / 1e9), format!("{:.1} TFLOP/s", r.achieved(ceil))),
+            _ => (format!("{:.3} GB", r.cost.bytes / 1e9), format!("{:.0} GB/s", r.achieved(ceil))),
         };
         let pct = r.of_ceiling(ceil).map_or("-".to_string(), |p| format!("{p:.0}%"));
         let floor = r.floor_ms(ceil).map_or("-".to_string(), |f| format!("{f:.3}"));
@@ -427,6 +453,22 @@ mod tests {
             // "start" is recorded before the first op; the rest are recorded by name.
             assert!(marked.contains(name), "the cost model prices {name:?}, which gpt.rs never marks");
         }
+    }
+
+    /// With the H200's measured ceilings, gpt2-124m's matmuls are limited by the tensor cores and
+    /// the attention that materialises its scores by memory (its floor is its bytes, not FLOPs).
+    #[test]
+    fn the_roofline_picks_the_limit() {
+        let cfg = ModelConfig::preset("gpt2-124m").unwrap();
+        let rows = family_rows(&cfg, 16, 1024, 2, &[], 1);
+        let ceil = Ceilings { copy_gb_per_sec: 4300.0, gemm_tflops: 788.0 };
+        let get = |f: &str| rows.iter().find(|r| r.family == f).unwrap();
+        assert_eq!(get("matmul bwd").limit(&ceil), Bound::Compute);
+        assert_eq!(get("attention fwd").limit(&ceil), Bound::Memory);
+        assert_eq!(get("layernorm fwd").limit(&ceil), Bound::Memory);
+        assert_eq!(get("token upload").limit(&ceil), Bound::Host);
+        let a = get("attention bwd");
+        assert_eq!(a.floor_ms(&ceil).unwrap(), a.cost.bytes / 4300e9 * 1e3);
     }
 
     /// Rows join measured times to costs per family, and the table has the bandwidth-bound line.
