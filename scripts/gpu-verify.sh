@@ -12,8 +12,11 @@
 #   1. every GPU test (fp32 and bf16; --include-ignored, as they are #[ignore]d where no GPU is;
 #      GENESIS_REQUIRE_GPU=1, so a skip is a failure)
 #   2. the CLI tests that train through the binary (--device auto picks the GPU there)
-#   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32
+#   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32;
+#      then bf16 batch 16 with --profile (per-kernel-family table, host syncs) in bench-bf16-b16-profile.log
 #   4. the PyTorch reference on the same GPU, eager and compiled
+#   5. one closing table of every bench-*.log and torch-*.log (scripts/bench_table.py): tokens/s,
+#      MFU, memory and the ratio to torch.compile; "-" where a step failed
 # A failing step does not stop the later ones; the exit status says whether any failed.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -56,6 +59,7 @@ bench() { bash .gpu/env.sh .gpu/bin/genesis bench train --device cuda --model gp
 step bench-fp32-b16 bench --batch 16 --precision fp32
 step bench-bf16-b16 bench --batch 16 --precision bf16
 step bench-bf16-b32 bench --batch 32 --precision bf16
+step bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
 ref=.gpu/shared-bench/torch_reference.py
 [ -f "$ref" ] || ref=../shared/bench/torch_reference.py
 if [ -f "$ref" ]; then
@@ -65,5 +69,10 @@ else
   echo "skip  torch reference: $ref not found" >>"$summary"
 fi
 grep -h "bench train\|tokens/s" "$out"/bench-*.log "$out"/torch-*.log >>"$summary" 2>/dev/null
+{
+  echo
+  echo "closing table (gpt2-124m, seq 1024):"
+  python3 scripts/bench_table.py "$out" 2>&1 || echo "bench_table.py failed"
+} >>"$summary"
 cat "$summary"
 exit $rc

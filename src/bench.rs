@@ -3,12 +3,16 @@
 use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::cpu::sample::{convert_params, Decoder, Weight, WeightType};
+use crate::data::loader::DataLoader;
+use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
+use crate::gpu::profile::{family_rows, Ceilings, FamilyRow};
 use crate::gpu::Precision;
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
 use rayon::prelude::*;
+use std::path::Path;
 use std::time::Instant;
 
 pub struct SampleBench {
@@ -94,20 +98,55 @@ pub struct TrainBench {
     pub gflops: f64,
 }
 
-/// Full CPU training steps of `cfg` on random tokens: one warmup step, then `steps` measured.
-pub fn bench_train_cpu(cfg: &ModelConfig, batch: usize, seq: usize, steps: usize) -> TrainBench {
+/// Where a training benchmark's batches come from: uniform random tokens, or the train split of a
+/// prepared dataset (real text, as `genesis train` reads it).
+pub enum BenchTokens {
+    Random(Rng),
+    Data(Box<DataLoader>),
+}
+
+impl BenchTokens {
+    /// Random tokens, or the train split of the prepared dataset in `data`, for (batch, seq) batches.
+    pub fn new(data: Option<&Path>, batch: usize, seq: usize) -> anyhow::Result<Self> {
+        Ok(match data {
+            None => BenchTokens::Random(Rng::new(3)),
+            Some(dir) => BenchTokens::Data(Box::new(DataLoader::open(dir, Split::Train, batch, seq, 1)?)),
+        })
+    }
+
+    /// Fills `inputs` and `targets` (B*T each) with the next batch; random tokens are below
+    /// `vocab` (a dataset's are GPT-2 tokens, below every preset's vocabulary).
+    pub fn fill(&mut self, vocab: usize, inputs: &mut [u32], targets: &mut [u32]) {
+        match self {
+            BenchTokens::Random(rng) => {
+                for x in inputs.iter_mut().chain(targets.iter_mut()) {
+                    *x = rng.below(vocab as u64) as u32;
+                }
+            }
+            BenchTokens::Data(loader) => loader.next_batch(inputs, targets),
+        }
+    }
+}
+
+/// Full CPU training steps of `cfg` on `tokens`: one warmup step, then `steps` measured.
+pub fn bench_train_cpu(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    tokens: &mut BenchTokens,
+) -> TrainBench {
     let layout = ParamLayout::new(cfg);
     let mut params = gpt::init_params(cfg, 1);
     let mut grads = vec![0.0f32; layout.total];
     let mut opt = AdamW::new(AdamWConfig::default(), layout.total);
     let mut acts = Activations::<f32>::new(cfg, batch, seq);
-    let mut rng = Rng::new(3);
     let n = batch * seq;
     let mut step_ms = Vec::new();
     let mut phase_ms = [0.0; 3];
+    let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
     for i in 0..=steps {
-        let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-        let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        tokens.fill(cfg.vocab_size, &mut inputs, &mut targets);
         let t0 = Instant::now();
         grads.fill(0.0);
         gpt::forward(cfg, &layout, &params, &mut acts, &inputs);
@@ -228,6 +267,20 @@ pub fn bench_forward_gpu(
     })
 }
 
+/// What `genesis bench train --device cuda --profile` measured after the timed steps.
+pub struct TrainProfile {
+    /// Steps profiled (times are per step).
+    pub steps: usize,
+    /// Per op family: time, modelled bytes or FLOPs, achieved rate.
+    pub rows: Vec<FamilyRow>,
+    pub ceilings: Ceilings,
+    /// Host waits on the stream per step (synchronizes and device-to-host copies), counted.
+    pub host_syncs_per_step: f64,
+    /// Uploads from pageable host memory per step, counted.
+    pub pageable_uploads_per_step: f64,
+    pub tokens_per_step: usize,
+}
+
 /// What `genesis bench train --device cuda` measured.
 pub struct GpuTrainBench {
     pub device: String,
@@ -238,27 +291,42 @@ pub struct GpuTrainBench {
     pub tflops: f64,
     /// Device memory in use by the run (weights, gradients, moments, activations, scratch, cuBLAS).
     pub memory_gb: f64,
+    /// With `profile`: the per-family table of a few profiled steps run after the timed ones.
+    pub profile: Option<TrainProfile>,
 }
 
-/// Full GPU training steps (forward, backward, clipping, AdamW) of `cfg` on random tokens, in fp32
-/// with TF32 matmuls or bf16 mixed precision: one warmup step, then `steps` timed.
+/// Steps `bench train --profile` profiles after the timed ones.
+const PROFILED_STEPS: usize = 3;
+
+/// Full GPU training steps (forward, backward, clipping, AdamW) of `cfg` on `tokens`, in fp32
+/// with TF32 matmuls or bf16 mixed precision: one warmup step, then `steps` timed. With `profile`,
+/// then [`PROFILED_STEPS`] steps with an event after every op, the host syncs they make counted,
+/// and the device's ceilings measured, for the per-family table (the timed steps are unprofiled).
 pub fn bench_train_gpu(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
     steps: usize,
     precision: Precision,
+    tokens: &mut BenchTokens,
+    profile: bool,
 ) -> anyhow::Result<GpuTrainBench> {
     let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
-    let mut rng = Rng::new(3);
     let n = batch * seq;
-    let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let targets: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
-    let step = |model: &mut dyn GpuEngine, t: u64| -> anyhow::Result<()> {
+    let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
+    // Random tokens: one batch for every step, as before --data existed; a dataset: the next batch
+    // each step, read on the host inside the timed loop as `genesis train` does.
+    let random = matches!(tokens, BenchTokens::Random(_));
+    tokens.fill(cfg.vocab_size, &mut inputs, &mut targets);
+    let vocab = cfg.vocab_size;
+    let mut step = |model: &mut dyn GpuEngine, t: u64| -> anyhow::Result<()> {
+        if !random {
+            tokens.fill(vocab, &mut inputs, &mut targets);
+        }
         model.zero_grads()?;
         model.forward_backward(&inputs, &targets, batch, seq, 1.0 / n as f32)?;
         model.clip_grad_norm(1.0)?;
@@ -273,6 +341,29 @@ pub fn bench_train_gpu(
     model.gpu().synchronize()?;
     let secs = start.elapsed().as_secs_f64() / steps as f64;
     let free_after = model.gpu().memory()?.0;
+    let profile = if profile {
+        let elem = if precision == Precision::Bf16 { 2 } else { 4 };
+        model.set_profiling(true);
+        let syncs_before = model.gpu().host_syncs();
+        model.mark("step start")?;
+        for t in 0..PROFILED_STEPS {
+            step(model.as_mut(), (steps + t) as u64 + 2)?;
+        }
+        let syncs_after = model.gpu().host_syncs();
+        let measured = model.take_profile()?;
+        model.set_profiling(false);
+        let per_step = |a: u64, b: u64| (b - a) as f64 / PROFILED_STEPS as f64;
+        Some(TrainProfile {
+            steps: PROFILED_STEPS,
+            rows: family_rows(cfg, batch, seq, elem, &measured, PROFILED_STEPS),
+            ceilings: model.ceilings()?,
+            host_syncs_per_step: per_step(syncs_before.0, syncs_after.0),
+            pageable_uploads_per_step: per_step(syncs_before.1, syncs_after.1),
+            tokens_per_step: n,
+        })
+    } else {
+        None
+    };
     let tokens_per_sec = n as f64 / secs;
     let device = model.gpu().describe();
     let flops = tokens_per_sec * cfg.flops_per_token(seq);
@@ -283,5 +374,6 @@ pub fn bench_train_gpu(
         tokens_per_sec,
         tflops: flops / 1e12,
         memory_gb: free_before.saturating_sub(free_after) as f64 / 1e9,
+        profile,
     })
 }

@@ -209,3 +209,54 @@ fn train_data_shakespeare_prepares_the_built_in_copy_offline() {
     assert!(eot.status.success(), "{}", text(&eot.stderr));
     fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench train --data` takes its batches from a prepared dataset (by name in the data directory
+/// or by path) instead of random tokens: the batches are the dataset's windows (each target row is
+/// its input row shifted by one token, which random tokens are not), the CPU run through the binary
+/// succeeds and says where its tokens came from, and an unknown dataset is refused.
+#[test]
+fn bench_train_data_takes_batches_from_a_prepared_dataset() {
+    let dir = temp_dir("cli-bench-data");
+    let root = dir.join("data");
+    let corpus: String =
+        (0..60).map(|i| format!("Line {i} counts {} apples and {} pears.\n\n", i * 3, i + 11)).collect();
+    fs::write(dir.join("notes.txt"), &corpus).unwrap();
+    let input = dir.join("notes.txt").display().to_string();
+    let out = genesis(&root, &["prepare", "--input", &input, "--docs", "paragraphs", "--name", "notes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (b, t) = (2, 16);
+    let mut tokens = genesis::bench::BenchTokens::new(Some(&root.join("notes")), b, t).unwrap();
+    let mut loader =
+        genesis::data::loader::DataLoader::open(&root.join("notes"), genesis::data::manifest::Split::Train, b, t, 1)
+            .unwrap();
+    let (mut inputs, mut targets) = (vec![0u32; b * t], vec![0u32; b * t]);
+    let (mut want_in, mut want_tg) = (vec![0u32; b * t], vec![0u32; b * t]);
+    for _ in 0..3 {
+        tokens.fill(50257, &mut inputs, &mut targets);
+        loader.next_batch(&mut want_in, &mut want_tg);
+        assert_eq!((&inputs, &targets), (&want_in, &want_tg));
+        for row in 0..b {
+            let (i, g) = (&inputs[row * t..(row + 1) * t], &targets[row * t..(row + 1) * t]);
+            assert_eq!(i[1..], g[..t - 1], "row {row}: targets are not the inputs shifted by one");
+        }
+    }
+
+    let notes_dir = root.join("notes").display().to_string();
+    for data in ["notes", notes_dir.as_str()] {
+        let args =
+            ["bench", "train", "--device", "cpu", "--model", "tiny", "--batch", "2", "--seq", "16", "--steps", "1"];
+        let out = genesis(&root, &[&args[..], &["--data", data]].concat());
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        assert!(stdout.contains(&format!("tokens from {data}")) && stdout.contains("tokens/s"), "{stdout}");
+    }
+    let out =
+        genesis(&root, &["bench", "train", "--device", "cpu", "--model", "tiny", "--steps", "1", "--data", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nosuch"), "{}", text(&out.stderr));
+    // --profile times GPU kernels: on the CPU it is refused, saying why.
+    let out = genesis(&root, &["bench", "train", "--device", "cpu", "--model", "tiny", "--steps", "1", "--profile"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("--device cuda"), "{}", text(&out.stderr));
+    fs::remove_dir_all(&dir).unwrap();
+}

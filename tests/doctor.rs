@@ -296,9 +296,60 @@ fn cli_rejects_an_unknown_model_and_documents_its_exit_status() {
 fn the_nvcc_install_hint_is_one_pinned_command() {
     let cmd = doctor::nvcc_pip_install();
     assert!(cmd.contains("\"nvidia-cuda-nvcc==13.0.88\"") && !cmd.contains('*'), "{cmd}");
+    // cuobjdump (scripts/kernel-report.sh) is pinned the same way, in the same command.
+    assert!(cmd.contains("\"nvidia-cuda-cuobjdump==13.2.51\""), "{cmd}");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     assert!(readme.contains(&cmd), "README does not show {cmd}");
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
     assert!(ci.contains("-r scripts/nvcc-requirements.txt"), ".ci/run does not install the pinned nvcc");
+}
+
+/// The closing table of `scripts/gpu-verify.sh` (scripts/bench_table.py) reads what `genesis bench
+/// train` and `torch_reference.py train` print: tokens/s, MFU (PyTorch's from the peak the Genesis
+/// rows imply), memory in GB and the ratio to torch.compile; a failed step is a row of "-", and the
+/// --profile log is left out.
+#[test]
+fn the_gpu_verify_closing_table_parses_both_benchmarks() {
+    let dir = common::temp_dir("bench-table");
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    write(
+        "bench-bf16-b16.log",
+        "note: using GPU 0\nbench train gpt2-124m on NVIDIA H200 (sm_90) (bf16 mixed precision), batch 16 seq 1024: \
+         124.1 ms/step, 132020 tokens/s, 113.6 TFLOP/s, MFU 11.5%, 12.34 GB of device memory\n",
+    );
+    write(
+        "bench-fp32-b16.log",
+        "bench train gpt2-124m on NVIDIA H200 (sm_90) (fp32, TF32 matmuls), batch 16 seq 1024, tokens from \
+         shakespeare: 104.1 ms/step, 158000 tokens/s, 135.9 TFLOP/s, MFU 13.7%, 20.00 GB of device memory\n",
+    );
+    write("bench-bf16-b32.log", "error: out of memory\n");
+    write("bench-bf16-b16-profile.log", "bench train gpt2-124m on X (bf16 mixed precision), batch 16 seq 1024: 1.0 ms/step, 1 tokens/s, 1.0 TFLOP/s, 1.00 GB of device memory\n");
+    write(
+        "torch-compile.log",
+        "{\"bench\": \"torch-train\", \"compile\": true, \"tokens_per_s\": 409600, \"tflops\": 352.3, \"peak_mem_gib\": 15.0}\n",
+    );
+    write("torch-eager.log", "Traceback (most recent call last):\n");
+    let out = std::process::Command::new("python3")
+        .arg(common::repo_root().join("scripts/bench_table.py"))
+        .arg(&dir)
+        .output()
+        .expect("python3 runs scripts/bench_table.py (CI installs nvcc with pip, so it has python3)");
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let table = common::text(&out.stdout);
+    let row = |name: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row in\n{table}"));
+        line[name.len()..].split_whitespace().map(String::from).collect()
+    };
+    assert_eq!(row("genesis bf16-b16"), ["132020", "11.5%", "12.34", "0.32x"], "{table}");
+    assert_eq!(row("genesis fp32-b16"), ["158000", "13.7%", "20.00", "0.39x"], "{table}");
+    assert_eq!(row("genesis bf16-b32"), ["-", "-", "-", "-"], "{table}");
+    // 352.3 TFLOP/s over the 113.6 / 11.5% = 987.8 the Genesis row implies; 15 GiB = 16.11 GB.
+    assert_eq!(row("torch-compile"), ["409600", "35.7%", "16.11", "1.00x"], "{table}");
+    assert_eq!(row("torch-eager"), ["-", "-", "-", "-"], "{table}");
+    assert!(!table.contains("profile"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -92,13 +92,13 @@ pub struct BenchSample {
     weights: WeightType,
 }
 
-/// Time full training steps (forward, backward, clipping, AdamW) on random tokens.
+/// Time full training steps (forward, backward, clipping, AdamW) on random tokens or a dataset.
 #[derive(FromArgs)]
 #[argh(
     subcommand,
     name = "train",
-    example = "genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64",
-    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token). On a GPU (--device auto or cuda): full steps in fp32 with TF32 matmuls or, with --precision bf16, in bf16 mixed precision; MFU against the GPU's bf16 peak and the device memory the run holds. The PyTorch reference: python3 ../shared/bench/torch_reference.py train [--compile]."
+    example = "genesis bench train --device cpu --model gpt2-124m --batch 4 --seq 64\ngenesis bench train --device cuda --batch 16 --seq 1024 --precision bf16 --profile\ngenesis bench train --device cuda --batch 16 --seq 1024 --data shakespeare",
+    note = "Reports ms per step, tokens/s and achieved GFLOP/s (6N + 12LCT FLOPs per token). On a GPU (--device auto or cuda): full steps in fp32 with TF32 matmuls or, with --precision bf16, in bf16 mixed precision; MFU against the GPU's bf16 peak and the device memory the run holds. The PyTorch reference: python3 ../shared/bench/torch_reference.py train [--compile].\n\n--profile (GPU): after the timed steps, which it leaves undisturbed, runs 3 more with a CUDA event after every op and prints per op family the ms per step, its share, the bytes or FLOPs a step moves (a model from the shapes, src/gpu/profile.rs), the achieved GB/s or TFLOP/s and the per cent of the ceilings measured in the same run (a 1 GiB device-to-device copy; an 8192-cubed cuBLAS GEMM in the run's precision), the bandwidth-bound total, and the host syncs per step.\n\n--data NAME: batches from the train split of a prepared dataset (a name in data/ or a directory; shakespeare is prepared first when absent) instead of uniform random tokens."
 )]
 pub struct BenchTrain {
     /// where to run: auto (the GPU when one works), cpu or cuda (default auto)
@@ -119,6 +119,12 @@ pub struct BenchTrain {
     /// on the GPU: fp32 (TF32 matmuls; default) or bf16 (mixed precision, as train --precision bf16)
     #[argh(option, default = "Precision::Fp32")]
     precision: Precision,
+    /// on the GPU: after the timed steps, a per-op-family table of time, bytes or FLOPs and rates
+    #[argh(switch)]
+    profile: bool,
+    /// prepared dataset to take batches from: a name in data/ or a directory (default random tokens)
+    #[argh(option)]
+    data: Option<String>,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -202,32 +208,58 @@ fn train(b: BenchTrain) -> Result<()> {
     }
     let device = genesis::gpu::select_device(b.device)?;
     device.note();
+    if b.profile && device.gpu.is_none() {
+        bail!("--profile times GPU kernels and needs --device cuda (a CPU run already reports forward, backward and optimizer times)");
+    }
+    let dir = match &b.data {
+        Some(name) => Some(super::train::train_data(Some(name))?.0),
+        None => None,
+    };
+    let mut tokens = genesis::bench::BenchTokens::new(dir.as_deref(), b.batch, b.seq)?;
+    let source = match &b.data {
+        Some(name) => format!(", tokens from {name}"),
+        None => String::new(),
+    };
     if device.gpu.is_some() {
         let precision = b.precision;
-        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision)?;
+        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision, &mut tokens, b.profile)?;
         outln!(
-            "bench train {} on {} ({}), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            "bench train {} on {} ({}), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,
             r.device,
             if precision == Precision::Bf16 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" },
             b.batch,
             b.seq,
+            source,
             r.ms_per_step,
             r.tokens_per_sec,
             r.tflops,
             r.mfu.map(|m| format!(", MFU {:.1}%", 100.0 * m)).unwrap_or_default(),
             r.memory_gb
         );
+        if let Some(p) = &r.profile {
+            outln!(
+                "profile of {} more steps (an event after every op; per step):\n{}",
+                p.steps,
+                genesis::gpu::profile::format_table(&p.rows, &p.ceilings, p.tokens_per_step)
+            );
+            outln!(
+                "host syncs per step: {} (stream synchronizes and device-to-host copies), plus {} uploads from pageable memory",
+                p.host_syncs_per_step,
+                p.pageable_uploads_per_step
+            );
+        }
         return Ok(());
     }
-    let r = genesis::bench::bench_train_cpu(&cfg, b.batch, b.seq, b.steps);
+    let r = genesis::bench::bench_train_cpu(&cfg, b.batch, b.seq, b.steps, &mut tokens);
     let mean = r.step_ms.iter().sum::<f64>() / r.step_ms.len() as f64;
     let steps: Vec<String> = r.step_ms.iter().map(|m| format!("{m:.0}")).collect();
     outln!(
-        "bench train cpu {} batch {} seq {}: {:.0} ms/step (steps: {} ms; forward {:.0}, backward {:.0}, optimizer {:.0}), {:.0} tokens/s, {:.1} GFLOP/s, {} threads",
+        "bench train cpu {} batch {} seq {}{}: {:.0} ms/step (steps: {} ms; forward {:.0}, backward {:.0}, optimizer {:.0}), {:.0} tokens/s, {:.1} GFLOP/s, {} threads",
         b.model,
         b.batch,
         b.seq,
+        source,
         mean,
         steps.join(", "),
         r.phase_ms[0],

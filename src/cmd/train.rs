@@ -97,7 +97,7 @@ pub struct TrainCmd {
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
 /// from any working directory), and the path as given for the log; with no --data, wikitext-103,
 /// prepared first when absent.
-fn train_data(data: Option<&str>) -> Result<(PathBuf, String)> {
+pub(super) fn train_data(data: Option<&str>) -> Result<(PathBuf, String)> {
     let Some(data) = data else {
         let dir = manifest::data_root().join("wikitext-103");
         if !dir.join(manifest::MANIFEST_FILE).exists() {

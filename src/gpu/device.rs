@@ -5,6 +5,7 @@
 //! library first, so callers can probe safely on machines without a driver.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -105,6 +106,10 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     functions: std::sync::Mutex<std::collections::HashMap<String, CudaFunction>>,
+    /// Host waits on the stream so far: synchronizes and device-to-host copies.
+    host_syncs: AtomicU64,
+    /// Uploads from pageable host memory so far (the driver may wait for the stream).
+    pageable_uploads: AtomicU64,
 }
 
 impl Gpu {
@@ -122,7 +127,14 @@ impl Gpu {
                 .unwrap_or_else(|_| "unknown".to_string());
             format!("loading the kernel fatbin (built for {}) on device {ordinal} ({cc})", kernels::kernel_archs())
         })?;
-        Ok(Gpu { ctx, stream, module, functions: Default::default() })
+        Ok(Gpu {
+            ctx,
+            stream,
+            module,
+            functions: Default::default(),
+            host_syncs: AtomicU64::new(0),
+            pageable_uploads: AtomicU64::new(0),
+        })
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {
@@ -163,9 +175,31 @@ impl Gpu {
         }
     }
 
-    /// Waits for all work queued on the stream.
+    /// Waits for all work queued on the stream (counted in [`host_syncs`](Self::host_syncs)).
     pub fn synchronize(&self) -> Result<()> {
+        self.note_host_sync();
         self.stream.synchronize().context("CUDA stream synchronize")
+    }
+
+    /// Counts one host wait on the stream that does not go through [`synchronize`](Self::synchronize):
+    /// every device-to-host copy into host memory (it returns when the copy, and so all the work
+    /// queued before it, is done) calls this first. Returns `self` to chain the copy.
+    pub fn note_host_sync(&self) -> &Self {
+        self.host_syncs.fetch_add(1, Ordering::Relaxed);
+        self
+    }
+
+    /// Counts one upload from pageable host memory (which the driver may serialise with the
+    /// stream); called before each such copy on a training step's path.
+    pub fn note_pageable_upload(&self) -> &Self {
+        self.pageable_uploads.fetch_add(1, Ordering::Relaxed);
+        self
+    }
+
+    /// (host syncs, pageable uploads) counted since the device was opened: the difference over a
+    /// training step is what `genesis bench train --profile` reports.
+    pub fn host_syncs(&self) -> (u64, u64) {
+        (self.host_syncs.load(Ordering::Relaxed), self.pageable_uploads.load(Ordering::Relaxed))
     }
 }
 

@@ -161,6 +161,7 @@ pub fn embedding_backward<T: Float>(
     let func = gpu.function(&T::kernel(OP))?;
 
     let stream = gpu.stream();
+    gpu.note_pageable_upload();
     let d_csr = stream.clone_htod(&csr).with_context(|| format!("{OP}: uploading the token buckets"))?;
     let stream = &**stream;
     let (dwte_ptr, _dwte_guard) = dwte.device_ptr_mut(stream);

@@ -4,6 +4,7 @@
 
 use super::device::Gpu;
 use super::gpt::GpuModel;
+use super::profile::{measure_ceilings, Ceilings};
 use super::sample::GpuDecoder;
 use super::{Float, Precision};
 use crate::cpu::adamw::AdamWConfig;
@@ -32,6 +33,10 @@ pub trait GpuEngine {
     fn activation_bytes(&self, b: usize, t: usize) -> usize;
     fn set_profiling(&mut self, on: bool);
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>>;
+    /// Records a profiling mark (when profiling): the anchor before a profiled step.
+    fn mark(&self, name: &'static str) -> Result<()>;
+    /// The device's copy bandwidth and the GEMM rate in this engine's element type.
+    fn ceilings(&self) -> Result<Ceilings>;
 
     // Sampling.
     /// A token-by-token decoder with a KV cache on the device.
@@ -98,6 +103,12 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
         GpuModel::take_profile(self)
+    }
+    fn mark(&self, name: &'static str) -> Result<()> {
+        GpuModel::mark(self, name)
+    }
+    fn ceilings(&self) -> Result<Ceilings> {
+        measure_ceilings::<T>(&self.gpu, self.blas())
     }
     fn decoder(&self) -> Result<Box<dyn TokenDecoder + '_>> {
         Ok(Box::new(GpuDecoder::new(self)?))

@@ -246,6 +246,7 @@ impl<T: Float> GpuModel<T> {
 
     /// The parameters back on the host as f32, in `ParamLayout` order (to save a checkpoint).
     pub fn download_params(&self) -> Result<Vec<f32>> {
+        self.gpu.note_host_sync();
         let host: Vec<T> = self.gpu.stream().clone_dtoh(&self.params).context("copying the parameters back")?;
         Ok(host.into_iter().map(T::to_f32).collect())
     }
@@ -255,8 +256,9 @@ impl<T: Float> GpuModel<T> {
         self.marks = on.then(|| RefCell::new(Vec::new()));
     }
 
-    /// Records that the op `name` was queued (when profiling).
-    fn mark(&self, name: &'static str) -> Result<()> {
+    /// Records that the op `name` was queued (when profiling): the time from the previous mark is
+    /// charged to `name` (`profile::family` groups the names).
+    pub fn mark(&self, name: &'static str) -> Result<()> {
         if let Some(marks) = &self.marks {
             let ev = self.gpu.stream().record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?;
             marks.borrow_mut().push((name, ev));
@@ -328,8 +330,10 @@ impl<T: Float> GpuModel<T> {
         }
         let stream = Arc::clone(self.gpu.stream());
         let to_i32 = |xs: &[u32]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+        self.gpu.note_pageable_upload();
         stream.memcpy_htod(&to_i32(inputs), self.inputs.as_mut().expect("allocated"))?;
         if let Some(tg) = targets {
+            self.gpu.note_pageable_upload();
             stream.memcpy_htod(&to_i32(tg), self.targets.as_mut().expect("allocated"))?;
         }
         Ok(())
@@ -417,11 +421,13 @@ impl<T: Float> GpuModel<T> {
                 // Keep the pre-GELU values for the backward: GELU as its own kernel.
                 let mut pre = self.act::<T>(Act::Fch, l);
                 matmul_forward(gpu, blas, &mut pre, &ln2, &w, Some(&bias), n, c, 4 * c, false)?;
+                self.mark("matmul fc")?;
                 gelu_forward(gpu, &mut fch, &pre, n * 4 * c)?;
+                self.mark("gelu")?;
             } else {
                 matmul_forward(gpu, blas, &mut fch, &ln2, &w, Some(&bias), n, c, 4 * c, true)?;
+                self.mark("matmul fc + gelu")?;
             }
-            self.mark("matmul fc + gelu")?;
             let mut fcproj = self.act::<T>(Act::Fcproj, l);
             let (w, bias) = (pl(Param::FcProjw, l), pl(Param::FcProjb, l));
             matmul_forward(gpu, blas, &mut fcproj, &fch, &w, Some(&bias), n, 4 * c, c, false)?;
@@ -468,6 +474,7 @@ impl<T: Float> GpuModel<T> {
         let lay = &self.acts.as_ref().context("no forward has run")?.0;
         let region = self.act::<f32>(Act::Losses, 0);
         let mut out = vec![0.0f32; lay.b * lay.t];
+        self.gpu.note_host_sync();
         self.gpu.stream().memcpy_dtoh(&region, &mut out).context("copying the losses back")?;
         Ok(out)
     }
@@ -478,6 +485,7 @@ impl<T: Float> GpuModel<T> {
         let (v, vp) = (self.cfg.vocab_size, self.cfg.padded_vocab_size);
         let region = self.act::<T>(Act::Logits, 0);
         let mut padded = vec![T::default(); lay.b * lay.t * vp];
+        self.gpu.note_host_sync();
         self.gpu.stream().memcpy_dtoh(&region, &mut padded).context("copying the logits back")?;
         Ok(padded.chunks(vp).flat_map(|row| row[..v].iter().map(|x| x.to_f32())).collect())
     }
@@ -590,7 +598,9 @@ impl<T: Float> GpuModel<T> {
     /// else the parameters (what a checkpoint stores).
     pub fn download_weights(&self) -> Result<Vec<f32>> {
         match self.train.as_ref().and_then(|t| t.master.as_ref()) {
-            Some(master) => Ok(self.gpu.stream().clone_dtoh(master).context("copying the master weights back")?),
+            Some(master) => {
+                Ok(self.gpu.note_host_sync().stream().clone_dtoh(master).context("copying the master weights back")?)
+            }
             None => self.download_params(),
         }
     }
@@ -602,7 +612,7 @@ impl<T: Float> GpuModel<T> {
     pub fn zero_grads(&mut self) -> Result<()> {
         let tr = self.train.as_mut().context("call enable_training first")?;
         self.gpu.stream().memset_zeros(&mut tr.grads)?;
-        Ok(())
+        self.mark("memset")
     }
 
     fn ensure_grad_scratch(&mut self, b: usize, t: usize) -> Result<()> {
@@ -642,13 +652,14 @@ impl<T: Float> GpuModel<T> {
 
     fn zero(&self, g: Grad) -> Result<()> {
         self.gpu.stream().memset_zeros(&mut self.grad::<T>(g))?;
-        Ok(())
+        self.mark("memset")
     }
 
-    /// `matmul_backward` for weight `w` and bias `bias` of layer `l`.
+    /// `matmul_backward` for weight `w` and bias `bias` of layer `l`, marked as `name`.
     #[allow(clippy::too_many_arguments)]
     fn matmul_grads(
         &mut self,
+        name: &'static str,
         dinp: Grad,
         w: Param,
         bias: Option<Param>,
@@ -678,7 +689,8 @@ impl<T: Float> GpuModel<T> {
             n,
             c,
             oc,
-        )
+        )?;
+        self.mark(name)
     }
 
     /// One micro-batch: forward in training mode and backward, accumulating `dloss`-scaled gradients
@@ -709,13 +721,14 @@ impl<T: Float> GpuModel<T> {
                 &rs,
                 n,
                 c,
-            )
+            )?;
+            m.mark("layernorm bwd")
         };
         // Classifier: the logits already hold dlogits; dlnf into Dln, dwte +=.
         self.zero(Grad::Dresidual)?;
         self.zero(Grad::Dln)?;
         let (logits, lnf) = (self.act::<T>(Act::Logits, 0), self.act::<T>(Act::Lnf, 0));
-        self.matmul_grads(Grad::Dln, Param::Wte, None, 0, &logits, &lnf, n, c, vp)?;
+        self.matmul_grads("matmul bwd logits", Grad::Dln, Param::Wte, None, 0, &logits, &lnf, n, c, vp)?;
         lnb(
             self,
             Grad::Dresidual,
@@ -731,14 +744,26 @@ impl<T: Float> GpuModel<T> {
             let dres = self.grad::<T>(Grad::Dresidual);
             self.zero(Grad::DfchGelu)?;
             let fch_gelu = self.act::<T>(Act::FchGelu, l);
-            self.matmul_grads(Grad::DfchGelu, Param::FcProjw, Some(Param::FcProjb), l, &dres, &fch_gelu, n, 4 * c, c)?;
+            self.matmul_grads(
+                "matmul bwd fcproj",
+                Grad::DfchGelu,
+                Param::FcProjw,
+                Some(Param::FcProjb),
+                l,
+                &dres,
+                &fch_gelu,
+                n,
+                4 * c,
+                c,
+            )?;
             self.zero(Grad::Dfch)?;
             let (mut dfch, fch, dfch_gelu) =
                 (self.grad::<T>(Grad::Dfch), self.act::<T>(Act::Fch, l), self.grad::<T>(Grad::DfchGelu));
             super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c)?;
+            self.mark("gelu bwd")?;
             self.zero(Grad::Dln)?;
             let ln2 = self.act::<T>(Act::Ln2, l);
-            self.matmul_grads(Grad::Dln, Param::Fcw, Some(Param::Fcb), l, &dfch, &ln2, n, c, 4 * c)?;
+            self.matmul_grads("matmul bwd fc", Grad::Dln, Param::Fcw, Some(Param::Fcb), l, &dfch, &ln2, n, c, 4 * c)?;
             lnb(
                 self,
                 Grad::Dresidual,
@@ -751,7 +776,18 @@ impl<T: Float> GpuModel<T> {
             )?;
             self.zero(Grad::Datty)?;
             let atty = self.act::<T>(Act::Atty, l);
-            self.matmul_grads(Grad::Datty, Param::AttProjw, Some(Param::AttProjb), l, &dres, &atty, n, c, c)?;
+            self.matmul_grads(
+                "matmul bwd attproj",
+                Grad::Datty,
+                Param::AttProjw,
+                Some(Param::AttProjb),
+                l,
+                &dres,
+                &atty,
+                n,
+                c,
+                c,
+            )?;
             self.zero(Grad::Dqkv)?;
             let (mut dqkv, mut scratch, datty) =
                 (self.grad::<T>(Grad::Dqkv), self.grad::<T>(Grad::AttScratch), self.grad::<T>(Grad::Datty));
@@ -769,15 +805,29 @@ impl<T: Float> GpuModel<T> {
                 c,
                 nh,
             )?;
+            self.mark("attention bwd")?;
             self.zero(Grad::Dln)?;
             let ln1 = self.act::<T>(Act::Ln1, l);
-            self.matmul_grads(Grad::Dln, Param::Qkvw, Some(Param::Qkvb), l, &dqkv, &ln1, n, c, 3 * c)?;
+            self.matmul_grads(
+                "matmul bwd qkv",
+                Grad::Dln,
+                Param::Qkvw,
+                Some(Param::Qkvb),
+                l,
+                &dqkv,
+                &ln1,
+                n,
+                c,
+                3 * c,
+            )?;
             lnb(self, Grad::Dresidual, Param::Ln1w, Param::Ln1b, l, residual, Act::Ln1Mean, Act::Ln1Rstd)?;
         }
         let (mut dwte, mut dwpe, dres) =
             (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad::<T>(Grad::Dresidual));
         super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
+        self.mark("embedding bwd")?;
         let losses = GpuModel::losses(self)?;
+        self.mark("loss readback")?;
         Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
     }
 
@@ -785,7 +835,9 @@ impl<T: Float> GpuModel<T> {
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
         let n = self.layout.total;
         let tr = self.train.as_mut().context("call enable_training first")?;
-        super::adamw::clip_grad_norm(&self.gpu, &mut tr.grads, &mut tr.norm_scratch, n, max_norm)
+        let norm = super::adamw::clip_grad_norm(&self.gpu, &mut tr.grads, &mut tr.norm_scratch, n, max_norm)?;
+        self.mark("grad norm")?;
+        Ok(norm)
     }
 
     /// One AdamW update; `t` counts updates including this one.
@@ -793,26 +845,30 @@ impl<T: Float> GpuModel<T> {
         let tr = self.train.as_mut().context("call enable_training first")?;
         let stream = Arc::clone(self.gpu.stream());
         let n = self.layout.total;
-        let (ptr, _guard) = self.params.device_ptr_mut(&stream);
-        match tr.master.as_mut() {
-            Some(master) => {
-                let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
-                let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-                super::adamw::adamw_update(&self.gpu, &self.layout, master, g, m, v, cfg, t, lr, Some(&mut copy))
+        let done = {
+            let (ptr, _guard) = self.params.device_ptr_mut(&stream);
+            match tr.master.as_mut() {
+                Some(master) => {
+                    let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
+                    let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+                    super::adamw::adamw_update(&self.gpu, &self.layout, master, g, m, v, cfg, t, lr, Some(&mut copy))
+                }
+                None => {
+                    // fp32 training: the parameters are the f32 weights.
+                    let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
+                    let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+                    super::adamw::adamw_update(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, None)
+                }
             }
-            None => {
-                // fp32 training: the parameters are the f32 weights.
-                let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
-                let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-                super::adamw::adamw_update(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, None)
-            }
-        }
+        };
+        done?;
+        self.mark("adamw")
     }
 
     /// The AdamW moments (m, v) on the host, for a checkpoint.
     pub fn download_moments(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let tr = self.training()?;
-        let stream = self.gpu.stream();
+        let stream = self.gpu.note_host_sync().stream();
         Ok((stream.clone_dtoh(&tr.m)?, stream.clone_dtoh(&tr.v)?))
     }
 
@@ -828,6 +884,6 @@ impl<T: Float> GpuModel<T> {
 
     /// The gradient buffer on the host (parameter layout).
     pub fn download_grads(&self) -> Result<Vec<f32>> {
-        Ok(self.gpu.stream().clone_dtoh(&self.training()?.grads)?)
+        Ok(self.gpu.note_host_sync().stream().clone_dtoh(&self.training()?.grads)?)
     }
 }

@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod layernorm;
 pub mod matmul;
 pub mod plan;
+pub mod profile;
 pub mod sample;
 
 /// Where to run, from `--device auto|cpu|cuda`.

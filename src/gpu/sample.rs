@@ -166,7 +166,7 @@ impl<'m, T: Float> GpuDecoder<'m, T> {
         matmul_forward(gpu, blas, &mut logits, &ln, &p(Param::Wte), None, 1, c, cfg.padded_vocab_size, false)?;
         let real = self.region(Buf::Logits, 0, Some(cfg.vocab_size));
         let mut host = vec![T::default(); cfg.vocab_size];
-        gpu.stream().memcpy_dtoh(&real, &mut host).context("copying the logits back")?;
+        gpu.note_host_sync().stream().memcpy_dtoh(&real, &mut host).context("copying the logits back")?;
         for (dst, src) in self.logits.iter_mut().zip(host) {
             *dst = src.to_f32();
         }

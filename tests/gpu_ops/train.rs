@@ -91,3 +91,50 @@ fn gpu_bf16_training_follows_the_cpu_and_resumes_bit_exact() {
     // evaluates in f32 while the GPU evaluated their bf16 working copy with bf16 activations: 2%.
     follows_and_resumes("follow-bf16", Precision::Bf16, 3e-2, 2e-2);
 }
+
+/// The host-sync counter `bench train --profile` reports is real: a stream synchronize and a
+/// gradient download each count one; a training step counts at least one (it returns the loss on
+/// the host); and a profiled step charges time to the backward, gradient-norm and AdamW families,
+/// every name it records having a family in the cost model.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn host_syncs_are_counted_and_a_profiled_step_covers_every_phase() {
+    use genesis::gpu::engine::gpu_engine;
+    use genesis::gpu::profile::family;
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let cfg = genesis::model::ModelConfig::preset("tiny").unwrap();
+    let params = genesis::cpu::gpt::init_params(&cfg, 1);
+    let mut model = gpu_engine(&cfg, &params, 0, Precision::Bf16, true).unwrap();
+    model.enable_training(&params, 0).unwrap();
+    let (b, t) = (2, 16);
+    let inputs: Vec<u32> = (0..b * t).map(|i| (i * 37 % 50257) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| (i * 91 % 50257) as u32).collect();
+    let count = |m: &dyn genesis::gpu::engine::GpuEngine| m.gpu().host_syncs();
+
+    let before = count(model.as_ref());
+    model.gpu().synchronize().unwrap();
+    assert_eq!(count(model.as_ref()).0, before.0 + 1, "a synchronize");
+    let before = count(model.as_ref());
+    model.download_moments().unwrap();
+    assert_eq!(count(model.as_ref()).0, before.0 + 1, "a download");
+
+    model.set_profiling(true);
+    let before = count(model.as_ref());
+    model.mark("step start").unwrap();
+    model.zero_grads().unwrap();
+    model.forward_backward(&inputs, &targets, b, t, 1.0 / (b * t) as f32).unwrap();
+    model.clip_grad_norm(1.0).unwrap();
+    model.adamw_update(genesis::cpu::adamw::AdamWConfig::default(), 1, 1e-4).unwrap();
+    let after = count(model.as_ref());
+    let profile = model.take_profile().unwrap();
+    assert!(after.0 > before.0, "a training step counted no host sync, yet it returns the loss");
+    assert!(after.1 >= before.1 + 2, "token and embedding-bucket uploads not counted");
+    let families: Vec<&str> = profile.iter().map(|(name, _)| family(name)).collect();
+    for want in ["matmul fwd", "matmul bwd", "attention bwd", "layernorm bwd", "gelu bwd", "grad norm", "adamw"] {
+        assert!(families.contains(&want), "no {want} in the profile {profile:?}");
+    }
+    assert!(!families.contains(&"other"), "a mark without a family: {profile:?}");
+    assert!(profile.iter().all(|(_, ms)| *ms >= 0.0));
+}
