@@ -4,7 +4,7 @@ use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::cpu::sample::{convert_params, Decoder, Weight, WeightType};
 use crate::gpu::engine::{gpu_engine, GpuEngine};
-use crate::gpu::Precision;
+use crate::gpu::{Attention, Precision};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -241,17 +241,19 @@ pub struct GpuTrainBench {
 }
 
 /// Full GPU training steps (forward, backward, clipping, AdamW) of `cfg` on random tokens, in fp32
-/// with TF32 matmuls or bf16 mixed precision: one warmup step, then `steps` timed.
+/// with TF32 matmuls or bf16 mixed precision, with `attention` (flash: bf16 only): one warmup step, then `steps` timed.
 pub fn bench_train_gpu(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
     steps: usize,
     precision: Precision,
+    attention: Attention,
 ) -> anyhow::Result<GpuTrainBench> {
     let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
+    model.set_attention(attention)?;
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let mut rng = Rng::new(3);
