@@ -210,6 +210,8 @@ fn info_shows_the_flash_plan() {
     let (mat, flash) = (text(&mat.stdout), text(&flash.stdout));
     assert!(mat.contains("materialized attention") && mat.contains("micro-batch 16 x seq 1024"), "{mat}");
     assert!(flash.contains("flash attention") && flash.contains("micro-batch 32 x seq 1024"), "{flash}");
+    assert!(mat.contains("--attention flash would need") && mat.contains("fits micro-batch 32"), "{mat}");
+    assert!(flash.contains("flash attention saves") && flash.contains("at micro-batch 32"), "{flash}");
     let fp32 = genesis(&["info", "--model", "genesis-150m", "--gpu-mem", "24", "--attention", "flash"]);
     assert!(!fp32.status.success());
     let e = text(&fp32.stderr);

@@ -61,10 +61,28 @@ pub fn run(c: InfoCmd) -> Result<()> {
         },
     };
     let p = plan::plan_attention(&cfg, seq, c.tokens_per_step, gpu_bytes, bf16, c.attention)?;
-    super::write_stdout(
-        format_args!("{}", table(&c.model, &cfg, seq, (bf16, c.attention), gpu_bytes, &source, c.tokens_per_step, &p)),
-        false,
-    )?;
+    let mut s = table(&c.model, &cfg, seq, (bf16, c.attention), gpu_bytes, &source, c.tokens_per_step, &p);
+    if bf16 {
+        // What the T x T matrices of materialised attention cost at this micro-batch.
+        let b = p.micro_batch;
+        let at = |a: Attention| plan::layout_for_attention(&cfg, seq, b, true, a).total;
+        let saving = at(Attention::Materialized) - at(Attention::Flash);
+        s.push_str(&match c.attention {
+            Attention::Materialized => match plan::plan_attention(&cfg, seq, c.tokens_per_step, gpu_bytes, true, Attention::Flash) {
+                Ok(f) => format!(
+                    "--attention flash would need {} less at micro-batch {b} (no T x T matrices) and fits micro-batch {}\n",
+                    gib(saving),
+                    f.micro_batch
+                ),
+                Err(_) => String::new(),
+            },
+            Attention::Flash => format!(
+                "flash attention saves {} at micro-batch {b}: the T x T matrices materialized attention keeps\n",
+                gib(saving)
+            ),
+        });
+    }
+    super::write_stdout(format_args!("{s}"), false)?;
     Ok(())
 }
 
