@@ -13,7 +13,8 @@
 #      GENESIS_REQUIRE_GPU=1, so a skip is a failure)
 #   2. the CLI tests that train through the binary (--device auto picks the GPU there)
 #   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32;
-#      then bf16 batch 16 with --profile (per-kernel-family table, host syncs) in bench-bf16-b16-profile.log
+#      then bf16 batch 16 with --profile (per-kernel-family table, host syncs) in bench-bf16-b16-profile.log;
+#      bf16 with --attention flash at 16 and 32, and compute-sanitizer racecheck of flash attention
 #   4. the PyTorch reference on the same GPU, eager and compiled
 #   5. one closing table of every bench-*.log and torch-*.log (scripts/bench_table.py): tokens/s,
 #      MFU, memory and the ratio to torch.compile; "-" where a step failed
@@ -60,6 +61,18 @@ step bench-fp32-b16 bench --batch 16 --precision fp32
 step bench-bf16-b16 bench --batch 16 --precision bf16
 step bench-bf16-b32 bench --batch 32 --precision bf16
 step bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
+# Flash attention (bf16 only; opt-in until these and tests/gpu_ops/flash_attention.rs pass), and
+# a race check of its kernels on the small test shapes (T <= 200) when compute-sanitizer is there.
+step bench-bf16-flash-b16 bench --batch 16 --precision bf16 --attention flash
+step bench-bf16-flash-b32 bench --batch 32 --precision bf16 --attention flash
+if command -v compute-sanitizer >/dev/null; then
+  for t in .gpu/tests/gpu_ops-*; do
+    GENESIS_FLASH_SMALL=1 step flash-racecheck bash .gpu/env.sh compute-sanitizer --tool racecheck \
+      --error-exitcode 1 "$t" --test-threads=1 --include-ignored flash_attention_forward_matches flash_attention_backward_matches
+  done
+else
+  echo "skip  flash-racecheck: no compute-sanitizer" >>"$summary"
+fi
 ref=.gpu/shared-bench/torch_reference.py
 [ -f "$ref" ] || ref=../shared/bench/torch_reference.py
 if [ -f "$ref" ]; then

@@ -7,7 +7,7 @@ use crate::data::loader::DataLoader;
 use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::profile::{family_rows, Ceilings, FamilyRow};
-use crate::gpu::Precision;
+use crate::gpu::{Attention, Precision};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -299,21 +299,24 @@ pub struct GpuTrainBench {
 const PROFILED_STEPS: usize = 3;
 
 /// Full GPU training steps (forward, backward, clipping, AdamW) of `cfg` on `tokens`, in fp32
-/// with TF32 matmuls or bf16 mixed precision: one warmup step, then `steps` timed. With `profile`,
-/// then [`PROFILED_STEPS`] steps with an event after every op, the host syncs they make counted,
+/// with TF32 matmuls or bf16 mixed precision, with `attention` (flash: bf16 only): one warmup
+/// step, then `steps` timed. With `profile`, then [`PROFILED_STEPS`] steps with an event after every op, the host syncs they make counted,
 /// and the device's ceilings measured, for the per-family table (the timed steps are unprofiled).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_train_gpu(
     cfg: &ModelConfig,
     batch: usize,
     seq: usize,
     steps: usize,
     precision: Precision,
+    attention: Attention,
     tokens: &mut BenchTokens,
     profile: bool,
 ) -> anyhow::Result<GpuTrainBench> {
     let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
+    model.set_attention(attention)?;
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let n = batch * seq;

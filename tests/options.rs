@@ -87,3 +87,29 @@ fn sampling_and_thread_numbers_out_of_range_are_refused() {
         assert!(text.contains(&format!("--threads {threads}: expected 1 to")), "{text}");
     }
 }
+
+/// `--attention flash` is bf16 only: with fp32 (the default precision) train, bench train and info
+/// refuse it in one line naming both options, before any work (here, before the dataset is even
+/// looked at), on any device.
+#[test]
+fn flash_attention_without_bf16_is_refused_naming_both_options() {
+    let dir = temp_dir("options-flash");
+    let out = dir.join("run");
+    for args in [
+        vec!["train", "--data", "no-such-dataset", "--out", out.to_str().unwrap(), "--attention", "flash"],
+        vec!["train", "--device", "cpu", "--precision", "fp32", "--attention", "flash", "--data", "no-such-dataset"],
+        vec!["bench", "train", "--device", "cpu", "--attention", "flash"],
+        vec!["info", "--model", "tiny", "--gpu-mem", "24", "--attention", "flash"],
+    ] {
+        let text = refused(&args);
+        assert!(
+            text.contains("--attention flash needs --precision bf16") && text.contains("--attention materialized"),
+            "{args:?}: {text}"
+        );
+        assert!(!text.contains("no-such-dataset"), "{args:?} looked at the data first: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "{args:?}: {text}");
+    }
+    assert!(!out.exists(), "a refused run created its directory");
+    let text = refused(&["train", "--attention", "fast"]);
+    assert!(text.contains("expected flash or materialized"), "{text}");
+}

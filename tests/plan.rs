@@ -3,7 +3,12 @@
 mod common;
 
 use common::{genesis, text};
-use genesis::gpu::plan::{layout_for, plan, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION, WORKSPACE_BYTES};
+use genesis::gpu::gpt::{Act, ActLayout};
+use genesis::gpu::plan::{
+    layout_for, layout_for_attention, plan, plan_attention, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION,
+    WORKSPACE_BYTES,
+};
+use genesis::gpu::Attention;
 use genesis::model::ModelConfig;
 
 const GIB: u64 = 1 << 30;
@@ -153,4 +158,62 @@ fn info_prints_the_table_without_a_gpu() {
     let small = genesis(&["info", "--model", "gpt2-350m", "--gpu-mem", "2", "--precision", "fp32"]);
     assert!(!small.status.success());
     assert!(text(&small.stderr).contains("needs at least"));
+}
+
+/// With flash attention the activation layout holds no T x T tensor (the (L,B,NH,T,T)
+/// probabilities and the permute scratch are empty, an (L,B,NH,T) f32 log-sum-exp appears), the
+/// backward's scratch loses its (B,NH,T,T) gradient, and so genesis-150m at seq 1024 in bf16 fits
+/// a larger micro-batch on a 24 GiB GPU.
+#[test]
+fn flash_attention_plans_no_t_by_t_tensor() {
+    let cfg = model("genesis-150m");
+    let (b, t, nh, l) = (4usize, 1024usize, cfg.num_heads, cfg.num_layers);
+    let mat = ActLayout::build(&cfg, b, t, 2, true, Attention::Materialized);
+    let flash = ActLayout::build(&cfg, b, t, 2, true, Attention::Flash);
+    assert_eq!(mat.place(Act::Att, 0, 2).1, b * nh * t * t);
+    assert_eq!(mat.place(Act::Lse, 0, 4).1, 0);
+    assert_eq!(flash.place(Act::Att, 0, 2).1, 0, "flash keeps the probabilities");
+    assert_eq!(flash.place(Act::Scratch, 0, 2).1, 0, "flash keeps the permute scratch");
+    assert_eq!(flash.place(Act::Lse, 0, 4).1, b * nh * t);
+    // The whole difference is the T x T matrices and the scratch, less the log-sum-exp.
+    let att_bytes = l * b * nh * t * t * 2;
+    let scratch_bytes = 4 * b * t * cfg.channels * 2;
+    let lse_bytes = l * b * nh * t * 4;
+    assert_eq!(mat.bytes() - flash.bytes(), att_bytes + scratch_bytes - lse_bytes);
+    // Backward scratch: the (B,NH,T,T) gradient and four (B,T,C) blocks go, a (B,NH,T) f32 comes.
+    let (pm, pf) = (
+        layout_for_attention(&cfg, t, b, true, Attention::Materialized),
+        layout_for_attention(&cfg, t, b, true, Attention::Flash),
+    );
+    assert_eq!(pm, layout_for(&cfg, t, b, true));
+    let grad_saving = (b * nh * t * t + 4 * b * t * cfg.channels) * 2 - b * nh * t * 4;
+    assert_eq!(pm.activation_grads - pf.activation_grads, grad_saving as u64);
+    assert!(pf.activation_grads < pm.activation_grads / 2, "{pf:?}");
+
+    let m24 = plan_attention(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Materialized).unwrap();
+    let f24 = plan_attention(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Flash).unwrap();
+    assert_eq!(m24, plan(&cfg, 1024, 524_288, 24 * GIB, true).unwrap());
+    assert!(f24.micro_batch > m24.micro_batch, "flash {f24:?} vs materialized {m24:?}");
+    assert!(f24.total as f64 <= 24.0 * GIB as f64 * USABLE_FRACTION);
+    println!("genesis-150m 24 GiB bf16: micro-batch {} materialized, {} flash", m24.micro_batch, f24.micro_batch);
+}
+
+/// `genesis info --attention flash` prints the smaller plan; with fp32 it is refused in one line
+/// naming both options.
+#[test]
+fn info_shows_the_flash_plan() {
+    let args = ["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "bf16"];
+    let mat = genesis(&args);
+    assert!(mat.status.success(), "{}", text(&mat.stderr));
+    let flash = genesis(&[&args[..], &["--attention", "flash"]].concat());
+    assert!(flash.status.success(), "{}", text(&flash.stderr));
+    let (mat, flash) = (text(&mat.stdout), text(&flash.stdout));
+    assert!(mat.contains("materialized attention") && mat.contains("micro-batch 16 x seq 1024"), "{mat}");
+    assert!(flash.contains("flash attention") && flash.contains("micro-batch 32 x seq 1024"), "{flash}");
+    assert!(mat.contains("--attention flash would need") && mat.contains("fits micro-batch 32"), "{mat}");
+    assert!(flash.contains("flash attention saves") && flash.contains("at micro-batch 32"), "{flash}");
+    let fp32 = genesis(&["info", "--model", "genesis-150m", "--gpu-mem", "24", "--attention", "flash"]);
+    assert!(!fp32.status.success());
+    let e = text(&fp32.stderr);
+    assert!(e.contains("--attention flash needs --precision bf16") && e.trim().lines().count() == 1, "{e}");
 }

@@ -6,7 +6,7 @@ use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::WeightType;
-use genesis::gpu::{Device, Precision};
+use genesis::gpu::{Attention, Device, Precision};
 use genesis::model::ModelConfig;
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -125,6 +125,9 @@ pub struct BenchTrain {
     /// prepared dataset to take batches from: a name in data/ or a directory (default random tokens)
     #[argh(option)]
     data: Option<String>,
+    /// on the GPU: materialized (default) or flash (bf16 only), as train --attention
+    #[argh(option, default = "Attention::Materialized")]
+    attention: Attention,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -206,6 +209,7 @@ fn train(b: BenchTrain) -> Result<()> {
     if b.seq == 0 || b.seq > cfg.max_seq_len || b.batch == 0 || b.steps == 0 {
         bail!("need 1 <= --seq <= {} and --batch, --steps >= 1", cfg.max_seq_len);
     }
+    b.attention.check(b.precision)?;
     let device = genesis::gpu::select_device(b.device)?;
     device.note();
     if b.profile && device.gpu.is_none() {
@@ -222,12 +226,22 @@ fn train(b: BenchTrain) -> Result<()> {
     };
     if device.gpu.is_some() {
         let precision = b.precision;
-        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision, &mut tokens, b.profile)?;
+        let r = genesis::bench::bench_train_gpu(
+            &cfg,
+            b.batch,
+            b.seq,
+            b.steps,
+            precision,
+            b.attention,
+            &mut tokens,
+            b.profile,
+        )?;
         outln!(
-            "bench train {} on {} ({}), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            "bench train {} on {} ({}, {} attention), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,
             r.device,
             if precision == Precision::Bf16 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" },
+            b.attention,
             b.batch,
             b.seq,
             source,

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use argh::FromArgs;
 use genesis::gpu::plan::{self, gib, MemoryPlan, USABLE_FRACTION};
-use genesis::gpu::Precision;
+use genesis::gpu::{Attention, Precision};
 use genesis::model::ModelConfig;
 
 /// GPU memory assumed when neither --gpu-mem is given nor a GPU is found.
@@ -14,8 +14,8 @@ const DEFAULT_GPU_GIB: f64 = 24.0;
 #[argh(
     subcommand,
     name = "info",
-    example = "genesis info --model genesis-150m --gpu-mem 24\ngenesis info --model gpt2-350m --gpu-mem 80 --precision bf16\ngenesis info --model gpt2-124m --seq 512 --tokens-per-step 262144",
-    note = "Pure arithmetic: no GPU is needed. Parameters are in the training precision (bf16: 2 bytes, fp32: 4); gradients, AdamW's m and v, and in bf16 the master copy of the weights, are f32. Activations are the forward's tensors as the GPU engine lays them out plus the pre-GELU buffer the backward needs; activation grads is the backward's scratch; the logits' gradient reuses the logits. The micro-batch is the largest power of two up to 64 (and no more sequences than a step needs) whose total fits in 90% of the GPU's memory; grad accum makes up --tokens-per-step. Sizes are GiB (2^30 bytes), as GPU memory is quoted; without --gpu-mem the first GPU's memory is used, or 24 when there is none."
+    example = "genesis info --model genesis-150m --gpu-mem 24\ngenesis info --model gpt2-350m --gpu-mem 80 --precision bf16\ngenesis info --model genesis-150m --gpu-mem 24 --precision bf16 --attention flash\ngenesis info --model gpt2-124m --seq 512 --tokens-per-step 262144",
+    note = "Pure arithmetic: no GPU is needed. Parameters are in the training precision (bf16: 2 bytes, fp32: 4); gradients, AdamW's m and v, and in bf16 the master copy of the weights, are f32. Activations are the forward's tensors as the GPU engine lays them out plus the pre-GELU buffer the backward needs; activation grads is the backward's scratch; the logits' gradient reuses the logits. With --attention materialized (the default) both hold T x T attention matrices, (L,B,NH,T,T) probabilities and one (B,NH,T,T) gradient; with --attention flash (bf16 only) neither exists, only an (L,B,NH,T) f32 log-sum-exp and a (B,NH,T) f32 row sum. The micro-batch is the largest power of two up to 64 (and no more sequences than a step needs) whose total fits in 90% of the GPU's memory; grad accum makes up --tokens-per-step. Sizes are GiB (2^30 bytes), as GPU memory is quoted; without --gpu-mem the first GPU's memory is used, or 24 when there is none."
 )]
 pub struct InfoCmd {
     /// model preset: tiny, gpt2-124m, genesis-150m or gpt2-350m
@@ -33,11 +33,15 @@ pub struct InfoCmd {
     /// training precision: fp32 (the default, as genesis train) or bf16
     #[argh(option, default = "Precision::Fp32")]
     precision: Precision,
+    /// attention as genesis train --attention: materialized (the default; T x T matrices) or flash (bf16 only; none)
+    #[argh(option, default = "Attention::Materialized")]
+    attention: Attention,
 }
 
 pub fn run(c: InfoCmd) -> Result<()> {
     let cfg = ModelConfig::preset(&c.model).map_err(anyhow::Error::msg)?;
     let bf16 = c.precision == Precision::Bf16;
+    c.attention.check(c.precision)?;
     let seq = c.seq.unwrap_or(cfg.max_seq_len.min(1024));
     let (gpu_bytes, source) = match c.gpu_mem {
         Some(g) => {
@@ -56,11 +60,29 @@ pub fn run(c: InfoCmd) -> Result<()> {
             }
         },
     };
-    let p = plan::plan(&cfg, seq, c.tokens_per_step, gpu_bytes, bf16)?;
-    super::write_stdout(
-        format_args!("{}", table(&c.model, &cfg, seq, bf16, gpu_bytes, &source, c.tokens_per_step, &p)),
-        false,
-    )?;
+    let p = plan::plan_attention(&cfg, seq, c.tokens_per_step, gpu_bytes, bf16, c.attention)?;
+    let mut s = table(&c.model, &cfg, seq, (bf16, c.attention), gpu_bytes, &source, c.tokens_per_step, &p);
+    if bf16 {
+        // What the T x T matrices of materialised attention cost at this micro-batch.
+        let b = p.micro_batch;
+        let at = |a: Attention| plan::layout_for_attention(&cfg, seq, b, true, a).total;
+        let saving = at(Attention::Materialized) - at(Attention::Flash);
+        s.push_str(&match c.attention {
+            Attention::Materialized => match plan::plan_attention(&cfg, seq, c.tokens_per_step, gpu_bytes, true, Attention::Flash) {
+                Ok(f) => format!(
+                    "--attention flash would need {} less at micro-batch {b} (no T x T matrices) and fits micro-batch {}\n",
+                    gib(saving),
+                    f.micro_batch
+                ),
+                Err(_) => String::new(),
+            },
+            Attention::Flash => format!(
+                "flash attention saves {} at micro-batch {b}: the T x T matrices materialized attention keeps\n",
+                gib(saving)
+            ),
+        });
+    }
+    super::write_stdout(format_args!("{s}"), false)?;
     Ok(())
 }
 
@@ -69,7 +91,7 @@ fn table(
     name: &str,
     cfg: &ModelConfig,
     seq: usize,
-    bf16: bool,
+    (bf16, attention): (bool, Attention),
     gpu_bytes: u64,
     source: &str,
     tokens_per_step: usize,
@@ -77,7 +99,7 @@ fn table(
 ) -> String {
     let gb = |b: u64| if b == 0 { format!("{:>8}", "-") } else { format!("{:>8.2}", b as f64 / (1u64 << 30) as f64) };
     let mut s = format!("model      {name}: {cfg}\n");
-    s.push_str(&format!("precision  {}, seq {seq}\n", if bf16 { "bf16" } else { "fp32" }));
+    s.push_str(&format!("precision  {}, seq {seq}, {attention} attention\n", if bf16 { "bf16" } else { "fp32" }));
     s.push_str(&format!(
         "gpu        {} ({source}); the plan uses up to {:.0}%: {}\n\n",
         gib(gpu_bytes),

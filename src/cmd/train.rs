@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::manifest;
-use genesis::gpu::{Device, Precision};
+use genesis::gpu::{Attention, Device, Precision};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
@@ -89,9 +89,12 @@ pub struct TrainCmd {
     /// where to train: auto (the GPU when one works), cpu or cuda (default auto)
     #[argh(option, default = "Device::Auto")]
     device: Device,
-    /// on the GPU: fp32 (TF32 matmuls; the default) or bf16 (mixed precision: bf16 activations and matmuls, f32 gradients, AdamW moments and master weights, stochastic rounding); checkpoints hold f32 weights either way
+    /// on the GPU: fp32 (everything f32, TF32 matmuls; the default) or bf16 (mixed precision: bf16 activations and matmuls, f32 gradients, AdamW moments and master weights, stochastic rounding); checkpoints hold f32 weights either way
     #[argh(option, default = "Precision::Fp32")]
     precision: Precision,
+    /// on the GPU: materialized (the default: stores the T x T attention probabilities, cuBLAS products; fp32 or bf16) or flash (bf16 only: the tiled tensor-core kernel, no T x T matrix, so a larger micro-batch fits; not yet verified on a GPU). Either may be chosen on each resume: it does not change the model
+    #[argh(option, default = "Attention::Materialized")]
+    attention: Attention,
 }
 
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
@@ -141,6 +144,8 @@ pub fn run(c: TrainCmd) -> Result<()> {
         init_from: c.init_from.clone(),
     };
     choices.check()?;
+    // Refused wherever it would run (before any data is prepared): the combination is never valid.
+    c.attention.check(c.precision)?;
     if c.max_bad_steps == 0 {
         bail!("--max-bad-steps 0: expected at least 1 (the consecutive non-finite steps that stop the run)");
     }
@@ -248,7 +253,7 @@ fn run_locked(
         Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
             bail!("--tokens-per-step {tps} chooses --batch and --grad-accum; give one or the others")
         }
-        Some(tps) => micro_batch_for(&model, seq, tps, gpu, c.precision)?,
+        Some(tps) => micro_batch_for(&model, seq, tps, gpu, c.precision, c.attention)?,
         None => (c.batch, c.grad_accum),
     };
     choices.seq = Some(seq);
@@ -264,6 +269,9 @@ fn run_locked(
     if gpu.is_none() && c.precision == Precision::Bf16 {
         eprintln!("note: --precision bf16 applies to GPU training; the CPU trains in f32");
     }
+    if gpu.is_none() && c.attention == Attention::Flash {
+        eprintln!("note: --attention flash applies to GPU training; the CPU computes attention in full");
+    }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
@@ -272,6 +280,7 @@ fn run_locked(
     opts.stop = Some(stop_on_signals(out_dir)?);
     opts.gpu = gpu;
     opts.precision = c.precision;
+    opts.attention = c.attention;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", shell_path(out_dir));
@@ -325,13 +334,21 @@ fn micro_batch_for(
     tokens_per_step: usize,
     gpu: Option<usize>,
     precision: Precision,
+    attention: Attention,
 ) -> Result<(Option<usize>, Option<usize>)> {
     let Some(ordinal) = gpu else {
         let batch = 8.min(tokens_per_step.div_ceil(seq));
         return Ok((Some(batch), Some(tokens_per_step.div_ceil(batch * seq))));
     };
     let (free, _) = genesis::gpu::device::Gpu::new(ordinal)?.memory()?;
-    let p = genesis::gpu::plan::plan(model, seq, tokens_per_step, free as u64, precision == Precision::Bf16)?;
+    let p = genesis::gpu::plan::plan_attention(
+        model,
+        seq,
+        tokens_per_step,
+        free as u64,
+        precision == Precision::Bf16,
+        attention,
+    )?;
     eprintln!(
         "memory plan: micro-batch {} x seq {seq} x accum {} = {} tokens/step, {:.1} GB of the {:.1} GB free (genesis info shows the breakdown)",
         p.micro_batch,

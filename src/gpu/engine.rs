@@ -6,7 +6,7 @@ use super::device::Gpu;
 use super::gpt::GpuModel;
 use super::profile::{measure_ceilings, Ceilings};
 use super::sample::GpuDecoder;
-use super::{Float, Precision};
+use super::{Attention, Float, Precision};
 use crate::cpu::adamw::AdamWConfig;
 use crate::cpu::sample::TokenDecoder;
 use crate::model::ModelConfig;
@@ -19,6 +19,8 @@ pub trait GpuEngine {
     fn describe(&self) -> String;
     /// The device, to wait for it or read its memory.
     fn gpu(&self) -> &Gpu;
+    /// How attention is computed; flash is refused (one line naming both options) in fp32.
+    fn set_attention(&mut self, attention: Attention) -> Result<()>;
 
     // Forward, evaluation and benchmarks.
     fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()>;
@@ -74,10 +76,16 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn describe(&self) -> String {
         let precision = if T::BYTES == 2 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
-        format!("{}, {precision}", self.gpu.describe())
+        match self.attention() {
+            Attention::Flash => format!("{}, {precision}, flash attention", self.gpu.describe()),
+            Attention::Materialized => format!("{}, {precision}", self.gpu.describe()),
+        }
     }
     fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+    fn set_attention(&mut self, attention: Attention) -> Result<()> {
+        GpuModel::set_attention(self, attention)
     }
     fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<()> {
         GpuModel::forward(self, inputs, targets, b, t)
@@ -92,11 +100,11 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn auto_batch(&self, seq: usize) -> usize {
         let free = self.gpu.memory().map(|(free, _)| free).unwrap_or(1 << 30);
-        let per_row = Self::activation_bytes(&self.cfg, 1, seq).max(1);
+        let per_row = self.activation_bytes_here(1, seq).max(1);
         (free / 2 / per_row).clamp(1, 64)
     }
     fn activation_bytes(&self, b: usize, t: usize) -> usize {
-        Self::activation_bytes(&self.cfg, b, t)
+        self.activation_bytes_here(b, t)
     }
     fn set_profiling(&mut self, on: bool) {
         GpuModel::set_profiling(self, on)

@@ -16,10 +16,11 @@ use super::blas::Blas;
 use super::classifier::classifier_forward;
 use super::device::Gpu;
 use super::embedding::embedding_forward;
+use super::flash_attention;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
-use super::Float;
+use super::{Attention, Float};
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
@@ -73,7 +74,8 @@ pub enum Act {
     Ln1Rstd,   // (L,B,T)
     Qkv,       // (L,B,T,3C)
     Atty,      // (L,B,T,C)
-    Att,       // (L,B,NH,T,T)
+    Att,       // (L,B,NH,T,T) probabilities: materialised attention only (empty with flash)
+    Lse,       // (L,B,NH,T) f32 log-sum-exp per row: flash attention only (empty otherwise)
     Attproj,   // (L,B,T,C)
     Residual2, // (L,B,T,C)
     Ln2,       // (L,B,T,C)
@@ -88,10 +90,10 @@ pub enum Act {
     LnfRstd,   // (B,T)
     Logits,    // (B,T,Vp)
     Losses,    // (B,T)
-    Scratch,   // attention's permuted q, k, v and its output
+    Scratch,   // attention's permuted q, k, v and its output (materialised attention only)
 }
 
-const ACTS: [Act; 22] = [
+const ACTS: [Act; 23] = [
     Act::Encoded,
     Act::Ln1,
     Act::Ln1Mean,
@@ -99,6 +101,7 @@ const ACTS: [Act; 22] = [
     Act::Qkv,
     Act::Atty,
     Act::Att,
+    Act::Lse,
     Act::Attproj,
     Act::Residual2,
     Act::Ln2,
@@ -121,7 +124,14 @@ impl Act {
     fn is_f32(self) -> bool {
         matches!(
             self,
-            Act::Ln1Mean | Act::Ln1Rstd | Act::Ln2Mean | Act::Ln2Rstd | Act::LnfMean | Act::LnfRstd | Act::Losses
+            Act::Ln1Mean
+                | Act::Ln1Rstd
+                | Act::Ln2Mean
+                | Act::Ln2Rstd
+                | Act::LnfMean
+                | Act::LnfRstd
+                | Act::Losses
+                | Act::Lse
         )
     }
 }
@@ -138,20 +148,26 @@ pub struct ActLayout {
     pub total: usize,
     /// Laid out for training: the pre-GELU activations are kept.
     pub train: bool,
+    /// Materialised attention keeps the (L,B,NH,T,T) probabilities and a permute scratch; flash
+    /// attention keeps only the (L,B,NH,T) f32 log-sum-exp.
+    pub attention: Attention,
 }
 
 impl ActLayout {
     /// The layout for evaluation (no pre-GELU copy).
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
-        Self::build(cfg, b, t, elem, false)
+        Self::build(cfg, b, t, elem, false, Attention::Materialized)
     }
 
     /// The layout for training: also the pre-GELU activations the backward needs.
     pub fn for_training(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
-        Self::build(cfg, b, t, elem, true)
+        Self::build(cfg, b, t, elem, true, Attention::Materialized)
     }
 
-    fn build(cfg: &ModelConfig, b: usize, t: usize, elem: usize, train: bool) -> Self {
+    /// The layout for evaluation (`train` false) or training with attention computed as
+    /// `attention` says: with [`Attention::Flash`] no tensor of size T x T is allocated.
+    pub fn build(cfg: &ModelConfig, b: usize, t: usize, elem: usize, train: bool, attention: Attention) -> Self {
+        let flash = attention == Attention::Flash;
         let (c, nh, bt) = (cfg.channels, cfg.num_heads, b * t);
         let mut entries = Vec::new();
         let mut off = 0;
@@ -160,10 +176,11 @@ impl ActLayout {
                 Act::Encoded | Act::Lnf => (bt * c, false),
                 Act::LnfMean | Act::LnfRstd | Act::Losses => (bt, false),
                 Act::Logits => (bt * cfg.padded_vocab_size, false),
-                Act::Scratch => (attention::scratch_len(b, t, c), false),
+                Act::Scratch => (if flash { 0 } else { attention::scratch_len(b, t, c) }, false),
                 Act::Ln1Mean | Act::Ln1Rstd | Act::Ln2Mean | Act::Ln2Rstd => (bt, true),
                 Act::Qkv => (bt * 3 * c, true),
-                Act::Att => (b * nh * t * t, true),
+                Act::Att => (if flash { 0 } else { b * nh * t * t }, true),
+                Act::Lse => (if flash { flash_attention::lse_len(b, t, nh) } else { 0 }, true),
                 Act::FchGelu => (bt * 4 * c, true),
                 Act::Fch => (if train { bt * 4 * c } else { 0 }, true),
                 Act::Ln1 | Act::Atty | Act::Attproj | Act::Residual2 | Act::Ln2 | Act::Fcproj | Act::Residual3 => {
@@ -175,7 +192,7 @@ impl ActLayout {
             // Keep every tensor 256-byte aligned for cuBLASLt and vector loads.
             off += bytes.div_ceil(256) * 256;
         }
-        ActLayout { b, t, entries, total: off, train }
+        ActLayout { b, t, entries, total: off, train, attention }
     }
 
     /// Byte offset and element count of `a` (layer `l` for per-layer tensors; ignored otherwise),
@@ -206,6 +223,8 @@ pub struct GpuModel<T: Float> {
     marks: Option<RefCell<Vec<(&'static str, CudaEvent)>>>,
     /// Gradients and optimizer state, when training (fp32 only so far).
     train: Option<Training>,
+    /// How attention is computed (see [`GpuModel::set_attention`]).
+    attention: Attention,
 }
 
 impl<T: Float> GpuModel<T> {
@@ -229,7 +248,37 @@ impl<T: Float> GpuModel<T> {
             targets: None,
             marks: None,
             train: None,
+            attention: Attention::Materialized,
         })
+    }
+
+    /// Chooses how attention is computed from now on. [`Attention::Flash`] needs bf16 and head
+    /// size 64, and is refused otherwise; switching drops the activations and the backward's
+    /// scratch, which the next forward lays out again for the new mode.
+    pub fn set_attention(&mut self, attention: Attention) -> Result<()> {
+        if attention == Attention::Flash {
+            let precision = if is_bf16::<T>() { super::Precision::Bf16 } else { super::Precision::Fp32 };
+            attention.check(precision)?;
+            let hs = self.cfg.channels / self.cfg.num_heads;
+            ensure!(
+                hs == flash_attention::HEAD_SIZE,
+                "--attention flash needs head size {}, this model has {hs}; use --attention materialized",
+                flash_attention::HEAD_SIZE
+            );
+        }
+        if attention != self.attention {
+            self.attention = attention;
+            self.acts = None;
+            if let Some(tr) = self.train.as_mut() {
+                tr.scratch = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// How attention is computed.
+    pub fn attention(&self) -> Attention {
+        self.attention
     }
 
     pub(crate) fn blas(&self) -> &Blas {
@@ -301,15 +350,15 @@ impl<T: Float> GpuModel<T> {
             self.cfg.max_seq_len
         );
         // A training layout also serves evaluation (it only adds the pre-GELU copy).
-        if self.acts.as_ref().is_some_and(|(l, _)| l.b == b && l.t == t && (l.train || !train)) {
+        if self
+            .acts
+            .as_ref()
+            .is_some_and(|(l, _)| l.b == b && l.t == t && (l.train || !train) && l.attention == self.attention)
+        {
             return Ok(());
         }
         self.acts = None;
-        let lay = if train {
-            ActLayout::for_training(&self.cfg, b, t, T::BYTES)
-        } else {
-            ActLayout::new(&self.cfg, b, t, T::BYTES)
-        };
+        let lay = ActLayout::build(&self.cfg, b, t, T::BYTES, train, self.attention);
         let stream = self.gpu.stream();
         let buf = stream.alloc_zeros::<u8>(lay.total).with_context(|| {
             format!(
@@ -402,9 +451,14 @@ impl<T: Float> GpuModel<T> {
                 false,
             )?;
             self.mark("matmul qkv")?;
-            let (mut atty, mut scratch, mut att) =
-                (self.act::<T>(Act::Atty, l), self.act::<T>(Act::Scratch, 0), self.act::<T>(Act::Att, l));
-            attention::attention_forward(gpu, blas, &mut atty, &mut scratch, &mut att, &qkv, b, t, c, nh)?;
+            let mut atty = self.act::<T>(Act::Atty, l);
+            if self.attention == Attention::Flash {
+                let mut lse = self.act::<f32>(Act::Lse, l);
+                flash_attention::flash_attention_forward(gpu, &mut atty, &mut lse, &qkv, b, t, c, nh)?;
+            } else {
+                let (mut scratch, mut att) = (self.act::<T>(Act::Scratch, 0), self.act::<T>(Act::Att, l));
+                attention::attention_forward(gpu, blas, &mut atty, &mut scratch, &mut att, &qkv, b, t, c, nh)?;
+            }
             self.mark("attention")?;
             let mut attproj = self.act::<T>(Act::Attproj, l);
             let (w, bias) = (pl(Param::AttProjw, l), pl(Param::AttProjb, l));
@@ -494,26 +548,33 @@ impl<T: Float> GpuModel<T> {
     pub fn activation_bytes(cfg: &ModelConfig, b: usize, t: usize) -> usize {
         ActLayout::new(cfg, b, t, T::BYTES).bytes()
     }
+
+    /// Bytes of evaluation activations for a batch of `b` rows of `t` tokens with this model's
+    /// attention mode.
+    pub fn activation_bytes_here(&self, b: usize, t: usize) -> usize {
+        ActLayout::build(&self.cfg, b, t, T::BYTES, false, self.attention).bytes()
+    }
 }
 
 /// The backward's activation gradients (of the activations' type `T`) and its f32 reduction
 /// scratch, carved from one allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Grad {
-    Dresidual, // (B,T,C)
-    Dln,       // (B,T,C)
-    Datty,     // (B,T,C)
-    Dqkv,      // (B,T,3C)
-    Dfch,      // (B,T,4C)
-    DfchGelu,  // (B,T,4C)
-    AttScratch,
-    LnScratch, // f32
-    MmScratch, // f32
+    Dresidual,  // (B,T,C)
+    Dln,        // (B,T,C)
+    Datty,      // (B,T,C)
+    Dqkv,       // (B,T,3C)
+    Dfch,       // (B,T,4C)
+    DfchGelu,   // (B,T,4C)
+    AttScratch, // materialised attention's backward scratch (empty with flash)
+    LnScratch,  // f32
+    MmScratch,  // f32
+    FlashD,     // f32 (B,NH,T): flash attention's rowsum(dout * out) (empty otherwise)
 }
 
 impl Grad {
     fn is_f32(self) -> bool {
-        matches!(self, Grad::LnScratch | Grad::MmScratch)
+        matches!(self, Grad::LnScratch | Grad::MmScratch | Grad::FlashD)
     }
 }
 
@@ -521,8 +582,9 @@ impl Grad {
 type GradScratch = (usize, usize, CudaSlice<u8>, Vec<(usize, usize)>);
 
 /// Elements of each [`Grad`] for a batch of (b, t), in declaration order.
-fn grad_sizes(cfg: &ModelConfig, b: usize, t: usize) -> [(Grad, usize); 9] {
+fn grad_sizes(cfg: &ModelConfig, b: usize, t: usize, attention: Attention) -> [(Grad, usize); 10] {
     let (n, c) = (b * t, cfg.channels);
+    let flash = attention == Attention::Flash;
     [
         (Grad::Dresidual, n * c),
         (Grad::Dln, n * c),
@@ -530,16 +592,21 @@ fn grad_sizes(cfg: &ModelConfig, b: usize, t: usize) -> [(Grad, usize); 9] {
         (Grad::Dqkv, n * 3 * c),
         (Grad::Dfch, n * 4 * c),
         (Grad::DfchGelu, n * 4 * c),
-        (Grad::AttScratch, attention::attention_backward_scratch_len(b, t, c, cfg.num_heads)),
+        (Grad::AttScratch, if flash { 0 } else { attention::attention_backward_scratch_len(b, t, c, cfg.num_heads) }),
         (Grad::LnScratch, super::layernorm::layernorm_backward_scratch_len(n, c)),
         (Grad::MmScratch, super::matmul::matmul_backward_scratch_len(n, 4 * c).max(1)),
+        (Grad::FlashD, if flash { flash_attention::lse_len(b, t, cfg.num_heads) } else { 0 }),
     ]
 }
 
 /// Bytes of the backward's activation gradients and scratch for a batch of (b, t) with activations
-/// of `elem` bytes (what [`GpuModel::forward_backward`] allocates).
-pub fn grad_scratch_bytes(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> usize {
-    grad_sizes(cfg, b, t).iter().map(|&(g, len)| (len * if g.is_f32() { 4 } else { elem }).div_ceil(256) * 256).sum()
+/// of `elem` bytes and attention computed as `attention` says (what
+/// [`GpuModel::forward_backward`] allocates).
+pub fn grad_scratch_bytes(cfg: &ModelConfig, b: usize, t: usize, elem: usize, attention: Attention) -> usize {
+    grad_sizes(cfg, b, t, attention)
+        .iter()
+        .map(|&(g, len)| (len * if g.is_f32() { 4 } else { elem }).div_ceil(256) * 256)
+        .sum()
 }
 
 /// Gradients, AdamW moments and (bf16) master weights, all f32 in the parameter layout, and the
@@ -619,12 +686,13 @@ impl<T: Float> GpuModel<T> {
         let cfg = self.cfg;
         let tr = self.train.as_mut().context("call enable_training first")?;
         if tr.scratch.as_ref().is_some_and(|s| s.0 == b && s.1 == t) {
+            // set_attention drops the scratch when the mode changes, so a kept one matches it.
             return Ok(());
         }
         tr.scratch = None;
         let mut offsets = Vec::new();
         let mut off = 0;
-        for (g, len) in grad_sizes(&cfg, b, t) {
+        for (g, len) in grad_sizes(&cfg, b, t, self.attention) {
             offsets.push((off, len));
             off += (len * if g.is_f32() { 4 } else { T::BYTES }).div_ceil(256) * 256;
         }
@@ -788,23 +856,32 @@ impl<T: Float> GpuModel<T> {
                 c,
                 c,
             )?;
-            self.zero(Grad::Dqkv)?;
-            let (mut dqkv, mut scratch, datty) =
-                (self.grad::<T>(Grad::Dqkv), self.grad::<T>(Grad::AttScratch), self.grad::<T>(Grad::Datty));
-            let (qkv, att) = (self.act::<T>(Act::Qkv, l), self.act::<T>(Act::Att, l));
-            attention::attention_backward(
-                &self.gpu,
-                &self.blas,
-                &mut dqkv,
-                &mut scratch,
-                &datty,
-                &qkv,
-                &att,
-                b,
-                t,
-                c,
-                nh,
-            )?;
+            let (mut dqkv, datty, qkv) =
+                (self.grad::<T>(Grad::Dqkv), self.grad::<T>(Grad::Datty), self.act::<T>(Act::Qkv, l));
+            if self.attention == Attention::Flash {
+                // Writes every element of dqkv (no accumulation), so no zeroing first.
+                let (atty, lse, mut d) =
+                    (self.act::<T>(Act::Atty, l), self.act::<f32>(Act::Lse, l), self.grad::<f32>(Grad::FlashD));
+                flash_attention::flash_attention_backward(
+                    &self.gpu, &mut dqkv, &datty, &qkv, &atty, &lse, &mut d, b, t, c, nh,
+                )?;
+            } else {
+                self.zero(Grad::Dqkv)?;
+                let (mut scratch, att) = (self.grad::<T>(Grad::AttScratch), self.act::<T>(Act::Att, l));
+                attention::attention_backward(
+                    &self.gpu,
+                    &self.blas,
+                    &mut dqkv,
+                    &mut scratch,
+                    &datty,
+                    &qkv,
+                    &att,
+                    b,
+                    t,
+                    c,
+                    nh,
+                )?;
+            }
             self.mark("attention bwd")?;
             self.zero(Grad::Dln)?;
             let ln1 = self.act::<T>(Act::Ln1, l);

@@ -20,6 +20,7 @@ pub mod classifier;
 pub mod device;
 pub mod embedding;
 pub mod engine;
+pub mod flash_attention;
 pub mod gelu;
 pub mod gpt;
 pub mod kernels;
@@ -177,6 +178,51 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// How GPU attention is computed, from `--attention flash|materialized`. `Materialized` (the
+/// default, verified on GPUs) stores the (B,NH,T,T) probabilities and uses cuBLAS for the two
+/// products; `Flash` (bf16 only, head size 64) is the tiled tensor-core kernel of
+/// [`flash_attention`], which stores no T x T matrix. The choice does not change the model, so a
+/// run may resume with the other one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Attention {
+    #[default]
+    Materialized,
+    Flash,
+}
+
+impl std::str::FromStr for Attention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "materialized" | "materialised" => Ok(Attention::Materialized),
+            "flash" => Ok(Attention::Flash),
+            _ => Err("expected flash or materialized".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Attention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attention::Materialized => "materialized",
+            Attention::Flash => "flash",
+        })
+    }
+}
+
+impl Attention {
+    /// The one-line refusal of a combination the kernels do not support: flash attention is bf16
+    /// only.
+    pub fn check(self, precision: Precision) -> anyhow::Result<()> {
+        if self == Attention::Flash && precision != Precision::Bf16 {
+            anyhow::bail!(
+                "--attention flash needs --precision bf16 (the flash kernel is bf16 only); use --attention materialized with --precision {precision}"
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +248,14 @@ mod tests {
         assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Bf16);
         assert_eq!("fp32".parse::<Precision>().unwrap(), Precision::Fp32);
         assert!("fp8".parse::<Precision>().is_err());
+        assert_eq!("flash".parse::<Attention>().unwrap(), Attention::Flash);
+        assert_eq!("materialized".parse::<Attention>().unwrap(), Attention::Materialized);
+        assert_eq!(Attention::default(), Attention::Materialized);
+        assert!("fast".parse::<Attention>().unwrap_err().contains("flash or materialized"));
+        let e = Attention::Flash.check(Precision::Fp32).unwrap_err().to_string();
+        assert!(e.contains("--attention flash") && e.contains("--precision bf16") && !e.contains('\n'), "{e}");
+        assert!(
+            Attention::Flash.check(Precision::Bf16).is_ok() && Attention::Materialized.check(Precision::Fp32).is_ok()
+        );
     }
 }

@@ -10,9 +10,13 @@
 //!   over them in place);
 //! - the backward's activation gradients and scratch exactly as the GPU engine allocates them
 //!   ([`grad_scratch_bytes`]: (B,T,C)*10 + (B,T,4C)*2 + (B,NH,T,T) values plus small f32 reductions);
+//! - with `--attention flash` neither the forward's (L,B,NH,T,T) probabilities and permute scratch
+//!   nor the backward's (B,NH,T,T) gradient exist: an (L,B,NH,T) f32 log-sum-exp and a (B,NH,T)
+//!   f32 row sum take their place;
 //! - a fixed cuBLASLt/kernel workspace ([`WORKSPACE_BYTES`]).
 
 use crate::gpu::gpt::{grad_scratch_bytes, Act, ActLayout};
+use crate::gpu::Attention;
 use crate::model::ModelConfig;
 use anyhow::{bail, ensure, Result};
 
@@ -63,17 +67,23 @@ impl MemoryPlan {
     }
 }
 
-/// The memory of one training step at micro-batch `b` (`grad_accum` left at 1), `bf16` or fp32.
+/// The memory of one training step at micro-batch `b` (`grad_accum` left at 1), `bf16` or fp32,
+/// with materialised attention.
 pub fn layout_for(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool) -> MemoryPlan {
+    layout_for_attention(cfg, seq, b, bf16, Attention::Materialized)
+}
+
+/// [`layout_for`] with attention computed as `attention` says.
+pub fn layout_for_attention(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool, attention: Attention) -> MemoryPlan {
     let elem = if bf16 { 2 } else { 4 };
     let n = cfg.num_params() as u64;
     let e = elem as u64;
-    let acts = ActLayout::for_training(cfg, b, seq, elem);
+    let acts = ActLayout::build(cfg, b, seq, elem, true, attention);
     let (_, logit_elems) = acts.place(Act::Logits, 0, elem);
     // As ActLayout pads it: whole 256-byte units.
     let logits = (logit_elems as u64 * e).div_ceil(256) * 256;
     let activations = acts.bytes() as u64 - logits;
-    let activation_grads = grad_scratch_bytes(cfg, b, seq, elem) as u64;
+    let activation_grads = grad_scratch_bytes(cfg, b, seq, elem, attention) as u64;
     let mut p = MemoryPlan {
         params: n * e,
         grads: n * 4,
@@ -97,6 +107,18 @@ pub fn layout_for(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool) -> Memory
 /// and grad_accum = ceil(tokens_per_step / (micro_batch * seq)). An error names the smallest
 /// requirement when not even a micro-batch of 1 fits.
 pub fn plan(cfg: &ModelConfig, seq: usize, tokens_per_step: usize, gpu_bytes: u64, bf16: bool) -> Result<MemoryPlan> {
+    plan_attention(cfg, seq, tokens_per_step, gpu_bytes, bf16, Attention::Materialized)
+}
+
+/// [`plan`] with attention computed as `attention` says (flash: no T x T tensors).
+pub fn plan_attention(
+    cfg: &ModelConfig,
+    seq: usize,
+    tokens_per_step: usize,
+    gpu_bytes: u64,
+    bf16: bool,
+    attention: Attention,
+) -> Result<MemoryPlan> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     ensure!(
         seq >= 1 && seq <= cfg.max_seq_len,
@@ -110,7 +132,7 @@ pub fn plan(cfg: &ModelConfig, seq: usize, tokens_per_step: usize, gpu_bytes: u6
     let mut best: Option<MemoryPlan> = None;
     let mut b = 1;
     while b <= cap {
-        let p = layout_for(cfg, seq, b, bf16);
+        let p = layout_for_attention(cfg, seq, b, bf16, attention);
         if p.total > budget {
             break;
         }
@@ -118,7 +140,7 @@ pub fn plan(cfg: &ModelConfig, seq: usize, tokens_per_step: usize, gpu_bytes: u6
         b *= 2;
     }
     let Some(mut p) = best else {
-        let need = layout_for(cfg, seq, 1, bf16).total;
+        let need = layout_for_attention(cfg, seq, 1, bf16, attention).total;
         bail!(
             "training this model at seq {seq} in {} needs at least {} (micro-batch 1), but {:.0}% of the GPU's {} \
              is {}; use a GPU with at least {}{}, a shorter --seq or a smaller --model",
