@@ -11,7 +11,7 @@
 use super::blas::Blas;
 use super::device::Gpu;
 use super::matmul::matmul_forward;
-use super::Float;
+use super::{Attention, Float};
 use crate::model::ModelConfig;
 use anyhow::{Context, Result};
 use cudarc::driver::sys;
@@ -81,7 +81,14 @@ pub fn bound(family: &str) -> Bound {
 /// Per op name, the cost of one training step (forward with the loss, backward, gradient norm,
 /// AdamW) of `cfg` on a (b, t) batch with activations of `elem` bytes (4 fp32, 2 bf16); gradients,
 /// moments and master weights are f32. In first-run order; each name once with its total.
-pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Vec<(&'static str, Cost)> {
+/// `attention` picks the attention rows' model: materialised, or the flash kernels.
+pub fn train_step_costs(
+    cfg: &ModelConfig,
+    b: usize,
+    t: usize,
+    elem: usize,
+    attention: Attention,
+) -> Vec<(&'static str, Cost)> {
     let f = |x: usize| x as f64;
     let (n, c, l, vp, nh) = (f(b * t), f(cfg.channels), f(cfg.num_layers), f(cfg.padded_vocab_size), f(cfg.num_heads));
     let (e, tt, bb) = (f(elem), f(t), f(b));
@@ -104,11 +111,29 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> V
     // it again with v (NC) and writes y (NC), unpermuted (read and write NC). FLOPs: the two
     // batched GEMMs over the full square, 2 * 2*B*T*T*C.
     let att_sq = bb * nh * tt * tt;
-    let attn_fwd = Cost { bytes: e * (6.0 * nc + 4.0 * att_sq + 2.0 * nc + 2.0 * nc), flops: 4.0 * bb * tt * tt * c };
+    let mut attn_fwd =
+        Cost { bytes: e * (6.0 * nc + 4.0 * att_sq + 2.0 * nc + 2.0 * nc), flops: 4.0 * bb * tt * tt * c };
     // Backward: datt (written), att read for dv, softmax backward reads att and datt and writes
     // dpreatt, which the dq and dk GEMMs read twice: 7 passes over the square; permutes of dy,
     // q, k, v and the unpermute-add into dqkv: about 12 NC. FLOPs: four GEMMs over the square.
-    let attn_bwd = Cost { bytes: e * (12.0 * nc + 7.0 * att_sq), flops: 8.0 * bb * tt * tt * c };
+    let mut attn_bwd = Cost { bytes: e * (12.0 * nc + 7.0 * att_sq), flops: 8.0 * bb * tt * tt * c };
+    // Flash (kernels/flash_attention.cu), 64x64 tiles, only tiles on or below the diagonal: of the
+    // nq x nq tile square, nq(nq+1)/2 run. FLOPs as executed, recomputation included: 2 products
+    // of 2*T*T*hs per (b, h) forward, 7 backward (dK/dV: S^T, dV, dP^T, dK; dQ: S, dP, dQ). Bytes
+    // are each tensor once: the tiles read again by later query (key) tiles of the same head come
+    // from L2 (one head's K and V are 256 KB at T = 1024), so only the first read is counted.
+    // Forward: qkv read, out and the f32 lse written. Backward: D reads out and dout, writes D;
+    // dK/dV reads qkv, dout, lse and D, writes dk and dv; dQ reads qkv, dout, lse, D, writes dq.
+    if attention == Attention::Flash {
+        let nq = f(t.div_ceil(64));
+        let frac = (nq + 1.0) / (2.0 * nq);
+        let rows = bb * nh * tt; // lse and D, f32
+        attn_fwd = Cost { bytes: e * 4.0 * nc + 4.0 * rows, flops: 4.0 * frac * bb * tt * tt * c };
+        attn_bwd = Cost {
+            bytes: (e * 2.0 * nc + 4.0 * rows) + (e * 6.0 * nc + 8.0 * rows) + (e * 5.0 * nc + 8.0 * rows),
+            flops: 14.0 * frac * bb * tt * tt * c,
+        };
+    }
     // LayerNorm forward: read x (N,C) and the two (C) parameters, write out and the f32 mean and
     // rstd (N each). The fused residual variant also reads the second input and writes the sum.
     let ln = mem(e * (2.0 * nc + 2.0 * c) + 8.0 * n);
@@ -163,9 +188,15 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> V
 }
 
 /// [`train_step_costs`] summed per [`family`], in first-seen order.
-pub fn family_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Vec<(&'static str, Cost)> {
+pub fn family_costs(
+    cfg: &ModelConfig,
+    b: usize,
+    t: usize,
+    elem: usize,
+    attention: Attention,
+) -> Vec<(&'static str, Cost)> {
     let mut out: Vec<(&'static str, Cost)> = Vec::new();
-    for (name, cost) in train_step_costs(cfg, b, t, elem) {
+    for (name, cost) in train_step_costs(cfg, b, t, elem, attention) {
         let fam = family(name);
         match out.iter_mut().find(|(f, _)| *f == fam) {
             Some(e) => e.1 += cost,
@@ -300,10 +331,11 @@ pub fn family_rows(
     b: usize,
     t: usize,
     elem: usize,
+    attention: Attention,
     measured: &[(&'static str, f64)],
     steps: usize,
 ) -> Vec<FamilyRow> {
-    let mut rows: Vec<FamilyRow> = family_costs(cfg, b, t, elem)
+    let mut rows: Vec<FamilyRow> = family_costs(cfg, b, t, elem, attention)
         .into_iter()
         .map(|(family, cost)| FamilyRow { family, ms_per_step: 0.0, cost, bound: bound(family) })
         .collect();
@@ -397,7 +429,7 @@ mod tests {
             let cfg = ModelConfig::preset(preset).unwrap();
             let (c, l, vp) = (cfg.channels as f64, cfg.num_layers as f64, cfg.padded_vocab_size as f64);
             let tokens = (b * t) as f64;
-            let costs = train_step_costs(&cfg, b, t, 2);
+            let costs = train_step_costs(&cfg, b, t, 2, Attention::Materialized);
             let mm = sum(&costs, |n| matches!(family(n), "matmul fwd" | "matmul bwd")).flops;
             let matmul_weights = l * 12.0 * c * c + vp * c;
             assert_eq!(mm, 6.0 * matmul_weights * tokens, "{preset}");
@@ -411,6 +443,24 @@ mod tests {
         }
     }
 
+    /// Flash attention's executed FLOPs: 9 T x T x hs products per (layer, b, h), over the
+    /// nq(nq+1)/2 tiles on or below the diagonal (nq = 16 at T = 1024: 136 of 256); its bytes are
+    /// under a tenth of the materialised path's (no T x T tensor), and nothing else changes.
+    #[test]
+    fn flash_attention_costs_the_tiles_it_runs() {
+        let cfg = ModelConfig::preset("gpt2-124m").unwrap();
+        let (b, t) = (16, 1024);
+        let flash = train_step_costs(&cfg, b, t, 2, Attention::Flash);
+        let mat = train_step_costs(&cfg, b, t, 2, Attention::Materialized);
+        let att = |costs: &[(&'static str, Cost)]| sum(costs, |n| family(n).starts_with("attention"));
+        let (l, nh, hs) = (cfg.num_layers as f64, cfg.num_heads as f64, (cfg.channels / cfg.num_heads) as f64);
+        let product = 2.0 * (t * t) as f64 * hs * 136.0 / 256.0;
+        assert_eq!(att(&flash).flops, 9.0 * product * l * b as f64 * nh);
+        assert!(att(&flash).bytes < 0.1 * att(&mat).bytes, "{} vs {}", att(&flash).bytes, att(&mat).bytes);
+        let rest = |costs: &[(&'static str, Cost)]| sum(costs, |n| !family(n).starts_with("attention"));
+        assert_eq!((rest(&flash).bytes, rest(&flash).flops), (rest(&mat).bytes, rest(&mat).flops));
+    }
+
     /// The LayerNorm forward bytes of a tiny shape, counted by hand: B=2, T=3, C=4, L=2, bf16.
     #[test]
     fn layernorm_forward_bytes_by_hand() {
@@ -421,7 +471,7 @@ mod tests {
             max_seq_len: 8,
             ..ModelConfig::preset("tiny").unwrap()
         };
-        let costs = train_step_costs(&cfg, 2, 3, 2);
+        let costs = train_step_costs(&cfg, 2, 3, 2, Attention::Materialized);
         let ln = costs.iter().find(|(n, _)| *n == "layernorm (+residual)").unwrap().1;
         // Plain ln1: x read (6 rows * 4 * 2 B = 48) + out written (48) + w, b (2 * 4 * 2 = 16) +
         // mean, rstd (2 * 6 * 4 = 48) = 160. Each of the 2L = 4 fused ones also reads the second
@@ -445,7 +495,7 @@ mod tests {
         }
         assert!(marked.len() > 15, "{marked:?}");
         let cfg = ModelConfig::preset("tiny").unwrap();
-        let costs = train_step_costs(&cfg, 2, 8, 4);
+        let costs = train_step_costs(&cfg, 2, 8, 4, Attention::Materialized);
         for name in &marked {
             assert_ne!(family(name), "other", "mark {name:?} has no family");
         }
@@ -460,7 +510,7 @@ mod tests {
     #[test]
     fn the_roofline_picks_the_limit() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
-        let rows = family_rows(&cfg, 16, 1024, 2, &[], 1);
+        let rows = family_rows(&cfg, 16, 1024, 2, Attention::Materialized, &[], 1);
         let ceil = Ceilings { copy_gb_per_sec: 4300.0, gemm_tflops: 788.0 };
         let get = |f: &str| rows.iter().find(|r| r.family == f).unwrap();
         assert_eq!(get("matmul bwd").limit(&ceil), Bound::Compute);
@@ -476,7 +526,7 @@ mod tests {
     fn rows_and_table() {
         let cfg = ModelConfig::preset("tiny").unwrap();
         let measured = [("matmul qkv", 2.0), ("matmul fc", 4.0), ("gelu", 1.0), ("adamw", 3.0), ("mystery", 1.0)];
-        let rows = family_rows(&cfg, 2, 8, 2, &measured, 2);
+        let rows = family_rows(&cfg, 2, 8, 2, Attention::Materialized, &measured, 2);
         let get = |f: &str| rows.iter().find(|r| r.family == f).unwrap();
         assert_eq!(get("matmul fwd").ms_per_step, 3.0);
         assert_eq!(get("gelu fwd").ms_per_step, 0.5);
