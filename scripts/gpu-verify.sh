@@ -8,14 +8,17 @@
 #                         does not travel to the device).
 # There (device run):     bash scripts/gpu-verify.sh        (carry [".gpu"]; logs land in $OUT)
 #
-# Steps, each logged to $OUT/<step>.log and summarised in $OUT/summary.txt:
+# Steps, each logged to <step>.log and summarised in summary.txt, in $OUT (the logs packed into
+# $OUT/logs.tgz at the end, as the device tool returns at most 8 files):
 #   1. every GPU test (fp32 and bf16; --include-ignored, as they are #[ignore]d where no GPU is;
 #      GENESIS_REQUIRE_GPU=1, so a skip is a failure)
 #   2. the CLI tests that train through the binary (--device auto picks the GPU there)
 #   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32;
 #      then bf16 batch 16 with --profile (per-kernel-family table, host syncs) in bench-bf16-b16-profile.log;
-#      bf16 with --attention flash at 16 and 32, and compute-sanitizer racecheck of flash attention
+#      bf16 with --attention flash at 16 and 32
 #   4. the PyTorch reference on the same GPU, eager and compiled
+#   4b. the bf16/fp32 quality check (300 steps each; scripts/quality_check.py), then, time allowing,
+#      compute-sanitizer racecheck of flash attention
 #   5. one closing table of every bench-*.log and torch-*.log (scripts/bench_table.py): tokens/s,
 #      MFU, memory and the ratio to torch.compile; "-" where a step failed
 # A failing step does not stop the later ones; the exit status says whether any failed.
@@ -65,14 +68,6 @@ step bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
 # a race check of its kernels on the small test shapes (T <= 200) when compute-sanitizer is there.
 step bench-bf16-flash-b16 bench --batch 16 --precision bf16 --attention flash
 step bench-bf16-flash-b32 bench --batch 32 --precision bf16 --attention flash
-if command -v compute-sanitizer >/dev/null; then
-  for t in .gpu/tests/gpu_ops-*; do
-    GENESIS_FLASH_SMALL=1 step flash-racecheck bash .gpu/env.sh compute-sanitizer --tool racecheck \
-      --error-exitcode 1 "$t" --test-threads=1 --include-ignored flash_attention_forward_matches flash_attention_backward_matches
-  done
-else
-  echo "skip  flash-racecheck: no compute-sanitizer" >>"$summary"
-fi
 ref=.gpu/shared-bench/torch_reference.py
 [ -f "$ref" ] || ref=../shared/bench/torch_reference.py
 if [ -f "$ref" ]; then
@@ -81,11 +76,41 @@ if [ -f "$ref" ]; then
 else
   echo "skip  torch reference: $ref not found" >>"$summary"
 fi
+# Issue 15's quality check: gpt2-124m, seq 1024, 300 steps on the built-in tiny Shakespeare, same
+# seed, fp32 then bf16; bf16's val loss within 2% of fp32's at every evaluation, 1% at the end.
+# Runs live in /tmp (a checkpoint is 1.5 GB); their metrics and loss plots come back in $OUT.
+quality() {
+  bash .gpu/env.sh .gpu/bin/genesis train --device cuda --model gpt2-124m --seq 1024 --batch 16 \
+    --steps 300 --data shakespeare --eval-every 50 --eval-batches 10 --ckpt-every 0 --keep 1 \
+    --seed 1 --out "/tmp/quality-$1" --fresh --precision "$1" || return 1
+  cp "/tmp/quality-$1/metrics.jsonl" "$out/quality-$1.jsonl"
+  bash .gpu/env.sh .gpu/bin/genesis plot "/tmp/quality-$1" --out "$out/quality-$1.svg"
+}
+step quality-fp32 quality fp32
+step quality-bf16 quality bf16
+step quality-check python3 scripts/quality_check.py "$out/quality-fp32.jsonl" "$out/quality-bf16.jsonl"
+# Last, as it is slow and optional: a race check of the flash kernels on the small test shapes
+# (T <= 200), when compute-sanitizer is there and the 10-minute call has time left.
+if command -v compute-sanitizer >/dev/null && [ $SECONDS -lt 420 ]; then
+  for t in .gpu/tests/gpu_ops-*; do
+    GENESIS_FLASH_SMALL=1 step flash-racecheck timeout $((540 - SECONDS)) bash .gpu/env.sh compute-sanitizer \
+      --tool racecheck --error-exitcode 1 "$t" --test-threads=1 --include-ignored \
+      flash_attention_forward_matches flash_attention_backward_matches
+  done
+else
+  echo "skip  flash-racecheck: no compute-sanitizer, or under 2 minutes left" >>"$summary"
+fi
 grep -h "bench train\|tokens/s" "$out"/bench-*.log "$out"/torch-*.log >>"$summary" 2>/dev/null
+cat "$out/quality-check.log" >>"$summary" 2>/dev/null
 {
   echo
   echo "closing table (gpt2-124m, seq 1024):"
   python3 scripts/bench_table.py "$out" 2>&1 || echo "bench_table.py failed"
 } >>"$summary"
 cat "$summary"
+# The device tool brings back at most 8 files from $OUT: keep summary.txt, pack every log, metrics
+# file and plot into logs.tgz.
+(cd "$out" && tar czf /tmp/gpu-verify-logs.tgz --exclude=./summary.txt . &&
+  find . -type f ! -name summary.txt -delete && find . -mindepth 1 -type d -empty -delete &&
+  mv /tmp/gpu-verify-logs.tgz logs.tgz) || echo "gpu-verify: could not pack the logs in $out" >&2
 exit $rc

@@ -315,7 +315,7 @@ fn the_gpu_verify_closing_table_parses_both_benchmarks() {
     let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
     write(
         "bench-bf16-b16.log",
-        "note: using GPU 0\nbench train gpt2-124m on NVIDIA H200 (sm_90) (bf16 mixed precision), batch 16 seq 1024: \
+        "note: using GPU 0\nbench train gpt2-124m on NVIDIA H200 (sm_90) (bf16 mixed precision, materialized attention), batch 16 seq 1024: \
          124.1 ms/step, 132020 tokens/s, 113.6 TFLOP/s, MFU 11.5%, 12.34 GB of device memory\n",
     );
     write(
@@ -351,5 +351,40 @@ fn the_gpu_verify_closing_table_parses_both_benchmarks() {
     assert_eq!(row("torch-compile"), ["409600", "35.7%", "16.11", "1.00x"], "{table}");
     assert_eq!(row("torch-eager"), ["-", "-", "-", "-"], "{table}");
     assert!(!table.contains("profile"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `scripts/quality_check.py` (issue 15's bf16 check in `scripts/gpu-verify.sh`) passes when the
+/// bf16 validation loss is within 2% of fp32's at every common evaluation and within 1% at the last,
+/// and fails naming the evaluation otherwise.
+#[test]
+fn the_bf16_quality_check_holds_both_limits() {
+    let dir = common::temp_dir("quality-check");
+    let metrics = |name: &str, losses: &[(u64, f64)]| {
+        let mut text = String::from("{\"kind\":\"start\",\"step\":0}\n");
+        for &(step, loss) in losses {
+            text += &format!("{{\"kind\":\"val\",\"step\":{step},\"tokens\":0,\"loss\":{loss}}}\n");
+            text += &format!("{{\"kind\":\"train\",\"step\":{},\"loss\":99.0}}\n", step + 1);
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let fp32 = metrics("fp32.jsonl", &[(0, 10.0), (100, 6.0), (200, 5.0)]);
+    let check = |bf16: &[(u64, f64)]| {
+        let out = std::process::Command::new("python3")
+            .arg(common::repo_root().join("scripts/quality_check.py"))
+            .arg(&fp32)
+            .arg(metrics("bf16.jsonl", bf16))
+            .output()
+            .expect("python3 runs scripts/quality_check.py");
+        (out.status.success(), common::text(&out.stdout))
+    };
+    let (ok, text) = check(&[(0, 10.0), (100, 6.1), (200, 5.04)]);
+    assert!(ok && text.contains("passed (3 evaluations, last at step 200)"), "{text}");
+    let (ok, text) = check(&[(0, 10.0), (100, 6.15), (200, 5.0)]);
+    assert!(!ok && text.contains("step   100") && text.contains("2.50% (limit 2%) FAIL"), "{text}");
+    let (ok, text) = check(&[(0, 10.0), (100, 6.0), (200, 5.06)]);
+    assert!(!ok && text.contains("1.20% (limit 1%) FAIL"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
