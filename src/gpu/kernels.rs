@@ -44,7 +44,8 @@ mod tests {
     }
 
     /// The kernel names `src/gpu/*.rs` asks for, read from its source: `(name, also as _bf16)`.
-    /// Literals in `function("..")` and `kernel("..")` calls and in a function's `const OP`; a
+    /// Literals in `function("..")`, `Launch::new(gpu, "..")` and `kernel("..")` calls and in a
+    /// function's `const OP`; a
     /// `T::kernel` call needs the `_bf16` twin as well.
     fn requested_kernels() -> Vec<(String, bool)> {
         let mut out = Vec::new();
@@ -78,7 +79,9 @@ mod tests {
                     ));
                 }
                 out.extend(quoted("kernel(\"").into_iter().map(|n| (n, true)));
-                if line.contains("function(") {
+                // Launch::new(gpu, "name", ..): a kernel with no _bf16 twin.
+                out.extend(quoted("Launch::new(gpu, \"").into_iter().map(|n| (n, false)));
+                if line.contains("function(") || line.contains("Launch::new(") {
                     out.extend(quoted("function(\"").into_iter().map(|n| (n, false)));
                     out.extend(quoted("{ \"").into_iter().map(|n| (n, false)));
                 }

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod gelu;
 pub mod gpt;
 pub mod kernels;
+pub(crate) mod launch;
 pub mod layernorm;
 pub mod matmul;
 pub mod plan;
