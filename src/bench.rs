@@ -4,7 +4,7 @@ use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::cpu::sample::{convert_params, Decoder, Weight, WeightType};
 use crate::gpu::engine::{gpu_engine, GpuEngine};
-use crate::gpu::Precision;
+use crate::gpu::{Kernels, Precision};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -199,9 +199,11 @@ pub fn bench_forward_gpu(
     steps: usize,
     precision: Precision,
     tf32: bool,
+    kernels: Kernels,
 ) -> anyhow::Result<ForwardBench> {
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, tf32)?;
+    model.set_kernels(kernels);
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
@@ -248,10 +250,12 @@ pub fn bench_train_gpu(
     seq: usize,
     steps: usize,
     precision: Precision,
+    kernels: Kernels,
 ) -> anyhow::Result<GpuTrainBench> {
     let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
+    model.set_kernels(kernels);
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let mut rng = Rng::new(3);

@@ -6,7 +6,7 @@ use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::WeightType;
-use genesis::gpu::{Device, Precision};
+use genesis::gpu::{Device, Kernels, Precision};
 use genesis::model::ModelConfig;
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -53,6 +53,9 @@ pub struct BenchForward {
     /// fp32 or bf16 (default auto: bf16)
     #[argh(option, default = "Precision::Bf16")]
     precision: Precision,
+    /// scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    #[argh(option, default = "Kernels::Scalar")]
+    kernels: Kernels,
 }
 
 /// MB/s of `genesis prepare` on all cores against single-thread tiktoken-rs.
@@ -119,6 +122,9 @@ pub struct BenchTrain {
     /// on the GPU: fp32 (TF32 matmuls; default) or bf16 (mixed precision, as train --precision bf16)
     #[argh(option, default = "Precision::Fp32")]
     precision: Precision,
+    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    #[argh(option, default = "Kernels::Scalar")]
+    kernels: Kernels,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -150,7 +156,7 @@ fn forward(b: BenchForward) -> Result<()> {
     }
     genesis::gpu::select_device(Device::Cuda)?;
     let precision = b.precision;
-    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.tf32)?;
+    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.tf32, b.kernels)?;
     outln!(
         "bench forward {} on {} ({}), batch {} seq {}: {:.2} ms/forward, {:.0} tokens/s, {:.1} TFLOP/s, activations {:.2} GB",
         b.model,
@@ -204,7 +210,7 @@ fn train(b: BenchTrain) -> Result<()> {
     device.note();
     if device.gpu.is_some() {
         let precision = b.precision;
-        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision)?;
+        let r = genesis::bench::bench_train_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.kernels)?;
         outln!(
             "bench train {} on {} ({}), batch {} seq {}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::manifest;
-use genesis::gpu::{Device, Precision};
+use genesis::gpu::{Device, Kernels, Precision};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
@@ -92,6 +92,9 @@ pub struct TrainCmd {
     /// on the GPU: fp32 (TF32 matmuls; the default) or bf16 (mixed precision: bf16 activations and matmuls, f32 gradients, AdamW moments and master weights, stochastic rounding); checkpoints hold f32 weights either way
     #[argh(option, default = "Precision::Fp32")]
     precision: Precision,
+    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    #[argh(option, default = "Kernels::Scalar")]
+    kernels: Kernels,
 }
 
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
@@ -264,6 +267,9 @@ fn run_locked(
     if gpu.is_none() && c.precision == Precision::Bf16 {
         eprintln!("note: --precision bf16 applies to GPU training; the CPU trains in f32");
     }
+    if gpu.is_none() && c.kernels == Kernels::Vector {
+        eprintln!("note: --kernels vector applies to GPU training; the CPU has one implementation");
+    }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
@@ -272,6 +278,7 @@ fn run_locked(
     opts.stop = Some(stop_on_signals(out_dir)?);
     opts.gpu = gpu;
     opts.precision = c.precision;
+    opts.kernels = c.kernels;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", shell_path(out_dir));

@@ -17,6 +17,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{grid_for, Gpu};
 use super::launch::Launch;
+use super::Kernels;
 use crate::cpu::adamw::AdamWConfig;
 use crate::model::ParamLayout;
 
@@ -238,7 +239,18 @@ pub fn adamw_update(
         }
         let decay = if spec.param.decays() { 1.0 - lr * cfg.weight_decay } else { 1.0 };
         let (off4, n64) = ((spec.offset * 4) as u64, i64::try_from(spec.len).context("tensor too large")?);
-        let k = Launch::new(gpu, if copy_ptr.is_some() { "adamw_update_bf16" } else { "adamw_update" }, &[])?;
+        // --kernels vector: the 128-bit kernel where this tensor's pointers are 16-byte aligned.
+        let aligned = [p_ptr + off4, g_ptr + off4, m_ptr + off4, v_ptr + off4]
+            .into_iter()
+            .chain(copy_ptr.map(|c| c + (spec.offset * 2) as u64))
+            .all(|p| p.is_multiple_of(16));
+        let vector = aligned && gpu.kernels() == Kernels::Vector;
+        let k = match (copy_ptr.is_some(), vector) {
+            (false, false) => Launch::new(gpu, "adamw_update", &[])?,
+            (true, false) => Launch::new(gpu, "adamw_update_bf16", &[])?,
+            (false, true) => Launch::new(gpu, "adamw_update_vec", &[])?,
+            (true, true) => Launch::new(gpu, "adamw_update_vec_bf16", &[])?,
+        };
         let k = match copy_ptr {
             None => k.ptr(p_ptr + off4),
             Some(c) => k.ptr(p_ptr + off4).ptr(c + (spec.offset * 2) as u64),
@@ -246,11 +258,13 @@ pub fn adamw_update(
         let k = k.ptr(g_ptr + off4).ptr(m_ptr + off4).ptr(v_ptr + off4).arg(n64);
         let k = k.arg(cfg.beta1).arg(cfg.beta2).arg(cfg.eps).arg(decay).arg(step_size).arg(inv_sqrt_bc2);
         let k = if copy_ptr.is_some() { k.arg(seed).arg(spec.offset as i64) } else { k };
-        // SAFETY: adamw_update (float*, const float*, float*, float*, long long, float x6) or
-        // adamw_update_bf16 (float*, __nv_bfloat16*, const float*, float*, float*, long long,
+        // SAFETY: adamw_update[_vec] (float*, const float*, float*, float*, long long, float x6) or
+        // adamw_update[_vec]_bf16 (float*, __nv_bfloat16*, const float*, float*, float*, long long,
         // float x6, unsigned int, long long); each pointer is the tensor's offset into a buffer of
-        // at least layout.total elements (checked), and the kernel touches its spec.len elements.
-        unsafe { k.run(grid_for(spec.len)?) }.with_context(|| format!("AdamW for {:?}", spec.param))?;
+        // at least layout.total elements (checked), and the kernel touches its spec.len elements
+        // (the _vec ones in 16-byte packs at the 16-byte aligned pointers checked above).
+        let threads = if vector { spec.len.div_ceil(4) } else { spec.len };
+        unsafe { k.run(grid_for(threads)?) }.with_context(|| format!("AdamW for {:?}", spec.param))?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchCo
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
+use super::Kernels;
 
 /// Threads per block for the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -105,6 +106,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     functions: std::sync::Mutex<std::collections::HashMap<String, CudaFunction>>,
+    /// [`Kernels::Vector`] when set: the launchers pick the `_vec` kernels where they exist.
+    vector: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -122,7 +125,20 @@ impl Gpu {
                 .unwrap_or_else(|_| "unknown".to_string());
             format!("loading the kernel fatbin (built for {}) on device {ordinal} ({cc})", kernels::kernel_archs())
         })?;
-        Ok(Gpu { ctx, stream, module, functions: Default::default() })
+        Ok(Gpu { ctx, stream, module, functions: Default::default(), vector: Default::default() })
+    }
+
+    /// Which kernel versions the launchers pick from now on (default [`Kernels::Scalar`]).
+    pub fn set_kernels(&self, kernels: Kernels) {
+        self.vector.store(kernels == Kernels::Vector, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        if self.vector.load(std::sync::atomic::Ordering::Relaxed) {
+            Kernels::Vector
+        } else {
+            Kernels::Scalar
+        }
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {

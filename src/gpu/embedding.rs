@@ -14,7 +14,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig};
 
 use super::device::{grid_for, to_i32, Gpu};
 use super::launch::{check_lens, Launch};
-use super::Float;
+use super::{Float, Kernels};
 
 /// Threads per block.
 const THREADS: u32 = 256;
@@ -45,11 +45,24 @@ pub fn embedding_forward<T: Float>(
         wte.len()
     );
     let lens = [("out", out.len(), n), ("inp", inp.len(), b * t), ("wpe", wpe.len(), t * c)];
-    let k = Launch::new(gpu, &T::kernel(OP), &lens)?;
+    let vector = gpu.kernels() == Kernels::Vector;
+    ensure!(
+        !vector || c.is_multiple_of(T::VEC),
+        "{OP} (--kernels vector): C = {c} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    let name = if vector { T::kernel("embedding_forward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());
     }
     let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
+    if vector {
+        let k = k.write(out).read(inp).read(wte).read(wpe).aligned16()?;
+        // SAFETY: as below, in 16-byte packs of V channels (C a multiple of VEC, pointers aligned:
+        // checked), one thread per pack.
+        return unsafe { k.arg(bi).arg(ti).arg(ci).run(grid_for(n / T::VEC)?) };
+    }
     // SAFETY: (T*, const int*, const T*, const T*, int, int, int); the kernel writes out[i] for
     // i < B*T*C, reads inp[b*T + t], wpe[t*C + c] and wte[inp[b,t]*C + c], in bounds for in-range
     // token ids (the caller's contract: ids below wte.len() / C).

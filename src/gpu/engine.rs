@@ -5,7 +5,7 @@
 use super::device::Gpu;
 use super::gpt::GpuModel;
 use super::sample::GpuDecoder;
-use super::{Float, Precision};
+use super::{Float, Kernels, Precision};
 use crate::cpu::adamw::AdamWConfig;
 use crate::cpu::sample::TokenDecoder;
 use crate::model::ModelConfig;
@@ -31,6 +31,8 @@ pub trait GpuEngine {
     /// Bytes of activations for a batch of `b` rows of `t` tokens.
     fn activation_bytes(&self, b: usize, t: usize) -> usize;
     fn set_profiling(&mut self, on: bool);
+    /// Which kernel versions to launch from now on (`--kernels`; default scalar, the verified ones).
+    fn set_kernels(&mut self, kernels: Kernels);
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>>;
 
     // Sampling.
@@ -69,7 +71,8 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn describe(&self) -> String {
         let precision = if T::BYTES == 2 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
-        format!("{}, {precision}", self.gpu.describe())
+        let kernels = if self.gpu.kernels() == Kernels::Vector { ", vectorised kernels" } else { "" };
+        format!("{}, {precision}{kernels}", self.gpu.describe())
     }
     fn gpu(&self) -> &Gpu {
         &self.gpu
@@ -95,6 +98,9 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn set_profiling(&mut self, on: bool) {
         GpuModel::set_profiling(self, on)
+    }
+    fn set_kernels(&mut self, kernels: Kernels) {
+        self.gpu.set_kernels(kernels)
     }
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
         GpuModel::take_profile(self)

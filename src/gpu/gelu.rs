@@ -6,7 +6,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::device::{grid_for, Gpu};
 use super::launch::Launch;
-use super::Float;
+use super::{Float, Kernels};
 
 // inp (N) -> out (N)
 /// `out[i] = gelu(inp[i])` for `i < n`, queued on [`Gpu::stream`]. Buffers may be longer than `n`.
@@ -17,13 +17,21 @@ pub fn gelu_forward<T: Float>(
     n: usize,
 ) -> Result<()> {
     const OP: &str = "gelu_forward";
-    let k = Launch::new(gpu, &T::kernel(OP), &[("out", out.len(), n), ("inp", inp.len(), n)])?;
+    let vector = gpu.kernels() == Kernels::Vector;
+    let name = if vector { T::kernel("gelu_forward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &[("out", out.len(), n), ("inp", inp.len(), n)])?;
     if n == 0 {
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let k = k.write(out).read(inp).arg(n64);
+    if vector {
+        // SAFETY: as below; the _vec kernel touches the same elements, in 16-byte packs at
+        // 16-byte aligned pointers (checked) with the last N % VEC one at a time.
+        return unsafe { k.aligned16()?.run(grid_for(n.div_ceil(T::VEC))?) };
+    }
     // SAFETY: (T*, const T*, long long); the kernel touches out[i] and inp[i] for i < N.
-    unsafe { k.write(out).read(inp).arg(n64).run(grid_for(n)?) }
+    unsafe { k.run(grid_for(n)?) }
 }
 
 // inp (N), dout (N) -> dinp (N) +=
@@ -40,11 +48,19 @@ pub fn gelu_backward<T: Float>(
 ) -> Result<()> {
     const OP: &str = "gelu_backward";
     let lens = [("dinp", dinp.len(), n), ("inp", inp.len(), n), ("dout", dout.len(), n)];
-    let k = Launch::new(gpu, &T::kernel(OP), &lens)?;
+    let vector = gpu.kernels() == Kernels::Vector;
+    let name = if vector { T::kernel("gelu_backward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let k = k.write(dinp).read(inp).read(dout).arg(n64);
+    if vector {
+        // SAFETY: as below, in 16-byte packs at 16-byte aligned pointers (checked), the last
+        // N % VEC one at a time.
+        return unsafe { k.aligned16()?.run(grid_for(n.div_ceil(T::VEC))?) };
+    }
     // SAFETY: (T*, const T*, const T*, long long); the kernel touches index i < N of each buffer.
-    unsafe { k.write(dinp).read(inp).read(dout).arg(n64).run(grid_for(n)?) }
+    unsafe { k.run(grid_for(n)?) }
 }

@@ -119,6 +119,17 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Checks that every pointer argument so far is 16-byte aligned, as the `_vec` kernels' 128-bit
+    /// accesses require (an error naming the kernel and the argument otherwise).
+    pub(crate) fn aligned16(self) -> Result<Self> {
+        for (i, a) in self.args.iter().enumerate() {
+            if let Arg::Ptr(p) = a {
+                ensure!(p.is_multiple_of(16), "{}: pointer argument {i} ({p:#x}) is not 16-byte aligned", self.name);
+            }
+        }
+        Ok(self)
+    }
+
     /// Queues the kernel on [`Gpu::stream`] with `cfg`, then releases the guards.
     ///
     /// # Safety

@@ -10,7 +10,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{to_i32, Gpu};
 use super::launch::Launch;
-use super::Float;
+use super::{Float, Kernels};
 
 /// Rows per block: the kernels run one warp per row.
 const ROWS_PER_BLOCK: u32 = 8;
@@ -19,6 +19,20 @@ const ROWS_PER_BLOCK: u32 = 8;
 fn row_launch(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(ROWS_PER_BLOCK as usize) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * ROWS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// With `--kernels vector`: the `_vec` kernel's name, after checking that C is a whole number of
+/// 128-bit packs ([`Float::VEC`] elements), which those kernels require. `None` for the scalar path.
+fn vec_kernel<T: Float>(gpu: &Gpu, name: &str, c: usize) -> Result<Option<String>> {
+    if gpu.kernels() != Kernels::Vector {
+        return Ok(None);
+    }
+    ensure!(
+        c.is_multiple_of(T::VEC),
+        "{name} (--kernels vector): C = {c} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    Ok(Some(T::kernel(name)))
 }
 
 /// N*C, after checking C > 0 and that the product fits.
@@ -53,14 +67,17 @@ pub fn layernorm_forward<T: Float>(
         ("weight", weight.len(), c),
         ("bias", bias.len(), c),
     ];
-    let k = Launch::new(gpu, &T::kernel(OP), &lens)?;
+    let vec = vec_kernel::<T>(gpu, "layernorm_forward_vec", c)?;
+    let k = Launch::new(gpu, vec.as_deref().unwrap_or(&T::kernel(OP)), &lens)?;
     if n == 0 {
         return Ok(());
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
     let k = k.write(out).write(mean).write(rstd).read(inp).read(weight).read(bias).arg(ni).arg(ci);
+    let k = if vec.is_some() { k.aligned16()? } else { k };
     // SAFETY: (T*, float*, float*, const T*, const T*, const T*, int, int); the kernel touches
-    // rows < N and channels < C of each buffer; one warp per row.
+    // rows < N and channels < C of each buffer; one warp per row. The _vec kernel touches the same
+    // elements in 16-byte packs (C a multiple of VEC, pointers aligned: checked).
     unsafe { k.run(row_launch(n)) }
 }
 
@@ -94,14 +111,17 @@ pub fn residual_layernorm_forward<T: Float>(
         ("weight", weight.len(), c),
         ("bias", bias.len(), c),
     ];
-    let k = Launch::new(gpu, &T::kernel(OP), &lens)?;
+    let vec = vec_kernel::<T>(gpu, "residual_layernorm_forward_vec", c)?;
+    let k = Launch::new(gpu, vec.as_deref().unwrap_or(&T::kernel(OP)), &lens)?;
     if n == 0 {
         return Ok(());
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
     let k = k.write(residual).write(out).write(mean).write(rstd).read(a).read(b).read(weight).read(bias);
+    let k = if vec.is_some() { k.aligned16()? } else { k };
     // SAFETY: (T*, T*, float*, float*, const T*, const T*, const T*, const T*, int, int); the kernel
-    // touches rows < N and channels < C of each buffer; one warp per row.
+    // touches rows < N and channels < C of each buffer; one warp per row. The _vec kernel touches
+    // the same elements in 16-byte packs (C a multiple of VEC, pointers aligned: checked).
     unsafe { k.arg(ni).arg(ci).run(row_launch(n)) }
 }
 
@@ -165,7 +185,8 @@ pub fn layernorm_backward<T: Float>(
         ("mean", mean.len(), n),
         ("rstd", rstd.len(), n),
     ];
-    let main = Launch::new(gpu, &T::kernel(OP), &lens)?;
+    let vec = vec_kernel::<T>(gpu, "layernorm_backward_vec", c)?;
+    let main = Launch::new(gpu, vec.as_deref().unwrap_or(&T::kernel(OP)), &lens)?;
     if n == 0 {
         return Ok(());
     }
@@ -188,10 +209,20 @@ pub fn layernorm_backward<T: Float>(
         shared_mem_bytes: 0,
     };
     let main = main.write(dinp).write(scratch).read(dout).read(inp).read(weight).read(mean).read(rstd);
-    // SAFETY: (T*, float*, const T*, const T*, const T*, const float*, const float*, int, int, int,
-    // int); the kernel touches rows < N and channels < C of the (N,C), (N) and (C) buffers and
-    // scratch slots < 2 * chunks * C = layernorm_backward_scratch_len.
-    unsafe { main.arg(ni).arg(ci).arg(rpc).arg(chunks_i).run(main_cfg) }?;
+    let main = main.arg(ni).arg(ci).arg(rpc).arg(chunks_i);
+    if vec.is_some() {
+        // One block per chunk of rows (the same chunks, so the same scratch slots and order).
+        let cfg = LaunchConfig { grid_dim: (chunks_i as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: as below; block g touches the rows of chunk g and scratch slots g*C + c and
+        // (chunks + g)*C + c, in 16-byte packs of the (N,C) and (C) buffers (C a multiple of VEC,
+        // pointers aligned: checked).
+        unsafe { main.aligned16()?.run(cfg) }?;
+    } else {
+        // SAFETY: (T*, float*, const T*, const T*, const T*, const float*, const float*, int, int,
+        // int, int); the kernel touches rows < N and channels < C of the (N,C), (N) and (C) buffers
+        // and scratch slots < 2 * chunks * C = layernorm_backward_scratch_len.
+        unsafe { main.run(main_cfg) }?;
+    }
     let reduce = Launch::new(gpu, "layernorm_backward_reduce", &[])?;
     // SAFETY: (float*, float*, const float*, int, int); channels < C of dweight and dbias, scratch
     // slots < 2 * chunks * C (lengths checked above; scratch is only read). Queued after the

@@ -19,7 +19,7 @@ use crate::cpu::gpt::{self, Activations};
 use crate::data::loader::{DataLoader, LoaderState};
 use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
-use crate::gpu::Precision;
+use crate::gpu::{Kernels, Precision};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
@@ -56,6 +56,8 @@ pub struct TrainOptions {
     /// On the GPU: fp32 (TF32 matmuls) or bf16 mixed precision (bf16 activations and matmuls; f32
     /// gradients, moments and master weights). The CPU always trains in f32.
     pub precision: Precision,
+    /// On the GPU: the verified scalar kernels (default) or the 128-bit vectorised ones (`--kernels`).
+    pub kernels: Kernels,
     /// The dataset as the user named it, for the log (default: `run.data`, which is resolved).
     pub data_label: Option<String>,
 }
@@ -72,6 +74,7 @@ impl TrainOptions {
             poison_steps: Vec::new(),
             gpu: None,
             precision: Precision::Fp32,
+            kernels: Kernels::Scalar,
             data_label: None,
         }
     }
@@ -331,6 +334,7 @@ impl Engine {
             // Ready to continue from the trainer's weights, step and moments (TF32 for fp32 matmuls).
             Some(ordinal) => {
                 let mut g = gpu_engine(&r.model, &t.params, ordinal, o.precision, true)?;
+                g.set_kernels(o.kernels);
                 g.enable_training(&t.params, t.opt.t)?;
                 g.upload_moments(&t.opt.m, &t.opt.v)?;
                 Engine::Gpu(g)
