@@ -27,10 +27,33 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use super::blas::{Blas, GemmDtype, StridedBatchedGemm};
 use super::device::{grid_for, to_i32, Gpu};
 use super::launch::Launch;
-use super::Float;
+use super::{Float, Kernels};
 
 /// Threads per block of the softmax kernel (one warp per row).
 const SOFTMAX_BLOCK: u32 = 256;
+
+/// With `--kernels vector`: true (the `_vec` permutes), after checking the head size is a whole
+/// number of 128-bit packs ([`Float::VEC`] elements), which those kernels require.
+fn vector<T: Float>(gpu: &Gpu, op: &str, hs: usize) -> Result<bool> {
+    if gpu.kernels() != Kernels::Vector {
+        return Ok(false);
+    }
+    ensure!(
+        hs.is_multiple_of(T::VEC),
+        "{op} (--kernels vector): head size {hs} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    Ok(true)
+}
+
+/// The kernel `name` in `T`, or its `_vec` version (and the elements per thread) when `vector`.
+fn pick<T: Float>(name: &str, vector: bool) -> (String, usize) {
+    if vector {
+        (T::kernel(&format!("{name}_vec")), T::VEC)
+    } else {
+        (T::kernel(name), 1)
+    }
+}
 
 /// Elements of scratch [`attention_forward`] needs: q, k, v and y, each B*T*C.
 pub fn scratch_len(b: usize, t: usize, c: usize) -> usize {
@@ -89,12 +112,17 @@ pub fn attention_forward<T: Float>(
         (scratch_ptr, scratch_ptr + block, scratch_ptr + 2 * block, scratch_ptr + 3 * block);
 
     // 1. qkv (B,T,3C) -> q, k, v (B,NH,T,hs).
-    let k = Launch::new(gpu, &T::kernel("attention_permute"), &[])?;
+    let vector = vector::<T>(gpu, "attention_forward", hs)?;
+    // (The _vec kernels: attention_permute_vec, attention_unpermute_vec.)
+    let (name, per_thread) = pick::<T>("attention_permute", vector);
+    let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(q_ptr).ptr(k_ptr).ptr(v_ptr).ptr(qkv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
+    let k = if vector { k.aligned16()? } else { k };
     // SAFETY: (T*, T*, T*, const T*, int, int, int, int), q..y T-sized offsets into scratch (guards
     // held above); the kernel touches B*T*C elements of each of q, k, v (inside scratch, checked)
-    // and 3*B*T*C of qkv (checked).
-    unsafe { k.run(grid_for(btc)?) }?;
+    // and 3*B*T*C of qkv (checked); the _vec one the same in 16-byte packs (HS a multiple of VEC,
+    // pointers aligned: checked).
+    unsafe { k.run(grid_for(btc / per_thread)?) }?;
 
     // 2. att[bh] (T,T) = q[bh] · k[bh]^T  (unscaled; the softmax applies 1/sqrt(hs)).
     let per_head = t * hs;
@@ -160,10 +188,12 @@ pub fn attention_forward<T: Float>(
     unsafe { blas.gemm_strided_batched(&av) }.context("attention_forward: att·v")?;
 
     // 5. y (B,NH,T,hs) -> out (B,T,C).
-    let k = Launch::new(gpu, &T::kernel("attention_unpermute"), &[])?;
+    let (name, per_thread) = pick::<T>("attention_unpermute", vector);
+    let k = Launch::new(gpu, &name, &[])?.ptr(out_ptr).ptr(y_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
+    let k = if vector { k.aligned16()? } else { k };
     // SAFETY: (T*, const T*, int, int, int, int); the kernel writes B*T*C elements of out and
-    // reads B*T*C of y (inside scratch), both checked.
-    unsafe { k.ptr(out_ptr).ptr(y_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi).run(grid_for(btc)?) }
+    // reads B*T*C of y (inside scratch), both checked (the _vec one in aligned 16-byte packs).
+    unsafe { k.run(grid_for(btc / per_thread)?) }
 }
 
 /// One new position attending over the first `n_ctx` cached positions, for KV-cache decoding.
@@ -288,12 +318,17 @@ pub fn attention_backward<T: Float>(
     let batch = b * nh;
 
     // 1. qkv (B,T,3C) -> q, k, v and dout (B,T,C) -> dy, all (B,NH,T,hs).
-    let k = Launch::new(gpu, &T::kernel("attention_backward_permute"), &[])?;
+    let vector = vector::<T>(gpu, "attention_backward", hs)?;
+    // (The _vec kernels: attention_backward_permute_vec, attention_backward_unpermute_add_vec.)
+    let (name, per_thread) = pick::<T>("attention_backward_permute", vector);
+    let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(q_ptr).ptr(k_ptr).ptr(v_ptr).ptr(dy_ptr).ptr(qkv_ptr).ptr(dout_ptr);
+    let k = if vector { k.aligned16()? } else { k };
     // SAFETY: (T*, T*, T*, T*, const T*, const T*, int, int, int, int), the slots T-sized offsets
     // into scratch (guards held above); the kernel writes B*T*C elements of each of the first four
-    // scratch slots (inside scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked).
-    unsafe { k.arg(bi).arg(ti).arg(nhi).arg(hsi).run(grid_for(btc)?) }?;
+    // scratch slots (inside scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked);
+    // the _vec one the same in aligned 16-byte packs.
+    unsafe { k.arg(bi).arg(ti).arg(nhi).arg(hsi).run(grid_for(btc / per_thread)?) }?;
 
     // 2. datt[bh] (T,T) = dy[bh] · v[bh]^T.
     let datt_gemm = StridedBatchedGemm {
@@ -408,9 +443,12 @@ pub fn attention_backward<T: Float>(
     unsafe { blas.gemm_strided_batched(&dk_gemm) }.context("attention_backward: dpreatt^T·q")?;
 
     // 6. dqkv (B,T,3C) += dq, dk, dv (B,NH,T,hs) in their thirds.
-    let k = Launch::new(gpu, &T::kernel("attention_backward_unpermute_add"), &[])?;
+    let (name, per_thread) = pick::<T>("attention_backward_unpermute_add", vector);
+    let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(dqkv_ptr).ptr(dq_ptr).ptr(dk_ptr).ptr(dv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
+    let k = if vector { k.aligned16()? } else { k };
     // SAFETY: (T*, const T*, const T*, const T*, int, int, int, int); the kernel updates 3*B*T*C
-    // elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch slots, checked).
-    unsafe { k.run(grid_for(3 * btc)?) }
+    // elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch slots, checked);
+    // the _vec one the same in aligned 16-byte packs.
+    unsafe { k.run(grid_for(3 * btc / per_thread)?) }
 }
