@@ -155,3 +155,16 @@ impl<'a> Launch<'a> {
         result.map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_lens_names_the_op_and_the_short_buffer() {
+        assert!(check_lens("gelu_forward_bf16", &[("out", 8, 8), ("inp", 9, 8)]).is_ok());
+        let e = check_lens("gelu_forward_bf16", &[("out", 8, 8), ("inp", 7, 8)]).unwrap_err().to_string();
+        assert_eq!(e, "gelu_forward_bf16: inp has 7 elements < 8 needed");
+        assert!(check_lens("x", &[]).is_ok());
+    }
+}
