@@ -359,6 +359,98 @@ __device__ __forceinline__ void backward_unpermute_add_vec(T* dqkv, const T* dq,
     }
 }
 
+// ---- The _vec causal softmaxes (behind --kernels vector, used when T is a multiple of V) ----
+// The scalar kernels' formulas with 128-bit accesses: lane l owns the packs l, l + 32, ... of
+// V = 4 (float) or 8 (bf16) consecutive columns; the row max is order-independent (fmaxf), but
+// the sum of exponentials (forward) and the dot product (backward) are added in another order
+// than the scalar kernels' (lane l owns columns l, l + 32, ...), so results agree with them to
+// rounding, not bit for bit. Columns past the diagonal inside the last pack are excluded from the
+// reductions and written as 0. Rows start at row * T, 16-byte aligned because T is a multiple of V
+// and the buffers are aligned (checked on the host). Launch as the scalar kernels.
+template <typename T>
+__device__ __forceinline__ void softmax_forward_vec(T* att, long long rows, int T_, float scale) {
+    constexpr int V = vec::Pack<T>::N;
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) {
+        return;  // whole warp exits together
+    }
+    const int t1 = (int)(row % T_);
+    T* x = att + row * T_;
+    const int last = t1 / V;  // the pack holding the diagonal
+
+    float maxv = -INFINITY;
+    for (int p = lane; p <= last; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (p * V + k <= t1) {
+                maxv = fmaxf(maxv, scale * vec::f32(xp.v[k]));
+            }
+        }
+    }
+    maxv = warp_max(maxv);
+
+    float sum = 0.0f;
+    for (int p = lane; p <= last; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (p * V + k <= t1) {
+                sum += expf(scale * vec::f32(xp.v[k]) - maxv);
+            }
+        }
+    }
+    sum = warp_sum(sum);
+    const float inv = 1.0f / sum;
+
+    for (int p = lane; p < T_ / V; p += 32) {
+        vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            vec::set(xp.v[k], p * V + k <= t1 ? expf(scale * vec::f32(xp.v[k]) - maxv) * inv : 0.0f);
+        }
+        vec::store(x + p * V, xp);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void softmax_backward_vec(T* datt, const T* att, long long rows, int T_, float scale) {
+    constexpr int V = vec::Pack<T>::N;
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) {
+        return;  // whole warp exits together
+    }
+    const int t1 = (int)(row % T_);
+    T* g = datt + row * T_;
+    const T* pr = att + row * T_;
+    const int last = t1 / V;
+
+    float dot = 0.0f;
+    for (int p = lane; p <= last; p += 32) {
+        const vec::Pack<T> pp = vec::load(pr + p * V);
+        const vec::Pack<T> gp = vec::load(g + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (p * V + k <= t1) {
+                dot += vec::f32(pp.v[k]) * vec::f32(gp.v[k]);
+            }
+        }
+    }
+    dot = warp_sum(dot);
+
+    for (int p = lane; p < T_ / V; p += 32) {
+        const vec::Pack<T> pp = vec::load(pr + p * V);
+        vec::Pack<T> gp = vec::load(g + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            vec::set(gp.v[k], p * V + k <= t1 ? scale * vec::f32(pp.v[k]) * (vec::f32(gp.v[k]) - dot) : 0.0f);
+        }
+        vec::store(g + p * V, gp);
+    }
+}
+
 }  // namespace attention_detail
 
 extern "C" __global__ void attention_permute(float* q, float* k, float* v, const float* qkv, int B,
@@ -481,4 +573,22 @@ extern "C" __global__ void attention_backward_permute_vec_bf16(__nv_bfloat16* q,
 extern "C" __global__ void attention_backward_unpermute_add_vec_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* dq, const __nv_bfloat16* dk,
                                                                 const __nv_bfloat16* dv, int B, int T, int NH, int HS) {
     attention_detail::backward_unpermute_add_vec(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_softmax_forward_vec(float* att, long long rows, int T, float scale) {
+    attention_detail::softmax_forward_vec(att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_backward_vec(float* datt, const float* att, long long rows, int T,
+                                                          float scale) {
+    attention_detail::softmax_backward_vec(datt, att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_forward_vec_bf16(__nv_bfloat16* att, long long rows, int T, float scale) {
+    attention_detail::softmax_forward_vec(att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_backward_vec_bf16(__nv_bfloat16* datt, const __nv_bfloat16* att, long long rows, int T,
+                                                          float scale) {
+    attention_detail::softmax_backward_vec(datt, att, rows, T, scale);
 }

@@ -157,10 +157,16 @@ pub fn attention_forward<T: Float>(
     let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
         .context("attention_forward: too many softmax rows for one grid")?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let k = Launch::new(gpu, &T::kernel("attention_softmax_forward"), &[])?;
+    // The _vec softmax when each row is a whole number of packs (T varies with the batch, so
+    // otherwise the scalar one rather than an error).
+    let vec_rows = vector && t.is_multiple_of(T::VEC);
+    let (name, _) = pick::<T>("attention_softmax_forward", vec_rows);
+    let k = Launch::new(gpu, &name, &[])?.ptr(att_ptr).arg(rows).arg(ti).arg(scale);
+    let k = if vec_rows { k.aligned16()? } else { k };
     // SAFETY: (T*, long long, int, float); the kernel touches rows*T = B*NH*T*T elements of att
-    // (checked); a whole number of warps per block.
-    unsafe { k.ptr(att_ptr).arg(rows).arg(ti).arg(scale).run(cfg) }?;
+    // (checked); a whole number of warps per block (the _vec one in aligned 16-byte packs, T a
+    // multiple of VEC).
+    unsafe { k.run(cfg) }?;
 
     // 4. y[bh] (T,hs) = att[bh] (T,T) · v[bh] (T,hs).
     let av = StridedBatchedGemm {
@@ -387,10 +393,14 @@ pub fn attention_backward<T: Float>(
     let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
         .context("attention_backward: too many softmax rows for one grid")?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let k = Launch::new(gpu, &T::kernel("attention_softmax_backward"), &[])?;
+    let vec_rows = vector && t.is_multiple_of(T::VEC);
+    let (name, _) = pick::<T>("attention_softmax_backward", vec_rows);
+    let k = Launch::new(gpu, &name, &[])?.ptr(datt_ptr).ptr(att_ptr).arg(rows).arg(ti).arg(scale);
+    let k = if vec_rows { k.aligned16()? } else { k };
     // SAFETY: (T*, const T*, long long, int, float); the kernel touches rows*T = B*NH*T*T elements
-    // of datt (scratch) and att (both checked); whole warps per block.
-    unsafe { k.ptr(datt_ptr).ptr(att_ptr).arg(rows).arg(ti).arg(scale).run(cfg) }?;
+    // of datt (scratch) and att (both checked); whole warps per block (the _vec one in aligned
+    // 16-byte packs, T a multiple of VEC).
+    unsafe { k.run(cfg) }?;
 
     // 5a. dq[bh] (T,hs) = dpreatt[bh] · k[bh], into dy's slot (dy's last reader was step 3).
     let dq_gemm = StridedBatchedGemm {

@@ -515,10 +515,11 @@ fn run_forward_with<T: Float>(
     (widen(&stream.clone_dtoh(&d_out).unwrap()), widen(&stream.clone_dtoh(&d_att).unwrap()))
 }
 
-/// Head sizes 8, 16, 32 and 64 (whole packs in f32 and bf16), T not a multiple of anything.
-const VEC_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 5, 32, 4), (2, 17, 64, 4), (1, 9, 96, 3), (2, 64, 768, 12)];
+/// Head sizes 8, 16, 32 and 64 (whole packs in f32 and bf16), T not a multiple of 4, so the
+/// softmax stays the scalar kernel (its _vec version reorders sums; tested below).
+const VEC_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 5, 32, 4), (2, 17, 64, 4), (1, 9, 96, 3), (2, 63, 768, 12)];
 
-/// The permutes only move values (and the backward's unpermute does the scalar kernel's single f32
+/// With T not a multiple of the vector width the permutes are the only _vec kernels. They only move values (and the backward's unpermute does the scalar kernel's single f32
 /// add, rounded once), so with --kernels vector attention forward and backward give the scalar
 /// path's bits exactly (the GEMMs and the softmax are the same launches), in f32 and bf16; the f32
 /// forward and backward are also held to the CPU reference with the scalar tests' 1e-5.
@@ -574,4 +575,41 @@ fn attention_vec_permutes_match_scalar_bitwise() {
     gpu.set_kernels(Kernels::Vector);
     let e = attention_forward(&gpu, &blas, &mut out, &mut scratch, &mut att, &d_qkv, 1, 7, 18, 3).unwrap_err();
     assert!(e.to_string().contains("head size 6 is not a multiple of 4"), "{e}");
+}
+
+/// T a multiple of 8: with --kernels vector the softmaxes are the _vec ones too.
+const VEC_SOFTMAX_SHAPES: &[(usize, usize, usize, usize)] =
+    &[(1, 8, 32, 4), (2, 64, 64, 4), (1, 32, 96, 3), (2, 64, 768, 12)];
+
+/// --kernels vector with the _vec causal softmaxes (T a multiple of 8): they add the row sums in
+/// another order than the scalar kernels, so they are held to the CPU reference with the scalar
+/// tests' tolerances and checks (f32 forward and backward 1e-5 relative, the probabilities zero
+/// above the diagonal, non-negative, rows summing to 1; bf16 forward BF16_ATT_TOL / BF16_OUT_TOL and
+/// backward BF16_BACKWARD_K u), which a reordered f32 sum of at most T terms stays well inside.
+/// Outputs and scratch start as NaN, so an unwritten element fails. And two runs give the same bits.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_vec_softmax_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    gpu.set_kernels(Kernels::Vector);
+    let mut rng = Rng::new(0x6174_736d_7665_6301);
+    for &shape in VEC_SOFTMAX_SHAPES {
+        check(&gpu, &blas, &mut rng, shape, 1e-5);
+        check_bf16(&gpu, &blas, &mut rng, shape);
+        let c = shape.2;
+        let case = AttnBackwardCase::new::<f32>(&mut rng, shape);
+        let (want, got) = (case.reference(), case.run::<f32>(&gpu, &blas));
+        for ((g, w), name) in thirds(&got, c).iter().zip(thirds(&want, c).iter()).zip(["dq", "dk", "dv"]) {
+            let err = rel_error(g, w, &format!("vec backward {shape:?} {name}"));
+            assert!(err < 1e-5, "vec backward {shape:?}: {name} relative error {err:.3e} >= 1e-5");
+        }
+        assert_same_bits(&format!("vec backward {shape:?}: second run"), &case.run::<f32>(&gpu, &blas), &got);
+        let case = AttnBackwardCase::new::<bf16>(&mut rng, shape);
+        let (want, got) = (case.reference(), case.run::<bf16>(&gpu, &blas));
+        for ((g, w), name) in thirds(&got, c).iter().zip(thirds(&want, c).iter()).zip(["dq", "dk", "dv"]) {
+            check_bf16_close(g, w, None, BF16_BACKWARD_K * BF16_U, &format!("vec backward bf16 {shape:?} {name}"));
+        }
+        println!("attention vec softmax {shape:?}: f32 and bf16 forward and backward within the scalar tolerances");
+    }
 }
