@@ -117,7 +117,7 @@ pub fn attention_forward<T: Float>(
     let (name, per_thread) = pick::<T>("attention_permute", vector);
     let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(q_ptr).ptr(k_ptr).ptr(v_ptr).ptr(qkv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
-    let k = if vector { k.aligned16()? } else { k };
+    let k = if vector { k.aligned16(&[0, 1, 2, 3])? } else { k };
     // SAFETY: (T*, T*, T*, const T*, int, int, int, int), q..y T-sized offsets into scratch (guards
     // held above); the kernel touches B*T*C elements of each of q, k, v (inside scratch, checked)
     // and 3*B*T*C of qkv (checked); the _vec one the same in 16-byte packs (HS a multiple of VEC,
@@ -162,7 +162,7 @@ pub fn attention_forward<T: Float>(
     let vec_rows = vector && t.is_multiple_of(T::VEC);
     let (name, _) = pick::<T>("attention_softmax_forward", vec_rows);
     let k = Launch::new(gpu, &name, &[])?.ptr(att_ptr).arg(rows).arg(ti).arg(scale);
-    let k = if vec_rows { k.aligned16()? } else { k };
+    let k = if vec_rows { k.aligned16(&[0])? } else { k };
     // SAFETY: (T*, long long, int, float); the kernel touches rows*T = B*NH*T*T elements of att
     // (checked); a whole number of warps per block (the _vec one in aligned 16-byte packs, T a
     // multiple of VEC).
@@ -196,7 +196,7 @@ pub fn attention_forward<T: Float>(
     // 5. y (B,NH,T,hs) -> out (B,T,C).
     let (name, per_thread) = pick::<T>("attention_unpermute", vector);
     let k = Launch::new(gpu, &name, &[])?.ptr(out_ptr).ptr(y_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
-    let k = if vector { k.aligned16()? } else { k };
+    let k = if vector { k.aligned16(&[0, 1])? } else { k };
     // SAFETY: (T*, const T*, int, int, int, int); the kernel writes B*T*C elements of out and
     // reads B*T*C of y (inside scratch), both checked (the _vec one in aligned 16-byte packs).
     unsafe { k.run(grid_for(btc / per_thread)?) }
@@ -329,7 +329,7 @@ pub fn attention_backward<T: Float>(
     let (name, per_thread) = pick::<T>("attention_backward_permute", vector);
     let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(q_ptr).ptr(k_ptr).ptr(v_ptr).ptr(dy_ptr).ptr(qkv_ptr).ptr(dout_ptr);
-    let k = if vector { k.aligned16()? } else { k };
+    let k = if vector { k.aligned16(&[0, 1, 2, 3, 4, 5])? } else { k };
     // SAFETY: (T*, T*, T*, T*, const T*, const T*, int, int, int, int), the slots T-sized offsets
     // into scratch (guards held above); the kernel writes B*T*C elements of each of the first four
     // scratch slots (inside scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked);
@@ -396,7 +396,7 @@ pub fn attention_backward<T: Float>(
     let vec_rows = vector && t.is_multiple_of(T::VEC);
     let (name, _) = pick::<T>("attention_softmax_backward", vec_rows);
     let k = Launch::new(gpu, &name, &[])?.ptr(datt_ptr).ptr(att_ptr).arg(rows).arg(ti).arg(scale);
-    let k = if vec_rows { k.aligned16()? } else { k };
+    let k = if vec_rows { k.aligned16(&[0, 1])? } else { k };
     // SAFETY: (T*, const T*, long long, int, float); the kernel touches rows*T = B*NH*T*T elements
     // of datt (scratch) and att (both checked); whole warps per block (the _vec one in aligned
     // 16-byte packs, T a multiple of VEC).
@@ -456,7 +456,7 @@ pub fn attention_backward<T: Float>(
     let (name, per_thread) = pick::<T>("attention_backward_unpermute_add", vector);
     let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(dqkv_ptr).ptr(dq_ptr).ptr(dk_ptr).ptr(dv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
-    let k = if vector { k.aligned16()? } else { k };
+    let k = if vector { k.aligned16(&[0, 1, 2, 3])? } else { k };
     // SAFETY: (T*, const T*, const T*, const T*, int, int, int, int); the kernel updates 3*B*T*C
     // elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch slots, checked);
     // the _vec one the same in aligned 16-byte packs.

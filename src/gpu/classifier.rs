@@ -10,7 +10,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{to_i32, Gpu};
 use super::launch::Launch;
-use super::Float;
+use super::{Float, Kernels};
 
 /// Most threads per row block (the kernel's `__launch_bounds__`).
 const MAX_BLOCK: usize = 1024;
@@ -43,7 +43,14 @@ pub fn classifier_forward<T: Float>(
     ensure!(v > 0 && v <= vp, "{OP}: need 0 < V <= Vp, got V = {v}, Vp = {vp}");
     let nvp = n.checked_mul(vp).with_context(|| format!("{OP}: N*Vp overflows"))?;
     let lens = [("logits", logits.len(), nvp), ("losses", losses.len(), n), ("targets", targets.len(), n)];
-    let k = Launch::new(gpu, &T::kernel(OP), &lens)?;
+    let vector = gpu.kernels() == Kernels::Vector;
+    ensure!(
+        !vector || vp.is_multiple_of(T::VEC),
+        "{OP} (--kernels vector): Vp = {vp} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    let name = if vector { T::kernel("classifier_forward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());
     }
@@ -56,8 +63,11 @@ pub fn classifier_forward<T: Float>(
     let threads = v.div_ceil(32).clamp(1, MAX_BLOCK / 32) * 32;
     let cfg = LaunchConfig { grid_dim: (ni as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 };
     let k = k.write(losses).write(logits).read(targets).arg(ni).arg(vi).arg(vpi).arg(scale).arg(write_dlogits);
+    // logits in packs (losses and targets one value per row).
+    let k = if vector { k.aligned16(&[1])? } else { k };
     // SAFETY: (float*, T*, const int*, int, int, int, float, int); the kernel touches rows < N,
     // columns < Vp, and a target only once it is checked to be in 0..V; whole warps, at most
-    // MAX_BLOCK threads (its __launch_bounds__).
+    // MAX_BLOCK threads (its __launch_bounds__). The _vec kernel touches the same elements in
+    // 16-byte packs (Vp a multiple of VEC, pointers aligned: checked).
     unsafe { k.run(cfg) }
 }

@@ -58,7 +58,8 @@ pub fn embedding_forward<T: Float>(
     }
     let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
     if vector {
-        let k = k.write(out).read(inp).read(wte).read(wpe).aligned16()?;
+        // out, wte, wpe in packs (the token ids one at a time).
+        let k = k.write(out).read(inp).read(wte).read(wpe).aligned16(&[0, 2, 3])?;
         // SAFETY: as below, in 16-byte packs of V channels (C a multiple of VEC, pointers aligned:
         // checked), one thread per pack.
         return unsafe { k.arg(bi).arg(ti).arg(ci).run(grid_for(n / T::VEC)?) };

@@ -28,7 +28,7 @@ pub fn gelu_forward<T: Float>(
     if vector {
         // SAFETY: as below; the _vec kernel touches the same elements, in 16-byte packs at
         // 16-byte aligned pointers (checked) with the last N % VEC one at a time.
-        return unsafe { k.aligned16()?.run(grid_for(n.div_ceil(T::VEC))?) };
+        return unsafe { k.aligned16(&[0, 1])?.run(grid_for(n.div_ceil(T::VEC))?) };
     }
     // SAFETY: (T*, const T*, long long); the kernel touches out[i] and inp[i] for i < N.
     unsafe { k.run(grid_for(n)?) }
@@ -59,7 +59,7 @@ pub fn gelu_backward<T: Float>(
     if vector {
         // SAFETY: as below, in 16-byte packs at 16-byte aligned pointers (checked), the last
         // N % VEC one at a time.
-        return unsafe { k.aligned16()?.run(grid_for(n.div_ceil(T::VEC))?) };
+        return unsafe { k.aligned16(&[0, 1, 2])?.run(grid_for(n.div_ceil(T::VEC))?) };
     }
     // SAFETY: (T*, const T*, const T*, long long); the kernel touches index i < N of each buffer.
     unsafe { k.run(grid_for(n)?) }

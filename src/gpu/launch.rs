@@ -119,12 +119,16 @@ impl<'a> Launch<'a> {
         self
     }
 
-    /// Checks that every pointer argument so far is 16-byte aligned, as the `_vec` kernels' 128-bit
-    /// accesses require (an error naming the kernel and the argument otherwise).
-    pub(crate) fn aligned16(self) -> Result<Self> {
-        for (i, a) in self.args.iter().enumerate() {
-            if let Arg::Ptr(p) = a {
-                ensure!(p.is_multiple_of(16), "{}: pointer argument {i} ({p:#x}) is not 16-byte aligned", self.name);
+    /// Checks that the pointer arguments at positions `which` (0-based, those the kernel accesses
+    /// 128 bits at a time) are 16-byte aligned, as the `_vec` kernels require: an error naming the
+    /// kernel and the argument otherwise.
+    pub(crate) fn aligned16(self, which: &[usize]) -> Result<Self> {
+        for &i in which {
+            match self.args.get(i) {
+                Some(Arg::Ptr(p)) => {
+                    ensure!(p.is_multiple_of(16), "{}: pointer argument {i} ({p:#x}) is not 16-byte aligned", self.name)
+                }
+                other => anyhow::bail!("{}: argument {i} is {other:?}, not a pointer", self.name),
             }
         }
         Ok(self)

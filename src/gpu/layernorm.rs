@@ -74,7 +74,8 @@ pub fn layernorm_forward<T: Float>(
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
     let k = k.write(out).write(mean).write(rstd).read(inp).read(weight).read(bias).arg(ni).arg(ci);
-    let k = if vec.is_some() { k.aligned16()? } else { k };
+    // out, inp, weight, bias in packs (mean and rstd one value per row).
+    let k = if vec.is_some() { k.aligned16(&[0, 3, 4, 5])? } else { k };
     // SAFETY: (T*, float*, float*, const T*, const T*, const T*, int, int); the kernel touches
     // rows < N and channels < C of each buffer; one warp per row. The _vec kernel touches the same
     // elements in 16-byte packs (C a multiple of VEC, pointers aligned: checked).
@@ -118,7 +119,7 @@ pub fn residual_layernorm_forward<T: Float>(
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
     let k = k.write(residual).write(out).write(mean).write(rstd).read(a).read(b).read(weight).read(bias);
-    let k = if vec.is_some() { k.aligned16()? } else { k };
+    let k = if vec.is_some() { k.aligned16(&[0, 1, 4, 5, 6, 7])? } else { k };
     // SAFETY: (T*, T*, float*, float*, const T*, const T*, const T*, const T*, int, int); the kernel
     // touches rows < N and channels < C of each buffer; one warp per row. The _vec kernel touches
     // the same elements in 16-byte packs (C a multiple of VEC, pointers aligned: checked).
@@ -216,7 +217,8 @@ pub fn layernorm_backward<T: Float>(
         // SAFETY: as below; block g touches the rows of chunk g and scratch slots g*C + c and
         // (chunks + g)*C + c, in 16-byte packs of the (N,C) and (C) buffers (C a multiple of VEC,
         // pointers aligned: checked).
-        unsafe { main.aligned16()?.run(cfg) }?;
+        // dinp, dout, inp, weight in packs (scratch, mean and rstd one value at a time).
+        unsafe { main.aligned16(&[0, 2, 3, 4])?.run(cfg) }?;
     } else {
         // SAFETY: (T*, float*, const T*, const T*, const T*, const float*, const float*, int, int,
         // int, int); the kernel touches rows < N and channels < C of the (N,C), (N) and (C) buffers
