@@ -41,6 +41,8 @@
 
 #include <cuda_bf16.h>
 
+#include "vec.cuh"
+
 namespace adamw_detail {
 
 constexpr int NORM_THREADS = 256;  // must equal the host's OPTIM_NORM_THREADS
@@ -165,5 +167,87 @@ extern "C" __global__ void params_round_bf16(__nv_bfloat16* params, const float*
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
         params[i] = adamw_detail::round_stochastic(master[i], adamw_detail::sr_bits((unsigned long long)i, seed));
+    }
+}
+
+// The _vec AdamW (behind --kernels vector): the same correctly rounded per-element update
+// (adamw_element, round_stochastic), so bit-identical to adamw_update / adamw_update_bf16, with
+// 128-bit accesses. adamw_update_vec: thread q updates elements [4q, 4q + 4) with one float4 load
+// of each of params, grads, m, v and a float4 store of params, m, v. adamw_update_vec_bf16: thread q
+// updates [8q, 8q + 8), two float4 accesses per f32 array and one 128-bit store of 8 bf16. The
+// last N % 4 (N % 8) elements one per thread. Every pointer 16-byte aligned (checked on the host,
+// which launches the scalar kernel for a tensor whose offset is not). Launch: grid-stride, any
+// blockDim.x, grid = ceil(N / V / blockDim.x).
+namespace adamw_detail {
+template <int V>
+__device__ __forceinline__ void update_pack(float* params, const float* grads, float* m, float* v, long long i,
+                                            float beta1, float beta2, float one_minus_b1, float one_minus_b2,
+                                            float eps, float decay, float step_size, float inv_sqrt_bc2,
+                                            float (&updated)[V]) {
+#pragma unroll
+    for (int h = 0; h < V / 4; ++h) {
+        vec::Pack<float> p = vec::load(params + i + 4 * h);
+        const vec::Pack<float> g = vec::load(grads + i + 4 * h);
+        vec::Pack<float> mm = vec::load(m + i + 4 * h);
+        vec::Pack<float> vv = vec::load(v + i + 4 * h);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            p.v[k] = adamw_element(p.v[k], g.v[k], &mm.v[k], &vv.v[k], beta1, beta2, one_minus_b1, one_minus_b2,
+                                   eps, decay, step_size, inv_sqrt_bc2);
+            updated[4 * h + k] = p.v[k];
+        }
+        vec::store(params + i + 4 * h, p);
+        vec::store(m + i + 4 * h, mm);
+        vec::store(v + i + 4 * h, vv);
+    }
+}
+}  // namespace adamw_detail
+
+extern "C" __global__ void adamw_update_vec(float* params, const float* grads, float* m, float* v, long long N,
+                                            float beta1, float beta2, float eps, float decay, float step_size,
+                                            float inv_sqrt_bc2) {
+    const float one_minus_b1 = __fsub_rn(1.0f, beta1);
+    const float one_minus_b2 = __fsub_rn(1.0f, beta2);
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long packs = N / 4;
+    for (long long q = tid; q < packs; q += stride) {
+        float updated[4];
+        adamw_detail::update_pack<4>(params, grads, m, v, 4 * q, beta1, beta2, one_minus_b1, one_minus_b2, eps,
+                                     decay, step_size, inv_sqrt_bc2, updated);
+    }
+    for (long long i = 4 * packs + tid; i < N; i += stride) {
+        params[i] = adamw_detail::adamw_element(params[i], grads[i], &m[i], &v[i], beta1, beta2, one_minus_b1,
+                                                one_minus_b2, eps, decay, step_size, inv_sqrt_bc2);
+    }
+}
+
+extern "C" __global__ void adamw_update_vec_bf16(float* master, __nv_bfloat16* params, const float* grads,
+                                                 float* m, float* v, long long N, float beta1, float beta2,
+                                                 float eps, float decay, float step_size, float inv_sqrt_bc2,
+                                                 unsigned int seed, long long index_base) {
+    const float one_minus_b1 = __fsub_rn(1.0f, beta1);
+    const float one_minus_b2 = __fsub_rn(1.0f, beta2);
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long packs = N / 8;
+    for (long long q = tid; q < packs; q += stride) {
+        const long long i = 8 * q;
+        float updated[8];
+        adamw_detail::update_pack<8>(master, grads, m, v, i, beta1, beta2, one_minus_b1, one_minus_b2, eps, decay,
+                                     step_size, inv_sqrt_bc2, updated);
+        vec::Pack<__nv_bfloat16> out;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            out.v[k] = adamw_detail::round_stochastic(
+                updated[k], adamw_detail::sr_bits((unsigned long long)(index_base + i + k), seed));
+        }
+        vec::store(params + i, out);
+    }
+    for (long long i = 8 * packs + tid; i < N; i += stride) {
+        const float p = adamw_detail::adamw_element(master[i], grads[i], &m[i], &v[i], beta1, beta2, one_minus_b1,
+                                                    one_minus_b2, eps, decay, step_size, inv_sqrt_bc2);
+        master[i] = p;
+        params[i] = adamw_detail::round_stochastic(p, adamw_detail::sr_bits((unsigned long long)(index_base + i), seed));
     }
 }

@@ -18,6 +18,8 @@
 
 #include <cuda_bf16.h>
 
+#include "vec.cuh"
+
 namespace attention_detail {
 
 __device__ __forceinline__ float load(float x) { return x; }
@@ -279,6 +281,176 @@ __device__ __forceinline__ void backward_unpermute_add(T* dqkv, const T* dq, con
     }
 }
 
+// ---- The _vec permutes (behind --kernels vector) ----
+// The same copies (and, in backward_unpermute_add, the same f32 add rounded once), one thread per
+// pack of V = 4 (float) or 8 (bf16) consecutive elements with 128-bit loads and stores. HS must be
+// a multiple of V, so a pack never crosses a head (and C = NH*HS never splits one); every pointer
+// is 16-byte aligned. Both checked on the host. Bit-identical to the scalar kernels.
+// Launch: grid-stride, grid = ceil(elements / V / blockDim.x), any blockDim.x.
+template <typename T>
+__device__ __forceinline__ void permute_vec(T* q, T* k, T* v, T* dy, const T* qkv, const T* dout, int B, int T_,
+                                            int NH, int HS) {
+    constexpr int V = vec::Pack<T>::N;
+    const long long C = (long long)NH * HS;
+    const long long packs = (long long)B * T_ * C / V;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long pi = (long long)blockIdx.x * blockDim.x + threadIdx.x; pi < packs; pi += stride) {
+        const long long idx = pi * V;  // (b, h, t, d) in the permuted layout, d a multiple of V
+        const int d = (int)(idx % HS);
+        const long long bht = idx / HS;
+        const int t = (int)(bht % T_);
+        const long long bh = bht / T_;
+        const int h = (int)(bh % NH);
+        const long long b = bh / NH;
+        const long long bt = b * T_ + t;
+        const long long src = bt * 3 * C + (long long)h * HS + d;
+        vec::store(q + idx, vec::load(qkv + src));
+        vec::store(k + idx, vec::load(qkv + src + C));
+        vec::store(v + idx, vec::load(qkv + src + 2 * C));
+        if (dy != nullptr) {
+            vec::store(dy + idx, vec::load(dout + bt * C + (long long)h * HS + d));
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void unpermute_vec(T* out, const T* y, int B, int T_, int NH, int HS) {
+    constexpr int V = vec::Pack<T>::N;
+    const long long C = (long long)NH * HS;
+    const long long packs = (long long)B * T_ * C / V;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long pi = (long long)blockIdx.x * blockDim.x + threadIdx.x; pi < packs; pi += stride) {
+        const long long idx = pi * V;  // (b, t, c) in the output layout, c = h*HS + d
+        const int c = (int)(idx % C);
+        const long long bt = idx / C;
+        const int t = (int)(bt % T_);
+        const long long b = bt / T_;
+        const int h = c / HS;
+        const int d = c - h * HS;
+        vec::store(out + idx, vec::load(y + ((b * NH + h) * T_ + t) * HS + d));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void backward_unpermute_add_vec(T* dqkv, const T* dq, const T* dk, const T* dv, int B,
+                                                           int T_, int NH, int HS) {
+    constexpr int V = vec::Pack<T>::N;
+    const long long C = (long long)NH * HS;
+    const long long packs = (long long)B * T_ * 3 * C / V;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long pi = (long long)blockIdx.x * blockDim.x + threadIdx.x; pi < packs; pi += stride) {
+        const long long idx = pi * V;  // (b, t, c3) in dqkv, c3 = part*C + h*HS + d
+        const long long c3 = idx % (3 * C);
+        const long long bt = idx / (3 * C);
+        const int t = (int)(bt % T_);
+        const long long b = bt / T_;
+        const int part = (int)(c3 / C);
+        const int c = (int)(c3 - part * C);
+        const int h = c / HS;
+        const int d = c - h * HS;
+        const T* src = part == 0 ? dq : (part == 1 ? dk : dv);
+        const vec::Pack<T> add = vec::load(src + ((b * NH + h) * T_ + t) * HS + d);
+        vec::Pack<T> acc = vec::load(dqkv + idx);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            vec::set(acc.v[e], vec::f32(acc.v[e]) + vec::f32(add.v[e]));
+        }
+        vec::store(dqkv + idx, acc);
+    }
+}
+
+// ---- The _vec causal softmaxes (behind --kernels vector, used when T is a multiple of V) ----
+// The scalar kernels' formulas with 128-bit accesses: lane l owns the packs l, l + 32, ... of
+// V = 4 (float) or 8 (bf16) consecutive columns; the row max is order-independent (fmaxf), but
+// the sum of exponentials (forward) and the dot product (backward) are added in another order
+// than the scalar kernels' (lane l owns columns l, l + 32, ...), so results agree with them to
+// rounding, not bit for bit. Columns past the diagonal inside the last pack are excluded from the
+// reductions and written as 0. Rows start at row * T, 16-byte aligned because T is a multiple of V
+// and the buffers are aligned (checked on the host). Launch as the scalar kernels.
+template <typename T>
+__device__ __forceinline__ void softmax_forward_vec(T* att, long long rows, int T_, float scale) {
+    constexpr int V = vec::Pack<T>::N;
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) {
+        return;  // whole warp exits together
+    }
+    const int t1 = (int)(row % T_);
+    T* x = att + row * T_;
+    const int last = t1 / V;  // the pack holding the diagonal
+
+    float maxv = -INFINITY;
+    for (int p = lane; p <= last; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (p * V + k <= t1) {
+                maxv = fmaxf(maxv, scale * vec::f32(xp.v[k]));
+            }
+        }
+    }
+    maxv = warp_max(maxv);
+
+    float sum = 0.0f;
+    for (int p = lane; p <= last; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (p * V + k <= t1) {
+                sum += expf(scale * vec::f32(xp.v[k]) - maxv);
+            }
+        }
+    }
+    sum = warp_sum(sum);
+    const float inv = 1.0f / sum;
+
+    for (int p = lane; p < T_ / V; p += 32) {
+        vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            vec::set(xp.v[k], p * V + k <= t1 ? expf(scale * vec::f32(xp.v[k]) - maxv) * inv : 0.0f);
+        }
+        vec::store(x + p * V, xp);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void softmax_backward_vec(T* datt, const T* att, long long rows, int T_, float scale) {
+    constexpr int V = vec::Pack<T>::N;
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) {
+        return;  // whole warp exits together
+    }
+    const int t1 = (int)(row % T_);
+    T* g = datt + row * T_;
+    const T* pr = att + row * T_;
+    const int last = t1 / V;
+
+    float dot = 0.0f;
+    for (int p = lane; p <= last; p += 32) {
+        const vec::Pack<T> pp = vec::load(pr + p * V);
+        const vec::Pack<T> gp = vec::load(g + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (p * V + k <= t1) {
+                dot += vec::f32(pp.v[k]) * vec::f32(gp.v[k]);
+            }
+        }
+    }
+    dot = warp_sum(dot);
+
+    for (int p = lane; p < T_ / V; p += 32) {
+        const vec::Pack<T> pp = vec::load(pr + p * V);
+        vec::Pack<T> gp = vec::load(g + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            vec::set(gp.v[k], p * V + k <= t1 ? scale * vec::f32(pp.v[k]) * (vec::f32(gp.v[k]) - dot) : 0.0f);
+        }
+        vec::store(g + p * V, gp);
+    }
+}
+
 }  // namespace attention_detail
 
 extern "C" __global__ void attention_permute(float* q, float* k, float* v, const float* qkv, int B,
@@ -361,4 +533,62 @@ extern "C" __global__ void attention_backward_unpermute_add_bf16(__nv_bfloat16* 
                                                                  const __nv_bfloat16* dv, int B,
                                                                  int T, int NH, int HS) {
     attention_detail::backward_unpermute_add(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_permute_vec(float* q, float* k, float* v, const float* qkv, int B, int T,
+                                                 int NH, int HS) {
+    attention_detail::permute_vec<float>(q, k, v, nullptr, qkv, nullptr, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_unpermute_vec(float* out, const float* y, int B, int T, int NH, int HS) {
+    attention_detail::unpermute_vec(out, y, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_permute_vec(float* q, float* k, float* v, float* dy,
+                                                          const float* qkv, const float* dout, int B, int T,
+                                                          int NH, int HS) {
+    attention_detail::permute_vec(q, k, v, dy, qkv, dout, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute_add_vec(float* dqkv, const float* dq, const float* dk,
+                                                                const float* dv, int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add_vec(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_permute_vec_bf16(__nv_bfloat16* q, __nv_bfloat16* k, __nv_bfloat16* v, const __nv_bfloat16* qkv, int B, int T,
+                                                 int NH, int HS) {
+    attention_detail::permute_vec<__nv_bfloat16>(q, k, v, nullptr, qkv, nullptr, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_unpermute_vec_bf16(__nv_bfloat16* out, const __nv_bfloat16* y, int B, int T, int NH, int HS) {
+    attention_detail::unpermute_vec(out, y, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_permute_vec_bf16(__nv_bfloat16* q, __nv_bfloat16* k, __nv_bfloat16* v, __nv_bfloat16* dy,
+                                                          const __nv_bfloat16* qkv, const __nv_bfloat16* dout, int B, int T,
+                                                          int NH, int HS) {
+    attention_detail::permute_vec(q, k, v, dy, qkv, dout, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute_add_vec_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* dq, const __nv_bfloat16* dk,
+                                                                const __nv_bfloat16* dv, int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add_vec(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_softmax_forward_vec(float* att, long long rows, int T, float scale) {
+    attention_detail::softmax_forward_vec(att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_backward_vec(float* datt, const float* att, long long rows, int T,
+                                                          float scale) {
+    attention_detail::softmax_backward_vec(datt, att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_forward_vec_bf16(__nv_bfloat16* att, long long rows, int T, float scale) {
+    attention_detail::softmax_forward_vec(att, rows, T, scale);
+}
+
+extern "C" __global__ void attention_softmax_backward_vec_bf16(__nv_bfloat16* datt, const __nv_bfloat16* att, long long rows, int T,
+                                                          float scale) {
+    attention_detail::softmax_backward_vec(datt, att, rows, T, scale);
 }

@@ -36,6 +36,8 @@
 
 #include <cuda_bf16.h>
 
+#include "vec.cuh"
+
 namespace classifier_detail {
 
 __device__ __forceinline__ float load(float x) { return x; }
@@ -135,6 +137,98 @@ __device__ __forceinline__ void forward(float* losses, T* logits, const int* tar
     }
 }
 
+// The _vec version (behind --kernels vector): the same online max/sum, loss and dlogits, with
+// 128-bit accesses. Thread t walks the packs t, t + blockDim.x, ... of V = 4 (float) or 8 (bf16)
+// columns of the padded row (Vp a multiple of V and the pointers 16-byte aligned, both checked on
+// the host); columns >= V take no part in the softmax and get dlogits 0, as in the scalar kernel.
+// Each thread's share of the row is another set of columns in another order, so the row sum (and
+// with it the loss and the probabilities) agrees with the scalar kernel to rounding, not bit for
+// bit. Same launch as the scalar kernel.
+template <typename T>
+__device__ __forceinline__ void forward_vec(float* losses, T* logits, const int* targets, int N, int V, int Vp,
+                                            float scale, int write_dlogits) {
+    constexpr int W = vec::Pack<T>::N;
+    __shared__ float warp_max[32];
+    __shared__ float warp_sum[32];
+    __shared__ float block_max;
+    __shared__ float block_sum;
+
+    const long long row = blockIdx.x;
+    if (row >= N) {
+        return;  // block-uniform, before any barrier
+    }
+    T* x = logits + row * Vp;
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int num_warps = blockDim.x / 32;
+    const int target = targets[row];
+    const bool valid = target >= 0 && target < V;
+
+    float target_logit = 0.0f;
+    if (tid == 0 && valid) {
+        target_logit = load(x[target]);
+    }
+
+    float m = -INFINITY;
+    float s = 0.0f;
+    const int live_packs = (V + W - 1) / W;
+    for (int p = tid; p < live_packs; p += blockDim.x) {
+        const vec::Pack<T> xp = vec::load(x + p * W);
+#pragma unroll
+        for (int k = 0; k < W; ++k) {
+            if (p * W + k < V) {
+                const float v = vec::f32(xp.v[k]);
+                if (v > m) {
+                    s = s * expf(m - v) + 1.0f;
+                    m = v;
+                } else {
+                    s += expf(v - m);
+                }
+            }
+        }
+    }
+    warp_merge(m, s);
+    if (lane == 0) {
+        warp_max[warp] = m;
+        warp_sum[warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < num_warps ? warp_max[lane] : -INFINITY;
+        s = lane < num_warps ? warp_sum[lane] : 0.0f;
+        warp_merge(m, s);
+        if (lane == 0) {
+            block_max = m;
+            block_sum = s;
+        }
+    }
+    __syncthreads();
+    const float row_max = block_max;
+    const float row_sum = block_sum;
+
+    if (tid == 0) {
+        losses[row] = valid ? logf(row_sum) + (row_max - target_logit) : __int_as_float(0x7fc00000);
+    }
+    if (write_dlogits) {
+        const float inv_sum = 1.0f / row_sum;
+        for (int p = tid; p < Vp / W; p += blockDim.x) {
+            vec::Pack<T> xp = vec::load(x + p * W);
+#pragma unroll
+            for (int k = 0; k < W; ++k) {
+                const int i = p * W + k;
+                float g = 0.0f;
+                if (i < V) {
+                    const float pr = expf(vec::f32(xp.v[k]) - row_max) * inv_sum;
+                    g = scale * (i == target ? pr - 1.0f : pr);
+                }
+                vec::set(xp.v[k], g);
+            }
+            vec::store(x + p * W, xp);
+        }
+    }
+}
+
 }  // namespace classifier_detail
 
 extern "C" __global__ void __launch_bounds__(1024)
@@ -147,4 +241,16 @@ extern "C" __global__ void __launch_bounds__(1024)
     classifier_forward_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp,
                               float scale, int write_dlogits) {
     classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    classifier_forward_vec(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
+                           int write_dlogits) {
+    classifier_detail::forward_vec(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    classifier_forward_vec_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp, float scale,
+                           int write_dlogits) {
+    classifier_detail::forward_vec(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }

@@ -62,6 +62,8 @@
 
 #include <cuda_bf16.h>
 
+#include "vec.cuh"
+
 namespace layernorm_detail {
 
 __device__ __forceinline__ float load(float x) { return x; }
@@ -218,6 +220,191 @@ __device__ __forceinline__ void backward_reduce(float* dweight, float* dbias, co
     dbias[c] += db;
 }
 
+// ---- The _vec kernels (behind --kernels vector) ----
+// Same formulas, 128-bit accesses: C must be a multiple of V (4 float, 8 bf16) and every pointer
+// 16-byte aligned (both checked on the host), so each row is P = C / V whole packs. In a row,
+// lane l owns the packs l, l + 32, ... and sums their elements in order, then the warp butterfly
+// as before. That partition differs from the scalar kernels' (lane l owns elements l, l + 32, ...),
+// so the row sums (mean, variance, and in the backward the two dnorm means) are added in another
+// order: the outputs agree with the scalar kernels to rounding, not bit for bit.
+template <typename T>
+__device__ __forceinline__ void normalize_row_vec(T* out, float* mean, float* rstd, const T* x, const T* weight,
+                                                  const T* bias, float row_sum, long long row, int C, int lane) {
+    constexpr int V = vec::Pack<T>::N;
+    const int P = C / V;
+    const float mu = row_sum / (float)C;
+    float sq = 0.0f;
+    for (int p = lane; p < P; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const float d = vec::f32(xp.v[k]) - mu;
+            sq += d * d;
+        }
+    }
+    const float var = warp_sum(sq) / (float)C;
+    const float rs = 1.0f / sqrtf(var + 1e-5f);
+    for (int p = lane; p < P; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+        const vec::Pack<T> wp = vec::load(weight + p * V);
+        const vec::Pack<T> bp = vec::load(bias + p * V);
+        vec::Pack<T> o;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            vec::set(o.v[k], (vec::f32(xp.v[k]) - mu) * rs * vec::f32(wp.v[k]) + vec::f32(bp.v[k]));
+        }
+        vec::store(out + p * V, o);
+    }
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void forward_vec(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                                            const T* bias, int N, int C) {
+    constexpr int V = vec::Pack<T>::N;
+    const int warps_per_block = blockDim.x / 32;
+    const long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= N) {
+        return;
+    }
+    const T* x = inp + row * C;
+    float sum = 0.0f;
+    for (int p = lane; p < C / V; p += 32) {
+        const vec::Pack<T> xp = vec::load(x + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            sum += vec::f32(xp.v[k]);
+        }
+    }
+    sum = warp_sum(sum);
+    normalize_row_vec(out + row * C, mean, rstd, x, weight, bias, sum, row, C, lane);
+}
+
+template <typename T>
+__device__ __forceinline__ void residual_forward_vec(T* residual, T* out, float* mean, float* rstd, const T* a,
+                                                     const T* b, const T* weight, const T* bias, int N, int C) {
+    constexpr int V = vec::Pack<T>::N;
+    const int warps_per_block = blockDim.x / 32;
+    const long long row = (long long)blockIdx.x * warps_per_block + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= N) {
+        return;
+    }
+    const long long base = row * C;
+    T* r = residual + base;
+    float sum = 0.0f;
+    for (int p = lane; p < C / V; p += 32) {
+        const vec::Pack<T> ap = vec::load(a + base + p * V);
+        const vec::Pack<T> bp = vec::load(b + base + p * V);
+        vec::Pack<T> rp;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            // Sum the value as stored (rounded to T), which is what the later passes re-read.
+            vec::set(rp.v[k], vec::f32(ap.v[k]) + vec::f32(bp.v[k]));
+            sum += vec::f32(rp.v[k]);
+        }
+        vec::store(r + p * V, rp);
+    }
+    sum = warp_sum(sum);
+    // Each lane re-reads only the packs it wrote itself.
+    normalize_row_vec(out + base, mean, rstd, r, weight, bias, sum, row, C, lane);
+}
+
+template <typename T>
+__device__ __forceinline__ void backward_dinp_row_vec(T* dinp, const T* dout, const T* inp, const T* weight,
+                                                      float mu, float rs, int C, int lane) {
+    constexpr int V = vec::Pack<T>::N;
+    const int P = C / V;
+    float dnorm_sum = 0.0f;
+    float dnorm_norm_sum = 0.0f;
+    for (int p = lane; p < P; p += 32) {
+        const vec::Pack<T> xp = vec::load(inp + p * V);
+        const vec::Pack<T> gp = vec::load(dout + p * V);
+        const vec::Pack<T> wp = vec::load(weight + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const float norm = (vec::f32(xp.v[k]) - mu) * rs;
+            const float dnorm = vec::f32(gp.v[k]) * vec::f32(wp.v[k]);
+            dnorm_sum += dnorm;
+            dnorm_norm_sum += dnorm * norm;
+        }
+    }
+    const float inv_c = 1.0f / (float)C;
+    const float dnorm_mean = warp_sum(dnorm_sum) * inv_c;
+    const float dnorm_norm_mean = warp_sum(dnorm_norm_sum) * inv_c;
+    for (int p = lane; p < P; p += 32) {
+        const vec::Pack<T> xp = vec::load(inp + p * V);
+        const vec::Pack<T> gp = vec::load(dout + p * V);
+        const vec::Pack<T> wp = vec::load(weight + p * V);
+        vec::Pack<T> d = vec::load(dinp + p * V);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const float norm = (vec::f32(xp.v[k]) - mu) * rs;
+            const float dnorm = vec::f32(gp.v[k]) * vec::f32(wp.v[k]);
+            vec::set(d.v[k], vec::f32(d.v[k]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs);
+        }
+        vec::store(dinp + p * V, d);
+    }
+}
+
+// One pass: block g (of G = chunks, a function of N only) owns the rows of chunk g,
+// [g*R, min((g+1)*R, N)). Its warps first write dinp for those rows (warp w takes rows
+// g*R + w, g*R + w + W, ...), then its threads sum the chunk's dweight/dbias partials, thread t
+// taking the packs t, t + blockDim.x, ... of V channels and adding the rows in increasing order
+// into scratch[g*C + c] and scratch[(G + g)*C + c] (plain stores: one writer per slot). The second
+// part reads only inputs, so it needs no synchronisation with the first. Per channel that is the
+// scalar kernel's order exactly (rows in order within a chunk, layernorm_backward_reduce then
+// sums the chunks in order), so dweight and dbias are bit-identical to the scalar path; only
+// dinp's row means change order (see above).
+template <typename T>
+__device__ __forceinline__ void backward_vec(T* dinp, float* scratch, const T* dout, const T* inp, const T* weight,
+                                             const float* mean, const float* rstd, int N, int C, int rows_per_chunk,
+                                             int chunks) {
+    constexpr int V = vec::Pack<T>::N;
+    const int g = blockIdx.x;
+    if (g >= chunks) {
+        return;
+    }
+    const long long r0 = (long long)g * rows_per_chunk;
+    const long long r1 = min(r0 + rows_per_chunk, (long long)N);
+    const int warps_per_block = blockDim.x / 32;
+    const int lane = threadIdx.x % 32;
+    for (long long row = r0 + threadIdx.x / 32; row < r1; row += warps_per_block) {
+        const long long base = row * C;
+        backward_dinp_row_vec(dinp + base, dout + base, inp + base, weight, mean[row], rstd[row], C, lane);
+    }
+    for (int p = threadIdx.x; p < C / V; p += blockDim.x) {
+        float dw[V];
+        float db[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            dw[k] = 0.0f;
+            db[k] = 0.0f;
+        }
+        for (long long r = r0; r < r1; ++r) {
+            const vec::Pack<T> gp = vec::load(dout + r * C + p * V);
+            const vec::Pack<T> xp = vec::load(inp + r * C + p * V);
+            const float mu = mean[r];
+            const float rs = rstd[r];
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float g_rc = vec::f32(gp.v[k]);
+                dw[k] += (vec::f32(xp.v[k]) - mu) * rs * g_rc;
+                db[k] += g_rc;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            scratch[(long long)g * C + p * V + k] = dw[k];
+            scratch[((long long)chunks + g) * C + p * V + k] = db[k];
+        }
+    }
+}
+
 }  // namespace layernorm_detail
 
 extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
@@ -265,4 +452,48 @@ extern "C" __global__ void layernorm_backward_bf16(__nv_bfloat16* dinp, float* s
 extern "C" __global__ void layernorm_backward_reduce(float* dweight, float* dbias, const float* scratch, int C,
                                                      int chunks) {
     layernorm_detail::backward_reduce(dweight, dbias, scratch, C, chunks);
+}
+
+// The _vec kernels: blockDim.x a multiple of 32 (256), C a multiple of 4 (float) or 8 (bf16),
+// every pointer 16-byte aligned. Forward: grid = ceil(N / (blockDim.x / 32)) as the scalar ones.
+// Backward: grid = G = chunks (one block per chunk of rows), scratch as the scalar one, then
+// layernorm_backward_reduce.
+extern "C" __global__ void layernorm_forward_vec(float* out, float* mean, float* rstd, const float* inp,
+                                                 const float* weight, const float* bias, int N, int C) {
+    layernorm_detail::forward_vec(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+extern "C" __global__ void layernorm_forward_vec_bf16(__nv_bfloat16* out, float* mean, float* rstd,
+                                                      const __nv_bfloat16* inp, const __nv_bfloat16* weight,
+                                                      const __nv_bfloat16* bias, int N, int C) {
+    layernorm_detail::forward_vec(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+extern "C" __global__ void residual_layernorm_forward_vec(float* residual, float* out, float* mean, float* rstd,
+                                                          const float* a, const float* b, const float* weight,
+                                                          const float* bias, int N, int C) {
+    layernorm_detail::residual_forward_vec(residual, out, mean, rstd, a, b, weight, bias, N, C);
+}
+
+extern "C" __global__ void residual_layernorm_forward_vec_bf16(__nv_bfloat16* residual, __nv_bfloat16* out,
+                                                               float* mean, float* rstd, const __nv_bfloat16* a,
+                                                               const __nv_bfloat16* b,
+                                                               const __nv_bfloat16* weight,
+                                                               const __nv_bfloat16* bias, int N, int C) {
+    layernorm_detail::residual_forward_vec(residual, out, mean, rstd, a, b, weight, bias, N, C);
+}
+
+extern "C" __global__ void layernorm_backward_vec(float* dinp, float* scratch, const float* dout,
+                                                  const float* inp, const float* weight, const float* mean,
+                                                  const float* rstd, int N, int C, int rows_per_chunk,
+                                                  int chunks) {
+    layernorm_detail::backward_vec(dinp, scratch, dout, inp, weight, mean, rstd, N, C, rows_per_chunk, chunks);
+}
+
+extern "C" __global__ void layernorm_backward_vec_bf16(__nv_bfloat16* dinp, float* scratch,
+                                                       const __nv_bfloat16* dout, const __nv_bfloat16* inp,
+                                                       const __nv_bfloat16* weight, const float* mean,
+                                                       const float* rstd, int N, int C, int rows_per_chunk,
+                                                       int chunks) {
+    layernorm_detail::backward_vec(dinp, scratch, dout, inp, weight, mean, rstd, N, C, rows_per_chunk, chunks);
 }

@@ -7,7 +7,7 @@ use crate::data::loader::DataLoader;
 use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::profile::{family_rows, Ceilings, FamilyRow};
-use crate::gpu::{Attention, Precision};
+use crate::gpu::{Attention, Kernels, Precision};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -238,9 +238,11 @@ pub fn bench_forward_gpu(
     steps: usize,
     precision: Precision,
     tf32: bool,
+    kernels: Kernels,
 ) -> anyhow::Result<ForwardBench> {
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, tf32)?;
+    model.set_kernels(kernels);
     let mut rng = Rng::new(3);
     let n = batch * seq;
     let inputs: Vec<u32> = (0..n).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
@@ -310,6 +312,7 @@ pub fn bench_train_gpu(
     steps: usize,
     precision: Precision,
     attention: Attention,
+    kernels: Kernels,
     tokens: &mut BenchTokens,
     profile: bool,
 ) -> anyhow::Result<GpuTrainBench> {
@@ -317,6 +320,7 @@ pub fn bench_train_gpu(
     let params = gpt::init_params(cfg, 1);
     let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
     model.set_attention(attention)?;
+    model.set_kernels(kernels);
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let n = batch * seq;

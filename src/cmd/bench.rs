@@ -6,7 +6,7 @@ use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::WeightType;
-use genesis::gpu::{Attention, Device, Precision};
+use genesis::gpu::{Attention, Device, Kernels, Precision};
 use genesis::model::ModelConfig;
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -53,6 +53,9 @@ pub struct BenchForward {
     /// fp32 or bf16 (default auto: bf16)
     #[argh(option, default = "Precision::Bf16")]
     precision: Precision,
+    /// scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    #[argh(option, default = "Kernels::Scalar")]
+    kernels: Kernels,
 }
 
 /// MB/s of `genesis prepare` on all cores against single-thread tiktoken-rs.
@@ -128,6 +131,9 @@ pub struct BenchTrain {
     /// on the GPU: materialized (default) or flash (bf16 only), as train --attention
     #[argh(option, default = "Attention::Materialized")]
     attention: Attention,
+    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    #[argh(option, default = "Kernels::Scalar")]
+    kernels: Kernels,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -159,7 +165,7 @@ fn forward(b: BenchForward) -> Result<()> {
     }
     genesis::gpu::select_device(Device::Cuda)?;
     let precision = b.precision;
-    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.tf32)?;
+    let r = genesis::bench::bench_forward_gpu(&cfg, b.batch, b.seq, b.steps, precision, b.tf32, b.kernels)?;
     outln!(
         "bench forward {} on {} ({}), batch {} seq {}: {:.2} ms/forward, {:.0} tokens/s, {:.1} TFLOP/s, activations {:.2} GB",
         b.model,
@@ -233,6 +239,7 @@ fn train(b: BenchTrain) -> Result<()> {
             b.steps,
             precision,
             b.attention,
+            b.kernels,
             &mut tokens,
             b.profile,
         )?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::manifest;
-use genesis::gpu::{Attention, Device, Precision};
+use genesis::gpu::{Attention, Device, Kernels, Precision};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
@@ -95,6 +95,9 @@ pub struct TrainCmd {
     /// on the GPU: materialized (the default: stores the T x T attention probabilities, cuBLAS products; fp32 or bf16) or flash (bf16 only: the tiled tensor-core kernel, no T x T matrix, so a larger micro-batch fits; not yet verified on a GPU). Either may be chosen on each resume: it does not change the model
     #[argh(option, default = "Attention::Materialized")]
     attention: Attention,
+    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    #[argh(option, default = "Kernels::Scalar")]
+    kernels: Kernels,
 }
 
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
@@ -272,6 +275,9 @@ fn run_locked(
     if gpu.is_none() && c.attention == Attention::Flash {
         eprintln!("note: --attention flash applies to GPU training; the CPU computes attention in full");
     }
+    if gpu.is_none() && c.kernels == Kernels::Vector {
+        eprintln!("note: --kernels vector applies to GPU training; the CPU has one implementation");
+    }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
@@ -281,6 +287,7 @@ fn run_locked(
     opts.gpu = gpu;
     opts.precision = c.precision;
     opts.attention = c.attention;
+    opts.kernels = c.kernels;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", shell_path(out_dir));

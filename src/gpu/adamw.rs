@@ -13,9 +13,11 @@
 //!   resumed run rebuilds it exactly with [`params_round_bf16`] and checkpoints hold only f32.
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{grid_for, Gpu};
+use super::launch::Launch;
+use super::Kernels;
 use crate::cpu::adamw::AdamWConfig;
 use crate::model::ParamLayout;
 
@@ -62,29 +64,24 @@ fn sum_of_squares(
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
     let nblocks = NORM_BLOCKS as i32;
-    let partials = gpu.function("global_norm_partials")?;
-    let last = gpu.function("global_norm_final")?;
+    let partials = Launch::new(gpu, "global_norm_partials", &[])?;
+    let last = Launch::new(gpu, "global_norm_final", &[])?;
 
     let stream = &**gpu.stream();
     let mut sum = [0.0f64];
     {
+        // Held until the copy of the total below is queued.
         let (s_ptr, _s_guard) = scratch.device_ptr_mut(stream);
-        let mut launch = stream.launch_builder(&partials);
-        launch.arg(&g_ptr).arg(&n64).arg(&s_ptr);
         let cfg =
             LaunchConfig { grid_dim: (NORM_BLOCKS as u32, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the arguments match (const float*, long long, double*); the kernel reads g[i] for
-        // i < N (the caller's buffer holds N floats) and writes partial[blockIdx.x] for
-        // blockIdx.x < NORM_BLOCKS, which the scratch length covers. The block size is the kernels'
-        // NORM_THREADS.
-        unsafe { launch.launch(cfg) }.context("launching global_norm_partials")?;
-
-        let mut launch = stream.launch_builder(&last);
-        launch.arg(&s_ptr).arg(&nblocks);
+        // SAFETY: (const float*, long long, double*); the kernel reads g[i] for i < N (the caller's
+        // buffer holds N floats) and writes partial[blockIdx.x] for blockIdx.x < NORM_BLOCKS, inside
+        // the scratch length checked above. The block size is the kernels' NORM_THREADS.
+        unsafe { partials.ptr(g_ptr).arg(n64).ptr(s_ptr).run(cfg) }?;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the arguments match (double*, int); the kernel reads partial[0..NORM_BLOCKS) and
-        // writes partial[NORM_BLOCKS], all within the scratch length checked above.
-        unsafe { launch.launch(cfg) }.context("launching global_norm_final")?;
+        // SAFETY: (double*, int); the kernel reads partial[0..NORM_BLOCKS) and writes
+        // partial[NORM_BLOCKS], all within the scratch length checked above.
+        unsafe { last.ptr(s_ptr).arg(nblocks).run(cfg) }?;
 
         gpu.ctx().bind_to_thread().context("binding the CUDA context")?;
         let total = s_ptr + (NORM_BLOCKS * std::mem::size_of::<f64>()) as u64;
@@ -101,20 +98,13 @@ fn sum_of_squares(
 /// `grads[i] *= coef` for `i < n`, queued on [`Gpu::stream`] (one correctly rounded multiply, as the CPU).
 pub fn scale(gpu: &Gpu, grads: &mut impl DevicePtrMut<f32>, coef: f32, n: usize) -> Result<()> {
     const OP: &str = "grad_scale";
-    ensure!(grads.len() >= n, "{OP}: grads has {} < N = {n}", grads.len());
+    let k = Launch::new(gpu, OP, &[("grads", grads.len(), n)])?;
     if n == 0 {
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(OP)?;
-    let stream = &**gpu.stream();
-    let (g_ptr, _g_guard) = grads.device_ptr_mut(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&g_ptr).arg(&coef).arg(&n64);
-    // SAFETY: the arguments match (float*, float, long long); the kernel touches indices < N, which the
-    // length checked above covers.
-    unsafe { launch.launch(grid_for(n)?) }.context("launching grad_scale")?;
-    Ok(())
+    // SAFETY: (float*, float, long long); the kernel touches indices < N.
+    unsafe { k.write(grads).arg(coef).arg(n64).run(grid_for(n)?) }
 }
 
 /// Scales `grads[..n]` so their global norm is at most `max_norm`, as `cpu::adamw::clip_grad_norm`:
@@ -188,26 +178,13 @@ pub fn params_round_bf16(
     seed: u32,
 ) -> Result<()> {
     const OP: &str = "params_round_bf16";
-    ensure!(
-        params.len() >= n && master.len() >= n,
-        "{OP}: buffers hold {} and {} < N = {n}",
-        params.len(),
-        master.len()
-    );
+    let k = Launch::new(gpu, OP, &[("params", params.len(), n), ("master", master.len(), n)])?;
     if n == 0 {
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(OP)?;
-    let stream = &**gpu.stream();
-    let (p_ptr, _p_guard) = params.device_ptr_mut(stream);
-    let (m_ptr, _m_guard) = master.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&p_ptr).arg(&m_ptr).arg(&n64).arg(&seed);
-    // SAFETY: the arguments match (__nv_bfloat16*, const float*, long long, unsigned int); the
-    // kernel touches indices < N, covered by both lengths (checked).
-    unsafe { launch.launch(grid_for(n)?) }.context("launching params_round_bf16")?;
-    Ok(())
+    // SAFETY: (__nv_bfloat16*, const float*, long long, unsigned int); indices < N of both.
+    unsafe { k.write(params).read(master).arg(n64).arg(seed).run(grid_for(n)?) }
 }
 
 /// One AdamW step over the whole flat buffer, as `cpu::adamw::AdamW::update` with its step counter
@@ -249,36 +226,45 @@ pub fn adamw_update(
     let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
     let seed = sr_seed(t);
     let stream = &**gpu.stream();
-    let func = gpu.function(if bf16.is_some() { "adamw_update_bf16" } else { "adamw_update" })?;
+    // Guards held over the whole loop: each launch gets offsets into these buffers.
     let (p_ptr, _p_guard) = params.device_ptr_mut(stream);
     let (g_ptr, _g_guard) = grads.device_ptr(stream);
     let (m_ptr, _m_guard) = m.device_ptr_mut(stream);
     let (v_ptr, _v_guard) = v.device_ptr_mut(stream);
-    let copy_ptr = bf16.map(|c| c.device_ptr_mut(stream).0);
+    let copy = bf16.map(|c| c.device_ptr_mut(stream));
+    let copy_ptr = copy.as_ref().map(|c| c.0);
     for spec in &layout.tensors {
         if spec.len == 0 {
             continue;
         }
         let decay = if spec.param.decays() { 1.0 - lr * cfg.weight_decay } else { 1.0 };
         let (off4, n64) = ((spec.offset * 4) as u64, i64::try_from(spec.len).context("tensor too large")?);
-        let (p, g, mm, vv) = (p_ptr + off4, g_ptr + off4, m_ptr + off4, v_ptr + off4);
-        let mut launch = stream.launch_builder(&func);
-        let (lowp, base) = (copy_ptr.map(|c| c + (spec.offset * 2) as u64), spec.offset as i64);
-        match &lowp {
-            None => launch.arg(&p),
-            Some(lp) => launch.arg(&p).arg(lp),
+        // --kernels vector: the 128-bit kernel where this tensor's pointers are 16-byte aligned.
+        let aligned = [p_ptr + off4, g_ptr + off4, m_ptr + off4, v_ptr + off4]
+            .into_iter()
+            .chain(copy_ptr.map(|c| c + (spec.offset * 2) as u64))
+            .all(|p| p.is_multiple_of(16));
+        let vector = aligned && gpu.kernels() == Kernels::Vector;
+        let k = match (copy_ptr.is_some(), vector) {
+            (false, false) => Launch::new(gpu, "adamw_update", &[])?,
+            (true, false) => Launch::new(gpu, "adamw_update_bf16", &[])?,
+            (false, true) => Launch::new(gpu, "adamw_update_vec", &[])?,
+            (true, true) => Launch::new(gpu, "adamw_update_vec_bf16", &[])?,
         };
-        launch.arg(&g).arg(&mm).arg(&vv).arg(&n64);
-        launch.arg(&cfg.beta1).arg(&cfg.beta2).arg(&cfg.eps).arg(&decay).arg(&step_size).arg(&inv_sqrt_bc2);
-        if lowp.is_some() {
-            launch.arg(&seed).arg(&base);
-        }
-        // SAFETY: the arguments match adamw_update (float*, const float*, float*, float*, long long,
-        // float x6) or adamw_update_bf16 (float*, __nv_bfloat16*, const float*, float*, float*, long
-        // long, float x6, unsigned int, long long); each pointer is the tensor's offset into a buffer
-        // of at least layout.total elements (checked), and the kernel touches its spec.len elements.
-        unsafe { launch.launch(grid_for(spec.len)?) }
-            .with_context(|| format!("launching AdamW for {:?}", spec.param))?;
+        let k = match copy_ptr {
+            None => k.ptr(p_ptr + off4),
+            Some(c) => k.ptr(p_ptr + off4).ptr(c + (spec.offset * 2) as u64),
+        };
+        let k = k.ptr(g_ptr + off4).ptr(m_ptr + off4).ptr(v_ptr + off4).arg(n64);
+        let k = k.arg(cfg.beta1).arg(cfg.beta2).arg(cfg.eps).arg(decay).arg(step_size).arg(inv_sqrt_bc2);
+        let k = if copy_ptr.is_some() { k.arg(seed).arg(spec.offset as i64) } else { k };
+        // SAFETY: adamw_update[_vec] (float*, const float*, float*, float*, long long, float x6) or
+        // adamw_update[_vec]_bf16 (float*, __nv_bfloat16*, const float*, float*, float*, long long,
+        // float x6, unsigned int, long long); each pointer is the tensor's offset into a buffer of
+        // at least layout.total elements (checked), and the kernel touches its spec.len elements
+        // (the _vec ones in 16-byte packs at the 16-byte aligned pointers checked above).
+        let threads = if vector { spec.len.div_ceil(4) } else { spec.len };
+        unsafe { k.run(grid_for(threads)?) }.with_context(|| format!("AdamW for {:?}", spec.param))?;
     }
     Ok(())
 }

@@ -22,14 +22,38 @@
 use std::sync::Arc;
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::blas::{Blas, GemmDtype, StridedBatchedGemm};
 use super::device::{grid_for, to_i32, Gpu};
-use super::Float;
+use super::launch::Launch;
+use super::{Float, Kernels};
 
 /// Threads per block of the softmax kernel (one warp per row).
 const SOFTMAX_BLOCK: u32 = 256;
+
+/// With `--kernels vector`: true (the `_vec` permutes), after checking the head size is a whole
+/// number of 128-bit packs ([`Float::VEC`] elements), which those kernels require.
+fn vector<T: Float>(gpu: &Gpu, op: &str, hs: usize) -> Result<bool> {
+    if gpu.kernels() != Kernels::Vector {
+        return Ok(false);
+    }
+    ensure!(
+        hs.is_multiple_of(T::VEC),
+        "{op} (--kernels vector): head size {hs} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    Ok(true)
+}
+
+/// The kernel `name` in `T`, or its `_vec` version (and the elements per thread) when `vector`.
+fn pick<T: Float>(name: &str, vector: bool) -> (String, usize) {
+    if vector {
+        (T::kernel(&format!("{name}_vec")), T::VEC)
+    } else {
+        (T::kernel(name), 1)
+    }
+}
 
 /// Elements of scratch [`attention_forward`] needs: q, k, v and y, each B*T*C.
 pub fn scratch_len(b: usize, t: usize, c: usize) -> usize {
@@ -88,15 +112,17 @@ pub fn attention_forward<T: Float>(
         (scratch_ptr, scratch_ptr + block, scratch_ptr + 2 * block, scratch_ptr + 3 * block);
 
     // 1. qkv (B,T,3C) -> q, k, v (B,NH,T,hs).
-    let permute = gpu.function(&T::kernel("attention_permute"))?;
-    let mut launch = stream.launch_builder(&permute);
-    launch.arg(&q_ptr).arg(&k_ptr).arg(&v_ptr).arg(&qkv_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (T*, T*, T*, const T*, int, int, int, int), T the float or
-    // __nv_bfloat16 that T::kernel picks, and q..y are T-sized offsets into scratch; the
-    // kernel touches B*T*C elements of each of q, k, v (inside scratch, checked) and 3*B*T*C of
-    // qkv (checked). The guards keep the buffers stream-ordered until the launch is queued.
-    unsafe { launch.launch(grid_for(btc)?) }
-        .with_context(|| format!("launching {}", T::kernel("attention_permute")))?;
+    let vector = vector::<T>(gpu, "attention_forward", hs)?;
+    // (The _vec kernels: attention_permute_vec, attention_unpermute_vec.)
+    let (name, per_thread) = pick::<T>("attention_permute", vector);
+    let k = Launch::new(gpu, &name, &[])?;
+    let k = k.ptr(q_ptr).ptr(k_ptr).ptr(v_ptr).ptr(qkv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
+    let k = if vector { k.aligned16(&[0, 1, 2, 3])? } else { k };
+    // SAFETY: (T*, T*, T*, const T*, int, int, int, int), q..y T-sized offsets into scratch (guards
+    // held above); the kernel touches B*T*C elements of each of q, k, v (inside scratch, checked)
+    // and 3*B*T*C of qkv (checked); the _vec one the same in 16-byte packs (HS a multiple of VEC,
+    // pointers aligned: checked).
+    unsafe { k.run(grid_for(btc / per_thread)?) }?;
 
     // 2. att[bh] (T,T) = q[bh] · k[bh]^T  (unscaled; the softmax applies 1/sqrt(hs)).
     let per_head = t * hs;
@@ -131,12 +157,16 @@ pub fn attention_forward<T: Float>(
     let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
         .context("attention_forward: too many softmax rows for one grid")?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let softmax = gpu.function(&T::kernel("attention_softmax_forward"))?;
-    let mut launch = stream.launch_builder(&softmax);
-    launch.arg(&att_ptr).arg(&rows).arg(&ti).arg(&scale);
-    // SAFETY: arguments match (T*, long long, int, float); the kernel touches rows*T =
-    // B*NH*T*T elements of att (checked); launched with a whole number of warps per block.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("attention_softmax_forward")))?;
+    // The _vec softmax when each row is a whole number of packs (T varies with the batch, so
+    // otherwise the scalar one rather than an error).
+    let vec_rows = vector && t.is_multiple_of(T::VEC);
+    let (name, _) = pick::<T>("attention_softmax_forward", vec_rows);
+    let k = Launch::new(gpu, &name, &[])?.ptr(att_ptr).arg(rows).arg(ti).arg(scale);
+    let k = if vec_rows { k.aligned16(&[0])? } else { k };
+    // SAFETY: (T*, long long, int, float); the kernel touches rows*T = B*NH*T*T elements of att
+    // (checked); a whole number of warps per block (the _vec one in aligned 16-byte packs, T a
+    // multiple of VEC).
+    unsafe { k.run(cfg) }?;
 
     // 4. y[bh] (T,hs) = att[bh] (T,T) · v[bh] (T,hs).
     let av = StridedBatchedGemm {
@@ -164,14 +194,12 @@ pub fn attention_forward<T: Float>(
     unsafe { blas.gemm_strided_batched(&av) }.context("attention_forward: att·v")?;
 
     // 5. y (B,NH,T,hs) -> out (B,T,C).
-    let unpermute = gpu.function(&T::kernel("attention_unpermute"))?;
-    let mut launch = stream.launch_builder(&unpermute);
-    launch.arg(&out_ptr).arg(&y_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (T*, const T*, int, int, int, int); the kernel writes
-    // B*T*C elements of out and reads B*T*C of y (inside scratch), both checked.
-    unsafe { launch.launch(grid_for(btc)?) }
-        .with_context(|| format!("launching {}", T::kernel("attention_unpermute")))?;
-    Ok(())
+    let (name, per_thread) = pick::<T>("attention_unpermute", vector);
+    let k = Launch::new(gpu, &name, &[])?.ptr(out_ptr).ptr(y_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
+    let k = if vector { k.aligned16(&[0, 1])? } else { k };
+    // SAFETY: (T*, const T*, int, int, int, int); the kernel writes B*T*C elements of out and
+    // reads B*T*C of y (inside scratch), both checked (the _vec one in aligned 16-byte packs).
+    unsafe { k.run(grid_for(btc / per_thread)?) }
 }
 
 /// One new position attending over the first `n_ctx` cached positions, for KV-cache decoding.
@@ -197,23 +225,15 @@ pub fn attention_decode<T: Float>(
         "attention_decode: the caches hold fewer than n_ctx * C = {} elements",
         n_ctx * c
     );
-    let f = gpu.function(&T::kernel("attention_decode"))?;
     // The scores are fp32 in shared memory whatever T is.
     let shared = u32::try_from(n_ctx * std::mem::size_of::<f32>()).context("attention_decode: n_ctx too large")?;
     let cfg = LaunchConfig { grid_dim: (nh as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: shared };
     let (n, ci, nhi) = (to_i32(n_ctx, "n_ctx")?, to_i32(c, "C")?, to_i32(nh, "NH")?);
-    let stream = gpu.stream();
-    let (o, _o) = out.device_ptr_mut(stream);
-    let (qp, _q) = q.device_ptr(stream);
-    let (kp, _k) = kcache.device_ptr(stream);
-    let (vp, _v) = vcache.device_ptr(stream);
-    let mut launch = stream.launch_builder(&f);
-    launch.arg(&o).arg(&qp).arg(&kp).arg(&vp).arg(&n).arg(&ci).arg(&nhi);
-    // SAFETY: the arguments match attention_decode[_bf16](T*, const T*, const T*, const T*, int,
-    // int, int) with T as T::kernel picks; the lengths checked above bound every index it
-    // touches, and its dynamic shared memory holds n_ctx floats.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("attention_decode")))?;
-    Ok(())
+    let k = Launch::new(gpu, &T::kernel("attention_decode"), &[])?;
+    let k = k.write(out).read(q).read(kcache).read(vcache).arg(n).arg(ci).arg(nhi);
+    // SAFETY: (T*, const T*, const T*, const T*, int, int, int); the lengths checked above bound
+    // every index it touches, and its dynamic shared memory holds n_ctx floats.
+    unsafe { k.run(cfg) }
 }
 
 /// Elements (of the storage type `T`) of scratch [`attention_backward`] needs: four (B,NH,T,hs)
@@ -304,17 +324,17 @@ pub fn attention_backward<T: Float>(
     let batch = b * nh;
 
     // 1. qkv (B,T,3C) -> q, k, v and dout (B,T,C) -> dy, all (B,NH,T,hs).
-    let permute_name = T::kernel("attention_backward_permute");
-    let permute = gpu.function(&permute_name)?;
-    let mut launch = stream.launch_builder(&permute);
-    launch.arg(&q_ptr).arg(&k_ptr).arg(&v_ptr).arg(&dy_ptr).arg(&qkv_ptr).arg(&dout_ptr);
-    launch.arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (T*, T*, T*, T*, const T*, const T*, int, int, int, int), T the
-    // float or __nv_bfloat16 that T::kernel picks, and the slots are T-sized offsets into
-    // scratch; the kernel writes B*T*C elements of each of the first four scratch slots (inside
-    // scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked). The guards keep
-    // the buffers stream-ordered until the launch is queued.
-    unsafe { launch.launch(grid_for(btc)?) }.with_context(|| format!("launching {permute_name}"))?;
+    let vector = vector::<T>(gpu, "attention_backward", hs)?;
+    // (The _vec kernels: attention_backward_permute_vec, attention_backward_unpermute_add_vec.)
+    let (name, per_thread) = pick::<T>("attention_backward_permute", vector);
+    let k = Launch::new(gpu, &name, &[])?;
+    let k = k.ptr(q_ptr).ptr(k_ptr).ptr(v_ptr).ptr(dy_ptr).ptr(qkv_ptr).ptr(dout_ptr);
+    let k = if vector { k.aligned16(&[0, 1, 2, 3, 4, 5])? } else { k };
+    // SAFETY: (T*, T*, T*, T*, const T*, const T*, int, int, int, int), the slots T-sized offsets
+    // into scratch (guards held above); the kernel writes B*T*C elements of each of the first four
+    // scratch slots (inside scratch, checked) and reads 3*B*T*C of qkv and B*T*C of dout (checked);
+    // the _vec one the same in aligned 16-byte packs.
+    unsafe { k.arg(bi).arg(ti).arg(nhi).arg(hsi).run(grid_for(btc / per_thread)?) }?;
 
     // 2. datt[bh] (T,T) = dy[bh] · v[bh]^T.
     let datt_gemm = StridedBatchedGemm {
@@ -373,13 +393,14 @@ pub fn attention_backward<T: Float>(
     let blocks = u32::try_from((b * nh * t).div_ceil(warps_per_block))
         .context("attention_backward: too many softmax rows for one grid")?;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (SOFTMAX_BLOCK, 1, 1), shared_mem_bytes: 0 };
-    let softmax_name = T::kernel("attention_softmax_backward");
-    let softmax = gpu.function(&softmax_name)?;
-    let mut launch = stream.launch_builder(&softmax);
-    launch.arg(&datt_ptr).arg(&att_ptr).arg(&rows).arg(&ti).arg(&scale);
-    // SAFETY: arguments match (T*, const T*, long long, int, float); the kernel touches
-    // rows*T = B*NH*T*T elements of datt (scratch) and att (both checked); whole warps per block.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {softmax_name}"))?;
+    let vec_rows = vector && t.is_multiple_of(T::VEC);
+    let (name, _) = pick::<T>("attention_softmax_backward", vec_rows);
+    let k = Launch::new(gpu, &name, &[])?.ptr(datt_ptr).ptr(att_ptr).arg(rows).arg(ti).arg(scale);
+    let k = if vec_rows { k.aligned16(&[0, 1])? } else { k };
+    // SAFETY: (T*, const T*, long long, int, float); the kernel touches rows*T = B*NH*T*T elements
+    // of datt (scratch) and att (both checked); whole warps per block (the _vec one in aligned
+    // 16-byte packs, T a multiple of VEC).
+    unsafe { k.run(cfg) }?;
 
     // 5a. dq[bh] (T,hs) = dpreatt[bh] · k[bh], into dy's slot (dy's last reader was step 3).
     let dq_gemm = StridedBatchedGemm {
@@ -432,13 +453,12 @@ pub fn attention_backward<T: Float>(
     unsafe { blas.gemm_strided_batched(&dk_gemm) }.context("attention_backward: dpreatt^T·q")?;
 
     // 6. dqkv (B,T,3C) += dq, dk, dv (B,NH,T,hs) in their thirds.
-    let unpermute_name = T::kernel("attention_backward_unpermute_add");
-    let unpermute = gpu.function(&unpermute_name)?;
-    let mut launch = stream.launch_builder(&unpermute);
-    launch.arg(&dqkv_ptr).arg(&dq_ptr).arg(&dk_ptr).arg(&dv_ptr).arg(&bi).arg(&ti).arg(&nhi).arg(&hsi);
-    // SAFETY: arguments match (T*, const T*, const T*, const T*, int, int, int, int); the kernel
-    // updates 3*B*T*C elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch
-    // slots, checked).
-    unsafe { launch.launch(grid_for(3 * btc)?) }.with_context(|| format!("launching {unpermute_name}"))?;
-    Ok(())
+    let (name, per_thread) = pick::<T>("attention_backward_unpermute_add", vector);
+    let k = Launch::new(gpu, &name, &[])?;
+    let k = k.ptr(dqkv_ptr).ptr(dq_ptr).ptr(dk_ptr).ptr(dv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
+    let k = if vector { k.aligned16(&[0, 1, 2, 3])? } else { k };
+    // SAFETY: (T*, const T*, const T*, const T*, int, int, int, int); the kernel updates 3*B*T*C
+    // elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch slots, checked);
+    // the _vec one the same in aligned 16-byte packs.
+    unsafe { k.run(grid_for(3 * btc / per_thread)?) }
 }

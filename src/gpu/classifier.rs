@@ -6,10 +6,11 @@
 //! the lm-head matmul produced; only the first V of each row are the real vocabulary.
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{to_i32, Gpu};
-use super::Float;
+use super::launch::Launch;
+use super::{Float, Kernels};
 
 /// Most threads per row block (the kernel's `__launch_bounds__`).
 const MAX_BLOCK: usize = 1024;
@@ -41,9 +42,15 @@ pub fn classifier_forward<T: Float>(
     const OP: &str = "classifier_forward";
     ensure!(v > 0 && v <= vp, "{OP}: need 0 < V <= Vp, got V = {v}, Vp = {vp}");
     let nvp = n.checked_mul(vp).with_context(|| format!("{OP}: N*Vp overflows"))?;
-    ensure!(logits.len() >= nvp, "{OP}: logits has {} < N*Vp = {nvp}", logits.len());
-    ensure!(losses.len() >= n, "{OP}: losses has {} < N = {n}", losses.len());
-    ensure!(targets.len() >= n, "{OP}: targets has {} < N = {n}", targets.len());
+    let lens = [("logits", logits.len(), nvp), ("losses", losses.len(), n), ("targets", targets.len(), n)];
+    let vector = gpu.kernels() == Kernels::Vector;
+    ensure!(
+        !vector || vp.is_multiple_of(T::VEC),
+        "{OP} (--kernels vector): Vp = {vp} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    let name = if vector { T::kernel("classifier_forward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());
     }
@@ -55,28 +62,12 @@ pub fn classifier_forward<T: Float>(
     // A multiple of 32 (the kernel reduces whole warps), no more threads than logits in a row.
     let threads = v.div_ceil(32).clamp(1, MAX_BLOCK / 32) * 32;
     let cfg = LaunchConfig { grid_dim: (ni as u32, 1, 1), block_dim: (threads as u32, 1, 1), shared_mem_bytes: 0 };
-    let func = gpu.function(&T::kernel(OP))?;
-
-    let stream = &**gpu.stream();
-    let (losses_ptr, _losses_guard) = losses.device_ptr_mut(stream);
-    let (logits_ptr, _logits_guard) = logits.device_ptr_mut(stream);
-    let (targets_ptr, _targets_guard) = targets.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch
-        .arg(&losses_ptr)
-        .arg(&logits_ptr)
-        .arg(&targets_ptr)
-        .arg(&ni)
-        .arg(&vi)
-        .arg(&vpi)
-        .arg(&scale)
-        .arg(&write_dlogits);
-    // SAFETY: the argument list matches the kernel signature
-    // (float*, T*, const int*, int, int, int, float, int) with T float or __nv_bfloat16 as T::kernel
-    // picks; the lengths checked above cover every
-    // index the kernel touches (rows < N, columns < Vp, and a target only once it is checked to be
-    // in 0..V). `losses` and `logits` are distinct `&mut` borrows. The guards keep the buffers'
-    // stream ordering until after the launch is queued.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    Ok(())
+    let k = k.write(losses).write(logits).read(targets).arg(ni).arg(vi).arg(vpi).arg(scale).arg(write_dlogits);
+    // logits in packs (losses and targets one value per row).
+    let k = if vector { k.aligned16(&[1])? } else { k };
+    // SAFETY: (float*, T*, const int*, int, int, int, float, int); the kernel touches rows < N,
+    // columns < Vp, and a target only once it is checked to be in 0..V; whole warps, at most
+    // MAX_BLOCK threads (its __launch_bounds__). The _vec kernel touches the same elements in
+    // 16-byte packs (Vp a multiple of VEC, pointers aligned: checked).
+    unsafe { k.run(cfg) }
 }

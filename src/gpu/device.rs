@@ -13,6 +13,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchCo
 use cudarc::nvrtc::Ptx;
 
 use super::kernels;
+use super::Kernels;
 
 /// Threads per block for the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -110,6 +111,8 @@ pub struct Gpu {
     host_syncs: AtomicU64,
     /// Uploads from pageable host memory so far (the driver may wait for the stream).
     pageable_uploads: AtomicU64,
+    /// [`Kernels::Vector`] when set: the launchers pick the `_vec` kernels where they exist.
+    vector: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -134,7 +137,21 @@ impl Gpu {
             functions: Default::default(),
             host_syncs: AtomicU64::new(0),
             pageable_uploads: AtomicU64::new(0),
+            vector: Default::default(),
         })
+    }
+
+    /// Which kernel versions the launchers pick from now on (default [`Kernels::Scalar`]).
+    pub fn set_kernels(&self, kernels: Kernels) {
+        self.vector.store(kernels == Kernels::Vector, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        if self.vector.load(std::sync::atomic::Ordering::Relaxed) {
+            Kernels::Vector
+        } else {
+            Kernels::Scalar
+        }
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {

@@ -10,10 +10,11 @@
 //! `cpu::embedding::embedding_backward` (for a bf16 `dout`, to it on `dout` widened to f32).
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig};
 
 use super::device::{grid_for, to_i32, Gpu};
-use super::Float;
+use super::launch::{check_lens, Launch};
+use super::{Float, Kernels};
 
 /// Threads per block.
 const THREADS: u32 = 256;
@@ -35,38 +36,38 @@ pub fn embedding_forward<T: Float>(
     t: usize,
     c: usize,
 ) -> Result<()> {
+    const OP: &str = "embedding_forward";
+    ensure!(c > 0, "{OP}: C must be positive");
     let n = b * t * c;
-    ensure!(c > 0, "embedding_forward: C must be positive");
-    ensure!(out.len() >= n, "embedding_forward: out has {} < B*T*C = {n}", out.len());
-    ensure!(inp.len() >= b * t, "embedding_forward: inp has {} < B*T = {}", inp.len(), b * t);
-    ensure!(wpe.len() >= t * c, "embedding_forward: wpe has {} < T*C = {}", wpe.len(), t * c);
     ensure!(
         wte.len() % c == 0 && !DeviceSlice::is_empty(wte),
-        "embedding_forward: wte length {} is not a positive multiple of C = {c}",
+        "{OP}: wte length {} is not a positive multiple of C = {c}",
         wte.len()
     );
+    let lens = [("out", out.len(), n), ("inp", inp.len(), b * t), ("wpe", wpe.len(), t * c)];
+    let vector = gpu.kernels() == Kernels::Vector;
+    ensure!(
+        !vector || c.is_multiple_of(T::VEC),
+        "{OP} (--kernels vector): C = {c} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    let name = if vector { T::kernel("embedding_forward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());
     }
     let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
-    let cfg = grid_for(n)?;
-    let func = gpu.function(&T::kernel("embedding_forward"))?;
-
-    let stream = &**gpu.stream();
-    let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-    let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
-    let (wte_ptr, _wte_guard) = wte.device_ptr(stream);
-    let (wpe_ptr, _wpe_guard) = wpe.device_ptr(stream);
-    let mut launch = gpu.stream().launch_builder(&func);
-    launch.arg(&out_ptr).arg(&inp_ptr).arg(&wte_ptr).arg(&wpe_ptr).arg(&bi).arg(&ti).arg(&ci);
-    // SAFETY: the argument list matches the kernel signature
-    // (T*, const int*, const T*, const T*, int, int, int) with T float or
-    // __nv_bfloat16 as T::kernel picks, and
-    // the lengths checked above bound every index the kernel touches given
-    // in-range token ids. The guards keep the buffers' stream ordering
-    // until after the launch is queued.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel("embedding_forward")))?;
-    Ok(())
+    if vector {
+        // out, wte, wpe in packs (the token ids one at a time).
+        let k = k.write(out).read(inp).read(wte).read(wpe).aligned16(&[0, 2, 3])?;
+        // SAFETY: as below, in 16-byte packs of V channels (C a multiple of VEC, pointers aligned:
+        // checked), one thread per pack.
+        return unsafe { k.arg(bi).arg(ti).arg(ci).run(grid_for(n / T::VEC)?) };
+    }
+    // SAFETY: (T*, const int*, const T*, const T*, int, int, int); the kernel writes out[i] for
+    // i < B*T*C, reads inp[b*T + t], wpe[t*C + c] and wte[inp[b,t]*C + c], in bounds for in-range
+    // token ids (the caller's contract: ids below wte.len() / C).
+    unsafe { k.write(out).read(inp).read(wte).read(wpe).arg(bi).arg(ti).arg(ci).run(grid_for(n)?) }
 }
 
 /// The rows `0..tokens.len()` bucketed by token: `tokens` the distinct tokens in increasing order,
@@ -132,9 +133,7 @@ pub fn embedding_backward<T: Float>(
     let bt = b.checked_mul(t).with_context(|| format!("{OP}: B*T overflows"))?;
     let btc = bt.checked_mul(c).with_context(|| format!("{OP}: B*T*C overflows"))?;
     let tc = t * c;
-    ensure!(inputs.len() >= bt, "{OP}: inputs has {} < B*T = {bt}", inputs.len());
-    ensure!(dout.len() >= btc, "{OP}: dout has {} < B*T*C = {btc}", dout.len());
-    ensure!(dwpe.len() >= tc, "{OP}: dwpe has {} < T*C = {tc}", dwpe.len());
+    check_lens(OP, &[("inputs", inputs.len(), bt), ("dout", dout.len(), btc), ("dwpe", dwpe.len(), tc)])?;
     ensure!(
         dwte.len() % c == 0 && !DeviceSlice::is_empty(dwte),
         "{OP}: dwte length {} is not a positive multiple of C = {c}",
@@ -158,27 +157,15 @@ pub fn embedding_backward<T: Float>(
         .filter(|&n| n <= i32::MAX as usize)
         .with_context(|| format!("{OP}: B = {b}, T = {t}, C = {c} needs too many blocks"))?;
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    let func = gpu.function(&T::kernel(OP))?;
-
-    let stream = gpu.stream();
     gpu.note_pageable_upload();
-    let d_csr = stream.clone_htod(&csr).with_context(|| format!("{OP}: uploading the token buckets"))?;
-    let stream = &**stream;
-    let (dwte_ptr, _dwte_guard) = dwte.device_ptr_mut(stream);
-    let (dwpe_ptr, _dwpe_guard) = dwpe.device_ptr_mut(stream);
-    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
-    let (csr_ptr, _csr_guard) = d_csr.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&dwte_ptr).arg(&dwpe_ptr).arg(&dout_ptr).arg(&csr_ptr).arg(&ui).arg(&bi).arg(&ti).arg(&ci);
-    // SAFETY: the argument list matches the kernel signature (float*, float*, const T*,
-    // const int*, int, int, int, int) with T float or __nv_bfloat16 as T::kernel picks (dwte and
-    // dwpe are f32 for both). csr holds 2U + 1 + B*T ints as the kernel reads them; every token is
-    // below Vp = dwte.len() / C (checked above) and every row below B*T, so the dwte rows and dout
-    // rows touched are in bounds, as are dwpe[t*C + c] for t < T, c < C. dwte and dwpe are
-    // distinct `&mut` borrows. The guards keep the buffers' stream ordering until after the launch
-    // is queued; d_csr is freed stream-ordered after it.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    Ok(())
+    let d_csr = gpu.stream().clone_htod(&csr).with_context(|| format!("{OP}: uploading the token buckets"))?;
+    let k = Launch::new(gpu, &T::kernel(OP), &[("csr", d_csr.len(), csr.len())])?;
+    let k = k.write(dwte).write(dwpe).read(dout).read(&d_csr).arg(ui).arg(bi).arg(ti).arg(ci);
+    // SAFETY: (float*, float*, const T*, const int*, int, int, int, int). csr holds 2U + 1 + B*T
+    // ints as the kernel reads them; every token is below Vp = dwte.len() / C and every row below
+    // B*T (both checked above), so the dwte and dout rows touched are in bounds, as are
+    // dwpe[t*C + c] for t < T, c < C. d_csr is freed stream-ordered after the launch.
+    unsafe { k.run(cfg) }
 }
 
 /// One chunk of the balanced backward: rows `rows[begin..end]` of `token`, written to the token's
@@ -303,45 +290,32 @@ pub fn embedding_backward_balanced<T: Float>(
         .filter(|&n| n <= i32::MAX as usize)
         .with_context(|| format!("{OP}: B = {b}, T = {t}, C = {c} needs too many blocks"))?;
     let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    let chunks_fn = gpu.function(&T::kernel(OP))?;
-    let combine_fn = gpu.function("embedding_backward_combine")?;
-
-    let stream = gpu.stream();
-    let d_items = stream.clone_htod(&items).with_context(|| format!("{OP}: uploading the chunks"))?;
-    let mut d_partials = stream
+    gpu.note_pageable_upload();
+    let d_items = gpu.stream().clone_htod(&items).with_context(|| format!("{OP}: uploading the chunks"))?;
+    let mut d_partials = gpu
+        .stream()
         .alloc_zeros::<f32>(plan.slots.max(1) * c)
         .with_context(|| format!("{OP}: allocating {} partial sums", plan.slots))?;
-    let stream = &**stream;
-    let (dwte_ptr, _dwte_guard) = dwte.device_ptr_mut(stream);
-    let (dwpe_ptr, _dwpe_guard) = dwpe.device_ptr_mut(stream);
-    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
-    let (items_ptr, _items_guard) = d_items.device_ptr(stream);
-    let (partials_ptr, _partials_guard) = d_partials.device_ptr_mut(stream);
-    let mut launch = stream.launch_builder(&chunks_fn);
-    launch.arg(&dwte_ptr).arg(&dwpe_ptr).arg(&partials_ptr).arg(&dout_ptr).arg(&items_ptr).arg(&n_items);
-    launch.arg(&bi).arg(&ti).arg(&ci);
-    // SAFETY: the argument list matches (float*, float*, float*, const T*, const int*, int, int,
-    // int, int) with T float or __nv_bfloat16 as T::kernel picks. items holds 4 ints per chunk and
-    // then the B*T rows, as the kernel reads them; every token is below Vp = dwte.len() / C and
-    // every row below B*T (checked / built above), every slot below plan.slots, and partials holds
-    // max(slots, 1) * C floats; dwpe[t*C + c] for t < T, c < C is in bounds. The guards keep the
-    // buffers' stream ordering until the launch is queued; d_items and d_partials are freed
-    // stream-ordered after both launches.
-    unsafe { launch.launch(cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    if !combine.is_empty() {
-        let d_combine =
-            gpu.stream().clone_htod(&combine).with_context(|| format!("{OP}: uploading the combine list"))?;
-        let (combine_ptr, _combine_guard) = d_combine.device_ptr(stream);
-        let n = u32::try_from(plan.combine.len()).context("too many tokens to combine")?;
-        let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(&combine_fn);
-        launch.arg(&dwte_ptr).arg(&partials_ptr).arg(&combine_ptr).arg(&ci);
-        // SAFETY: (float*, const float*, const int*, int): combine holds 3 ints per block, each
-        // token below Vp and each slot range inside the plan.slots * C partials written above,
-        // in stream order after the chunks kernel.
-        unsafe { launch.launch(cfg) }.context("launching embedding_backward_combine")?;
+    let k = Launch::new(gpu, &T::kernel(OP), &[("items", d_items.len(), items.len())])?;
+    let k = k.write(dwte).write(dwpe).write(&mut d_partials).read(dout).read(&d_items);
+    // SAFETY: (float*, float*, float*, const T*, const int*, int, int, int, int). items holds 4 ints
+    // per chunk and then the B*T rows, as the kernel reads them; every token is below
+    // Vp = dwte.len() / C and every row below B*T (checked / built above), every slot below
+    // plan.slots, and partials holds max(slots, 1) * C floats; dwpe[t*C + c] for t < T, c < C is in
+    // bounds. d_items and d_partials are freed stream-ordered after the launches that use them.
+    unsafe { k.arg(n_items).arg(bi).arg(ti).arg(ci).run(cfg)? };
+    if plan.combine.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    gpu.note_pageable_upload();
+    let d_combine = gpu.stream().clone_htod(&combine).with_context(|| format!("{OP}: uploading the combine list"))?;
+    let n = u32::try_from(plan.combine.len()).context("too many tokens to combine")?;
+    let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let k = Launch::new(gpu, "embedding_backward_combine", &[("combine", d_combine.len(), combine.len())])?;
+    // SAFETY: (float*, const float*, const int*, int): combine holds 3 ints per block, each token
+    // below Vp and each slot range inside the plan.slots * C partials the kernel above wrote, in
+    // stream order after it.
+    unsafe { k.write(dwte).read(&d_partials).read(&d_combine).arg(ci).run(cfg) }
 }
 
 #[cfg(test)]

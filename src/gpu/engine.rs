@@ -6,7 +6,7 @@ use super::device::Gpu;
 use super::gpt::GpuModel;
 use super::profile::{measure_ceilings, Ceilings};
 use super::sample::GpuDecoder;
-use super::{Attention, Float, Precision};
+use super::{Attention, Float, Kernels, Precision};
 use crate::cpu::adamw::AdamWConfig;
 use crate::cpu::sample::TokenDecoder;
 use crate::model::ModelConfig;
@@ -34,6 +34,8 @@ pub trait GpuEngine {
     /// Bytes of activations for a batch of `b` rows of `t` tokens.
     fn activation_bytes(&self, b: usize, t: usize) -> usize;
     fn set_profiling(&mut self, on: bool);
+    /// Which kernel versions to launch from now on (`--kernels`; default scalar, the verified ones).
+    fn set_kernels(&mut self, kernels: Kernels);
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>>;
     /// Records a profiling mark (when profiling): the anchor before a profiled step.
     fn mark(&self, name: &'static str) -> Result<()>;
@@ -76,9 +78,10 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn describe(&self) -> String {
         let precision = if T::BYTES == 2 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
+        let kernels = if self.gpu.kernels() == Kernels::Vector { ", vectorised kernels" } else { "" };
         match self.attention() {
-            Attention::Flash => format!("{}, {precision}, flash attention", self.gpu.describe()),
-            Attention::Materialized => format!("{}, {precision}", self.gpu.describe()),
+            Attention::Flash => format!("{}, {precision}, flash attention{kernels}", self.gpu.describe()),
+            Attention::Materialized => format!("{}, {precision}{kernels}", self.gpu.describe()),
         }
     }
     fn gpu(&self) -> &Gpu {
@@ -108,6 +111,9 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn set_profiling(&mut self, on: bool) {
         GpuModel::set_profiling(self, on)
+    }
+    fn set_kernels(&mut self, kernels: Kernels) {
+        self.gpu.set_kernels(kernels)
     }
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
         GpuModel::take_profile(self)

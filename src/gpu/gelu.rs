@@ -1,11 +1,12 @@
 //! GELU forward and backward on the GPU (`kernels/gelu.cu`): the tanh approximation with the
 //! constants of `cpu::gelu`, in f32 or bf16 (computed in f32, rounded to bf16 once).
 
-use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use anyhow::{Context as _, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::device::{grid_for, Gpu};
-use super::Float;
+use super::launch::Launch;
+use super::{Float, Kernels};
 
 // inp (N) -> out (N)
 /// `out[i] = gelu(inp[i])` for `i < n`, queued on [`Gpu::stream`]. Buffers may be longer than `n`.
@@ -16,24 +17,21 @@ pub fn gelu_forward<T: Float>(
     n: usize,
 ) -> Result<()> {
     const OP: &str = "gelu_forward";
-    ensure!(out.len() >= n, "{OP}: out has {} < N = {n}", out.len());
-    ensure!(inp.len() >= n, "{OP}: inp has {} < N = {n}", inp.len());
+    let vector = gpu.kernels() == Kernels::Vector;
+    let name = if vector { T::kernel("gelu_forward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &[("out", out.len(), n), ("inp", inp.len(), n)])?;
     if n == 0 {
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(&T::kernel(OP))?;
-
-    let stream = &**gpu.stream();
-    let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-    let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&out_ptr).arg(&inp_ptr).arg(&n64);
-    // SAFETY: the argument list matches the kernel signature (T*, const T*, long long) with T float or
-    // __nv_bfloat16 as T::kernel picks; the kernel touches indices < N, which the lengths checked above cover. The guards keep the
-    // buffers' stream ordering until after the launch is queued.
-    unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    Ok(())
+    let k = k.write(out).read(inp).arg(n64);
+    if vector {
+        // SAFETY: as below; the _vec kernel touches the same elements, in 16-byte packs at
+        // 16-byte aligned pointers (checked) with the last N % VEC one at a time.
+        return unsafe { k.aligned16(&[0, 1])?.run(grid_for(n.div_ceil(T::VEC))?) };
+    }
+    // SAFETY: (T*, const T*, long long); the kernel touches out[i] and inp[i] for i < N.
+    unsafe { k.run(grid_for(n)?) }
 }
 
 // inp (N), dout (N) -> dinp (N) +=
@@ -49,25 +47,20 @@ pub fn gelu_backward<T: Float>(
     n: usize,
 ) -> Result<()> {
     const OP: &str = "gelu_backward";
-    ensure!(dinp.len() >= n, "{OP}: dinp has {} < N = {n}", dinp.len());
-    ensure!(inp.len() >= n, "{OP}: inp has {} < N = {n}", inp.len());
-    ensure!(dout.len() >= n, "{OP}: dout has {} < N = {n}", dout.len());
+    let lens = [("dinp", dinp.len(), n), ("inp", inp.len(), n), ("dout", dout.len(), n)];
+    let vector = gpu.kernels() == Kernels::Vector;
+    let name = if vector { T::kernel("gelu_backward_vec") } else { T::kernel(OP) };
+    let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());
     }
     let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let func = gpu.function(&T::kernel(OP))?;
-
-    let stream = &**gpu.stream();
-    let (dinp_ptr, _dinp_guard) = dinp.device_ptr_mut(stream);
-    let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
-    let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&dinp_ptr).arg(&inp_ptr).arg(&dout_ptr).arg(&n64);
-    // SAFETY: the argument list matches the kernel signature (T*, const T*, const T*, long long)
-    // with T float or __nv_bfloat16 as T::kernel picks; the kernel touches indices < N, which the
-    // lengths checked above cover. dinp is a `&mut` borrow, so it aliases neither input. The guards
-    // keep the buffers' stream ordering until after the launch is queued.
-    unsafe { launch.launch(grid_for(n)?) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    Ok(())
+    let k = k.write(dinp).read(inp).read(dout).arg(n64);
+    if vector {
+        // SAFETY: as below, in 16-byte packs at 16-byte aligned pointers (checked), the last
+        // N % VEC one at a time.
+        return unsafe { k.aligned16(&[0, 1, 2])?.run(grid_for(n.div_ceil(T::VEC))?) };
+    }
+    // SAFETY: (T*, const T*, const T*, long long); the kernel touches index i < N of each buffer.
+    unsafe { k.run(grid_for(n)?) }
 }

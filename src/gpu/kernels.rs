@@ -44,7 +44,9 @@ mod tests {
     }
 
     /// The kernel names `src/gpu/*.rs` asks for, read from its source: `(name, also as _bf16)`.
-    /// Literals in `function("..")` and `kernel("..")` calls and in a function's `const OP`; a
+    /// Literals in `function("..")`, `Launch::new(gpu, "..")`, `vec_kernel::<T>(gpu, "..")`,
+    /// `pick::<T>("..")` (and its `_vec` twin) and `kernel("..")` calls and in a
+    /// function's `const OP`; a
     /// `T::kernel` call needs the `_bf16` twin as well.
     fn requested_kernels() -> Vec<(String, bool)> {
         let mut out = Vec::new();
@@ -78,7 +80,13 @@ mod tests {
                     ));
                 }
                 out.extend(quoted("kernel(\"").into_iter().map(|n| (n, true)));
-                if line.contains("function(") {
+                // vec_kernel::<T>(gpu, "name", ..): a _vec kernel in both precisions.
+                out.extend(quoted("vec_kernel::<T>(gpu, \"").into_iter().map(|n| (n, true)));
+                // pick::<T>("name", vector): the kernel and its _vec version, both in both precisions.
+                out.extend(quoted("pick::<T>(\"").into_iter().flat_map(|n| [(format!("{n}_vec"), true), (n, true)]));
+                // Launch::new(gpu, "name", ..): a kernel with no _bf16 twin.
+                out.extend(quoted("Launch::new(gpu, \"").into_iter().map(|n| (n, false)));
+                if line.contains("function(") || line.contains("Launch::new(") {
                     out.extend(quoted("function(\"").into_iter().map(|n| (n, false)));
                     out.extend(quoted("{ \"").into_iter().map(|n| (n, false)));
                 }
@@ -93,7 +101,16 @@ mod tests {
     #[test]
     fn every_requested_kernel_is_in_the_fatbin() {
         let wanted = requested_kernels();
-        for must in ["adamw_update_bf16", "params_round_bf16", "layernorm_backward", "matmul_bias_grad_partial"] {
+        for must in [
+            "adamw_update_bf16",
+            "params_round_bf16",
+            "layernorm_backward",
+            "matmul_bias_grad_partial",
+            "gelu_forward_vec",
+            "layernorm_backward_vec",
+            "attention_permute",
+            "attention_backward_unpermute_add_vec",
+        ] {
             assert!(wanted.iter().any(|(n, _)| n == must), "the source scan missed {must}: {wanted:?}");
         }
         let Some(bin) = fatbin() else {

@@ -6,10 +6,11 @@
 //! same pass over the row.
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::device::{to_i32, Gpu};
-use super::Float;
+use super::launch::Launch;
+use super::{Float, Kernels};
 
 /// Rows per block: the kernels run one warp per row.
 const ROWS_PER_BLOCK: u32 = 8;
@@ -20,18 +21,24 @@ fn row_launch(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * ROWS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// With `--kernels vector`: the `_vec` kernel's name, after checking that C is a whole number of
+/// 128-bit packs ([`Float::VEC`] elements), which those kernels require. `None` for the scalar path.
+fn vec_kernel<T: Float>(gpu: &Gpu, name: &str, c: usize) -> Result<Option<String>> {
+    if gpu.kernels() != Kernels::Vector {
+        return Ok(None);
+    }
+    ensure!(
+        c.is_multiple_of(T::VEC),
+        "{name} (--kernels vector): C = {c} is not a multiple of {} (one 128-bit access); use --kernels scalar",
+        T::VEC
+    );
+    Ok(Some(T::kernel(name)))
+}
+
 /// N*C, after checking C > 0 and that the product fits.
 fn checked_nc(op: &str, n: usize, c: usize) -> Result<usize> {
     ensure!(c > 0, "{op}: C must be positive");
     n.checked_mul(c).with_context(|| format!("{op}: N*C overflows"))
-}
-
-/// Checks every `(name, length, required, required as a shape)`.
-fn check_lens(op: &str, lens: &[(&str, usize, usize, &str)]) -> Result<()> {
-    for &(name, len, need, shape) in lens {
-        ensure!(len >= need, "{op}: {name} has {len} < {shape} = {need}");
-    }
-    Ok(())
 }
 
 // inp (N,C), weight (C), bias (C) -> out (N,C), mean (N), rstd (N)
@@ -53,36 +60,26 @@ pub fn layernorm_forward<T: Float>(
     const OP: &str = "layernorm_forward";
     let nc = checked_nc(OP, n, c)?;
     let lens = [
-        ("out", out.len(), nc, "N*C"),
-        ("mean", mean.len(), n, "N"),
-        ("rstd", rstd.len(), n, "N"),
-        ("inp", inp.len(), nc, "N*C"),
-        ("weight", weight.len(), c, "C"),
-        ("bias", bias.len(), c, "C"),
+        ("out", out.len(), nc),
+        ("mean", mean.len(), n),
+        ("rstd", rstd.len(), n),
+        ("inp", inp.len(), nc),
+        ("weight", weight.len(), c),
+        ("bias", bias.len(), c),
     ];
-    check_lens(OP, &lens)?;
+    let vec = vec_kernel::<T>(gpu, "layernorm_forward_vec", c)?;
+    let k = Launch::new(gpu, vec.as_deref().unwrap_or(&T::kernel(OP)), &lens)?;
     if n == 0 {
         return Ok(());
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
-    let func = gpu.function(&T::kernel(OP))?;
-
-    let stream = &**gpu.stream();
-    let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-    let (mean_ptr, _mean_guard) = mean.device_ptr_mut(stream);
-    let (rstd_ptr, _rstd_guard) = rstd.device_ptr_mut(stream);
-    let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
-    let (weight_ptr, _weight_guard) = weight.device_ptr(stream);
-    let (bias_ptr, _bias_guard) = bias.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch.arg(&out_ptr).arg(&mean_ptr).arg(&rstd_ptr).arg(&inp_ptr).arg(&weight_ptr).arg(&bias_ptr).arg(&ni).arg(&ci);
-    // SAFETY: the argument list matches the kernel signature (T*, float*, float*, const T*,
-    // const T*, const T*, int, int) with T float or __nv_bfloat16 as T::kernel picks; the lengths
-    // checked above cover every index the kernel touches (rows < N, channels < C). The output
-    // buffers are distinct `&mut` borrows, so they alias neither each other nor the inputs. The
-    // guards keep the buffers' stream ordering until after the launch is queued.
-    unsafe { launch.launch(row_launch(n)) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    Ok(())
+    let k = k.write(out).write(mean).write(rstd).read(inp).read(weight).read(bias).arg(ni).arg(ci);
+    // out, inp, weight, bias in packs (mean and rstd one value per row).
+    let k = if vec.is_some() { k.aligned16(&[0, 3, 4, 5])? } else { k };
+    // SAFETY: (T*, float*, float*, const T*, const T*, const T*, int, int); the kernel touches
+    // rows < N and channels < C of each buffer; one warp per row. The _vec kernel touches the same
+    // elements in 16-byte packs (C a multiple of VEC, pointers aligned: checked).
+    unsafe { k.run(row_launch(n)) }
 }
 
 // a (N,C), b (N,C), weight (C), bias (C) -> residual (N,C), out (N,C), mean (N), rstd (N)
@@ -106,51 +103,27 @@ pub fn residual_layernorm_forward<T: Float>(
     const OP: &str = "residual_layernorm_forward";
     let nc = checked_nc(OP, n, c)?;
     let lens = [
-        ("residual", residual.len(), nc, "N*C"),
-        ("out", out.len(), nc, "N*C"),
-        ("mean", mean.len(), n, "N"),
-        ("rstd", rstd.len(), n, "N"),
-        ("a", a.len(), nc, "N*C"),
-        ("b", b.len(), nc, "N*C"),
-        ("weight", weight.len(), c, "C"),
-        ("bias", bias.len(), c, "C"),
+        ("residual", residual.len(), nc),
+        ("out", out.len(), nc),
+        ("mean", mean.len(), n),
+        ("rstd", rstd.len(), n),
+        ("a", a.len(), nc),
+        ("b", b.len(), nc),
+        ("weight", weight.len(), c),
+        ("bias", bias.len(), c),
     ];
-    check_lens(OP, &lens)?;
+    let vec = vec_kernel::<T>(gpu, "residual_layernorm_forward_vec", c)?;
+    let k = Launch::new(gpu, vec.as_deref().unwrap_or(&T::kernel(OP)), &lens)?;
     if n == 0 {
         return Ok(());
     }
     let (ni, ci) = (to_i32(n, "N")?, to_i32(c, "C")?);
-    let func = gpu.function(&T::kernel(OP))?;
-
-    let stream = &**gpu.stream();
-    let (residual_ptr, _residual_guard) = residual.device_ptr_mut(stream);
-    let (out_ptr, _out_guard) = out.device_ptr_mut(stream);
-    let (mean_ptr, _mean_guard) = mean.device_ptr_mut(stream);
-    let (rstd_ptr, _rstd_guard) = rstd.device_ptr_mut(stream);
-    let (a_ptr, _a_guard) = a.device_ptr(stream);
-    let (b_ptr, _b_guard) = b.device_ptr(stream);
-    let (weight_ptr, _weight_guard) = weight.device_ptr(stream);
-    let (bias_ptr, _bias_guard) = bias.device_ptr(stream);
-    let mut launch = stream.launch_builder(&func);
-    launch
-        .arg(&residual_ptr)
-        .arg(&out_ptr)
-        .arg(&mean_ptr)
-        .arg(&rstd_ptr)
-        .arg(&a_ptr)
-        .arg(&b_ptr)
-        .arg(&weight_ptr)
-        .arg(&bias_ptr)
-        .arg(&ni)
-        .arg(&ci);
-    // SAFETY: the argument list matches the kernel signature (T*, T*, float*, float*, const T*,
-    // const T*, const T*, const T*, int, int) with T float or __nv_bfloat16 as T::kernel picks; the
-    // lengths checked above
-    // cover every index the kernel touches. The four outputs are distinct `&mut` borrows, so none
-    // aliases another buffer. The guards keep the buffers' stream ordering until after the launch
-    // is queued.
-    unsafe { launch.launch(row_launch(n)) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
-    Ok(())
+    let k = k.write(residual).write(out).write(mean).write(rstd).read(a).read(b).read(weight).read(bias);
+    let k = if vec.is_some() { k.aligned16(&[0, 1, 4, 5, 6, 7])? } else { k };
+    // SAFETY: (T*, T*, float*, float*, const T*, const T*, const T*, const T*, int, int); the kernel
+    // touches rows < N and channels < C of each buffer; one warp per row. The _vec kernel touches
+    // the same elements in 16-byte packs (C a multiple of VEC, pointers aligned: checked).
+    unsafe { k.arg(ni).arg(ci).run(row_launch(n)) }
 }
 
 /// Rows each dweight/dbias partial sum covers in [`layernorm_backward`]: at least 32, and enough
@@ -202,19 +175,19 @@ pub fn layernorm_backward<T: Float>(
 ) -> Result<()> {
     const OP: &str = "layernorm_backward";
     let nc = checked_nc(OP, n, c)?;
-    let scratch_len = layernorm_backward_scratch_len(n, c);
     let lens = [
-        ("dinp", dinp.len(), nc, "N*C"),
-        ("dweight", dweight.len(), c, "C"),
-        ("dbias", dbias.len(), c, "C"),
-        ("scratch", scratch.len(), scratch_len, "layernorm_backward_scratch_len(N, C)"),
-        ("dout", dout.len(), nc, "N*C"),
-        ("inp", inp.len(), nc, "N*C"),
-        ("weight", weight.len(), c, "C"),
-        ("mean", mean.len(), n, "N"),
-        ("rstd", rstd.len(), n, "N"),
+        ("dinp", dinp.len(), nc),
+        ("dweight", dweight.len(), c),
+        ("dbias", dbias.len(), c),
+        ("scratch", scratch.len(), layernorm_backward_scratch_len(n, c)),
+        ("dout", dout.len(), nc),
+        ("inp", inp.len(), nc),
+        ("weight", weight.len(), c),
+        ("mean", mean.len(), n),
+        ("rstd", rstd.len(), n),
     ];
-    check_lens(OP, &lens)?;
+    let vec = vec_kernel::<T>(gpu, "layernorm_backward_vec", c)?;
+    let main = Launch::new(gpu, vec.as_deref().unwrap_or(&T::kernel(OP)), &lens)?;
     if n == 0 {
         return Ok(());
     }
@@ -236,50 +209,25 @@ pub fn layernorm_backward<T: Float>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let func = gpu.function(&T::kernel(OP))?;
-    let reduce = gpu.function("layernorm_backward_reduce")?;
-
-    let stream = &**gpu.stream();
-    {
-        let (dinp_ptr, _dinp_guard) = dinp.device_ptr_mut(stream);
-        let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
-        let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
-        let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
-        let (weight_ptr, _weight_guard) = weight.device_ptr(stream);
-        let (mean_ptr, _mean_guard) = mean.device_ptr(stream);
-        let (rstd_ptr, _rstd_guard) = rstd.device_ptr(stream);
-        let mut launch = stream.launch_builder(&func);
-        launch
-            .arg(&dinp_ptr)
-            .arg(&scratch_ptr)
-            .arg(&dout_ptr)
-            .arg(&inp_ptr)
-            .arg(&weight_ptr)
-            .arg(&mean_ptr)
-            .arg(&rstd_ptr)
-            .arg(&ni)
-            .arg(&ci)
-            .arg(&rpc)
-            .arg(&chunks_i);
-        // SAFETY: the argument list matches the kernel signature (T*, float*, const T*, const T*,
-        // const T*, const float*, const float*, int, int, int, int) with T float or __nv_bfloat16
-        // as T::kernel picks. The lengths checked above cover every index the kernel touches:
-        // rows < N and channels < C of the (N,C), (N) and (C) buffers, and scratch slots
-        // < 2 * chunks * C = layernorm_backward_scratch_len. dinp and scratch are distinct `&mut`
-        // borrows, so they alias neither each other nor the inputs. The guards keep the buffers'
-        // stream ordering until after the launch is queued.
-        unsafe { launch.launch(main_cfg) }.with_context(|| format!("launching {}", T::kernel(OP)))?;
+    let main = main.write(dinp).write(scratch).read(dout).read(inp).read(weight).read(mean).read(rstd);
+    let main = main.arg(ni).arg(ci).arg(rpc).arg(chunks_i);
+    if vec.is_some() {
+        // One block per chunk of rows (the same chunks, so the same scratch slots and order).
+        let cfg = LaunchConfig { grid_dim: (chunks_i as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: as below; block g touches the rows of chunk g and scratch slots g*C + c and
+        // (chunks + g)*C + c, in 16-byte packs of the (N,C) and (C) buffers (C a multiple of VEC,
+        // pointers aligned: checked).
+        // dinp, dout, inp, weight in packs (scratch, mean and rstd one value at a time).
+        unsafe { main.aligned16(&[0, 2, 3, 4])?.run(cfg) }?;
+    } else {
+        // SAFETY: (T*, float*, const T*, const T*, const T*, const float*, const float*, int, int,
+        // int, int); the kernel touches rows < N and channels < C of the (N,C), (N) and (C) buffers
+        // and scratch slots < 2 * chunks * C = layernorm_backward_scratch_len.
+        unsafe { main.run(main_cfg) }?;
     }
-    let (dweight_ptr, _dweight_guard) = dweight.device_ptr_mut(stream);
-    let (dbias_ptr, _dbias_guard) = dbias.device_ptr_mut(stream);
-    let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
-    let mut launch = stream.launch_builder(&reduce);
-    launch.arg(&dweight_ptr).arg(&dbias_ptr).arg(&scratch_ptr).arg(&ci).arg(&chunks_i);
-    // SAFETY: the argument list matches (float*, float*, const float*, int, int) for every T (the
-    // gradients and scratch are f32; scratch is only read, borrowed mutably because the wrapper
-    // takes it so); channels < C of dweight and dbias and scratch slots < 2 * chunks * C, all
-    // checked above. Queued on the same stream after the partial sums it reads. dweight and dbias
-    // are distinct `&mut` borrows.
-    unsafe { launch.launch(reduce_cfg) }.with_context(|| "launching layernorm_backward_reduce".to_string())?;
-    Ok(())
+    let reduce = Launch::new(gpu, "layernorm_backward_reduce", &[])?;
+    // SAFETY: (float*, float*, const float*, int, int); channels < C of dweight and dbias, scratch
+    // slots < 2 * chunks * C (lengths checked above; scratch is only read). Queued after the
+    // partial sums it reads, on the same stream.
+    unsafe { reduce.write(dweight).write(dbias).write(scratch).arg(ci).arg(chunks_i).run(reduce_cfg) }
 }

@@ -19,10 +19,11 @@
 use std::sync::Arc;
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::blas::{Blas, Epilogue, GemmDtype, LtGemm};
 use super::device::{to_i32, Gpu};
+use super::launch::Launch;
 use super::Float;
 
 /// `out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC)`, then tanh-GELU when `gelu`, queued on
@@ -232,28 +233,20 @@ pub fn matmul_backward<T: Float>(
         let chunks_i = to_i32(chunks, "bias chunks")?;
         let grid_x = u32::try_from(oc.div_ceil(32)).context("matmul_backward: OC too large")?;
         let grid_y = u32::try_from(chunks).ok().filter(|&y| y <= 65_535).context("matmul_backward: N too large")?;
-        let (db_ptr, _db_guard) = dbias.device_ptr_mut(stream);
-        let (scratch_ptr, _scratch_guard) = scratch.device_ptr_mut(stream);
-
-        let partial_name = T::kernel("matmul_bias_grad_partial");
-        let partial = gpu.function(&partial_name)?;
+        let partial = Launch::new(gpu, &T::kernel("matmul_bias_grad_partial"), &[])?;
         let cfg = LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: BIAS_BLOCK, shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(&partial);
-        launch.arg(&scratch_ptr).arg(&dout_ptr).arg(&ni).arg(&oci).arg(&rows);
-        // SAFETY: arguments match (float*, const T*, int, int, int), T the float or
-        // __nv_bfloat16 that T::kernel picks; the kernel reads N*OC elements of dout and writes
-        // chunks*OC = matmul_backward_scratch_len(N, OC) floats of scratch (both checked);
-        // block (32, 8, 1) as its shared array requires.
-        unsafe { launch.launch(cfg) }.with_context(|| format!("launching {partial_name}"))?;
+        let partial = partial.write(scratch).ptr(dout_ptr).arg(ni).arg(oci).arg(rows);
+        // SAFETY: (float*, const T*, int, int, int); the kernel reads N*OC elements of dout (guard
+        // held above) and writes chunks*OC = matmul_backward_scratch_len(N, OC) floats of scratch
+        // (both checked); block (32, 8, 1) as its shared array requires.
+        unsafe { partial.run(cfg) }?;
 
-        let finish = gpu.function("matmul_bias_grad_finish")?;
+        let finish = Launch::new(gpu, "matmul_bias_grad_finish", &[])?;
         let blocks = u32::try_from(oc.div_ceil(BIAS_FINISH_BLOCK as usize)).context("matmul_backward: OC too large")?;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BIAS_FINISH_BLOCK, 1, 1), shared_mem_bytes: 0 };
-        let mut launch = stream.launch_builder(&finish);
-        launch.arg(&db_ptr).arg(&scratch_ptr).arg(&chunks_i).arg(&oci);
-        // SAFETY: arguments match (float*, const float*, int, int); the kernel reads chunks*OC
-        // elements of scratch and updates OC of dbias (both checked).
-        unsafe { launch.launch(cfg) }.context("launching matmul_bias_grad_finish")?;
+        // SAFETY: (float*, const float*, int, int); the kernel reads (only) chunks*OC elements of scratch
+        // and updates OC of dbias (both checked).
+        unsafe { finish.write(dbias).write(scratch).arg(chunks_i).arg(oci).run(cfg) }?;
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod flash_attention;
 pub mod gelu;
 pub mod gpt;
 pub mod kernels;
+pub(crate) mod launch;
 pub mod layernorm;
 pub mod matmul;
 pub mod plan;
@@ -99,6 +100,8 @@ pub fn select_device(choice: Device) -> anyhow::Result<Selected> {
 /// and `bf16` (half the memory and bandwidth; LayerNorm statistics and losses stay f32). Kernels
 /// exist in both, the bf16 one named with a `_bf16` suffix.
 pub trait Float: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + 'static {
+    /// Elements per 128-bit access of the `_vec` kernels (4 f32, 8 bf16).
+    const VEC: usize = 16 / Self::BYTES;
     /// Appended to a kernel's name for this type.
     const SUFFIX: &'static str;
     /// Bytes per element.
@@ -148,6 +151,38 @@ pub fn peak_bf16_tflops(name: &str) -> Option<f64> {
         ("A6000", 155.0),
     ];
     PEAKS.iter().find(|(key, _)| name.contains(key)).map(|p| p.1)
+}
+
+/// Which versions of the bandwidth-bound kernels a GPU run launches, from `--kernels scalar|vector`.
+/// `Scalar` (the default) is the verified path: one element per thread per access. `Vector` uses
+/// the `_vec` kernels, which move 128 bits per access (4 f32 or 8 bf16); they stay behind this
+/// option until a GPU run has verified them (issue 15 §3). Only the kernels that have a `_vec`
+/// version change; the rest launch as with `Scalar`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    #[default]
+    Scalar,
+    Vector,
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "scalar" => Ok(Kernels::Scalar),
+            "vector" => Ok(Kernels::Vector),
+            _ => Err("expected scalar or vector".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kernels::Scalar => "scalar",
+            Kernels::Vector => "vector",
+        })
+    }
 }
 
 /// The element type of a GPU run, from `--precision auto|fp32|bf16`. `auto` is bf16: every GPU
@@ -257,5 +292,9 @@ mod tests {
         assert!(
             Attention::Flash.check(Precision::Bf16).is_ok() && Attention::Materialized.check(Precision::Fp32).is_ok()
         );
+        assert_eq!("vector".parse::<Kernels>().unwrap(), Kernels::Vector);
+        assert_eq!("scalar".parse::<Kernels>().unwrap(), Kernels::Scalar);
+        assert_eq!(Kernels::default(), Kernels::Scalar);
+        assert!("vec".parse::<Kernels>().unwrap_err().contains("scalar or vector"));
     }
 }

@@ -19,7 +19,7 @@ use crate::cpu::gpt::{self, Activations};
 use crate::data::loader::{DataLoader, LoaderState};
 use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
-use crate::gpu::{Attention, Precision};
+use crate::gpu::{Attention, Kernels, Precision};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
@@ -59,6 +59,8 @@ pub struct TrainOptions {
     /// On the GPU: materialised attention (the default) or flash attention (bf16 only). Not part
     /// of the run's settings: it does not change the model, so a resumed run may use the other.
     pub attention: Attention,
+    /// On the GPU: the verified scalar kernels (default) or the 128-bit vectorised ones (`--kernels`).
+    pub kernels: Kernels,
     /// The dataset as the user named it, for the log (default: `run.data`, which is resolved).
     pub data_label: Option<String>,
 }
@@ -76,6 +78,7 @@ impl TrainOptions {
             gpu: None,
             precision: Precision::Fp32,
             attention: Attention::Materialized,
+            kernels: Kernels::Scalar,
             data_label: None,
         }
     }
@@ -336,6 +339,7 @@ impl Engine {
             Some(ordinal) => {
                 let mut g = gpu_engine(&r.model, &t.params, ordinal, o.precision, true)?;
                 g.set_attention(o.attention)?;
+                g.set_kernels(o.kernels);
                 g.enable_training(&t.params, t.opt.t)?;
                 g.upload_moments(&t.opt.m, &t.opt.v)?;
                 Engine::Gpu(g)

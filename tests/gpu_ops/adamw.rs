@@ -10,6 +10,7 @@ use genesis::gpu::adamw::{
     sr_seed,
 };
 use genesis::gpu::device::Gpu;
+use genesis::gpu::Kernels;
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
 
@@ -170,8 +171,11 @@ struct AdamWCase {
 
 impl AdamWCase {
     fn new(seed: u64) -> AdamWCase {
-        let model = ModelConfig::preset("tiny").unwrap();
-        let layout = ParamLayout::new(&model);
+        AdamWCase::for_model(seed, &ModelConfig::preset("tiny").unwrap())
+    }
+
+    fn for_model(seed: u64, model: &ModelConfig) -> AdamWCase {
+        let layout = ParamLayout::new(model);
         let cfg = AdamWConfig { weight_decay: 0.1, ..Default::default() };
         let mut rng = Rng::new(seed);
         let p0: Vec<f32> = (0..layout.total).map(|_| 0.2 * rng.uniform()).collect();
@@ -186,11 +190,16 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let AdamWCase { layout, cfg, p0, gs, lrs } = AdamWCase::new(0x6164_616d_7700_0001);
+    check_adamw(&gpu, AdamWCase::new(0x6164_616d_7700_0001));
+}
+
+/// AdamW on `case` against the CPU's AdamW bit for bit over three steps, and a rerun bit for bit.
+fn check_adamw(gpu: &Gpu, case: AdamWCase) {
+    let AdamWCase { layout, cfg, p0, gs, lrs } = case;
 
     let mut opt = AdamW::new(cfg, layout.total);
     let mut p = p0.clone();
-    let got = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
+    let got = gpu_adamw(gpu, &layout, cfg, &p0, &gs, &lrs);
     for (step, ((g, &lr), (gp, gm, gv))) in gs.iter().zip(&lrs).zip(&got).enumerate() {
         opt.update(&layout, &mut p, g, lr);
         assert_same_bits(&format!("step {} m", step + 1), gm, &opt.m);
@@ -200,7 +209,7 @@ fn adamw_matches_cpu_bitwise_and_is_deterministic() {
     assert!(p.iter().zip(&p0).any(|(a, b)| a != b), "the parameters did not move");
     println!("adamw: 3 steps on the tiny layout ({} values), bit-identical to the CPU", layout.total);
 
-    let again = gpu_adamw(&gpu, &layout, cfg, &p0, &gs, &lrs);
+    let again = gpu_adamw(gpu, &layout, cfg, &p0, &gs, &lrs);
     for (step, ((p1, m1, v1), (p2, m2, v2))) in got.iter().zip(&again).enumerate() {
         assert_same_bits(&format!("rerun step {} params", step + 1), p2, p1);
         assert_same_bits(&format!("rerun step {} m", step + 1), m2, m1);
@@ -222,7 +231,13 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    let AdamWCase { layout, cfg, p0, gs, lrs } = AdamWCase::new(0x6164_616d_7700_0002);
+    check_adamw_bf16(&gpu, AdamWCase::new(0x6164_616d_7700_0002));
+}
+
+/// bf16 AdamW on `case`: master and moments bit for bit the CPU's, the copy the host mirror of
+/// the stochastic rounding, a rerun bit for bit.
+fn check_adamw_bf16(gpu: &Gpu, case: AdamWCase) {
+    let AdamWCase { layout, cfg, p0, gs, lrs } = case;
     let n = layout.total;
     let run = || {
         let stream = gpu.stream();
@@ -233,7 +248,7 @@ fn adamw_bf16_updates_master_like_the_cpu_and_rounds_the_copy_stochastically() {
         let mut out = Vec::new();
         for (t, (g, &lr)) in gs.iter().zip(&lrs).enumerate() {
             let d_g = stream.clone_htod(g).unwrap();
-            adamw_update(&gpu, &layout, &mut master, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, Some(&mut copy))
+            adamw_update(gpu, &layout, &mut master, &d_g, &mut m, &mut v, cfg, t as u64 + 1, lr, Some(&mut copy))
                 .unwrap();
             gpu.synchronize().unwrap();
             let c: Vec<half::bf16> = stream.clone_dtoh(&copy).unwrap();
@@ -283,4 +298,39 @@ fn params_round_bf16_matches_the_host_mirror() {
         let bad = got.iter().zip(&want).position(|(a, b)| a != b);
         assert!(bad.is_none(), "seed {seed}: differs at {bad:?} ({:?})", bad.map(|i| (w[i], got[i], want[i])));
     }
+}
+
+/// A model whose tensors have odd sizes (C = 21, Vp = 103): lengths with tails past the last pack
+/// (of 4 f32 and of 8 bf16) and offsets that leave some tensors' pointers not 16-byte aligned, so
+/// --kernels vector runs adamw_update_vec[_bf16] on some tensors (with their scalar tails) and falls
+/// back to the scalar kernels on others.
+fn odd_model() -> ModelConfig {
+    ModelConfig::new(7, 101, 103, 1, 3, 21).unwrap()
+}
+
+/// --kernels vector: adamw_update_vec (and the scalar fallback per tensor) bit for bit the CPU
+/// AdamW (every operation correctly rounded, nothing fused: the same expressions as the scalar
+/// kernel), on the tiny layout (every tensor aligned, whole packs) and the odd one; reruns identical.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adamw_vec_matches_cpu_bitwise() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    gpu.set_kernels(Kernels::Vector);
+    check_adamw(&gpu, AdamWCase::new(0x6164_616d_7665_6301));
+    check_adamw(&gpu, AdamWCase::for_model(0x6164_616d_7665_6302, &odd_model()));
+}
+
+/// --kernels vector in bf16 training: adamw_update_vec_bf16 gives the CPU's master weights and
+/// moments bit for bit and the host mirror's stochastically rounded copy, on both layouts.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adamw_vec_bf16_matches_cpu_and_the_rounding_mirror() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    gpu.set_kernels(Kernels::Vector);
+    check_adamw_bf16(&gpu, AdamWCase::new(0x6164_616d_7665_6303));
+    check_adamw_bf16(&gpu, AdamWCase::for_model(0x6164_616d_7665_6304, &odd_model()));
 }

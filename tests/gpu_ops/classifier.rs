@@ -5,7 +5,7 @@ use super::common::assert_same_bits;
 use super::{assert_close, assert_elementwise, gpu_or_skip, max_ref, round, to_bf16, widen, Uniform, BF16_U};
 use genesis::gpu::classifier::classifier_forward;
 use genesis::gpu::device::Gpu;
-use genesis::gpu::Float;
+use genesis::gpu::{Float, Kernels};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -110,11 +110,26 @@ fn check_forward<T: Float>(
     label: &str,
     check_dlogits: impl Fn(&str, &[f32], &[f64], usize, usize) -> String,
 ) {
+    check_forward_with::<T>(Kernels::Scalar, seed, label, check_dlogits)
+}
+
+/// [`check_forward`] with the GPU set to `kernels`; with [`Kernels::Vector`] only the [`SHAPES`]
+/// whose Vp is a whole number of 128-bit packs.
+fn check_forward_with<T: Float>(
+    kernels: Kernels,
+    seed: u64,
+    label: &str,
+    check_dlogits: impl Fn(&str, &[f32], &[f64], usize, usize) -> String,
+) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
+    gpu.set_kernels(kernels);
     let mut rng = Rng::new(seed);
     for &(n, v, vp, range) in SHAPES {
+        if kernels == Kernels::Vector && !vp.is_multiple_of(T::VEC) {
+            continue;
+        }
         let (logits, targets) = inputs(&mut rng, n, v, vp, range);
         let t_logits = round::<T>(&logits);
         let logits = widen(&t_logits);
@@ -222,4 +237,29 @@ fn classifier_bf16_out_of_range_targets_give_nan_loss() {
     let (losses, dlogits) = run(&gpu, &h_logits, &targets, v, vp, Some(scale), 1.0e30);
     assert_close("losses with dlogits", &losses, &want_losses, TOL);
     assert_dlogits_bf16("dlogits", &widen(&dlogits), &want_dlogits, v, vp);
+}
+
+/// --kernels vector: classifier_forward_vec, f32 and bf16, every shape with Vp a whole number of
+/// packs (V = 1, 17, 100, 3000, 50257: the live columns end inside a pack), against the f64
+/// reference with the scalar tests' tolerances: losses TOL, dlogits per element, padding exactly
+/// 0, logits unchanged bit for bit without a scale. Each thread sums another set of columns than
+/// in the scalar kernel, so the row sum is reordered; the bounds do not rest on an order (the
+/// scalar kernel's strided, tree-merged sum already differs from the CPU's sequential one).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn classifier_forward_vec_matches_cpu() {
+    check_forward_with::<f32>(
+        Kernels::Vector,
+        0x636c_7665_6300_0001,
+        "classifier_forward_vec",
+        |what, got, want, v, vp| format!("dlogits {:.1e}", assert_dlogits(what, got, want, v, vp)),
+    );
+    check_forward_with::<bf16>(
+        Kernels::Vector,
+        0x636c_7665_6300_0002,
+        "classifier_forward_vec_bf16",
+        |what, got, want, v, vp| {
+            format!("dlogits worst {:.2} of tolerance", assert_dlogits_bf16(what, got, want, v, vp))
+        },
+    );
 }

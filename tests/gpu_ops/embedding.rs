@@ -6,7 +6,7 @@ use genesis::cpu;
 use genesis::gpu::device::{cuda_available, Gpu};
 use genesis::gpu::embedding::{embedding_backward, embedding_backward_balanced, embedding_forward};
 use genesis::gpu::kernels;
-use genesis::gpu::Float;
+use genesis::gpu::{Float, Kernels};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -345,4 +345,67 @@ fn embedding_backward_balanced_bf16_matches_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn embedding_backward_balanced_is_deterministic() {
     assert_backward_deterministic::<bf16>(0x656d_6262_616c_0007, "embedding_backward_balanced bf16", true);
+}
+
+/// The embedding forward in `T` with the GPU set to `kernels`, output poisoned (tail checked).
+#[allow(clippy::too_many_arguments)]
+fn run_forward<T: Float>(
+    gpu: &Gpu,
+    kernels: Kernels,
+    inp: &[i32],
+    wte: &[T],
+    wpe: &[T],
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Vec<f32> {
+    let stream = gpu.stream();
+    let (d_inp, d_wte, d_wpe) =
+        (stream.clone_htod(inp).unwrap(), stream.clone_htod(wte).unwrap(), stream.clone_htod(wpe).unwrap());
+    let mut d_out = poisoned::<T>(gpu, b * t * c);
+    gpu.set_kernels(kernels);
+    let r = embedding_forward(gpu, &mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c);
+    gpu.set_kernels(Kernels::Scalar);
+    r.unwrap();
+    gpu.synchronize().unwrap();
+    download(gpu, "embedding_forward", &d_out, b * t * c)
+}
+
+/// --kernels vector: embedding_forward_vec does the same single f32 add per element (rounded once
+/// to bf16 in bf16), so it is bit for bit the CPU's (on the same rounded inputs) and the scalar
+/// kernel's, in f32 and bf16, for C of one pack and of several; a C that is not a whole number of
+/// packs is refused.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_forward_vec_matches_cpu_and_scalar_bitwise() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = Rng::new(0x656d_6276_6563_0001);
+    for (b, t, c, vp) in [(3usize, 17usize, 64usize, 128usize), (2, 5, 8, 11), (4, 33, 768, 300)] {
+        let inp = tokens(&mut rng, b * t, vp);
+        let (wte, wpe) = (rng.uniform_vec(vp * c), (0..t * c).map(|_| 0.37 * rng.uniform()).collect::<Vec<f32>>());
+        let expected = cpu_embedding_forward(&inp, &wte, &wpe, b, t, c);
+        let got = run_forward(&gpu, Kernels::Vector, &inp, &wte, &wpe, b, t, c);
+        assert_forward_bits(&got, &expected, t, c);
+        assert_same_bits("f32 vector vs scalar", &got, &run_forward(&gpu, Kernels::Scalar, &inp, &wte, &wpe, b, t, c));
+        let (wte16, wpe16): (Vec<bf16>, Vec<bf16>) = (round(&wte), round(&wpe));
+        let expected16 = widen(&round::<bf16>(&cpu_embedding_forward(&inp, &widen(&wte16), &widen(&wpe16), b, t, c)));
+        let got16 = run_forward(&gpu, Kernels::Vector, &inp, &wte16, &wpe16, b, t, c);
+        assert_forward_bits(&got16, &expected16, t, c);
+        let scalar16 = run_forward(&gpu, Kernels::Scalar, &inp, &wte16, &wpe16, b, t, c);
+        assert_same_bits("bf16 vector vs scalar", &got16, &scalar16);
+        println!(
+            "embedding_forward_vec B={b} T={t} C={c}: f32 and bf16 bit-identical to the CPU and the scalar kernel"
+        );
+    }
+    // C = 12: 3 packs of f32, not a whole number of 8-bf16 packs.
+    let (b, t, c) = (1, 2, 12);
+    let stream = gpu.stream();
+    let d_inp = stream.clone_htod(&[0i32, 1]).unwrap();
+    let (d_wte, d_wpe) = (poisoned::<bf16>(&gpu, 2 * c), poisoned::<bf16>(&gpu, t * c));
+    let mut d_out = poisoned::<bf16>(&gpu, b * t * c);
+    gpu.set_kernels(Kernels::Vector);
+    let e = embedding_forward(&gpu, &mut d_out, &d_inp, &d_wte, &d_wpe, b, t, c).unwrap_err().to_string();
+    assert!(e.contains("C = 12 is not a multiple of 8"), "{e}");
 }

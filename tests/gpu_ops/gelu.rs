@@ -9,7 +9,7 @@ use super::{
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::gelu::{gelu_backward, gelu_forward};
-use genesis::gpu::Float;
+use genesis::gpu::{Float, Kernels};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -215,4 +215,74 @@ fn gelu_backward_bf16_matches_cpu() {
         let worst = assert_elementwise(&format!("N={n}"), &got, &want, BF16_U, 2e-5 * scale);
         println!("gelu_backward_bf16 N={n}: worst error {worst:.2} of its tolerance (scale {scale:.2})");
     }
+}
+
+// ---- --kernels vector: gelu_forward_vec / gelu_backward_vec ----
+
+/// Sizes for the vectorised kernels: below one pack, whole packs of 4 and 8, and tails (N % 8 of
+/// 1..7), up to a GPT-2 MLP activation plus a tail.
+const VEC_NS: [usize; 8] = [1, 3, 8, 12, 1000, 1003, 12_289, 4 * 64 * 3072 + 7];
+
+/// Runs `f` with the GPU set to `kernels`, then back to scalar.
+fn with_kernels<R>(gpu: &Gpu, kernels: Kernels, f: impl FnOnce() -> R) -> R {
+    gpu.set_kernels(kernels);
+    let r = f();
+    gpu.set_kernels(Kernels::Scalar);
+    r
+}
+
+/// The vectorised forward in `T` on random inputs: bit for bit the scalar kernel (the same
+/// per-element expression; only the access width differs) and, as that one, within the scalar
+/// tests' tolerance of the f64 CPU reference: max abs error 1e-5 * max |ref| in f32, per element
+/// 2^-8 |ref| + 2e-5 max |ref| in bf16 (see gelu_forward_bf16_matches_cpu). Outputs poisoned,
+/// tail checked untouched ([`run_gelu`]).
+fn check_forward_vec<T: Float>(gpu: &Gpu, rng: &mut Rng) {
+    for n in VEC_NS {
+        let x: Vec<T> = round(&gelu_inputs(rng, n));
+        let scalar = run_gelu(gpu, &x);
+        let vector = with_kernels(gpu, Kernels::Vector, || run_gelu(gpu, &x));
+        let what = format!("gelu_forward_vec{} N={n}", T::SUFFIX);
+        assert_same_bits(&format!("{what} vs the scalar kernel"), &vector, &scalar);
+        let want = reference(&widen(&x));
+        let (rtol, atol) = if T::BYTES == 2 { (BF16_U, 2e-5) } else { (0.0, 1e-5) };
+        let worst = assert_elementwise(&what, &vector, &want, rtol, atol * max_ref(&want));
+        println!("{what}: bit-identical to scalar, worst error {worst:.2} of its tolerance");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_forward_vec_matches_scalar_and_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    let mut rng = Rng::new(0x6765_6c75_7665_6331);
+    check_forward_vec::<f32>(&gpu, &mut rng);
+    check_forward_vec::<bf16>(&gpu, &mut rng);
+}
+
+/// The vectorised backward in `T`: the same case (same seed) run with the scalar and the vector
+/// kernels must give the same bits (dinp accumulated onto random values; the tail past N checked
+/// untouched by [`backward_case`]), and the vector result is within the scalar tests' tolerance of
+/// the f64 CPU reference (1e-5 * scale in f32; 2^-8 |ref| + 2e-5 scale per element in bf16).
+fn check_backward_vec<T: Float>(gpu: &Gpu, seed: u64) {
+    for n in VEC_NS {
+        let scalar = backward_case::<T>(gpu, &mut Rng::new(seed ^ n as u64), n);
+        let vector = with_kernels(gpu, Kernels::Vector, || backward_case::<T>(gpu, &mut Rng::new(seed ^ n as u64), n));
+        let what = format!("gelu_backward_vec{} N={n}", T::SUFFIX);
+        assert_same_bits(&format!("{what} vs the scalar kernel"), &vector.got, &scalar.got);
+        let (rtol, atol) = if T::BYTES == 2 { (BF16_U, 2e-5) } else { (0.0, 1e-5) };
+        let worst = assert_elementwise(&what, &vector.got, &vector.want, rtol, atol * vector.scale);
+        println!("{what}: bit-identical to scalar, worst error {worst:.2} of its tolerance");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_backward_vec_matches_scalar_and_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    check_backward_vec::<f32>(&gpu, 0x6765_6c75_7662_3332);
+    check_backward_vec::<bf16>(&gpu, 0x6765_6c75_7662_6266);
 }

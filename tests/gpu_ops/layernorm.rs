@@ -11,7 +11,7 @@ use genesis::gpu::device::Gpu;
 use genesis::gpu::layernorm::{
     layernorm_backward, layernorm_backward_scratch_len, layernorm_forward, residual_layernorm_forward,
 };
-use genesis::gpu::Float;
+use genesis::gpu::{Float, Kernels};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -58,14 +58,30 @@ fn reference(inp: &[f32], weight: &[f32], bias: &[f32], n: usize, c: usize) -> (
 /// outputs of f32 arithmetic on the same values for every `T`, so they get TOL. Every output is
 /// [`poisoned`] and its tail checked. `label` starts the printed line.
 fn check_forward<T: Float>(seed: u64, label: &str, fused: bool, check_out: impl Fn(&str, &[f32], &[f64]) -> String) {
+    check_forward_with::<T>(Kernels::Scalar, seed, label, fused, check_out)
+}
+
+/// [`check_forward`] with the GPU set to `kernels`; with [`Kernels::Vector`] only the [`SHAPES`]
+/// whose C is a whole number of 128-bit packs (the `_vec` kernels' requirement).
+fn check_forward_with<T: Float>(
+    kernels: Kernels,
+    seed: u64,
+    label: &str,
+    fused: bool,
+    check_out: impl Fn(&str, &[f32], &[f64]) -> String,
+) {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
+    gpu.set_kernels(kernels);
     let mut rng = Rng::new(seed);
     let stream = gpu.stream();
     let in_t = |v: &[f32]| widen(&round::<T>(v));
     let upload = |v: &[f32]| stream.clone_htod(&round::<T>(v)).unwrap();
     for &(n, c) in SHAPES {
+        if kernels == Kernels::Vector && !c.is_multiple_of(T::VEC) {
+            continue;
+        }
         let (inp, weight, bias) = inputs(&mut rng, n, c);
         let addend = fused.then(|| rng.uniform_vec(n * c));
         let (inp, weight, bias) = (in_t(&inp), in_t(&weight), in_t(&bias));
@@ -316,6 +332,9 @@ fn check_backward<T: Float>(
     check_dinp: impl Fn(&str, &[f32], &[f64]) -> String,
 ) {
     for &(n, c) in BACKWARD_SHAPES {
+        if gpu.kernels() == Kernels::Vector && !c.is_multiple_of(T::VEC) {
+            continue;
+        }
         let case = BackwardCase::new::<T>(rng, n, c);
         let (want_dinp, want_dweight, want_dbias) = case.reference();
         let (dinp, dweight, dbias) = case.run::<T>(gpu);
@@ -452,4 +471,109 @@ fn layernorm_backward_bf16_is_deterministic() {
         return;
     };
     assert_backward_deterministic::<bf16>(&gpu, &mut Rng::new(0x6c6e_6462_6631_3604), "layernorm_backward_bf16");
+}
+
+// ---- --kernels vector: layernorm_forward_vec, residual_layernorm_forward_vec, layernorm_backward_vec ----
+//
+// The vector kernels split each row among the lanes by 128-bit packs instead of by element, so
+// the row sums (mean, variance; in the backward the two dnorm means) are added in another order
+// and out, mean, rstd and dinp differ from the scalar kernels' in the last bits. Both are held
+// to the same f64 reference with the scalar tests' tolerances (TOL for f32; the bf16 bounds as
+// derived above), which the reordering does not loosen: the f32 rounding error of a sum of C
+// terms is bounded by the same C-proportional term whatever the order. The fused residual is
+// still checked exact, and dweight/dbias, whose per-channel order is unchanged, bit for bit.
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_forward_vec_matches_cpu() {
+    check_forward_with::<f32>(Kernels::Vector, 0x6c6e_7665_6331, "layernorm_forward_vec", false, out_fp32);
+    check_forward_with::<bf16>(Kernels::Vector, 0x6c6e_7665_6332, "layernorm_forward_vec_bf16", false, out_bf16);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn residual_layernorm_forward_vec_matches_cpu() {
+    check_forward_with::<f32>(Kernels::Vector, 0x726c_7665_6331, "residual_layernorm_forward_vec", true, out_fp32);
+    check_forward_with::<bf16>(
+        Kernels::Vector,
+        0x726c_7665_6332,
+        "residual_layernorm_forward_vec_bf16",
+        true,
+        out_bf16,
+    );
+}
+
+/// C not a whole number of 128-bit packs: the vector path refuses with an error naming the
+/// requirement and the way out, before touching anything.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_vec_rejects_c_not_a_multiple_of_the_vector_width() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    gpu.set_kernels(Kernels::Vector);
+    let (n, c) = (4, 37);
+    let (mut out, mut mean, mut rstd) =
+        (poisoned::<f32>(&gpu, n * c), poisoned::<f32>(&gpu, n), poisoned::<f32>(&gpu, n));
+    let (inp, w, b) = (poisoned::<f32>(&gpu, n * c), poisoned::<f32>(&gpu, c), poisoned::<f32>(&gpu, c));
+    let e = layernorm_forward(&gpu, &mut out, &mut mean, &mut rstd, &inp, &w, &b, n, c).unwrap_err().to_string();
+    assert!(e.contains("C = 37 is not a multiple of 4") && e.contains("--kernels scalar"), "{e}");
+}
+
+/// The vector backward: against the f64 CPU backward with the scalar test's tolerances
+/// ([`check_backward`] with the GPU set to vector), then against the scalar kernel on the same
+/// case: dweight and dbias bit for bit (same per-channel summation order: rows in order within
+/// each fixed chunk, chunks in order), dinp within 2 TOL of max |dinp| (both are within TOL of the
+/// reference); and run twice, every output bit-identical.
+fn check_backward_vec<T: Float>(
+    gpu: &Gpu,
+    seed: u64,
+    label: &str,
+    check_dinp: impl Fn(&str, &[f32], &[f64]) -> String,
+) {
+    gpu.set_kernels(Kernels::Vector);
+    check_backward::<T>(gpu, &mut Rng::new(seed), label, check_dinp);
+    let mut rng = Rng::new(seed ^ 1);
+    for &(n, c) in &[(64, 768), (515, 40), (4096, 768), (33, 1024)] {
+        let case = BackwardCase::new::<T>(&mut rng, n, c);
+        gpu.set_kernels(Kernels::Scalar);
+        let (s_dinp, s_dweight, s_dbias) = case.run::<T>(gpu);
+        gpu.set_kernels(Kernels::Vector);
+        let (v_dinp, v_dweight, v_dbias) = case.run::<T>(gpu);
+        let shape = format!("{label} N={n} C={c}");
+        assert_same_bits(&format!("dweight ({shape}) vs the scalar kernel"), &v_dweight, &s_dweight);
+        assert_same_bits(&format!("dbias ({shape}) vs the scalar kernel"), &v_dbias, &s_dbias);
+        let scale = f64::from(max_abs(&s_dinp));
+        let diff = v_dinp.iter().zip(&s_dinp).fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+        let allowed = if T::BYTES == 2 { 2.0 * (BF16_U + 2.0 * TOL) * scale } else { 2.0 * TOL * scale };
+        assert!(diff <= allowed, "dinp ({shape}): vector vs scalar differ by {diff:e} > {allowed:e}");
+        let again = case.run::<T>(gpu);
+        assert_same_bits(&format!("dinp ({shape}) second run"), &again.0, &v_dinp);
+        assert_same_bits(&format!("dweight ({shape}) second run"), &again.1, &v_dweight);
+        assert_same_bits(&format!("dbias ({shape}) second run"), &again.2, &v_dbias);
+        println!("{shape}: dweight, dbias bit-identical to scalar and across runs; dinp within {diff:.1e} of scalar");
+    }
+    gpu.set_kernels(Kernels::Scalar);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_backward_vec_matches_scalar_and_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    check_backward_vec::<f32>(&gpu, 0x6c6e_6276_6563_3332, "layernorm_backward_vec", |what, got, want| {
+        format!("rel err dinp {:.1e}", assert_close(what, got, want, TOL))
+    });
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_backward_vec_bf16_matches_scalar_and_cpu() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    check_backward_vec::<bf16>(&gpu, 0x6c6e_6276_6562_6631, "layernorm_backward_vec_bf16", |what, got, want| {
+        format!("dinp worst {:.2} of tolerance", assert_bf16_close(what, got, want))
+    });
 }

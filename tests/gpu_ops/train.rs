@@ -5,7 +5,7 @@
 use super::common::{assert_same_state, loss_bits, paragraph_dataset, temp_dir, tiny_run, val_loss};
 use super::gpu_or_skip;
 use genesis::checkpoint;
-use genesis::gpu::Precision;
+use genesis::gpu::{Kernels, Precision};
 use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -31,11 +31,17 @@ fn options(data: &Path, out: &Path, steps: u64, gpu: bool) -> TrainOptions {
 /// weights, moments), and the CPU evaluates the GPU checkpoint to the GPU's validation loss within
 /// `val_tol`.
 fn follows_and_resumes(tag: &str, precision: Precision, loss_tol: f64, val_tol: f64) {
+    follows_and_resumes_with(tag, precision, Kernels::Scalar, loss_tol, val_tol)
+}
+
+/// [`follows_and_resumes`] with the GPU runs on `kernels`.
+fn follows_and_resumes_with(tag: &str, precision: Precision, kernels: Kernels, loss_tol: f64, val_tol: f64) {
     let dir = temp_dir(&format!("gpu-train-{tag}"));
     let data = dataset(&dir);
     let on_gpu = |out: &str| {
         let mut o = options(&data, &dir.join(out), 8, true);
         o.precision = precision;
+        o.kernels = kernels;
         o
     };
     let cpu = train(&options(&data, &dir.join("cpu"), 8, false)).unwrap();
@@ -137,4 +143,19 @@ fn host_syncs_are_counted_and_a_profiled_step_covers_every_phase() {
     }
     assert!(!families.contains(&"other"), "a mark without a family: {profile:?}");
     assert!(profile.iter().all(|(_, ms)| *ms >= 0.0));
+}
+
+/// --kernels vector on the tiny model (C = 64, head size 16: every _vec kernel applies): training
+/// follows the CPU within the scalar path's tolerances (the vector kernels compute the same values,
+/// LayerNorm's row sums only in another order), and a run stopped twice and resumed gives the
+/// unbroken run's bits, so the vector path (the one-pass LayerNorm backward included) is
+/// deterministic.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_training_with_vector_kernels_follows_the_cpu_and_resumes_bit_exact() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    follows_and_resumes_with("follow-vec", Precision::Fp32, Kernels::Vector, 5e-3, 2e-3);
+    follows_and_resumes_with("follow-vec-bf16", Precision::Bf16, Kernels::Vector, 3e-2, 2e-2);
 }
