@@ -25,6 +25,7 @@ pub mod gpt;
 pub mod kernels;
 pub mod layernorm;
 pub mod matmul;
+pub mod mma_layout;
 pub mod plan;
 pub mod sample;
 
