@@ -12,6 +12,7 @@ pub mod adamw;
 pub mod attention;
 pub mod classifier;
 pub mod embedding;
+pub mod flash_attention;
 pub mod gelu;
 pub mod gpt;
 pub mod layernorm;

@@ -27,6 +27,7 @@ pub mod kernels;
 pub(crate) mod launch;
 pub mod layernorm;
 pub mod matmul;
+pub mod mma_layout;
 pub mod plan;
 pub mod profile;
 pub mod sample;

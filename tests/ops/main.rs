@@ -12,6 +12,7 @@ mod adamw;
 mod attention;
 mod classifier;
 mod embedding;
+mod flash_attention;
 mod gelu;
 mod gpt;
 mod layernorm;
