@@ -198,6 +198,49 @@ fn flash_attention_backward_matches_cpu() {
     }
 }
 
+/// The kernel against its CPU model (`cpu::flash_attention`, the same tiles and bf16 rounding
+/// points, f32 sums in another order), element by element: what the f64 comparisons above cannot
+/// see, a rounding point missing or added, moves elements by about one bf16 ulp of their partial
+/// sums. The forward is compared on the same qkv; the backward is given the kernel's own out and
+/// lse, so it is compared on exactly the same inputs. Bound per element: one bf16 ulp of the model's
+/// value (the final rounding may fall the other way after a different f32 order) plus a quarter ulp
+/// (out) or half an ulp (dq, dk, dv) of the tensor's largest value for the P and dS roundings that an
+/// f32 difference flips. Never run: no GPU in the session that wrote it.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn flash_attention_matches_the_cpu_model() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let mut rng = Rng::new(0x666c_6173_6806);
+    for shape in shapes() {
+        let (b, t, c, nh) = shape;
+        let case = Case::new(&gpu, &mut rng, shape);
+        let qkv = widen(&case.qkv);
+        let (mut out, mut lse) = (vec![0.0f32; b * t * c], vec![0.0f32; lse_len(b, t, nh)]);
+        cpu::flash_attention::flash_attention_forward(&mut out, &mut lse, &qkv, b, t, c, nh);
+        let what = format!("flash attention vs its CPU model (B,T,C,NH) = {shape:?}");
+        let got_out = super::download(&gpu, "flash out", &case.d_out, b * t * c);
+        let out_err = check_bf16_close(&got_out, &to_f64(&out), None, 0.25 * BF16_U, &format!("{what} out"));
+        let got_lse = super::download(&gpu, "flash lse", &case.d_lse, lse_len(b, t, nh));
+        for (i, (&g, &m)) in got_lse.iter().zip(&lse).enumerate() {
+            assert!((g - m).abs() <= 1e-5 * (1.0 + m.abs()), "{what}: lse[{i}] = {g}, the model has {m}");
+        }
+        let mut dqkv = vec![f32::NAN; 3 * b * t * c];
+        let dout = widen(&case.dout);
+        cpu::flash_attention::flash_attention_backward(&mut dqkv, &dout, &qkv, &got_out, &got_lse, b, t, c, nh);
+        let got = case.backward(&gpu);
+        let errs: Vec<String> = thirds(&got, c)
+            .iter()
+            .zip(thirds(&dqkv, c).iter())
+            .zip(["dq", "dk", "dv"])
+            .map(|((g, m), name)| {
+                let e = check_bf16_close(g, &to_f64(m), None, 0.5 * BF16_U, &format!("{what} {name}"));
+                format!("{name} {:.2}u", e / BF16_U)
+            })
+            .collect();
+        println!("{what}: out {:.2}u, {}", out_err / BF16_U, errs.join(", "));
+    }
+}
+
 /// Two runs of forward and backward on the same inputs give the same bits (no atomics; every
 /// block's summation order is fixed).
 #[test]
