@@ -20,7 +20,7 @@ use super::flash_attention;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
-use super::{Attention, Float};
+use super::{Attention, Float, Kernels};
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
@@ -901,7 +901,13 @@ impl<T: Float> GpuModel<T> {
         }
         let (mut dwte, mut dwpe, dres) =
             (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad::<T>(Grad::Dresidual));
-        super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
+        // --kernels vector also takes the balanced backward (frequent tokens cut into chunks), which
+        // sums heavy tokens in another (fixed) order: both are deterministic.
+        if self.gpu.kernels() == Kernels::Vector {
+            super::embedding::embedding_backward_balanced(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
+        } else {
+            super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
+        }
         self.mark("embedding bwd")?;
         let losses = GpuModel::losses(self)?;
         self.mark("loss readback")?;
