@@ -60,6 +60,22 @@ __device__ __forceinline__ void forward(T* out, const int* inp, const T* wte, co
     }
 }
 
+// One thread per (t, c) of dwpe (idx = t*C + c; past T*C it does nothing): dwpe[t, c] plus
+// dout[b, t, c] for b = 0..B-1 in order, the CPU's order.
+template <typename T>
+__device__ __forceinline__ void backward_dwpe(float* dwpe, const T* dout, long long idx, int B, int T_, int C) {
+    if (idx >= (long long)T_ * C) {
+        return;
+    }
+    const long long t = idx / C;
+    const long long c = idx - t * C;
+    float acc = dwpe[idx];
+    for (int b = 0; b < B; ++b) {
+        acc += load(dout[((long long)b * T_ + t) * C + c]);
+    }
+    dwpe[idx] = acc;
+}
+
 template <typename T>
 __device__ __forceinline__ void backward(float* dwte, float* dwpe, const T* dout, const int* csr, int U, int B, int T_,
                                          int C) {
@@ -79,17 +95,7 @@ __device__ __forceinline__ void backward(float* dwte, float* dwpe, const T* dout
         }
         return;
     }
-    const long long idx = (long long)(blockIdx.x - U) * blockDim.x + threadIdx.x;
-    if (idx >= (long long)T_ * C) {
-        return;
-    }
-    const long long t = idx / C;
-    const long long c = idx - t * C;
-    float acc = dwpe[idx];
-    for (int b = 0; b < B; ++b) {
-        acc += load(dout[((long long)b * T_ + t) * C + c]);
-    }
-    dwpe[idx] = acc;
+    backward_dwpe(dwpe, dout, (long long)(blockIdx.x - U) * blockDim.x + threadIdx.x, B, T_, C);
 }
 
 // The _vec forward (behind --kernels vector): one thread per pack of V = 4 (float) or 8 (bf16)
@@ -177,17 +183,7 @@ __device__ __forceinline__ void backward_chunks(float* dwte, float* dwpe, float*
         }
         return;
     }
-    const long long idx = (long long)(blockIdx.x - n_items) * blockDim.x + threadIdx.x;
-    if (idx >= (long long)T_ * C) {
-        return;
-    }
-    const long long t = idx / C;
-    const long long c = idx - t * C;
-    float acc = dwpe[idx];
-    for (int b = 0; b < B; ++b) {
-        acc += load(dout[((long long)b * T_ + t) * C + c]);
-    }
-    dwpe[idx] = acc;
+    backward_dwpe(dwpe, dout, (long long)(blockIdx.x - n_items) * blockDim.x + threadIdx.x, B, T_, C);
 }
 }  // namespace embedding_detail
 

@@ -108,6 +108,45 @@ impl TokenRows {
     }
 }
 
+/// The checks both embedding backwards make: positive C, sizes that fit, `inputs` (at least B*T
+/// ids, each below `Vp = dwte_len / C`), `dout` (B*T*C), `dwpe` (T*C) and `dwte` (whole rows).
+/// Returns the B*T token ids used.
+#[allow(clippy::too_many_arguments)]
+fn check_backward_args<'a>(
+    op: &str,
+    dwte_len: usize,
+    dwpe_len: usize,
+    dout_len: usize,
+    inputs: &'a [u32],
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<&'a [u32]> {
+    ensure!(c > 0, "{op}: C must be positive");
+    let bt = b.checked_mul(t).with_context(|| format!("{op}: B*T overflows"))?;
+    let btc = bt.checked_mul(c).with_context(|| format!("{op}: B*T*C overflows"))?;
+    check_lens(op, &[("inputs", inputs.len(), bt), ("dout", dout_len, btc), ("dwpe", dwpe_len, t * c)])?;
+    ensure!(
+        dwte_len.is_multiple_of(c) && dwte_len > 0,
+        "{op}: dwte length {dwte_len} is not a positive multiple of C = {c}"
+    );
+    let vp = dwte_len / c;
+    let inputs = &inputs[..bt];
+    if let Some((i, tok)) = inputs.iter().enumerate().find(|(_, &tok)| tok as usize >= vp) {
+        anyhow::bail!("{op}: inputs[{i}] = {tok} is not below Vp = {vp}");
+    }
+    Ok(inputs)
+}
+
+/// `dwte_blocks` blocks for the dwte rows, then one thread per (t, c) of dwpe.
+fn grid_with_dwpe(op: &str, dwte_blocks: usize, t: usize, c: usize) -> Result<LaunchConfig> {
+    let blocks = dwte_blocks
+        .checked_add((t * c).div_ceil(THREADS as usize))
+        .filter(|&n| n <= i32::MAX as usize)
+        .with_context(|| format!("{op}: T = {t}, C = {c} with {dwte_blocks} dwte blocks needs too many blocks"))?;
+    Ok(LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+}
+
 // dout (B,T,C), inputs (B,T) on the host -> dwte (Vp,C) +=, dwpe (maxT,C) +=
 /// `dwte[inputs[b,t], :] += dout[b,t,:]` and `dwpe[t, :] += dout[b,t,:]` in f32, ACCUMULATING as
 /// `cpu::embedding::embedding_backward` (and bit-identical to it), queued on [`Gpu::stream`].
@@ -129,22 +168,8 @@ pub fn embedding_backward<T: Float>(
     c: usize,
 ) -> Result<()> {
     const OP: &str = "embedding_backward";
-    ensure!(c > 0, "{OP}: C must be positive");
-    let bt = b.checked_mul(t).with_context(|| format!("{OP}: B*T overflows"))?;
-    let btc = bt.checked_mul(c).with_context(|| format!("{OP}: B*T*C overflows"))?;
-    let tc = t * c;
-    check_lens(OP, &[("inputs", inputs.len(), bt), ("dout", dout.len(), btc), ("dwpe", dwpe.len(), tc)])?;
-    ensure!(
-        dwte.len() % c == 0 && !DeviceSlice::is_empty(dwte),
-        "{OP}: dwte length {} is not a positive multiple of C = {c}",
-        dwte.len()
-    );
-    let vp = dwte.len() / c;
-    let inputs = &inputs[..bt];
-    if let Some((i, tok)) = inputs.iter().enumerate().find(|(_, &tok)| tok as usize >= vp) {
-        anyhow::bail!("{OP}: inputs[{i}] = {tok} is not below Vp = {vp}");
-    }
-    if bt == 0 {
+    let inputs = check_backward_args(OP, dwte.len(), dwpe.len(), dout.len(), inputs, b, t, c)?;
+    if inputs.is_empty() {
         return Ok(());
     }
     let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
@@ -152,11 +177,7 @@ pub fn embedding_backward<T: Float>(
     let csr = buckets.packed()?;
     let u = buckets.tokens.len();
     let ui = to_i32(u, "distinct tokens")?;
-    let blocks = u
-        .checked_add(tc.div_ceil(THREADS as usize))
-        .filter(|&n| n <= i32::MAX as usize)
-        .with_context(|| format!("{OP}: B = {b}, T = {t}, C = {c} needs too many blocks"))?;
-    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let cfg = grid_with_dwpe(OP, u, t, c)?;
     gpu.note_pageable_upload();
     let d_csr = gpu.stream().clone_htod(&csr).with_context(|| format!("{OP}: uploading the token buckets"))?;
     let k = Launch::new(gpu, &T::kernel(OP), &[("csr", d_csr.len(), csr.len())])?;
@@ -259,37 +280,15 @@ pub fn embedding_backward_balanced<T: Float>(
     c: usize,
 ) -> Result<()> {
     const OP: &str = "embedding_backward_chunks";
-    ensure!(c > 0, "{OP}: C must be positive");
-    let bt = b.checked_mul(t).with_context(|| format!("{OP}: B*T overflows"))?;
-    let btc = bt.checked_mul(c).with_context(|| format!("{OP}: B*T*C overflows"))?;
-    let tc = t * c;
-    ensure!(inputs.len() >= bt, "{OP}: inputs has {} < B*T = {bt}", inputs.len());
-    ensure!(dout.len() >= btc, "{OP}: dout has {} < B*T*C = {btc}", dout.len());
-    ensure!(dwpe.len() >= tc, "{OP}: dwpe has {} < T*C = {tc}", dwpe.len());
-    ensure!(
-        dwte.len() % c == 0 && !DeviceSlice::is_empty(dwte),
-        "{OP}: dwte length {} is not a positive multiple of C = {c}",
-        dwte.len()
-    );
-    let vp = dwte.len() / c;
-    let inputs = &inputs[..bt];
-    if let Some((i, tok)) = inputs.iter().enumerate().find(|(_, &tok)| tok as usize >= vp) {
-        anyhow::bail!("{OP}: inputs[{i}] = {tok} is not below Vp = {vp}");
-    }
-    if bt == 0 {
+    let inputs = check_backward_args(OP, dwte.len(), dwpe.len(), dout.len(), inputs, b, t, c)?;
+    if inputs.is_empty() {
         return Ok(());
     }
     let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
     let plan = ChunkPlan::new(inputs, crate::cpu::embedding::CHUNK_ROWS);
     let (items, combine) = plan.packed()?;
     let n_items = to_i32(plan.chunks.len(), "chunks")?;
-    let blocks = plan
-        .chunks
-        .len()
-        .checked_add(tc.div_ceil(THREADS as usize))
-        .filter(|&n| n <= i32::MAX as usize)
-        .with_context(|| format!("{OP}: B = {b}, T = {t}, C = {c} needs too many blocks"))?;
-    let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let cfg = grid_with_dwpe(OP, plan.chunks.len(), t, c)?;
     gpu.note_pageable_upload();
     let d_items = gpu.stream().clone_htod(&items).with_context(|| format!("{OP}: uploading the chunks"))?;
     let mut d_partials = gpu
