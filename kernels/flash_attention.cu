@@ -291,7 +291,7 @@ extern "C" __global__ void __launch_bounds__(flash_detail::THREADS)
     }
 
     const long long bt0 = (long long)b * T;
-    float inv_l[2];
+    float l_row[2];  // the whole row sum l (all four lanes of the quad hold it)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         float sum = l[half];
@@ -301,14 +301,14 @@ extern "C" __global__ void __launch_bounds__(flash_detail::THREADS)
         if (t4 == 0 && row < T) {
             lse[(long long)bh * T + row] = m[half] + log2f(sum);
         }
-        inv_l[half] = sum;
+        l_row[half] = sum;
     }
     // out = bf16(O / l): divide (not multiply by a reciprocal) to round as the model does.
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            o[n][e] = o[n][e] / inv_l[e >> 1];
+            o[n][e] = o[n][e] / l_row[e >> 1];
         }
     }
     store_rows(out + bt0 * C + h * HS, C, o, 1.0f, q0 + warp * 16, T, lane);
