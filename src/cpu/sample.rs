@@ -477,10 +477,14 @@ pub fn sample_token(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u
     let mut probs: Vec<(f64, u32)> =
         logits.iter().enumerate().map(|(i, &x)| (((x as f64 - maxv) * inv_t).exp(), i as u32)).collect();
     // Most likely first; ties broken by token id so the order (and the sample) is deterministic.
-    probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    if params.top_k > 0 {
-        probs.truncate(params.top_k.max(1));
+    // The order is total, so with top-k only the k largest need sorting: selecting them first gives
+    // the same first k, in the same order, as sorting the whole vocabulary (about 50K entries).
+    let order = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if params.top_k > 0 && params.top_k < probs.len() {
+        probs.select_nth_unstable_by(params.top_k - 1, order);
+        probs.truncate(params.top_k);
     }
+    probs.sort_unstable_by(order);
     let total: f64 = probs.iter().map(|p| p.0).sum();
     if params.top_p < 1.0 {
         let (mut cum, mut keep) = (0.0, 0);
@@ -610,6 +614,60 @@ mod tests {
         // p(1) = 0.66 of the mass: top_p 0.5 keeps only token 1.
         let nucleus = SamplingParams { top_p: 0.5, ..Default::default() };
         assert!((0..50).all(|_| sample_token(&logits, &nucleus, &mut rng) == 1));
+    }
+
+    /// Selecting the top k before sorting draws exactly what sorting the whole vocabulary drew (the
+    /// sampler before that change, kept here as the reference), for the same random numbers: large
+    /// vocabularies with many tied logits, top-k of 1, the default 200 and the whole vocabulary,
+    /// with and without a nucleus.
+    #[test]
+    fn selecting_the_top_k_draws_what_a_full_sort_draws() {
+        fn full_sort(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+            let inv_t = 1.0 / params.temperature as f64;
+            let maxv = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let mut probs: Vec<(f64, u32)> =
+                logits.iter().enumerate().map(|(i, &x)| (((x as f64 - maxv) * inv_t).exp(), i as u32)).collect();
+            probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            if params.top_k > 0 {
+                probs.truncate(params.top_k);
+            }
+            let total: f64 = probs.iter().map(|p| p.0).sum();
+            if params.top_p < 1.0 {
+                let (mut cum, mut keep) = (0.0, 0);
+                for p in &probs {
+                    cum += p.0 / total;
+                    keep += 1;
+                    if cum >= params.top_p as f64 {
+                        break;
+                    }
+                }
+                probs.truncate(keep.max(1));
+            }
+            let total: f64 = probs.iter().map(|p| p.0).sum();
+            let mut r = rng.next_f64() * total;
+            for &(p, tok) in &probs {
+                if r < p {
+                    return tok;
+                }
+                r -= p;
+            }
+            probs.last().unwrap().1
+        }
+        let mut gen = Rng::new(11);
+        // Logits on a coarse grid, so thousands of tokens tie.
+        let logits: Vec<f32> = (0..50257).map(|_| (gen.below(64) as f32) / 8.0).collect();
+        for params in [
+            SamplingParams { temperature: 0.8, top_k: 200, top_p: 0.95 },
+            SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0 },
+            SamplingParams { temperature: 1.3, top_k: 3000, top_p: 1.0 },
+            SamplingParams { temperature: 0.5, top_k: 50257, top_p: 0.9 },
+            SamplingParams { temperature: 1.0, top_k: 60000, top_p: 1.0 },
+        ] {
+            let (mut a, mut b) = (Rng::new(5), Rng::new(5));
+            for _ in 0..200 {
+                assert_eq!(sample_token(&logits, &params, &mut a), full_sort(&logits, &params, &mut b), "{params:?}");
+            }
+        }
     }
 
     #[test]
