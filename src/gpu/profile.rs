@@ -106,34 +106,42 @@ pub fn train_step_costs(
         bytes: e * (2.0 * n * oc + 3.0 * n * ic + oc * ic) + 8.0 * oc * ic + if bias { e * n * oc } else { 0.0 },
         flops: 4.0 * n * ic * oc,
     };
-    // Attention as it runs today: (B,NH,T,T) scores materialised. Forward: qkv permuted into q, k,
-    // v (read 3NC, write 3NC); q k^T written (B*NH*T*T), softmax reads and rewrites it, att v reads
-    // it again with v (NC) and writes y (NC), unpermuted (read and write NC). FLOPs: the two
-    // batched GEMMs over the full square, 2 * 2*B*T*T*C.
-    let att_sq = bb * nh * tt * tt;
-    let mut attn_fwd =
-        Cost { bytes: e * (6.0 * nc + 4.0 * att_sq + 2.0 * nc + 2.0 * nc), flops: 4.0 * bb * tt * tt * c };
-    // Backward: datt (written), att read for dv, softmax backward reads att and datt and writes
-    // dpreatt, which the dq and dk GEMMs read twice: 7 passes over the square; permutes of dy,
-    // q, k, v and the unpermute-add into dqkv: about 12 NC. FLOPs: four GEMMs over the square.
-    let mut attn_bwd = Cost { bytes: e * (12.0 * nc + 7.0 * att_sq), flops: 8.0 * bb * tt * tt * c };
-    // Flash (kernels/flash_attention.cu), 64x64 tiles, only tiles on or below the diagonal: of the
-    // nq x nq tile square, nq(nq+1)/2 run. FLOPs as executed, recomputation included: 2 products
-    // of 2*T*T*hs per (b, h) forward, 7 backward (dK/dV: S^T, dV, dP^T, dK; dQ: S, dP, dQ). Bytes
-    // are each tensor once: the tiles read again by later query (key) tiles of the same head come
-    // from L2 (one head's K and V are 256 KB at T = 1024), so only the first read is counted.
-    // Forward: qkv read, out and the f32 lse written. Backward: D reads out and dout, writes D;
-    // dK/dV reads qkv, dout, lse and D, writes dk and dv; dQ reads qkv, dout, lse, D, writes dq.
-    if attention == Attention::Flash {
-        let nq = f(t.div_ceil(64));
-        let frac = (nq + 1.0) / (2.0 * nq);
-        let rows = bb * nh * tt; // lse and D, f32
-        attn_fwd = Cost { bytes: e * 4.0 * nc + 4.0 * rows, flops: 4.0 * frac * bb * tt * tt * c };
-        attn_bwd = Cost {
-            bytes: (e * 2.0 * nc + 4.0 * rows) + (e * 6.0 * nc + 8.0 * rows) + (e * 5.0 * nc + 8.0 * rows),
-            flops: 14.0 * frac * bb * tt * tt * c,
-        };
-    }
+    let (attn_fwd, attn_bwd) = match attention {
+        // Materialised: (B,NH,T,T) scores. Forward: qkv permuted into q, k, v (read 3NC, write
+        // 3NC); q k^T written (B*NH*T*T), softmax reads and rewrites it, att v reads it again with
+        // v (NC) and writes y (NC), unpermuted (read and write NC). FLOPs: the two batched GEMMs
+        // over the full square, 2 * 2*B*T*T*C. Backward: datt (written), att read for dv, softmax
+        // backward reads att and datt and writes dpreatt, which the dq and dk GEMMs read twice: 7
+        // passes over the square; permutes of dy, q, k, v and the unpermute-add into dqkv: about
+        // 12 NC. FLOPs: four GEMMs over the square.
+        Attention::Materialized => {
+            let att_sq = bb * nh * tt * tt;
+            (
+                Cost { bytes: e * (6.0 * nc + 4.0 * att_sq + 2.0 * nc + 2.0 * nc), flops: 4.0 * bb * tt * tt * c },
+                Cost { bytes: e * (12.0 * nc + 7.0 * att_sq), flops: 8.0 * bb * tt * tt * c },
+            )
+        }
+        // Flash (kernels/flash_attention.cu), square tiles, only tiles on or below the diagonal: of
+        // the nq x nq tile square, nq(nq+1)/2 run. FLOPs as executed, recomputation included: 2
+        // products of 2*T*T*hs per (b, h) forward, 7 backward (dK/dV: S^T, dV, dP^T, dK; dQ: S,
+        // dP, dQ). Bytes are each tensor once: the tiles read again by later query (key) tiles of
+        // the same head come from L2 (one head's K and V are 256 KB at T = 1024), so only the first
+        // read is counted. Forward: qkv read, out and the f32 lse written. Backward: D reads out
+        // and dout, writes D; dK/dV reads qkv, dout, lse and D, writes dk and dv; dQ reads qkv,
+        // dout, lse, D, writes dq.
+        Attention::Flash => {
+            let nq = f(t.div_ceil(crate::cpu::flash_attention::BR));
+            let frac = (nq + 1.0) / (2.0 * nq);
+            let rows = bb * nh * tt; // lse and D, f32
+            (
+                Cost { bytes: e * 4.0 * nc + 4.0 * rows, flops: 4.0 * frac * bb * tt * tt * c },
+                Cost {
+                    bytes: (e * 2.0 * nc + 4.0 * rows) + (e * 6.0 * nc + 8.0 * rows) + (e * 5.0 * nc + 8.0 * rows),
+                    flops: 14.0 * frac * bb * tt * tt * c,
+                },
+            )
+        }
+    };
     // LayerNorm forward: read x (N,C) and the two (C) parameters, write out and the f32 mean and
     // rstd (N each). The fused residual variant also reads the second input and writes the sum.
     let ln = mem(e * (2.0 * nc + 2.0 * c) + 8.0 * n);
