@@ -183,7 +183,7 @@ template <int V>
 __device__ __forceinline__ void update_pack(float* params, const float* grads, float* m, float* v, long long i,
                                             float beta1, float beta2, float one_minus_b1, float one_minus_b2,
                                             float eps, float decay, float step_size, float inv_sqrt_bc2,
-                                            float (&updated)[V]) {
+                                            float coef, float (&updated)[V]) {
 #pragma unroll
     for (int h = 0; h < V / 4; ++h) {
         vec::Pack<float> p = vec::load(params + i + 4 * h);
@@ -192,8 +192,8 @@ __device__ __forceinline__ void update_pack(float* params, const float* grads, f
         vec::Pack<float> vv = vec::load(v + i + 4 * h);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            p.v[k] = adamw_element(p.v[k], g.v[k], &mm.v[k], &vv.v[k], beta1, beta2, one_minus_b1, one_minus_b2,
-                                   eps, decay, step_size, inv_sqrt_bc2);
+            p.v[k] = adamw_element(p.v[k], __fmul_rn(g.v[k], coef), &mm.v[k], &vv.v[k], beta1, beta2, one_minus_b1,
+                                   one_minus_b2, eps, decay, step_size, inv_sqrt_bc2);
             updated[4 * h + k] = p.v[k];
         }
         vec::store(params + i + 4 * h, p);
@@ -214,7 +214,7 @@ extern "C" __global__ void adamw_update_vec(float* params, const float* grads, f
     for (long long q = tid; q < packs; q += stride) {
         float updated[4];
         adamw_detail::update_pack<4>(params, grads, m, v, 4 * q, beta1, beta2, one_minus_b1, one_minus_b2, eps,
-                                     decay, step_size, inv_sqrt_bc2, updated);
+                                     decay, step_size, inv_sqrt_bc2, 1.0f, updated);
     }
     for (long long i = 4 * packs + tid; i < N; i += stride) {
         params[i] = adamw_detail::adamw_element(params[i], grads[i], &m[i], &v[i], beta1, beta2, one_minus_b1,
@@ -235,7 +235,7 @@ extern "C" __global__ void adamw_update_vec_bf16(float* master, __nv_bfloat16* p
         const long long i = 8 * q;
         float updated[8];
         adamw_detail::update_pack<8>(master, grads, m, v, i, beta1, beta2, one_minus_b1, one_minus_b2, eps, decay,
-                                     step_size, inv_sqrt_bc2, updated);
+                                     step_size, inv_sqrt_bc2, 1.0f, updated);
         vec::Pack<__nv_bfloat16> out;
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
@@ -251,3 +251,125 @@ extern "C" __global__ void adamw_update_vec_bf16(float* master, __nv_bfloat16* p
         params[i] = adamw_detail::round_stochastic(p, adamw_detail::sr_bits((unsigned long long)(index_base + i), seed));
     }
 }
+
+// One optimizer step decided on the device (`--sync step`, never run on a GPU yet): the host queues
+// a whole step and reads back one record at its end, the f64 `state`:
+//   state[0] loss: the sum of the micro-batches' mean losses, then (after step_decide) their mean
+//   state[1] the gradient norm before clipping
+//   state[2] the clip factor (an f32 value), 1 when no clipping applies
+//   state[3] 1 when the update is applied, 0 when the step is skipped (a non-finite loss or norm)
+//
+// step_loss_accumulate: losses (N) f32 -> state[0] += (sum in f64) / N. One block of NORM_THREADS:
+//   thread t sums losses t, t + NORM_THREADS, ... in order, then the fixed tree. The host path sums
+//   the same values in f64 left to right, so the two differ only in the order of f64 additions.
+// step_decide: one thread. From state[0], the norm's sum of squares (global_norm_final's total),
+//   max_norm, the number of micro-batches and a poison flag (a test hook that makes the loss NaN),
+//   the same f64 expressions as the host (src/gpu/adamw.rs clip_factor): loss = sum / accum,
+//   norm = sqrt(sumsq), coef = f32(min(max_norm / (norm + 1e-6), 1)) when max_norm > 0 and the norm
+//   is finite, applied = loss and norm finite.
+// adamw_step[_vec][_bf16]: the AdamW update of every tensor in one launch. blockIdx.y picks the
+//   tensor from `table` (offset, length, decays: 3 long longs per tensor); the blocks of one row
+//   stride over its elements. Each gradient is first multiplied by the clip factor (one correctly
+//   rounded multiply, as grad_scale; by 1 it is the identity), then adamw_element, so the result
+//   is bit-identical to grad_scale + adamw_update[_bf16]. Nothing is written when state[3] is 0.
+//   _vec: 128-bit accesses as adamw_update_vec[_bf16]; every tensor offset a multiple of 8
+//   (checked on the host, which otherwise launches the scalar kernels).
+extern "C" __global__ void __launch_bounds__(adamw_detail::NORM_THREADS)
+    step_loss_accumulate(const float* losses, long long N, double* state) {
+    __shared__ double s[adamw_detail::NORM_THREADS];
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < N; i += blockDim.x) {
+        acc = __dadd_rn(acc, (double)losses[i]);
+    }
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    adamw_detail::block_tree_sum(s);
+    if (threadIdx.x == 0) {
+        state[0] = __dadd_rn(state[0], __ddiv_rn(s[0], (double)N));
+    }
+}
+
+extern "C" __global__ void step_decide(double* state, const double* norm_sumsq, double max_norm, int accum,
+                                       int poison) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double loss = __ddiv_rn(state[0], (double)accum);
+    if (poison) loss = __longlong_as_double(0x7ff8000000000000ll);
+    const double norm = __dsqrt_rn(norm_sumsq[0]);
+    double coef = 1.0;
+    if (max_norm > 0.0 && isfinite(norm)) {
+        coef = fmin(__ddiv_rn(max_norm, __dadd_rn(norm, 1e-6)), 1.0);
+    }
+    state[0] = loss;
+    state[1] = norm;
+    state[2] = (double)__double2float_rn(coef);
+    state[3] = (isfinite(loss) && isfinite(norm)) ? 1.0 : 0.0;
+}
+
+namespace adamw_detail {
+// One element of adamw_step: the clipped gradient, the update, and (bf16) the working copy.
+template <bool BF16>
+__device__ __forceinline__ void step_element(float* master, __nv_bfloat16* params, const float* grads, float* m,
+                                             float* v, long long i, float coef, float beta1, float beta2,
+                                             float one_minus_b1, float one_minus_b2, float eps, float decay,
+                                             float step_size, float inv_sqrt_bc2, unsigned int seed) {
+    const float p = adamw_element(master[i], __fmul_rn(grads[i], coef), &m[i], &v[i], beta1, beta2, one_minus_b1,
+                                  one_minus_b2, eps, decay, step_size, inv_sqrt_bc2);
+    master[i] = p;
+    if (BF16) params[i] = round_stochastic(p, sr_bits((unsigned long long)i, seed));
+}
+
+template <bool BF16, bool VEC>
+__device__ __forceinline__ void adamw_step(float* master, __nv_bfloat16* params, const float* grads, float* m,
+                                           float* v, const long long* table, const double* state, float beta1,
+                                           float beta2, float eps, float decay, float step_size,
+                                           float inv_sqrt_bc2, unsigned int seed) {
+    if (state[3] == 0.0) return;
+    const float coef = (float)state[2];
+    const long long off = table[3 * blockIdx.y], n = table[3 * blockIdx.y + 1];
+    const float d = table[3 * blockIdx.y + 2] ? decay : 1.0f;
+    const float one_minus_b1 = __fsub_rn(1.0f, beta1);
+    const float one_minus_b2 = __fsub_rn(1.0f, beta2);
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    constexpr int V = BF16 ? 8 : 4;
+    const long long packs = VEC ? n / V : 0;
+    for (long long q = tid; q < packs; q += stride) {
+        const long long i = off + V * q;
+        float updated[V];
+        update_pack<V>(master, grads, m, v, i, beta1, beta2, one_minus_b1, one_minus_b2, eps, d, step_size,
+                       inv_sqrt_bc2, coef, updated);
+        if (BF16) {
+            vec::Pack<__nv_bfloat16> out;
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                out.v[k] = round_stochastic(updated[k], sr_bits((unsigned long long)(i + k), seed));
+            }
+            vec::store(params + i, out);
+        }
+    }
+    for (long long i = V * packs + tid; i < n; i += stride) {
+        step_element<BF16>(master, params, grads, m, v, off + i, coef, beta1, beta2, one_minus_b1, one_minus_b2,
+                           eps, d, step_size, inv_sqrt_bc2, seed);
+    }
+}
+}  // namespace adamw_detail
+
+#define GENESIS_ADAMW_STEP_F32(NAME, VEC)                                                                       \
+    extern "C" __global__ void NAME(float* params, const float* grads, float* m, float* v,                     \
+                                    const long long* table, const double* state, float beta1, float beta2,     \
+                                    float eps, float decay, float step_size, float inv_sqrt_bc2) {             \
+        adamw_detail::adamw_step<false, VEC>(params, nullptr, grads, m, v, table, state, beta1, beta2, eps,    \
+                                             decay, step_size, inv_sqrt_bc2, 0u);                              \
+    }
+#define GENESIS_ADAMW_STEP_BF16(NAME, VEC)                                                                      \
+    extern "C" __global__ void NAME(float* master, __nv_bfloat16* params, const float* grads, float* m,        \
+                                    float* v, const long long* table, const double* state, float beta1,        \
+                                    float beta2, float eps, float decay, float step_size, float inv_sqrt_bc2,  \
+                                    unsigned int seed) {                                                       \
+        adamw_detail::adamw_step<true, VEC>(master, params, grads, m, v, table, state, beta1, beta2, eps, decay, \
+                                            step_size, inv_sqrt_bc2, seed);                                    \
+    }
+GENESIS_ADAMW_STEP_F32(adamw_step, false)
+GENESIS_ADAMW_STEP_F32(adamw_step_vec, true)
+GENESIS_ADAMW_STEP_BF16(adamw_step_bf16, false)
+GENESIS_ADAMW_STEP_BF16(adamw_step_vec_bf16, true)

@@ -6,8 +6,9 @@ use crate::cpu::sample::{convert_params, Decoder, Weight, WeightType};
 use crate::data::loader::DataLoader;
 use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
+use crate::gpu::gpt::TrainStep;
 use crate::gpu::profile::{family_rows, Ceilings, FamilyRow};
-use crate::gpu::{Attention, Kernels, Precision};
+use crate::gpu::{Attention, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -241,7 +242,7 @@ pub fn bench_forward_gpu(
     kernels: Kernels,
 ) -> anyhow::Result<ForwardBench> {
     let params = gpt::init_params(cfg, 1);
-    let mut model = gpu_engine(cfg, &params, 0, precision, tf32)?;
+    let mut model = gpu_engine(cfg, &params, 0, precision, tf32, StepSync::Micro)?;
     model.set_kernels(kernels);
     let mut rng = Rng::new(3);
     let n = batch * seq;
@@ -313,12 +314,13 @@ pub fn bench_train_gpu(
     precision: Precision,
     attention: Attention,
     kernels: Kernels,
+    sync: StepSync,
     tokens: &mut BenchTokens,
     profile: bool,
 ) -> anyhow::Result<GpuTrainBench> {
     let free_before = crate::gpu::device::free_memory();
     let params = gpt::init_params(cfg, 1);
-    let mut model = gpu_engine(cfg, &params, 0, precision, true)?;
+    let mut model = gpu_engine(cfg, &params, 0, precision, true, sync)?;
     model.set_attention(attention)?;
     model.set_kernels(kernels);
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
@@ -331,13 +333,27 @@ pub fn bench_train_gpu(
     tokens.fill(cfg.vocab_size, &mut inputs, &mut targets);
     let vocab = cfg.vocab_size;
     let mut step = |model: &mut dyn GpuEngine, t: u64| -> anyhow::Result<()> {
-        if !random {
-            tokens.fill(vocab, &mut inputs, &mut targets);
-        }
-        model.zero_grads()?;
-        model.forward_backward(&inputs, &targets, batch, seq, 1.0 / n as f32)?;
-        model.clip_grad_norm(1.0)?;
-        model.adamw_update(AdamWConfig::default(), t, 1e-4)
+        let s = TrainStep {
+            batch,
+            seq,
+            accum: 1,
+            dloss: 1.0 / n as f32,
+            max_norm: 1.0,
+            adam: AdamWConfig::default(),
+            t,
+            lr: 1e-4,
+            poison: false,
+        };
+        let mut next = |i: &mut [u32], tg: &mut [u32]| {
+            if random {
+                i.copy_from_slice(&inputs);
+                tg.copy_from_slice(&targets);
+            } else {
+                tokens.fill(vocab, i, tg);
+            }
+        };
+        model.train_step(&mut next, &s)?;
+        Ok(())
     };
     step(model.as_mut(), 1)?;
     model.gpu().synchronize()?;

@@ -6,7 +6,7 @@ use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::WeightType;
-use genesis::gpu::{Attention, Device, Kernels, Precision};
+use genesis::gpu::{Attention, Device, Kernels, Precision, StepSync};
 use genesis::model::ModelConfig;
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -134,6 +134,9 @@ pub struct BenchTrain {
     /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
+    /// on the GPU: micro (default) or step (one host sync per step), as train --sync
+    #[argh(option, default = "StepSync::Micro")]
+    sync: StepSync,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -240,6 +243,7 @@ fn train(b: BenchTrain) -> Result<()> {
             precision,
             b.attention,
             b.kernels,
+            b.sync,
             &mut tokens,
             b.profile,
         )?;

@@ -10,7 +10,7 @@ use argh::FromArgs;
 use genesis::data::manifest::{self, Manifest, Split};
 use genesis::eval::{self, EvalOptions, EvalReport, HellaSwagOptions, HellaSwagReport};
 use genesis::gpu::engine::gpu_engine;
-use genesis::gpu::{Device, Precision};
+use genesis::gpu::{Device, Precision, StepSync};
 use genesis::weights::{self, Weights};
 use serde_json::json;
 
@@ -83,7 +83,7 @@ pub fn run(c: EvalCmd) -> Result<()> {
     // The arguments and the model file are sound: say where it runs, once.
     device.note();
     let mut scorer: Box<dyn eval::Scorer + '_> = match device.gpu {
-        Some(ordinal) => Box::new(gpu_engine(&w.config, &w.params, ordinal, c.precision, c.tf32)?),
+        Some(ordinal) => Box::new(gpu_engine(&w.config, &w.params, ordinal, c.precision, c.tf32, StepSync::Micro)?),
         None => Box::new(eval::CpuScorer::new(&w.config, &w.params)?),
     };
     let scorer = scorer.as_mut();

@@ -8,7 +8,7 @@ use argh::FromArgs;
 use genesis::cpu::sample::{convert_params, sample_token, Decoder, SamplingParams, TokenDecoder, WeightType};
 use genesis::data::tokenizer::{StreamDecoder, Tokenizer};
 use genesis::gpu::engine::gpu_engine;
-use genesis::gpu::{Device, Precision};
+use genesis::gpu::{Device, Precision, StepSync};
 use genesis::model::EOT_TOKEN;
 use genesis::rng::Rng;
 use half::bf16;
@@ -83,7 +83,7 @@ pub fn run(c: SampleCmd) -> Result<()> {
     let (engine, narrow);
     let mut decoder: Box<dyn TokenDecoder + '_> = match (device.gpu, c.weights) {
         (Some(ordinal), _) => {
-            engine = gpu_engine(&cfg, &params, ordinal, c.precision, false)?;
+            engine = gpu_engine(&cfg, &params, ordinal, c.precision, false, StepSync::Micro)?;
             engine.decoder()?
         }
         (None, WeightType::F32) => Box::new(Decoder::new(&cfg, &params)),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::manifest;
-use genesis::gpu::{Attention, Device, Kernels, Precision};
+use genesis::gpu::{Attention, Device, Kernels, Precision, StepSync};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
@@ -98,6 +98,9 @@ pub struct TrainCmd {
     /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
+    /// on the GPU: micro (the default: each micro-batch's loss and the gradient norm come back to the host before AdamW) or step (the whole step is queued and one record read back at its end: pinned token buffers, loss sum, norm, clipping and the skip decided on the device, one AdamW launch, on a stream of its own; the same weights bit for bit, not yet verified on a GPU)
+    #[argh(option, default = "StepSync::Micro")]
+    sync: StepSync,
 }
 
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
@@ -278,6 +281,9 @@ fn run_locked(
     if gpu.is_none() && c.kernels == Kernels::Vector {
         eprintln!("note: --kernels vector applies to GPU training; the CPU has one implementation");
     }
+    if gpu.is_none() && c.sync == StepSync::Step {
+        eprintln!("note: --sync step applies to GPU training; the CPU has no device to wait for");
+    }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
@@ -288,6 +294,7 @@ fn run_locked(
     opts.precision = c.precision;
     opts.attention = c.attention;
     opts.kernels = c.kernels;
+    opts.sync = c.sync;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", shell_path(out_dir));

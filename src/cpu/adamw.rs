@@ -76,11 +76,20 @@ pub fn global_norm(grads: &[f32]) -> f64 {
 /// returns the norm before clipping. `max_norm <= 0` disables clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
-    if max_norm > 0.0 && norm.is_finite() {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
-        if coef < 1.0 {
-            grads.par_chunks_mut(CHUNK).for_each(|ch| ch.iter_mut().for_each(|g| *g *= coef));
-        }
+    let coef = clip_factor(norm, max_norm);
+    if coef < 1.0 {
+        grads.par_chunks_mut(CHUNK).for_each(|ch| ch.iter_mut().for_each(|g| *g *= coef));
     }
     norm
+}
+
+/// The factor [`clip_grad_norm`] multiplies the gradients by: min(1, max_norm / (norm + 1e-6)) in
+/// f64, rounded to f32, when `max_norm > 0` and the norm is finite; 1 otherwise. The GPU uses the
+/// same expression (`gpu::adamw::clip_grad_norm`, and `step_decide` in `kernels/adamw.cu`).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f32 {
+    if max_norm > 0.0 && norm.is_finite() {
+        (max_norm / (norm + 1e-6)).min(1.0) as f32
+    } else {
+        1.0
+    }
 }

@@ -18,7 +18,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use super::device::{grid_for, Gpu};
 use super::launch::Launch;
 use super::Kernels;
-use crate::cpu::adamw::AdamWConfig;
+use crate::cpu::adamw::{clip_factor, AdamWConfig};
 use crate::model::ParamLayout;
 
 /// Blocks of the norm's first pass: fixed, so the summation order does not depend on the device.
@@ -53,36 +53,16 @@ fn sum_of_squares(
     scratch: &mut impl DevicePtrMut<f64>,
     n: usize,
 ) -> Result<f64> {
-    ensure!(
-        scratch.len() >= global_norm_scratch_len(),
-        "global_norm: scratch has {} < {} values",
-        scratch.len(),
-        global_norm_scratch_len()
-    );
     if n == 0 {
         return Ok(0.0);
     }
-    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
-    let nblocks = NORM_BLOCKS as i32;
-    let partials = Launch::new(gpu, "global_norm_partials", &[])?;
-    let last = Launch::new(gpu, "global_norm_final", &[])?;
-
     let stream = &**gpu.stream();
     let mut sum = [0.0f64];
     {
         // Held until the copy of the total below is queued.
+        let s_len = scratch.len();
         let (s_ptr, _s_guard) = scratch.device_ptr_mut(stream);
-        let cfg =
-            LaunchConfig { grid_dim: (NORM_BLOCKS as u32, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: (const float*, long long, double*); the kernel reads g[i] for i < N (the caller's
-        // buffer holds N floats) and writes partial[blockIdx.x] for blockIdx.x < NORM_BLOCKS, inside
-        // the scratch length checked above. The block size is the kernels' NORM_THREADS.
-        unsafe { partials.ptr(g_ptr).arg(n64).ptr(s_ptr).run(cfg) }?;
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: (double*, int); the kernel reads partial[0..NORM_BLOCKS) and writes
-        // partial[NORM_BLOCKS], all within the scratch length checked above.
-        unsafe { last.ptr(s_ptr).arg(nblocks).run(cfg) }?;
-
+        queue_sum_of_squares(gpu, g_ptr, s_ptr, s_len, n)?;
         gpu.ctx().bind_to_thread().context("binding the CUDA context")?;
         let total = s_ptr + (NORM_BLOCKS * std::mem::size_of::<f64>()) as u64;
         // SAFETY: `total` points at scratch[NORM_BLOCKS], a live f64 of the scratch allocation; the
@@ -93,6 +73,37 @@ fn sum_of_squares(
     }
     gpu.synchronize()?;
     Ok(sum[0])
+}
+
+/// Queues the fixed-order two-pass sum of squares of the `n > 0` floats at `g_ptr` into
+/// `scratch[NORM_BLOCKS]` (the scratch at `s_ptr` holds `s_len` f64), without waiting: the caller
+/// holds both buffers' guards until this returns.
+fn queue_sum_of_squares(
+    gpu: &Gpu,
+    g_ptr: cudarc::driver::sys::CUdeviceptr,
+    s_ptr: cudarc::driver::sys::CUdeviceptr,
+    s_len: usize,
+    n: usize,
+) -> Result<()> {
+    ensure!(
+        s_len >= global_norm_scratch_len(),
+        "global_norm: scratch has {s_len} < {} values",
+        global_norm_scratch_len()
+    );
+    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let nblocks = NORM_BLOCKS as i32;
+    let partials = Launch::new(gpu, "global_norm_partials", &[])?;
+    let last = Launch::new(gpu, "global_norm_final", &[])?;
+    let cfg =
+        LaunchConfig { grid_dim: (NORM_BLOCKS as u32, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: (const float*, long long, double*); the kernel reads g[i] for i < N (the caller's
+    // buffer holds N floats) and writes partial[blockIdx.x] for blockIdx.x < NORM_BLOCKS, inside
+    // the scratch length checked above. The block size is the kernels' NORM_THREADS.
+    unsafe { partials.ptr(g_ptr).arg(n64).ptr(s_ptr).run(cfg) }?;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: (double*, int); the kernel reads partial[0..NORM_BLOCKS) and writes
+    // partial[NORM_BLOCKS], all within the scratch length checked above.
+    unsafe { last.ptr(s_ptr).arg(nblocks).run(cfg) }
 }
 
 /// `grads[i] *= coef` for `i < n`, queued on [`Gpu::stream`] (one correctly rounded multiply, as the CPU).
@@ -122,11 +133,9 @@ pub fn clip_grad_norm(
         let (g_ptr, _g_guard) = grads.device_ptr_mut(gpu.stream());
         sum_of_squares(gpu, g_ptr, scratch, n)?.sqrt()
     };
-    if max_norm > 0.0 && norm.is_finite() {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
-        if coef < 1.0 {
-            scale(gpu, grads, coef, n)?;
-        }
+    let coef = clip_factor(norm, max_norm);
+    if coef < 1.0 {
+        scale(gpu, grads, coef, n)?;
     }
     Ok(norm)
 }
@@ -219,11 +228,7 @@ pub fn adamw_update(
     if let Some(copy) = bf16.as_ref() {
         ensure!(copy.len() >= total, "adamw_update: the bf16 copy holds {} < {total} values", copy.len());
     }
-    ensure!(t >= 1, "adamw_update: t is the step count after incrementing, so at least 1");
-    let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
-    let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
-    let step_size = (lr as f64 / bc1) as f32;
-    let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+    let (step_size, inv_sqrt_bc2) = bias_corrections(cfg, t, lr)?;
     let seed = sr_seed(t);
     let stream = &**gpu.stream();
     // Guards held over the whole loop: each launch gets offsets into these buffers.
@@ -269,9 +274,240 @@ pub fn adamw_update(
     Ok(())
 }
 
+/// AdamW's step size and 1/sqrt(bias correction 2) for step `t` (the count after the update), in
+/// f64 then rounded to f32, as `cpu::adamw::AdamW::update`.
+fn bias_corrections(cfg: AdamWConfig, t: u64, lr: f32) -> Result<(f32, f32)> {
+    ensure!(t >= 1, "adamw_update: t is the step count after incrementing, so at least 1");
+    let bc1 = 1.0 - (cfg.beta1 as f64).powi(t as i32);
+    let bc2 = 1.0 - (cfg.beta2 as f64).powi(t as i32);
+    Ok(((lr as f64 / bc1) as f32, (1.0 / bc2.sqrt()) as f32))
+}
+
+// ---- One optimizer step queued whole, read back once (`--sync step`; never run on a GPU yet) ----
+
+/// f64 values of the device's step record: [loss, norm, clip factor, applied] (`kernels/adamw.cu`).
+pub const STEP_STATE_LEN: usize = 4;
+
+/// What one optimizer step did, as the host learns it at the end of the step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The mean loss over the step's micro-batches (NaN when poisoned).
+    pub loss: f64,
+    /// The gradient norm before clipping.
+    pub norm: f64,
+    /// Whether AdamW updated the weights: false for a step with a non-finite loss or norm.
+    pub applied: bool,
+}
+
+impl StepOutcome {
+    /// The outcome the host path decides from a loss and a norm: applied when both are finite.
+    pub fn decide(loss: f64, norm: f64) -> StepOutcome {
+        StepOutcome { loss, norm, applied: loss.is_finite() && norm.is_finite() }
+    }
+
+    /// The outcome the device recorded in its step state ([`STEP_STATE_LEN`] values).
+    pub fn from_state(state: &[f64]) -> StepOutcome {
+        StepOutcome { loss: state[0], norm: state[1], applied: state[3] != 0.0 }
+    }
+}
+
+/// The table `adamw_step` reads: (offset, length, decays 0/1) for every non-empty tensor of
+/// `layout`, in layout order; and whether every offset is a multiple of 8, which the `_vec` kernels
+/// need (their packs are 4 f32 or 8 bf16 from the tensor's start).
+pub fn adamw_table(layout: &ParamLayout) -> Result<(Vec<i64>, bool)> {
+    let mut table = Vec::new();
+    let mut packed = true;
+    for spec in layout.tensors.iter().filter(|s| s.len > 0) {
+        table.push(i64::try_from(spec.offset).context("parameter offset does not fit in an i64")?);
+        table.push(i64::try_from(spec.len).context("tensor too large")?);
+        table.push(spec.param.decays() as i64);
+        packed &= spec.offset.is_multiple_of(8);
+    }
+    Ok((table, packed))
+}
+
+/// `state[0] += mean(losses[..n])` on the device (f64, a fixed-order block reduction): one
+/// micro-batch's loss added to the step's sum without a round trip to the host.
+pub fn step_loss_accumulate(
+    gpu: &Gpu,
+    state: &mut impl DevicePtrMut<f64>,
+    losses: &impl DevicePtr<f32>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "step_loss_accumulate";
+    let k = Launch::new(gpu, OP, &[("state", state.len(), STEP_STATE_LEN), ("losses", losses.len(), n)])?;
+    ensure!(n > 0, "{OP}: no losses");
+    let n64 = i64::try_from(n).context("N does not fit in an i64")?;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (NORM_THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: (const float*, long long, double*); one block of NORM_THREADS (the kernel's shared
+    // array) reads losses[i < N] and writes state[0], inside the lengths checked above.
+    unsafe { k.read(losses).arg(n64).write(state).run(cfg) }
+}
+
+/// Queues the end of a step's gradient phase on the device: the global norm of `grads[..n]` (the
+/// fixed-order sum of squares into `scratch`), then `step_decide`, which turns the step's loss sum
+/// over `accum` micro-batches into its mean (NaN when `poison`), records the norm and the clip
+/// factor ([`clip_factor`]'s expression, `max_norm <= 0` disabling it), and marks the step applied
+/// when loss and norm are finite. Nothing comes back to the host.
+#[allow(clippy::too_many_arguments)]
+pub fn step_decide(
+    gpu: &Gpu,
+    state: &mut impl DevicePtrMut<f64>,
+    grads: &impl DevicePtr<f32>,
+    scratch: &mut impl DevicePtrMut<f64>,
+    n: usize,
+    max_norm: f64,
+    accum: usize,
+    poison: bool,
+) -> Result<()> {
+    const OP: &str = "step_decide";
+    let lens = [("state", state.len(), STEP_STATE_LEN), ("grads", grads.len(), n)];
+    let k = Launch::new(gpu, OP, &lens)?;
+    ensure!(n > 0 && accum > 0, "{OP}: no gradients or no micro-batches");
+    let accum = i32::try_from(accum).context("--grad-accum does not fit in an i32")?;
+    let stream = &**gpu.stream();
+    let (g_ptr, _g_guard) = grads.device_ptr(stream);
+    let s_len = scratch.len();
+    let (s_ptr, _s_guard) = scratch.device_ptr_mut(stream);
+    queue_sum_of_squares(gpu, g_ptr, s_ptr, s_len, n)?;
+    let total = s_ptr + (NORM_BLOCKS * std::mem::size_of::<f64>()) as u64;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: (double*, const double*, double, int, int); one thread writes state[0..4) (length
+    // checked) and reads scratch[NORM_BLOCKS], inside the scratch checked by queue_sum_of_squares
+    // and guarded until this function returns.
+    unsafe { k.write(state).ptr(total).arg(max_norm).arg(accum).arg(poison as i32).run(cfg) }
+}
+
+/// Blocks per tensor row of `adamw_step`'s grid (the blocks stride over longer tensors).
+const STEP_BLOCKS: usize = 1024;
+
+/// AdamW over the whole flat buffer in one launch, as [`adamw_update`] after clipping (bit for bit):
+/// each gradient is multiplied by the clip factor `state` holds, and nothing is written when
+/// `state` marks the step skipped. `table` is [`adamw_table`]`(layout)` on the device (`packed`
+/// its second value). With `bf16 = Some(copy)` the bf16 working copy is written as by
+/// [`adamw_update`]. `--kernels vector` takes the 128-bit kernels when every tensor offset and
+/// pointer allows.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    gpu: &Gpu,
+    layout: &ParamLayout,
+    table: &impl DevicePtr<i64>,
+    packed: bool,
+    state: &impl DevicePtr<f64>,
+    params: &mut impl DevicePtrMut<f32>,
+    grads: &impl DevicePtr<f32>,
+    m: &mut impl DevicePtrMut<f32>,
+    v: &mut impl DevicePtrMut<f32>,
+    cfg: AdamWConfig,
+    t: u64,
+    lr: f32,
+    bf16: Option<&mut dyn DevicePtrMut<half::bf16>>,
+) -> Result<()> {
+    let total = layout.total;
+    let tensors = layout.tensors.iter().filter(|s| s.len > 0).count();
+    let longest = layout.tensors.iter().map(|s| s.len).max().unwrap_or(0);
+    let mut lens = vec![
+        ("table", table.len(), 3 * tensors),
+        ("state", state.len(), STEP_STATE_LEN),
+        ("params", params.len(), total),
+        ("grads", grads.len(), total),
+        ("m", m.len(), total),
+        ("v", v.len(), total),
+    ];
+    if let Some(copy) = bf16.as_ref() {
+        lens.push(("bf16 copy", copy.len(), total));
+    }
+    crate::gpu::launch::check_lens("adamw_step", &lens)?;
+    if tensors == 0 {
+        return Ok(());
+    }
+    let (step_size, inv_sqrt_bc2) = bias_corrections(cfg, t, lr)?;
+    let decay = 1.0 - lr * cfg.weight_decay;
+    let vector = packed && gpu.kernels() == Kernels::Vector;
+    let k = match (bf16.is_some(), vector) {
+        (false, false) => Launch::new(gpu, "adamw_step", &[])?,
+        (true, false) => Launch::new(gpu, "adamw_step_bf16", &[])?,
+        (false, true) => Launch::new(gpu, "adamw_step_vec", &[])?,
+        (true, true) => Launch::new(gpu, "adamw_step_vec_bf16", &[])?,
+    };
+    let is_bf16 = bf16.is_some();
+    // Held until the launch is queued.
+    let copy = bf16.map(|c| c.device_ptr_mut(gpu.stream()));
+    let k = match copy.as_ref() {
+        None => k.write(params),
+        Some((c, _)) => k.write(params).ptr(*c),
+    };
+    let k = k.read(grads).write(m).write(v).read(table).read(state);
+    let k = if vector { k.aligned16(&[0, 1, 2, 3, 4])? } else { k };
+    let k = k.arg(cfg.beta1).arg(cfg.beta2).arg(cfg.eps).arg(decay).arg(step_size).arg(inv_sqrt_bc2);
+    let k = if is_bf16 { k.arg(sr_seed(t)) } else { k };
+    let per_thread = if vector {
+        if is_bf16 {
+            8
+        } else {
+            4
+        }
+    } else {
+        1
+    };
+    let blocks = longest.div_ceil(per_thread).div_ceil(256).clamp(1, STEP_BLOCKS) as u32;
+    let grid = LaunchConfig { grid_dim: (blocks, tensors as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: adamw_step[_vec] (float*, const float*, float*, float*, const long long*, const
+    // double*, float x6) or adamw_step[_vec]_bf16 (float*, __nv_bfloat16*, const float*, float*,
+    // float*, const long long*, const double*, float x6, unsigned int). Row y of the grid updates
+    // table entry y: offset + length within layout.total (adamw_table over this layout), inside
+    // every buffer (lengths checked); the _vec kernels' packs start at offsets that are multiples
+    // of 8 (`packed`) from 16-byte aligned pointers (checked).
+    let launched = unsafe { k.run(grid) };
+    drop(copy);
+    launched
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-launch AdamW's table lists every non-empty tensor once, in layout order, each
+    /// (offset, length) the layout's and the decay flag `Param::decays`; together they cover the
+    /// flat buffer without overlap. gpt2-124m's offsets allow the 128-bit kernels; a model with an
+    /// odd channel count does not, and says so.
+    #[test]
+    fn adamw_table_covers_every_tensor_once_with_its_decay() {
+        for (name, packed_want) in [("gpt2-124m", true), ("tiny", true)] {
+            let layout = ParamLayout::new(&crate::model::ModelConfig::preset(name).unwrap());
+            let (table, packed) = adamw_table(&layout).unwrap();
+            let specs: Vec<_> = layout.tensors.iter().filter(|s| s.len > 0).collect();
+            assert_eq!(table.len(), 3 * specs.len());
+            let mut covered = 0;
+            for (row, spec) in table.chunks(3).zip(&specs) {
+                assert_eq!(row, [spec.offset as i64, spec.len as i64, spec.param.decays() as i64], "{name}");
+                covered += spec.len;
+            }
+            let mut ranges: Vec<(i64, i64)> = table.chunks(3).map(|r| (r[0], r[0] + r[1])).collect();
+            ranges.sort();
+            assert!(ranges.windows(2).all(|w| w[0].1 <= w[1].0), "{name}: tensors overlap");
+            assert_eq!(covered, layout.total, "{name}: the table misses part of the buffer");
+            assert!(table.chunks(3).any(|r| r[2] == 1) && table.chunks(3).any(|r| r[2] == 0));
+            assert_eq!(packed, packed_want, "{name}");
+        }
+        let mut odd = crate::model::ModelConfig::preset("tiny").unwrap();
+        odd.channels = 68;
+        odd.num_heads = 4;
+        let (_, packed) = adamw_table(&ParamLayout::new(&odd)).unwrap();
+        assert!(!packed, "C = 68 puts a tensor at an offset that is not a multiple of 8");
+    }
+
+    /// The record the host reads at the end of a `--sync step` step: applied only when the loss
+    /// and the norm are both finite, as the host path decides.
+    #[test]
+    fn step_outcomes_apply_only_finite_steps() {
+        assert!(StepOutcome::decide(2.5, 0.3).applied);
+        assert!(!StepOutcome::decide(f64::NAN, 0.3).applied);
+        assert!(!StepOutcome::decide(2.5, f64::INFINITY).applied);
+        let s = StepOutcome::from_state(&[2.5, 0.3, 1.0, 1.0]);
+        assert_eq!(s, StepOutcome::decide(2.5, 0.3));
+        assert!(!StepOutcome::from_state(&[f64::NAN, 0.3, 1.0, 0.0]).applied);
+    }
 
     /// Stochastic rounding gives one of the two bf16 neighbours, keeps bf16 values exact, and is
     /// unbiased: over many random draws the mean of the rounded values is the input.

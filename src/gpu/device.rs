@@ -119,10 +119,18 @@ impl Gpu {
     /// Opens device `ordinal` (primary context), uses its default stream and
     /// loads the embedded fatbin.
     pub fn new(ordinal: usize) -> Result<Gpu> {
+        Gpu::open(ordinal, false)
+    }
+
+    /// [`Gpu::new`], queuing all work on a stream Genesis creates (non-blocking, so it does not
+    /// serialise with the legacy default stream) when `own_stream`. Everything a model does stays on
+    /// that one stream, so no cross-stream synchronisation is needed.
+    pub fn open(ordinal: usize, own_stream: bool) -> Result<Gpu> {
         cuda_available().map_err(|reason| anyhow!("CUDA unavailable: {reason}"))?;
         let fatbin = kernels::fatbin().context("no CUDA kernels compiled in")?;
         let ctx = CudaContext::new(ordinal).with_context(|| format!("creating a CUDA context on device {ordinal}"))?;
-        let stream = ctx.default_stream();
+        let stream =
+            if own_stream { ctx.new_stream().context("creating a CUDA stream")? } else { ctx.default_stream() };
         let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec())).with_context(|| {
             let cc = ctx
                 .compute_capability()

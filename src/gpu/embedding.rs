@@ -167,26 +167,165 @@ pub fn embedding_backward<T: Float>(
     t: usize,
     c: usize,
 ) -> Result<()> {
-    const OP: &str = "embedding_backward";
-    let inputs = check_backward_args(OP, dwte.len(), dwpe.len(), dout.len(), inputs, b, t, c)?;
-    if inputs.is_empty() {
+    let inputs = check_backward_args("embedding_backward", dwte.len(), dwpe.len(), dout.len(), inputs, b, t, c)?;
+    upload_and_launch(gpu, dwte, dwpe, dout, &BackwardPlan::new(inputs, false)?, b, t, c)
+}
+
+/// Uploads `plan` (and allocates its partial sums) stream-ordered, then launches it.
+#[allow(clippy::too_many_arguments)]
+fn upload_and_launch<T: Float>(
+    gpu: &Gpu,
+    dwte: &mut impl DevicePtrMut<f32>,
+    dwpe: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<T>,
+    plan: &BackwardPlan,
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<()> {
+    if plan.is_empty() {
         return Ok(());
     }
-    let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
-    let buckets = TokenRows::new(inputs);
-    let csr = buckets.packed()?;
-    let u = buckets.tokens.len();
-    let ui = to_i32(u, "distinct tokens")?;
-    let cfg = grid_with_dwpe(OP, u, t, c)?;
     gpu.note_pageable_upload();
-    let d_csr = gpu.stream().clone_htod(&csr).with_context(|| format!("{OP}: uploading the token buckets"))?;
-    let k = Launch::new(gpu, &T::kernel(OP), &[("csr", d_csr.len(), csr.len())])?;
-    let k = k.write(dwte).write(dwpe).read(dout).read(&d_csr).arg(ui).arg(bi).arg(ti).arg(ci);
-    // SAFETY: (float*, float*, const T*, const int*, int, int, int, int). csr holds 2U + 1 + B*T
-    // ints as the kernel reads them; every token is below Vp = dwte.len() / C and every row below
-    // B*T (both checked above), so the dwte and dout rows touched are in bounds, as are
-    // dwpe[t*C + c] for t < T, c < C. d_csr is freed stream-ordered after the launch.
-    unsafe { k.run(cfg) }
+    let d_plan = gpu.stream().clone_htod(&plan.ints).context("embedding backward: uploading the token buckets")?;
+    let mut partials = match plan.partials(c) {
+        0 => None,
+        n => Some(gpu.stream().alloc_zeros::<f32>(n).context("embedding backward: allocating the partial sums")?),
+    };
+    // d_plan and the partials are freed stream-ordered after the launches that use them.
+    embedding_backward_planned(gpu, dwte, dwpe, dout, plan, &d_plan, partials.as_mut(), b, t, c)
+}
+
+/// The host half of an embedding backward: the rows of `inputs` bucketed by token and packed as
+/// the kernels read them, for [`embedding_backward`] (one block per distinct token, a
+/// [`TokenRows`] CSR) or [`embedding_backward_balanced`] (a [`ChunkPlan`]'s chunks, then its
+/// combine list). Built on the host before a micro-batch, it can be uploaded with the tokens.
+#[derive(Debug)]
+pub struct BackwardPlan {
+    /// What goes to the device: `[tokens (U) | offsets (U + 1) | rows (B*T)]`, or
+    /// `[4 ints per chunk | rows (B*T) | 3 ints per combined token]`.
+    pub ints: Vec<i32>,
+    kind: PlanKind,
+}
+
+#[derive(Debug)]
+enum PlanKind {
+    Csr { distinct: usize },
+    Chunks { chunks: usize, combine_at: usize, combines: usize, slots: usize },
+}
+
+impl BackwardPlan {
+    /// The plan of `inputs` for the plain (`balanced` false) or the balanced backward.
+    pub fn new(inputs: &[u32], balanced: bool) -> Result<BackwardPlan> {
+        if !balanced {
+            let buckets = TokenRows::new(inputs);
+            return Ok(BackwardPlan {
+                ints: buckets.packed()?,
+                kind: PlanKind::Csr { distinct: buckets.tokens.len() },
+            });
+        }
+        let plan = ChunkPlan::new(inputs, crate::cpu::embedding::CHUNK_ROWS);
+        let (mut ints, combine) = plan.packed()?;
+        let combine_at = ints.len();
+        ints.extend(combine);
+        let kind =
+            PlanKind::Chunks { chunks: plan.chunks.len(), combine_at, combines: plan.combine.len(), slots: plan.slots };
+        Ok(BackwardPlan { ints, kind })
+    }
+
+    /// Whether there is nothing to add (no tokens).
+    pub fn is_empty(&self) -> bool {
+        match self.kind {
+            PlanKind::Csr { distinct } => distinct == 0,
+            PlanKind::Chunks { chunks, .. } => chunks == 0,
+        }
+    }
+
+    /// f32 partial sums the backward needs for channels `c` (0 for the plain one).
+    pub fn partials(&self, c: usize) -> usize {
+        match self.kind {
+            PlanKind::Csr { .. } => 0,
+            PlanKind::Chunks { slots, .. } => slots.max(1) * c,
+        }
+    }
+
+    /// The most ints a plan of `n` tokens takes, either kind: 3n + 1 for the CSR, at most 4n (chunks)
+    /// + n (rows) + 3n (combine) for the balanced one. Sizes buffers allocated once.
+    pub fn max_ints(n: usize) -> usize {
+        8 * n + 1
+    }
+
+    /// The most f32 partial sums a plan of `n` tokens needs for channels `c`: a token's later chunks
+    /// each hold more than [`CHUNK_ROWS`](crate::cpu::embedding::CHUNK_ROWS) rows before them.
+    pub fn max_partials(n: usize, c: usize) -> usize {
+        (n / crate::cpu::embedding::CHUNK_ROWS).max(1) * c
+    }
+}
+
+// dout (B,T,C), plan of inputs (B,T) on the device -> dwte (Vp,C) +=, dwpe (maxT,C) +=
+/// The device half of the embedding backward: launches `plan`, whose [`BackwardPlan::ints`] are
+/// already on the device in `d_plan`, with `partials` holding at least
+/// [`BackwardPlan::partials`]`(c)` floats when that is not 0. The plan must come from inputs that
+/// passed `check_backward_args` for these buffers (token ids below Vp, B*T rows).
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_backward_planned<T: Float>(
+    gpu: &Gpu,
+    dwte: &mut impl DevicePtrMut<f32>,
+    dwpe: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<T>,
+    plan: &BackwardPlan,
+    d_plan: &impl DevicePtr<i32>,
+    partials: Option<&mut impl DevicePtrMut<f32>>,
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<()> {
+    check_lens("embedding_backward", &[("dout", dout.len(), b * t * c), ("dwpe", dwpe.len(), t * c)])?;
+    let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
+    match plan.kind {
+        PlanKind::Csr { distinct } => {
+            const OP: &str = "embedding_backward";
+            let ui = to_i32(distinct, "distinct tokens")?;
+            let cfg = grid_with_dwpe(OP, distinct, t, c)?;
+            let k = Launch::new(gpu, &T::kernel(OP), &[("csr", d_plan.len(), plan.ints.len())])?;
+            let k = k.write(dwte).write(dwpe).read(dout).read(d_plan).arg(ui).arg(bi).arg(ti).arg(ci);
+            // SAFETY: (float*, float*, const T*, const int*, int, int, int, int). csr holds 2U + 1 + B*T
+            // ints as the kernel reads them; every token is below Vp = dwte.len() / C and every row below
+            // B*T (the caller's checked inputs), so the dwte and dout rows touched are in bounds, as are
+            // dwpe[t*C + c] for t < T, c < C.
+            unsafe { k.run(cfg) }
+        }
+        PlanKind::Chunks { chunks, combine_at, combines, .. } => {
+            const OP: &str = "embedding_backward_chunks";
+            let partials = partials.with_context(|| format!("{OP}: no partial-sum buffer"))?;
+            let lens = [("items", d_plan.len(), plan.ints.len()), ("partials", partials.len(), plan.partials(c))];
+            let n_items = to_i32(chunks, "chunks")?;
+            let cfg = grid_with_dwpe(OP, chunks, t, c)?;
+            let k = Launch::new(gpu, &T::kernel(OP), &lens)?;
+            let stream = &**gpu.stream();
+            // Held past both launches: the combine list is an offset into d_plan.
+            let (plan_ptr, _plan_guard) = d_plan.device_ptr(stream);
+            let (part_ptr, _part_guard) = partials.device_ptr_mut(stream);
+            let k = k.write(dwte).write(dwpe).ptr(part_ptr).read(dout).ptr(plan_ptr);
+            // SAFETY: (float*, float*, float*, const T*, const int*, int, int, int, int). items holds 4
+            // ints per chunk and then the B*T rows, as the kernel reads them; every token is below
+            // Vp = dwte.len() / C and every row below B*T (the caller's checked inputs), every slot
+            // below the plan's slots, whose partial sums fit (checked); dwpe[t*C + c] for t < T, c < C
+            // is in bounds.
+            unsafe { k.arg(n_items).arg(bi).arg(ti).arg(ci).run(cfg)? };
+            if combines == 0 {
+                return Ok(());
+            }
+            let n = u32::try_from(combines).context("too many tokens to combine")?;
+            let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            let k = Launch::new(gpu, "embedding_backward_combine", &[])?;
+            let combine = plan_ptr + (combine_at * 4) as u64;
+            // SAFETY: (float*, const float*, const int*, int): the combine list (3 ints per block) lies
+            // at combine_at in d_plan (length checked above), each token below Vp and each slot range
+            // inside the partials the kernel above wrote, in stream order after it.
+            unsafe { k.write(dwte).ptr(part_ptr).ptr(combine).arg(ci).run(cfg) }
+        }
+    }
 }
 
 /// One chunk of the balanced backward: rows `rows[begin..end]` of `token`, written to the token's
@@ -279,47 +418,56 @@ pub fn embedding_backward_balanced<T: Float>(
     t: usize,
     c: usize,
 ) -> Result<()> {
-    const OP: &str = "embedding_backward_chunks";
-    let inputs = check_backward_args(OP, dwte.len(), dwpe.len(), dout.len(), inputs, b, t, c)?;
-    if inputs.is_empty() {
-        return Ok(());
-    }
-    let (bi, ti, ci) = (to_i32(b, "B")?, to_i32(t, "T")?, to_i32(c, "C")?);
-    let plan = ChunkPlan::new(inputs, crate::cpu::embedding::CHUNK_ROWS);
-    let (items, combine) = plan.packed()?;
-    let n_items = to_i32(plan.chunks.len(), "chunks")?;
-    let cfg = grid_with_dwpe(OP, plan.chunks.len(), t, c)?;
-    gpu.note_pageable_upload();
-    let d_items = gpu.stream().clone_htod(&items).with_context(|| format!("{OP}: uploading the chunks"))?;
-    let mut d_partials = gpu
-        .stream()
-        .alloc_zeros::<f32>(plan.slots.max(1) * c)
-        .with_context(|| format!("{OP}: allocating {} partial sums", plan.slots))?;
-    let k = Launch::new(gpu, &T::kernel(OP), &[("items", d_items.len(), items.len())])?;
-    let k = k.write(dwte).write(dwpe).write(&mut d_partials).read(dout).read(&d_items);
-    // SAFETY: (float*, float*, float*, const T*, const int*, int, int, int, int). items holds 4 ints
-    // per chunk and then the B*T rows, as the kernel reads them; every token is below
-    // Vp = dwte.len() / C and every row below B*T (checked / built above), every slot below
-    // plan.slots, and partials holds max(slots, 1) * C floats; dwpe[t*C + c] for t < T, c < C is in
-    // bounds. d_items and d_partials are freed stream-ordered after the launches that use them.
-    unsafe { k.arg(n_items).arg(bi).arg(ti).arg(ci).run(cfg)? };
-    if plan.combine.is_empty() {
-        return Ok(());
-    }
-    gpu.note_pageable_upload();
-    let d_combine = gpu.stream().clone_htod(&combine).with_context(|| format!("{OP}: uploading the combine list"))?;
-    let n = u32::try_from(plan.combine.len()).context("too many tokens to combine")?;
-    let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    let k = Launch::new(gpu, "embedding_backward_combine", &[("combine", d_combine.len(), combine.len())])?;
-    // SAFETY: (float*, const float*, const int*, int): combine holds 3 ints per block, each token
-    // below Vp and each slot range inside the plan.slots * C partials the kernel above wrote, in
-    // stream order after it.
-    unsafe { k.write(dwte).read(&d_partials).read(&d_combine).arg(ci).run(cfg) }
+    let inputs = check_backward_args("embedding_backward_chunks", dwte.len(), dwpe.len(), dout.len(), inputs, b, t, c)?;
+    upload_and_launch(gpu, dwte, dwpe, dout, &BackwardPlan::new(inputs, true)?, b, t, c)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backward plan is what the launchers uploaded before it existed (the CSR, or the chunk items
+    /// followed by the combine list), and never needs more than the buffers `--sync step` allocates
+    /// once: [`BackwardPlan::max_ints`] ints and [`BackwardPlan::max_partials`] partial sums, on
+    /// the worst inputs for each (every token distinct; one token everywhere; real-text-like skew).
+    #[test]
+    fn backward_plans_fit_the_buffers_allocated_once() {
+        let mut rng = crate::rng::Rng::new(5);
+        let skewed: Vec<u32> = (0..4096)
+            .map(|i| {
+                if i % 4 == 0 {
+                    13
+                } else if i % 7 == 0 {
+                    11
+                } else {
+                    rng.below(50_000) as u32
+                }
+            })
+            .collect();
+        let cases: [(&str, Vec<u32>); 5] = [
+            ("distinct", (0..4096).collect()),
+            ("one token", vec![7; 4096]),
+            ("skewed", skewed),
+            ("one row", vec![3]),
+            ("a chunk and one", vec![9; crate::cpu::embedding::CHUNK_ROWS + 1]),
+        ];
+        for (name, inputs) in &cases {
+            let n = inputs.len();
+            let plain = BackwardPlan::new(inputs, false).unwrap();
+            assert_eq!(plain.ints, TokenRows::new(inputs).packed().unwrap(), "{name}");
+            assert_eq!(plain.partials(64), 0);
+            let balanced = BackwardPlan::new(inputs, true).unwrap();
+            let chunks = ChunkPlan::new(inputs, crate::cpu::embedding::CHUNK_ROWS);
+            let (items, combine) = chunks.packed().unwrap();
+            assert_eq!(balanced.ints, [items, combine].concat(), "{name}");
+            for plan in [&plain, &balanced] {
+                assert!(plan.ints.len() <= BackwardPlan::max_ints(n), "{name}: {} ints", plan.ints.len());
+                assert!(plan.partials(64) <= BackwardPlan::max_partials(n, 64), "{name}: {}", plan.partials(64));
+                assert!(!plan.is_empty());
+            }
+        }
+        assert!(BackwardPlan::new(&[], false).unwrap().is_empty() && BackwardPlan::new(&[], true).unwrap().is_empty());
+    }
 
     #[test]
     fn buckets_rows_by_token_in_order() {

@@ -2,11 +2,12 @@
 //! sampling and the benchmarks need from a [`GpuModel`], and [`gpu_engine`] is the one place a
 //! [`Precision`] picks `f32` or `bf16`.
 
+use super::adamw::StepOutcome;
 use super::device::Gpu;
-use super::gpt::GpuModel;
+use super::gpt::{GpuModel, TrainStep};
 use super::profile::{measure_ceilings, Ceilings};
 use super::sample::GpuDecoder;
-use super::{Attention, Float, Kernels, Precision};
+use super::{Attention, Float, Kernels, Precision, StepSync};
 use crate::cpu::adamw::AdamWConfig;
 use crate::cpu::sample::TokenDecoder;
 use crate::model::ModelConfig;
@@ -51,6 +52,8 @@ pub trait GpuEngine {
     fn upload_moments(&mut self, m: &[f32], v: &[f32]) -> Result<()>;
     fn zero_grads(&mut self) -> Result<()>;
     fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64>;
+    /// One whole optimizer step, its micro-batches from `next_batch` (see [`GpuModel::train_step`]).
+    fn train_step(&mut self, next_batch: &mut dyn FnMut(&mut [u32], &mut [u32]), s: &TrainStep) -> Result<StepOutcome>;
     fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64>;
     fn adamw_update(&mut self, cfg: AdamWConfig, t: u64, lr: f32) -> Result<()>;
     fn download_weights(&self) -> Result<Vec<f32>>;
@@ -58,17 +61,19 @@ pub trait GpuEngine {
 }
 
 /// Uploads `params` to GPU `ordinal` in `precision`. `allow_tf32` lets fp32 matmuls use TF32 tensor
-/// cores (bf16 ones always accumulate in f32).
+/// cores (bf16 ones always accumulate in f32). Training steps talk to the host as `sync` says
+/// (evaluation and sampling: [`StepSync::Micro`]).
 pub fn gpu_engine(
     cfg: &ModelConfig,
     params: &[f32],
     ordinal: usize,
     precision: Precision,
     allow_tf32: bool,
+    sync: StepSync,
 ) -> Result<Box<dyn GpuEngine>> {
     Ok(match precision {
-        Precision::Fp32 => Box::new(GpuModel::<f32>::new(cfg, params, ordinal, allow_tf32)?),
-        Precision::Bf16 => Box::new(GpuModel::<half::bf16>::new(cfg, params, ordinal, allow_tf32)?),
+        Precision::Fp32 => Box::new(GpuModel::<f32>::open(cfg, params, ordinal, allow_tf32, sync)?),
+        Precision::Bf16 => Box::new(GpuModel::<half::bf16>::open(cfg, params, ordinal, allow_tf32, sync)?),
     })
 }
 
@@ -78,7 +83,10 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn describe(&self) -> String {
         let precision = if T::BYTES == 2 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
-        let kernels = if self.gpu.kernels() == Kernels::Vector { ", vectorised kernels" } else { "" };
+        let mut kernels = if self.gpu.kernels() == Kernels::Vector { ", vectorised kernels" } else { "" }.to_string();
+        if self.sync() == StepSync::Step {
+            kernels.push_str(", one host sync per step");
+        }
         match self.attention() {
             Attention::Flash => format!("{}, {precision}, flash attention{kernels}", self.gpu.describe()),
             Attention::Materialized => format!("{}, {precision}{kernels}", self.gpu.describe()),
@@ -138,6 +146,9 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64> {
         GpuModel::forward_backward(self, inputs, targets, b, t, dloss)
+    }
+    fn train_step(&mut self, next_batch: &mut dyn FnMut(&mut [u32], &mut [u32]), s: &TrainStep) -> Result<StepOutcome> {
+        GpuModel::train_step(self, next_batch, s)
     }
     fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64> {
         GpuModel::clip_grad_norm(self, max_norm)

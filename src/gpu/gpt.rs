@@ -11,19 +11,23 @@
 //! `residual2 = x + attproj`, and the next block's first LayerNorm (or the final one) writes
 //! `residual3 = residual2 + fcproj`.
 
+use super::adamw::StepOutcome;
 use super::attention;
 use super::blas::Blas;
 use super::classifier::classifier_forward;
 use super::device::Gpu;
 use super::embedding::embedding_forward;
+use super::embedding::BackwardPlan;
 use super::flash_attention;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
-use super::{Attention, Float, Kernels};
+use super::{Attention, Float, Kernels, StepSync};
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
-use cudarc::driver::{sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop};
+use cudarc::driver::{
+    sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, PinnedHostSlice, SyncOnDrop,
+};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -225,15 +229,25 @@ pub struct GpuModel<T: Float> {
     train: Option<Training>,
     /// How attention is computed (see [`GpuModel::set_attention`]).
     attention: Attention,
+    /// How a training step talks to the host (`--sync`; fixed at construction, as it picks the stream).
+    sync: StepSync,
+    /// The host's copy of the micro-batch [`train_step`](Self::train_step) is feeding.
+    batch: (Vec<u32>, Vec<u32>),
 }
 
 impl<T: Float> GpuModel<T> {
     /// Uploads `params` (in `ParamLayout` order) to device `ordinal`. `allow_tf32` lets cuBLAS
     /// round matmul inputs to TF32 (faster, about 1e-3 relative); off gives exact fp32.
     pub fn new(cfg: &ModelConfig, params: &[f32], ordinal: usize, allow_tf32: bool) -> Result<Self> {
+        Self::open(cfg, params, ordinal, allow_tf32, StepSync::Micro)
+    }
+
+    /// [`new`](Self::new) for training steps synchronised as `sync` says: [`StepSync::Step`] also
+    /// puts all the model's work on a stream Genesis creates.
+    pub fn open(cfg: &ModelConfig, params: &[f32], ordinal: usize, allow_tf32: bool, sync: StepSync) -> Result<Self> {
         let layout = ParamLayout::new(cfg);
         ensure!(params.len() == layout.total, "{} parameters given, the model needs {}", params.len(), layout.total);
-        let gpu = Gpu::new(ordinal)?;
+        let gpu = Gpu::open(ordinal, sync == StepSync::Step)?;
         let blas = Blas::new(&gpu, allow_tf32)?;
         let converted: Vec<T> = params.iter().map(|&x| T::from_f32(x)).collect();
         let params = gpu.stream().clone_htod(&converted).context("uploading the parameters")?;
@@ -249,6 +263,8 @@ impl<T: Float> GpuModel<T> {
             marks: None,
             train: None,
             attention: Attention::Materialized,
+            sync,
+            batch: (Vec::new(), Vec::new()),
         })
     }
 
@@ -279,6 +295,11 @@ impl<T: Float> GpuModel<T> {
     /// How attention is computed.
     pub fn attention(&self) -> Attention {
         self.attention
+    }
+
+    /// How a training step talks to the host (`--sync`).
+    pub fn sync(&self) -> StepSync {
+        self.sync
     }
 
     pub(crate) fn blas(&self) -> &Blas {
@@ -372,10 +393,15 @@ impl<T: Float> GpuModel<T> {
         Ok(())
     }
 
-    fn upload_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> Result<()> {
+    /// Uploads a batch's tokens; for a training forward under [`StepSync::Step`], with the embedding
+    /// backward's plan, from pinned memory ([`stage_tokens`](Self::stage_tokens)).
+    fn upload_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>, train: bool) -> Result<()> {
         let v = self.cfg.vocab_size as u32;
         if let Some(bad) = inputs.iter().chain(targets.unwrap_or(&[])).find(|&&x| x >= v) {
             bail!("token id {bad} is outside the model's vocabulary of {v}");
+        }
+        if let (true, StepSync::Step, Some(targets)) = (train, self.sync, targets) {
+            return self.stage_tokens(inputs, targets);
         }
         let stream = Arc::clone(self.gpu.stream());
         let to_i32 = |xs: &[u32]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
@@ -409,7 +435,7 @@ impl<T: Float> GpuModel<T> {
         ensure!(inputs.len() == b * t, "inputs hold {} tokens, not B*T = {}", inputs.len(), b * t);
         ensure!(targets.is_none_or(|x| x.len() == b * t), "targets must hold B*T = {} tokens", b * t);
         self.ensure_acts(b, t, train)?;
-        self.upload_tokens(inputs, targets)?;
+        self.upload_tokens(inputs, targets, train)?;
         let (cfg, gpu, blas) = (self.cfg, &self.gpu, &self.blas);
         let (n, c, nh, l_max) = (b * t, cfg.channels, cfg.num_heads, cfg.num_layers);
         let p = |prm: Param| self.params.slice(self.layout.get(prm).range());
@@ -620,6 +646,49 @@ struct Training {
     master: Option<CudaSlice<f32>>,
     norm_scratch: CudaSlice<f64>,
     scratch: Option<GradScratch>,
+    /// `--sync step`'s buffers, for the (B,T) being trained.
+    step: Option<StepBuffers>,
+}
+
+/// What [`StepSync::Step`] allocates once per (B,T): pinned host staging for a micro-batch's tokens
+/// and the embedding backward's plan, their device copy, and the step's record on the device.
+struct StepBuffers {
+    b: usize,
+    t: usize,
+    /// `[inputs (B*T) | targets (B*T) | plan ints]`: two, so the host fills one while the device may
+    /// still be copying out of the other.
+    pinned: [PinnedHostSlice<i32>; 2],
+    /// Recorded after the copies out of `pinned[k]`; waited on before `pinned[k]` is written again.
+    copied: [CudaEvent; 2],
+    /// The staging buffer the next micro-batch uses.
+    next: usize,
+    /// The embedding backward's plan of the staged micro-batch, taken by the backward.
+    plan: Option<BackwardPlan>,
+    /// The plan's ints on the device, and the balanced backward's partial sums.
+    d_plan: CudaSlice<i32>,
+    partials: CudaSlice<f32>,
+    /// [loss, norm, clip factor, applied] (`gpu::adamw::STEP_STATE_LEN`) of the step being queued.
+    state: CudaSlice<f64>,
+    /// `gpu::adamw::adamw_table` on the device, and whether its offsets allow the `_vec` kernels.
+    table: CudaSlice<i64>,
+    packed: bool,
+}
+
+/// One optimizer step for [`GpuModel::train_step`]: `accum` micro-batches of (batch, seq), each
+/// loss scaled by `dloss`, gradients clipped to `max_norm` (0: no clipping), then AdamW step `t`
+/// (the count after it) at learning rate `lr`. `poison` makes the step's loss NaN (a test hook:
+/// the step is then skipped, as a real non-finite loss would be).
+#[derive(Clone, Copy, Debug)]
+pub struct TrainStep {
+    pub batch: usize,
+    pub seq: usize,
+    pub accum: usize,
+    pub dloss: f32,
+    pub max_norm: f64,
+    pub adam: crate::cpu::adamw::AdamWConfig,
+    pub t: u64,
+    pub lr: f32,
+    pub poison: bool,
 }
 
 /// Whether `T` is bf16 (the only 2-byte [`Float`]).
@@ -657,6 +726,7 @@ impl<T: Float> GpuModel<T> {
             master,
             norm_scratch: stream.alloc_zeros(super::adamw::global_norm_scratch_len())?,
             scratch: None,
+            step: None,
         });
         Ok(())
     }
@@ -765,6 +835,22 @@ impl<T: Float> GpuModel<T> {
     /// of the summed loss into the gradient buffer (as `cpu::gpt::backward`). Returns the mean loss.
     // inputs (B,T), targets (B,T) -> grads +=, mean loss
     pub fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dloss: f32) -> Result<f64> {
+        self.forward_backward_queued(inputs, targets, b, t, dloss)?;
+        let losses = GpuModel::losses(self)?;
+        self.mark("loss readback")?;
+        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
+    }
+
+    /// [`forward_backward`](Self::forward_backward) without reading the loss back: everything is
+    /// queued, the per-position losses stay in the activations.
+    fn forward_backward_queued(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        dloss: f32,
+    ) -> Result<()> {
         self.training()?;
         self.forward_impl(inputs, Some(targets), b, t, Some(dloss))?;
         self.ensure_grad_scratch(b, t)?;
@@ -901,17 +987,233 @@ impl<T: Float> GpuModel<T> {
         }
         let (mut dwte, mut dwpe, dres) =
             (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad::<T>(Grad::Dresidual));
-        // --kernels vector also takes the balanced backward (frequent tokens cut into chunks), which
-        // sums heavy tokens in another (fixed) order: both are deterministic.
-        if self.gpu.kernels() == Kernels::Vector {
+        let staged = self.train.as_mut().and_then(|tr| tr.step.as_mut()).and_then(|sb| sb.plan.take().map(|p| (p, sb)));
+        if let Some((plan, sb)) = staged {
+            // --sync step: the plan went up with the tokens (stage_tokens).
+            let gpu = &self.gpu;
+            let partials = Some(&mut sb.partials);
+            super::embedding::embedding_backward_planned(
+                gpu, &mut dwte, &mut dwpe, &dres, &plan, &sb.d_plan, partials, b, t, c,
+            )?;
+        } else if self.gpu.kernels() == Kernels::Vector {
+            // --kernels vector also takes the balanced backward (frequent tokens cut into chunks),
+            // which sums heavy tokens in another (fixed) order: both are deterministic.
             super::embedding::embedding_backward_balanced(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
         } else {
             super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
         }
-        self.mark("embedding bwd")?;
-        let losses = GpuModel::losses(self)?;
-        self.mark("loss readback")?;
-        Ok(losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64)
+        self.mark("embedding bwd")
+    }
+
+    /// `--sync step`: the tokens (B,T) of a training micro-batch and the embedding backward's plan
+    /// of them go up from pinned memory allocated once, without waiting for the queued work (the
+    /// host only waits, if at all, for the copies out of the same staging buffer two micro-batches
+    /// ago).
+    fn stage_tokens(&mut self, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        let n = inputs.len();
+        let lay = &self.acts.as_ref().context("activations allocated by ensure_acts")?.0;
+        let (b, t) = (lay.b, lay.t);
+        self.ensure_step_buffers(b, t)?;
+        let plan = BackwardPlan::new(inputs, self.gpu.kernels() == Kernels::Vector)?;
+        let stream = Arc::clone(self.gpu.stream());
+        let sb = self.train.as_mut().and_then(|tr| tr.step.as_mut()).context("step buffers allocated above")?;
+        let k = sb.next;
+        sb.next ^= 1;
+        sb.copied[k].synchronize().context("waiting for a token upload")?;
+        let host = sb.pinned[k].as_mut_slice().context("opening the pinned token buffer")?;
+        ensure!(
+            host.len() >= 2 * n + plan.ints.len() && sb.d_plan.len() >= plan.ints.len(),
+            "the staging buffers for {b} x {t} tokens are too small for this batch's plan"
+        );
+        for (dst, &src) in host.iter_mut().zip(inputs.iter().chain(targets)) {
+            *dst = src as i32;
+        }
+        host[2 * n..2 * n + plan.ints.len()].copy_from_slice(&plan.ints);
+        let copies = [
+            (self.inputs.as_mut().context("allocated")?.device_ptr_mut(&stream), 0..n),
+            (self.targets.as_mut().context("allocated")?.device_ptr_mut(&stream), n..2 * n),
+            (sb.d_plan.device_ptr_mut(&stream), 2 * n..2 * n + plan.ints.len()),
+        ];
+        self.gpu.ctx().bind_to_thread().context("binding the CUDA context")?;
+        for ((dst, _guard), range) in &copies {
+            // SAFETY: `dst` is a live device buffer of at least range.len() i32 (inputs and targets
+            // hold B*T, d_plan was checked above), guarded until the copies are queued; the source
+            // is pinned memory that is not written again before `copied[k]`, recorded below, has
+            // been reached.
+            unsafe { cudarc::driver::result::memcpy_htod_async(*dst, &host[range.clone()], stream.cu_stream()) }
+                .context("uploading a micro-batch's tokens")?;
+        }
+        drop(copies);
+        sb.copied[k].record(&stream).context("recording the token upload")?;
+        sb.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Allocates `--sync step`'s buffers for batches of (b, t), reusing them when they fit.
+    fn ensure_step_buffers(&mut self, b: usize, t: usize) -> Result<()> {
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        if tr.step.as_ref().is_some_and(|sb| sb.b == b && sb.t == t) {
+            return Ok(());
+        }
+        tr.step = None;
+        let (n, c) = (b * t, self.cfg.channels);
+        let len = 2 * n + BackwardPlan::max_ints(n);
+        let (ctx, stream) = (self.gpu.ctx(), self.gpu.stream());
+        // SAFETY: the staging buffers are written (tokens, plan) before any copy reads them.
+        let pinned = unsafe { [ctx.alloc_pinned::<i32>(len)?, ctx.alloc_pinned::<i32>(len)?] };
+        let copied = [ctx.new_event(None)?, ctx.new_event(None)?];
+        let (table, packed) = super::adamw::adamw_table(&self.layout)?;
+        tr.step = Some(StepBuffers {
+            b,
+            t,
+            pinned,
+            copied,
+            next: 0,
+            plan: None,
+            d_plan: stream.alloc_zeros(BackwardPlan::max_ints(n)).context("allocating the token plan")?,
+            partials: stream.alloc_zeros(BackwardPlan::max_partials(n, c)).context("allocating partial sums")?,
+            state: stream.alloc_zeros(super::adamw::STEP_STATE_LEN)?,
+            table: stream.clone_htod(&table).context("uploading the AdamW table")?,
+            packed,
+        });
+        Ok(())
+    }
+
+    /// One optimizer step: `s.accum` micro-batches, each filled by `next_batch(inputs, targets)`,
+    /// forward and backward into the zeroed gradients, the global norm and clipping, then AdamW,
+    /// unless the loss or the norm is not finite (the step is then skipped, the weights untouched).
+    ///
+    /// [`StepSync::Micro`] reads each micro-batch's loss and the norm back and decides on the host;
+    /// [`StepSync::Step`] queues the whole step and reads one record back at its end. Both update
+    /// the weights to the same bits; the loss differs only in the order its f64 sum is taken.
+    pub fn train_step(
+        &mut self,
+        next_batch: &mut dyn FnMut(&mut [u32], &mut [u32]),
+        s: &TrainStep,
+    ) -> Result<StepOutcome> {
+        let n = s.batch * s.seq;
+        let (mut inputs, mut targets) = std::mem::take(&mut self.batch);
+        inputs.resize(n, 0);
+        targets.resize(n, 0);
+        let outcome = match self.sync {
+            StepSync::Micro => self.step_on_host(next_batch, s, &mut inputs, &mut targets),
+            StepSync::Step => self.step_on_device(next_batch, s, &mut inputs, &mut targets),
+        };
+        self.batch = (inputs, targets);
+        outcome
+    }
+
+    fn step_on_host(
+        &mut self,
+        next_batch: &mut dyn FnMut(&mut [u32], &mut [u32]),
+        s: &TrainStep,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) -> Result<StepOutcome> {
+        self.zero_grads()?;
+        let mut loss = 0.0;
+        for _ in 0..s.accum {
+            next_batch(inputs, targets);
+            loss += self.forward_backward(inputs, targets, s.batch, s.seq, s.dloss)?;
+        }
+        let loss = if s.poison { f64::NAN } else { loss / s.accum as f64 };
+        let outcome = StepOutcome::decide(loss, self.clip_grad_norm(s.max_norm)?);
+        if outcome.applied {
+            self.adamw_update(s.adam, s.t, s.lr)?;
+        }
+        Ok(outcome)
+    }
+
+    fn step_on_device(
+        &mut self,
+        next_batch: &mut dyn FnMut(&mut [u32], &mut [u32]),
+        s: &TrainStep,
+        inputs: &mut [u32],
+        targets: &mut [u32],
+    ) -> Result<StepOutcome> {
+        self.zero_grads()?;
+        self.ensure_acts(s.batch, s.seq, true)?;
+        self.ensure_step_buffers(s.batch, s.seq)?;
+        {
+            let sb = self.train.as_mut().and_then(|tr| tr.step.as_mut()).context("step buffers")?;
+            self.gpu.stream().memset_zeros(&mut sb.state)?;
+        }
+        for _ in 0..s.accum {
+            next_batch(inputs, targets);
+            self.forward_backward_queued(inputs, targets, s.batch, s.seq, s.dloss)?;
+            let losses = self.act::<f32>(Act::Losses, 0);
+            let sb = self.train.as_mut().and_then(|tr| tr.step.as_mut()).context("step buffers")?;
+            super::adamw::step_loss_accumulate(&self.gpu, &mut sb.state, &losses, s.batch * s.seq)?;
+            self.mark("loss sum")?;
+        }
+        let n = self.layout.total;
+        let stream = Arc::clone(self.gpu.stream());
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        let sb = tr.step.as_mut().context("step buffers")?;
+        let accum = s.accum;
+        super::adamw::step_decide(
+            &self.gpu,
+            &mut sb.state,
+            &tr.grads,
+            &mut tr.norm_scratch,
+            n,
+            s.max_norm,
+            accum,
+            s.poison,
+        )?;
+        self.mark("grad norm")?;
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        let sb = tr.step.as_mut().context("step buffers")?;
+        let done = {
+            let (ptr, _guard) = self.params.device_ptr_mut(&stream);
+            let (table, state, packed) = (&sb.table, &sb.state, sb.packed);
+            let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+            match tr.master.as_mut() {
+                Some(master) => {
+                    let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
+                    super::adamw::adamw_step(
+                        &self.gpu,
+                        &self.layout,
+                        table,
+                        packed,
+                        state,
+                        master,
+                        g,
+                        m,
+                        v,
+                        s.adam,
+                        s.t,
+                        s.lr,
+                        Some(&mut copy),
+                    )
+                }
+                None => {
+                    let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
+                    super::adamw::adamw_step(
+                        &self.gpu,
+                        &self.layout,
+                        table,
+                        packed,
+                        state,
+                        &mut weights,
+                        g,
+                        m,
+                        v,
+                        s.adam,
+                        s.t,
+                        s.lr,
+                        None,
+                    )
+                }
+            }
+        };
+        done?;
+        self.mark("adamw")?;
+        let sb = self.train.as_ref().and_then(|tr| tr.step.as_ref()).context("step buffers")?;
+        let mut state = [0.0f64; super::adamw::STEP_STATE_LEN];
+        self.gpu.note_host_sync();
+        stream.memcpy_dtoh(&sb.state, &mut state).context("reading the step's loss and norm back")?;
+        Ok(StepOutcome::from_state(&state))
     }
 
     /// Clips the gradient to `max_norm` (0 disables) and returns the norm before clipping.

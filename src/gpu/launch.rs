@@ -20,7 +20,7 @@
 //! **The safety argument, stated once.** [`Launch::run`] is `unsafe` because the driver cannot
 //! check a launch. It is sound when (1) the arguments pushed match the kernel's parameter list in
 //! order and type (pointers are 64-bit device addresses of the element type the kernel declares;
-//! `i32` for `int`, `i64` for `long long`, `u32` for `unsigned int`, `f32` for `float`); (2) every
+//! `i32` for `int`, `i64` for `long long`, `u32` for `unsigned int`, `f32` for `float`, `f64` for `double`); (2) every
 //! index the kernel touches lies inside the buffers whose lengths were checked (or, for a raw
 //! [`Launch::ptr`], inside a live allocation the caller keeps guarded); (3) the block shape is one
 //! the kernel accepts (a whole number of warps where it reduces warps, at most its
@@ -40,6 +40,7 @@ pub(crate) enum Arg {
     I64(i64),
     U32(u32),
     F32(f32),
+    F64(f64),
 }
 
 impl From<i32> for Arg {
@@ -55,6 +56,11 @@ impl From<i64> for Arg {
 impl From<u32> for Arg {
     fn from(v: u32) -> Arg {
         Arg::U32(v)
+    }
+}
+impl From<f64> for Arg {
+    fn from(v: f64) -> Arg {
+        Arg::F64(v)
     }
 }
 impl From<f32> for Arg {
@@ -150,6 +156,7 @@ impl<'a> Launch<'a> {
                 Arg::I64(v) => launch.arg(v),
                 Arg::U32(v) => launch.arg(v),
                 Arg::F32(v) => launch.arg(v),
+                Arg::F64(v) => launch.arg(v),
             };
         }
         // SAFETY: the caller's contract (above); `args` outlives the launch call.

@@ -186,6 +186,41 @@ impl std::fmt::Display for Kernels {
     }
 }
 
+/// How a GPU training step talks to the host, from `--sync micro|step`. `Micro` (the default, the
+/// verified path) reads each micro-batch's loss and the gradient norm back before AdamW, uploads
+/// tokens from pageable memory and runs on the legacy default stream. `Step` queues a whole
+/// optimizer step and reads one record back at its end: tokens and the embedding backward's
+/// buckets go up from pinned buffers allocated once, the losses are summed and the norm, clip
+/// factor and skip decided on the device, AdamW is one launch reading the clip factor from device
+/// memory, all on a stream Genesis creates. Both give the same weights bit for bit; `Step` stays
+/// behind this option until a GPU run has verified it (issue 15 §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepSync {
+    #[default]
+    Micro,
+    Step,
+}
+
+impl std::str::FromStr for StepSync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "micro" => Ok(StepSync::Micro),
+            "step" => Ok(StepSync::Step),
+            _ => Err("expected micro or step".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for StepSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepSync::Micro => "micro",
+            StepSync::Step => "step",
+        })
+    }
+}
+
 /// The element type of a GPU run, from `--precision auto|fp32|bf16`. `auto` is bf16: every GPU
 /// Genesis supports (sm_80 and newer) has bf16 tensor cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,5 +332,9 @@ mod tests {
         assert_eq!("scalar".parse::<Kernels>().unwrap(), Kernels::Scalar);
         assert_eq!(Kernels::default(), Kernels::Scalar);
         assert!("vec".parse::<Kernels>().unwrap_err().contains("scalar or vector"));
+        assert_eq!("step".parse::<StepSync>().unwrap(), StepSync::Step);
+        assert_eq!("micro".parse::<StepSync>().unwrap(), StepSync::Micro);
+        assert_eq!(StepSync::default(), StepSync::Micro);
+        assert!("async".parse::<StepSync>().unwrap_err().contains("micro or step"));
     }
 }

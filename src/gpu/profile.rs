@@ -60,6 +60,7 @@ pub fn family(name: &str) -> &'static str {
         "classifier" => "classifier",
         "memset" => "memset",
         "loss readback" => "loss readback",
+        "loss sum" => "loss sum",
         "grad norm" => "grad norm",
         "adamw" => "adamw",
         _ => "other",

@@ -18,8 +18,10 @@ use crate::cpu::adamw::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::cpu::gpt::{self, Activations};
 use crate::data::loader::{DataLoader, LoaderState};
 use crate::data::manifest::Split;
+use crate::gpu::adamw::StepOutcome;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
-use crate::gpu::{Attention, Kernels, Precision};
+use crate::gpu::gpt::TrainStep;
+use crate::gpu::{Attention, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
@@ -61,6 +63,8 @@ pub struct TrainOptions {
     pub attention: Attention,
     /// On the GPU: the verified scalar kernels (default) or the 128-bit vectorised ones (`--kernels`).
     pub kernels: Kernels,
+    /// On the GPU: read each micro-batch's loss back (default) or one record per step (`--sync`).
+    pub sync: StepSync,
     /// The dataset as the user named it, for the log (default: `run.data`, which is resolved).
     pub data_label: Option<String>,
 }
@@ -79,6 +83,7 @@ impl TrainOptions {
             precision: Precision::Fp32,
             attention: Attention::Materialized,
             kernels: Kernels::Scalar,
+            sync: StepSync::Micro,
             data_label: None,
         }
     }
@@ -337,7 +342,7 @@ impl Engine {
             },
             // Ready to continue from the trainer's weights, step and moments (TF32 for fp32 matmuls).
             Some(ordinal) => {
-                let mut g = gpu_engine(&r.model, &t.params, ordinal, o.precision, true)?;
+                let mut g = gpu_engine(&r.model, &t.params, ordinal, o.precision, true, o.sync)?;
                 g.set_attention(o.attention)?;
                 g.set_kernels(o.kernels);
                 g.enable_training(&t.params, t.opt.t)?;
@@ -354,51 +359,59 @@ impl Engine {
         }
     }
 
-    /// Gradients of one step over `accum` micro-batches, clipped; returns (mean loss, norm before clipping).
+    /// One optimizer step over `r.grad_accum` micro-batches: gradients, clipping to `r.grad_clip`,
+    /// and AdamW at `lr` unless the loss (NaN when `poison`) or the norm is not finite. Returns the
+    /// mean loss, the norm before clipping and whether the weights were updated.
     #[allow(clippy::too_many_arguments)]
-    fn gradients(
+    fn step(
         &mut self,
-        t: &Trainer,
+        t: &mut Trainer,
         cfg: &ModelConfig,
         layout: &ParamLayout,
         data: &mut DataLoader,
-        inputs: &mut [u32],
-        targets: &mut [u32],
         r: &RunConfig,
         dloss: f32,
-    ) -> Result<(f64, f64)> {
-        let mut loss = 0.0;
-        match self {
+        lr: f32,
+        poison: bool,
+    ) -> Result<StepOutcome> {
+        let outcome = match self {
             Engine::Cpu { grads, acts } => {
+                let n = r.batch * r.seq;
+                let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
                 grads.fill(0.0);
+                let mut loss = 0.0;
                 for _ in 0..r.grad_accum {
-                    data.next_batch(inputs, targets);
-                    gpt::forward(cfg, layout, &t.params, acts, inputs);
-                    loss += gpt::backward(cfg, layout, &t.params, grads, acts, inputs, targets, dloss);
+                    data.next_batch(&mut inputs, &mut targets);
+                    gpt::forward(cfg, layout, &t.params, acts, &inputs);
+                    loss += gpt::backward(cfg, layout, &t.params, grads, acts, &inputs, &targets, dloss);
                 }
-                Ok((loss / r.grad_accum as f64, clip_grad_norm(grads, r.grad_clip)))
+                let loss = if poison { f64::NAN } else { loss / r.grad_accum as f64 };
+                let outcome = StepOutcome::decide(loss, clip_grad_norm(grads, r.grad_clip));
+                if outcome.applied {
+                    t.opt.update(layout, &mut t.params, grads, lr);
+                }
+                outcome
             }
             Engine::Gpu(g) => {
-                g.zero_grads()?;
-                for _ in 0..r.grad_accum {
-                    data.next_batch(inputs, targets);
-                    loss += g.forward_backward(inputs, targets, r.batch, r.seq, dloss)?;
+                let s = TrainStep {
+                    batch: r.batch,
+                    seq: r.seq,
+                    accum: r.grad_accum,
+                    dloss,
+                    max_norm: r.grad_clip,
+                    adam: t.opt.cfg,
+                    t: t.opt.t + 1,
+                    lr,
+                    poison,
+                };
+                let outcome = g.train_step(&mut |inputs, targets| data.next_batch(inputs, targets), &s)?;
+                if outcome.applied {
+                    t.opt.t += 1;
                 }
-                Ok((loss / r.grad_accum as f64, g.clip_grad_norm(r.grad_clip)?))
+                outcome
             }
-        }
-    }
-
-    /// One AdamW update with the gradients of [`gradients`](Self::gradients).
-    fn update(&mut self, t: &mut Trainer, layout: &ParamLayout, lr: f32) -> Result<()> {
-        match self {
-            Engine::Cpu { grads, .. } => t.opt.update(layout, &mut t.params, grads, lr),
-            Engine::Gpu(g) => {
-                g.adamw_update(t.opt.cfg, t.opt.t + 1, lr)?;
-                t.opt.t += 1;
-            }
-        }
-        Ok(())
+        };
+        Ok(outcome)
     }
 
     fn evaluate(&mut self, t: &Trainer, cfg: &ModelConfig, val: &mut DataLoader, batches: usize) -> Result<f64> {
@@ -525,7 +538,6 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     let sched = LrSchedule { max_lr: r.lr, min_lr: r.lr * r.min_lr_frac, warmup: r.warmup, total: r.steps };
     let mut engine = Engine::new(o, &t)?;
     let n = r.batch * r.seq;
-    let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
     let tokens_per_step = (n * r.grad_accum) as u64;
     let (mut metrics, notes) = MetricsLog::open(&o.out, resumed_from)?;
     for note in notes {
@@ -569,17 +581,15 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
     while t.step < r.steps {
         let t0 = Instant::now();
         let dloss = 1.0 / tokens_per_step as f32;
-        let (mut loss, norm) =
-            engine.gradients(&t, &cfg, &layout, &mut train_data, &mut inputs, &mut targets, r, dloss)?;
-        if o.poison_steps.contains(&(t.step + 1)) {
-            loss = f64::NAN;
-        }
         let lr = sched.at(t.step);
+        let poison = o.poison_steps.contains(&(t.step + 1));
+        let StepOutcome { loss, norm, applied } =
+            engine.step(&mut t, &cfg, &layout, &mut train_data, r, dloss, lr as f32, poison)?;
         t.step += 1;
         t.state.tokens += tokens_per_step;
         session_tokens += tokens_per_step;
         t.state.loader = train_data.state();
-        if !loss.is_finite() || !norm.is_finite() {
+        if !applied {
             bad_in_a_row += 1;
             t.state.skipped += 1;
             log.line(&format!(
@@ -602,7 +612,6 @@ pub fn train(o: &TrainOptions) -> Result<TrainSummary> {
             }
         } else {
             bad_in_a_row = 0;
-            engine.update(&mut t, &layout, lr as f32)?;
             t.state.adam_t = t.opt.t;
             t.state.loss = loss;
             summary.train_losses.push((t.step, loss));

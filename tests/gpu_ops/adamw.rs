@@ -334,3 +334,97 @@ fn adamw_vec_bf16_matches_cpu_and_the_rounding_mirror() {
     check_adamw_bf16(&gpu, AdamWCase::new(0x6164_616d_7665_6303));
     check_adamw_bf16(&gpu, AdamWCase::for_model(0x6164_616d_7665_6304, &odd_model()));
 }
+
+/// `--sync step` on the device against the host path it replaces: after two micro-batches' losses
+/// are summed on the device (`step_loss_accumulate`), `step_decide` records their mean (within f64
+/// rounding of the host's left-to-right sum), the norm `clip_grad_norm` returns (same bits, same
+/// kernels) and its clip factor (`cpu::adamw::clip_factor`, bit for bit); then the one-launch
+/// `adamw_step` gives the bits of clipping plus the per-tensor `adamw_update`: weights, moments and,
+/// in bf16, the working copy, with the scalar and the vector kernels. A poisoned step is marked
+/// skipped and `adamw_step` then writes nothing.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn step_decide_and_adamw_step_match_clipping_and_adamw_update() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    use genesis::gpu::adamw::{adamw_step, adamw_table, step_decide, step_loss_accumulate, STEP_STATE_LEN};
+    for kernels in [Kernels::Scalar, Kernels::Vector] {
+        gpu.set_kernels(kernels);
+        for bf16 in [false, true] {
+            let AdamWCase { layout, cfg, p0, gs, lrs } = AdamWCase::new(0x7374_6570_0000_0001);
+            let (n, g, lr, t) = (layout.total, &gs[0], lrs[0], 3u64);
+            let max_norm = 0.5 * cpu_adamw::global_norm(g);
+            let stream = gpu.stream();
+            let fresh = || {
+                let p = stream.clone_htod(&p0).unwrap();
+                let copy = stream.alloc_zeros::<half::bf16>(n).unwrap();
+                let m = stream.clone_htod(&vec![0.01f32; n]).unwrap();
+                let v = stream.clone_htod(&vec![0.02f32; n]).unwrap();
+                (p, copy, m, v)
+            };
+            type Slice<T> = cudarc::driver::CudaSlice<T>;
+            let read_back = |p: &Slice<f32>, copy: &Slice<half::bf16>, m: &Slice<f32>, v: &Slice<f32>| {
+                let c: Vec<u16> = stream.clone_dtoh(copy).unwrap().iter().map(|x| x.to_bits()).collect();
+                (download(&gpu, "p", p, n), c, download(&gpu, "m", m, n), download(&gpu, "v", v, n))
+            };
+
+            // The host path: clip (reads the norm back), then one AdamW launch per tensor.
+            let (mut p, mut copy, mut m, mut v) = fresh();
+            let mut d_g = stream.clone_htod(g).unwrap();
+            let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
+            let norm = clip_grad_norm(&gpu, &mut d_g, &mut scratch, n, max_norm).unwrap();
+            let bf = if bf16 { Some(&mut copy as &mut dyn cudarc::driver::DevicePtrMut<half::bf16>) } else { None };
+            adamw_update(&gpu, &layout, &mut p, &d_g, &mut m, &mut v, cfg, t, lr, bf).unwrap();
+            let want = read_back(&p, &copy, &m, &v);
+
+            // The device path: losses summed, the step decided, one AdamW launch.
+            let mut rng = Rng::new(7);
+            let losses: Vec<Vec<f32>> =
+                [1000usize, 333].iter().map(|&k| (0..k).map(|_| 5.0 + rng.uniform()).collect()).collect();
+            let host_loss =
+                losses.iter().map(|l| l.iter().map(|&x| x as f64).sum::<f64>() / l.len() as f64).sum::<f64>() / 2.0;
+            let decide = |poison: bool| {
+                let mut state = stream.alloc_zeros::<f64>(STEP_STATE_LEN).unwrap();
+                for l in &losses {
+                    step_loss_accumulate(&gpu, &mut state, &stream.clone_htod(l).unwrap(), l.len()).unwrap();
+                }
+                let d_g = stream.clone_htod(g).unwrap();
+                let mut scratch = stream.alloc_zeros::<f64>(global_norm_scratch_len()).unwrap();
+                step_decide(&gpu, &mut state, &d_g, &mut scratch, n, max_norm, 2, poison).unwrap();
+                (state, d_g)
+            };
+            let (state, d_g) = decide(false);
+            let record: Vec<f64> = stream.clone_dtoh(&state).unwrap();
+            assert_eq!(record[1].to_bits(), norm.to_bits(), "step_decide's norm vs clip_grad_norm's");
+            assert_eq!(record[2] as f32, cpu_adamw::clip_factor(norm, max_norm), "clip factor");
+            assert!(record[2] < 1.0, "the test must clip: factor {}", record[2]);
+            assert!((record[0] - host_loss).abs() <= 1e-14 * host_loss, "loss {} vs host {host_loss}", record[0]);
+            assert_eq!(record[3], 1.0, "a finite step is applied");
+            let (table, packed) = adamw_table(&layout).unwrap();
+            let d_table = stream.clone_htod(&table).unwrap();
+            let (mut p, mut copy, mut m, mut v) = fresh();
+            let bf = if bf16 { Some(&mut copy as &mut dyn cudarc::driver::DevicePtrMut<half::bf16>) } else { None };
+            adamw_step(&gpu, &layout, &d_table, packed, &state, &mut p, &d_g, &mut m, &mut v, cfg, t, lr, bf).unwrap();
+            let got = read_back(&p, &copy, &m, &v);
+            let what = format!("{kernels:?} bf16={bf16}");
+            assert_same_bits(&format!("{what}: weights"), &got.0, &want.0);
+            assert_same_bits(&format!("{what}: m"), &got.2, &want.2);
+            assert_same_bits(&format!("{what}: v"), &got.3, &want.3);
+            assert_eq!(got.1, want.1, "{what}: bf16 working copy");
+
+            // Poisoned: recorded as skipped, and AdamW writes nothing.
+            let (state, d_g) = decide(true);
+            let record: Vec<f64> = stream.clone_dtoh(&state).unwrap();
+            assert!(record[0].is_nan() && record[3] == 0.0, "poisoned step record {record:?}");
+            let (mut p, mut copy, mut m, mut v) = fresh();
+            let bf = if bf16 { Some(&mut copy as &mut dyn cudarc::driver::DevicePtrMut<half::bf16>) } else { None };
+            adamw_step(&gpu, &layout, &d_table, packed, &state, &mut p, &d_g, &mut m, &mut v, cfg, t, lr, bf).unwrap();
+            let skipped = read_back(&p, &copy, &m, &v);
+            assert_same_bits(&format!("{what}: skipped step weights"), &skipped.0, &p0);
+            assert!(skipped.1.iter().all(|&x| x == 0), "{what}: a skipped step wrote the bf16 copy");
+            assert!(skipped.2.iter().all(|&x| x == 0.01), "{what}: a skipped step wrote m");
+        }
+    }
+    gpu.set_kernels(Kernels::Scalar);
+}

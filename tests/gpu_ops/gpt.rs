@@ -143,7 +143,15 @@ fn gpu_evaluation_matches_the_cpu_evaluation() {
     let opts = EvalOptions { seq: Some(32), batch: Some(4), progress: false, ..EvalOptions::default() };
     let cpu = evaluate_split(&cfg, &params, &data, &opts).unwrap();
     // As `genesis eval` builds it: the engine for the precision, scored through `Scorer`.
-    let mut gpu = genesis::gpu::engine::gpu_engine(&cfg, &params, 0, genesis::gpu::Precision::Fp32, false).unwrap();
+    let mut gpu = genesis::gpu::engine::gpu_engine(
+        &cfg,
+        &params,
+        0,
+        genesis::gpu::Precision::Fp32,
+        false,
+        genesis::gpu::StepSync::Micro,
+    )
+    .unwrap();
     let got = evaluate_split_with(&mut gpu, &data, &opts).unwrap();
     assert_eq!((got.tokens, got.bytes), (cpu.tokens, cpu.bytes));
     assert!((got.loss - cpu.loss).abs() < 1e-5 * cpu.loss, "GPU eval loss {} vs CPU {}", got.loss, cpu.loss);

@@ -2,10 +2,10 @@
 //! (within TF32 or bf16 rounding), resume that gives the same bits as an unbroken GPU run, and a
 //! checkpoint the CPU evaluates to the same loss.
 
-use super::common::{assert_same_state, loss_bits, paragraph_dataset, temp_dir, tiny_run, val_loss};
+use super::common::{assert_same_bits, assert_same_state, loss_bits, paragraph_dataset, temp_dir, tiny_run, val_loss};
 use super::gpu_or_skip;
 use genesis::checkpoint;
-use genesis::gpu::{Kernels, Precision};
+use genesis::gpu::{Kernels, Precision, StepSync};
 use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -36,12 +36,25 @@ fn follows_and_resumes(tag: &str, precision: Precision, loss_tol: f64, val_tol: 
 
 /// [`follows_and_resumes`] with the GPU runs on `kernels`.
 fn follows_and_resumes_with(tag: &str, precision: Precision, kernels: Kernels, loss_tol: f64, val_tol: f64) {
+    follows_and_resumes_synced(tag, precision, kernels, StepSync::Micro, loss_tol, val_tol)
+}
+
+/// [`follows_and_resumes_with`] with the GPU's training steps synchronised as `sync` says.
+fn follows_and_resumes_synced(
+    tag: &str,
+    precision: Precision,
+    kernels: Kernels,
+    sync: StepSync,
+    loss_tol: f64,
+    val_tol: f64,
+) {
     let dir = temp_dir(&format!("gpu-train-{tag}"));
     let data = dataset(&dir);
     let on_gpu = |out: &str| {
         let mut o = options(&data, &dir.join(out), 8, true);
         o.precision = precision;
         o.kernels = kernels;
+        o.sync = sync;
         o
     };
     let cpu = train(&options(&data, &dir.join("cpu"), 8, false)).unwrap();
@@ -112,7 +125,7 @@ fn host_syncs_are_counted_and_a_profiled_step_covers_every_phase() {
     }
     let cfg = genesis::model::ModelConfig::preset("tiny").unwrap();
     let params = genesis::cpu::gpt::init_params(&cfg, 1);
-    let mut model = gpu_engine(&cfg, &params, 0, Precision::Bf16, true).unwrap();
+    let mut model = gpu_engine(&cfg, &params, 0, Precision::Bf16, true, StepSync::Micro).unwrap();
     model.enable_training(&params, 0).unwrap();
     let (b, t) = (2, 16);
     let inputs: Vec<u32> = (0..b * t).map(|i| (i * 37 % 50257) as u32).collect();
@@ -158,4 +171,94 @@ fn gpu_training_with_vector_kernels_follows_the_cpu_and_resumes_bit_exact() {
     }
     follows_and_resumes_with("follow-vec", Precision::Fp32, Kernels::Vector, 5e-3, 2e-3);
     follows_and_resumes_with("follow-vec-bf16", Precision::Bf16, Kernels::Vector, 3e-2, 2e-2);
+}
+
+/// `--sync step` (the whole step queued, one record read back) against the verified micro path on
+/// the tiny model, in fp32 and bf16, with the scalar and the vector kernels: three steps of two
+/// micro-batches, clipping active, the second step poisoned. Both give the same weights and AdamW
+/// moments bit for bit, the same norms (bits) and skip decisions, and losses within f64 rounding
+/// (the step path sums them on the device in another order); the step path waits on the stream
+/// exactly once per step and uploads nothing from pageable memory.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn step_sync_updates_the_weights_like_the_micro_path() {
+    use genesis::cpu::adamw::AdamWConfig;
+    use genesis::gpu::engine::gpu_engine;
+    use genesis::gpu::gpt::TrainStep;
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let cfg = genesis::model::ModelConfig::preset("tiny").unwrap();
+    let params = genesis::cpu::gpt::init_params(&cfg, 5);
+    let (b, t) = (2, 32);
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        for kernels in [Kernels::Scalar, Kernels::Vector] {
+            let run = |sync: StepSync| {
+                let mut model = gpu_engine(&cfg, &params, 0, precision, true, sync).unwrap();
+                model.set_kernels(kernels);
+                model.enable_training(&params, 0).unwrap();
+                let mut k = 0u32;
+                let mut next = |i: &mut [u32], tg: &mut [u32]| {
+                    // Repeated tokens, so the embedding backward has heavy buckets.
+                    for (j, (x, y)) in i.iter_mut().zip(tg.iter_mut()).enumerate() {
+                        *x = if j % 3 == 0 { 11 } else { (j as u32 * 37 + k * 101) % 50257 };
+                        *y = (j as u32 * 91 + k * 7) % 50257;
+                    }
+                    k += 1;
+                };
+                let mut outcomes = Vec::new();
+                let mut adam_t = 0;
+                for step in 0..3 {
+                    let s = TrainStep {
+                        batch: b,
+                        seq: t,
+                        accum: 2,
+                        dloss: 1.0 / (2 * b * t) as f32,
+                        max_norm: 0.05,
+                        adam: AdamWConfig { weight_decay: 0.1, ..Default::default() },
+                        t: adam_t + 1,
+                        lr: 1e-3,
+                        poison: step == 1,
+                    };
+                    let before = model.gpu().host_syncs();
+                    let outcome = model.train_step(&mut next, &s).unwrap();
+                    let after = model.gpu().host_syncs();
+                    if sync == StepSync::Step {
+                        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0), "host syncs, pageable uploads");
+                    }
+                    adam_t += outcome.applied as u64;
+                    outcomes.push(outcome);
+                }
+                let (m, v) = model.download_moments().unwrap();
+                (outcomes, model.download_weights().unwrap(), m, v)
+            };
+            let (micro, step) = (run(StepSync::Micro), run(StepSync::Step));
+            let what = format!("{precision:?} {kernels:?}");
+            for (i, (a, s)) in micro.0.iter().zip(&step.0).enumerate() {
+                assert_eq!(a.applied, s.applied, "{what} step {i}: applied");
+                assert_eq!(a.norm.to_bits(), s.norm.to_bits(), "{what} step {i}: norm");
+                if i == 1 {
+                    assert!(a.loss.is_nan() && s.loss.is_nan() && !s.applied, "{what}: the poisoned step");
+                } else {
+                    assert!((a.loss - s.loss).abs() <= 1e-13 * a.loss.abs(), "{what} step {i}: {a:?} vs {s:?}");
+                    assert!(a.applied && 0.05 < a.norm, "{what} step {i}: clipping must be active: {a:?}");
+                }
+            }
+            assert_same_bits(&format!("{what}: weights"), &step.1, &micro.1);
+            assert_same_bits(&format!("{what}: m"), &step.2, &micro.2);
+            assert_same_bits(&format!("{what}: v"), &step.3, &micro.3);
+        }
+    }
+}
+
+/// `genesis train --sync step` through the training loop: follows the CPU as the micro path does,
+/// resumes bit-exact after two stops, and the CPU evaluates its checkpoint to its validation loss.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_training_with_step_sync_follows_the_cpu_and_resumes_bit_exact() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    follows_and_resumes_synced("follow-step", Precision::Fp32, Kernels::Scalar, StepSync::Step, 5e-3, 2e-3);
+    follows_and_resumes_synced("follow-step-bf16", Precision::Bf16, Kernels::Scalar, StepSync::Step, 3e-2, 2e-2);
 }
