@@ -423,7 +423,7 @@ fn tokens_per_step_sets_batch_and_accumulation() {
     assert!(ok && text.contains("--precision bf16 applies to GPU training; the CPU trains in f32"), "{text}");
     // So is --sync, which the CPU notes and ignores.
     let (ok, text) = run(&["--sync", "async", "--fresh"]);
-    assert!(!ok && text.contains("'--sync' with value 'async': expected micro or step"), "{text}");
+    assert!(!ok && text.contains("'--sync' with value 'async': expected micro, step or graph"), "{text}");
     let (ok, text) = run(&["--sync", "step", "--fresh"]);
     assert!(ok && text.contains("--sync step applies to GPU training"), "{text}");
     fs::remove_dir_all(&dir).unwrap();

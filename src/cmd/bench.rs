@@ -134,7 +134,7 @@ pub struct BenchTrain {
     /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
-    /// on the GPU: micro (default) or step (one host sync per step), as train --sync
+    /// on the GPU: micro (default), step (one host sync per step) or graph (step with CUDA graphs), as train --sync
     #[argh(option, default = "StepSync::Micro")]
     sync: StepSync,
 }

@@ -98,7 +98,7 @@ pub struct TrainCmd {
     /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
-    /// on the GPU: micro (the default: each micro-batch's loss and the gradient norm come back to the host before AdamW) or step (the whole step is queued and one record read back at its end: pinned token buffers, loss sum, norm, clipping and the skip decided on the device, one AdamW launch, on a stream of its own; the same weights bit for bit, not yet verified on a GPU)
+    /// on the GPU: micro (the default: each micro-batch's loss and the gradient norm come back to the host before AdamW) or step (the whole step is queued and one record read back at its end: pinned token buffers, loss sum, norm, clipping and the skip decided on the device, one AdamW launch, on a stream of its own; the same weights bit for bit, not yet verified on a GPU) or graph (step, with each micro-batch's forward and backward captured once as a CUDA graph and replayed; not yet verified on a GPU)
     #[argh(option, default = "StepSync::Micro")]
     sync: StepSync,
 }
@@ -281,8 +281,8 @@ fn run_locked(
     if gpu.is_none() && c.kernels == Kernels::Vector {
         eprintln!("note: --kernels vector applies to GPU training; the CPU has one implementation");
     }
-    if gpu.is_none() && c.sync == StepSync::Step {
-        eprintln!("note: --sync step applies to GPU training; the CPU has no device to wait for");
+    if gpu.is_none() && c.sync != StepSync::Micro {
+        eprintln!("note: --sync {} applies to GPU training; the CPU has no device to wait for", c.sync);
     }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);

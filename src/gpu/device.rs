@@ -124,13 +124,22 @@ impl Gpu {
 
     /// [`Gpu::new`], queuing all work on a stream Genesis creates (non-blocking, so it does not
     /// serialise with the legacy default stream) when `own_stream`. Everything a model does stays on
-    /// that one stream, so no cross-stream synchronisation is needed.
+    /// that one stream, so no cross-stream synchronisation is needed, and cudarc's per-buffer event
+    /// tracking (an event wait and record around every launch once a second stream exists) is
+    /// turned off: it would only add driver calls, and its waits on events recorded outside a CUDA
+    /// graph capture would break the capture.
     pub fn open(ordinal: usize, own_stream: bool) -> Result<Gpu> {
         cuda_available().map_err(|reason| anyhow!("CUDA unavailable: {reason}"))?;
         let fatbin = kernels::fatbin().context("no CUDA kernels compiled in")?;
         let ctx = CudaContext::new(ordinal).with_context(|| format!("creating a CUDA context on device {ordinal}"))?;
-        let stream =
-            if own_stream { ctx.new_stream().context("creating a CUDA stream")? } else { ctx.default_stream() };
+        let stream = if own_stream {
+            // SAFETY: every buffer this Gpu's users allocate is used and freed on `stream` alone (the
+            // one stream a Gpu exposes), so stream order already orders all accesses.
+            unsafe { ctx.disable_event_tracking() };
+            ctx.new_stream().context("creating a CUDA stream")?
+        } else {
+            ctx.default_stream()
+        };
         let module = ctx.load_module(Ptx::from_binary(fatbin.to_vec())).with_context(|| {
             let cc = ctx
                 .compute_capability()

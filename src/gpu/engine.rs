@@ -84,8 +84,10 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     fn describe(&self) -> String {
         let precision = if T::BYTES == 2 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" };
         let mut kernels = if self.gpu.kernels() == Kernels::Vector { ", vectorised kernels" } else { "" }.to_string();
-        if self.sync() == StepSync::Step {
-            kernels.push_str(", one host sync per step");
+        match self.sync() {
+            StepSync::Micro => {}
+            StepSync::Step => kernels.push_str(", one host sync per step"),
+            StepSync::Graph => kernels.push_str(", one host sync per step, CUDA graphs"),
         }
         match self.attention() {
             Attention::Flash => format!("{}, {precision}, flash attention{kernels}", self.gpu.describe()),

@@ -233,6 +233,21 @@ pub struct GpuModel<T: Float> {
     sync: StepSync,
     /// The host's copy of the micro-batch [`train_step`](Self::train_step) is feeding.
     batch: (Vec<u32>, Vec<u32>),
+    /// `--sync graph`: the captured forward and backward of one micro-batch, and the shape whose
+    /// first micro-batch has run uncaptured (capturing starts with the second).
+    graph: Option<(GraphKey, cudarc::driver::CudaGraph)>,
+    graph_warm: Option<GraphKey>,
+}
+
+/// What a captured micro-batch graph depends on besides the buffers (which stay put for a shape):
+/// the shape, the loss scale baked into the classifier's launch, and the kernel choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphKey {
+    b: usize,
+    t: usize,
+    dloss: u32,
+    attention: Attention,
+    kernels: Kernels,
 }
 
 impl<T: Float> GpuModel<T> {
@@ -242,12 +257,12 @@ impl<T: Float> GpuModel<T> {
         Self::open(cfg, params, ordinal, allow_tf32, StepSync::Micro)
     }
 
-    /// [`new`](Self::new) for training steps synchronised as `sync` says: [`StepSync::Step`] also
+    /// [`new`](Self::new) for training steps synchronised as `sync` says: `Step` and `Graph` also
     /// puts all the model's work on a stream Genesis creates.
     pub fn open(cfg: &ModelConfig, params: &[f32], ordinal: usize, allow_tf32: bool, sync: StepSync) -> Result<Self> {
         let layout = ParamLayout::new(cfg);
         ensure!(params.len() == layout.total, "{} parameters given, the model needs {}", params.len(), layout.total);
-        let gpu = Gpu::open(ordinal, sync == StepSync::Step)?;
+        let gpu = Gpu::open(ordinal, sync.queues_whole_steps())?;
         let blas = Blas::new(&gpu, allow_tf32)?;
         let converted: Vec<T> = params.iter().map(|&x| T::from_f32(x)).collect();
         let params = gpu.stream().clone_htod(&converted).context("uploading the parameters")?;
@@ -265,6 +280,8 @@ impl<T: Float> GpuModel<T> {
             attention: Attention::Materialized,
             sync,
             batch: (Vec::new(), Vec::new()),
+            graph: None,
+            graph_warm: None,
         })
     }
 
@@ -379,6 +396,8 @@ impl<T: Float> GpuModel<T> {
             return Ok(());
         }
         self.acts = None;
+        // A captured graph points into the buffers being replaced.
+        (self.graph, self.graph_warm) = (None, None);
         let lay = ActLayout::build(&self.cfg, b, t, T::BYTES, train, self.attention);
         let stream = self.gpu.stream();
         let buf = stream.alloc_zeros::<u8>(lay.total).with_context(|| {
@@ -393,14 +412,19 @@ impl<T: Float> GpuModel<T> {
         Ok(())
     }
 
-    /// Uploads a batch's tokens; for a training forward under [`StepSync::Step`], with the embedding
-    /// backward's plan, from pinned memory ([`stage_tokens`](Self::stage_tokens)).
+    /// Uploads a batch's tokens; for a training forward under `--sync step|graph`, with the
+    /// embedding backward's plan, from pinned memory ([`stage_tokens`](Self::stage_tokens)), unless
+    /// [`train_step`](Self::train_step) staged them already.
     fn upload_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>, train: bool) -> Result<()> {
         let v = self.cfg.vocab_size as u32;
         if let Some(bad) = inputs.iter().chain(targets.unwrap_or(&[])).find(|&&x| x >= v) {
             bail!("token id {bad} is outside the model's vocabulary of {v}");
         }
-        if let (true, StepSync::Step, Some(targets)) = (train, self.sync, targets) {
+        if let (true, true, Some(targets)) = (train, self.sync.queues_whole_steps(), targets) {
+            if self.train.as_ref().and_then(|tr| tr.step.as_ref()).is_some_and(|sb| sb.plan.is_some()) {
+                // Staged by train_step before the forward (and before a graph capture).
+                return Ok(());
+            }
             return self.stage_tokens(inputs, targets);
         }
         let stream = Arc::clone(self.gpu.stream());
@@ -760,6 +784,8 @@ impl<T: Float> GpuModel<T> {
             return Ok(());
         }
         tr.scratch = None;
+        // A captured graph points into the scratch being replaced.
+        (self.graph, self.graph_warm) = (None, None);
         let mut offsets = Vec::new();
         let mut off = 0;
         for (g, len) in grad_sizes(&cfg, b, t, self.attention) {
@@ -844,6 +870,22 @@ impl<T: Float> GpuModel<T> {
     /// [`forward_backward`](Self::forward_backward) without reading the loss back: everything is
     /// queued, the per-position losses stay in the activations.
     fn forward_backward_queued(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        b: usize,
+        t: usize,
+        dloss: f32,
+    ) -> Result<()> {
+        self.forward_backward_layers(inputs, targets, b, t, dloss)?;
+        self.embedding_grads(inputs, b, t)
+    }
+
+    /// The forward and the backward down to the gradient of the embedding's output (in
+    /// `Grad::Dresidual`): everything but the embedding backward, whose launch shape depends on the
+    /// tokens. Under `--sync graph` this is what a CUDA graph captures: it allocates nothing and
+    /// never waits for the device once the buffers for (b, t) exist and the tokens are staged.
+    fn forward_backward_layers(
         &mut self,
         inputs: &[u32],
         targets: &[u32],
@@ -985,11 +1027,18 @@ impl<T: Float> GpuModel<T> {
             )?;
             lnb(self, Grad::Dresidual, Param::Ln1w, Param::Ln1b, l, residual, Act::Ln1Mean, Act::Ln1Rstd)?;
         }
+        Ok(())
+    }
+
+    /// The embedding backward of `inputs` (B,T) from `Grad::Dresidual` into dwte and dwpe: from the
+    /// plan staged with the tokens under `--sync step|graph`, else planned and uploaded here.
+    fn embedding_grads(&mut self, inputs: &[u32], b: usize, t: usize) -> Result<()> {
+        let c = self.cfg.channels;
         let (mut dwte, mut dwpe, dres) =
             (self.dparam(Param::Wte, 0), self.dparam(Param::Wpe, 0), self.grad::<T>(Grad::Dresidual));
         let staged = self.train.as_mut().and_then(|tr| tr.step.as_mut()).and_then(|sb| sb.plan.take().map(|p| (p, sb)));
         if let Some((plan, sb)) = staged {
-            // --sync step: the plan went up with the tokens (stage_tokens).
+            // --sync step|graph: the plan went up with the tokens (stage_tokens).
             let gpu = &self.gpu;
             let partials = Some(&mut sb.partials);
             super::embedding::embedding_backward_planned(
@@ -1003,6 +1052,48 @@ impl<T: Float> GpuModel<T> {
             super::embedding::embedding_backward(&self.gpu, &mut dwte, &mut dwpe, &dres, inputs, b, t, c)?;
         }
         self.mark("embedding bwd")
+    }
+
+    /// [`forward_backward_layers`](Self::forward_backward_layers) for a micro-batch of `s`, under
+    /// `--sync graph` as a CUDA graph: the first micro-batch at a shape runs as it is (it allocates
+    /// the buffers and plans the cuBLASLt calls), the second is captured, and from then on the
+    /// graph is replayed. The graph's kernels read the token buffers the staging just filled and
+    /// write the same buffers an uncaptured run writes, so the bits are the same. While profiling
+    /// (an event after every op) nothing is captured.
+    fn layers_replayed(&mut self, inputs: &[u32], targets: &[u32], s: &TrainStep) -> Result<()> {
+        let key = GraphKey {
+            b: s.batch,
+            t: s.seq,
+            dloss: s.dloss.to_bits(),
+            attention: self.attention,
+            kernels: self.gpu.kernels(),
+        };
+        if self.sync != StepSync::Graph || self.marks.is_some() {
+            return self.forward_backward_layers(inputs, targets, s.batch, s.seq, s.dloss);
+        }
+        if let Some((k, graph)) = &self.graph {
+            if *k == key {
+                return graph.launch().context("replaying the micro-batch's CUDA graph");
+            }
+        }
+        if self.graph_warm != Some(key) {
+            self.forward_backward_layers(inputs, targets, s.batch, s.seq, s.dloss)?;
+            self.graph_warm = Some(key);
+            return Ok(());
+        }
+        self.graph = None;
+        let stream = Arc::clone(self.gpu.stream());
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .context("starting a CUDA graph capture")?;
+        let captured = self.forward_backward_layers(inputs, targets, s.batch, s.seq, s.dloss);
+        // The capture ends whatever happened, so the stream is usable again.
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        captured?;
+        let graph = graph.context("ending the CUDA graph capture")?.context("the CUDA graph capture is empty")?;
+        graph.launch().context("launching the micro-batch's CUDA graph")?;
+        self.graph = Some((key, graph));
+        Ok(())
     }
 
     /// `--sync step`: the tokens (B,T) of a training micro-batch and the embedding backward's plan
@@ -1097,7 +1188,7 @@ impl<T: Float> GpuModel<T> {
         targets.resize(n, 0);
         let outcome = match self.sync {
             StepSync::Micro => self.step_on_host(next_batch, s, &mut inputs, &mut targets),
-            StepSync::Step => self.step_on_device(next_batch, s, &mut inputs, &mut targets),
+            StepSync::Step | StepSync::Graph => self.step_on_device(next_batch, s, &mut inputs, &mut targets),
         };
         self.batch = (inputs, targets);
         outcome
@@ -1138,9 +1229,16 @@ impl<T: Float> GpuModel<T> {
             let sb = self.train.as_mut().and_then(|tr| tr.step.as_mut()).context("step buffers")?;
             self.gpu.stream().memset_zeros(&mut sb.state)?;
         }
+        self.ensure_grad_scratch(s.batch, s.seq)?;
         for _ in 0..s.accum {
             next_batch(inputs, targets);
-            self.forward_backward_queued(inputs, targets, s.batch, s.seq, s.dloss)?;
+            let v = self.cfg.vocab_size as u32;
+            if let Some(bad) = inputs.iter().chain(targets.iter()).find(|&&x| x >= v) {
+                bail!("token id {bad} is outside the model's vocabulary of {v}");
+            }
+            self.stage_tokens(inputs, targets)?;
+            self.layers_replayed(inputs, targets, s)?;
+            self.embedding_grads(inputs, s.batch, s.seq)?;
             let losses = self.act::<f32>(Act::Losses, 0);
             let sb = self.train.as_mut().and_then(|tr| tr.step.as_mut()).context("step buffers")?;
             super::adamw::step_loss_accumulate(&self.gpu, &mut sb.state, &losses, s.batch * s.seq)?;

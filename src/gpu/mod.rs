@@ -192,13 +192,25 @@ impl std::fmt::Display for Kernels {
 /// optimizer step and reads one record back at its end: tokens and the embedding backward's
 /// buckets go up from pinned buffers allocated once, the losses are summed and the norm, clip
 /// factor and skip decided on the device, AdamW is one launch reading the clip factor from device
-/// memory, all on a stream Genesis creates. Both give the same weights bit for bit; `Step` stays
-/// behind this option until a GPU run has verified it (issue 15 §2).
+/// memory, all on a stream Genesis creates. `Graph` is `Step` with each micro-batch's forward and
+/// backward (everything between the token upload and the embedding backward, whose launch shape
+/// depends on the tokens) captured once as a CUDA graph and replayed, so the host queues one graph
+/// instead of some hundred kernels. All three give the same weights bit for bit (`Step` and
+/// `Graph` the same losses too); `Step` and `Graph` stay behind this option until a GPU run has
+/// verified them (issue 15 §2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StepSync {
     #[default]
     Micro,
     Step,
+    Graph,
+}
+
+impl StepSync {
+    /// Whether the whole step is queued with one read back at its end (`Step` or `Graph`).
+    pub fn queues_whole_steps(self) -> bool {
+        self != StepSync::Micro
+    }
 }
 
 impl std::str::FromStr for StepSync {
@@ -207,7 +219,8 @@ impl std::str::FromStr for StepSync {
         match s {
             "micro" => Ok(StepSync::Micro),
             "step" => Ok(StepSync::Step),
-            _ => Err("expected micro or step".into()),
+            "graph" => Ok(StepSync::Graph),
+            _ => Err("expected micro, step or graph".into()),
         }
     }
 }
@@ -217,6 +230,7 @@ impl std::fmt::Display for StepSync {
         f.write_str(match self {
             StepSync::Micro => "micro",
             StepSync::Step => "step",
+            StepSync::Graph => "graph",
         })
     }
 }
@@ -335,6 +349,9 @@ mod tests {
         assert_eq!("step".parse::<StepSync>().unwrap(), StepSync::Step);
         assert_eq!("micro".parse::<StepSync>().unwrap(), StepSync::Micro);
         assert_eq!(StepSync::default(), StepSync::Micro);
-        assert!("async".parse::<StepSync>().unwrap_err().contains("micro or step"));
+        assert_eq!("graph".parse::<StepSync>().unwrap(), StepSync::Graph);
+        assert!(StepSync::Graph.queues_whole_steps() && StepSync::Step.queues_whole_steps());
+        assert!(!StepSync::Micro.queues_whole_steps());
+        assert!("async".parse::<StepSync>().unwrap_err().contains("micro, step or graph"));
     }
 }

@@ -178,7 +178,8 @@ fn gpu_training_with_vector_kernels_follows_the_cpu_and_resumes_bit_exact() {
 /// micro-batches, clipping active, the second step poisoned. Both give the same weights and AdamW
 /// moments bit for bit, the same norms (bits) and skip decisions, and losses within f64 rounding
 /// (the step path sums them on the device in another order); the step path waits on the stream
-/// exactly once per step and uploads nothing from pageable memory.
+/// exactly once per step and uploads nothing from pageable memory. `--sync graph` (the second
+/// micro-batch captured, the rest replayed) gives the step path's bits exactly, losses included.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn step_sync_updates_the_weights_like_the_micro_path() {
@@ -223,7 +224,7 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
                     let before = model.gpu().host_syncs();
                     let outcome = model.train_step(&mut next, &s).unwrap();
                     let after = model.gpu().host_syncs();
-                    if sync == StepSync::Step {
+                    if sync != StepSync::Micro {
                         assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0), "host syncs, pageable uploads");
                     }
                     adam_t += outcome.applied as u64;
@@ -232,8 +233,13 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
                 let (m, v) = model.download_moments().unwrap();
                 (outcomes, model.download_weights().unwrap(), m, v)
             };
-            let (micro, step) = (run(StepSync::Micro), run(StepSync::Step));
+            let (micro, step, graph) = (run(StepSync::Micro), run(StepSync::Step), run(StepSync::Graph));
             let what = format!("{precision:?} {kernels:?}");
+            // The captured and replayed micro-batches give the uncaptured path's bits, losses too.
+            assert_eq!(format!("{:?}", graph.0), format!("{:?}", step.0), "{what}: graph vs step outcomes");
+            assert_same_bits(&format!("{what}: graph weights"), &graph.1, &step.1);
+            assert_same_bits(&format!("{what}: graph m"), &graph.2, &step.2);
+            assert_same_bits(&format!("{what}: graph v"), &graph.3, &step.3);
             for (i, (a, s)) in micro.0.iter().zip(&step.0).enumerate() {
                 assert_eq!(a.applied, s.applied, "{what} step {i}: applied");
                 assert_eq!(a.norm.to_bits(), s.norm.to_bits(), "{what} step {i}: norm");
@@ -251,8 +257,9 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
     }
 }
 
-/// `genesis train --sync step` through the training loop: follows the CPU as the micro path does,
-/// resumes bit-exact after two stops, and the CPU evaluates its checkpoint to its validation loss.
+/// `genesis train --sync step` (and `graph`) through the training loop: follows the CPU as the micro
+/// path does, resumes bit-exact after two stops, and the CPU evaluates its checkpoint to its
+/// validation loss.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_training_with_step_sync_follows_the_cpu_and_resumes_bit_exact() {
@@ -261,4 +268,5 @@ fn gpu_training_with_step_sync_follows_the_cpu_and_resumes_bit_exact() {
     }
     follows_and_resumes_synced("follow-step", Precision::Fp32, Kernels::Scalar, StepSync::Step, 5e-3, 2e-3);
     follows_and_resumes_synced("follow-step-bf16", Precision::Bf16, Kernels::Scalar, StepSync::Step, 3e-2, 2e-2);
+    follows_and_resumes_synced("follow-graph", Precision::Fp32, Kernels::Scalar, StepSync::Graph, 5e-3, 2e-3);
 }
