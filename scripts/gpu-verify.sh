@@ -15,7 +15,8 @@
 #   2. the CLI tests that train through the binary (--device auto picks the GPU there)
 #   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32;
 #      then bf16 batch 16 with --profile (per-kernel-family table, host syncs) in bench-bf16-b16-profile.log;
-#      bf16 with --attention flash at 16 and 32
+#      bf16 with --attention flash at 16 and 32; bf16 with --sync step, --sync graph, --kernels vector
+#      (and its profile under --sync step), and flash + vector + graph at 32
 #   4. the PyTorch reference on the same GPU, eager and compiled
 #   4b. the bf16/fp32 quality check (300 steps each; scripts/quality_check.py), then, time allowing,
 #      compute-sanitizer racecheck of flash attention
@@ -68,6 +69,14 @@ step bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
 # a race check of its kernels on the small test shapes (T <= 200) when compute-sanitizer is there.
 step bench-bf16-flash-b16 bench --batch 16 --precision bf16 --attention flash
 step bench-bf16-flash-b32 bench --batch 32 --precision bf16 --attention flash
+# Issue 15 §2/§3, opt-in until verified: the whole step queued with one host sync (step), the same
+# with CUDA graphs (graph), the vectorised kernels, and everything together; the profile of the
+# vectorised kernels with step sync (its host syncs per step should read 1, pageable uploads 0).
+step bench-bf16-b16-step bench --batch 16 --precision bf16 --sync step
+step bench-bf16-b16-graph bench --batch 16 --precision bf16 --sync graph
+step bench-bf16-b16-vector bench --batch 16 --precision bf16 --kernels vector
+step bench-bf16-b16-vector-step-profile bench --batch 16 --precision bf16 --kernels vector --sync step --profile
+step bench-bf16-flash-b32-all bench --batch 32 --precision bf16 --attention flash --kernels vector --sync graph
 ref=.gpu/shared-bench/torch_reference.py
 [ -f "$ref" ] || ref=../shared/bench/torch_reference.py
 if [ -f "$ref" ]; then

@@ -315,7 +315,7 @@ fn the_gpu_verify_closing_table_parses_both_benchmarks() {
     let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
     write(
         "bench-bf16-b16.log",
-        "note: using GPU 0\nbench train gpt2-124m on NVIDIA H200 (sm_90) (bf16 mixed precision, materialized attention), batch 16 seq 1024: \
+        "note: using GPU 0\nbench train gpt2-124m on NVIDIA H200 (sm_90) (bf16 mixed precision, materialized attention, scalar kernels, micro sync), batch 16 seq 1024: \
          124.1 ms/step, 132020 tokens/s, 113.6 TFLOP/s, MFU 11.5%, 12.34 GB of device memory\n",
     );
     write(

@@ -248,11 +248,13 @@ fn train(b: BenchTrain) -> Result<()> {
             b.profile,
         )?;
         outln!(
-            "bench train {} on {} ({}, {} attention), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            "bench train {} on {} ({}, {} attention, {} kernels, {} sync), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,
             r.device,
             if precision == Precision::Bf16 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" },
             b.attention,
+            b.kernels,
+            b.sync,
             b.batch,
             b.seq,
             source,
