@@ -191,6 +191,7 @@ __device__ __forceinline__ void decode(T* out, const T* q, const T* kcache, cons
 //   4. attention_softmax_backward:  datt -> dpreatt in place (below)
 //   5. cuBLAS batched GEMMs:        dq = dpreatt . k,  dk = dpreatt^T . q
 //   6. attention_backward_unpermute_add: dqkv[b,t,part*C + h*HS + d] += d{q,k,v}[b,h,t,d]
+//      (or attention_backward_unpermute: dqkv[...] = d{q,k,v}[...], dqkv never read)
 //
 // Templates over the storage type T like the forward: with bf16 every buffer (dout, qkv, att,
 // the scratch q/k/v/dy/datt/dq/dk/dv and dqkv) is __nv_bfloat16; the kernels load as float,
@@ -255,10 +256,12 @@ __device__ __forceinline__ void softmax_backward(T* datt, const T* att, long lon
     }
 }
 
-// dq, dk, dv (B,NH,T,HS) -> dqkv (B,T,3C) +=, each thread one element of dqkv (coalesced).
-// For bf16 the old dqkv value and the addend are widened, added in fp32 and rounded once.
+// dq, dk, dv (B,NH,T,HS) -> dqkv (B,T,3C) += (Add) or = (a copy), each thread one element of
+// dqkv (coalesced). For bf16 the old dqkv value and the addend are widened, added in fp32 and
+// rounded once. Each element of dqkv is written once, so the copy gives the bits of adding onto a
+// zeroed dqkv (0 + x = x; only a zero's sign can differ, 0 + -0 = +0).
 // Launch: grid = ceil(B*T*3C / blockDim.x), any blockDim.x (256 is typical).
-template <typename T>
+template <bool Add, typename T>
 __device__ __forceinline__ void backward_unpermute_add(T* dqkv, const T* dq, const T* dk,
                                                        const T* dv, int B, int T_, int NH,
                                                        int HS) {
@@ -277,7 +280,11 @@ __device__ __forceinline__ void backward_unpermute_add(T* dqkv, const T* dq, con
         const int h = c / HS;
         const int d = c - h * HS;
         const T* src = part == 0 ? dq : (part == 1 ? dk : dv);
-        store(&dqkv[idx], load(dqkv[idx]) + load(src[((b * NH + h) * T_ + t) * HS + d]));
+        if (Add) {
+            store(&dqkv[idx], load(dqkv[idx]) + load(src[((b * NH + h) * T_ + t) * HS + d]));
+        } else {
+            dqkv[idx] = src[((b * NH + h) * T_ + t) * HS + d];
+        }
     }
 }
 
@@ -331,7 +338,7 @@ __device__ __forceinline__ void unpermute_vec(T* out, const T* y, int B, int T_,
     }
 }
 
-template <typename T>
+template <bool Add, typename T>
 __device__ __forceinline__ void backward_unpermute_add_vec(T* dqkv, const T* dq, const T* dk, const T* dv, int B,
                                                            int T_, int NH, int HS) {
     constexpr int V = vec::Pack<T>::N;
@@ -350,6 +357,10 @@ __device__ __forceinline__ void backward_unpermute_add_vec(T* dqkv, const T* dq,
         const int d = c - h * HS;
         const T* src = part == 0 ? dq : (part == 1 ? dk : dv);
         const vec::Pack<T> add = vec::load(src + ((b * NH + h) * T_ + t) * HS + d);
+        if (!Add) {
+            vec::store(dqkv + idx, add);
+            continue;
+        }
         vec::Pack<T> acc = vec::load(dqkv + idx);
 #pragma unroll
         for (int e = 0; e < V; ++e) {
@@ -524,7 +535,7 @@ extern "C" __global__ void attention_softmax_backward_bf16(__nv_bfloat16* datt,
 extern "C" __global__ void attention_backward_unpermute_add(float* dqkv, const float* dq,
                                                             const float* dk, const float* dv,
                                                             int B, int T, int NH, int HS) {
-    attention_detail::backward_unpermute_add(dqkv, dq, dk, dv, B, T, NH, HS);
+    attention_detail::backward_unpermute_add<true>(dqkv, dq, dk, dv, B, T, NH, HS);
 }
 
 extern "C" __global__ void attention_backward_unpermute_add_bf16(__nv_bfloat16* dqkv,
@@ -532,7 +543,29 @@ extern "C" __global__ void attention_backward_unpermute_add_bf16(__nv_bfloat16* 
                                                                  const __nv_bfloat16* dk,
                                                                  const __nv_bfloat16* dv, int B,
                                                                  int T, int NH, int HS) {
-    attention_detail::backward_unpermute_add(dqkv, dq, dk, dv, B, T, NH, HS);
+    attention_detail::backward_unpermute_add<true>(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute(float* dqkv, const float* dq, const float* dk,
+                                                        const float* dv, int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add<false>(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* dq,
+                                                             const __nv_bfloat16* dk, const __nv_bfloat16* dv,
+                                                             int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add<false>(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute_vec(float* dqkv, const float* dq, const float* dk,
+                                                            const float* dv, int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add_vec<false>(dqkv, dq, dk, dv, B, T, NH, HS);
+}
+
+extern "C" __global__ void attention_backward_unpermute_vec_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* dq,
+                                                                 const __nv_bfloat16* dk, const __nv_bfloat16* dv,
+                                                                 int B, int T, int NH, int HS) {
+    attention_detail::backward_unpermute_add_vec<false>(dqkv, dq, dk, dv, B, T, NH, HS);
 }
 
 extern "C" __global__ void attention_permute_vec(float* q, float* k, float* v, const float* qkv, int B, int T,
@@ -552,7 +585,7 @@ extern "C" __global__ void attention_backward_permute_vec(float* q, float* k, fl
 
 extern "C" __global__ void attention_backward_unpermute_add_vec(float* dqkv, const float* dq, const float* dk,
                                                                 const float* dv, int B, int T, int NH, int HS) {
-    attention_detail::backward_unpermute_add_vec(dqkv, dq, dk, dv, B, T, NH, HS);
+    attention_detail::backward_unpermute_add_vec<true>(dqkv, dq, dk, dv, B, T, NH, HS);
 }
 
 extern "C" __global__ void attention_permute_vec_bf16(__nv_bfloat16* q, __nv_bfloat16* k, __nv_bfloat16* v, const __nv_bfloat16* qkv, int B, int T,
@@ -572,7 +605,7 @@ extern "C" __global__ void attention_backward_permute_vec_bf16(__nv_bfloat16* q,
 
 extern "C" __global__ void attention_backward_unpermute_add_vec_bf16(__nv_bfloat16* dqkv, const __nv_bfloat16* dq, const __nv_bfloat16* dk,
                                                                 const __nv_bfloat16* dv, int B, int T, int NH, int HS) {
-    attention_detail::backward_unpermute_add_vec(dqkv, dq, dk, dv, B, T, NH, HS);
+    attention_detail::backward_unpermute_add_vec<true>(dqkv, dq, dk, dv, B, T, NH, HS);
 }
 
 extern "C" __global__ void attention_softmax_forward_vec(float* att, long long rows, int T, float scale) {

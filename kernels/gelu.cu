@@ -15,13 +15,17 @@
 // Launch: any blockDim.x (256 is typical), grid = ceil(N / blockDim.x) (capped;
 // the stride loop covers the rest), no shared memory.
 //
-// Backward, accumulating as the CPU reference, same formula:
+// Backward, the CPU reference's formula:
 //   th = tanh(sqrt(2/pi) (x + 0.044715 x^3)),  sech2 = 1 - th^2
-//   dinp[i] += (0.5 (1 + th) + 0.5 x sech2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)) * dout[i]
-// gelu_backward (float) and gelu_backward_bf16 (dinp, inp and dout all
-// __nv_bfloat16) from one template, as the forward. The bf16 one loads x, dout
-// and the old dinp as float, computes and adds in f32, and rounds the new dinp
-// to bf16 once (round-to-nearest-even).
+//   local = 0.5 (1 + th) + 0.5 x sech2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+//   gelu_backward:            dinp[i] += local * dout[i]   (accumulating, as the CPU reference)
+//   gelu_backward_overwrite:  dinp[i]  = local * dout[i]   (dinp never read, so never zeroed)
+// Each in float and _bf16 (dinp, inp and dout all __nv_bfloat16) from one
+// template, as the forward. The bf16 ones load x, dout (and the old dinp) as
+// float, compute (and add) in f32, and round the new dinp to bf16 once
+// (round-to-nearest-even). Overwriting gives the bits of accumulating onto a
+// zeroed dinp: old + local * dout with old = 0 is local * dout, whether or not
+// the compiler fuses it into an fma (only a zero's sign can differ: 0 + -0 = +0).
 // Same launch as the forward.
 
 #include <cuda_bf16.h>
@@ -48,7 +52,8 @@ __device__ __forceinline__ void forward(T* out, const T* inp, long long N) {
     }
 }
 
-template <typename T>
+// Add: dinp += (gelu_backward); otherwise dinp = (gelu_backward_overwrite).
+template <bool Add, typename T>
 __device__ __forceinline__ void backward(T* dinp, const T* inp, const T* dout, long long N) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
@@ -57,9 +62,9 @@ __device__ __forceinline__ void backward(T* dinp, const T* inp, const T* dout, l
         const float sech2 = 1.0f - th * th;
         const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + kThreeCube * x * x);
         // Accumulate in f32 onto the old value, then round once (a plain += for float;
-        // dout is read first, as the right-hand side of += is).
+        // dout is read first, as the right-hand side of += is); or store the product.
         const float g = load(dout[i]);
-        store(&dinp[i], load(dinp[i]) + local * g);
+        store(&dinp[i], Add ? load(dinp[i]) + local * g : local * g);
     }
 }
 
@@ -91,15 +96,17 @@ __device__ __forceinline__ void forward_vec(T* out, const T* inp, long long N) {
     }
 }
 
-template <typename T>
+// The new dinp value: old + local * g (Add), or local * g (old unused).
+template <bool Add>
 __device__ __forceinline__ float backward_one(float x, float g, float old) {
     const float th = tanhf(kSqrt2OverPi * (x + kCube * x * x * x));
     const float sech2 = 1.0f - th * th;
     const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + kThreeCube * x * x);
-    return old + local * g;
+    return Add ? old + local * g : local * g;
 }
 
-template <typename T>
+// Add as in backward; without it dinp is only stored, never loaded.
+template <bool Add, typename T>
 __device__ __forceinline__ void backward_vec(T* dinp, const T* inp, const T* dout, long long N) {
     constexpr int V = vec::Pack<T>::N;
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -108,15 +115,15 @@ __device__ __forceinline__ void backward_vec(T* dinp, const T* inp, const T* dou
     for (long long p = tid; p < packs; p += stride) {
         const vec::Pack<T> x = vec::load(inp + p * V);
         const vec::Pack<T> g = vec::load(dout + p * V);
-        vec::Pack<T> d = vec::load(dinp + p * V);
+        vec::Pack<T> d = Add ? vec::load(dinp + p * V) : vec::Pack<T>{};
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            vec::set(d.v[k], backward_one<T>(vec::f32(x.v[k]), vec::f32(g.v[k]), vec::f32(d.v[k])));
+            vec::set(d.v[k], backward_one<Add>(vec::f32(x.v[k]), vec::f32(g.v[k]), vec::f32(d.v[k])));
         }
         vec::store(dinp + p * V, d);
     }
     for (long long i = packs * V + tid; i < N; i += stride) {
-        store(&dinp[i], backward_one<T>(load(inp[i]), load(dout[i]), load(dinp[i])));
+        store(&dinp[i], backward_one<Add>(load(inp[i]), load(dout[i]), Add ? load(dinp[i]) : 0.0f));
     }
 }
 
@@ -131,12 +138,21 @@ extern "C" __global__ void gelu_forward_bf16(__nv_bfloat16* out, const __nv_bflo
 }
 
 extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const float* dout, long long N) {
-    gelu_detail::backward(dinp, inp, dout, N);
+    gelu_detail::backward<true>(dinp, inp, dout, N);
 }
 
 extern "C" __global__ void gelu_backward_bf16(__nv_bfloat16* dinp, const __nv_bfloat16* inp,
                                               const __nv_bfloat16* dout, long long N) {
-    gelu_detail::backward(dinp, inp, dout, N);
+    gelu_detail::backward<true>(dinp, inp, dout, N);
+}
+
+extern "C" __global__ void gelu_backward_overwrite(float* dinp, const float* inp, const float* dout, long long N) {
+    gelu_detail::backward<false>(dinp, inp, dout, N);
+}
+
+extern "C" __global__ void gelu_backward_overwrite_bf16(__nv_bfloat16* dinp, const __nv_bfloat16* inp,
+                                                        const __nv_bfloat16* dout, long long N) {
+    gelu_detail::backward<false>(dinp, inp, dout, N);
 }
 
 extern "C" __global__ void gelu_forward_vec(float* out, const float* inp, long long N) {
@@ -148,10 +164,20 @@ extern "C" __global__ void gelu_forward_vec_bf16(__nv_bfloat16* out, const __nv_
 }
 
 extern "C" __global__ void gelu_backward_vec(float* dinp, const float* inp, const float* dout, long long N) {
-    gelu_detail::backward_vec(dinp, inp, dout, N);
+    gelu_detail::backward_vec<true>(dinp, inp, dout, N);
 }
 
 extern "C" __global__ void gelu_backward_vec_bf16(__nv_bfloat16* dinp, const __nv_bfloat16* inp,
                                                   const __nv_bfloat16* dout, long long N) {
-    gelu_detail::backward_vec(dinp, inp, dout, N);
+    gelu_detail::backward_vec<true>(dinp, inp, dout, N);
+}
+
+extern "C" __global__ void gelu_backward_overwrite_vec(float* dinp, const float* inp, const float* dout,
+                                                       long long N) {
+    gelu_detail::backward_vec<false>(dinp, inp, dout, N);
+}
+
+extern "C" __global__ void gelu_backward_overwrite_vec_bf16(__nv_bfloat16* dinp, const __nv_bfloat16* inp,
+                                                            const __nv_bfloat16* dout, long long N) {
+    gelu_detail::backward_vec<false>(dinp, inp, dout, N);
 }

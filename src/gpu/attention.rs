@@ -27,7 +27,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 use super::blas::{Blas, GemmDtype, StridedBatchedGemm};
 use super::device::{grid_for, to_i32, Gpu};
 use super::launch::Launch;
-use super::{Float, Kernels};
+use super::{Dinp, Float, Kernels};
 
 /// Threads per block of the softmax kernel (one warp per row).
 const SOFTMAX_BLOCK: u32 = 256;
@@ -243,15 +243,17 @@ pub fn attention_backward_scratch_len(b: usize, t: usize, c: usize, nh: usize) -
     4 * b * t * c + b * nh * t * t
 }
 
-/// Causal self-attention backward, queued on `gpu.stream()`, ACCUMULATING into `dqkv` like
-/// `cpu::attention::attention_backward`: `dqkv (B,T,3C) += d(out)/d(qkv)^T · dout (B,T,C)`,
-/// given the forward's input `qkv (B,T,3C)` and probabilities `att (B,NH,T,T)`.
+/// Causal self-attention backward, queued on `gpu.stream()`, accumulating into `dqkv` like
+/// `cpu::attention::attention_backward` ([`Dinp::Accumulate`]): `dqkv (B,T,3C) += d(out)/d(qkv)^T
+/// · dout (B,T,C)`, given the forward's input `qkv (B,T,3C)` and probabilities `att (B,NH,T,T)`;
+/// or, with [`Dinp::Overwrite`], `dqkv = ...`: each element of dqkv is written once (the last
+/// step), so overwriting gives the bits of accumulating onto zeros and dqkv needs no zeroing.
 ///
 /// `T` is `f32` or `half::bf16` for every buffer (dqkv, scratch, dout, qkv, att); dqkv holds
 /// activation gradients, not parameter gradients, so it has the storage type too. With bf16 the
 /// GEMMs accumulate in fp32 and the kernels compute in fp32, and these values are rounded to
 /// bf16 once each: datt and dv (GEMM outputs), dpreatt (softmax backward), dq and dk (GEMM
-/// outputs), and each dqkv element after its fp32 `+=`.
+/// outputs), and each dqkv element after its fp32 `+=` (overwritten: dq, dk, dv copied exactly).
 ///
 /// `scratch` ([`attention_backward_scratch_len`] elements) is overwritten; nothing is kept from
 /// the forward's scratch (q, k, v are permuted again from `qkv`). Its slots (B*T*C each, laid
@@ -286,6 +288,7 @@ pub fn attention_backward<T: Float>(
     t: usize,
     c: usize,
     nh: usize,
+    store: Dinp,
 ) -> Result<()> {
     ensure!(nh > 0 && c.is_multiple_of(nh), "attention_backward: C = {c} is not a positive multiple of NH = {nh}");
     let hs = c / nh;
@@ -452,13 +455,16 @@ pub fn attention_backward<T: Float>(
     // the checked scratch; the output slot (k's) is read by neither operand.
     unsafe { blas.gemm_strided_batched(&dk_gemm) }.context("attention_backward: dpreatt^T·q")?;
 
-    // 6. dqkv (B,T,3C) += dq, dk, dv (B,NH,T,hs) in their thirds.
-    let (name, per_thread) = pick::<T>("attention_backward_unpermute_add", vector);
+    // 6. dqkv (B,T,3C) += (or =) dq, dk, dv (B,NH,T,hs) in their thirds.
+    let (name, per_thread) = match store {
+        Dinp::Accumulate => pick::<T>("attention_backward_unpermute_add", vector),
+        Dinp::Overwrite => pick::<T>("attention_backward_unpermute", vector),
+    };
     let k = Launch::new(gpu, &name, &[])?;
     let k = k.ptr(dqkv_ptr).ptr(dq_ptr).ptr(dk_ptr).ptr(dv_ptr).arg(bi).arg(ti).arg(nhi).arg(hsi);
     let k = if vector { k.aligned16(&[0, 1, 2, 3])? } else { k };
-    // SAFETY: (T*, const T*, const T*, const T*, int, int, int, int); the kernel updates 3*B*T*C
-    // elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch slots, checked);
+    // SAFETY: (T*, const T*, const T*, const T*, int, int, int, int); the kernel updates (or
+    // writes) 3*B*T*C elements of dqkv (checked) and reads B*T*C of each of dq, dk, dv (scratch slots, checked);
     // the _vec one the same in aligned 16-byte packs.
     unsafe { k.run(grid_for(3 * btc / per_thread)?) }
 }

@@ -6,7 +6,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 use super::device::{grid_for, Gpu};
 use super::launch::Launch;
-use super::{Float, Kernels};
+use super::{Dinp, Float, Kernels};
 
 // inp (N) -> out (N)
 /// `out[i] = gelu(inp[i])` for `i < n`, queued on [`Gpu::stream`]. Buffers may be longer than `n`.
@@ -34,22 +34,30 @@ pub fn gelu_forward<T: Float>(
     unsafe { k.run(grid_for(n)?) }
 }
 
-// inp (N), dout (N) -> dinp (N) +=
-/// `dinp[i] += gelu'(inp[i]) * dout[i]` for `i < n` (the tanh form's derivative, the formula of
-/// `cpu::gelu::gelu_backward`), queued on [`Gpu::stream`]. `inp` is the forward's input. Buffers
-/// may be longer than `n`. All arithmetic is f32; with `T = bf16` each `dinp` value is its old
-/// value plus the f32 product, rounded to bf16 once.
+// inp (N), dout (N) -> dinp (N) += or =
+/// `dinp[i] += gelu'(inp[i]) * dout[i]` for `i < n` ([`Dinp::Accumulate`]; the tanh form's
+/// derivative, the formula of `cpu::gelu::gelu_backward`), or `dinp[i] = gelu'(inp[i]) * dout[i]`
+/// ([`Dinp::Overwrite`]: the old dinp is never read, so it needs no zeroing; the bits of
+/// accumulating onto zeros), queued on [`Gpu::stream`]. `inp` is the forward's input. Buffers may
+/// be longer than `n`. All arithmetic is f32; with `T = bf16` each `dinp` value is its old value
+/// plus the f32 product (or the product alone), rounded to bf16 once.
 pub fn gelu_backward<T: Float>(
     gpu: &Gpu,
     dinp: &mut impl DevicePtrMut<T>,
     inp: &impl DevicePtr<T>,
     dout: &impl DevicePtr<T>,
     n: usize,
+    store: Dinp,
 ) -> Result<()> {
     const OP: &str = "gelu_backward";
     let lens = [("dinp", dinp.len(), n), ("inp", inp.len(), n), ("dout", dout.len(), n)];
     let vector = gpu.kernels() == Kernels::Vector;
-    let name = if vector { T::kernel("gelu_backward_vec") } else { T::kernel(OP) };
+    let name = match (store, vector) {
+        (Dinp::Accumulate, false) => T::kernel(OP),
+        (Dinp::Accumulate, true) => T::kernel("gelu_backward_vec"),
+        (Dinp::Overwrite, false) => T::kernel("gelu_backward_overwrite"),
+        (Dinp::Overwrite, true) => T::kernel("gelu_backward_overwrite_vec"),
+    };
     let k = Launch::new(gpu, &name, &lens)?;
     if n == 0 {
         return Ok(());

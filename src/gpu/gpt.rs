@@ -22,7 +22,7 @@ use super::flash_attention;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::matmul_forward;
-use super::{Attention, Float, Kernels, StepSync};
+use super::{Attention, Dinp, Float, Kernels, StepSync};
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{
@@ -819,7 +819,22 @@ impl<T: Float> GpuModel<T> {
         self.mark("memset")
     }
 
-    /// `matmul_backward` for weight `w` and bias `bias` of layer `l`, marked as `name`.
+    /// Readies `g`, an activation gradient with one producer (dln, datty, dqkv, dfch, dfch_gelu),
+    /// for that producer and says how it is to write `g`: with `--kernels vector` it overwrites
+    /// `g`, so nothing is queued; otherwise (the verified path) `g` is zeroed here and the
+    /// producer accumulates into it. (dresidual has several producers that add into it, the
+    /// LayerNorm backwards, and is always zeroed.)
+    fn ready(&self, g: Grad) -> Result<Dinp> {
+        if self.gpu.kernels() == Kernels::Vector {
+            return Ok(Dinp::Overwrite);
+        }
+        self.zero(g)?;
+        Ok(Dinp::Accumulate)
+    }
+
+    /// `matmul_backward` for weight `w` and bias `bias` of layer `l`, marked as `name`: dinp
+    /// readied by [`ready`](Self::ready) (zeroed and accumulated into, or overwritten), the
+    /// parameter gradients accumulated.
     #[allow(clippy::too_many_arguments)]
     fn matmul_grads(
         &mut self,
@@ -834,6 +849,7 @@ impl<T: Float> GpuModel<T> {
         c: usize,
         oc: usize,
     ) -> Result<()> {
+        let store = self.ready(dinp)?;
         let (mut din, mut dw) = (self.grad::<T>(dinp), self.dparam(w, l));
         let mut scratch = self.grad::<f32>(Grad::MmScratch);
         let weight = self.params.slice(self.layout.get(w).layer_range(l));
@@ -853,6 +869,7 @@ impl<T: Float> GpuModel<T> {
             n,
             c,
             oc,
+            store,
         )?;
         self.mark(name)
     }
@@ -922,7 +939,6 @@ impl<T: Float> GpuModel<T> {
         };
         // Classifier: the logits already hold dlogits; dlnf into Dln, dwte +=.
         self.zero(Grad::Dresidual)?;
-        self.zero(Grad::Dln)?;
         let (logits, lnf) = (self.act::<T>(Act::Logits, 0), self.act::<T>(Act::Lnf, 0));
         self.matmul_grads("matmul bwd logits", Grad::Dln, Param::Wte, None, 0, &logits, &lnf, n, c, vp)?;
         lnb(
@@ -938,7 +954,6 @@ impl<T: Float> GpuModel<T> {
         for l in (0..nl).rev() {
             let residual = if l == 0 { self.act::<T>(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
             let dres = self.grad::<T>(Grad::Dresidual);
-            self.zero(Grad::DfchGelu)?;
             let fch_gelu = self.act::<T>(Act::FchGelu, l);
             self.matmul_grads(
                 "matmul bwd fcproj",
@@ -952,12 +967,11 @@ impl<T: Float> GpuModel<T> {
                 4 * c,
                 c,
             )?;
-            self.zero(Grad::Dfch)?;
+            let store = self.ready(Grad::Dfch)?;
             let (mut dfch, fch, dfch_gelu) =
                 (self.grad::<T>(Grad::Dfch), self.act::<T>(Act::Fch, l), self.grad::<T>(Grad::DfchGelu));
-            super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c)?;
+            super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c, store)?;
             self.mark("gelu bwd")?;
-            self.zero(Grad::Dln)?;
             let ln2 = self.act::<T>(Act::Ln2, l);
             self.matmul_grads("matmul bwd fc", Grad::Dln, Param::Fcw, Some(Param::Fcb), l, &dfch, &ln2, n, c, 4 * c)?;
             lnb(
@@ -970,7 +984,6 @@ impl<T: Float> GpuModel<T> {
                 Act::Ln2Mean,
                 Act::Ln2Rstd,
             )?;
-            self.zero(Grad::Datty)?;
             let atty = self.act::<T>(Act::Atty, l);
             self.matmul_grads(
                 "matmul bwd attproj",
@@ -994,7 +1007,7 @@ impl<T: Float> GpuModel<T> {
                     &self.gpu, &mut dqkv, &datty, &qkv, &atty, &lse, &mut d, b, t, c, nh,
                 )?;
             } else {
-                self.zero(Grad::Dqkv)?;
+                let store = self.ready(Grad::Dqkv)?;
                 let (mut scratch, att) = (self.grad::<T>(Grad::AttScratch), self.act::<T>(Act::Att, l));
                 attention::attention_backward(
                     &self.gpu,
@@ -1008,10 +1021,10 @@ impl<T: Float> GpuModel<T> {
                     t,
                     c,
                     nh,
+                    store,
                 )?;
             }
             self.mark("attention bwd")?;
-            self.zero(Grad::Dln)?;
             let ln1 = self.act::<T>(Act::Ln1, l);
             self.matmul_grads(
                 "matmul bwd qkv",

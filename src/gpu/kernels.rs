@@ -110,6 +110,8 @@ mod tests {
             "layernorm_backward_vec",
             "attention_permute",
             "attention_backward_unpermute_add_vec",
+            "attention_backward_unpermute_vec",
+            "gelu_backward_overwrite_vec",
         ] {
             assert!(wanted.iter().any(|(n, _)| n == must), "the source scan missed {must}: {wanted:?}");
         }

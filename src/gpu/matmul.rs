@@ -1,7 +1,7 @@
 //! Matmul forward on cuBLASLt: `out = inp @ weight^T (+ bias) (then GELU)`, the CUDA counterpart
 //! of `src/cpu/matmul.rs`, with bias and GELU fused into the GEMM epilogue; and the backward
-//! ([`matmul_backward`]: two accumulating cuBLASLt GEMMs and a deterministic bias reduction in
-//! `kernels/matmul.cu`).
+//! ([`matmul_backward`]: two cuBLASLt GEMMs, dweight accumulating and dinp accumulating or
+//! overwritten, and a deterministic bias reduction in `kernels/matmul.cu`).
 //!
 //! Row-major to column-major: a row-major (R, C) matrix is, byte for byte, a column-major (C, R)
 //! matrix with leading dimension C. So cuBLASLt computes the transposed problem
@@ -24,7 +24,7 @@ use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfi
 use super::blas::{Blas, Epilogue, GemmDtype, LtGemm};
 use super::device::{to_i32, Gpu};
 use super::launch::Launch;
-use super::Float;
+use super::{Dinp, Float};
 
 /// `out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC)`, then tanh-GELU when `gelu`, queued on
 /// `gpu.stream()`. All buffers row-major; `out` is overwritten (never read).
@@ -113,9 +113,11 @@ pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
     n.div_ceil(BIAS_ROWS_PER_CHUNK) * oc
 }
 
-/// Matmul backward, queued on `gpu.stream()`, ACCUMULATING into every gradient like
-/// `cpu::matmul::matmul_backward`:
-/// - `dinp (N,C) += dout (N,OC) @ weight (OC,C)`
+/// Matmul backward, queued on `gpu.stream()`, accumulating into the parameter gradients like
+/// `cpu::matmul::matmul_backward`, and into dinp or over it as `store` says:
+/// - `dinp (N,C) += dout (N,OC) @ weight (OC,C)` ([`Dinp::Accumulate`], as the CPU), or
+///   `dinp = dout @ weight` ([`Dinp::Overwrite`]: beta = 0, dinp's old contents are never read,
+///   so it needs no zeroing; the same GEMM plan, so the bits of accumulating onto zeros)
 /// - `dweight (OC,C) += dout^T @ inp (N,C)`
 /// - `dbias (OC) += column sums of dout`, when given (`scratch` then needs
 ///   [`matmul_backward_scratch_len`] elements; otherwise it is not touched).
@@ -126,7 +128,8 @@ pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
 /// `dweight + fp32 GEMM` (bf16 inputs, fp32 C/D), and the bias reduction widens each bf16
 /// `dout` on load and sums in fp32.
 ///
-/// Both GEMMs run on cuBLASLt with beta = 1 (C = D = the gradient buffer, updated in place).
+/// Both GEMMs run on cuBLASLt with C = D = the gradient buffer, updated in place: beta = 1, or
+/// beta = 0 for an overwritten dinp.
 /// In column-major terms (a row-major (R,K) buffer is a column-major (K,R) matrix, ld K):
 /// - `dinp^T (C,N) = weight^T (C,OC) · dout^T (OC,N)`: A = weight buffer (C,OC) ld C as is,
 ///   B = dout buffer (OC,N) ld OC as is, D = dinp (C,N) ld C; m = C, n = N, k = OC.
@@ -149,6 +152,7 @@ pub fn matmul_backward<T: Float>(
     n: usize,
     c: usize,
     oc: usize,
+    store: Dinp,
 ) -> Result<()> {
     ensure!(dinp.len() >= n * c, "matmul_backward: dinp has {} < N*C = {}", dinp.len(), n * c);
     ensure!(dweight.len() >= oc * c, "matmul_backward: dweight has {} < OC*C = {}", dweight.len(), oc * c);
@@ -165,6 +169,11 @@ pub fn matmul_backward<T: Float>(
         "matmul_backward: blas was created for a different stream than gpu"
     );
     let dtype = GemmDtype::of::<T>()?;
+    // (dinp would be a sum over an empty set, zeros, which no GEMM writes.)
+    ensure!(
+        oc > 0 || n * c == 0 || store == Dinp::Accumulate,
+        "matmul_backward: OC = 0 cannot overwrite dinp; use Dinp::Accumulate on a zeroed dinp"
+    );
     // Every gradient is a sum over an empty set: nothing to add.
     if n == 0 || c == 0 || oc == 0 {
         return Ok(());
@@ -177,7 +186,7 @@ pub fn matmul_backward<T: Float>(
     let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
     let (w_ptr, _w_guard) = weight.device_ptr(stream);
 
-    // dinp^T (C,N) += weight^T (C,OC) · dout^T (OC,N).
+    // dinp^T (C,N) (+)= weight^T (C,OC) · dout^T (OC,N).
     let dinp_gemm = LtGemm {
         m: c,
         n,
@@ -192,7 +201,7 @@ pub fn matmul_backward<T: Float>(
         ldd: c,
         bias: 0,
         epilogue: Epilogue::None,
-        accumulate: true,
+        accumulate: store == Dinp::Accumulate,
         dtype,
         d_dtype: dtype,
     };
@@ -200,7 +209,7 @@ pub fn matmul_backward<T: Float>(
     // (C,OC)·(OC,N) -> (C,N) GEMM with these leading dimensions touches; the guards keep them
     // stream-ordered until the work is queued on the stream `blas` uses.
     unsafe { blas.lt_matmul(&dinp_gemm) }
-        .with_context(|| format!("matmul_backward<{dtype:?}> dinp N={n} C={c} OC={oc}"))?;
+        .with_context(|| format!("matmul_backward<{dtype:?}> dinp ({store:?}) N={n} C={c} OC={oc}"))?;
 
     // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC); inputs T, the gradient f32.
     let dweight_gemm = LtGemm {

@@ -158,7 +158,10 @@ pub fn peak_bf16_tflops(name: &str) -> Option<f64> {
 /// `Scalar` (the default) is the verified path: one element per thread per access. `Vector` uses
 /// the `_vec` kernels, which move 128 bits per access (4 f32 or 8 bf16); they stay behind this
 /// option until a GPU run has verified them (issue 15 §3). Only the kernels that have a `_vec`
-/// version change; the rest launch as with `Scalar`.
+/// version change; the rest launch as with `Scalar`. The training step on `Vector` also takes
+/// the other unverified memory savings of issue 15: the backward overwrites the activation
+/// gradients that have one producer instead of zeroing them and accumulating ([`Dinp`]), and the
+/// forward keeps one (B,T,C) attproj and one fcproj buffer for all layers (`gpt::ActLayout`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kernels {
     #[default]
@@ -233,6 +236,18 @@ impl std::fmt::Display for StepSync {
             StepSync::Graph => "graph",
         })
     }
+}
+
+/// How a backward op writes the activation gradient it produces (`dinp`; attention's `dqkv`).
+/// `Accumulate` adds to what the buffer holds (`+=`, as the CPU reference), so the buffer must be
+/// initialised (zeroed) first; `Overwrite` stores the gradient (`=`) and never reads the old
+/// contents, so a buffer with this one producer needs no zeroing. The training backward overwrites
+/// under `--kernels vector` and accumulates into zeroed buffers otherwise (the verified path).
+/// Parameter gradients (dweight, dbias) always accumulate: they sum over micro-batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dinp {
+    Accumulate,
+    Overwrite,
 }
 
 /// The element type of a GPU run, from `--precision auto|fp32|bf16`. `auto` is bf16: every GPU

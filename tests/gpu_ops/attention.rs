@@ -2,14 +2,16 @@
 //! reference, computed in f64 so the error measured is the GPU's alone.
 
 use super::common::assert_same_bits;
-use super::{check_bf16_close, gpu_or_skip, nan_buffer, rel_error, round, to_f64, widen, Uniform, BF16_U};
+use super::{
+    assert_overwrite_bits, check_bf16_close, gpu_or_skip, nan_buffer, rel_error, round, to_f64, widen, Uniform, BF16_U,
+};
 use genesis::cpu;
 use genesis::gpu::attention::{
     attention_backward, attention_backward_scratch_len, attention_decode, attention_forward, scratch_len,
 };
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
-use genesis::gpu::{Float, Kernels};
+use genesis::gpu::{Dinp, Float, Kernels};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -321,8 +323,9 @@ impl AttnBackwardCase {
     }
 
     /// Runs `attention_backward::<T>` (every buffer uploaded as `T`, exactly: the case was built
-    /// with the same `T`; the scratch poisoned with NaN) and returns dqkv widened to f32.
-    fn run<T: Float>(&self, gpu: &Gpu, blas: &Blas) -> Vec<f32> {
+    /// with the same `T`; the scratch poisoned with NaN), dqkv written as `store` says, and
+    /// returns dqkv widened to f32.
+    fn run<T: Float>(&self, gpu: &Gpu, blas: &Blas, store: Dinp) -> Vec<f32> {
         let (b, t, c, nh) = self.shape;
         let stream = gpu.stream();
         let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
@@ -330,7 +333,8 @@ impl AttnBackwardCase {
         let d_att = stream.clone_htod(&round::<T>(&self.att)).unwrap();
         let mut d_dqkv = stream.clone_htod(&round::<T>(&self.dqkv0)).unwrap();
         let mut d_scratch = nan_buffer::<T>(gpu, attention_backward_scratch_len(b, t, c, nh));
-        attention_backward(gpu, blas, &mut d_dqkv, &mut d_scratch, &d_dout, &d_qkv, &d_att, b, t, c, nh).unwrap();
+        attention_backward(gpu, blas, &mut d_dqkv, &mut d_scratch, &d_dout, &d_qkv, &d_att, b, t, c, nh, store)
+            .unwrap();
         gpu.synchronize().unwrap();
         widen(&stream.clone_dtoh(&d_dqkv).unwrap())
     }
@@ -353,7 +357,7 @@ fn attention_backward_matches_cpu_fp32() {
     for &shape in BACKWARD_SHAPES {
         let case = AttnBackwardCase::new::<f32>(&mut rng, shape);
         let want = case.reference();
-        let got = case.run::<f32>(&gpu, &blas);
+        let got = case.run::<f32>(&gpu, &blas, Dinp::Accumulate);
         let c = shape.2;
         let what = format!("attention_backward (B,T,C,NH) = {shape:?}");
         let errs: Vec<f64> = thirds(&got, c)
@@ -378,8 +382,8 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
     let mut rng = Rng::new(seed);
     for &shape in &[(2usize, 64usize, 768usize, 12usize), (3, 7, 18, 3)] {
         let case = AttnBackwardCase::new::<T>(&mut rng, shape);
-        let first = case.run::<T>(&gpu, &blas);
-        let second = case.run::<T>(&gpu, &blas);
+        let first = case.run::<T>(&gpu, &blas, Dinp::Accumulate);
+        let second = case.run::<T>(&gpu, &blas, Dinp::Accumulate);
         assert_same_bits(&format!("{label} {shape:?}: dqkv of the second run"), &second, &first);
     }
 }
@@ -402,14 +406,19 @@ fn assert_backward_rejects_bad_shapes<T: Float>() {
     let att = stream.alloc_zeros::<T>(b * nh * t * t).unwrap();
     let mut dqkv = stream.alloc_zeros::<T>(b * t * 3 * c).unwrap();
     let len = attention_backward_scratch_len(b, t, c, nh);
+    let acc = Dinp::Accumulate;
     let mut short = stream.alloc_zeros::<T>(len - 1).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut short, &dout, &qkv, &att, b, t, c, nh).is_err());
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut short, &dout, &qkv, &att, b, t, c, nh, acc).is_err());
     let mut scratch = stream.alloc_zeros::<T>(len).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5).is_err());
+    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, 5, acc).is_err());
     let short_att = stream.alloc_zeros::<T>(b * nh * t * t - 1).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh).is_err());
+    assert!(
+        attention_backward(&gpu, &blas, &mut dqkv, &mut scratch, &dout, &qkv, &short_att, b, t, c, nh, acc).is_err()
+    );
     let mut short_dqkv = stream.alloc_zeros::<T>(b * t * 3 * c - 1).unwrap();
-    assert!(attention_backward(&gpu, &blas, &mut short_dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, nh).is_err());
+    assert!(
+        attention_backward(&gpu, &blas, &mut short_dqkv, &mut scratch, &dout, &qkv, &att, b, t, c, nh, acc).is_err()
+    );
 }
 
 #[test]
@@ -460,7 +469,7 @@ fn attention_backward_matches_cpu_bf16() {
         for &shape in BACKWARD_SHAPES {
             let case = AttnBackwardCase::new::<bf16>(&mut rng, shape);
             let want = case.reference();
-            let got = case.run::<bf16>(&gpu, &blas);
+            let got = case.run::<bf16>(&gpu, &blas, Dinp::Accumulate);
             let c = shape.2;
             let what = format!("attention_backward bf16 (B,T,C,NH) = {shape:?} tf32={allow_tf32}");
             let errs: Vec<f64> = thirds(&got, c)
@@ -535,9 +544,9 @@ fn check_vec<T: Float>(gpu: &Gpu, blas: &Blas, seed: u64) {
         assert_same_bits(&format!("{what}: att vs scalar"), &v_att, &s_att);
 
         let case = AttnBackwardCase::new::<T>(&mut rng, shape);
-        let scalar = case.run::<T>(gpu, blas);
+        let scalar = case.run::<T>(gpu, blas, Dinp::Accumulate);
         gpu.set_kernels(Kernels::Vector);
-        let vector = case.run::<T>(gpu, blas);
+        let vector = case.run::<T>(gpu, blas, Dinp::Accumulate);
         gpu.set_kernels(Kernels::Scalar);
         assert_same_bits(&format!("{what}: dqkv vs scalar"), &vector, &scalar);
         if T::BYTES == 4 {
@@ -599,17 +608,57 @@ fn attention_vec_softmax_matches_cpu() {
         check_bf16(&gpu, &blas, &mut rng, shape);
         let c = shape.2;
         let case = AttnBackwardCase::new::<f32>(&mut rng, shape);
-        let (want, got) = (case.reference(), case.run::<f32>(&gpu, &blas));
+        let (want, got) = (case.reference(), case.run::<f32>(&gpu, &blas, Dinp::Accumulate));
         for ((g, w), name) in thirds(&got, c).iter().zip(thirds(&want, c).iter()).zip(["dq", "dk", "dv"]) {
             let err = rel_error(g, w, &format!("vec backward {shape:?} {name}"));
             assert!(err < 1e-5, "vec backward {shape:?}: {name} relative error {err:.3e} >= 1e-5");
         }
-        assert_same_bits(&format!("vec backward {shape:?}: second run"), &case.run::<f32>(&gpu, &blas), &got);
+        assert_same_bits(
+            &format!("vec backward {shape:?}: second run"),
+            &case.run::<f32>(&gpu, &blas, Dinp::Accumulate),
+            &got,
+        );
         let case = AttnBackwardCase::new::<bf16>(&mut rng, shape);
-        let (want, got) = (case.reference(), case.run::<bf16>(&gpu, &blas));
+        let (want, got) = (case.reference(), case.run::<bf16>(&gpu, &blas, Dinp::Accumulate));
         for ((g, w), name) in thirds(&got, c).iter().zip(thirds(&want, c).iter()).zip(["dq", "dk", "dv"]) {
             check_bf16_close(g, w, None, BF16_BACKWARD_K * BF16_U, &format!("vec backward bf16 {shape:?} {name}"));
         }
         println!("attention vec softmax {shape:?}: f32 and bf16 forward and backward within the scalar tolerances");
     }
+}
+
+// ---- dqkv overwritten (Dinp::Overwrite: attention_backward_unpermute[_vec]; used with --kernels vector) ----
+
+/// attention_backward writes each element of dqkv once, so overwriting it must give the bits of
+/// accumulating onto a zeroed dqkv (a zero's sign aside, see [`assert_overwrite_bits`]): the same
+/// case in `T` run with dqkv prefilled with zeros and accumulated into, and prefilled with NaN and
+/// overwritten (any read of the old dqkv, even a 0 * old, would carry the NaN into the result), on
+/// the scalar kernels and on the vector ones (head sizes whole packs; the last shape has T a
+/// multiple of 8, so the _vec softmax too).
+fn check_backward_overwrite<T: Float>(gpu: &Gpu, blas: &Blas, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for kernels in [Kernels::Scalar, Kernels::Vector] {
+        for &shape in &[(1usize, 5usize, 32usize, 4usize), (2, 17, 64, 4), (2, 64, 768, 12)] {
+            let mut case = AttnBackwardCase::new::<T>(&mut rng, shape);
+            let len = case.dqkv0.len();
+            gpu.set_kernels(kernels);
+            case.dqkv0 = vec![0.0; len];
+            let zeroed = case.run::<T>(gpu, blas, Dinp::Accumulate);
+            case.dqkv0 = vec![f32::NAN; len];
+            let overwritten = case.run::<T>(gpu, blas, Dinp::Overwrite);
+            gpu.set_kernels(Kernels::Scalar);
+            let what = format!("attention_backward overwrite{} ({kernels}) (B,T,C,NH) = {shape:?}", T::SUFFIX);
+            assert_overwrite_bits(&format!("{what}: dqkv vs accumulating onto zeros"), &overwritten, &zeroed);
+            println!("{what}: bit-identical to accumulating onto zeros");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_backward_overwrite_matches_accumulating_onto_zeros() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    check_backward_overwrite::<f32>(&gpu, &blas, 0x6174_6f77_7200_0001);
+    check_backward_overwrite::<bf16>(&gpu, &blas, 0x6174_6f77_7200_0002);
 }

@@ -3,13 +3,13 @@
 
 use super::common::assert_same_bits;
 use super::{
-    assert_elementwise, download, gpu_or_skip, max_abs_error, max_ref, poisoned, round, to_f64, widen, Uniform, BF16_U,
-    TAIL,
+    assert_elementwise, assert_overwrite_bits, download, gpu_or_skip, max_abs_error, max_ref, poisoned, round, to_f64,
+    widen, Uniform, BF16_U, TAIL,
 };
 use genesis::cpu;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::gelu::{gelu_backward, gelu_forward};
-use genesis::gpu::{Float, Kernels};
+use genesis::gpu::{Dinp, Float, Kernels};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -100,14 +100,14 @@ fn gelu_forward_bf16_matches_cpu() {
     }
 }
 
-/// GELU backward on the GPU in `T`: `dinp` (`dinp0` plus a tail) accumulated; returns it with its
-/// tail.
-fn run_gelu_backward<T: Float>(gpu: &Gpu, x: &[T], dout: &[T], dinp0: &[T]) -> Vec<T> {
+/// GELU backward on the GPU in `T`: `dinp` (`dinp0` plus a tail) accumulated into or overwritten
+/// as `store` says; returns it with its tail.
+fn run_gelu_backward<T: Float>(gpu: &Gpu, x: &[T], dout: &[T], dinp0: &[T], store: Dinp) -> Vec<T> {
     let stream = gpu.stream();
     let d_inp = stream.clone_htod(x).unwrap();
     let d_dout = stream.clone_htod(dout).unwrap();
     let mut d_dinp = stream.clone_htod(dinp0).unwrap();
-    gelu_backward(gpu, &mut d_dinp, &d_inp, &d_dout, x.len()).unwrap();
+    gelu_backward(gpu, &mut d_dinp, &d_inp, &d_dout, x.len(), store).unwrap();
     gpu.synchronize().unwrap();
     stream.clone_dtoh(&d_dinp).unwrap()
 }
@@ -159,7 +159,7 @@ fn backward_case<T: Float>(gpu: &Gpu, rng: &mut Rng, n: usize) -> BackwardCase {
         (round::<T>(&x), round::<T>(&rng.uniform_vec(n)), round::<T>(&rng.uniform_vec(n + TAIL)));
     let (x, dout, dinp0) = (widen(&h_x), widen(&h_dout), widen(&h_dinp0));
     let want = backward_reference(&x, &dout, &dinp0);
-    let mut got = widen(&run_gelu_backward(gpu, &h_x, &h_dout, &h_dinp0));
+    let mut got = widen(&run_gelu_backward(gpu, &h_x, &h_dout, &h_dinp0, Dinp::Accumulate));
     assert_same_bits(&format!("N={n}: the tail past dinp (written past the end?)"), &got[n..], &dinp0[n..]);
     got.truncate(n);
     if let Some(i) = got.iter().position(|g| !g.is_finite()) {
@@ -285,4 +285,39 @@ fn gelu_backward_vec_matches_scalar_and_cpu() {
     };
     check_backward_vec::<f32>(&gpu, 0x6765_6c75_7662_3332);
     check_backward_vec::<bf16>(&gpu, 0x6765_6c75_7662_6266);
+}
+
+// ---- gelu_backward_overwrite[_vec] (Dinp::Overwrite; used with --kernels vector) ----
+
+/// The overwriting backward in `T`, scalar and vector kernels: on the same x and dout (drawn as in
+/// [`backward_case`]), dinp prefilled with NaN and overwritten must give the bits of dinp
+/// prefilled with zeros and accumulated into (a zero's sign aside, see [`assert_overwrite_bits`]),
+/// and leave the NaN tail past N alone. The NaN prefill catches a kernel that still reads dinp:
+/// any read, even a 0 * old, would carry it into the result.
+fn check_backward_overwrite<T: Float>(gpu: &Gpu, seed: u64) {
+    for kernels in [Kernels::Scalar, Kernels::Vector] {
+        for n in VEC_NS {
+            let mut rng = Rng::new(seed ^ n as u64);
+            let (x, dout) = (round::<T>(&gelu_inputs(&mut rng, n)), round::<T>(&rng.uniform_vec(n)));
+            let run = |fill: f32, store: Dinp| {
+                let dinp0 = vec![T::from_f32(fill); n + TAIL];
+                widen(&with_kernels(gpu, kernels, || run_gelu_backward(gpu, &x, &dout, &dinp0, store)))
+            };
+            let (zeroed, overwritten) = (run(0.0, Dinp::Accumulate), run(f32::NAN, Dinp::Overwrite));
+            let what = format!("gelu_backward_overwrite{} ({kernels}) N={n}", T::SUFFIX);
+            assert!(overwritten[n..].iter().all(|v| v.is_nan()), "{what}: wrote past N");
+            assert_overwrite_bits(&format!("{what} vs accumulating onto zeros"), &overwritten[..n], &zeroed[..n]);
+        }
+        println!("gelu_backward_overwrite{} ({kernels}): bit-identical to accumulating onto zeros", T::SUFFIX);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_backward_overwrite_matches_accumulating_onto_zeros() {
+    let Some(gpu) = gpu_or_skip() else {
+        return;
+    };
+    check_backward_overwrite::<f32>(&gpu, 0x6765_6c75_6f77_3332);
+    check_backward_overwrite::<bf16>(&gpu, 0x6765_6c75_6f77_6266);
 }

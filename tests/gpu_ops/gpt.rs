@@ -7,7 +7,7 @@ use super::{gpu_or_skip, max_abs_diff_f64, rel_l2};
 use genesis::cpu::gpt::{self, Activations};
 use genesis::gpu::adamw::{round_params_host, sr_seed};
 use genesis::gpu::gpt::GpuModel;
-use genesis::gpu::Float;
+use genesis::gpu::{Float, Kernels};
 use genesis::model::{ModelConfig, ParamLayout};
 use genesis::rng::Rng;
 
@@ -186,9 +186,10 @@ fn cpu_gradients(
     (loss, grads)
 }
 
-/// One forward+backward on the GPU against `cpu::gpt::backward`: the loss, and every one of the 16
-/// gradient tensors within 1e-4 of its largest value (fp32 with other summation orders; TF32 off).
-fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
+/// One forward+backward on the GPU, on `kernels`, against `cpu::gpt::backward`: the loss, and every
+/// one of the 16 gradient tensors within 1e-4 of its largest value (fp32 with other summation
+/// orders; TF32 off).
+fn check_gradients(cfg: &ModelConfig, b: usize, t: usize, kernels: Kernels) {
     let layout = ParamLayout::new(cfg);
     let params = gpt::init_params(cfg, 13);
     let (inputs, targets) = batch(cfg, b * t, 17);
@@ -196,17 +197,22 @@ fn check_gradients(cfg: &ModelConfig, b: usize, t: usize) {
     let (cpu_loss, want) = cpu_gradients(cfg, &params, &mut Activations::new(cfg, b, t), &inputs, &targets, dloss);
 
     let mut model = GpuModel::<f32>::new(cfg, &params, 0, false).unwrap();
+    model.gpu.set_kernels(kernels);
     model.enable_training(&params, 0).unwrap();
     model.zero_grads().unwrap();
     let gpu_loss = model.forward_backward(&inputs, &targets, b, t, dloss).unwrap();
     let got = model.download_grads().unwrap();
-    assert!((gpu_loss - cpu_loss).abs() < 1e-5 * cpu_loss, "{cfg}: loss {gpu_loss} vs CPU {cpu_loss}");
+    assert!((gpu_loss - cpu_loss).abs() < 1e-5 * cpu_loss, "{cfg} {kernels}: loss {gpu_loss} vs CPU {cpu_loss}");
     for spec in &layout.tensors {
         let (g, w) = (&got[spec.range()], &want[spec.range()]);
         assert!(g.iter().all(|x| x.is_finite()), "{:?}: non-finite gradient", spec.param);
         let (max_ref, err) = (max_abs(w), max_abs_diff(g, w));
         assert!(max_ref > 0.0 || spec.param == Param::Wpe, "{:?}: zero reference gradient", spec.param);
-        assert!(err <= 1e-4 * max_ref.max(1e-12), "{cfg}: {:?} gradient differs by {err} (max {max_ref})", spec.param);
+        assert!(
+            err <= 1e-4 * max_ref.max(1e-12),
+            "{cfg} {kernels}: {:?} gradient differs by {err} (max {max_ref})",
+            spec.param
+        );
     }
 }
 
@@ -216,8 +222,8 @@ fn training_step_gradients_match_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
     }
-    check_gradients(&ModelConfig::preset("tiny").unwrap(), 2, 32);
-    check_gradients(&two_layer_768(), 2, 64);
+    check_gradients(&ModelConfig::preset("tiny").unwrap(), 2, 32, Kernels::Scalar);
+    check_gradients(&two_layer_768(), 2, 64, Kernels::Scalar);
 }
 
 /// `steps` AdamW steps (clipping at 1.0) on the GPU in `T`; returns the losses and the final f32
@@ -310,7 +316,7 @@ fn working_copy(weights: &[f32]) -> Vec<f32> {
 /// f32) moves by well under 1%. 5% leaves room for the cancellations in small tensors (biases)
 /// while any real defect (a wrong index, a missing term, a lost accumulation) gives O(1) errors.
 /// The parameter gradients themselves are f32 in both.
-fn check_gradients_bf16(cfg: &ModelConfig, b: usize, t: usize) {
+fn check_gradients_bf16(cfg: &ModelConfig, b: usize, t: usize, kernels: Kernels) {
     let layout = ParamLayout::new(cfg);
     let weights = gpt::init_params(cfg, 13);
     let params = working_copy(&weights);
@@ -319,24 +325,28 @@ fn check_gradients_bf16(cfg: &ModelConfig, b: usize, t: usize) {
     let (cpu_loss, want) = cpu_gradients(cfg, &params, &mut Activations::new(cfg, b, t), &inputs, &targets, dloss);
 
     let mut model = GpuModel::<half::bf16>::new(cfg, &weights, 0, false).unwrap();
+    model.gpu.set_kernels(kernels);
     model.enable_training(&weights, 0).unwrap();
     // The working copy on the device is exactly the host mirror's.
     assert_eq!(model.download_params().unwrap(), params, "the bf16 working copy differs from the host mirror");
     model.zero_grads().unwrap();
     let gpu_loss = model.forward_backward(&inputs, &targets, b, t, dloss).unwrap();
     let got = model.download_grads().unwrap();
-    assert!((gpu_loss - cpu_loss).abs() < 1e-2 * cpu_loss, "{cfg}: bf16 loss {gpu_loss} vs CPU {cpu_loss}");
+    assert!((gpu_loss - cpu_loss).abs() < 1e-2 * cpu_loss, "{cfg} {kernels}: bf16 loss {gpu_loss} vs CPU {cpu_loss}");
     let mut worst = (0.0, Param::Wte);
     for spec in &layout.tensors {
         let (g, w) = (&got[spec.range()], &want[spec.range()]);
         assert!(g.iter().all(|x| x.is_finite()), "{:?}: non-finite gradient", spec.param);
         let err = rel_l2(g, w);
-        assert!(err <= 0.05, "{cfg}: bf16 {:?} gradient has relative L2 error {err:.4}", spec.param);
+        assert!(err <= 0.05, "{cfg} {kernels}: bf16 {:?} gradient has relative L2 error {err:.4}", spec.param);
         if err > worst.0 {
             worst = (err, spec.param);
         }
     }
-    println!("{cfg}: bf16 loss {gpu_loss:.6} vs CPU {cpu_loss:.6}; worst gradient {:?} at {:.4}", worst.1, worst.0);
+    println!(
+        "{cfg} {kernels}: bf16 loss {gpu_loss:.6} vs CPU {cpu_loss:.6}; worst gradient {:?} at {:.4}",
+        worst.1, worst.0
+    );
     // The f32 weights are the master copy, untouched by the step.
     assert_eq!(model.download_weights().unwrap(), weights);
 }
@@ -347,8 +357,8 @@ fn training_step_gradients_bf16_match_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
     }
-    check_gradients_bf16(&ModelConfig::preset("tiny").unwrap(), 2, 32);
-    check_gradients_bf16(&two_layer_768(), 2, 64);
+    check_gradients_bf16(&ModelConfig::preset("tiny").unwrap(), 2, 32, Kernels::Scalar);
+    check_gradients_bf16(&two_layer_768(), 2, 64, Kernels::Scalar);
 }
 
 /// Ten bf16 AdamW steps follow the CPU's f32 losses within 2% (see `check_gradients_bf16`: about 1%
@@ -375,4 +385,78 @@ fn ten_adamw_steps_bf16_follow_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_training_bf16_is_deterministic() {
     assert_training_deterministic::<half::bf16>("master weights");
+}
+
+// ---- training with --kernels vector ---------------------------------------------------------
+
+/// --kernels vector on the whole step: the _vec kernels, the backward overwriting the activation
+/// gradients that have one producer (no zeroing), and one attproj and one fcproj buffer for all
+/// layers. Held to the CPU with the scalar path's tolerances (`check_gradients`,
+/// `check_gradients_bf16`): the vector kernels compute the same values, the LayerNorm, softmax and
+/// classifier row sums and the balanced embedding backward's sums only in another order, and
+/// overwriting is accumulating onto zeros. (So a vector step is not the scalar step's bits: those
+/// reordered sums round differently; what is bit-exact is held by
+/// [`vector_step_ignores_stale_activation_gradients`] and the per-kernel tests.)
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn training_step_gradients_with_vector_kernels_match_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    check_gradients(&ModelConfig::preset("tiny").unwrap(), 2, 32, Kernels::Vector);
+    check_gradients(&two_layer_768(), 2, 64, Kernels::Vector);
+    check_gradients_bf16(&ModelConfig::preset("tiny").unwrap(), 2, 32, Kernels::Vector);
+    check_gradients_bf16(&two_layer_768(), 2, 64, Kernels::Vector);
+}
+
+/// The loss and gradients of one micro-batch (batch seed `seed`, B = 2, T = 32) from zeroed
+/// gradients.
+fn step_gradients<T: Float>(model: &mut GpuModel<T>, seed: u64) -> (f64, Vec<f32>) {
+    let (b, t) = (2, 32);
+    let (inputs, targets) = batch(&model.cfg, b * t, seed);
+    model.zero_grads().unwrap();
+    let loss = model.forward_backward(&inputs, &targets, b, t, 1.0 / (b * t) as f32).unwrap();
+    (loss, model.download_grads().unwrap())
+}
+
+/// On `kernels`, in `T`: a step taken after a step on another batch, when the backward's scratch
+/// holds that batch's activation gradients, gives bit for bit the loss and gradients of the same
+/// step on a fresh model, whose scratch was zeroed when it was allocated.
+fn assert_step_ignores_stale_scratch<T: Float>(cfg: &ModelConfig, kernels: Kernels) {
+    let params = gpt::init_params(cfg, 13);
+    let fresh = || {
+        let mut model = GpuModel::<T>::new(cfg, &params, 0, false).unwrap();
+        model.gpu.set_kernels(kernels);
+        model.enable_training(&params, 0).unwrap();
+        model
+    };
+    let mut used = fresh();
+    step_gradients(&mut used, 23);
+    let (loss, grads) = step_gradients(&mut used, 17);
+    let (want_loss, want) = step_gradients(&mut fresh(), 17);
+    let what = format!("{cfg} {kernels} {}", std::any::type_name::<T>());
+    assert_eq!(loss.to_bits(), want_loss.to_bits(), "{what}: loss {loss} after another step vs {want_loss} fresh");
+    assert_same_bits(&format!("{what}: gradients after another step vs fresh"), &grads, &want);
+}
+
+/// With --kernels vector the backward no longer zeroes dln, datty, dqkv, dfch and dfch_gelu: their
+/// one producer each overwrites them. So what they held before a step must not matter: after a
+/// step on another batch, a step gives the bits of the same step on a fresh model (scratch zeroed
+/// at allocation). A producer that still read its output (a GEMM with beta = 1, an accumulating
+/// kernel) would add the other batch's gradients, or in a fresh model its own earlier layer's, and
+/// the two would differ. Exact in f32 and in bf16 alike: the same kernels run on the same inputs
+/// in the same order (bf16 rounds at the same points; nothing about the comparison is approximate).
+/// The scalar path, which zeroes them, holds to the same.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vector_step_ignores_stale_activation_gradients() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    for cfg in [ModelConfig::preset("tiny").unwrap(), two_layer_768()] {
+        for kernels in [Kernels::Vector, Kernels::Scalar] {
+            assert_step_ignores_stale_scratch::<f32>(&cfg, kernels);
+            assert_step_ignores_stale_scratch::<half::bf16>(&cfg, kernels);
+        }
+    }
 }

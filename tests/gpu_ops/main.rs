@@ -141,6 +141,14 @@ pub fn download<T: Float>(gpu: &Gpu, what: &str, buf: &CudaSlice<T>, len: usize)
     widen(&host[..len])
 }
 
+/// Asserts that `got`, a gradient a backward op overwrote ([`genesis::gpu::Dinp::Overwrite`]), has
+/// the bits of `want`, the same gradient accumulated onto zeros, except that a zero may differ in
+/// sign: accumulating adds onto +0, and +0 + -0 = +0, while the overwrite stores the -0 as it is.
+pub fn assert_overwrite_bits(what: &str, got: &[f32], want: &[f32]) {
+    let unsigned_zero = |v: &[f32]| v.iter().map(|&x| if x == 0.0 { 0.0 } else { x }).collect::<Vec<f32>>();
+    common::assert_same_bits(what, &unsigned_zero(got), &unsigned_zero(want));
+}
+
 // ---- closeness of GPU results (f32, or bf16 widened) to f64 references ----
 //
 // Two measures, kept apart because their bounds were reasoned differently:

@@ -2,13 +2,15 @@
 //! computed in f64 so the error measured is the GPU's alone.
 
 use super::common::assert_same_bits;
-use super::{check_bf16_close, gpu_or_skip, nan_buffer, rel_error, round, to_f64, widen, Uniform, BF16_U};
+use super::{
+    assert_overwrite_bits, check_bf16_close, gpu_or_skip, nan_buffer, rel_error, round, to_f64, widen, Uniform, BF16_U,
+};
 use cudarc::driver::{CudaSlice, CudaViewMut};
 use genesis::cpu;
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
 use genesis::gpu::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
-use genesis::gpu::Float;
+use genesis::gpu::{Dinp, Float};
 use genesis::rng::Rng;
 use half::bf16;
 
@@ -335,10 +337,10 @@ impl BackwardCase {
     }
 
     /// Runs `matmul_backward::<T>` on the GPU from the prefilled gradients (dout, inp, weight and
-    /// dinp uploaded as `T`, exactly: the case was built with the same `T`). dbias is a view into
-    /// a buffer with a sentinel element on each side (checked untouched); the scratch starts NaN.
-    /// dinp comes back widened to f32.
-    fn run<T: Float>(&self, gpu: &Gpu, blas: &Blas, with_bias: bool) -> BackwardRun {
+    /// dinp uploaded as `T`, exactly: the case was built with the same `T`), dinp written as
+    /// `store` says. dbias is a view into a buffer with a sentinel element on each side (checked
+    /// untouched); the scratch starts NaN. dinp comes back widened to f32.
+    fn run<T: Float>(&self, gpu: &Gpu, blas: &Blas, with_bias: bool, store: Dinp) -> BackwardRun {
         let (n, c, oc) = (self.n, self.c, self.oc);
         let stream = gpu.stream();
         let d_dout = stream.clone_htod(&round::<T>(&self.dout)).unwrap();
@@ -366,6 +368,7 @@ impl BackwardCase {
                 n,
                 c,
                 oc,
+                store,
             )
             .unwrap();
         }
@@ -394,7 +397,7 @@ fn check_backward(
 ) {
     let case = BackwardCase::new::<f32>(rng, n, c, oc);
     let (want_dinp, want_dweight, want_dbias) = case.reference(with_bias);
-    let got = case.run::<f32>(gpu, blas, with_bias);
+    let got = case.run::<f32>(gpu, blas, with_bias, Dinp::Accumulate);
     let what = format!("matmul_backward N={n} C={c} OC={oc} bias={with_bias} tf32={}", blas.allow_tf32());
     // dinp's GEMM sums over OC, dweight's and dbias's over N.
     let (tol_dinp, tol_dw) = match tf32_tol {
@@ -462,8 +465,8 @@ fn assert_backward_deterministic<T: Float>(seed: u64, label: &str) {
     let mut rng = Rng::new(seed);
     for &(n, c, oc) in &[(64usize, 768usize, 3072usize), (600, 17, 33), (4, 768, 50304)] {
         let case = BackwardCase::new::<T>(&mut rng, n, c, oc);
-        let first = case.run::<T>(&gpu, &blas, true);
-        let second = case.run::<T>(&gpu, &blas, true);
+        let first = case.run::<T>(&gpu, &blas, true, Dinp::Accumulate);
+        let second = case.run::<T>(&gpu, &blas, true, Dinp::Accumulate);
         let what = format!("{label} N={n} C={c} OC={oc}");
         assert_same_bits(&format!("{what}: dinp of the second run"), &second.dinp, &first.dinp);
         assert_same_bits(&format!("{what}: dweight of the second run"), &second.dweight, &first.dweight);
@@ -493,7 +496,8 @@ fn assert_backward_rejects_short_buffers<T: Float>() {
                    dweight: &mut CudaSlice<f32>,
                    dbias: Option<&mut CudaViewMut<'_, f32>>,
                    scratch: &mut CudaSlice<f32>| {
-        matmul_backward(&gpu, &blas, dinp, dweight, dbias, scratch, &dout, &inp, &weight, n, c, oc).is_err()
+        matmul_backward(&gpu, &blas, dinp, dweight, dbias, scratch, &dout, &inp, &weight, n, c, oc, Dinp::Accumulate)
+            .is_err()
     };
     let mut dinp = stream.alloc_zeros::<T>(n * c).unwrap();
     let mut dweight = stream.alloc_zeros::<f32>(oc * c).unwrap();
@@ -555,7 +559,7 @@ fn bf16_gemm_slack(k: usize) -> f64 {
 fn check_backward_bf16(gpu: &Gpu, blas: &Blas, rng: &mut Rng, (n, c, oc): (usize, usize, usize), with_bias: bool) {
     let case = BackwardCase::new::<bf16>(rng, n, c, oc);
     let (want_dinp, want_dweight, want_dbias) = case.reference(with_bias);
-    let got = case.run::<bf16>(gpu, blas, with_bias);
+    let got = case.run::<bf16>(gpu, blas, with_bias, Dinp::Accumulate);
     let what = format!("matmul_backward bf16 N={n} C={c} OC={oc} bias={with_bias} tf32={}", blas.allow_tf32());
     // The GEMM's part of dinp alone (the reference minus its prefill), for the bound above.
     let acc: Vec<f64> = want_dinp.iter().zip(&case.dinp0).map(|(&w, &p)| w - f64::from(p)).collect();
@@ -602,4 +606,43 @@ fn matmul_backward_is_deterministic_bf16() {
 #[ignore = "needs a CUDA GPU"]
 fn matmul_backward_rejects_short_buffers_bf16() {
     assert_backward_rejects_short_buffers::<bf16>();
+}
+
+// ---- backward with dinp overwritten (Dinp::Overwrite, beta = 0; used with --kernels vector) ----
+
+/// For each shape, one case in `T` (TF32 off) run twice: dinp prefilled with zeros and accumulated
+/// into (the path the backward takes by default, zeroing dinp first), and dinp prefilled with NaN
+/// and overwritten. The overwrite must give the same dinp bits (a zero's sign aside, see
+/// [`assert_overwrite_bits`]): the GEMM and its plan are the same, only beta differs, and
+/// acc + 0 = acc. The NaN prefill is what catches a GEMM that still reads dinp: any read of it,
+/// even a 0 * old, would carry the NaN into the result. dweight and dbias accumulate in both runs
+/// from the same prefill and must also agree bit for bit.
+fn check_backward_overwrite<T: Float>(seed: u64, label: &str) {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = Rng::new(seed);
+    for &(n, c, oc) in &[(3usize, 5usize, 7usize), (600, 17, 33), (64, 768, 3072), (17, 3072, 768), (4, 768, 50304)] {
+        let mut case = BackwardCase::new::<T>(&mut rng, n, c, oc);
+        case.dinp0 = vec![0.0; n * c];
+        let zeroed = case.run::<T>(&gpu, &blas, true, Dinp::Accumulate);
+        case.dinp0 = vec![f32::NAN; n * c];
+        let overwritten = case.run::<T>(&gpu, &blas, true, Dinp::Overwrite);
+        let what = format!("{label} N={n} C={c} OC={oc}");
+        assert_overwrite_bits(
+            &format!("{what}: dinp overwritten vs accumulated onto zeros"),
+            &overwritten.dinp,
+            &zeroed.dinp,
+        );
+        assert_same_bits(&format!("{what}: dweight"), &overwritten.dweight, &zeroed.dweight);
+        let (db_o, db_z) = (overwritten.dbias.as_deref().unwrap(), zeroed.dbias.as_deref().unwrap());
+        assert_same_bits(&format!("{what}: dbias"), db_o, db_z);
+        println!("{what}: overwritten dinp bit-identical to accumulating onto zeros");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn matmul_backward_overwrite_matches_accumulating_onto_zeros() {
+    check_backward_overwrite::<f32>(0x6d61_746d_756c_0301, "matmul_backward overwrite");
+    check_backward_overwrite::<bf16>(0x6d61_746d_756c_0302, "matmul_backward overwrite bf16");
 }

@@ -162,7 +162,8 @@ fn host_syncs_are_counted_and_a_profiled_step_covers_every_phase() {
 /// follows the CPU within the scalar path's tolerances (the vector kernels compute the same values,
 /// LayerNorm's row sums only in another order), and a run stopped twice and resumed gives the
 /// unbroken run's bits, so the vector path (the one-pass LayerNorm backward included) is
-/// deterministic.
+/// deterministic. Each step accumulates 2 micro-batches, so the second runs its backward over the
+/// first's activation gradients, which the vector path overwrites instead of zeroing.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_training_with_vector_kernels_follows_the_cpu_and_resumes_bit_exact() {
