@@ -3,12 +3,11 @@
 mod common;
 
 use common::{genesis, text};
-use genesis::gpu::gpt::{Act, ActLayout};
+use genesis::gpu::gpt::{Act, ActLayout, ACTS};
 use genesis::gpu::plan::{
-    layout_for, layout_for_attention, plan, plan_attention, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION,
-    WORKSPACE_BYTES,
+    layout_for, layout_with, plan, plan_with, MemoryPlan, MAX_MICRO_BATCH, USABLE_FRACTION, WORKSPACE_BYTES,
 };
-use genesis::gpu::Attention;
+use genesis::gpu::{Attention, Kernels};
 use genesis::model::ModelConfig;
 
 const GIB: u64 = 1 << 30;
@@ -168,8 +167,8 @@ fn info_prints_the_table_without_a_gpu() {
 fn flash_attention_plans_no_t_by_t_tensor() {
     let cfg = model("genesis-150m");
     let (b, t, nh, l) = (4usize, 1024usize, cfg.num_heads, cfg.num_layers);
-    let mat = ActLayout::build(&cfg, b, t, 2, true, Attention::Materialized);
-    let flash = ActLayout::build(&cfg, b, t, 2, true, Attention::Flash);
+    let mat = ActLayout::build(&cfg, b, t, 2, true, Attention::Materialized, Kernels::Scalar);
+    let flash = ActLayout::build(&cfg, b, t, 2, true, Attention::Flash, Kernels::Scalar);
     assert_eq!(mat.place(Act::Att, 0, 2).1, b * nh * t * t);
     assert_eq!(mat.place(Act::Lse, 0, 4).1, 0);
     assert_eq!(flash.place(Act::Att, 0, 2).1, 0, "flash keeps the probabilities");
@@ -182,16 +181,16 @@ fn flash_attention_plans_no_t_by_t_tensor() {
     assert_eq!(mat.bytes() - flash.bytes(), att_bytes + scratch_bytes - lse_bytes);
     // Backward scratch: the (B,NH,T,T) gradient and four (B,T,C) blocks go, a (B,NH,T) f32 comes.
     let (pm, pf) = (
-        layout_for_attention(&cfg, t, b, true, Attention::Materialized),
-        layout_for_attention(&cfg, t, b, true, Attention::Flash),
+        layout_with(&cfg, t, b, true, Attention::Materialized, Kernels::Scalar),
+        layout_with(&cfg, t, b, true, Attention::Flash, Kernels::Scalar),
     );
     assert_eq!(pm, layout_for(&cfg, t, b, true));
     let grad_saving = (b * nh * t * t + 4 * b * t * cfg.channels) * 2 - b * nh * t * 4;
     assert_eq!(pm.activation_grads - pf.activation_grads, grad_saving as u64);
     assert!(pf.activation_grads < pm.activation_grads / 2, "{pf:?}");
 
-    let m24 = plan_attention(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Materialized).unwrap();
-    let f24 = plan_attention(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Flash).unwrap();
+    let m24 = plan_with(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Materialized, Kernels::Scalar).unwrap();
+    let f24 = plan_with(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Flash, Kernels::Scalar).unwrap();
     assert_eq!(m24, plan(&cfg, 1024, 524_288, 24 * GIB, true).unwrap());
     assert!(f24.micro_batch > m24.micro_batch, "flash {f24:?} vs materialized {m24:?}");
     assert!(f24.total as f64 <= 24.0 * GIB as f64 * USABLE_FRACTION);
@@ -216,4 +215,125 @@ fn info_shows_the_flash_plan() {
     assert!(!fp32.status.success());
     let e = text(&fp32.stderr);
     assert!(e.contains("--attention flash needs --precision bf16") && e.trim().lines().count() == 1, "{e}");
+}
+
+/// The byte ranges `[start, end)` of every tensor of `lay` (activations of `elem` bytes): one per
+/// layer for a per-layer tensor, one for a tensor the layers share or that has no layers; empty
+/// tensors left out.
+fn tensor_ranges(lay: &ActLayout, cfg: &ModelConfig, elem: usize) -> Vec<(Act, usize, usize)> {
+    let mut out = Vec::new();
+    for a in ACTS {
+        let e = if a.is_f32() { 4 } else { elem };
+        for l in 0..cfg.num_layers {
+            let (off, n) = lay.place(a, l, e);
+            if n > 0 && !out.contains(&(a, off, off + n * e)) {
+                out.push((a, off, off + n * e));
+            }
+        }
+    }
+    out
+}
+
+/// Asserts no two tensors of `lay` overlap and all lie within its total.
+fn assert_disjoint_within_total(lay: &ActLayout, cfg: &ModelConfig, elem: usize, what: &str) {
+    let mut ranges = tensor_ranges(lay, cfg, elem);
+    ranges.sort_by_key(|r| r.1);
+    for pair in ranges.windows(2) {
+        assert!(pair[0].2 <= pair[1].1, "{what}: {:?} overlaps {:?}", pair[0], pair[1]);
+    }
+    let last = ranges.last().unwrap();
+    assert!(last.2 <= lay.bytes(), "{what}: {last:?} ends past the total {}", lay.bytes());
+}
+
+/// With --kernels vector attproj and fcproj are one (B,T,C) buffer each, at the same place for
+/// every layer; every other tensor keeps its size; the allocation shrinks by exactly the two
+/// per-layer buffers less the shared ones (each rounded up to the 256-byte alignment); and in both
+/// layouts no two tensors overlap and all lie within the total. Over both attention modes, training
+/// and evaluation, both element sizes and a few shapes.
+#[test]
+fn vector_kernels_lay_out_one_attproj_and_fcproj() {
+    let round = |bytes: usize| bytes.div_ceil(256) * 256;
+    for (name, b, t) in [("tiny", 2usize, 16usize), ("tiny", 3, 37), ("gpt2-124m", 2, 64), ("genesis-150m", 1, 1024)] {
+        let cfg = model(name);
+        let (c, l) = (cfg.channels, cfg.num_layers);
+        for (elem, train, attention) in [
+            (4, true, Attention::Materialized),
+            (4, false, Attention::Materialized),
+            (2, true, Attention::Materialized),
+            (2, true, Attention::Flash),
+            (2, false, Attention::Flash),
+        ] {
+            let what = format!("{name} B={b} T={t} elem {elem} train {train} {attention}");
+            let scalar = ActLayout::build(&cfg, b, t, elem, train, attention, Kernels::Scalar);
+            let vector = ActLayout::build(&cfg, b, t, elem, train, attention, Kernels::Vector);
+            assert_eq!((scalar.kernels, vector.kernels), (Kernels::Scalar, Kernels::Vector));
+            for a in ACTS {
+                let e = if a.is_f32() { 4 } else { elem };
+                assert_eq!(vector.place(a, 0, e).1, scalar.place(a, 0, e).1, "{what}: {a:?} changed size");
+            }
+            for a in [Act::Attproj, Act::Fcproj] {
+                let shared = vector.place(a, 0, elem);
+                assert_eq!(shared.1, b * t * c, "{what}: {a:?}");
+                for layer in 1..l {
+                    assert_eq!(vector.place(a, layer, elem), shared, "{what}: {a:?} of layer {layer} elsewhere");
+                    assert_eq!(scalar.place(a, layer, elem).0, scalar.place(a, 0, elem).0 + layer * b * t * c * elem);
+                }
+            }
+            let per_tensor = round(l * b * t * c * elem) - round(b * t * c * elem);
+            assert_eq!(scalar.bytes() - vector.bytes(), 2 * per_tensor, "{what}");
+            assert_disjoint_within_total(&scalar, &cfg, elem, &format!("{what} scalar"));
+            assert_disjoint_within_total(&vector, &cfg, elem, &format!("{what} vector"));
+        }
+    }
+}
+
+/// The plan for --kernels vector: activations smaller by exactly the two shared buffers' saving,
+/// every other part the same; so never a smaller micro-batch, and `plan` is the scalar plan.
+#[test]
+fn vector_kernels_plan_smaller_activations() {
+    let cfg = model("genesis-150m");
+    let (b, t) = (4usize, 1024usize);
+    for (bf16, attention) in
+        [(false, Attention::Materialized), (true, Attention::Materialized), (true, Attention::Flash)]
+    {
+        let elem = if bf16 { 2 } else { 4 };
+        let s = layout_with(&cfg, t, b, bf16, attention, Kernels::Scalar);
+        let v = layout_with(&cfg, t, b, bf16, attention, Kernels::Vector);
+        let saving = 2 * (cfg.num_layers - 1) * b * t * cfg.channels * elem;
+        assert_eq!(s.activations - v.activations, saving as u64, "bf16={bf16} {attention}");
+        assert_eq!(s.total - v.total, saving as u64);
+        let unchanged =
+            |p: &MemoryPlan| (p.params, p.grads, p.adam, p.master, p.activation_grads, p.logits, p.workspace);
+        assert_eq!(unchanged(&s), unchanged(&v));
+        for gpu in [12 * GIB, 24 * GIB, 80 * GIB] {
+            let ps = plan_with(&cfg, t, 524_288, gpu, bf16, attention, Kernels::Scalar).unwrap();
+            let pv = plan_with(&cfg, t, 524_288, gpu, bf16, attention, Kernels::Vector).unwrap();
+            assert!(pv.micro_batch >= ps.micro_batch, "vector {pv:?} vs scalar {ps:?}");
+            if attention == Attention::Materialized {
+                assert_eq!(ps, plan(&cfg, t, 524_288, gpu, bf16).unwrap());
+            }
+        }
+    }
+}
+
+/// `genesis info --kernels vector` plans for the shared buffers and says what they save; the
+/// default (scalar) says nothing about it; a misspelt mode is refused naming both.
+#[test]
+fn info_shows_the_vector_kernels_plan() {
+    let cfg = model("genesis-150m");
+    let args = ["info", "--model", "genesis-150m", "--gpu-mem", "24", "--precision", "bf16"];
+    let scalar = genesis(&args);
+    let vector = genesis(&[&args[..], &["--kernels", "vector"]].concat());
+    assert!(scalar.status.success() && vector.status.success(), "{}", text(&vector.stderr));
+    let (scalar, vector) = (text(&scalar.stdout), text(&vector.stdout));
+    let p = plan_with(&cfg, 1024, 524_288, 24 * GIB, true, Attention::Materialized, Kernels::Vector).unwrap();
+    let b = p.micro_batch;
+    let saving = layout_with(&cfg, 1024, b, true, Attention::Materialized, Kernels::Scalar).total
+        - layout_with(&cfg, 1024, b, true, Attention::Materialized, Kernels::Vector).total;
+    let line = format!("vector kernels save {:.2} GiB at micro-batch {b}", saving as f64 / GIB as f64);
+    assert!(vector.contains("materialized attention, vector kernels") && vector.contains(&line), "{vector}");
+    assert!(vector.contains(&format!("{:>8.2}", p.activations as f64 / GIB as f64)), "{vector}");
+    assert!(scalar.contains("scalar kernels") && !scalar.contains("vector kernels save"), "{scalar}");
+    let bad = genesis(&["info", "--model", "tiny", "--kernels", "vec"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("scalar or vector"), "{}", text(&bad.stderr));
 }

@@ -53,7 +53,7 @@ pub struct BenchForward {
     /// fp32 or bf16 (default auto: bf16)
     #[argh(option, default = "Precision::Bf16")]
     precision: Precision,
-    /// scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    /// scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels; one attproj and one fcproj buffer for all layers; not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
 }
@@ -131,7 +131,7 @@ pub struct BenchTrain {
     /// on the GPU: materialized (default) or flash (bf16 only), as train --attention
     #[argh(option, default = "Attention::Materialized")]
     attention: Attention,
-    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels; the backward overwrites single-producer activation gradients instead of zeroing them; one attproj and one fcproj buffer for all layers; not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
     /// on the GPU: micro (default), step (one host sync per step) or graph (step with CUDA graphs), as train --sync

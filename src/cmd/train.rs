@@ -95,7 +95,7 @@ pub struct TrainCmd {
     /// on the GPU: materialized (the default: stores the T x T attention probabilities, cuBLAS products; fp32 or bf16) or flash (bf16 only: the tiled tensor-core kernel, no T x T matrix, so a larger micro-batch fits; not yet verified on a GPU). Either may be chosen on each resume: it does not change the model
     #[argh(option, default = "Attention::Materialized")]
     attention: Attention,
-    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels, not yet verified on a GPU)
+    /// on the GPU: scalar (the verified kernels; default) or vector (128-bit vectorised elementwise and row kernels; the backward overwrites single-producer activation gradients instead of zeroing them; one attproj and one fcproj buffer for all layers; not yet verified on a GPU)
     #[argh(option, default = "Kernels::Scalar")]
     kernels: Kernels,
     /// on the GPU: micro (the default: each micro-batch's loss and the gradient norm come back to the host before AdamW) or step (the whole step is queued and one record read back at its end: pinned token buffers, loss sum, norm, clipping and the skip decided on the device, one AdamW launch, on a stream of its own; the same weights bit for bit, not yet verified on a GPU) or graph (step, with each micro-batch's forward and backward captured once as a CUDA graph and replayed; not yet verified on a GPU)
@@ -259,7 +259,7 @@ fn run_locked(
         Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
             bail!("--tokens-per-step {tps} chooses --batch and --grad-accum; give one or the others")
         }
-        Some(tps) => micro_batch_for(&model, seq, tps, gpu, c.precision, c.attention)?,
+        Some(tps) => micro_batch_for(&model, seq, tps, gpu, c.precision, c.attention, c.kernels)?,
         None => (c.batch, c.grad_accum),
     };
     choices.seq = Some(seq);
@@ -341,7 +341,8 @@ fn run_locked(
 }
 
 /// (micro-batch, accumulation) reaching `tokens_per_step`: on the GPU the largest micro-batch the
-/// memory plan fits in its free memory at `precision`, on the CPU 8 sequences.
+/// memory plan fits in its free memory at `precision` with the attention and kernels modes, on the
+/// CPU 8 sequences.
 fn micro_batch_for(
     model: &ModelConfig,
     seq: usize,
@@ -349,19 +350,21 @@ fn micro_batch_for(
     gpu: Option<usize>,
     precision: Precision,
     attention: Attention,
+    kernels: Kernels,
 ) -> Result<(Option<usize>, Option<usize>)> {
     let Some(ordinal) = gpu else {
         let batch = 8.min(tokens_per_step.div_ceil(seq));
         return Ok((Some(batch), Some(tokens_per_step.div_ceil(batch * seq))));
     };
     let (free, _) = genesis::gpu::device::Gpu::new(ordinal)?.memory()?;
-    let p = genesis::gpu::plan::plan_attention(
+    let p = genesis::gpu::plan::plan_with(
         model,
         seq,
         tokens_per_step,
         free as u64,
         precision == Precision::Bf16,
         attention,
+        kernels,
     )?;
     eprintln!(
         "memory plan: micro-batch {} x seq {seq} x accum {} = {} tokens/step, {:.1} GB of the {:.1} GB free (genesis info shows the breakdown)",

@@ -80,14 +80,14 @@ pub enum Act {
     Atty,      // (L,B,T,C)
     Att,       // (L,B,NH,T,T) probabilities: materialised attention only (empty with flash)
     Lse,       // (L,B,NH,T) f32 log-sum-exp per row: flash attention only (empty otherwise)
-    Attproj,   // (L,B,T,C)
+    Attproj,   // (L,B,T,C), or one (B,T,C) for all layers with --kernels vector (see ActLayout::build)
     Residual2, // (L,B,T,C)
     Ln2,       // (L,B,T,C)
     Ln2Mean,   // (L,B,T)
     Ln2Rstd,   // (L,B,T)
     Fch,       // (L,B,T,4C) before GELU: kept for the backward only (empty when not training)
     FchGelu,   // (L,B,T,4C)
-    Fcproj,    // (L,B,T,C)
+    Fcproj,    // (L,B,T,C), or one (B,T,C) for all layers with --kernels vector
     Residual3, // (L,B,T,C)
     Lnf,       // (B,T,C)
     LnfMean,   // (B,T)
@@ -97,7 +97,8 @@ pub enum Act {
     Scratch,   // attention's permuted q, k, v and its output (materialised attention only)
 }
 
-const ACTS: [Act; 23] = [
+/// Every [`Act`], in the order [`ActLayout`] places them.
+pub const ACTS: [Act; 23] = [
     Act::Encoded,
     Act::Ln1,
     Act::Ln1Mean,
@@ -125,7 +126,7 @@ const ACTS: [Act; 23] = [
 
 impl Act {
     /// LayerNorm statistics and losses are f32 whatever the activations' type.
-    fn is_f32(self) -> bool {
+    pub fn is_f32(self) -> bool {
         matches!(
             self,
             Act::Ln1Mean
@@ -155,23 +156,38 @@ pub struct ActLayout {
     /// Materialised attention keeps the (L,B,NH,T,T) probabilities and a permute scratch; flash
     /// attention keeps only the (L,B,NH,T) f32 log-sum-exp.
     pub attention: Attention,
+    /// With [`Kernels::Vector`] attproj and fcproj are one (B,T,C) buffer each, shared by the layers.
+    pub kernels: Kernels,
 }
 
 impl ActLayout {
     /// The layout for evaluation (no pre-GELU copy).
     pub fn new(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
-        Self::build(cfg, b, t, elem, false, Attention::Materialized)
+        Self::build(cfg, b, t, elem, false, Attention::Materialized, Kernels::Scalar)
     }
 
     /// The layout for training: also the pre-GELU activations the backward needs.
     pub fn for_training(cfg: &ModelConfig, b: usize, t: usize, elem: usize) -> Self {
-        Self::build(cfg, b, t, elem, true, Attention::Materialized)
+        Self::build(cfg, b, t, elem, true, Attention::Materialized, Kernels::Scalar)
     }
 
     /// The layout for evaluation (`train` false) or training with attention computed as
-    /// `attention` says: with [`Attention::Flash`] no tensor of size T x T is allocated.
-    pub fn build(cfg: &ModelConfig, b: usize, t: usize, elem: usize, train: bool, attention: Attention) -> Self {
+    /// `attention` says: with [`Attention::Flash`] no tensor of size T x T is allocated. With
+    /// [`Kernels::Vector`] attproj and fcproj are one (B,T,C) buffer each for all layers: each
+    /// layer's is read only by the residual LayerNorm right after it (the backward reads neither),
+    /// so keeping L of them is (L-1)*B*T*C elements of memory each for nothing. The verified
+    /// scalar path keeps them per layer until a GPU run has checked the shared ones.
+    pub fn build(
+        cfg: &ModelConfig,
+        b: usize,
+        t: usize,
+        elem: usize,
+        train: bool,
+        attention: Attention,
+        kernels: Kernels,
+    ) -> Self {
         let flash = attention == Attention::Flash;
+        let per_layer_proj = kernels == Kernels::Scalar;
         let (c, nh, bt) = (cfg.channels, cfg.num_heads, b * t);
         let mut entries = Vec::new();
         let mut off = 0;
@@ -187,16 +203,15 @@ impl ActLayout {
                 Act::Lse => (if flash { flash_attention::lse_len(b, t, nh) } else { 0 }, true),
                 Act::FchGelu => (bt * 4 * c, true),
                 Act::Fch => (if train { bt * 4 * c } else { 0 }, true),
-                Act::Ln1 | Act::Atty | Act::Attproj | Act::Residual2 | Act::Ln2 | Act::Fcproj | Act::Residual3 => {
-                    (bt * c, true)
-                }
+                Act::Attproj | Act::Fcproj => (bt * c, per_layer_proj),
+                Act::Ln1 | Act::Atty | Act::Residual2 | Act::Ln2 | Act::Residual3 => (bt * c, true),
             };
             entries.push((off, n, per_layer));
             let bytes = (if per_layer { n * cfg.num_layers } else { n }) * if a.is_f32() { 4 } else { elem };
             // Keep every tensor 256-byte aligned for cuBLASLt and vector loads.
             off += bytes.div_ceil(256) * 256;
         }
-        ActLayout { b, t, entries, total: off, train, attention }
+        ActLayout { b, t, entries, total: off, train, attention, kernels }
     }
 
     /// Byte offset and element count of `a` (layer `l` for per-layer tensors; ignored otherwise),
@@ -387,18 +402,18 @@ impl<T: Float> GpuModel<T> {
             "sequence length {t} must be within the model's context {}",
             self.cfg.max_seq_len
         );
-        // A training layout also serves evaluation (it only adds the pre-GELU copy).
-        if self
-            .acts
-            .as_ref()
-            .is_some_and(|(l, _)| l.b == b && l.t == t && (l.train || !train) && l.attention == self.attention)
-        {
+        // A training layout also serves evaluation (it only adds the pre-GELU copy). The kernels
+        // mode is the GPU's, which `Gpu::set_kernels` may change at any time: checked here.
+        let kernels = self.gpu.kernels();
+        if self.acts.as_ref().is_some_and(|(l, _)| {
+            l.b == b && l.t == t && (l.train || !train) && l.attention == self.attention && l.kernels == kernels
+        }) {
             return Ok(());
         }
         self.acts = None;
         // A captured graph points into the buffers being replaced.
         (self.graph, self.graph_warm) = (None, None);
-        let lay = ActLayout::build(&self.cfg, b, t, T::BYTES, train, self.attention);
+        let lay = ActLayout::build(&self.cfg, b, t, T::BYTES, train, self.attention, kernels);
         let stream = self.gpu.stream();
         let buf = stream.alloc_zeros::<u8>(lay.total).with_context(|| {
             format!(
@@ -600,9 +615,9 @@ impl<T: Float> GpuModel<T> {
     }
 
     /// Bytes of evaluation activations for a batch of `b` rows of `t` tokens with this model's
-    /// attention mode.
+    /// attention and kernels modes.
     pub fn activation_bytes_here(&self, b: usize, t: usize) -> usize {
-        ActLayout::build(&self.cfg, b, t, T::BYTES, false, self.attention).bytes()
+        ActLayout::build(&self.cfg, b, t, T::BYTES, false, self.attention, self.gpu.kernels()).bytes()
     }
 }
 

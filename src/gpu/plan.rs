@@ -13,10 +13,12 @@
 //! - with `--attention flash` neither the forward's (L,B,NH,T,T) probabilities and permute scratch
 //!   nor the backward's (B,NH,T,T) gradient exist: an (L,B,NH,T) f32 log-sum-exp and a (B,NH,T)
 //!   f32 row sum take their place;
+//! - with `--kernels vector` the forward's attproj and fcproj are one (B,T,C) buffer each for all
+//!   layers instead of (L,B,T,C) each;
 //! - a fixed cuBLASLt/kernel workspace ([`WORKSPACE_BYTES`]).
 
 use crate::gpu::gpt::{grad_scratch_bytes, Act, ActLayout};
-use crate::gpu::Attention;
+use crate::gpu::{Attention, Kernels};
 use crate::model::ModelConfig;
 use anyhow::{bail, ensure, Result};
 
@@ -68,17 +70,24 @@ impl MemoryPlan {
 }
 
 /// The memory of one training step at micro-batch `b` (`grad_accum` left at 1), `bf16` or fp32,
-/// with materialised attention.
+/// with materialised attention and the scalar kernels.
 pub fn layout_for(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool) -> MemoryPlan {
-    layout_for_attention(cfg, seq, b, bf16, Attention::Materialized)
+    layout_with(cfg, seq, b, bf16, Attention::Materialized, Kernels::Scalar)
 }
 
-/// [`layout_for`] with attention computed as `attention` says.
-pub fn layout_for_attention(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool, attention: Attention) -> MemoryPlan {
+/// [`layout_for`] with attention computed as `attention` says, on `kernels`.
+pub fn layout_with(
+    cfg: &ModelConfig,
+    seq: usize,
+    b: usize,
+    bf16: bool,
+    attention: Attention,
+    kernels: Kernels,
+) -> MemoryPlan {
     let elem = if bf16 { 2 } else { 4 };
     let n = cfg.num_params() as u64;
     let e = elem as u64;
-    let acts = ActLayout::build(cfg, b, seq, elem, true, attention);
+    let acts = ActLayout::build(cfg, b, seq, elem, true, attention, kernels);
     let (_, logit_elems) = acts.place(Act::Logits, 0, elem);
     // As ActLayout pads it: whole 256-byte units.
     let logits = (logit_elems as u64 * e).div_ceil(256) * 256;
@@ -107,17 +116,19 @@ pub fn layout_for_attention(cfg: &ModelConfig, seq: usize, b: usize, bf16: bool,
 /// and grad_accum = ceil(tokens_per_step / (micro_batch * seq)). An error names the smallest
 /// requirement when not even a micro-batch of 1 fits.
 pub fn plan(cfg: &ModelConfig, seq: usize, tokens_per_step: usize, gpu_bytes: u64, bf16: bool) -> Result<MemoryPlan> {
-    plan_attention(cfg, seq, tokens_per_step, gpu_bytes, bf16, Attention::Materialized)
+    plan_with(cfg, seq, tokens_per_step, gpu_bytes, bf16, Attention::Materialized, Kernels::Scalar)
 }
 
-/// [`plan`] with attention computed as `attention` says (flash: no T x T tensors).
-pub fn plan_attention(
+/// [`plan`] with attention computed as `attention` says (flash: no T x T tensors), on `kernels`
+/// (vector: one attproj and one fcproj buffer for all layers).
+pub fn plan_with(
     cfg: &ModelConfig,
     seq: usize,
     tokens_per_step: usize,
     gpu_bytes: u64,
     bf16: bool,
     attention: Attention,
+    kernels: Kernels,
 ) -> Result<MemoryPlan> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     ensure!(
@@ -132,7 +143,7 @@ pub fn plan_attention(
     let mut best: Option<MemoryPlan> = None;
     let mut b = 1;
     while b <= cap {
-        let p = layout_for_attention(cfg, seq, b, bf16, attention);
+        let p = layout_with(cfg, seq, b, bf16, attention, kernels);
         if p.total > budget {
             break;
         }
@@ -140,7 +151,7 @@ pub fn plan_attention(
         b *= 2;
     }
     let Some(mut p) = best else {
-        let need = layout_for_attention(cfg, seq, 1, bf16, attention).total;
+        let need = layout_with(cfg, seq, 1, bf16, attention, kernels).total;
         bail!(
             "training this model at seq {seq} in {} needs at least {} (micro-batch 1), but {:.0}% of the GPU's {} \
              is {}; use a GPU with at least {}{}, a shorter --seq or a smaller --model",
