@@ -227,6 +227,32 @@ impl ActLayout {
     }
 }
 
+/// The regions one transformer block ([`GpuModel::block`]) reads and writes, for N rows: it reads
+/// `x` (the residual stream into the block) and `ln1` (its first LayerNorm's output, written
+/// before it) and writes the rest in field order. `fch` is where the pre-GELU values are kept for
+/// the backward (training); without it the GELU is fused into the fc matmul. `ln_next` and its
+/// f32 statistics receive the next block's ln1, or the final LayerNorm after the last block.
+/// Regions may alias when one is dead before the other is written: the decoder uses one row for
+/// ln1, ln2 and ln_next (and their statistics) and one for x and res3.
+pub(crate) struct BlockRegions<T> {
+    pub x: Region<T>,
+    pub ln1: Region<T>,
+    pub qkv: Region<T>,
+    pub atty: Region<T>,
+    pub attproj: Region<T>,
+    pub res2: Region<T>,
+    pub ln2: Region<T>,
+    pub ln2_mean: Region<f32>,
+    pub ln2_rstd: Region<f32>,
+    pub fch: Option<Region<T>>,
+    pub fch_gelu: Region<T>,
+    pub fcproj: Region<T>,
+    pub res3: Region<T>,
+    pub ln_next: Region<T>,
+    pub ln_next_mean: Region<f32>,
+    pub ln_next_rstd: Region<f32>,
+}
+
 /// A model on the GPU with parameters and activations of type `T`: parameters, activations for one
 /// (B,T), and the cuBLAS handles.
 pub struct GpuModel<T: Float> {
@@ -501,79 +527,41 @@ impl<T: Float> GpuModel<T> {
         for l in 0..l_max {
             // Residual stream into this block: the embedding, or the previous block's residual3.
             let x = if l == 0 { self.act::<T>(Act::Encoded, 0) } else { self.act::<T>(Act::Residual3, l - 1) };
-            let ln1 = self.act::<T>(Act::Ln1, l);
-            let mut qkv = self.act::<T>(Act::Qkv, l);
-            matmul_forward(
-                gpu,
-                blas,
-                &mut qkv,
-                &ln1,
-                &pl(Param::Qkvw, l),
-                Some(&pl(Param::Qkvb, l)),
-                n,
-                c,
-                3 * c,
-                false,
-            )?;
-            self.mark("matmul qkv")?;
-            let mut atty = self.act::<T>(Act::Atty, l);
-            if self.attention == Attention::Flash {
-                let mut lse = self.act::<f32>(Act::Lse, l);
-                flash_attention::flash_attention_forward(gpu, &mut atty, &mut lse, &qkv, b, t, c, nh)?;
+            // residual3 is normalised by the next block's ln1, or by lnf after the last block.
+            let (next, ln, mean, rstd) = if l + 1 < l_max {
+                (l + 1, Act::Ln1, Act::Ln1Mean, Act::Ln1Rstd)
             } else {
-                let (mut scratch, mut att) = (self.act::<T>(Act::Scratch, 0), self.act::<T>(Act::Att, l));
-                attention::attention_forward(gpu, blas, &mut atty, &mut scratch, &mut att, &qkv, b, t, c, nh)?;
-            }
-            self.mark("attention")?;
-            let mut attproj = self.act::<T>(Act::Attproj, l);
-            let (w, bias) = (pl(Param::AttProjw, l), pl(Param::AttProjb, l));
-            matmul_forward(gpu, blas, &mut attproj, &atty, &w, Some(&bias), n, c, c, false)?;
-            self.mark("matmul attproj")?;
-            let (mut res2, mut ln2) = (self.act::<T>(Act::Residual2, l), self.act::<T>(Act::Ln2, l));
-            let (mut m2, mut r2) = (self.act::<f32>(Act::Ln2Mean, l), self.act::<f32>(Act::Ln2Rstd, l));
-            let (w, bias) = (pl(Param::Ln2w, l), pl(Param::Ln2b, l));
-            residual_layernorm_forward(gpu, &mut res2, &mut ln2, &mut m2, &mut r2, &x, &attproj, &w, &bias, n, c)?;
-            self.mark("layernorm (+residual)")?;
-            let mut fch = self.act::<T>(Act::FchGelu, l);
-            let (w, bias) = (pl(Param::Fcw, l), pl(Param::Fcb, l));
-            if train {
-                // Keep the pre-GELU values for the backward: GELU as its own kernel.
-                let mut pre = self.act::<T>(Act::Fch, l);
-                matmul_forward(gpu, blas, &mut pre, &ln2, &w, Some(&bias), n, c, 4 * c, false)?;
-                self.mark("matmul fc")?;
-                gelu_forward(gpu, &mut fch, &pre, n * 4 * c)?;
-                self.mark("gelu")?;
-            } else {
-                matmul_forward(gpu, blas, &mut fch, &ln2, &w, Some(&bias), n, c, 4 * c, true)?;
-                self.mark("matmul fc + gelu")?;
-            }
-            let mut fcproj = self.act::<T>(Act::Fcproj, l);
-            let (w, bias) = (pl(Param::FcProjw, l), pl(Param::FcProjb, l));
-            matmul_forward(gpu, blas, &mut fcproj, &fch, &w, Some(&bias), n, 4 * c, c, false)?;
-            self.mark("matmul fcproj")?;
-            // residual3 = residual2 + fcproj, normalised by the next block's ln1 or by lnf.
-            let mut res3 = self.act::<T>(Act::Residual3, l);
-            let (mut out, mut m, mut r, w, bias) = if l + 1 < l_max {
-                let (w, bias) = (pl(Param::Ln1w, l + 1), pl(Param::Ln1b, l + 1));
-                (
-                    self.act::<T>(Act::Ln1, l + 1),
-                    self.act::<f32>(Act::Ln1Mean, l + 1),
-                    self.act::<f32>(Act::Ln1Rstd, l + 1),
-                    w,
-                    bias,
-                )
-            } else {
-                let (w, bias) = (p(Param::Lnfw), p(Param::Lnfb));
-                (
-                    self.act::<T>(Act::Lnf, 0),
-                    self.act::<f32>(Act::LnfMean, 0),
-                    self.act::<f32>(Act::LnfRstd, 0),
-                    w,
-                    bias,
-                )
+                (0, Act::Lnf, Act::LnfMean, Act::LnfRstd)
             };
-            residual_layernorm_forward(gpu, &mut res3, &mut out, &mut m, &mut r, &res2, &fcproj, &w, &bias, n, c)?;
-            self.mark("layernorm (+residual)")?;
+            let mut regions = BlockRegions {
+                x,
+                ln1: self.act(Act::Ln1, l),
+                qkv: self.act(Act::Qkv, l),
+                atty: self.act(Act::Atty, l),
+                attproj: self.act(Act::Attproj, l),
+                res2: self.act(Act::Residual2, l),
+                ln2: self.act(Act::Ln2, l),
+                ln2_mean: self.act(Act::Ln2Mean, l),
+                ln2_rstd: self.act(Act::Ln2Rstd, l),
+                // Training keeps the pre-GELU values for the backward.
+                fch: train.then(|| self.act(Act::Fch, l)),
+                fch_gelu: self.act(Act::FchGelu, l),
+                fcproj: self.act(Act::Fcproj, l),
+                res3: self.act(Act::Residual3, l),
+                ln_next: self.act(ln, next),
+                ln_next_mean: self.act(mean, next),
+                ln_next_rstd: self.act(rstd, next),
+            };
+            let attend = |qkv: &Region<T>, atty: &mut Region<T>| {
+                if self.attention == Attention::Flash {
+                    let mut lse = self.act::<f32>(Act::Lse, l);
+                    flash_attention::flash_attention_forward(gpu, atty, &mut lse, qkv, b, t, c, nh)
+                } else {
+                    let (mut scratch, mut att) = (self.act::<T>(Act::Scratch, 0), self.act::<T>(Act::Att, l));
+                    attention::attention_forward(gpu, blas, atty, &mut scratch, &mut att, qkv, b, t, c, nh)
+                }
+            };
+            self.block(l, n, &mut regions, attend, |name| self.mark(name))?;
         }
         let (lnf, mut logits) = (self.act::<T>(Act::Lnf, 0), self.act::<T>(Act::Logits, 0));
         let vp = cfg.padded_vocab_size;
@@ -586,6 +574,62 @@ impl<T: Float> GpuModel<T> {
             self.mark("classifier")?;
         }
         Ok(())
+    }
+
+    /// Transformer block `l` on N rows, into `r` (see [`BlockRegions`]): the qkv matmul,
+    /// attention (`attend` reads qkv and writes atty), the attproj matmul, residual + ln2, the fc
+    /// matmul and GELU (a kernel of its own after keeping the pre-GELU values when `r.fch` is
+    /// given, else fused into the matmul), the fcproj matmul, and residual + the next LayerNorm
+    /// (block l+1's ln1, or lnf after the last block). The batched forward and the KV-cache
+    /// decoder both run it, with their own attention; `mark` records each op when profiling (the
+    /// decoder passes a no-op).
+    // x, ln1 (N,C) -> qkv (N,3C), atty, attproj, res2, ln2 (N,C), fch, fch_gelu (N,4C), fcproj, res3, ln_next (N,C)
+    pub(crate) fn block(
+        &self,
+        l: usize,
+        n: usize,
+        r: &mut BlockRegions<T>,
+        attend: impl FnOnce(&Region<T>, &mut Region<T>) -> Result<()>,
+        mark: impl Fn(&'static str) -> Result<()>,
+    ) -> Result<()> {
+        let (gpu, blas, c) = (&self.gpu, &self.blas, self.cfg.channels);
+        let pl = |prm: Param, l: usize| self.params.slice(self.layout.get(prm).layer_range(l));
+        let (w, bias) = (pl(Param::Qkvw, l), pl(Param::Qkvb, l));
+        matmul_forward(gpu, blas, &mut r.qkv, &r.ln1, &w, Some(&bias), n, c, 3 * c, false)?;
+        mark("matmul qkv")?;
+        attend(&r.qkv, &mut r.atty)?;
+        mark("attention")?;
+        let (w, bias) = (pl(Param::AttProjw, l), pl(Param::AttProjb, l));
+        matmul_forward(gpu, blas, &mut r.attproj, &r.atty, &w, Some(&bias), n, c, c, false)?;
+        mark("matmul attproj")?;
+        let (w, bias) = (pl(Param::Ln2w, l), pl(Param::Ln2b, l));
+        let (res2, ln2, mean, rstd) = (&mut r.res2, &mut r.ln2, &mut r.ln2_mean, &mut r.ln2_rstd);
+        residual_layernorm_forward(gpu, res2, ln2, mean, rstd, &r.x, &r.attproj, &w, &bias, n, c)?;
+        mark("layernorm (+residual)")?;
+        let (w, bias) = (pl(Param::Fcw, l), pl(Param::Fcb, l));
+        if let Some(pre) = r.fch.as_mut() {
+            // Keep the pre-GELU values for the backward: GELU as its own kernel.
+            matmul_forward(gpu, blas, pre, &r.ln2, &w, Some(&bias), n, c, 4 * c, false)?;
+            mark("matmul fc")?;
+            gelu_forward(gpu, &mut r.fch_gelu, pre, n * 4 * c)?;
+            mark("gelu")?;
+        } else {
+            matmul_forward(gpu, blas, &mut r.fch_gelu, &r.ln2, &w, Some(&bias), n, c, 4 * c, true)?;
+            mark("matmul fc + gelu")?;
+        }
+        let (w, bias) = (pl(Param::FcProjw, l), pl(Param::FcProjb, l));
+        matmul_forward(gpu, blas, &mut r.fcproj, &r.fch_gelu, &w, Some(&bias), n, 4 * c, c, false)?;
+        mark("matmul fcproj")?;
+        // residual3 = residual2 + fcproj, normalised by the next block's ln1 or by lnf.
+        let (w, bias) = if l + 1 < self.cfg.num_layers {
+            (pl(Param::Ln1w, l + 1), pl(Param::Ln1b, l + 1))
+        } else {
+            let p = |prm: Param| self.params.slice(self.layout.get(prm).range());
+            (p(Param::Lnfw), p(Param::Lnfb))
+        };
+        let (res3, ln, mean, rstd) = (&mut r.res3, &mut r.ln_next, &mut r.ln_next_mean, &mut r.ln_next_rstd);
+        residual_layernorm_forward(gpu, res3, ln, mean, rstd, &r.res2, &r.fcproj, &w, &bias, n, c)?;
+        mark("layernorm (+residual)")
     }
 
     /// The per-position losses of the last [`forward`](Self::forward) with targets, (B*T).

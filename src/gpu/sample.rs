@@ -1,13 +1,14 @@
 //! Token-by-token decoding on the GPU with a KV cache on the device: the GPU twin of
-//! `cpu::sample::Decoder`. Each step runs one position through every block with the same kernels
-//! as the batched forward (with one row), appends its keys and values to the cache and attends over
-//! the cached positions with `attention_decode`; the logits come back to the host, where
+//! `cpu::sample::Decoder`. Each step runs one position through every block with the batched
+//! forward's own block function ([`GpuModel::block`], with one row), whose attention appends the
+//! position's keys and values to the cache and attends over the cached positions with
+//! `attention_decode`; the logits come back to the host, where
 //! `cpu::sample::sample_token` picks the next token, so sampling options and seeds behave the same.
 
 use super::attention::attention_decode;
 use super::embedding::embedding_forward;
-use super::gpt::{GpuModel, Region};
-use super::layernorm::{layernorm_forward, residual_layernorm_forward};
+use super::gpt::{BlockRegions, GpuModel, Region};
+use super::layernorm::layernorm_forward;
 use super::matmul::matmul_forward;
 use super::Float;
 use crate::model::Param;
@@ -97,70 +98,42 @@ impl<'m, T: Float> GpuDecoder<'m, T> {
         let (mut ln, mut mean, mut rstd) = (self.region(Buf::Ln, 0, None), self.stat(0), self.stat(1));
         layernorm_forward(gpu, &mut ln, &mut mean, &mut rstd, &x, &pl(Param::Ln1w, 0), &pl(Param::Ln1b, 0), 1, c)?;
         for l in 0..cfg.num_layers {
-            let x = if l == 0 { self.region(Buf::X, 0, None) } else { self.region(Buf::Res3, 0, None) };
-            let mut qkv = self.region(Buf::Qkv, 0, None);
-            matmul_forward(
-                gpu,
-                blas,
-                &mut qkv,
-                &ln,
-                &pl(Param::Qkvw, l),
-                Some(&pl(Param::Qkvb, l)),
-                1,
-                c,
-                3 * c,
-                false,
-            )?;
-            // Append this position's key and value to layer l's cache.
-            let row = (l * t_max + self.pos) * c;
-            let (k, v) = (self.region(Buf::Qkv, c, Some(c)), self.region(Buf::Qkv, 2 * c, Some(c)));
-            gpu.stream().memcpy_dtod(&k, &mut self.region(Buf::KCache, row, Some(c)))?;
-            gpu.stream().memcpy_dtod(&v, &mut self.region(Buf::VCache, row, Some(c)))?;
-            let q = self.region(Buf::Qkv, 0, Some(c));
-            let (kc, vc) = (
-                self.region(Buf::KCache, l * t_max * c, Some(t_max * c)),
-                self.region(Buf::VCache, l * t_max * c, Some(t_max * c)),
-            );
-            let mut atty = self.region(Buf::Atty, 0, None);
-            attention_decode(gpu, &mut atty, &q, &kc, &vc, self.pos + 1, c, nh)?;
-            let mut attproj = self.region(Buf::Attproj, 0, None);
-            matmul_forward(
-                gpu,
-                blas,
-                &mut attproj,
-                &atty,
-                &pl(Param::AttProjw, l),
-                Some(&pl(Param::AttProjb, l)),
-                1,
-                c,
-                c,
-                false,
-            )?;
-            let mut res2 = self.region(Buf::Res2, 0, None);
-            let (w, b) = (pl(Param::Ln2w, l), pl(Param::Ln2b, l));
-            residual_layernorm_forward(gpu, &mut res2, &mut ln, &mut mean, &mut rstd, &x, &attproj, &w, &b, 1, c)?;
-            let mut fch = self.region(Buf::Fch, 0, None);
-            matmul_forward(gpu, blas, &mut fch, &ln, &pl(Param::Fcw, l), Some(&pl(Param::Fcb, l)), 1, c, 4 * c, true)?;
-            let mut fcproj = self.region(Buf::Fcproj, 0, None);
-            matmul_forward(
-                gpu,
-                blas,
-                &mut fcproj,
-                &fch,
-                &pl(Param::FcProjw, l),
-                Some(&pl(Param::FcProjb, l)),
-                1,
-                4 * c,
-                c,
-                false,
-            )?;
-            let (w, b) = if l + 1 < cfg.num_layers {
-                (pl(Param::Ln1w, l + 1), pl(Param::Ln1b, l + 1))
-            } else {
-                (p(Param::Lnfw), p(Param::Lnfb))
+            // One row each; ln1, ln2 and the next LayerNorm share Buf::Ln (and the statistics),
+            // the block's input x and its residual3 share Buf::Res3 after the first block.
+            let row = |b: Buf| self.region(b, 0, None);
+            let mut regions = BlockRegions {
+                x: row(if l == 0 { Buf::X } else { Buf::Res3 }),
+                ln1: row(Buf::Ln),
+                qkv: row(Buf::Qkv),
+                atty: row(Buf::Atty),
+                attproj: row(Buf::Attproj),
+                res2: row(Buf::Res2),
+                ln2: row(Buf::Ln),
+                ln2_mean: self.stat(0),
+                ln2_rstd: self.stat(1),
+                fch: None,
+                fch_gelu: row(Buf::Fch),
+                fcproj: row(Buf::Fcproj),
+                res3: row(Buf::Res3),
+                ln_next: row(Buf::Ln),
+                ln_next_mean: self.stat(0),
+                ln_next_rstd: self.stat(1),
             };
-            let mut res3 = self.region(Buf::Res3, 0, None);
-            residual_layernorm_forward(gpu, &mut res3, &mut ln, &mut mean, &mut rstd, &res2, &fcproj, &w, &b, 1, c)?;
+            // Attention over the cache, q, k and v read by parts from the same Buf::Qkv row.
+            let attend = |_qkv: &Region<T>, atty: &mut Region<T>| {
+                // Append this position's key and value to layer l's cache.
+                let at = (l * t_max + self.pos) * c;
+                let (k, v) = (self.region(Buf::Qkv, c, Some(c)), self.region(Buf::Qkv, 2 * c, Some(c)));
+                gpu.stream().memcpy_dtod(&k, &mut self.region(Buf::KCache, at, Some(c)))?;
+                gpu.stream().memcpy_dtod(&v, &mut self.region(Buf::VCache, at, Some(c)))?;
+                let q = self.region(Buf::Qkv, 0, Some(c));
+                let (kc, vc) = (
+                    self.region(Buf::KCache, l * t_max * c, Some(t_max * c)),
+                    self.region(Buf::VCache, l * t_max * c, Some(t_max * c)),
+                );
+                attention_decode(gpu, atty, &q, &kc, &vc, self.pos + 1, c, nh)
+            };
+            m.block(l, 1, &mut regions, attend, |_| Ok(()))?;
         }
         let mut logits = self.region(Buf::Logits, 0, None);
         matmul_forward(gpu, blas, &mut logits, &ln, &p(Param::Wte), None, 1, c, cfg.padded_vocab_size, false)?;
