@@ -7,7 +7,7 @@ use crate::data::loader::DataLoader;
 use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::gpt::TrainStep;
-use crate::gpu::profile::{family_rows, Ceilings, FamilyRow};
+use crate::gpu::profile::{family_rows, Ceilings, FamilyRow, Paths};
 use crate::gpu::{Attention, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
@@ -378,7 +378,7 @@ pub fn bench_train_gpu(
         let per_step = |a: u64, b: u64| (b - a) as f64 / PROFILED_STEPS as f64;
         Some(TrainProfile {
             steps: PROFILED_STEPS,
-            rows: family_rows(cfg, batch, seq, elem, attention, &measured, PROFILED_STEPS),
+            rows: family_rows(cfg, batch, seq, elem, Paths { attention, kernels, sync }, &measured, PROFILED_STEPS),
             ceilings: model.ceilings()?,
             host_syncs_per_step: per_step(syncs_before.0, syncs_after.0),
             pageable_uploads_per_step: per_step(syncs_before.1, syncs_after.1),

@@ -11,7 +11,7 @@
 use super::blas::Blas;
 use super::device::Gpu;
 use super::matmul::matmul_forward;
-use super::{Attention, Float};
+use super::{Attention, Float, Kernels, StepSync};
 use crate::model::ModelConfig;
 use anyhow::{Context, Result};
 use cudarc::driver::sys;
@@ -79,17 +79,25 @@ pub fn bound(family: &str) -> Bound {
     }
 }
 
+/// The code paths a GPU training step takes, as `train` and `bench train` choose them: what the
+/// cost model prices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Paths {
+    pub attention: Attention,
+    pub kernels: Kernels,
+    pub sync: StepSync,
+}
+
 /// Per op name, the cost of one training step (forward with the loss, backward, gradient norm,
 /// AdamW) of `cfg` on a (b, t) batch with activations of `elem` bytes (4 fp32, 2 bf16); gradients,
 /// moments and master weights are f32. In first-run order; each name once with its total.
-/// `attention` picks the attention rows' model: materialised, or the flash kernels.
-pub fn train_step_costs(
-    cfg: &ModelConfig,
-    b: usize,
-    t: usize,
-    elem: usize,
-    attention: Attention,
-) -> Vec<(&'static str, Cost)> {
+/// `paths` picks the attention rows' model (materialised, or the flash kernels), whether the
+/// backward overwrites its activation gradients instead of clearing them first (`--kernels
+/// vector`), and whether the loss is summed on the device and clipping folded into AdamW
+/// (`--sync step|graph`).
+pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, paths: Paths) -> Vec<(&'static str, Cost)> {
+    let (attention, overwrite, queued) =
+        (paths.attention, paths.kernels == Kernels::Vector, paths.sync.queues_whole_steps());
     let f = |x: usize| x as f64;
     let (n, c, l, vp, nh) = (f(b * t), f(cfg.channels), f(cfg.num_layers), f(cfg.padded_vocab_size), f(cfg.num_heads));
     let (e, tt, bb) = (f(elem), f(t), f(b));
@@ -101,10 +109,13 @@ pub fn train_step_costs(
         bytes: e * (n * ic + ic * oc + n * oc + if bias { oc } else { 0.0 }),
         flops: 2.0 * n * ic * oc,
     };
-    // dinp += dout W (read dout, W, dinp; write dinp); dW += dout^T inp (read dout, inp; f32 dW
-    // read and written); dbias: dout read once more.
+    // dinp += dout W (read dout, W, dinp; write dinp; overwriting, dinp is not read); dW +=
+    // dout^T inp (read dout, inp; f32 dW read and written); dbias: dout read once more.
+    let dinp_passes = if overwrite { 2.0 } else { 3.0 };
     let mm_bwd = |ic: f64, oc: f64, bias: bool| Cost {
-        bytes: e * (2.0 * n * oc + 3.0 * n * ic + oc * ic) + 8.0 * oc * ic + if bias { e * n * oc } else { 0.0 },
+        bytes: e * (2.0 * n * oc + dinp_passes * n * ic + oc * ic)
+            + 8.0 * oc * ic
+            + if bias { e * n * oc } else { 0.0 },
         flops: 4.0 * n * ic * oc,
     };
     let (attn_fwd, attn_bwd) = match attention {
@@ -157,8 +168,10 @@ pub fn train_step_costs(
     let distinct = n.min(f(cfg.vocab_size));
     let emb_bwd = mem(e * nc + 8.0 * distinct * c + 8.0 * tt * c + 12.0 * n);
     // Gradient zeroing: all P f32 gradients, then the activation gradients the backward clears
-    // (dresidual and dln once; per layer dfch_gelu and dfch (4C each), dln twice, datty, dqkv).
-    let memset = mem(4.0 * p + e * (2.0 * nc + l * 11.0 * nc));
+    // (dresidual and dln once; per layer dfch_gelu and dfch (4C each), dln twice, datty, dqkv;
+    // overwriting, only dresidual).
+    let cleared = if overwrite { nc } else { 2.0 * nc + l * 11.0 * nc };
+    let memset = mem(4.0 * p + e * cleared);
     // AdamW reads weights, gradients and both moments, writes weights and moments (f32), and in
     // bf16 also writes the bf16 working copy of the weights.
     let adamw = mem(28.0 * p + if elem == 2 { 2.0 * p } else { 0.0 });
@@ -182,30 +195,27 @@ pub fn train_step_costs(
         ("matmul bwd logits", mm_bwd(c, vp, false)),
         ("layernorm bwd", times(2.0 * l + 1.0, ln_bwd)),
         ("matmul bwd fcproj", times(l, mm_bwd(4.0 * c, c, true))),
-        // dinp += gelu'(inp) * dout over (N,4C): read inp and dout, read and write dinp.
-        ("gelu bwd", times(l, mem(e * 16.0 * nc))),
+        // dinp += gelu'(inp) * dout over (N,4C): read inp and dout, read (unless overwriting) and
+        // write dinp.
+        ("gelu bwd", times(l, mem(e * if overwrite { 12.0 } else { 16.0 } * nc))),
         ("matmul bwd fc", times(l, mm_bwd(c, 4.0 * c, true))),
         ("matmul bwd attproj", times(l, mm_bwd(c, c, true))),
         ("attention bwd", times(l, attn_bwd)),
         ("matmul bwd qkv", times(l, mm_bwd(c, 3.0 * c, true))),
         ("embedding bwd", emb_bwd),
-        ("loss readback", mem(4.0 * n)),
-        // Sum of squares reads the P gradients (a clip then reads and writes them once more).
+        // The f32 losses: copied to the host, or summed on the device.
+        (if queued { "loss sum" } else { "loss readback" }, mem(4.0 * n)),
+        // Sum of squares reads the P gradients (a clip then reads and writes them once more, which
+        // a queued step folds into AdamW).
         ("grad norm", mem(4.0 * p)),
         ("adamw", adamw),
     ]
 }
 
 /// [`train_step_costs`] summed per [`family`], in first-seen order.
-pub fn family_costs(
-    cfg: &ModelConfig,
-    b: usize,
-    t: usize,
-    elem: usize,
-    attention: Attention,
-) -> Vec<(&'static str, Cost)> {
+pub fn family_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, paths: Paths) -> Vec<(&'static str, Cost)> {
     let mut out: Vec<(&'static str, Cost)> = Vec::new();
-    for (name, cost) in train_step_costs(cfg, b, t, elem, attention) {
+    for (name, cost) in train_step_costs(cfg, b, t, elem, paths) {
         let fam = family(name);
         match out.iter_mut().find(|(f, _)| *f == fam) {
             Some(e) => e.1 += cost,
@@ -340,11 +350,11 @@ pub fn family_rows(
     b: usize,
     t: usize,
     elem: usize,
-    attention: Attention,
+    paths: Paths,
     measured: &[(&'static str, f64)],
     steps: usize,
 ) -> Vec<FamilyRow> {
-    let mut rows: Vec<FamilyRow> = family_costs(cfg, b, t, elem, attention)
+    let mut rows: Vec<FamilyRow> = family_costs(cfg, b, t, elem, paths)
         .into_iter()
         .map(|(family, cost)| FamilyRow { family, ms_per_step: 0.0, cost, bound: bound(family) })
         .collect();
@@ -438,7 +448,7 @@ mod tests {
             let cfg = ModelConfig::preset(preset).unwrap();
             let (c, l, vp) = (cfg.channels as f64, cfg.num_layers as f64, cfg.padded_vocab_size as f64);
             let tokens = (b * t) as f64;
-            let costs = train_step_costs(&cfg, b, t, 2, Attention::Materialized);
+            let costs = train_step_costs(&cfg, b, t, 2, Paths::default());
             let mm = sum(&costs, |n| matches!(family(n), "matmul fwd" | "matmul bwd")).flops;
             let matmul_weights = l * 12.0 * c * c + vp * c;
             assert_eq!(mm, 6.0 * matmul_weights * tokens, "{preset}");
@@ -455,12 +465,44 @@ mod tests {
     /// Flash attention's executed FLOPs: 9 T x T x hs products per (layer, b, h), over the
     /// nq(nq+1)/2 tiles on or below the diagonal (nq = 16 at T = 1024: 136 of 256); its bytes are
     /// under a tenth of the materialised path's (no T x T tensor), and nothing else changes.
+    /// `--kernels vector` prices what it stops doing (the activation-gradient memsets, the reads
+    /// of dinp before accumulating into it) and nothing else; `--sync step` prices a device loss
+    /// sum instead of a readback, the same bytes.
+    #[test]
+    fn overwriting_and_queued_steps_change_only_what_they_remove() {
+        let cfg = ModelConfig::preset("gpt2-124m").unwrap();
+        let (b, t) = (16, 1024);
+        let base = train_step_costs(&cfg, b, t, 2, Paths::default());
+        let vector = train_step_costs(&cfg, b, t, 2, Paths { kernels: Kernels::Vector, ..Default::default() });
+        let get = |costs: &[(&str, Cost)], name: &str| costs.iter().find(|c| c.0 == name).map(|c| c.1.bytes);
+        let (n, c, l) = ((b * t) as f64, cfg.channels as f64, cfg.num_layers as f64);
+        let saved = get(&base, "memset").unwrap() - get(&vector, "memset").unwrap();
+        assert_eq!(saved, 2.0 * (n * c + l * 11.0 * n * c), "memset bytes saved: all but dresidual");
+        assert_eq!(get(&base, "gelu bwd").unwrap() - get(&vector, "gelu bwd").unwrap(), l * 2.0 * 4.0 * n * c);
+        // One dinp read less per backward matmul: qkv, attproj, fc (C wide) and fcproj (4C).
+        let mm = |costs: &[(&str, Cost)]| {
+            ["matmul bwd fcproj", "matmul bwd fc", "matmul bwd attproj", "matmul bwd qkv", "matmul bwd logits"]
+                .iter()
+                .map(|name| get(costs, name).unwrap())
+                .sum::<f64>()
+        };
+        assert_eq!(mm(&base) - mm(&vector), 2.0 * (l * (4.0 * n * c + 3.0 * n * c) + n * c));
+        for (name, cost) in &base {
+            if !["memset", "gelu bwd"].contains(name) && !name.starts_with("matmul bwd") {
+                assert_eq!(get(&vector, name), Some(cost.bytes), "{name} changed under vector");
+            }
+        }
+        let queued = train_step_costs(&cfg, b, t, 2, Paths { sync: StepSync::Step, ..Default::default() });
+        assert_eq!(get(&queued, "loss sum"), get(&base, "loss readback"));
+        assert!(get(&queued, "loss readback").is_none() && get(&base, "loss sum").is_none());
+    }
+
     #[test]
     fn flash_attention_costs_the_tiles_it_runs() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
         let (b, t) = (16, 1024);
-        let flash = train_step_costs(&cfg, b, t, 2, Attention::Flash);
-        let mat = train_step_costs(&cfg, b, t, 2, Attention::Materialized);
+        let flash = train_step_costs(&cfg, b, t, 2, Paths { attention: Attention::Flash, ..Default::default() });
+        let mat = train_step_costs(&cfg, b, t, 2, Paths::default());
         let att = |costs: &[(&'static str, Cost)]| sum(costs, |n| family(n).starts_with("attention"));
         let (l, nh, hs) = (cfg.num_layers as f64, cfg.num_heads as f64, (cfg.channels / cfg.num_heads) as f64);
         let product = 2.0 * (t * t) as f64 * hs * 136.0 / 256.0;
@@ -480,7 +522,7 @@ mod tests {
             max_seq_len: 8,
             ..ModelConfig::preset("tiny").unwrap()
         };
-        let costs = train_step_costs(&cfg, 2, 3, 2, Attention::Materialized);
+        let costs = train_step_costs(&cfg, 2, 3, 2, Paths::default());
         let ln = costs.iter().find(|(n, _)| *n == "layernorm (+residual)").unwrap().1;
         // Plain ln1: x read (6 rows * 4 * 2 B = 48) + out written (48) + w, b (2 * 4 * 2 = 16) +
         // mean, rstd (2 * 6 * 4 = 48) = 160. Each of the 2L = 4 fused ones also reads the second
@@ -504,7 +546,7 @@ mod tests {
         }
         assert!(marked.len() > 15, "{marked:?}");
         let cfg = ModelConfig::preset("tiny").unwrap();
-        let costs = train_step_costs(&cfg, 2, 8, 4, Attention::Materialized);
+        let costs = train_step_costs(&cfg, 2, 8, 4, Paths::default());
         for name in &marked {
             assert_ne!(family(name), "other", "mark {name:?} has no family");
         }
@@ -519,7 +561,7 @@ mod tests {
     #[test]
     fn the_roofline_picks_the_limit() {
         let cfg = ModelConfig::preset("gpt2-124m").unwrap();
-        let rows = family_rows(&cfg, 16, 1024, 2, Attention::Materialized, &[], 1);
+        let rows = family_rows(&cfg, 16, 1024, 2, Paths::default(), &[], 1);
         let ceil = Ceilings { copy_gb_per_sec: 4300.0, gemm_tflops: 788.0 };
         let get = |f: &str| rows.iter().find(|r| r.family == f).unwrap();
         assert_eq!(get("matmul bwd").limit(&ceil), Bound::Compute);
@@ -535,7 +577,7 @@ mod tests {
     fn rows_and_table() {
         let cfg = ModelConfig::preset("tiny").unwrap();
         let measured = [("matmul qkv", 2.0), ("matmul fc", 4.0), ("gelu", 1.0), ("adamw", 3.0), ("mystery", 1.0)];
-        let rows = family_rows(&cfg, 2, 8, 2, Attention::Materialized, &measured, 2);
+        let rows = family_rows(&cfg, 2, 8, 2, Paths::default(), &measured, 2);
         let get = |f: &str| rows.iter().find(|r| r.family == f).unwrap();
         assert_eq!(get("matmul fwd").ms_per_step, 3.0);
         assert_eq!(get("gelu fwd").ms_per_step, 0.5);
