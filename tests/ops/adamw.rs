@@ -28,3 +28,25 @@ fn adamw_first_step_and_decay_mask() {
     assert!((p[w] - (1.0 * (1.0 - 0.01 * 0.1) - 0.01)).abs() < 1e-6, "{}", p[w]);
     assert!((p[b] - (1.0 - 0.01)).abs() < 1e-6, "{}", p[b]);
 }
+
+/// The optimizer kernels' own source (`kernels/adamw.cu` with `kernels/vec.cuh`), compiled for the
+/// CPU by `scripts/adamw_emu/run.sh` (g++ against a small stand-in for the CUDA runtime: indices,
+/// block barriers, the `_rn` intrinsics as unfused IEEE operations): `--sync step`'s device path
+/// (loss sum, norm, `step_decide`, one `adamw_step` launch over a table of tensors, scalar and
+/// 128-bit, f32 and bf16) gives the bits of the verified path (norm read back, `grad_scale`,
+/// per-tensor `adamw_update`) with clipping active, inactive and disabled; a poisoned step writes
+/// nothing; the recorded loss, norm and clip factor are the host's. Planted bugs each fail it (the
+/// clip factor not applied, the skip ignored, a tensor's offset dropped, decay on every tensor,
+/// the poison ignored, the loss sum overwritten, the rounding index of a pack's elements). It
+/// cannot see the GPU's memory system or timing. Needs bash and g++ (C++20).
+#[test]
+fn optimizer_kernel_source_passes_the_cpu_emulation() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/adamw_emu/run.sh"))
+        .output()
+        .expect("bash runs scripts/adamw_emu/run.sh (it needs g++)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the optimizer kernels failed their CPU emulation:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 24, "{text}");
+}
