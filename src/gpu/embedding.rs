@@ -233,6 +233,16 @@ impl BackwardPlan {
         Ok(BackwardPlan { ints, kind })
     }
 
+    /// What the launches need besides the ints: (blocks of the first launch, that is distinct tokens
+    /// or chunks; where the combine list starts in the ints; tokens to combine; partial-sum slots),
+    /// the last three 0 for the plain plan.
+    pub fn shape(&self) -> (usize, usize, usize, usize) {
+        match self.kind {
+            PlanKind::Csr { distinct } => (distinct, 0, 0, 0),
+            PlanKind::Chunks { chunks, combine_at, combines, slots } => (chunks, combine_at, combines, slots),
+        }
+    }
+
     /// Whether there is nothing to add (no tokens).
     pub fn is_empty(&self) -> bool {
         match self.kind {

@@ -30,7 +30,7 @@ fn adamw_first_step_and_decay_mask() {
 }
 
 /// The optimizer kernels' own source (`kernels/adamw.cu` with `kernels/vec.cuh`), compiled for the
-/// CPU by `scripts/adamw_emu/run.sh` (g++ against a small stand-in for the CUDA runtime: indices,
+/// CPU by `scripts/kernel_emu/run.sh adamw` (g++ against a small stand-in for the CUDA runtime: indices,
 /// block barriers, the `_rn` intrinsics as unfused IEEE operations): `--sync step`'s device path
 /// (loss sum, norm, `step_decide`, one `adamw_step` launch over a table of tensors, scalar and
 /// 128-bit, f32 and bf16) gives the bits of the verified path (norm read back, `grad_scale`,
@@ -43,9 +43,10 @@ fn adamw_first_step_and_decay_mask() {
 fn optimizer_kernel_source_passes_the_cpu_emulation() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/adamw_emu/run.sh"))
+        .arg(root.join("scripts/kernel_emu/run.sh"))
+        .arg("adamw")
         .output()
-        .expect("bash runs scripts/adamw_emu/run.sh (it needs g++)");
+        .expect("bash runs scripts/kernel_emu/run.sh adamw (it needs g++)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the optimizer kernels failed their CPU emulation:\n{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 24, "{text}");

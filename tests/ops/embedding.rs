@@ -61,3 +61,63 @@ fn embedding_backward_balanced_regroups_only_heavy_tokens() {
     embedding_backward(&mut b32.0, &mut b32.1, &d32, &heavy, b, t, c);
     assert_ne!(a.0[3 * c..4 * c], b32.0[3 * c..4 * c]);
 }
+
+/// The embedding backward kernels' own source (`kernels/embedding.cu`), compiled for the CPU by
+/// `scripts/kernel_emu/run.sh embedding` and launched as `src/gpu/embedding.rs` launches them, on the
+/// plan `gpu::embedding::BackwardPlan` builds: the plain (one block per distinct token) and the
+/// balanced (chunks of `CHUNK_ROWS`, partial sums, combine) backward, with f32 and bf16 `dout`,
+/// accumulate onto non-zero gradients bit for bit as `cpu::embedding::embedding_backward` and
+/// `embedding_backward_balanced` do. One token fills a third of the rows, so the balanced plan cuts
+/// it into several chunks; C = 20 is not a multiple of the block, T*C is not either. The partial
+/// sums start as NaN in the emulation, so a slot read before it is written fails. Needs bash and
+/// g++ (C++20).
+#[test]
+fn embedding_backward_kernel_source_passes_the_cpu_emulation() {
+    use genesis::gpu::embedding::BackwardPlan;
+    let (b, t, c, vp) = (4usize, 100usize, 20usize, 64usize);
+    let mut rng = Rng::new(0x656d_6265_6400_0001);
+    let inputs: Vec<u32> = (0..b * t).map(|i| if i % 3 == 0 { 13 } else { rng.below(vp as u64) as u32 }).collect();
+    // bf16-exact values, so the bf16 kernels read exactly what the f32 reference adds.
+    let exact = |rng: &mut Rng| half::bf16::from_f32((2.0 * rng.next_f64() - 1.0) as f32).to_f32();
+    let dout: Vec<f32> = (0..b * t * c).map(|_| exact(&mut rng)).collect();
+    let dwte0: Vec<f32> = (0..vp * c).map(|_| (2.0 * rng.next_f64() - 1.0) as f32).collect();
+    let dwpe0: Vec<f32> = (0..t * c).map(|_| (2.0 * rng.next_f64() - 1.0) as f32).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("genesis-embedding-emu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for balanced in [false, true] {
+        let plan = BackwardPlan::new(&inputs, balanced).unwrap();
+        let (items, combine_at, combines, slots) = plan.shape();
+        assert!(!balanced || combines > 0, "the balanced plan must combine chunks: {:?}", plan.shape());
+        for bf16 in [false, true] {
+            let mut bytes = Vec::new();
+            let header =
+                [b, t, c, vp, balanced as usize, bf16 as usize, plan.ints.len(), items, combine_at, combines, slots];
+            header.iter().for_each(|&x| bytes.extend((x as i64).to_le_bytes()));
+            plan.ints.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
+            [&dout, &dwte0, &dwpe0].iter().for_each(|v| v.iter().for_each(|x| bytes.extend(x.to_le_bytes())));
+            let (input, output) = (dir.join("in.bin"), dir.join("out.bin"));
+            std::fs::write(&input, &bytes).unwrap();
+            let out = std::process::Command::new("bash")
+                .arg(root.join("scripts/kernel_emu/run.sh"))
+                .args(["embedding".as_ref(), input.as_os_str(), output.as_os_str()])
+                .output()
+                .expect("bash runs scripts/kernel_emu/run.sh (it needs g++)");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "the embedding kernels failed their CPU emulation:\n{text}");
+            let got: Vec<f32> =
+                std::fs::read(&output).unwrap().chunks(4).map(|x| f32::from_le_bytes(x.try_into().unwrap())).collect();
+            let (mut dwte, mut dwpe) = (dwte0.clone(), dwpe0.clone());
+            if balanced {
+                embedding_backward_balanced(&mut dwte, &mut dwpe, &dout, &inputs, b, t, c);
+            } else {
+                embedding_backward(&mut dwte, &mut dwpe, &dout, &inputs, b, t, c);
+            }
+            let want: Vec<f32> = dwte.iter().chain(&dwpe).copied().collect();
+            assert_eq!(got.len(), want.len());
+            let bad = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
+            assert!(bad.is_none(), "balanced={balanced} bf16={bf16}: element {bad:?} differs ({text})");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
