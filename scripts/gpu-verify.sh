@@ -9,19 +9,20 @@
 # There (device run):     bash scripts/gpu-verify.sh        (carry [".gpu"]; logs land in $OUT)
 #
 # Steps, each logged to <step>.log and summarised in summary.txt, in $OUT (the logs packed into
-# $OUT/logs.tgz at the end, as the device tool returns at most 8 files):
+# $OUT/logs.tgz at the end, as the device tool returns at most 8 files), in order of importance,
+# each later one only if the 570 s budget still has room for it (`maybe`):
 #   1. every GPU test (fp32 and bf16; --include-ignored, as they are #[ignore]d where no GPU is;
-#      GENESIS_REQUIRE_GPU=1, so a skip is a failure)
+#      GENESIS_REQUIRE_GPU=1, so a skip is a failure), at most 360 s
 #   2. the CLI tests that train through the binary (--device auto picks the GPU there)
-#   3. genesis bench train, gpt2-124m seq 1024: fp32+TF32 and bf16 at batch 16, bf16 at batch 32;
-#      then bf16 batch 16 with --profile (per-kernel-family table, host syncs) in bench-bf16-b16-profile.log;
-#      bf16 with --attention flash at 16 and 32; bf16 with --sync step, --sync graph, --kernels vector
-#      (and its profile under --sync step), and flash + vector + graph at 32
-#   4. the PyTorch reference on the same GPU, eager and compiled
-#   4b. the bf16/fp32 quality check (300 steps each; scripts/quality_check.py), then, time allowing,
+#   3. genesis bench train, gpt2-124m seq 1024 batch 16: bf16 and fp32+TF32; PyTorch eager and
+#      compiled on the same GPU
+#   4. the opt-in paths: bf16 with --sync step, --sync graph, --kernels vector, --attention flash,
+#      all of them at batch 32; bf16 at batch 32; the per-family profiles (scalar micro, and vector
+#      under --sync step, whose host syncs per step should read 1)
+#   5. the bf16/fp32 quality check (300 steps each; scripts/quality_check.py), then
 #      compute-sanitizer racecheck of flash attention
-#   5. one closing table of every bench-*.log and torch-*.log (scripts/bench_table.py): tokens/s,
-#      MFU, memory and the ratio to torch.compile; "-" where a step failed
+#   6. one closing table of every bench-*.log and torch-*.log (scripts/bench_table.py): tokens/s,
+#      MFU, memory and the ratio to torch.compile; "-" where a step failed or was skipped
 # A failing step does not stop the later ones; the exit status says whether any failed.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -45,6 +46,19 @@ step() {
     rc=1
   fi
 }
+# The device tool gives one call 600 s; the script keeps 30 s for the table and the packing.
+# `maybe NEED name cmd...` runs a step only when at least NEED seconds of that are left (the
+# steps come in order of importance), and otherwise says it was skipped for time.
+budget=${GPU_VERIFY_BUDGET:-570}
+maybe() {
+  local need=$1
+  shift
+  if [ $((budget - SECONDS)) -ge "$need" ]; then
+    step "$@"
+  else
+    echo "skip  $1: under $need s of the ${budget} s budget left" >>"$summary"
+  fi
+}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$summary" 2>&1
 if [ -d .gpu/shared-data ]; then
@@ -54,37 +68,34 @@ fi
 mkdir -p target/release && cp .gpu/bin/genesis target/release/
 
 for t in .gpu/tests/gpu_ops-*; do
-  step gpu-tests bash .gpu/env.sh "$t" --test-threads=1 --include-ignored
+  step gpu-tests timeout 360 bash .gpu/env.sh "$t" --test-threads=1 --include-ignored
 done
 for t in .gpu/tests/resume-*; do
   [ -e "$t" ] && step cli-resume bash .gpu/env.sh "$t" --test-threads=1 --include-ignored
 done
 
 bench() { bash .gpu/env.sh .gpu/bin/genesis bench train --device cuda --model gpt2-124m --seq 1024 --steps 10 "$@"; }
-step bench-fp32-b16 bench --batch 16 --precision fp32
-step bench-bf16-b16 bench --batch 16 --precision bf16
-step bench-bf16-b32 bench --batch 32 --precision bf16
-step bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
-# Flash attention (bf16 only; opt-in until these and tests/gpu_ops/flash_attention.rs pass), and
-# a race check of its kernels on the small test shapes (T <= 200) when compute-sanitizer is there.
-step bench-bf16-flash-b16 bench --batch 16 --precision bf16 --attention flash
-step bench-bf16-flash-b32 bench --batch 32 --precision bf16 --attention flash
-# Issue 15 §2/§3, opt-in until verified: the whole step queued with one host sync (step), the same
-# with CUDA graphs (graph), the vectorised kernels, and everything together; the profile of the
-# vectorised kernels with step sync (its host syncs per step should read 1, pageable uploads 0).
-step bench-bf16-b16-step bench --batch 16 --precision bf16 --sync step
-step bench-bf16-b16-graph bench --batch 16 --precision bf16 --sync graph
-step bench-bf16-b16-vector bench --batch 16 --precision bf16 --kernels vector
-step bench-bf16-b16-vector-step-profile bench --batch 16 --precision bf16 --kernels vector --sync step --profile
-step bench-bf16-flash-b32-all bench --batch 32 --precision bf16 --attention flash --kernels vector --sync graph
+maybe 30 bench-bf16-b16 bench --batch 16 --precision bf16
+maybe 30 bench-fp32-b16 bench --batch 16 --precision fp32
 ref=.gpu/shared-bench/torch_reference.py
 [ -f "$ref" ] || ref=../shared/bench/torch_reference.py
 if [ -f "$ref" ]; then
-  step torch-eager python3 "$ref" train --batch 16 --seq 1024
-  step torch-compile python3 "$ref" train --batch 16 --seq 1024 --compile
+  maybe 40 torch-eager python3 "$ref" train --batch 16 --seq 1024
+  maybe 120 torch-compile python3 "$ref" train --batch 16 --seq 1024 --compile
 else
   echo "skip  torch reference: $ref not found" >>"$summary"
 fi
+# Issue 15 §2/§3 and issue 16, opt-in until verified: the whole step queued with one host sync
+# (step), the same with CUDA graphs (graph), the vectorised kernels, flash attention, and all of
+# them together at batch 32; then the per-family profiles (host syncs per step: 1 under step).
+maybe 30 bench-bf16-b16-step bench --batch 16 --precision bf16 --sync step
+maybe 30 bench-bf16-b16-graph bench --batch 16 --precision bf16 --sync graph
+maybe 30 bench-bf16-b16-vector bench --batch 16 --precision bf16 --kernels vector
+maybe 30 bench-bf16-flash-b16 bench --batch 16 --precision bf16 --attention flash
+maybe 40 bench-bf16-flash-b32-all bench --batch 32 --precision bf16 --attention flash --kernels vector --sync graph
+maybe 40 bench-bf16-b32 bench --batch 32 --precision bf16
+maybe 40 bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
+maybe 40 bench-bf16-b16-vector-step-profile bench --batch 16 --precision bf16 --kernels vector --sync step --profile
 # Issue 15's quality check: gpt2-124m, seq 1024, 300 steps on the built-in tiny Shakespeare, same
 # seed, fp32 then bf16; bf16's val loss within 2% of fp32's at every evaluation, 1% at the end.
 # Runs live in /tmp (a checkpoint is 1.5 GB); their metrics and loss plots come back in $OUT.
@@ -95,19 +106,19 @@ quality() {
   cp "/tmp/quality-$1/metrics.jsonl" "$out/quality-$1.jsonl"
   bash .gpu/env.sh .gpu/bin/genesis plot "/tmp/quality-$1" --out "$out/quality-$1.svg"
 }
-step quality-fp32 quality fp32
-step quality-bf16 quality bf16
-step quality-check python3 scripts/quality_check.py "$out/quality-fp32.jsonl" "$out/quality-bf16.jsonl"
+maybe 150 quality-fp32 quality fp32
+maybe 90 quality-bf16 quality bf16
+maybe 5 quality-check python3 scripts/quality_check.py "$out/quality-fp32.jsonl" "$out/quality-bf16.jsonl"
 # Last, as it is slow and optional: a race check of the flash kernels on the small test shapes
 # (T <= 200), when compute-sanitizer is there and the 10-minute call has time left.
-if command -v compute-sanitizer >/dev/null && [ $SECONDS -lt 420 ]; then
+if command -v compute-sanitizer >/dev/null && [ $((budget - SECONDS)) -ge 120 ]; then
   for t in .gpu/tests/gpu_ops-*; do
-    GENESIS_FLASH_SMALL=1 step flash-racecheck timeout $((540 - SECONDS)) bash .gpu/env.sh compute-sanitizer \
+    GENESIS_FLASH_SMALL=1 step flash-racecheck timeout $((budget - SECONDS)) bash .gpu/env.sh compute-sanitizer \
       --tool racecheck --error-exitcode 1 "$t" --test-threads=1 --include-ignored \
       flash_attention_forward_matches flash_attention_backward_matches
   done
 else
-  echo "skip  flash-racecheck: no compute-sanitizer, or under 2 minutes left" >>"$summary"
+  echo "skip  flash-racecheck: no compute-sanitizer, or under 2 minutes of the budget left" >>"$summary"
 fi
 grep -h "bench train\|tokens/s" "$out"/bench-*.log "$out"/torch-*.log >>"$summary" 2>/dev/null
 cat "$out/quality-check.log" >>"$summary" 2>/dev/null
