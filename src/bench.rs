@@ -8,7 +8,7 @@ use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::gpt::TrainStep;
 use crate::gpu::profile::{family_rows, Ceilings, FamilyRow, Paths};
-use crate::gpu::{Attention, Kernels, Precision, StepSync};
+use crate::gpu::{Attention, GeluFusion, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -315,6 +315,7 @@ pub fn bench_train_gpu(
     attention: Attention,
     kernels: Kernels,
     sync: StepSync,
+    gelu_fusion: GeluFusion,
     tokens: &mut BenchTokens,
     profile: bool,
 ) -> anyhow::Result<GpuTrainBench> {
@@ -323,6 +324,7 @@ pub fn bench_train_gpu(
     let mut model = gpu_engine(cfg, &params, 0, precision, true, sync)?;
     model.set_attention(attention)?;
     model.set_kernels(kernels);
+    model.set_gelu_fusion(gelu_fusion)?;
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let n = batch * seq;

@@ -113,3 +113,31 @@ fn flash_attention_without_bf16_is_refused_naming_both_options() {
     let text = refused(&["train", "--attention", "fast"]);
     assert!(text.contains("expected flash or materialized"), "{text}");
 }
+
+/// `--gelu-fusion off|forward|both` on train and bench train: a bad value is refused naming the
+/// choices, the help says what each does and that it is not yet verified on a GPU, and on the CPU
+/// bench train accepts it with a note (train's note: tests/resume.rs).
+#[test]
+fn gelu_fusion_is_parsed_documented_and_noted_on_the_cpu() {
+    for args in [&["train"][..], &["bench", "train", "--device", "cpu"]] {
+        let text = refused(&[args, &["--gelu-fusion", "on"]].concat());
+        assert!(text.contains("'--gelu-fusion' with value 'on': expected off, forward or both"), "{args:?}: {text}");
+        let help = output_text(&genesis(&[args, &["--help"]].concat()));
+        let at = help.find("--gelu-fusion").unwrap_or_else(|| panic!("{args:?} --help: {help}"));
+        let said: String = help[at..].split_whitespace().collect::<Vec<_>>().join(" ");
+        for want in ["off (", "forward (", "both (", "GELU_AUX_BIAS", "not yet verified on a GPU"] {
+            let want = if args[0] == "bench" && want == "GELU_AUX_BIAS" { "cuBLASLt epilogue" } else { want };
+            assert!(said.contains(want), "{args:?} --help does not say {want:?}: {said}");
+        }
+    }
+    let bench = ["bench", "train", "--device", "cpu", "--model", "tiny", "--batch", "1", "--seq", "8", "--steps", "1"];
+    for fusion in ["forward", "both"] {
+        let out = genesis(&[&bench[..], &["--gelu-fusion", fusion]].concat());
+        let text = output_text(&out);
+        assert!(out.status.success(), "{text}");
+        let note = format!("note: --gelu-fusion {fusion} applies to GPU training; the CPU has one GELU");
+        assert!(text.contains(&note) && text.contains("bench train cpu tiny"), "{text}");
+    }
+    let out = genesis(&bench);
+    assert!(out.status.success() && !output_text(&out).contains("--gelu-fusion"), "{}", output_text(&out));
+}

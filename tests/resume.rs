@@ -426,6 +426,15 @@ fn tokens_per_step_sets_batch_and_accumulation() {
     assert!(!ok && text.contains("'--sync' with value 'async': expected micro, step or graph"), "{text}");
     let (ok, text) = run(&["--sync", "step", "--fresh"]);
     assert!(ok && text.contains("--sync step applies to GPU training"), "{text}");
+    // And --gelu-fusion: off (the default) says nothing; forward and both are noted on the CPU.
+    assert!(!text.contains("--gelu-fusion"), "{text}");
+    let (ok, text) = run(&["--gelu-fusion", "fused", "--fresh"]);
+    assert!(!ok && text.contains("'--gelu-fusion' with value 'fused': expected off, forward or both"), "{text}");
+    for fusion in ["forward", "both"] {
+        let (ok, text) = run(&["--gelu-fusion", fusion, "--fresh"]);
+        let note = format!("note: --gelu-fusion {fusion} applies to GPU training; the CPU has one GELU");
+        assert!(ok && text.contains(&note), "{text}");
+    }
     fs::remove_dir_all(&dir).unwrap();
 }
 

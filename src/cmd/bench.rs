@@ -6,7 +6,7 @@ use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::WeightType;
-use genesis::gpu::{Attention, Device, Kernels, Precision, StepSync};
+use genesis::gpu::{Attention, Device, GeluFusion, Kernels, Precision, StepSync};
 use genesis::model::ModelConfig;
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -137,6 +137,9 @@ pub struct BenchTrain {
     /// on the GPU: micro (default), step (one host sync per step) or graph (step with CUDA graphs), as train --sync
     #[argh(option, default = "StepSync::Micro")]
     sync: StepSync,
+    /// on the GPU: off (default: GELU and its backward as kernels of their own), forward (the fc matmul's cuBLASLt epilogue applies the GELU and keeps the pre-GELU values) or both (forward, and the fcproj matmul's backward applies the GELU backward in its epilogue), as train --gelu-fusion; not yet verified on a GPU
+    #[argh(option, default = "GeluFusion::Off")]
+    gelu_fusion: GeluFusion,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -221,6 +224,9 @@ fn train(b: BenchTrain) -> Result<()> {
     b.attention.check(b.precision)?;
     let device = genesis::gpu::select_device(b.device)?;
     device.note();
+    if device.gpu.is_none() && b.gelu_fusion != GeluFusion::Off {
+        eprintln!("note: --gelu-fusion {} applies to GPU training; the CPU has one GELU", b.gelu_fusion);
+    }
     if b.profile && device.gpu.is_none() {
         bail!("--profile times GPU kernels and needs --device cuda (a CPU run already reports forward, backward and optimizer times)");
     }
@@ -244,17 +250,24 @@ fn train(b: BenchTrain) -> Result<()> {
             b.attention,
             b.kernels,
             b.sync,
+            b.gelu_fusion,
             &mut tokens,
             b.profile,
         )?;
+        // Named only when on, so the default line stays as scripts/bench_table.py reads it.
+        let fusion = match b.gelu_fusion {
+            GeluFusion::Off => String::new(),
+            f => format!(", gelu fusion {f}"),
+        };
         outln!(
-            "bench train {} on {} ({}, {} attention, {} kernels, {} sync), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
+            "bench train {} on {} ({}, {} attention, {} kernels, {} sync{}), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,
             r.device,
             if precision == Precision::Bf16 { "bf16 mixed precision" } else { "fp32, TF32 matmuls" },
             b.attention,
             b.kernels,
             b.sync,
+            fusion,
             b.batch,
             b.seq,
             source,

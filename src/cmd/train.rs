@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::manifest;
-use genesis::gpu::{Attention, Device, Kernels, Precision, StepSync};
+use genesis::gpu::{Attention, Device, GeluFusion, Kernels, Precision, StepSync};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
@@ -101,6 +101,9 @@ pub struct TrainCmd {
     /// on the GPU: micro (the default: each micro-batch's loss and the gradient norm come back to the host before AdamW) or step (the whole step is queued and one record read back at its end: pinned token buffers, loss sum, norm, clipping and the skip decided on the device, one AdamW launch, on a stream of its own; the same weights bit for bit, not yet verified on a GPU) or graph (step, with each micro-batch's forward and backward captured once as a CUDA graph and replayed; not yet verified on a GPU)
     #[argh(option, default = "StepSync::Micro")]
     sync: StepSync,
+    /// on the GPU: off (the default: the GELU is a kernel of its own after the fc matmul, its backward one after the fcproj matmul's), forward (the fc matmul's cuBLASLt epilogue applies the GELU and keeps the pre-GELU values for the backward: GELU_AUX_BIAS, one launch fewer per layer) or both (forward, and the fcproj matmul's backward applies the GELU backward in its epilogue: DGELU, another launch fewer); llm.c found the fused GELU slower on some GPUs, so measure both ways; not yet verified on a GPU. Either may be chosen on each resume: it does not change the model
+    #[argh(option, default = "GeluFusion::Off")]
+    gelu_fusion: GeluFusion,
 }
 
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
@@ -254,6 +257,10 @@ fn run_locked(
     };
     let device = genesis::gpu::select_device(c.device)?;
     let gpu = device.gpu;
+    if gpu.is_some() {
+        // Refused before the run directory is touched (the epilogues need an even width).
+        c.gelu_fusion.check(model.channels)?;
+    }
     let seq = c.seq.or(saved.as_ref().map(|s| s.seq)).unwrap_or(model.max_seq_len.min(1024));
     let (batch, grad_accum) = match c.tokens_per_step {
         Some(tps) if c.batch.is_some() || c.grad_accum.is_some() => {
@@ -284,6 +291,9 @@ fn run_locked(
     if gpu.is_none() && c.sync != StepSync::Micro {
         eprintln!("note: --sync {} applies to GPU training; the CPU has no device to wait for", c.sync);
     }
+    if gpu.is_none() && c.gelu_fusion != GeluFusion::Off {
+        eprintln!("note: --gelu-fusion {} applies to GPU training; the CPU has one GELU", c.gelu_fusion);
+    }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
@@ -295,6 +305,7 @@ fn run_locked(
     opts.attention = c.attention;
     opts.kernels = c.kernels;
     opts.sync = c.sync;
+    opts.gelu_fusion = c.gelu_fusion;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", shell_path(out_dir));

@@ -126,9 +126,9 @@ impl GemmDtype {
     }
 }
 
-/// What cuBLASLt applies to `op(A)·op(B)` before writing D. Later additions (GELU_AUX, DGELU,
-/// BGRADB for the backward pass) extend this enum, [`Epilogue::raw`] and the per-call attribute
-/// setup in [`Blas::lt_matmul`].
+/// What cuBLASLt applies to `op(A)·op(B)` before writing D. A later addition (BGRADB, the bias
+/// gradient of the dweight GEMM; see `matmul::matmul_backward`) would extend this enum,
+/// [`Epilogue::raw`] and the per-call attribute setup in [`Blas::lt_matmul`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Epilogue {
     /// D = op(A)·op(B) (+ D when accumulating).
@@ -139,6 +139,16 @@ pub enum Epilogue {
     Gelu,
     /// D = gelu_tanh(op(A)·op(B) + bias).
     GeluBias,
+    /// D = gelu_tanh(op(A)·op(B) + bias), and the pre-GELU values op(A)·op(B) + bias written to
+    /// the aux buffer (`LtGemm::aux`, an (m,n) matrix like D with leading dimension `ldd`, of D's
+    /// type): `CUBLASLT_EPILOGUE_GELU_AUX_BIAS`, the training forward's fc matmul keeping what
+    /// the GELU backward needs.
+    GeluAuxBias,
+    /// D = op(A)·op(B) * gelu_tanh'(aux), aux the pre-GELU input (read, an (m,n) matrix like D
+    /// with leading dimension `ldd`, of D's type): `CUBLASLT_EPILOGUE_DGELU`, the GELU backward
+    /// applied to the gradient the GEMM computes. Overwrite only (beta = 0; refused with
+    /// `accumulate`).
+    DGelu,
 }
 
 impl Epilogue {
@@ -149,12 +159,20 @@ impl Epilogue {
             Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
             Epilogue::Gelu => E::CUBLASLT_EPILOGUE_GELU,
             Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+            Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
         }
     }
 
     /// Whether the epilogue reads the bias vector (`LtGemm::bias` must then be non-null).
     pub fn uses_bias(self) -> bool {
-        matches!(self, Epilogue::Bias | Epilogue::GeluBias)
+        matches!(self, Epilogue::Bias | Epilogue::GeluBias | Epilogue::GeluAuxBias)
+    }
+
+    /// Whether the epilogue writes or reads the aux matrix (`LtGemm::aux` must then be non-null,
+    /// and is 0 otherwise).
+    pub fn uses_aux(self) -> bool {
+        matches!(self, Epilogue::GeluAuxBias | Epilogue::DGelu)
     }
 }
 
@@ -184,6 +202,10 @@ pub struct LtGemm {
     pub ldd: usize,
     /// Bias vector (length m) when `epilogue.uses_bias()`, else 0.
     pub bias: CUdeviceptr,
+    /// The epilogue's aux matrix when `epilogue.uses_aux()` (the pre-GELU values: written by
+    /// [`Epilogue::GeluAuxBias`], read by [`Epilogue::DGelu`]), else 0: (m,n) of `d_dtype` with
+    /// leading dimension `ldd`, which must then be a multiple of 8.
+    pub aux: CUdeviceptr,
     pub epilogue: Epilogue,
     /// `D += ...` (beta = 1) instead of `D = ...` (beta = 0).
     pub accumulate: bool,
@@ -191,6 +213,46 @@ pub struct LtGemm {
     pub dtype: GemmDtype,
     /// Storage type of C = D.
     pub d_dtype: GemmDtype,
+}
+
+impl LtGemm {
+    /// The checks [`Blas::lt_matmul`] makes before any CUDA call: dimensions, leading dimensions,
+    /// the pointers each epilogue needs (and no aux without an aux epilogue), the supported type
+    /// pairs, and the aux epilogues' own rules (the aux leading dimension, `ldd`, a multiple of 8;
+    /// D and the inputs of one type; DGELU overwriting only).
+    pub fn check(&self) -> Result<()> {
+        let g = self;
+        ensure!(g.m > 0 && g.n > 0 && g.k > 0, "cuBLASLt matmul with an empty dimension ({g:?})");
+        ensure!(g.lda >= if g.trans_a { g.k } else { g.m }, "cuBLASLt: lda too small ({g:?})");
+        ensure!(g.ldb >= if g.trans_b { g.n } else { g.k }, "cuBLASLt: ldb too small ({g:?})");
+        ensure!(g.ldd >= g.m, "cuBLASLt: ldd too small ({g:?})");
+        ensure!(!g.epilogue.uses_bias() || g.bias != 0, "cuBLASLt: epilogue {:?} needs a bias", g.epilogue);
+        ensure!(
+            !(g.dtype == GemmDtype::F32 && g.d_dtype == GemmDtype::Bf16),
+            "cuBLASLt: fp32 inputs with a bf16 output are not supported ({g:?})"
+        );
+        if g.epilogue.uses_aux() {
+            ensure!(g.aux != 0, "cuBLASLt: epilogue {:?} needs an aux buffer (the pre-GELU values)", g.epilogue);
+            ensure!(
+                g.ldd.is_multiple_of(8),
+                "cuBLASLt: epilogue {:?} needs the aux leading dimension (ldd = {}) to be a multiple of 8",
+                g.epilogue,
+                g.ldd
+            );
+            ensure!(
+                g.dtype == g.d_dtype,
+                "cuBLASLt: epilogue {:?} needs D of the inputs' type (the aux buffer is D's type) ({g:?})",
+                g.epilogue
+            );
+        } else {
+            ensure!(g.aux == 0, "cuBLASLt: an aux buffer was given to epilogue {:?}, which has none", g.epilogue);
+        }
+        ensure!(
+            !(g.epilogue == Epilogue::DGelu && g.accumulate),
+            "cuBLASLt: epilogue DGelu overwrites D (beta = 0); it cannot accumulate ({g:?})"
+        );
+        Ok(())
+    }
 }
 
 /// One cuBLAS strided-batched GEMM in column-major terms, for `i in 0..batch`:
@@ -298,20 +360,13 @@ impl Blas {
     /// Queues one cuBLASLt matmul (see [`LtGemm`]) on the stream.
     ///
     /// # Safety
-    /// `a`, `b`, `d` (and `bias` when the epilogue uses it) must be live device allocations of
+    /// `a`, `b`, `d` (and `bias` and `aux` when the epilogue uses them; aux is an (m,n) matrix
+    /// with leading dimension `ldd`, like D) must be live device allocations of
     /// this context, large enough for the described shapes and leading dimensions, and stay
     /// alive and unaliased by other writers until the queued work completes (hold the cudarc
     /// guards across the call on the same stream).
     pub unsafe fn lt_matmul(&self, g: &LtGemm) -> Result<()> {
-        ensure!(g.m > 0 && g.n > 0 && g.k > 0, "cuBLASLt matmul with an empty dimension ({g:?})");
-        ensure!(g.lda >= if g.trans_a { g.k } else { g.m }, "cuBLASLt: lda too small ({g:?})");
-        ensure!(g.ldb >= if g.trans_b { g.n } else { g.k }, "cuBLASLt: ldb too small ({g:?})");
-        ensure!(g.ldd >= g.m, "cuBLASLt: ldd too small ({g:?})");
-        ensure!(!g.epilogue.uses_bias() || g.bias != 0, "cuBLASLt: epilogue {:?} needs a bias", g.epilogue);
-        ensure!(
-            !(g.dtype == GemmDtype::F32 && g.d_dtype == GemmDtype::Bf16),
-            "cuBLASLt: fp32 inputs with a bf16 output are not supported ({g:?})"
-        );
+        g.check()?;
         self.stream.context().bind_to_thread().context("binding the CUDA context")?;
 
         let key = PlanKey::of(g);
@@ -326,6 +381,15 @@ impl Blas {
             // The descriptor is read at enqueue time, and the plans lock is held until then.
             unsafe {
                 plan.desc.set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+            }
+        }
+        if g.epilogue.uses_aux() {
+            // Like the bias: the plan is cached per shape, the aux buffer is this call's.
+            let aux = g.aux as *const c_void;
+            // SAFETY: as for the bias pointer above.
+            unsafe {
+                plan.desc
+                    .set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
             }
         }
         let alpha = 1.0f32;
@@ -391,6 +455,19 @@ impl Blas {
                     // fp32.
                     let bias_type = g.dtype.lt() as i32;
                     desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
+                }
+            }
+            if g.epilogue.uses_aux() {
+                // The heuristic reads the aux pointer's alignment (lt_matmul sets it again on
+                // every call), its leading dimension (int64; `LtGemm::check` made it a multiple
+                // of 8) and, for bf16, its type (int32, said explicitly as for the bias: D's).
+                let aux = g.aux as *const c_void;
+                desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)?;
+                let aux_ld = i64::try_from(g.ldd).context("cuBLASLt: ldd does not fit in an int64")?;
+                desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld)?;
+                if g.d_dtype == GemmDtype::Bf16 {
+                    let aux_type = g.d_dtype.lt() as i32;
+                    desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &aux_type)?;
                 }
             }
         }
@@ -522,6 +599,8 @@ struct PlanKey {
     ldd: usize,
     epilogue: Epilogue,
     align: (u32, u32, u32),
+    /// The aux buffer's alignment (256, that of address 0, for the epilogues without one).
+    aux_align: u32,
     dtype: GemmDtype,
     d_dtype: GemmDtype,
 }
@@ -539,6 +618,7 @@ impl PlanKey {
             ldd: g.ldd,
             epilogue: g.epilogue,
             align: (alignment(g.a), alignment(g.b), alignment(g.d)),
+            aux_align: alignment(g.aux),
             dtype: g.dtype,
             d_dtype: g.d_dtype,
         }
@@ -639,6 +719,109 @@ mod tests {
         assert_eq!(alignment(4096 + 4), 4);
         assert_eq!(alignment(4096 + 16), 16);
         assert_eq!(alignment(4096 + 128), 128);
+    }
+
+    /// The fc matmul of the training forward as `matmul::matmul_forward_gelu_aux` builds it
+    /// (N = 6, C = 16, OC = 64), with made-up addresses: `check` never touches them.
+    fn fc_gemm(epilogue: Epilogue) -> LtGemm {
+        LtGemm {
+            m: 64,
+            n: 6,
+            k: 16,
+            trans_a: true,
+            trans_b: false,
+            a: 0x1000,
+            lda: 16,
+            b: 0x2000,
+            ldb: 16,
+            d: 0x3000,
+            ldd: 64,
+            bias: if epilogue.uses_bias() { 0x4000 } else { 0 },
+            aux: if epilogue.uses_aux() { 0x5000 } else { 0 },
+            epilogue,
+            accumulate: false,
+            dtype: GemmDtype::Bf16,
+            d_dtype: GemmDtype::Bf16,
+        }
+    }
+
+    fn refusal(g: LtGemm) -> String {
+        let e = g.check().expect_err("accepted").to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn epilogues_say_what_they_use() {
+        use Epilogue::*;
+        let all = [None, Bias, Gelu, GeluBias, GeluAuxBias, DGelu];
+        let bias: Vec<Epilogue> = all.into_iter().filter(|e| e.uses_bias()).collect();
+        let aux: Vec<Epilogue> = all.into_iter().filter(|e| e.uses_aux()).collect();
+        assert_eq!(bias, [Bias, GeluBias, GeluAuxBias]);
+        assert_eq!(aux, [GeluAuxBias, DGelu]);
+        use lt_sys::cublasLtEpilogue_t as E;
+        assert_eq!(GeluAuxBias.raw(), E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
+        assert_eq!(DGelu.raw(), E::CUBLASLT_EPILOGUE_DGELU);
+        // The four the verified path uses are unchanged.
+        assert_eq!(
+            [None.raw(), Bias.raw(), Gelu.raw(), GeluBias.raw()],
+            [
+                E::CUBLASLT_EPILOGUE_DEFAULT,
+                E::CUBLASLT_EPILOGUE_BIAS,
+                E::CUBLASLT_EPILOGUE_GELU,
+                E::CUBLASLT_EPILOGUE_GELU_BIAS
+            ]
+        );
+    }
+
+    /// What `lt_matmul` refuses before any CUDA call, each in one line: the aux epilogues without
+    /// their buffer, with a leading dimension cuBLASLt does not take, with mixed types, DGELU
+    /// accumulating, and an aux buffer given to an epilogue without one. Every epilogue of the
+    /// verified path (aux 0) still passes.
+    #[test]
+    fn aux_epilogues_are_checked_before_any_cuda_call() {
+        for e in [Epilogue::None, Epilogue::Bias, Epilogue::Gelu, Epilogue::GeluBias, Epilogue::GeluAuxBias] {
+            fc_gemm(e).check().unwrap_or_else(|err| panic!("{e:?}: {err}"));
+        }
+        let dgelu = LtGemm { accumulate: false, ..fc_gemm(Epilogue::DGelu) };
+        dgelu.check().unwrap();
+        let mut f32_both = fc_gemm(Epilogue::GeluAuxBias);
+        (f32_both.dtype, f32_both.d_dtype) = (GemmDtype::F32, GemmDtype::F32);
+        f32_both.check().unwrap();
+
+        for e in [Epilogue::GeluAuxBias, Epilogue::DGelu] {
+            let e_no_aux = refusal(LtGemm { aux: 0, ..fc_gemm(e) });
+            assert!(e_no_aux.contains(&format!("epilogue {e:?} needs an aux buffer")), "{e_no_aux}");
+            // ldd 68 >= m = 64, but not a multiple of 8.
+            let e_ld = refusal(LtGemm { ldd: 68, ..fc_gemm(e) });
+            assert!(e_ld.contains("aux leading dimension (ldd = 68) to be a multiple of 8"), "{e_ld}");
+            let e_mixed = refusal(LtGemm { d_dtype: GemmDtype::F32, ..fc_gemm(e) });
+            assert!(e_mixed.contains("needs D of the inputs' type"), "{e_mixed}");
+            // The same ldd without an aux epilogue is fine: the rule is the aux buffer's.
+            LtGemm { ldd: 68, aux: 0, bias: 0x4000, epilogue: Epilogue::Bias, ..fc_gemm(e) }.check().unwrap();
+        }
+        let e_acc = refusal(LtGemm { accumulate: true, ..fc_gemm(Epilogue::DGelu) });
+        assert!(e_acc.contains("epilogue DGelu overwrites D (beta = 0); it cannot accumulate"), "{e_acc}");
+        let e_bias = refusal(LtGemm { bias: 0, ..fc_gemm(Epilogue::GeluAuxBias) });
+        assert!(e_bias.contains("epilogue GeluAuxBias needs a bias"), "{e_bias}");
+        for e in [Epilogue::None, Epilogue::Bias, Epilogue::Gelu, Epilogue::GeluBias] {
+            let e_stray = refusal(LtGemm { aux: 0x5000, ..fc_gemm(e) });
+            assert!(e_stray.contains(&format!("an aux buffer was given to epilogue {e:?}")), "{e_stray}");
+        }
+        // The checks the verified path already had still hold.
+        assert!(refusal(LtGemm { ldd: 63, ..fc_gemm(Epilogue::Bias) }).contains("ldd too small"));
+        assert!(refusal(LtGemm { m: 0, ..fc_gemm(Epilogue::None) }).contains("empty dimension"));
+        let fp32_in_bf16_out = LtGemm { dtype: GemmDtype::F32, ..fc_gemm(Epilogue::None) };
+        assert!(refusal(fp32_in_bf16_out).contains("fp32 inputs with a bf16 output"));
+    }
+
+    /// The plan cache tells aux buffers of different alignment apart (the heuristic depends on
+    /// it), and an epilogue without one keys as before (address 0: 256).
+    #[test]
+    fn plan_key_includes_the_aux_alignment() {
+        let g = fc_gemm(Epilogue::GeluAuxBias);
+        assert_ne!(PlanKey::of(&g), PlanKey::of(&LtGemm { aux: 0x5004, ..g }));
+        assert_eq!(PlanKey::of(&fc_gemm(Epilogue::Bias)).aux_align, 256);
     }
 
     #[test]

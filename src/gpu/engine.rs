@@ -7,7 +7,7 @@ use super::device::Gpu;
 use super::gpt::{GpuModel, TrainStep};
 use super::profile::{measure_ceilings, Ceilings};
 use super::sample::GpuDecoder;
-use super::{Attention, Float, Kernels, Precision, StepSync};
+use super::{Attention, Float, GeluFusion, Kernels, Precision, StepSync};
 use crate::cpu::adamw::AdamWConfig;
 use crate::cpu::sample::TokenDecoder;
 use crate::model::ModelConfig;
@@ -37,6 +37,9 @@ pub trait GpuEngine {
     fn set_profiling(&mut self, on: bool);
     /// Which kernel versions to launch from now on (`--kernels`; default scalar, the verified ones).
     fn set_kernels(&mut self, kernels: Kernels);
+    /// How much of the training GELU runs in the matmul epilogues from now on (`--gelu-fusion`;
+    /// default off, the verified path); a model with an odd width is refused in one line.
+    fn set_gelu_fusion(&mut self, fusion: GeluFusion) -> Result<()>;
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>>;
     /// Records a profiling mark (when profiling): the anchor before a profiled step.
     fn mark(&self, name: &'static str) -> Result<()>;
@@ -89,6 +92,11 @@ impl<T: Float> GpuEngine for GpuModel<T> {
             StepSync::Step => kernels.push_str(", one host sync per step"),
             StepSync::Graph => kernels.push_str(", one host sync per step, CUDA graphs"),
         }
+        match self.gelu_fusion() {
+            GeluFusion::Off => {}
+            GeluFusion::Forward => kernels.push_str(", GELU fused into the fc matmul"),
+            GeluFusion::Both => kernels.push_str(", GELU and its backward fused into the matmuls"),
+        }
         match self.attention() {
             Attention::Flash => format!("{}, {precision}, flash attention{kernels}", self.gpu.describe()),
             Attention::Materialized => format!("{}, {precision}{kernels}", self.gpu.describe()),
@@ -124,6 +132,9 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn set_kernels(&mut self, kernels: Kernels) {
         self.gpu.set_kernels(kernels)
+    }
+    fn set_gelu_fusion(&mut self, fusion: GeluFusion) -> Result<()> {
+        GpuModel::set_gelu_fusion(self, fusion)
     }
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
         GpuModel::take_profile(self)

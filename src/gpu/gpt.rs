@@ -21,8 +21,8 @@ use super::embedding::BackwardPlan;
 use super::flash_attention;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
-use super::matmul::matmul_forward;
-use super::{Attention, Dinp, Float, Kernels, StepSync};
+use super::matmul::{matmul_forward, matmul_forward_gelu_aux};
+use super::{Attention, Dinp, Float, GeluFusion, Kernels, StepSync};
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{
@@ -270,6 +270,9 @@ pub struct GpuModel<T: Float> {
     train: Option<Training>,
     /// How attention is computed (see [`GpuModel::set_attention`]).
     attention: Attention,
+    /// How much of the training GELU runs in the matmul epilogues (see
+    /// [`GpuModel::set_gelu_fusion`]).
+    gelu_fusion: GeluFusion,
     /// How a training step talks to the host (`--sync`; fixed at construction, as it picks the stream).
     sync: StepSync,
     /// The host's copy of the micro-batch [`train_step`](Self::train_step) is feeding.
@@ -289,6 +292,7 @@ struct GraphKey {
     dloss: u32,
     attention: Attention,
     kernels: Kernels,
+    gelu_fusion: GeluFusion,
 }
 
 impl<T: Float> GpuModel<T> {
@@ -319,6 +323,7 @@ impl<T: Float> GpuModel<T> {
             marks: None,
             train: None,
             attention: Attention::Materialized,
+            gelu_fusion: GeluFusion::Off,
             sync,
             batch: (Vec::new(), Vec::new()),
             graph: None,
@@ -353,6 +358,22 @@ impl<T: Float> GpuModel<T> {
     /// How attention is computed.
     pub fn attention(&self) -> Attention {
         self.attention
+    }
+
+    /// Chooses how much of the training GELU runs in the matmul epilogues from now on
+    /// ([`GeluFusion`]; default off). Refused (one line) for a model with an odd number of
+    /// channels, which cuBLASLt's aux epilogues cannot take. The buffers stay as they are (the
+    /// same activations and scratch serve every choice); a captured `--sync graph` micro-batch is
+    /// captured again for the new choice ([`GraphKey`]).
+    pub fn set_gelu_fusion(&mut self, fusion: GeluFusion) -> Result<()> {
+        fusion.check(self.cfg.channels)?;
+        self.gelu_fusion = fusion;
+        Ok(())
+    }
+
+    /// How much of the training GELU runs in the matmul epilogues.
+    pub fn gelu_fusion(&self) -> GeluFusion {
+        self.gelu_fusion
     }
 
     /// How a training step talks to the host (`--sync`).
@@ -578,8 +599,9 @@ impl<T: Float> GpuModel<T> {
 
     /// Transformer block `l` on N rows, into `r` (see [`BlockRegions`]): the qkv matmul,
     /// attention (`attend` reads qkv and writes atty), the attproj matmul, residual + ln2, the fc
-    /// matmul and GELU (a kernel of its own after keeping the pre-GELU values when `r.fch` is
-    /// given, else fused into the matmul), the fcproj matmul, and residual + the next LayerNorm
+    /// matmul and GELU (when `r.fch` is given, keeping the pre-GELU values there: GELU as a kernel
+    /// of its own, or with `--gelu-fusion forward|both` in the same GEMM, whose epilogue writes
+    /// both; else fused into the matmul), the fcproj matmul, and residual + the next LayerNorm
     /// (block l+1's ln1, or lnf after the last block). The batched forward and the KV-cache
     /// decoder both run it, with their own attention; `mark` records each op when profiling (the
     /// decoder passes a no-op).
@@ -607,7 +629,11 @@ impl<T: Float> GpuModel<T> {
         residual_layernorm_forward(gpu, res2, ln2, mean, rstd, &r.x, &r.attproj, &w, &bias, n, c)?;
         mark("layernorm (+residual)")?;
         let (w, bias) = (pl(Param::Fcw, l), pl(Param::Fcb, l));
-        if let Some(pre) = r.fch.as_mut() {
+        if let (Some(pre), true) = (r.fch.as_mut(), self.gelu_fusion.forward()) {
+            // --gelu-fusion forward|both: the GELU output and the pre-GELU values from one GEMM.
+            matmul_forward_gelu_aux(gpu, blas, &mut r.fch_gelu, pre, &r.ln2, &w, &bias, n, c, 4 * c)?;
+            mark("matmul fc + gelu")?;
+        } else if let Some(pre) = r.fch.as_mut() {
             // Keep the pre-GELU values for the backward: GELU as its own kernel.
             matmul_forward(gpu, blas, pre, &r.ln2, &w, Some(&bias), n, c, 4 * c, false)?;
             mark("matmul fc")?;
@@ -909,28 +935,71 @@ impl<T: Float> GpuModel<T> {
         oc: usize,
     ) -> Result<()> {
         let store = self.ready(dinp)?;
+        self.matmul_grads_into(dinp, store, None, w, bias, l, dout, inp, n, c, oc)?;
+        self.mark(name)
+    }
+
+    /// The backward of the matmul of weight `w` and bias `bias` of layer `l` (unmarked): dinp
+    /// written as `store` says, the parameter gradients accumulated. With `pre_gelu` (the GELU's
+    /// input, when `inp` is its output; `store` must then be Overwrite) dinp is the gradient of
+    /// `pre_gelu` instead, the GELU backward applied in the dinp GEMM (`matmul_backward_dgelu`).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_grads_into(
+        &mut self,
+        dinp: Grad,
+        store: Dinp,
+        pre_gelu: Option<&Region<T>>,
+        w: Param,
+        bias: Option<Param>,
+        l: usize,
+        dout: &Region<T>,
+        inp: &Region<T>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
         let (mut din, mut dw) = (self.grad::<T>(dinp), self.dparam(w, l));
         let mut scratch = self.grad::<f32>(Grad::MmScratch);
         let weight = self.params.slice(self.layout.get(w).layer_range(l));
         let bias_range = bias.map(|b| self.layout.get(b).layer_range(l));
         let tr = self.train.as_mut().expect("training enabled");
         let mut db = bias_range.map(|r| tr.grads.slice_mut(r));
-        super::matmul::matmul_backward(
-            &self.gpu,
-            &self.blas,
-            &mut din,
-            &mut dw,
-            db.as_mut(),
-            &mut scratch,
-            dout,
-            inp,
-            &weight,
-            n,
-            c,
-            oc,
-            store,
-        )?;
-        self.mark(name)
+        let (gpu, blas) = (&self.gpu, &self.blas);
+        match pre_gelu {
+            None => super::matmul::matmul_backward(
+                gpu,
+                blas,
+                &mut din,
+                &mut dw,
+                db.as_mut(),
+                &mut scratch,
+                dout,
+                inp,
+                &weight,
+                n,
+                c,
+                oc,
+                store,
+            ),
+            Some(pre) => {
+                ensure!(store == Dinp::Overwrite, "the DGELU epilogue overwrites dinp; it cannot accumulate");
+                super::matmul::matmul_backward_dgelu(
+                    gpu,
+                    blas,
+                    &mut din,
+                    &mut dw,
+                    db.as_mut(),
+                    &mut scratch,
+                    dout,
+                    inp,
+                    &weight,
+                    pre,
+                    n,
+                    c,
+                    oc,
+                )
+            }
+        }
     }
 
     /// One micro-batch: forward in training mode and backward, accumulating `dloss`-scaled gradients
@@ -1014,23 +1083,36 @@ impl<T: Float> GpuModel<T> {
             let residual = if l == 0 { self.act::<T>(Act::Encoded, 0) } else { self.act(Act::Residual3, l - 1) };
             let dres = self.grad::<T>(Grad::Dresidual);
             let fch_gelu = self.act::<T>(Act::FchGelu, l);
-            self.matmul_grads(
-                "matmul bwd fcproj",
-                Grad::DfchGelu,
-                Param::FcProjw,
-                Some(Param::FcProjb),
-                l,
-                &dres,
-                &fch_gelu,
-                n,
-                4 * c,
-                c,
-            )?;
-            let store = self.ready(Grad::Dfch)?;
-            let (mut dfch, fch, dfch_gelu) =
-                (self.grad::<T>(Grad::Dfch), self.act::<T>(Act::Fch, l), self.grad::<T>(Grad::DfchGelu));
-            super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c, store)?;
-            self.mark("gelu bwd")?;
+            let dfch = if self.gelu_fusion.backward() {
+                // --gelu-fusion both: dfch = (dres @ fcproj_w) * gelu'(fch) from the one GEMM,
+                // overwritten whatever --kernels says (DGELU cannot accumulate): no zeroing of
+                // dfch, no dfch_gelu, no gelu_backward.
+                let fch = self.act::<T>(Act::Fch, l);
+                let (fcproj_w, fcproj_b) = (Param::FcProjw, Some(Param::FcProjb));
+                let (dfch, store) = (Grad::Dfch, Dinp::Overwrite);
+                self.matmul_grads_into(dfch, store, Some(&fch), fcproj_w, fcproj_b, l, &dres, &fch_gelu, n, 4 * c, c)?;
+                self.mark("matmul bwd fcproj + dgelu")?;
+                self.grad::<T>(Grad::Dfch)
+            } else {
+                self.matmul_grads(
+                    "matmul bwd fcproj",
+                    Grad::DfchGelu,
+                    Param::FcProjw,
+                    Some(Param::FcProjb),
+                    l,
+                    &dres,
+                    &fch_gelu,
+                    n,
+                    4 * c,
+                    c,
+                )?;
+                let store = self.ready(Grad::Dfch)?;
+                let (mut dfch, fch, dfch_gelu) =
+                    (self.grad::<T>(Grad::Dfch), self.act::<T>(Act::Fch, l), self.grad::<T>(Grad::DfchGelu));
+                super::gelu::gelu_backward(&self.gpu, &mut dfch, &fch, &dfch_gelu, n * 4 * c, store)?;
+                self.mark("gelu bwd")?;
+                dfch
+            };
             let ln2 = self.act::<T>(Act::Ln2, l);
             self.matmul_grads("matmul bwd fc", Grad::Dln, Param::Fcw, Some(Param::Fcb), l, &dfch, &ln2, n, c, 4 * c)?;
             lnb(
@@ -1139,6 +1221,7 @@ impl<T: Float> GpuModel<T> {
             dloss: s.dloss.to_bits(),
             attention: self.attention,
             kernels: self.gpu.kernels(),
+            gelu_fusion: self.gelu_fusion,
         };
         if self.sync != StepSync::Graph || self.marks.is_some() {
             return self.forward_backward_layers(inputs, targets, s.batch, s.seq, s.dloss);

@@ -1,7 +1,11 @@
 //! Matmul forward on cuBLASLt: `out = inp @ weight^T (+ bias) (then GELU)`, the CUDA counterpart
 //! of `src/cpu/matmul.rs`, with bias and GELU fused into the GEMM epilogue; and the backward
 //! ([`matmul_backward`]: two cuBLASLt GEMMs, dweight accumulating and dinp accumulating or
-//! overwritten, and a deterministic bias reduction in `kernels/matmul.cu`).
+//! overwritten, and a deterministic bias reduction in `kernels/matmul.cu`). Behind
+//! `--gelu-fusion` (not yet verified on a GPU), two variants move the training GELU into the
+//! epilogues as well: [`matmul_forward_gelu_aux`] (GELU_AUX_BIAS: the GELU output and the
+//! pre-GELU values from one GEMM) and [`matmul_backward_dgelu`] (DGELU: the GELU backward in the
+//! dinp GEMM).
 //!
 //! Row-major to column-major: a row-major (R, C) matrix is, byte for byte, a column-major (C, R)
 //! matrix with leading dimension C. So cuBLASLt computes the transposed problem
@@ -19,7 +23,7 @@
 use std::sync::Arc;
 
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::blas::{Blas, Epilogue, GemmDtype, LtGemm};
 use super::device::{to_i32, Gpu};
@@ -43,26 +47,74 @@ pub fn matmul_forward<T: Float>(
     oc: usize,
     gelu: bool,
 ) -> Result<()> {
-    ensure!(c > 0, "matmul_forward: C must be positive");
-    ensure!(out.len() >= n * oc, "matmul_forward: out has {} < N*OC = {}", out.len(), n * oc);
-    ensure!(inp.len() >= n * c, "matmul_forward: inp has {} < N*C = {}", inp.len(), n * c);
-    ensure!(weight.len() >= oc * c, "matmul_forward: weight has {} < OC*C = {}", weight.len(), oc * c);
-    if let Some(bias) = bias {
-        ensure!(bias.len() >= oc, "matmul_forward: bias has {} < OC = {oc}", bias.len());
+    forward_gemm(gpu, blas, out, None::<&mut CudaSlice<T>>, inp, weight, bias, n, c, oc, gelu)
+}
+
+/// `pre (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC)` and `out (N,OC) = gelu_tanh(pre)` from
+/// one GEMM, queued on `gpu.stream()` (`--gelu-fusion forward|both`, not yet verified on a GPU):
+/// the GELU_AUX_BIAS epilogue writes the GELU's output to `out` and its input, which the GELU
+/// backward needs, to `pre`, so no `gelu_forward` kernel reads `pre` back. Both row-major and
+/// overwritten (never read); cuBLASLt needs OC (their leading dimension) to be a multiple of 8
+/// (refused otherwise). `pre` is what [`matmul_forward`] with the bias and without GELU writes,
+/// the same GEMM; `out` is GELU applied to the fp32 result before it is rounded to `T`, where
+/// `gelu_forward` on `pre` applies it to the rounded value (so in bf16 the two differ by up to
+/// about one bf16 rounding of the output; in f32 they agree to fp32 rounding).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward_gelu_aux<T: Float>(
+    gpu: &Gpu,
+    blas: &Blas,
+    out: &mut impl DevicePtrMut<T>,
+    pre: &mut impl DevicePtrMut<T>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    bias: &CudaView<'_, T>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    forward_gemm(gpu, blas, out, Some(pre), inp, weight, Some(bias), n, c, oc, true)
+}
+
+/// The one GEMM of [`matmul_forward`] (`pre` = None: epilogue None, BIAS, GELU or GELU_BIAS) and
+/// of [`matmul_forward_gelu_aux`] (`pre` given, with a bias and `gelu`: GELU_AUX_BIAS writing
+/// the pre-GELU values to `pre`).
+#[allow(clippy::too_many_arguments)]
+fn forward_gemm<T: Float, P: DevicePtrMut<T>>(
+    gpu: &Gpu,
+    blas: &Blas,
+    out: &mut impl DevicePtrMut<T>,
+    pre: Option<&mut P>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    bias: Option<&CudaView<'_, T>>,
+    n: usize,
+    c: usize,
+    oc: usize,
+    gelu: bool,
+) -> Result<()> {
+    let op = if pre.is_some() { "matmul_forward_gelu_aux" } else { "matmul_forward" };
+    ensure!(c > 0, "{op}: C must be positive");
+    ensure!(out.len() >= n * oc, "{op}: out has {} < N*OC = {}", out.len(), n * oc);
+    if let Some(pre) = pre.as_ref() {
+        ensure!(pre.len() >= n * oc, "{op}: pre has {} < N*OC = {}", pre.len(), n * oc);
     }
-    ensure!(
-        Arc::ptr_eq(blas.stream(), gpu.stream()),
-        "matmul_forward: blas was created for a different stream than gpu"
-    );
+    ensure!(inp.len() >= n * c, "{op}: inp has {} < N*C = {}", inp.len(), n * c);
+    ensure!(weight.len() >= oc * c, "{op}: weight has {} < OC*C = {}", weight.len(), oc * c);
+    if let Some(bias) = bias {
+        ensure!(bias.len() >= oc, "{op}: bias has {} < OC = {oc}", bias.len());
+    }
+    ensure!(Arc::ptr_eq(blas.stream(), gpu.stream()), "{op}: blas was created for a different stream than gpu");
     let dtype = GemmDtype::of::<T>()?;
     if n == 0 || oc == 0 {
         return Ok(());
     }
-    let epilogue = match (bias.is_some(), gelu) {
-        (false, false) => Epilogue::None,
-        (false, true) => Epilogue::Gelu,
-        (true, false) => Epilogue::Bias,
-        (true, true) => Epilogue::GeluBias,
+    let epilogue = match (bias.is_some(), gelu, pre.is_some()) {
+        (false, false, false) => Epilogue::None,
+        (false, true, false) => Epilogue::Gelu,
+        (true, false, false) => Epilogue::Bias,
+        (true, true, false) => Epilogue::GeluBias,
+        (true, true, true) => Epilogue::GeluAuxBias,
+        (_, _, true) => anyhow::bail!("{op}: keeping the pre-GELU values needs a bias and GELU"),
     };
 
     let stream = &**gpu.stream();
@@ -71,6 +123,8 @@ pub fn matmul_forward<T: Float>(
     let (w_ptr, _w_guard) = weight.device_ptr(stream);
     let bias_guarded = bias.map(|b| b.device_ptr(stream));
     let bias_ptr = bias_guarded.as_ref().map_or(0, |(p, _)| *p);
+    let pre_guarded = pre.map(|p| p.device_ptr_mut(stream));
+    let aux_ptr = pre_guarded.as_ref().map_or(0, |(p, _)| *p);
 
     let gemm = LtGemm {
         m: oc,
@@ -85,16 +139,20 @@ pub fn matmul_forward<T: Float>(
         d: out_ptr,
         ldd: oc,
         bias: bias_ptr,
+        aux: aux_ptr,
         epilogue,
         accumulate: false,
         dtype,
         d_dtype: dtype,
     };
     // SAFETY: the lengths checked above cover every element the GEMM reads or writes (weight
-    // OC*C, inp N*C, out N*OC, bias OC); the guards keep the buffers stream-ordered until after
-    // the work is queued on the same stream `blas` uses.
-    unsafe { blas.lt_matmul(&gemm) }
-        .with_context(|| format!("matmul_forward<{dtype:?}> N={n} C={c} OC={oc} bias={} gelu={gelu}", bias.is_some()))
+    // OC*C, inp N*C, out N*OC, bias OC, and pre N*OC with the same (OC,N) ld OC layout as out);
+    // the guards keep the buffers stream-ordered until after the work is queued on the same
+    // stream `blas` uses.
+    unsafe { blas.lt_matmul(&gemm) }.with_context(|| match epilogue {
+        Epilogue::GeluAuxBias => format!("{op}<{dtype:?}> N={n} C={c} OC={oc}"),
+        _ => format!("{op}<{dtype:?}> N={n} C={c} OC={oc} bias={} gelu={gelu}", bias.is_some()),
+    })
 }
 
 /// Rows of `dout` per chunk of the deterministic bias-gradient reduction (see
@@ -154,25 +212,82 @@ pub fn matmul_backward<T: Float>(
     oc: usize,
     store: Dinp,
 ) -> Result<()> {
-    ensure!(dinp.len() >= n * c, "matmul_backward: dinp has {} < N*C = {}", dinp.len(), n * c);
-    ensure!(dweight.len() >= oc * c, "matmul_backward: dweight has {} < OC*C = {}", dweight.len(), oc * c);
-    ensure!(dout.len() >= n * oc, "matmul_backward: dout has {} < N*OC = {}", dout.len(), n * oc);
-    ensure!(inp.len() >= n * c, "matmul_backward: inp has {} < N*C = {}", inp.len(), n * c);
-    ensure!(weight.len() >= oc * c, "matmul_backward: weight has {} < OC*C = {}", weight.len(), oc * c);
-    if let Some(dbias) = dbias.as_ref() {
-        ensure!(dbias.len() >= oc, "matmul_backward: dbias has {} < OC = {oc}", dbias.len());
-        let need = matmul_backward_scratch_len(n, oc);
-        ensure!(scratch.len() >= need, "matmul_backward: scratch has {} < {need}", scratch.len());
+    let pre_gelu = None::<&CudaSlice<T>>;
+    backward_gemms(gpu, blas, dinp, dweight, dbias, scratch, dout, inp, weight, pre_gelu, n, c, oc, store)
+}
+
+/// [`matmul_backward`] for a matmul whose input `inp` is `gelu_tanh(pre_gelu)` (the fcproj matmul
+/// after the fc matmul's GELU), with the GELU backward applied in the dinp GEMM's epilogue
+/// (DGELU; `--gelu-fusion both`, not yet verified on a GPU):
+/// - `dinp (N,C) = (dout (N,OC) @ weight (OC,C)) * gelu_tanh'(pre_gelu (N,C))`, overwritten (beta
+///   = 0; dinp is never read, so it needs no zeroing, whatever `--kernels` says): the gradient of
+///   the GELU's input, what `matmul_backward` into a scratch followed by `gelu_backward` gives,
+///   in one GEMM and without the scratch. cuBLASLt needs C (dinp's and pre_gelu's leading
+///   dimension) to be a multiple of 8 (refused otherwise). In bf16 the product is not rounded
+///   to bf16 before the GELU derivative multiplies it (one rounding instead of two).
+/// - `dweight` and `dbias` accumulate exactly as in [`matmul_backward`] (the same GEMM and
+///   reduction).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward_dgelu<T: Float>(
+    gpu: &Gpu,
+    blas: &Blas,
+    dinp: &mut impl DevicePtrMut<T>,
+    dweight: &mut impl DevicePtrMut<f32>,
+    dbias: Option<&mut CudaViewMut<'_, f32>>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<T>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    pre_gelu: &impl DevicePtr<T>,
+    n: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    let pre_gelu = Some(pre_gelu);
+    backward_gemms(gpu, blas, dinp, dweight, dbias, scratch, dout, inp, weight, pre_gelu, n, c, oc, Dinp::Overwrite)
+}
+
+/// The body of [`matmul_backward`] (`pre_gelu` = None: the dinp GEMM without an epilogue,
+/// accumulating or overwriting as `store` says) and of [`matmul_backward_dgelu`] (`pre_gelu`
+/// given, `store` = Overwrite: the dinp GEMM with the DGELU epilogue reading it).
+#[allow(clippy::too_many_arguments)]
+fn backward_gemms<T: Float, P: DevicePtr<T>>(
+    gpu: &Gpu,
+    blas: &Blas,
+    dinp: &mut impl DevicePtrMut<T>,
+    dweight: &mut impl DevicePtrMut<f32>,
+    dbias: Option<&mut CudaViewMut<'_, f32>>,
+    scratch: &mut impl DevicePtrMut<f32>,
+    dout: &impl DevicePtr<T>,
+    inp: &impl DevicePtr<T>,
+    weight: &impl DevicePtr<T>,
+    pre_gelu: Option<&P>,
+    n: usize,
+    c: usize,
+    oc: usize,
+    store: Dinp,
+) -> Result<()> {
+    let op = if pre_gelu.is_some() { "matmul_backward_dgelu" } else { "matmul_backward" };
+    ensure!(dinp.len() >= n * c, "{op}: dinp has {} < N*C = {}", dinp.len(), n * c);
+    ensure!(dweight.len() >= oc * c, "{op}: dweight has {} < OC*C = {}", dweight.len(), oc * c);
+    ensure!(dout.len() >= n * oc, "{op}: dout has {} < N*OC = {}", dout.len(), n * oc);
+    ensure!(inp.len() >= n * c, "{op}: inp has {} < N*C = {}", inp.len(), n * c);
+    ensure!(weight.len() >= oc * c, "{op}: weight has {} < OC*C = {}", weight.len(), oc * c);
+    if let Some(pre) = pre_gelu {
+        ensure!(pre.len() >= n * c, "{op}: pre_gelu has {} < N*C = {}", pre.len(), n * c);
+        ensure!(store == Dinp::Overwrite, "{op}: the DGELU epilogue overwrites dinp; it cannot accumulate");
     }
-    ensure!(
-        Arc::ptr_eq(blas.stream(), gpu.stream()),
-        "matmul_backward: blas was created for a different stream than gpu"
-    );
+    if let Some(dbias) = dbias.as_ref() {
+        ensure!(dbias.len() >= oc, "{op}: dbias has {} < OC = {oc}", dbias.len());
+        let need = matmul_backward_scratch_len(n, oc);
+        ensure!(scratch.len() >= need, "{op}: scratch has {} < {need}", scratch.len());
+    }
+    ensure!(Arc::ptr_eq(blas.stream(), gpu.stream()), "{op}: blas was created for a different stream than gpu");
     let dtype = GemmDtype::of::<T>()?;
     // (dinp would be a sum over an empty set, zeros, which no GEMM writes.)
     ensure!(
         oc > 0 || n * c == 0 || store == Dinp::Accumulate,
-        "matmul_backward: OC = 0 cannot overwrite dinp; use Dinp::Accumulate on a zeroed dinp"
+        "{op}: OC = 0 cannot overwrite dinp; use Dinp::Accumulate on a zeroed dinp"
     );
     // Every gradient is a sum over an empty set: nothing to add.
     if n == 0 || c == 0 || oc == 0 {
@@ -185,8 +300,11 @@ pub fn matmul_backward<T: Float>(
     let (dout_ptr, _dout_guard) = dout.device_ptr(stream);
     let (inp_ptr, _inp_guard) = inp.device_ptr(stream);
     let (w_ptr, _w_guard) = weight.device_ptr(stream);
+    let pre_guarded = pre_gelu.map(|p| p.device_ptr(stream));
+    let pre_ptr = pre_guarded.as_ref().map_or(0, |(p, _)| *p);
 
-    // dinp^T (C,N) (+)= weight^T (C,OC) · dout^T (OC,N).
+    // dinp^T (C,N) (+)= weight^T (C,OC) · dout^T (OC,N), with DGELU: times gelu'(pre_gelu^T (C,N),
+    // ld C, laid out as dinp).
     let dinp_gemm = LtGemm {
         m: c,
         n,
@@ -200,16 +318,18 @@ pub fn matmul_backward<T: Float>(
         d: dinp_ptr,
         ldd: c,
         bias: 0,
-        epilogue: Epilogue::None,
+        aux: pre_ptr,
+        epilogue: if pre_gelu.is_some() { Epilogue::DGelu } else { Epilogue::None },
         accumulate: store == Dinp::Accumulate,
         dtype,
         d_dtype: dtype,
     };
     // SAFETY: weight covers OC*C, dout N*OC, dinp N*C elements (checked above), exactly what the
-    // (C,OC)·(OC,N) -> (C,N) GEMM with these leading dimensions touches; the guards keep them
-    // stream-ordered until the work is queued on the stream `blas` uses.
+    // (C,OC)·(OC,N) -> (C,N) GEMM with these leading dimensions touches, and pre_gelu N*C read
+    // with dinp's layout; the guards keep them stream-ordered until the work is queued on the
+    // stream `blas` uses.
     unsafe { blas.lt_matmul(&dinp_gemm) }
-        .with_context(|| format!("matmul_backward<{dtype:?}> dinp ({store:?}) N={n} C={c} OC={oc}"))?;
+        .with_context(|| format!("{op}<{dtype:?}> dinp ({store:?}) N={n} C={c} OC={oc}"))?;
 
     // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC); inputs T, the gradient f32.
     let dweight_gemm = LtGemm {
@@ -225,6 +345,7 @@ pub fn matmul_backward<T: Float>(
         d: dw_ptr,
         ldd: c,
         bias: 0,
+        aux: 0,
         epilogue: Epilogue::None,
         accumulate: true,
         dtype,
@@ -232,9 +353,14 @@ pub fn matmul_backward<T: Float>(
     };
     // SAFETY: inp covers N*C, dout N*OC (read as (OC,N) ld OC, transposed), dweight OC*C
     // (checked above); guards held as for the first GEMM.
-    unsafe { blas.lt_matmul(&dweight_gemm) }
-        .with_context(|| format!("matmul_backward<{dtype:?}> dweight N={n} C={c} OC={oc}"))?;
+    unsafe { blas.lt_matmul(&dweight_gemm) }.with_context(|| format!("{op}<{dtype:?}> dweight N={n} C={c} OC={oc}"))?;
 
+    // The bias gradient is a kernel of its own rather than cuBLASLt's BGRADB epilogue on the
+    // dweight GEMM (issue 15 §3 left it out on purpose): BGRADB writes the column sums rather
+    // than adding them to dbias, while dbias accumulates over micro-batches, so it would need a
+    // scratch and an add kernel anyway; and its reduction order is cuBLAS's own, so whether it
+    // is deterministic (this two-pass reduction is, bit for bit) has to be measured on a GPU
+    // before it could replace it.
     if let Some(dbias) = dbias {
         let (ni, oci) = (to_i32(n, "N")?, to_i32(oc, "OC")?);
         let rows = to_i32(BIAS_ROWS_PER_CHUNK, "rows per chunk")?;

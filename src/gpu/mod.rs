@@ -238,6 +238,73 @@ impl std::fmt::Display for StepSync {
     }
 }
 
+/// How much of the training GELU runs in cuBLASLt's matmul epilogues, from `--gelu-fusion
+/// off|forward|both` (issue 15 §3; llm.c's `gelu_fusion` 0/1/2, which it found slower on Ampere
+/// and Ada, so each run chooses). `Off` (the default, the verified path): the fc matmul writes the
+/// pre-GELU values with a BIAS epilogue and `gelu_forward` writes the GELU's output from them; the
+/// backward's fcproj matmul writes the GELU output's gradient and `gelu_backward` the input's.
+/// `Forward`: the fc matmul writes both the GELU output and the pre-GELU values from one GEMM
+/// (GELU_AUX_BIAS), with no `gelu_forward` launch. `Both`: `Forward`, and the fcproj matmul's
+/// dinp GEMM applies the GELU backward itself (DGELU, reading the pre-GELU values) and writes
+/// the GELU input's gradient directly (overwriting it, so it is never zeroed, whatever
+/// `--kernels` says), with no `gelu_backward` launch. Only training changes (evaluation and
+/// sampling already fuse the GELU, keeping no pre-GELU values). Not yet verified on a GPU; not
+/// part of a run's settings (the model is the same), so a resumed run may choose another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GeluFusion {
+    #[default]
+    Off,
+    Forward,
+    Both,
+}
+
+impl GeluFusion {
+    /// Whether the training forward's fc matmul also applies the GELU (`Forward` or `Both`).
+    pub fn forward(self) -> bool {
+        self != GeluFusion::Off
+    }
+
+    /// Whether the backward's fcproj matmul also applies the GELU backward (`Both`).
+    pub fn backward(self) -> bool {
+        self == GeluFusion::Both
+    }
+
+    /// The one-line refusal of a model the epilogues cannot serve: cuBLASLt needs the pre-GELU
+    /// matrix's leading dimension, 4 x `channels`, to be a multiple of 8 (so `channels` even).
+    pub fn check(self, channels: usize) -> anyhow::Result<()> {
+        if self != GeluFusion::Off && !(4 * channels).is_multiple_of(8) {
+            anyhow::bail!(
+                "--gelu-fusion {self} needs an even number of channels (cuBLASLt's GELU epilogues need 4 x channels \
+                 = {} to be a multiple of 8); this model has {channels}; use --gelu-fusion off",
+                4 * channels
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for GeluFusion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(GeluFusion::Off),
+            "forward" => Ok(GeluFusion::Forward),
+            "both" => Ok(GeluFusion::Both),
+            _ => Err("expected off, forward or both".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for GeluFusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GeluFusion::Off => "off",
+            GeluFusion::Forward => "forward",
+            GeluFusion::Both => "both",
+        })
+    }
+}
+
 /// How a backward op writes the activation gradient it produces (`dinp`; attention's `dqkv`).
 /// `Accumulate` adds to what the buffer holds (`+=`, as the CPU reference), so the buffer must be
 /// initialised (zeroed) first; `Overwrite` stores the gradient (`=`) and never reads the old
@@ -368,5 +435,45 @@ mod tests {
         assert!(StepSync::Graph.queues_whole_steps() && StepSync::Step.queues_whole_steps());
         assert!(!StepSync::Micro.queues_whole_steps());
         assert!("async".parse::<StepSync>().unwrap_err().contains("micro, step or graph"));
+    }
+
+    #[test]
+    fn gelu_fusion_choices() {
+        assert_eq!(GeluFusion::default(), GeluFusion::Off);
+        for (text, fusion) in [("off", GeluFusion::Off), ("forward", GeluFusion::Forward), ("both", GeluFusion::Both)] {
+            assert_eq!(text.parse::<GeluFusion>().unwrap(), fusion);
+            assert_eq!(fusion.to_string(), text);
+        }
+        for bad in ["on", "backward", "Both", "1", ""] {
+            assert!(bad.parse::<GeluFusion>().unwrap_err().contains("expected off, forward or both"), "{bad:?}");
+        }
+        assert!(!GeluFusion::Off.forward() && !GeluFusion::Off.backward());
+        assert!(GeluFusion::Forward.forward() && !GeluFusion::Forward.backward());
+        assert!(GeluFusion::Both.forward() && GeluFusion::Both.backward());
+    }
+
+    /// The epilogues' aux leading dimension is 4C: every fusion takes an even C, and an odd C is
+    /// refused in one line naming the option and the way out, unless fusion is off.
+    #[test]
+    fn gelu_fusion_refuses_an_odd_width() {
+        for fusion in [GeluFusion::Off, GeluFusion::Forward, GeluFusion::Both] {
+            for c in [2, 64, 768, 1024, 1026] {
+                assert!(fusion.check(c).is_ok(), "{fusion} with C = {c}");
+            }
+        }
+        assert!(GeluFusion::Off.check(33).is_ok());
+        for fusion in [GeluFusion::Forward, GeluFusion::Both] {
+            for c in [1, 33, 765] {
+                let e = fusion.check(c).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("--gelu-fusion {fusion} needs an even number of channels"))
+                        && e.contains(&format!("this model has {c}"))
+                        && e.contains(&format!("4 x channels = {}", 4 * c))
+                        && e.contains("use --gelu-fusion off")
+                        && !e.contains('\n'),
+                    "{e}"
+                );
+            }
+        }
     }
 }

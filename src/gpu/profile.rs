@@ -50,9 +50,12 @@ pub fn family(name: &str) -> &'static str {
         "matmul qkv" | "matmul attproj" | "matmul fc" | "matmul fc + gelu" | "matmul fcproj" | "matmul logits" => {
             "matmul fwd"
         }
-        "matmul bwd logits" | "matmul bwd fcproj" | "matmul bwd fc" | "matmul bwd attproj" | "matmul bwd qkv" => {
-            "matmul bwd"
-        }
+        "matmul bwd logits"
+        | "matmul bwd fcproj"
+        | "matmul bwd fcproj + dgelu"
+        | "matmul bwd fc"
+        | "matmul bwd attproj"
+        | "matmul bwd qkv" => "matmul bwd",
         "attention" => "attention fwd",
         "attention bwd" => "attention bwd",
         "gelu" => "gelu fwd",

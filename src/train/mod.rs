@@ -21,7 +21,7 @@ use crate::data::manifest::Split;
 use crate::gpu::adamw::StepOutcome;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::gpt::TrainStep;
-use crate::gpu::{Attention, Kernels, Precision, StepSync};
+use crate::gpu::{Attention, GeluFusion, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
@@ -65,6 +65,10 @@ pub struct TrainOptions {
     pub kernels: Kernels,
     /// On the GPU: read each micro-batch's loss back (default) or one record per step (`--sync`).
     pub sync: StepSync,
+    /// On the GPU: the GELU as kernels of its own (default) or in the matmul epilogues
+    /// (`--gelu-fusion`). Not part of the run's settings: it does not change the model, so a
+    /// resumed run may use another.
+    pub gelu_fusion: GeluFusion,
     /// The dataset as the user named it, for the log (default: `run.data`, which is resolved).
     pub data_label: Option<String>,
 }
@@ -84,6 +88,7 @@ impl TrainOptions {
             attention: Attention::Materialized,
             kernels: Kernels::Scalar,
             sync: StepSync::Micro,
+            gelu_fusion: GeluFusion::Off,
             data_label: None,
         }
     }
@@ -345,6 +350,7 @@ impl Engine {
                 let mut g = gpu_engine(&r.model, &t.params, ordinal, o.precision, true, o.sync)?;
                 g.set_attention(o.attention)?;
                 g.set_kernels(o.kernels);
+                g.set_gelu_fusion(o.gelu_fusion)?;
                 g.enable_training(&t.params, t.opt.t)?;
                 g.upload_moments(&t.opt.m, &t.opt.v)?;
                 Engine::Gpu(g)

@@ -3,13 +3,17 @@
 
 use super::common::assert_same_bits;
 use super::{
-    assert_overwrite_bits, check_bf16_close, gpu_or_skip, nan_buffer, rel_error, round, to_f64, widen, Uniform, BF16_U,
+    assert_overwrite_bits, check_bf16_close, download, gpu_or_skip, max_ref, nan_buffer, poisoned, rel_error, round,
+    to_f64, widen, Uniform, BF16_U,
 };
 use cudarc::driver::{CudaSlice, CudaViewMut};
 use genesis::cpu;
 use genesis::gpu::blas::Blas;
 use genesis::gpu::device::Gpu;
-use genesis::gpu::matmul::{matmul_backward, matmul_backward_scratch_len, matmul_forward};
+use genesis::gpu::gelu::{gelu_backward, gelu_forward};
+use genesis::gpu::matmul::{
+    matmul_backward, matmul_backward_dgelu, matmul_backward_scratch_len, matmul_forward, matmul_forward_gelu_aux,
+};
 use genesis::gpu::{Dinp, Float};
 use genesis::rng::Rng;
 use half::bf16;
@@ -645,4 +649,283 @@ fn check_backward_overwrite<T: Float>(seed: u64, label: &str) {
 fn matmul_backward_overwrite_matches_accumulating_onto_zeros() {
     check_backward_overwrite::<f32>(0x6d61_746d_756c_0301, "matmul_backward overwrite");
     check_backward_overwrite::<bf16>(0x6d61_746d_756c_0302, "matmul_backward overwrite bf16");
+}
+
+// ---- the GELU in the epilogues (--gelu-fusion forward|both): GELU_AUX_BIAS and DGELU ----
+//
+// Each fused GEMM against the verified unfused ops it replaces, on the same inputs: the forward
+// against `matmul_forward` with the bias (the pre-GELU values) then `gelu_forward`, the backward
+// against `matmul_backward` (dinp overwritten) then `gelu_backward` (overwritten). Outputs start
+// as NaN (with a NaN tail past their end), so an element the fused GEMM fails to write, or one it
+// writes past the end, shows; the DGELU destination's NaN also catches a GEMM that reads it.
+
+/// Per element, |fused - unfused| <= BF16_U * (1.01 (|fused| + |unfused|) + 1.2 |mid|) + atol,
+/// `mid` being the value the unfused path rounds to bf16 in between (the pre-GELU value, or the
+/// GELU output's gradient) and atol the fp32 arithmetic's part; returns the worst error over max
+/// |unfused|. Why this form: the fused path rounds once, at the end; the unfused one rounds `mid`
+/// to bf16 (an error of at most 2^-8 |mid|, carried through the GELU or its derivative, whose
+/// slopes are at most 1.13 in magnitude, hence 1.2) and then its own output. Each output rounding
+/// is at most 2^-8 of the value rounded, which is within 2^-8 of the stored result (hence 1.01).
+/// So in bf16 the two differ by up to about one bf16 rounding of the output, never more.
+fn assert_fused_close(what: &str, fused: &[f32], unfused: &[f32], mid: &[f32], atol: f64) -> f64 {
+    assert_eq!(fused.len(), unfused.len(), "{what}: length");
+    let scale = max_ref(&to_f64(unfused));
+    let mut worst = 0.0f64;
+    for (i, ((&f, &u), &m)) in fused.iter().zip(unfused).zip(mid).enumerate() {
+        assert!(f.is_finite() && u.is_finite(), "{what}: element {i}: fused {f}, unfused {u} (unwritten?)");
+        let err = (f64::from(f) - f64::from(u)).abs();
+        let bound = BF16_U * (1.01 * (f64::from(f).abs() + f64::from(u).abs()) + 1.2 * f64::from(m).abs()) + atol;
+        assert!(err <= bound, "{what}: element {i}: fused {f} vs unfused {u} (between: {m}): {err:.3e} > {bound:.3e}");
+        worst = worst.max(err);
+    }
+    worst / scale.max(f64::MIN_POSITIVE)
+}
+
+/// fp32 (TF32 off): the largest |fused - unfused| over max |unfused|, asserted <= `tol`.
+fn assert_fused_close_f32(what: &str, fused: &[f32], unfused: &[f32], tol: f64) -> f64 {
+    assert_eq!(fused.len(), unfused.len(), "{what}: length");
+    for (i, (&f, &u)) in fused.iter().zip(unfused).enumerate() {
+        assert!(f.is_finite() && u.is_finite(), "{what}: element {i}: fused {f}, unfused {u} (unwritten?)");
+    }
+    let scale = max_ref(&to_f64(unfused));
+    let err = super::max_abs_diff_f64(fused, unfused) / scale.max(f64::MIN_POSITIVE);
+    assert!(err <= tol, "{what}: max |fused - unfused| / max |unfused| = {err:.3e} > {tol:.0e}");
+    err
+}
+
+/// fp32 bound of the fused forward against the unfused one, relative to max |unfused|: 1e-6.
+/// Both apply the tanh GELU to the same fp32 value (the same GEMM, whose pre-GELU output is
+/// checked bit for bit), so only the two GELU evaluations differ: each is a handful of fp32
+/// operations around an accurate tanhf (a few 2^-24 of the value), at most ~1e-7 of the output
+/// where the GELU is steep and far less where it saturates. An epilogue evaluating tanh with the
+/// hardware approximation (about 2^-11 relative, which `matmul_forward_matches_cpu_fp32`'s
+/// GELU_TOL allows against f64) would show as some 1e-5 here and fail: then the fused GELU is not
+/// the verified one to rounding, which is what this is here to find out.
+const FUSED_F32_TOL: f64 = 1e-6;
+
+/// (N, C, OC) for the fused forward: OC, the aux leading dimension, a multiple of 8 as cuBLASLt
+/// requires; the last two are gpt2-124m's fc matmul (C = 768, OC = 4C) at a few rows.
+const GELU_AUX_SHAPES: &[(usize, usize, usize)] =
+    &[(1, 64, 64), (3, 5, 8), (7, 33, 72), (300, 24, 40), (51, 64, 256), (17, 768, 3072), (64, 768, 3072)];
+
+/// `matmul_forward_gelu_aux` in `T` (TF32 off) against `matmul_forward` (bias, no GELU) followed by
+/// `gelu_forward` on the same inputs: the pre-GELU values bit for bit (the same GEMM and bias:
+/// cuBLASLt was asked for the same product, only the epilogue's extra output differs; should a
+/// GPU show the heuristic picking another kernel, hence another summation order, for the aux
+/// epilogue, this is where it shows), the GELU output within one bf16 rounding (bf16: the fused
+/// GELU is applied to the fp32 value, the unfused one to the bf16-rounded pre-GELU value; see
+/// [`assert_fused_close`]) or [`FUSED_F32_TOL`] (f32). Inputs uniform in [-1, 1): with C up to
+/// 768 the pre-GELU values spread over about +-30, through the GELU's curved part and both tails.
+fn check_gelu_aux<T: Float>(seed: u64) {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = Rng::new(seed);
+    let stream = gpu.stream();
+    let label = std::any::type_name::<T>();
+    for &(n, c, oc) in GELU_AUX_SHAPES {
+        let d_inp = stream.clone_htod(&round::<T>(&rng.uniform_vec(n * c))).unwrap();
+        let d_weight = stream.clone_htod(&round::<T>(&rng.uniform_vec(oc * c))).unwrap();
+        let d_bias = stream.clone_htod(&round::<T>(&rng.uniform_vec(oc))).unwrap();
+        let bias = d_bias.as_view();
+        let len = n * oc;
+        let (mut pre_ref, mut out_ref) = (poisoned::<T>(&gpu, len), poisoned::<T>(&gpu, len));
+        matmul_forward(&gpu, &blas, &mut pre_ref, &d_inp, &d_weight, Some(&bias), n, c, oc, false).unwrap();
+        gelu_forward(&gpu, &mut out_ref, &pre_ref, len).unwrap();
+        let (mut pre, mut out) = (poisoned::<T>(&gpu, len), poisoned::<T>(&gpu, len));
+        matmul_forward_gelu_aux(&gpu, &blas, &mut out, &mut pre, &d_inp, &d_weight, &bias, n, c, oc).unwrap();
+        gpu.synchronize().unwrap();
+        let what = format!("matmul_forward_gelu_aux<{label}> N={n} C={c} OC={oc}");
+        let (pre_ref, out_ref) = (download(&gpu, "pre (Bias)", &pre_ref, len), download(&gpu, "gelu", &out_ref, len));
+        let (pre, out) = (download(&gpu, &format!("{what} pre"), &pre, len), download(&gpu, &what, &out, len));
+        assert_same_bits(&format!("{what}: pre-GELU aux vs the Bias epilogue's output"), &pre, &pre_ref);
+        let err = if T::BYTES == 2 {
+            assert_fused_close(&what, &out, &out_ref, &pre_ref, FUSED_F32_TOL * max_ref(&to_f64(&out_ref)))
+        } else {
+            assert_fused_close_f32(&what, &out, &out_ref, FUSED_F32_TOL)
+        };
+        println!("{what}: pre bit-identical; max |fused - unfused| / max |unfused| = {err:.3e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn matmul_forward_gelu_aux_matches_the_unfused_ops() {
+    check_gelu_aux::<f32>(0x6d61_746d_756c_0401);
+    check_gelu_aux::<bf16>(0x6d61_746d_756c_0402);
+}
+
+/// (N, C, OC) for the DGELU backward, C (dinp's and the pre-GELU values' leading dimension) a
+/// multiple of 8; N > 256 takes several chunks of the bias reduction; the last is gpt2-124m's
+/// fcproj (C = 4 x 768 in, OC = 768 out).
+const DGELU_SHAPES: &[(usize, usize, usize)] =
+    &[(1, 8, 1), (3, 8, 5), (300, 24, 40), (600, 40, 33), (17, 256, 64), (64, 3072, 768)];
+
+/// `matmul_backward_dgelu` in `T` (TF32 off) against `matmul_backward` (dinp overwritten, into a
+/// scratch) followed by `gelu_backward` (overwritten) on the same random non-zero inputs: the
+/// pre-GELU values uniform in [-3, 3) (the GELU's curved part and its tails), the rest in
+/// [-1, 1); dweight and dbias accumulate from the same random prefill in both. Destinations start
+/// as NaN: the fused dinp must be written everywhere and never read (DGELU is beta = 0).
+/// - dweight and dbias: the same bits (the same GEMM and reduction).
+/// - dinp, f32: `fused = acc * gelu'(pre)` against `unfused = gelu'(pre) * acc`, acc the fp32 GEMM
+///   result. With the same kernel for both epilogues, acc has the same bits and only the two
+///   derivative evaluations differ (~1e-7 of the value, as for the forward); the bound also
+///   allows the heuristic a different kernel (another summation order over OC: up to
+///   [`backward_tol`] of max |acc|, times the derivative's 1.13 at most), and is still below
+///   what an approximate tanh in the derivative (~2^-11 of |acc|) would give.
+/// - dinp, bf16: one rounding (fused) against two (acc rounded to bf16 in between):
+///   [`assert_fused_close`] with `mid` = the unfused dinp of the GELU's output, plus the
+///   different-kernel allowance in bf16 terms ([`bf16_gemm_slack`]).
+///
+/// Each fused run is repeated and must repeat bit for bit.
+fn check_dgelu<T: Float>(seed: u64) {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let mut rng = Rng::new(seed);
+    let stream = gpu.stream();
+    let label = std::any::type_name::<T>();
+    for &(n, c, oc) in DGELU_SHAPES {
+        let case = BackwardCase::new::<T>(&mut rng, n, c, oc);
+        let pre: Vec<f32> = rng.uniform_vec(n * c).iter().map(|x| 3.0 * x).collect();
+        let d_pre = stream.clone_htod(&round::<T>(&pre)).unwrap();
+        let (d_dout, d_inp, d_weight) = (
+            stream.clone_htod(&round::<T>(&case.dout)).unwrap(),
+            stream.clone_htod(&round::<T>(&case.inp)).unwrap(),
+            stream.clone_htod(&round::<T>(&case.weight)).unwrap(),
+        );
+        // dinp (poisoned), dweight and dbias (the prefill), the bias scratch (NaN), for one run.
+        let fresh = || {
+            (
+                poisoned::<T>(&gpu, n * c),
+                stream.clone_htod(&case.dweight0).unwrap(),
+                stream.clone_htod(&case.dbias0).unwrap(),
+                nan_buffer::<f32>(&gpu, matmul_backward_scratch_len(n, oc).max(1)),
+            )
+        };
+        let (mut dgelu_out, mut dw_ref, mut db_ref, mut scratch) = fresh();
+        {
+            let mut db = db_ref.slice_mut(..);
+            let (dinp, dw) = (&mut dgelu_out, &mut dw_ref);
+            let (dout, inp, w) = (&d_dout, &d_inp, &d_weight);
+            matmul_backward(
+                &gpu,
+                &blas,
+                dinp,
+                dw,
+                Some(&mut db),
+                &mut scratch,
+                dout,
+                inp,
+                w,
+                n,
+                c,
+                oc,
+                Dinp::Overwrite,
+            )
+            .unwrap();
+        }
+        let mut dpre_ref = poisoned::<T>(&gpu, n * c);
+        gelu_backward(&gpu, &mut dpre_ref, &d_pre, &dgelu_out, n * c, Dinp::Overwrite).unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let (mut dpre, mut dw, mut db, mut scratch) = fresh();
+            {
+                let mut dbv = db.slice_mut(..);
+                let (dout, inp, w, pre) = (&d_dout, &d_inp, &d_weight, &d_pre);
+                let dbias = Some(&mut dbv);
+                matmul_backward_dgelu(
+                    &gpu,
+                    &blas,
+                    &mut dpre,
+                    &mut dw,
+                    dbias,
+                    &mut scratch,
+                    dout,
+                    inp,
+                    w,
+                    pre,
+                    n,
+                    c,
+                    oc,
+                )
+                .unwrap();
+            }
+            gpu.synchronize().unwrap();
+            let what = format!("matmul_backward_dgelu<{label}> N={n} C={c} OC={oc}");
+            let dpre = download(&gpu, &what, &dpre, n * c);
+            runs.push((dpre, stream.clone_dtoh(&dw).unwrap(), stream.clone_dtoh(&db).unwrap()));
+        }
+        let what = format!("matmul_backward_dgelu<{label}> N={n} C={c} OC={oc}");
+        let (dpre, dw, db) = &runs[0];
+        assert_same_bits(&format!("{what}: dinp of a second run"), &runs[1].0, dpre);
+        let (dgelu_out, dpre_ref) =
+            (download(&gpu, "dinp", &dgelu_out, n * c), download(&gpu, "gelu", &dpre_ref, n * c));
+        assert_same_bits(&format!("{what}: dweight vs matmul_backward's"), dw, &stream.clone_dtoh(&dw_ref).unwrap());
+        assert_same_bits(&format!("{what}: dbias vs matmul_backward's"), db, &stream.clone_dtoh(&db_ref).unwrap());
+        let acc_scale = max_ref(&to_f64(&dgelu_out));
+        let err = if T::BYTES == 2 {
+            let atol = 1.2 * bf16_gemm_slack(oc) * acc_scale;
+            assert_fused_close(&format!("{what} dinp"), dpre, &dpre_ref, &dgelu_out, atol)
+        } else {
+            let scale = max_ref(&to_f64(&dpre_ref));
+            let tol = (1.2 * backward_tol(oc) * acc_scale) / scale + FUSED_F32_TOL;
+            assert_fused_close_f32(&format!("{what} dinp"), dpre, &dpre_ref, tol)
+        };
+        println!("{what}: dweight, dbias bit-identical; dinp max |fused - unfused| / max |unfused| = {err:.3e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn matmul_backward_dgelu_matches_the_unfused_ops() {
+    check_dgelu::<f32>(0x6d61_746d_756c_0501);
+    check_dgelu::<bf16>(0x6d61_746d_756c_0502);
+}
+
+/// The aux epilogues refuse a leading dimension cuBLASLt does not take (not a multiple of 8),
+/// naming it, before queuing anything; the unfused ops take the same shapes.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_epilogues_refuse_a_leading_dimension_not_a_multiple_of_8() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let blas = Blas::new(&gpu, false).expect("Blas::new");
+    let stream = gpu.stream();
+    let (n, c, oc) = (4usize, 8usize, 12usize);
+    let (inp, weight, bias) = (
+        stream.alloc_zeros::<f32>(n * c).unwrap(),
+        stream.alloc_zeros::<f32>(oc * c).unwrap(),
+        stream.alloc_zeros::<f32>(oc).unwrap(),
+    );
+    let (mut out, mut pre) = (stream.alloc_zeros::<f32>(n * oc).unwrap(), stream.alloc_zeros::<f32>(n * oc).unwrap());
+    let e =
+        matmul_forward_gelu_aux(&gpu, &blas, &mut out, &mut pre, &inp, &weight, &bias.as_view(), n, c, oc).unwrap_err();
+    assert!(format!("{e:#}").contains("(ldd = 12) to be a multiple of 8"), "{e:#}");
+    matmul_forward(&gpu, &blas, &mut out, &inp, &weight, Some(&bias.as_view()), n, c, oc, true).unwrap();
+    // The backward's dinp of width 12 (the GELU's): dout (N, OC = 8), weight (8, 12).
+    let (c, oc) = (12usize, 8usize);
+    let (dout, inp, weight, pre) = (
+        stream.alloc_zeros::<f32>(n * oc).unwrap(),
+        stream.alloc_zeros::<f32>(n * c).unwrap(),
+        stream.alloc_zeros::<f32>(oc * c).unwrap(),
+        stream.alloc_zeros::<f32>(n * c).unwrap(),
+    );
+    let (mut dinp, mut dw) = (stream.alloc_zeros::<f32>(n * c).unwrap(), stream.alloc_zeros::<f32>(oc * c).unwrap());
+    let mut scratch = stream.alloc_zeros::<f32>(1).unwrap();
+    let e = matmul_backward_dgelu(
+        &gpu,
+        &blas,
+        &mut dinp,
+        &mut dw,
+        None,
+        &mut scratch,
+        &dout,
+        &inp,
+        &weight,
+        &pre,
+        n,
+        c,
+        oc,
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("(ldd = 12) to be a multiple of 8"), "{e:#}");
+    gpu.synchronize().unwrap();
 }

@@ -5,7 +5,7 @@
 use super::common::{assert_same_bits, assert_same_state, loss_bits, paragraph_dataset, temp_dir, tiny_run, val_loss};
 use super::gpu_or_skip;
 use genesis::checkpoint;
-use genesis::gpu::{Kernels, Precision, StepSync};
+use genesis::gpu::{GeluFusion, Kernels, Precision, StepSync};
 use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -181,6 +181,7 @@ fn gpu_training_with_vector_kernels_follows_the_cpu_and_resumes_bit_exact() {
 /// (the step path sums them on the device in another order); the step path waits on the stream
 /// exactly once per step and uploads nothing from pageable memory. `--sync graph` (the second
 /// micro-batch captured, the rest replayed) gives the step path's bits exactly, losses included.
+/// The same holds with `--gelu-fusion both` (the fused GEMMs captured like the rest).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn step_sync_updates_the_weights_like_the_micro_path() {
@@ -194,10 +195,15 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
     let params = genesis::cpu::gpt::init_params(&cfg, 5);
     let (b, t) = (2, 32);
     for precision in [Precision::Fp32, Precision::Bf16] {
-        for kernels in [Kernels::Scalar, Kernels::Vector] {
+        for (kernels, fusion) in [
+            (Kernels::Scalar, GeluFusion::Off),
+            (Kernels::Vector, GeluFusion::Off),
+            (Kernels::Scalar, GeluFusion::Both),
+        ] {
             let run = |sync: StepSync| {
                 let mut model = gpu_engine(&cfg, &params, 0, precision, true, sync).unwrap();
                 model.set_kernels(kernels);
+                model.set_gelu_fusion(fusion).unwrap();
                 model.enable_training(&params, 0).unwrap();
                 let mut k = 0u32;
                 let mut next = |i: &mut [u32], tg: &mut [u32]| {
@@ -235,7 +241,7 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
                 (outcomes, model.download_weights().unwrap(), m, v)
             };
             let (micro, step, graph) = (run(StepSync::Micro), run(StepSync::Step), run(StepSync::Graph));
-            let what = format!("{precision:?} {kernels:?}");
+            let what = format!("{precision:?} {kernels:?} gelu fusion {fusion}");
             // The captured and replayed micro-batches give the uncaptured path's bits, losses too.
             assert_eq!(format!("{:?}", graph.0), format!("{:?}", step.0), "{what}: graph vs step outcomes");
             assert_same_bits(&format!("{what}: graph weights"), &graph.1, &step.1);
@@ -270,4 +276,70 @@ fn gpu_training_with_step_sync_follows_the_cpu_and_resumes_bit_exact() {
     follows_and_resumes_synced("follow-step", Precision::Fp32, Kernels::Scalar, StepSync::Step, 5e-3, 2e-3);
     follows_and_resumes_synced("follow-step-bf16", Precision::Bf16, Kernels::Scalar, StepSync::Step, 3e-2, 2e-2);
     follows_and_resumes_synced("follow-graph", Precision::Fp32, Kernels::Scalar, StepSync::Graph, 5e-3, 2e-3);
+}
+
+/// What each `--gelu-fusion` launches, seen in a profiled step's op names: off runs the GELU and
+/// its backward as kernels of their own ("gelu", "gelu bwd"); forward replaces the fc matmul and
+/// the GELU kernel by one fused GEMM ("matmul fc + gelu"); both also replaces the fcproj backward
+/// and the GELU backward kernel by one ("matmul bwd fcproj + dgelu"). Every name has a family, and
+/// the engine names the choice in `describe()`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_fusion_launches_what_it_says() {
+    use genesis::gpu::engine::gpu_engine;
+    use genesis::gpu::profile::family;
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let cfg = genesis::model::ModelConfig::preset("tiny").unwrap();
+    let params = genesis::cpu::gpt::init_params(&cfg, 1);
+    let (b, t) = (2, 16);
+    let inputs: Vec<u32> = (0..b * t).map(|i| (i * 37 % 50257) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|i| (i * 91 % 50257) as u32).collect();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        for (fusion, present, absent, said) in [
+            (
+                GeluFusion::Off,
+                ["matmul fc", "gelu", "matmul bwd fcproj", "gelu bwd"],
+                ["matmul fc + gelu", "matmul bwd fcproj + dgelu"],
+                None,
+            ),
+            (
+                GeluFusion::Forward,
+                ["matmul fc + gelu", "matmul bwd fcproj", "gelu bwd", "matmul bwd fc"],
+                ["gelu", "matmul fc"],
+                Some("GELU fused into the fc matmul"),
+            ),
+            (
+                GeluFusion::Both,
+                ["matmul fc + gelu", "matmul bwd fcproj + dgelu", "matmul bwd fc", "layernorm bwd"],
+                ["gelu", "gelu bwd"],
+                Some("GELU and its backward fused into the matmuls"),
+            ),
+        ] {
+            let mut model = gpu_engine(&cfg, &params, 0, precision, true, StepSync::Micro).unwrap();
+            model.set_gelu_fusion(fusion).unwrap();
+            model.enable_training(&params, 0).unwrap();
+            let described = model.describe();
+            match said {
+                Some(said) => assert!(described.contains(said), "{fusion}: {described}"),
+                None => assert!(!described.contains("GELU"), "{fusion}: {described}"),
+            }
+            model.set_profiling(true);
+            model.mark("step start").unwrap();
+            model.zero_grads().unwrap();
+            model.forward_backward(&inputs, &targets, b, t, 1.0 / (b * t) as f32).unwrap();
+            let names: Vec<&str> = model.take_profile().unwrap().iter().map(|(name, _)| *name).collect();
+            for want in present {
+                assert!(names.contains(&want), "{precision:?} {fusion}: no {want:?} in {names:?}");
+            }
+            for unwanted in absent {
+                assert!(!names.contains(&unwanted), "{precision:?} {fusion}: {unwanted:?} in {names:?}");
+            }
+            assert!(
+                names.iter().all(|n| family(n) != "other"),
+                "{precision:?} {fusion}: a mark without a family: {names:?}"
+            );
+        }
+    }
 }
