@@ -123,8 +123,11 @@ fn gelu_fusion_is_parsed_documented_and_noted_on_the_cpu() {
         let text = refused(&[args, &["--gelu-fusion", "on"]].concat());
         assert!(text.contains("'--gelu-fusion' with value 'on': expected off, forward or both"), "{args:?}: {text}");
         let help = output_text(&genesis(&[args, &["--help"]].concat()));
-        let at = help.find("--gelu-fusion").unwrap_or_else(|| panic!("{args:?} --help: {help}"));
-        let said: String = help[at..].split_whitespace().collect::<Vec<_>>().join(" ");
+        // The option's own description: from its entry in the options list (indented; the usage
+        // line has it in brackets) to the next option, --help.
+        let at = help.find("  --gelu-fusion ").unwrap_or_else(|| panic!("{args:?} --help: {help}"));
+        let own = help[at..].split("--help").next().unwrap();
+        let said: String = own.split_whitespace().collect::<Vec<_>>().join(" ");
         for want in ["off (", "forward (", "both (", "GELU_AUX_BIAS", "not yet verified on a GPU"] {
             let want = if args[0] == "bench" && want == "GELU_AUX_BIAS" { "cuBLASLt epilogue" } else { want };
             assert!(said.contains(want), "{args:?} --help does not say {want:?}: {said}");
