@@ -364,7 +364,7 @@ impl<T: Float> GpuModel<T> {
     /// ([`GeluFusion`]; default off). Refused (one line) for a model with an odd number of
     /// channels, which cuBLASLt's aux epilogues cannot take. The buffers stay as they are (the
     /// same activations and scratch serve every choice); a captured `--sync graph` micro-batch is
-    /// captured again for the new choice ([`GraphKey`]).
+    /// captured again for the new choice (it is part of the graph's key).
     pub fn set_gelu_fusion(&mut self, fusion: GeluFusion) -> Result<()> {
         fusion.check(self.cfg.channels)?;
         self.gelu_fusion = fusion;
