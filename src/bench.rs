@@ -380,7 +380,15 @@ pub fn bench_train_gpu(
         let per_step = |a: u64, b: u64| (b - a) as f64 / PROFILED_STEPS as f64;
         Some(TrainProfile {
             steps: PROFILED_STEPS,
-            rows: family_rows(cfg, batch, seq, elem, Paths { attention, kernels, sync }, &measured, PROFILED_STEPS),
+            rows: family_rows(
+                cfg,
+                batch,
+                seq,
+                elem,
+                Paths { attention, kernels, sync, gelu_fusion },
+                &measured,
+                PROFILED_STEPS,
+            ),
             ceilings: model.ceilings()?,
             host_syncs_per_step: per_step(syncs_before.0, syncs_after.0),
             pageable_uploads_per_step: per_step(syncs_before.1, syncs_after.1),

@@ -11,7 +11,7 @@
 use super::blas::Blas;
 use super::device::Gpu;
 use super::matmul::matmul_forward;
-use super::{Attention, Float, Kernels, StepSync};
+use super::{Attention, Float, GeluFusion, Kernels, StepSync};
 use crate::model::ModelConfig;
 use anyhow::{Context, Result};
 use cudarc::driver::sys;
@@ -36,6 +36,14 @@ impl std::ops::AddAssign for Cost {
     fn add_assign(&mut self, o: Cost) {
         self.bytes += o.bytes;
         self.flops += o.flops;
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(mut self, o: Cost) -> Cost {
+        self += o;
+        self
     }
 }
 
@@ -89,6 +97,7 @@ pub struct Paths {
     pub attention: Attention,
     pub kernels: Kernels,
     pub sync: StepSync,
+    pub gelu_fusion: GeluFusion,
 }
 
 /// Per op name, the cost of one training step (forward with the loss, backward, gradient norm,
@@ -96,8 +105,9 @@ pub struct Paths {
 /// moments and master weights are f32. In first-run order; each name once with its total.
 /// `paths` picks the attention rows' model (materialised, or the flash kernels), whether the
 /// backward overwrites its activation gradients instead of clearing them first (`--kernels
-/// vector`), and whether the loss is summed on the device and clipping folded into AdamW
-/// (`--sync step|graph`).
+/// vector`), whether the loss is summed on the device and clipping folded into AdamW
+/// (`--sync step|graph`), and where GELU runs (`--gelu-fusion`: in the fc GEMM's epilogue, which
+/// also writes the pre-GELU aux; its derivative in the fcproj dinp GEMM's, which reads it).
 pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, paths: Paths) -> Vec<(&'static str, Cost)> {
     let (attention, overwrite, queued) =
         (paths.attention, paths.kernels == Kernels::Vector, paths.sync.queues_whole_steps());
@@ -114,13 +124,14 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, path
     };
     // dinp += dout W (read dout, W, dinp; write dinp; overwriting, dinp is not read); dW +=
     // dout^T inp (read dout, inp; f32 dW read and written); dbias: dout read once more.
-    let dinp_passes = if overwrite { 2.0 } else { 3.0 };
-    let mm_bwd = |ic: f64, oc: f64, bias: bool| Cost {
+    let mm_bwd_passes = |ic: f64, oc: f64, bias: bool, dinp_passes: f64| Cost {
         bytes: e * (2.0 * n * oc + dinp_passes * n * ic + oc * ic)
             + 8.0 * oc * ic
             + if bias { e * n * oc } else { 0.0 },
         flops: 4.0 * n * ic * oc,
     };
+    let mm_bwd = |ic: f64, oc: f64, bias: bool| mm_bwd_passes(ic, oc, bias, if overwrite { 2.0 } else { 3.0 });
+    let (fuse_fwd, fuse_bwd) = (paths.gelu_fusion.forward(), paths.gelu_fusion.backward());
     let (attn_fwd, attn_bwd) = match attention {
         // Materialised: (B,NH,T,T) scores. Forward: qkv permuted into q, k, v (read 3NC, write
         // 3NC); q k^T written (B*NH*T*T), softmax reads and rewrites it, att v reads it again with
@@ -173,7 +184,8 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, path
     // Gradient zeroing: all P f32 gradients, then the activation gradients the backward clears
     // (dresidual and dln once; per layer dfch_gelu and dfch (4C each), dln twice, datty, dqkv;
     // overwriting, only dresidual).
-    let cleared = if overwrite { nc } else { 2.0 * nc + l * 11.0 * nc };
+    // DGELU writes dfch straight from dout: dfch_gelu and dfch (8C per layer) are not cleared.
+    let cleared = if overwrite { nc } else { 2.0 * nc + l * if fuse_bwd { 3.0 } else { 11.0 } * nc };
     let memset = mem(4.0 * p + e * cleared);
     // AdamW reads weights, gradients and both moments, writes weights and moments (f32), and in
     // bf16 also writes the bf16 working copy of the weights.
@@ -181,14 +193,19 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, path
     let times = |k: f64, x: Cost| Cost { bytes: k * x.bytes, flops: k * x.flops };
     let mut ln_fwd = ln;
     ln_fwd += times(2.0 * l, res_ln);
-    vec![
+    let mut costs = vec![
         ("start", mem(8.0 * n)),
         ("embedding", mem(4.0 * n + e * (2.0 * nc + tt * c))),
         ("layernorm (+residual)", ln_fwd),
         ("matmul qkv", times(l, mm_fwd(c, 3.0 * c, true))),
         ("attention", times(l, attn_fwd)),
         ("matmul attproj", times(l, mm_fwd(c, c, true))),
-        ("matmul fc", times(l, mm_fwd(c, 4.0 * c, true))),
+        // Fused: one GEMM writes the GELU output and the pre-GELU aux (4C each), no GELU kernel.
+        if fuse_fwd {
+            ("matmul fc + gelu", times(l, mm_fwd(c, 4.0 * c, true) + mem(e * 4.0 * nc)))
+        } else {
+            ("matmul fc", times(l, mm_fwd(c, 4.0 * c, true)))
+        },
         ("gelu", times(l, mem(e * 8.0 * nc))),
         ("matmul fcproj", times(l, mm_fwd(4.0 * c, c, true))),
         ("matmul logits", mm_fwd(c, vp, false)),
@@ -197,7 +214,12 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, path
         ("memset", memset),
         ("matmul bwd logits", mm_bwd(c, vp, false)),
         ("layernorm bwd", times(2.0 * l + 1.0, ln_bwd)),
-        ("matmul bwd fcproj", times(l, mm_bwd(4.0 * c, c, true))),
+        // Fused: DGELU overwrites dfch (not read) and reads the pre-GELU aux (4C), no GELU kernel.
+        if fuse_bwd {
+            ("matmul bwd fcproj + dgelu", times(l, mm_bwd_passes(4.0 * c, c, true, 2.0) + mem(e * 4.0 * nc)))
+        } else {
+            ("matmul bwd fcproj", times(l, mm_bwd(4.0 * c, c, true)))
+        },
         // dinp += gelu'(inp) * dout over (N,4C): read inp and dout, read (unless overwriting) and
         // write dinp.
         ("gelu bwd", times(l, mem(e * if overwrite { 12.0 } else { 16.0 } * nc))),
@@ -212,7 +234,9 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, path
         // a queued step folds into AdamW).
         ("grad norm", mem(4.0 * p)),
         ("adamw", adamw),
-    ]
+    ];
+    costs.retain(|(name, _)| !(fuse_fwd && *name == "gelu" || fuse_bwd && *name == "gelu bwd"));
+    costs
 }
 
 /// [`train_step_costs`] summed per [`family`], in first-seen order.
@@ -495,6 +519,18 @@ mod tests {
                 assert_eq!(get(&vector, name), Some(cost.bytes), "{name} changed under vector");
             }
         }
+        // GELU in the epilogues: its kernels are gone, the fused GEMMs move the aux once more, and
+        // (scalar kernels) dfch and dfch_gelu are not cleared.
+        let fused = train_step_costs(&cfg, b, t, 2, Paths { gelu_fusion: GeluFusion::Both, ..Default::default() });
+        assert!(get(&fused, "gelu").is_none() && get(&fused, "gelu bwd").is_none());
+        let aux = l * 2.0 * 4.0 * n * c;
+        assert_eq!(get(&fused, "matmul fc + gelu").unwrap() - get(&base, "matmul fc").unwrap(), aux);
+        let unread_dinp = l * 2.0 * 4.0 * n * c;
+        let dgelu = get(&fused, "matmul bwd fcproj + dgelu").unwrap();
+        assert_eq!(dgelu - get(&base, "matmul bwd fcproj").unwrap(), aux - unread_dinp);
+        assert_eq!(get(&base, "memset").unwrap() - get(&fused, "memset").unwrap(), l * 2.0 * 8.0 * n * c);
+        let forward = train_step_costs(&cfg, b, t, 2, Paths { gelu_fusion: GeluFusion::Forward, ..Default::default() });
+        assert!(get(&forward, "gelu").is_none() && get(&forward, "gelu bwd") == get(&base, "gelu bwd"));
         let queued = train_step_costs(&cfg, b, t, 2, Paths { sync: StepSync::Step, ..Default::default() });
         assert_eq!(get(&queued, "loss sum"), get(&base, "loss readback"));
         assert!(get(&queued, "loss readback").is_none() && get(&base, "loss sum").is_none());
