@@ -39,3 +39,32 @@ fn attention_is_causal_and_rows_sum_to_one() {
     attention_forward(&mut out2, &mut att2, &later, b, t, c, nh);
     assert_eq!(&out[..(t - 1) * c], &out2[..(t - 1) * c]);
 }
+
+/// The never-run attention kernels' own source (`kernels/attention.cu`), compiled for the CPU by
+/// `scripts/kernel_emu/run.sh attention` (g++ against a small CUDA stand-in: real threads per block,
+/// warp shuffles through per-warp barriers) and launched as `src/gpu/attention.rs` launches them,
+/// f32 and bf16, against the verified scalar kernels: the 128-bit permutes (forward and backward,
+/// the dqkv unpermute accumulating) bit for bit, the overwriting dqkv unpermutes (scalar and
+/// 128-bit) bit for bit against accumulating onto zeros, the 128-bit causal softmax forward and
+/// backward (sums in another order) within first-order rounding bounds, doubled (`attention.cpp`
+/// derives them), with exact zeros above the diagonal. Heads of 40 and 8, T = 132 (f32) and 264
+/// (bf16) rows of 33 packs, T = 8. Outputs start as NaN, the softmax inputs hold NaN above the
+/// diagonal, guards on both sides. Planted bugs each fail it (v copied from k's slot, the
+/// overwriting unpermute reading the old dqkv, the diagonal left out of the forward sum, the
+/// backward writing only up to the diagonal's pack, a wrong column within a head in the
+/// unpermute, one column past the diagonal in the backward's dot product). `attention_decode` is not
+/// covered. It cannot see the GPU's memory system, timing, or nvcc's FMA contraction. Needs bash
+/// and g++ (C++20).
+#[test]
+fn attention_vec_and_overwrite_kernels_pass_the_cpu_emulation() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/kernel_emu/run.sh"))
+        .arg("attention")
+        .env_remove("KERNEL_EMU_SRC")
+        .output()
+        .expect("bash runs scripts/kernel_emu/run.sh attention (it needs g++)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the attention kernels failed their CPU emulation:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 32, "{text}");
+}

@@ -104,3 +104,30 @@ fn classifier_backward_chunks_agree_with_smaller_pieces() {
     close(&dx, &dx_p, "dx");
     close(&dwte, &dwte_p, "dwte");
 }
+
+/// The never-run `classifier_forward_vec[_bf16]`'s own source (`kernels/classifier.cu`), compiled
+/// for the CPU by `scripts/kernel_emu/run.sh classifier` (g++ against a small CUDA stand-in: real
+/// threads per block, __syncthreads, warp shuffles through per-warp barriers; a barrier some threads
+/// skip by returning is reported) and launched as `src/gpu/classifier.rs` launches it (one block
+/// per row, ceil(V/32)*32 threads up to 1024), with and without dlogits, against the verified
+/// scalar kernel: losses and dlogits (the row sum in another order) within first-order rounding
+/// bounds, doubled (`classifier.cpp` derives them); the NaN loss of an out-of-range target, the
+/// padding's zero dlogits and read-only logits bit for bit. V = 4999 of Vp = 5056 (threads go
+/// round the row) and V = 37 of 40; NaN padding, the row max in the last live column, targets at
+/// the last live column, -1 and in the padding. Planted bugs each fail it (the partial last pack
+/// dropped, a padding column read into the sum, the one-hot one column off, the padding not
+/// written, column 0's gradient zeroed, either __syncthreads removed). It cannot see the GPU's
+/// memory system, timing, or nvcc's FMA contraction. Needs bash and g++ (C++20).
+#[test]
+fn classifier_vec_kernel_passes_the_cpu_emulation() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/kernel_emu/run.sh"))
+        .arg("classifier")
+        .env_remove("KERNEL_EMU_SRC")
+        .output()
+        .expect("bash runs scripts/kernel_emu/run.sh classifier (it needs g++)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the classifier kernel failed its CPU emulation:\n{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 8, "{text}");
+}
