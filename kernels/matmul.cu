@@ -11,6 +11,11 @@
 //      order and adds the total to dbias[o].
 // All sums are fp32. Index arithmetic is 64-bit (N*OC may exceed 2^31).
 //
+// With --bias-grad epilogue the column sums come instead from cuBLASLt's BGRADB epilogue on the
+// dweight GEMM, which writes them (it cannot add) to an fp32 scratch of OC values; then
+//   3. matmul_bias_grad_add: one thread per column, dbias[o] += grad[o] (one fp32 add: as
+//      deterministic as the sums it adds).
+//
 // The partial kernel is one template over the storage type T of dout, emitted twice:
 // matmul_bias_grad_partial (float) and matmul_bias_grad_partial_bf16 (__nv_bfloat16, widened
 // to float on load). Parameter gradients are always fp32, so the partial sums, the finish
@@ -77,4 +82,11 @@ extern "C" __global__ void matmul_bias_grad_finish(float* dbias, const float* pa
         for (int ch = 0; ch < chunks; ch++) total += partial[(long long)ch * OC + col];
         dbias[col] += total;
     }
+}
+
+// Launch: one thread per column, grid ceil(OC / blockDim.x), any blockDim.x; grad holds OC
+// floats (the BGRADB epilogue's output), dbias OC.
+extern "C" __global__ void matmul_bias_grad_add(float* dbias, const float* grad, int OC) {
+    const long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (col < OC) dbias[col] += grad[col];
 }

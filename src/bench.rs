@@ -8,7 +8,7 @@ use crate::data::manifest::Split;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::gpt::TrainStep;
 use crate::gpu::profile::{family_rows, Ceilings, FamilyRow, Paths};
-use crate::gpu::{Attention, GeluFusion, Kernels, Precision, StepSync};
+use crate::gpu::{Attention, BiasGrad, GeluFusion, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use crate::rng::Rng;
 use half::bf16;
@@ -305,6 +305,8 @@ const PROFILED_STEPS: usize = 3;
 /// with TF32 matmuls or bf16 mixed precision, with `attention` (flash: bf16 only): one warmup
 /// step, then `steps` timed. With `profile`, then [`PROFILED_STEPS`] steps with an event after every op, the host syncs they make counted,
 /// and the device's ceilings measured, for the per-family table (the timed steps are unprofiled).
+/// `gelu_fusion` and `bias_grad` choose the epilogue paths as `genesis train` does (the table's
+/// cost model, `profile::Paths`, does not know `bias_grad`: it prices the reduction either way).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train_gpu(
     cfg: &ModelConfig,
@@ -316,6 +318,7 @@ pub fn bench_train_gpu(
     kernels: Kernels,
     sync: StepSync,
     gelu_fusion: GeluFusion,
+    bias_grad: BiasGrad,
     tokens: &mut BenchTokens,
     profile: bool,
 ) -> anyhow::Result<GpuTrainBench> {
@@ -325,6 +328,7 @@ pub fn bench_train_gpu(
     model.set_attention(attention)?;
     model.set_kernels(kernels);
     model.set_gelu_fusion(gelu_fusion)?;
+    model.set_bias_grad(bias_grad);
     let free_before = if free_before == 0 { model.gpu().memory()?.0 } else { free_before };
     model.enable_training(&params, 0)?;
     let n = batch * seq;

@@ -434,7 +434,16 @@ fn tokens_per_step_sets_batch_and_accumulation() {
         let (ok, text) = run(&["--gelu-fusion", fusion, "--fresh"]);
         let note = format!("note: --gelu-fusion {fusion} applies to GPU training; the CPU has one GELU");
         assert!(ok && text.contains(&note), "{text}");
+        // And --bias-grad: reduce (the default) says nothing; epilogue is noted on the CPU.
+        assert!(!text.contains("--bias-grad"), "{text}");
     }
+    let (ok, text) = run(&["--bias-grad", "bgradb", "--fresh"]);
+    assert!(!ok && text.contains("'--bias-grad' with value 'bgradb': expected reduce or epilogue"), "{text}");
+    let (ok, text) = run(&["--bias-grad", "reduce", "--fresh"]);
+    assert!(ok && !text.contains("--bias-grad"), "{text}");
+    let (ok, text) = run(&["--bias-grad", "epilogue", "--gelu-fusion", "both", "--fresh"]);
+    let note = "note: --bias-grad epilogue applies to GPU training; the CPU sums the bias gradients itself";
+    assert!(ok && text.contains(note) && text.contains("--gelu-fusion both applies to GPU training"), "{text}");
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -6,7 +6,7 @@ use super::outln;
 use anyhow::{bail, Result};
 use argh::FromArgs;
 use genesis::cpu::sample::WeightType;
-use genesis::gpu::{Attention, Device, GeluFusion, Kernels, Precision, StepSync};
+use genesis::gpu::{Attention, BiasGrad, Device, GeluFusion, Kernels, Precision, StepSync};
 use genesis::model::ModelConfig;
 
 /// Measure speed: `genesis bench sample` or `genesis bench train`.
@@ -140,6 +140,9 @@ pub struct BenchTrain {
     /// on the GPU: off (default: GELU and its backward as kernels of their own), forward (the fc matmul's cuBLASLt epilogue applies the GELU and keeps the pre-GELU values) or both (forward, and the fcproj matmul's backward applies the GELU backward in its epilogue), as train --gelu-fusion; not yet verified on a GPU
     #[argh(option, default = "GeluFusion::Off")]
     gelu_fusion: GeluFusion,
+    /// on the GPU: reduce (default: the matmuls' bias gradients from a reduction kernel of their own) or epilogue (the dweight GEMM's cuBLASLt epilogue computes them: BGRADB, then a small kernel adds them to the gradient), as train --bias-grad; not yet verified on a GPU
+    #[argh(option, default = "BiasGrad::Reduce")]
+    bias_grad: BiasGrad,
 }
 
 pub fn run(c: BenchCmd) -> Result<()> {
@@ -227,6 +230,9 @@ fn train(b: BenchTrain) -> Result<()> {
     if device.gpu.is_none() && b.gelu_fusion != GeluFusion::Off {
         eprintln!("note: --gelu-fusion {} applies to GPU training; the CPU has one GELU", b.gelu_fusion);
     }
+    if device.gpu.is_none() && b.bias_grad != BiasGrad::Reduce {
+        eprintln!("note: --bias-grad {} applies to GPU training; the CPU sums the bias gradients itself", b.bias_grad);
+    }
     if b.profile && device.gpu.is_none() {
         bail!("--profile times GPU kernels and needs --device cuda (a CPU run already reports forward, backward and optimizer times)");
     }
@@ -251,14 +257,18 @@ fn train(b: BenchTrain) -> Result<()> {
             b.kernels,
             b.sync,
             b.gelu_fusion,
+            b.bias_grad,
             &mut tokens,
             b.profile,
         )?;
         // Named only when on, so the default line stays as scripts/bench_table.py reads it.
-        let fusion = match b.gelu_fusion {
+        let mut fusion = match b.gelu_fusion {
             GeluFusion::Off => String::new(),
             f => format!(", gelu fusion {f}"),
         };
+        if b.bias_grad != BiasGrad::Reduce {
+            fusion.push_str(&format!(", bias grad {}", b.bias_grad));
+        }
         outln!(
             "bench train {} on {} ({}, {} attention, {} kernels, {} sync{}), batch {} seq {}{}: {:.1} ms/step, {:.0} tokens/s, {:.1} TFLOP/s{}, {:.2} GB of device memory",
             b.model,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use argh::FromArgs;
 use genesis::data::manifest;
-use genesis::gpu::{Attention, Device, GeluFusion, Kernels, Precision, StepSync};
+use genesis::gpu::{Attention, BiasGrad, Device, GeluFusion, Kernels, Precision, StepSync};
 use genesis::model::ModelConfig;
 use genesis::train::runlog::RunLog;
 use genesis::train::{self, rundir, train, RunChoices, TrainOptions};
@@ -104,6 +104,9 @@ pub struct TrainCmd {
     /// on the GPU: off (the default: the GELU is a kernel of its own after the fc matmul, its backward one after the fcproj matmul's), forward (the fc matmul's cuBLASLt epilogue applies the GELU and keeps the pre-GELU values for the backward: GELU_AUX_BIAS, one launch fewer per layer) or both (forward, and the fcproj matmul's backward applies the GELU backward in its epilogue: DGELU, another launch fewer); llm.c found the fused GELU slower on some GPUs, so measure both ways; not yet verified on a GPU. Either may be chosen on each resume: it does not change the model
     #[argh(option, default = "GeluFusion::Off")]
     gelu_fusion: GeluFusion,
+    /// on the GPU: reduce (the default: the bias gradients of the qkv, attproj, fc and fcproj matmuls from a deterministic two-kernel reduction of their own) or epilogue (the dweight GEMM's cuBLASLt epilogue computes them as well: BGRADB, dout read once instead of twice, then a small kernel adds them to the accumulated gradient); kept only where a GPU shows it deterministic and faster; not yet verified on a GPU. Either may be chosen on each resume: it does not change the model
+    #[argh(option, default = "BiasGrad::Reduce")]
+    bias_grad: BiasGrad,
 }
 
 /// The dataset directory for `genesis train --data`, resolved to an absolute path (so the run resumes
@@ -294,6 +297,9 @@ fn run_locked(
     if gpu.is_none() && c.gelu_fusion != GeluFusion::Off {
         eprintln!("note: --gelu-fusion {} applies to GPU training; the CPU has one GELU", c.gelu_fusion);
     }
+    if gpu.is_none() && c.bias_grad != BiasGrad::Reduce {
+        eprintln!("note: --bias-grad {} applies to GPU training; the CPU sums the bias gradients itself", c.bias_grad);
+    }
     let mut opts = TrainOptions::new(run, out_dir.to_path_buf());
     opts.data_label = Some(data_label);
     opts.fresh = c.fresh;
@@ -306,6 +312,7 @@ fn run_locked(
     opts.kernels = c.kernels;
     opts.sync = c.sync;
     opts.gelu_fusion = c.gelu_fusion;
+    opts.bias_grad = c.bias_grad;
     let s = train(&opts)?;
     let mut out = std::io::stdout().lock();
     let resume = format!("genesis train --out {}", shell_path(out_dir));

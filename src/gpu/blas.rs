@@ -126,9 +126,8 @@ impl GemmDtype {
     }
 }
 
-/// What cuBLASLt applies to `op(A)·op(B)` before writing D. A later addition (BGRADB, the bias
-/// gradient of the dweight GEMM; see `matmul::matmul_backward`) would extend this enum,
-/// [`Epilogue::raw`] and the per-call attribute setup in [`Blas::lt_matmul`].
+/// What cuBLASLt applies to `op(A)·op(B)` before writing D (and, for [`Epilogue::BGradB`], what
+/// it writes besides D).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Epilogue {
     /// D = op(A)·op(B) (+ D when accumulating).
@@ -149,6 +148,14 @@ pub enum Epilogue {
     /// applied to the gradient the GEMM computes. Overwrite only (beta = 0; refused with
     /// `accumulate`).
     DGelu,
+    /// D = op(A)·op(B) (+ D when accumulating), and the bias gradient of B: the sums of op(B)
+    /// over k, one per column of D (n values), WRITTEN (not added) to the bias buffer
+    /// (`LtGemm::bias`, f32): `CUBLASLT_EPILOGUE_BGRADB`, on the dweight GEMM of a matmul backward,
+    /// where op(B) is dout transposed and the sums are dout's column sums, dbias
+    /// (`--bias-grad epilogue`). cuBLASLt reduces a transposed B only (`trans_b`; it answers
+    /// NOT_SUPPORTED otherwise); the sums are f32, D's type, so D must be f32 (the dweight GEMM's
+    /// is, for both input types). See [`LtGemm::check`].
+    BGradB,
 }
 
 impl Epilogue {
@@ -161,6 +168,7 @@ impl Epilogue {
             Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
             Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
             Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+            Epilogue::BGradB => E::CUBLASLT_EPILOGUE_BGRADB,
         }
     }
 
@@ -173,6 +181,12 @@ impl Epilogue {
     /// and is 0 otherwise).
     pub fn uses_aux(self) -> bool {
         matches!(self, Epilogue::GeluAuxBias | Epilogue::DGelu)
+    }
+
+    /// Whether the epilogue writes a bias gradient (n f32 values) to the bias buffer
+    /// (`LtGemm::bias` must then be non-null): [`Epilogue::BGradB`].
+    pub fn writes_bias(self) -> bool {
+        self == Epilogue::BGradB
     }
 }
 
@@ -200,7 +214,8 @@ pub struct LtGemm {
     pub ldb: usize,
     pub d: CUdeviceptr,
     pub ldd: usize,
-    /// Bias vector (length m) when `epilogue.uses_bias()`, else 0.
+    /// Bias vector (length m) when `epilogue.uses_bias()`; the bias gradient (n f32 values,
+    /// written) when `epilogue.writes_bias()`; else 0.
     pub bias: CUdeviceptr,
     /// The epilogue's aux matrix when `epilogue.uses_aux()` (the pre-GELU values: written by
     /// [`Epilogue::GeluAuxBias`], read by [`Epilogue::DGelu`]), else 0: (m,n) of `d_dtype` with
@@ -218,8 +233,14 @@ pub struct LtGemm {
 impl LtGemm {
     /// The checks [`Blas::lt_matmul`] makes before any CUDA call: dimensions, leading dimensions,
     /// the pointers each epilogue needs (and no aux without an aux epilogue), the supported type
-    /// pairs, and the aux epilogues' own rules (the aux leading dimension, `ldd`, a multiple of 8;
-    /// D and the inputs of one type; DGELU overwriting only).
+    /// pairs, the aux epilogues' own rules (the aux leading dimension, `ldd`, a multiple of 8;
+    /// D and the inputs of one type; DGELU overwriting only) and BGRADB's: B transposed (cuBLASLt
+    /// reduces op(B) over k only for op(B) = B^T, and answers NOT_SUPPORTED for op(B) = B), D in
+    /// f32 (the bias gradient is f32, and cuBLASLt's bias type defaults to D's; the f32 gradient
+    /// of a bf16- or f32-input GEMM is what it is used for, and no other pairing is), and the bias
+    /// gradient buffer 16-byte aligned (what every caller gives, the backward's scratch being
+    /// 256-byte aligned; a vector less aligned than that is refused rather than tried, as no
+    /// caller needs it and the cuBLASLt documentation promises nothing for it).
     pub fn check(&self) -> Result<()> {
         let g = self;
         ensure!(g.m > 0 && g.n > 0 && g.k > 0, "cuBLASLt matmul with an empty dimension ({g:?})");
@@ -251,6 +272,31 @@ impl LtGemm {
             !(g.epilogue == Epilogue::DGelu && g.accumulate),
             "cuBLASLt: epilogue DGelu overwrites D (beta = 0); it cannot accumulate ({g:?})"
         );
+        if g.epilogue.writes_bias() {
+            ensure!(
+                g.bias != 0,
+                "cuBLASLt: epilogue {:?} needs a bias gradient buffer (n = {} floats)",
+                g.epilogue,
+                g.n
+            );
+            ensure!(
+                g.trans_b,
+                "cuBLASLt: epilogue {:?} reduces op(B) over k and needs B transposed (trans_b); cuBLASLt has no \
+                 kernel for it with op(B) = B ({g:?})",
+                g.epilogue
+            );
+            ensure!(
+                g.d_dtype == GemmDtype::F32,
+                "cuBLASLt: epilogue {:?} writes an f32 bias gradient and needs D in f32 (the bias type is D's) ({g:?})",
+                g.epilogue
+            );
+            ensure!(
+                g.bias.is_multiple_of(16),
+                "cuBLASLt: epilogue {:?} needs its bias gradient buffer 16-byte aligned (address {:#x})",
+                g.epilogue,
+                g.bias
+            );
+        }
         Ok(())
     }
 }
@@ -375,7 +421,8 @@ impl Blas {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(self.make_plan(g).with_context(|| format!("planning cuBLASLt matmul {g:?}"))?),
         };
-        if g.epilogue.uses_bias() {
+        if g.epilogue.uses_bias() || g.epilogue.writes_bias() {
+            // (For BGRADB the address the bias gradient is written to.)
             let bias = g.bias as *const c_void;
             // SAFETY: plan.desc is a live descriptor; the value is a pointer-sized device address.
             // The descriptor is read at enqueue time, and the plans lock is held until then.
@@ -457,6 +504,16 @@ impl Blas {
                     desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
                 }
             }
+            if g.epilogue.writes_bias() {
+                // BGRADB: the bias gradient's address (the heuristic reads its alignment;
+                // lt_matmul sets it again on every call) and its type, f32 for both input types:
+                // D's type (`LtGemm::check` made D f32), which is cuBLASLt's default, said
+                // explicitly as for the forward's bf16 bias; the attribute is int32.
+                let bias = g.bias as *const c_void;
+                desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
+                let bias_type = GemmDtype::F32.lt() as i32;
+                desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
+            }
             if g.epilogue.uses_aux() {
                 // The heuristic reads the aux pointer's alignment (lt_matmul sets it again on
                 // every call), its leading dimension (int64; `LtGemm::check` made it a multiple
@@ -501,7 +558,13 @@ impl Blas {
         }
         // SAFETY: every descriptor is live; C and D share D's layout.
         let heuristic = unsafe { lt_result::get_matmul_algo_heuristic(self.lt.0, desc.0, a.0, b.0, d.0, d.0, pref.0) }
-            .map_err(|e| anyhow!("no cuBLASLt algorithm for this shape/epilogue: {e:?}"))?;
+            .map_err(|e| match g.epilogue {
+                Epilogue::BGradB => anyhow!(
+                    "cuBLASLt has no algorithm for the BGRADB bias-gradient epilogue on this GPU and shape ({e:?}); \
+                     use --bias-grad reduce"
+                ),
+                _ => anyhow!("no cuBLASLt algorithm for this shape/epilogue: {e:?}"),
+            })?;
         Ok(Plan { desc, a, b, d, algo: heuristic.algo })
     }
 
@@ -601,6 +664,9 @@ struct PlanKey {
     align: (u32, u32, u32),
     /// The aux buffer's alignment (256, that of address 0, for the epilogues without one).
     aux_align: u32,
+    /// The written bias gradient's alignment (BGRADB; 256 for every other epilogue, whose keys are
+    /// as they were: a read bias's address is not part of the key).
+    bias_grad_align: u32,
     dtype: GemmDtype,
     d_dtype: GemmDtype,
 }
@@ -619,6 +685,7 @@ impl PlanKey {
             epilogue: g.epilogue,
             align: (alignment(g.a), alignment(g.b), alignment(g.d)),
             aux_align: alignment(g.aux),
+            bias_grad_align: if g.epilogue.writes_bias() { alignment(g.bias) } else { 256 },
             dtype: g.dtype,
             d_dtype: g.d_dtype,
         }
@@ -754,14 +821,17 @@ mod tests {
     #[test]
     fn epilogues_say_what_they_use() {
         use Epilogue::*;
-        let all = [None, Bias, Gelu, GeluBias, GeluAuxBias, DGelu];
+        let all = [None, Bias, Gelu, GeluBias, GeluAuxBias, DGelu, BGradB];
         let bias: Vec<Epilogue> = all.into_iter().filter(|e| e.uses_bias()).collect();
         let aux: Vec<Epilogue> = all.into_iter().filter(|e| e.uses_aux()).collect();
+        let bias_grad: Vec<Epilogue> = all.into_iter().filter(|e| e.writes_bias()).collect();
         assert_eq!(bias, [Bias, GeluBias, GeluAuxBias]);
         assert_eq!(aux, [GeluAuxBias, DGelu]);
+        assert_eq!(bias_grad, [BGradB]);
         use lt_sys::cublasLtEpilogue_t as E;
         assert_eq!(GeluAuxBias.raw(), E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
         assert_eq!(DGelu.raw(), E::CUBLASLT_EPILOGUE_DGELU);
+        assert_eq!(BGradB.raw(), E::CUBLASLT_EPILOGUE_BGRADB);
         // The four the verified path uses are unchanged.
         assert_eq!(
             [None.raw(), Bias.raw(), Gelu.raw(), GeluBias.raw()],
@@ -822,6 +892,79 @@ mod tests {
         let g = fc_gemm(Epilogue::GeluAuxBias);
         assert_ne!(PlanKey::of(&g), PlanKey::of(&LtGemm { aux: 0x5004, ..g }));
         assert_eq!(PlanKey::of(&fc_gemm(Epilogue::Bias)).aux_align, 256);
+    }
+
+    /// The dweight GEMM of a matmul backward as `matmul::matmul_backward` builds it (N = 6, C = 16,
+    /// OC = 64: m = C, n = OC, k = N; A the input (C,N) ld C as is, B dout (OC,N) ld OC
+    /// transposed, D dweight (C,OC) ld C, f32, accumulated), with made-up addresses and, for
+    /// BGRADB, the scratch at 0x4000.
+    fn dweight_gemm(epilogue: Epilogue) -> LtGemm {
+        LtGemm {
+            m: 16,
+            n: 64,
+            k: 6,
+            trans_a: false,
+            trans_b: true,
+            a: 0x1000,
+            lda: 16,
+            b: 0x2000,
+            ldb: 64,
+            d: 0x3000,
+            ldd: 16,
+            bias: if epilogue.writes_bias() { 0x4000 } else { 0 },
+            aux: 0,
+            epilogue,
+            accumulate: true,
+            dtype: GemmDtype::Bf16,
+            d_dtype: GemmDtype::F32,
+        }
+    }
+
+    /// What `lt_matmul` refuses of BGRADB before any CUDA call, each in one line: no bias
+    /// gradient buffer, B not transposed (cuBLASLt has no such kernel), a bf16 D (the gradient
+    /// is f32, D's type), a buffer not 16-byte aligned, an aux buffer. The dweight GEMM as the
+    /// backward builds it passes, in both precisions, accumulating or not, and so does the plain
+    /// GEMM of the verified path.
+    #[test]
+    fn bgradb_is_checked_before_any_cuda_call() {
+        for (dtype, accumulate) in [(GemmDtype::Bf16, true), (GemmDtype::F32, true), (GemmDtype::Bf16, false)] {
+            let g = LtGemm { dtype, accumulate, ..dweight_gemm(Epilogue::BGradB) };
+            g.check().unwrap_or_else(|e| panic!("{g:?}: {e}"));
+            LtGemm { dtype, accumulate, ..dweight_gemm(Epilogue::None) }.check().unwrap();
+        }
+        let e_none = refusal(LtGemm { bias: 0, ..dweight_gemm(Epilogue::BGradB) });
+        assert!(e_none.contains("epilogue BGradB needs a bias gradient buffer (n = 64 floats)"), "{e_none}");
+        // B (OC,N) ld 64 >= k = 6 untransposed is a valid GEMM, but not one BGRADB has a kernel for.
+        let e_trans = refusal(LtGemm { trans_b: false, ..dweight_gemm(Epilogue::BGradB) });
+        assert!(e_trans.contains("epilogue BGradB reduces op(B) over k and needs B transposed (trans_b)"), "{e_trans}");
+        LtGemm { trans_b: false, ..dweight_gemm(Epilogue::None) }.check().unwrap();
+        let bf16_d = LtGemm { d_dtype: GemmDtype::Bf16, ..dweight_gemm(Epilogue::BGradB) };
+        let e_d = refusal(bf16_d);
+        assert!(e_d.contains("epilogue BGradB writes an f32 bias gradient and needs D in f32"), "{e_d}");
+        for misaligned in [0x4004, 0x4008, 0x400c] {
+            let e_align = refusal(LtGemm { bias: misaligned, ..dweight_gemm(Epilogue::BGradB) });
+            let want =
+                format!("epilogue BGradB needs its bias gradient buffer 16-byte aligned (address {misaligned:#x})");
+            assert!(e_align.contains(&want), "{e_align}");
+        }
+        LtGemm { bias: 0x4010, ..dweight_gemm(Epilogue::BGradB) }.check().unwrap();
+        let e_aux = refusal(LtGemm { aux: 0x5000, ..dweight_gemm(Epilogue::BGradB) });
+        assert!(e_aux.contains("an aux buffer was given to epilogue BGradB"), "{e_aux}");
+    }
+
+    /// BGRADB plans are keyed by the bias gradient's alignment (the heuristic reads it from the
+    /// address set at planning), while the read bias of the forward epilogues keys as before:
+    /// not at all (constant 256), so the verified path plans exactly as often as it did.
+    #[test]
+    fn plan_key_includes_the_bias_gradient_alignment_for_bgradb_only() {
+        let g = dweight_gemm(Epilogue::BGradB);
+        assert_eq!(PlanKey::of(&g).bias_grad_align, 256);
+        assert_ne!(PlanKey::of(&g), PlanKey::of(&LtGemm { bias: 0x4010, ..g }));
+        assert_ne!(PlanKey::of(&g), PlanKey::of(&dweight_gemm(Epilogue::None)));
+        let fwd = fc_gemm(Epilogue::Bias);
+        assert_eq!(PlanKey::of(&fwd), PlanKey::of(&LtGemm { bias: 0x4004, ..fwd }));
+        assert_eq!(PlanKey::of(&fwd).bias_grad_align, 256);
+        assert_eq!(PlanKey::of(&dweight_gemm(Epilogue::None)).bias_grad_align, 256);
     }
 
     #[test]

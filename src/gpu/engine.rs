@@ -7,7 +7,7 @@ use super::device::Gpu;
 use super::gpt::{GpuModel, TrainStep};
 use super::profile::{measure_ceilings, Ceilings};
 use super::sample::GpuDecoder;
-use super::{Attention, Float, GeluFusion, Kernels, Precision, StepSync};
+use super::{Attention, BiasGrad, Float, GeluFusion, Kernels, Precision, StepSync};
 use crate::cpu::adamw::AdamWConfig;
 use crate::cpu::sample::TokenDecoder;
 use crate::model::ModelConfig;
@@ -40,6 +40,9 @@ pub trait GpuEngine {
     /// How much of the training GELU runs in the matmul epilogues from now on (`--gelu-fusion`;
     /// default off, the verified path); a model with an odd width is refused in one line.
     fn set_gelu_fusion(&mut self, fusion: GeluFusion) -> Result<()>;
+    /// How the backward computes the matmuls' bias gradients from now on (`--bias-grad`; default
+    /// reduce, the verified path).
+    fn set_bias_grad(&mut self, bias_grad: BiasGrad);
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>>;
     /// Records a profiling mark (when profiling): the anchor before a profiled step.
     fn mark(&self, name: &'static str) -> Result<()>;
@@ -97,6 +100,10 @@ impl<T: Float> GpuEngine for GpuModel<T> {
             GeluFusion::Forward => kernels.push_str(", GELU fused into the fc matmul"),
             GeluFusion::Both => kernels.push_str(", GELU and its backward fused into the matmuls"),
         }
+        match self.bias_grad() {
+            BiasGrad::Reduce => {}
+            BiasGrad::Epilogue => kernels.push_str(", bias gradients from the dweight GEMMs' epilogue"),
+        }
         match self.attention() {
             Attention::Flash => format!("{}, {precision}, flash attention{kernels}", self.gpu.describe()),
             Attention::Materialized => format!("{}, {precision}{kernels}", self.gpu.describe()),
@@ -135,6 +142,9 @@ impl<T: Float> GpuEngine for GpuModel<T> {
     }
     fn set_gelu_fusion(&mut self, fusion: GeluFusion) -> Result<()> {
         GpuModel::set_gelu_fusion(self, fusion)
+    }
+    fn set_bias_grad(&mut self, bias_grad: BiasGrad) {
+        GpuModel::set_bias_grad(self, bias_grad)
     }
     fn take_profile(&mut self) -> Result<Vec<(&'static str, f64)>> {
         GpuModel::take_profile(self)

@@ -22,7 +22,7 @@ use super::flash_attention;
 use super::gelu::gelu_forward;
 use super::layernorm::{layernorm_forward, residual_layernorm_forward};
 use super::matmul::{matmul_forward, matmul_forward_gelu_aux};
-use super::{Attention, Dinp, Float, GeluFusion, Kernels, StepSync};
+use super::{Attention, BiasGrad, Dinp, Float, GeluFusion, Kernels, StepSync};
 use crate::model::{ModelConfig, Param, ParamLayout};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{
@@ -273,6 +273,8 @@ pub struct GpuModel<T: Float> {
     /// How much of the training GELU runs in the matmul epilogues (see
     /// [`GpuModel::set_gelu_fusion`]).
     gelu_fusion: GeluFusion,
+    /// How the backward computes the matmuls' bias gradients (see [`GpuModel::set_bias_grad`]).
+    bias_grad: BiasGrad,
     /// How a training step talks to the host (`--sync`; fixed at construction, as it picks the stream).
     sync: StepSync,
     /// The host's copy of the micro-batch [`train_step`](Self::train_step) is feeding.
@@ -293,6 +295,7 @@ struct GraphKey {
     attention: Attention,
     kernels: Kernels,
     gelu_fusion: GeluFusion,
+    bias_grad: BiasGrad,
 }
 
 impl<T: Float> GpuModel<T> {
@@ -324,6 +327,7 @@ impl<T: Float> GpuModel<T> {
             train: None,
             attention: Attention::Materialized,
             gelu_fusion: GeluFusion::Off,
+            bias_grad: BiasGrad::Reduce,
             sync,
             batch: (Vec::new(), Vec::new()),
             graph: None,
@@ -374,6 +378,20 @@ impl<T: Float> GpuModel<T> {
     /// How much of the training GELU runs in the matmul epilogues.
     pub fn gelu_fusion(&self) -> GeluFusion {
         self.gelu_fusion
+    }
+
+    /// Chooses how the backward computes the bias gradients of the matmuls with a bias from now
+    /// on ([`BiasGrad`]; default reduce): with `Epilogue` the dweight GEMM's BGRADB epilogue
+    /// writes them to the matmul scratch (`Grad::MmScratch`, sized for either choice) and a small
+    /// kernel adds them to the gradients. The buffers stay as they are; a captured `--sync graph`
+    /// micro-batch is captured again for the new choice (it is part of the graph's key).
+    pub fn set_bias_grad(&mut self, bias_grad: BiasGrad) {
+        self.bias_grad = bias_grad;
+    }
+
+    /// How the backward computes the matmuls' bias gradients.
+    pub fn bias_grad(&self) -> BiasGrad {
+        self.bias_grad
     }
 
     /// How a training step talks to the host (`--sync`).
@@ -729,9 +747,20 @@ fn grad_sizes(cfg: &ModelConfig, b: usize, t: usize, attention: Attention) -> [(
         (Grad::DfchGelu, n * 4 * c),
         (Grad::AttScratch, if flash { 0 } else { attention::attention_backward_scratch_len(b, t, c, cfg.num_heads) }),
         (Grad::LnScratch, super::layernorm::layernorm_backward_scratch_len(n, c)),
-        (Grad::MmScratch, super::matmul::matmul_backward_scratch_len(n, 4 * c).max(1)),
+        (Grad::MmScratch, mm_scratch_len(n, c)),
         (Grad::FlashD, if flash { flash_attention::lse_len(b, t, cfg.num_heads) } else { 0 }),
     ]
+}
+
+/// Elements of the matmul backward's f32 scratch (`Grad::MmScratch`) for N = B*T rows of width C:
+/// the bias gradient of the widest matmul with a bias (fc, OC = 4C; qkv has 3C, attproj and fcproj
+/// C; the logits matmul has no bias) computed either way ([`BiasGrad`]: the reduction's chunk
+/// partials, or the OC sums the BGRADB epilogue writes), and at least one element. The reduction
+/// needs the most for every N >= 1, so this is the size the scratch always had.
+fn mm_scratch_len(n: usize, c: usize) -> usize {
+    let widest = 4 * c;
+    let need = |g| super::matmul::bias_grad_scratch_len(n, widest, g);
+    need(BiasGrad::Reduce).max(need(BiasGrad::Epilogue)).max(1)
 }
 
 /// Bytes of the backward's activation gradients and scratch for a batch of (b, t) with activations
@@ -964,7 +993,7 @@ impl<T: Float> GpuModel<T> {
         let bias_range = bias.map(|b| self.layout.get(b).layer_range(l));
         let tr = self.train.as_mut().expect("training enabled");
         let mut db = bias_range.map(|r| tr.grads.slice_mut(r));
-        let (gpu, blas) = (&self.gpu, &self.blas);
+        let (gpu, blas, bias_grad) = (&self.gpu, &self.blas, self.bias_grad);
         match pre_gelu {
             None => super::matmul::matmul_backward(
                 gpu,
@@ -980,6 +1009,7 @@ impl<T: Float> GpuModel<T> {
                 c,
                 oc,
                 store,
+                bias_grad,
             ),
             Some(pre) => {
                 ensure!(store == Dinp::Overwrite, "the DGELU epilogue overwrites dinp; it cannot accumulate");
@@ -997,6 +1027,7 @@ impl<T: Float> GpuModel<T> {
                     n,
                     c,
                     oc,
+                    bias_grad,
                 )
             }
         }
@@ -1222,6 +1253,7 @@ impl<T: Float> GpuModel<T> {
             attention: self.attention,
             kernels: self.gpu.kernels(),
             gelu_fusion: self.gelu_fusion,
+            bias_grad: self.bias_grad,
         };
         if self.sync != StepSync::Graph || self.marks.is_some() {
             return self.forward_backward_layers(inputs, targets, s.batch, s.seq, s.dloss);
@@ -1523,5 +1555,38 @@ impl<T: Float> GpuModel<T> {
     /// The gradient buffer on the host (parameter layout).
     pub fn download_grads(&self) -> Result<Vec<f32>> {
         Ok(self.gpu.note_host_sync().stream().clone_dtoh(&self.training()?.grads)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The matmul scratch holds the bias gradient of every matmul with a bias (OC = C, 3C, 4C)
+    /// computed either way (`--bias-grad reduce|epilogue`), and is the size it was before the
+    /// epilogue existed (the reduction's chunk partials for OC = 4C, at least one element), so the
+    /// default allocates exactly what it did.
+    #[test]
+    fn matmul_scratch_serves_both_bias_gradients() {
+        use super::super::matmul::{bias_grad_scratch_len, matmul_backward_scratch_len};
+        for cfg in [ModelConfig::preset("tiny").unwrap(), ModelConfig::preset("gpt2-124m").unwrap()] {
+            let c = cfg.channels;
+            for (b, t) in [(1, 1), (1, 7), (2, 128), (1, 256), (1, 257), (3, 300), (16, 1024), (64, 1024)] {
+                let n = b * t;
+                let sizes = grad_sizes(&cfg, b, t, Attention::Materialized);
+                let (g, len) = sizes[Grad::MmScratch as usize];
+                assert_eq!(g, Grad::MmScratch);
+                assert_eq!(len, matmul_backward_scratch_len(n, 4 * c).max(1), "{cfg} B={b} T={t}: the size changed");
+                for oc in [c, 3 * c, 4 * c] {
+                    for choice in [BiasGrad::Reduce, BiasGrad::Epilogue] {
+                        let need = bias_grad_scratch_len(n, oc, choice);
+                        assert!(need <= len, "{cfg} B={b} T={t} OC={oc} {choice}: needs {need} > {len}");
+                    }
+                }
+                assert_eq!(bias_grad_scratch_len(n, 4 * c, BiasGrad::Epilogue), 4 * c);
+            }
+        }
+        assert_eq!(bias_grad_scratch_len(0, 64, BiasGrad::Epilogue), 0);
+        assert_eq!(bias_grad_scratch_len(300, 64, BiasGrad::Reduce), 2 * 64);
     }
 }

@@ -106,6 +106,7 @@ mod tests {
             "params_round_bf16",
             "layernorm_backward",
             "matmul_bias_grad_partial",
+            "matmul_bias_grad_add",
             "gelu_forward_vec",
             "layernorm_backward_vec",
             "attention_permute",

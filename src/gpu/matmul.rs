@@ -5,7 +5,9 @@
 //! `--gelu-fusion` (not yet verified on a GPU), two variants move the training GELU into the
 //! epilogues as well: [`matmul_forward_gelu_aux`] (GELU_AUX_BIAS: the GELU output and the
 //! pre-GELU values from one GEMM) and [`matmul_backward_dgelu`] (DGELU: the GELU backward in the
-//! dinp GEMM).
+//! dinp GEMM). Behind `--bias-grad epilogue` (not yet verified on a GPU), either backward takes
+//! the bias gradient from the dweight GEMM's BGRADB epilogue instead of the reduction kernels
+//! ([`BiasGrad`]).
 //!
 //! Row-major to column-major: a row-major (R, C) matrix is, byte for byte, a column-major (C, R)
 //! matrix with leading dimension C. So cuBLASLt computes the transposed problem
@@ -28,7 +30,7 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, 
 use super::blas::{Blas, Epilogue, GemmDtype, LtGemm};
 use super::device::{to_i32, Gpu};
 use super::launch::Launch;
-use super::{Dinp, Float};
+use super::{BiasGrad, Dinp, Float};
 
 /// `out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC)`, then tanh-GELU when `gelu`, queued on
 /// `gpu.stream()`. All buffers row-major; `out` is overwritten (never read).
@@ -163,12 +165,27 @@ const BIAS_ROWS_PER_CHUNK: usize = 256;
 const BIAS_BLOCK: (u32, u32, u32) = (32, 8, 1);
 /// Threads per block of `matmul_bias_grad_finish`.
 const BIAS_FINISH_BLOCK: u32 = 256;
+/// Threads per block of `matmul_bias_grad_add` (one per element of dbias).
+const BIAS_ADD_BLOCK: u32 = 256;
 
 /// Elements of f32 scratch [`matmul_backward`] needs for the bias gradient of an (N, OC)
-/// `dout`: one row of OC partial column sums per chunk of [`BIAS_ROWS_PER_CHUNK`] rows. Used
-/// only when a `dbias` is given.
+/// `dout` with [`BiasGrad::Reduce`] (the default): one row of OC partial column sums per chunk of
+/// [`BIAS_ROWS_PER_CHUNK`] rows. Used only when a `dbias` is given.
 pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
     n.div_ceil(BIAS_ROWS_PER_CHUNK) * oc
+}
+
+/// Elements of f32 scratch [`matmul_backward`] and [`matmul_backward_dgelu`] need for the bias
+/// gradient of an (N, OC) `dout` computed as `bias_grad` says: [`matmul_backward_scratch_len`]
+/// for `Reduce`; for `Epilogue` the OC sums the BGRADB epilogue writes (none when N = 0, as
+/// nothing is computed then). Never more for `Epilogue` than for `Reduce` (N >= 1 rows take at
+/// least one chunk), so a scratch sized for the reduction serves both.
+pub fn bias_grad_scratch_len(n: usize, oc: usize, bias_grad: BiasGrad) -> usize {
+    match bias_grad {
+        BiasGrad::Reduce => matmul_backward_scratch_len(n, oc),
+        BiasGrad::Epilogue if n == 0 => 0,
+        BiasGrad::Epilogue => oc,
+    }
 }
 
 /// Matmul backward, queued on `gpu.stream()`, accumulating into the parameter gradients like
@@ -177,8 +194,8 @@ pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
 ///   `dinp = dout @ weight` ([`Dinp::Overwrite`]: beta = 0, dinp's old contents are never read,
 ///   so it needs no zeroing; the same GEMM plan, so the bits of accumulating onto zeros)
 /// - `dweight (OC,C) += dout^T @ inp (N,C)`
-/// - `dbias (OC) += column sums of dout`, when given (`scratch` then needs
-///   [`matmul_backward_scratch_len`] elements; otherwise it is not touched).
+/// - `dbias (OC) += column sums of dout`, when given, computed as `bias_grad` says (`scratch`
+///   then needs [`bias_grad_scratch_len`] elements; otherwise it is not touched).
 ///
 /// `T` (`f32` or `half::bf16`) is the storage type of `dout`, `inp`, `weight` and `dinp`; the
 /// parameter gradients `dweight` and `dbias` (and the scratch) are f32 either way. With bf16 the
@@ -194,8 +211,12 @@ pub fn matmul_backward_scratch_len(n: usize, oc: usize) -> usize {
 /// - `dweight^T (C,OC) = inp^T (C,N) · dout (N,OC)`: A = inp buffer (C,N) ld C as is,
 ///   B = dout buffer (OC,N) ld OC transposed, D = dweight (C,OC) ld C; m = C, n = OC, k = N.
 ///
-/// The bias gradient is a fixed-order two-pass reduction (no atomics), so the whole backward
-/// is bit-for-bit reproducible for a given GPU, cuBLAS and shape.
+/// The bias gradient, with [`BiasGrad::Reduce`] (the default, the verified path), is a
+/// fixed-order two-pass reduction (no atomics), so the whole backward is bit-for-bit reproducible
+/// for a given GPU, cuBLAS and shape. With [`BiasGrad::Epilogue`] the dweight GEMM's BGRADB
+/// epilogue writes the column sums (cuBLAS's order) into `scratch`, and `matmul_bias_grad_add`
+/// adds them to dbias; whether that repeats bit for bit is for a GPU to show (see
+/// `tests/gpu_ops/matmul.rs`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward<T: Float>(
     gpu: &Gpu,
@@ -211,9 +232,10 @@ pub fn matmul_backward<T: Float>(
     c: usize,
     oc: usize,
     store: Dinp,
+    bias_grad: BiasGrad,
 ) -> Result<()> {
     let pre_gelu = None::<&CudaSlice<T>>;
-    backward_gemms(gpu, blas, dinp, dweight, dbias, scratch, dout, inp, weight, pre_gelu, n, c, oc, store)
+    backward_gemms(gpu, blas, dinp, dweight, dbias, scratch, dout, inp, weight, pre_gelu, n, c, oc, store, bias_grad)
 }
 
 /// [`matmul_backward`] for a matmul whose input `inp` is `gelu_tanh(pre_gelu)` (the fcproj matmul
@@ -226,7 +248,8 @@ pub fn matmul_backward<T: Float>(
 ///   dimension) to be a multiple of 8 (refused otherwise). In bf16 the product is not rounded
 ///   to bf16 before the GELU derivative multiplies it (one rounding instead of two).
 /// - `dweight` and `dbias` accumulate exactly as in [`matmul_backward`] (the same GEMM and
-///   reduction).
+///   bias gradient, `bias_grad` choosing it likewise: independent of the DGELU, which is the
+///   dinp GEMM's epilogue, while BGRADB is the dweight GEMM's).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_backward_dgelu<T: Float>(
     gpu: &Gpu,
@@ -242,14 +265,16 @@ pub fn matmul_backward_dgelu<T: Float>(
     n: usize,
     c: usize,
     oc: usize,
+    bias_grad: BiasGrad,
 ) -> Result<()> {
-    let pre_gelu = Some(pre_gelu);
-    backward_gemms(gpu, blas, dinp, dweight, dbias, scratch, dout, inp, weight, pre_gelu, n, c, oc, Dinp::Overwrite)
+    let (pre_gelu, store) = (Some(pre_gelu), Dinp::Overwrite);
+    backward_gemms(gpu, blas, dinp, dweight, dbias, scratch, dout, inp, weight, pre_gelu, n, c, oc, store, bias_grad)
 }
 
 /// The body of [`matmul_backward`] (`pre_gelu` = None: the dinp GEMM without an epilogue,
 /// accumulating or overwriting as `store` says) and of [`matmul_backward_dgelu`] (`pre_gelu`
-/// given, `store` = Overwrite: the dinp GEMM with the DGELU epilogue reading it).
+/// given, `store` = Overwrite: the dinp GEMM with the DGELU epilogue reading it); the bias
+/// gradient as `bias_grad` says.
 #[allow(clippy::too_many_arguments)]
 fn backward_gemms<T: Float, P: DevicePtr<T>>(
     gpu: &Gpu,
@@ -266,6 +291,7 @@ fn backward_gemms<T: Float, P: DevicePtr<T>>(
     c: usize,
     oc: usize,
     store: Dinp,
+    bias_grad: BiasGrad,
 ) -> Result<()> {
     let op = if pre_gelu.is_some() { "matmul_backward_dgelu" } else { "matmul_backward" };
     ensure!(dinp.len() >= n * c, "{op}: dinp has {} < N*C = {}", dinp.len(), n * c);
@@ -279,7 +305,7 @@ fn backward_gemms<T: Float, P: DevicePtr<T>>(
     }
     if let Some(dbias) = dbias.as_ref() {
         ensure!(dbias.len() >= oc, "{op}: dbias has {} < OC = {oc}", dbias.len());
-        let need = matmul_backward_scratch_len(n, oc);
+        let need = bias_grad_scratch_len(n, oc, bias_grad);
         ensure!(scratch.len() >= need, "{op}: scratch has {} < {need}", scratch.len());
     }
     ensure!(Arc::ptr_eq(blas.stream(), gpu.stream()), "{op}: blas was created for a different stream than gpu");
@@ -331,7 +357,13 @@ fn backward_gemms<T: Float, P: DevicePtr<T>>(
     unsafe { blas.lt_matmul(&dinp_gemm) }
         .with_context(|| format!("{op}<{dtype:?}> dinp ({store:?}) N={n} C={c} OC={oc}"))?;
 
-    // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC); inputs T, the gradient f32.
+    // dweight^T (C,OC) += inp^T (C,N) · dout (N,OC); inputs T, the gradient f32. With
+    // --bias-grad epilogue (and a dbias) its BGRADB epilogue also reduces op(B) = dout (N,OC) over
+    // k = N, writing dout's OC column sums, this call's bias gradient, to the scratch (f32; OC
+    // elements checked above, the address 16-byte aligned or refused by `LtGemm::check`).
+    let bgradb = dbias.is_some() && bias_grad == BiasGrad::Epilogue;
+    let bgrad_guarded = bgradb.then(|| scratch.device_ptr_mut(stream));
+    let bgrad_ptr = bgrad_guarded.as_ref().map_or(0, |(p, _)| *p);
     let dweight_gemm = LtGemm {
         m: c,
         n: oc,
@@ -344,24 +376,45 @@ fn backward_gemms<T: Float, P: DevicePtr<T>>(
         ldb: oc,
         d: dw_ptr,
         ldd: c,
-        bias: 0,
+        bias: bgrad_ptr,
         aux: 0,
-        epilogue: Epilogue::None,
+        epilogue: if bgradb { Epilogue::BGradB } else { Epilogue::None },
         accumulate: true,
         dtype,
         d_dtype: GemmDtype::F32,
     };
     // SAFETY: inp covers N*C, dout N*OC (read as (OC,N) ld OC, transposed), dweight OC*C
-    // (checked above); guards held as for the first GEMM.
-    unsafe { blas.lt_matmul(&dweight_gemm) }.with_context(|| format!("{op}<{dtype:?}> dweight N={n} C={c} OC={oc}"))?;
+    // (checked above), and with BGRADB the scratch OC floats (checked above); guards held as for
+    // the first GEMM, the scratch's until the GEMM is queued.
+    unsafe { blas.lt_matmul(&dweight_gemm) }.with_context(|| match bgradb {
+        false => format!("{op}<{dtype:?}> dweight N={n} C={c} OC={oc}"),
+        true => {
+            let how = "the BGRADB bias gradient (--bias-grad epilogue; --bias-grad reduce does without it)";
+            format!("{op}<{dtype:?}> dweight with {how} N={n} C={c} OC={oc}")
+        }
+    })?;
+    drop(bgrad_guarded);
 
-    // The bias gradient is a kernel of its own rather than cuBLASLt's BGRADB epilogue on the
-    // dweight GEMM (issue 15 §3 left it out on purpose): BGRADB writes the column sums rather
-    // than adding them to dbias, while dbias accumulates over micro-batches, so it would need a
-    // scratch and an add kernel anyway; and its reduction order is cuBLAS's own, so whether it
-    // is deterministic (this two-pass reduction is, bit for bit) has to be measured on a GPU
-    // before it could replace it.
-    if let Some(dbias) = dbias {
+    // The bias gradient. Reduce (the default, verified): kernels of their own, a fixed-order
+    // two-pass column sum of dout added to dbias, bit for bit reproducible. Epilogue: the BGRADB
+    // epilogue above WROTE the column sums to the scratch (cuBLASLt overwrites its bias output;
+    // it cannot add to it), and dbias accumulates over micro-batches, so one more small kernel
+    // adds them in: dbias[o] += scratch[o], one fp32 add per element. dout is then read once
+    // for both parameter gradients instead of once more here; the sums are in cuBLAS's order, so
+    // whether they repeat bit for bit (issue 15 §3 requires it of whatever is kept) is for a GPU
+    // to show (`tests/gpu_ops/matmul.rs`), as is whether it is faster.
+    let Some(dbias) = dbias else { return Ok(()) };
+    if bgradb {
+        let oci = to_i32(oc, "OC")?;
+        let lens = [("dbias", dbias.len(), oc), ("scratch", scratch.len(), oc)];
+        let add = Launch::new(gpu, "matmul_bias_grad_add", &lens)?;
+        let blocks = u32::try_from(oc.div_ceil(BIAS_ADD_BLOCK as usize)).context("matmul_backward: OC too large")?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BIAS_ADD_BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: (float*, const float*, int); thread i < OC reads scratch[i] (written by the GEMM
+        // queued above on this stream) and updates dbias[i], both of at least OC elements
+        // (checked); any block shape.
+        unsafe { add.write(dbias).write(scratch).arg(oci).run(cfg) }?;
+    } else {
         let (ni, oci) = (to_i32(n, "N")?, to_i32(oc, "OC")?);
         let rows = to_i32(BIAS_ROWS_PER_CHUNK, "rows per chunk")?;
         let chunks = n.div_ceil(BIAS_ROWS_PER_CHUNK);

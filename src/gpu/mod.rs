@@ -305,6 +305,44 @@ impl std::fmt::Display for GeluFusion {
     }
 }
 
+/// How the training backward computes the bias gradient of the matmuls with a bias (qkv, attproj,
+/// fc, fcproj), from `--bias-grad reduce|epilogue` (issue 15 §3). `Reduce` (the default, the
+/// verified path): a kernel pair of its own after the dweight GEMM (`matmul_bias_grad_partial` and
+/// `matmul_bias_grad_finish`, a fixed-order two-pass column sum of dout, added to dbias).
+/// `Epilogue`: the dweight GEMM's cuBLASLt epilogue BGRADB reduces dout over the GEMM's k (the
+/// N rows) into an f32 scratch of OC values, which `matmul_bias_grad_add` then adds to dbias
+/// (BGRADB writes its result rather than adding it, and dbias accumulates over micro-batches):
+/// dout is read once for both gradients instead of twice. The sum is then cuBLAS's, in cuBLAS's
+/// order; it is kept only if a GPU shows it deterministic and faster on that architecture. Not yet
+/// verified on a GPU; not part of a run's settings (the model is the same), so a resumed run may
+/// choose another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BiasGrad {
+    #[default]
+    Reduce,
+    Epilogue,
+}
+
+impl std::str::FromStr for BiasGrad {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reduce" => Ok(BiasGrad::Reduce),
+            "epilogue" => Ok(BiasGrad::Epilogue),
+            _ => Err("expected reduce or epilogue".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for BiasGrad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BiasGrad::Reduce => "reduce",
+            BiasGrad::Epilogue => "epilogue",
+        })
+    }
+}
+
 /// How a backward op writes the activation gradient it produces (`dinp`; attention's `dqkv`).
 /// `Accumulate` adds to what the buffer holds (`+=`, as the CPU reference), so the buffer must be
 /// initialised (zeroed) first; `Overwrite` stores the gradient (`=`) and never reads the old
@@ -450,6 +488,18 @@ mod tests {
         assert!(!GeluFusion::Off.forward() && !GeluFusion::Off.backward());
         assert!(GeluFusion::Forward.forward() && !GeluFusion::Forward.backward());
         assert!(GeluFusion::Both.forward() && GeluFusion::Both.backward());
+    }
+
+    #[test]
+    fn bias_grad_choices() {
+        assert_eq!(BiasGrad::default(), BiasGrad::Reduce);
+        for (text, choice) in [("reduce", BiasGrad::Reduce), ("epilogue", BiasGrad::Epilogue)] {
+            assert_eq!(text.parse::<BiasGrad>().unwrap(), choice);
+            assert_eq!(choice.to_string(), text);
+        }
+        for bad in ["bgradb", "Reduce", "kernel", "1", ""] {
+            assert!(bad.parse::<BiasGrad>().unwrap_err().contains("expected reduce or epilogue"), "{bad:?}");
+        }
     }
 
     /// The epilogues' aux leading dimension is 4C: every fusion takes an even C, and an odd C is

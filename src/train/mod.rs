@@ -21,7 +21,7 @@ use crate::data::manifest::Split;
 use crate::gpu::adamw::StepOutcome;
 use crate::gpu::engine::{gpu_engine, GpuEngine};
 use crate::gpu::gpt::TrainStep;
-use crate::gpu::{Attention, GeluFusion, Kernels, Precision, StepSync};
+use crate::gpu::{Attention, BiasGrad, GeluFusion, Kernels, Precision, StepSync};
 use crate::model::{ModelConfig, ParamLayout};
 use anyhow::{bail, Context, Result};
 use metrics::{MetricsLog, Record};
@@ -69,6 +69,10 @@ pub struct TrainOptions {
     /// (`--gelu-fusion`). Not part of the run's settings: it does not change the model, so a
     /// resumed run may use another.
     pub gelu_fusion: GeluFusion,
+    /// On the GPU: the matmuls' bias gradients from a reduction of their own (default) or from
+    /// the dweight GEMMs' BGRADB epilogue (`--bias-grad`). Not part of the run's settings: it does
+    /// not change the model, so a resumed run may use another.
+    pub bias_grad: BiasGrad,
     /// The dataset as the user named it, for the log (default: `run.data`, which is resolved).
     pub data_label: Option<String>,
 }
@@ -89,6 +93,7 @@ impl TrainOptions {
             kernels: Kernels::Scalar,
             sync: StepSync::Micro,
             gelu_fusion: GeluFusion::Off,
+            bias_grad: BiasGrad::Reduce,
             data_label: None,
         }
     }
@@ -351,6 +356,7 @@ impl Engine {
                 g.set_attention(o.attention)?;
                 g.set_kernels(o.kernels);
                 g.set_gelu_fusion(o.gelu_fusion)?;
+                g.set_bias_grad(o.bias_grad);
                 g.enable_training(&t.params, t.opt.t)?;
                 g.upload_moments(&t.opt.m, &t.opt.v)?;
                 Engine::Gpu(g)

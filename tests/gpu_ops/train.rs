@@ -5,7 +5,7 @@
 use super::common::{assert_same_bits, assert_same_state, loss_bits, paragraph_dataset, temp_dir, tiny_run, val_loss};
 use super::gpu_or_skip;
 use genesis::checkpoint;
-use genesis::gpu::{GeluFusion, Kernels, Precision, StepSync};
+use genesis::gpu::{BiasGrad, GeluFusion, Kernels, Precision, StepSync};
 use genesis::train::{train, RunConfig, TrainOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -181,7 +181,9 @@ fn gpu_training_with_vector_kernels_follows_the_cpu_and_resumes_bit_exact() {
 /// (the step path sums them on the device in another order); the step path waits on the stream
 /// exactly once per step and uploads nothing from pageable memory. `--sync graph` (the second
 /// micro-batch captured, the rest replayed) gives the step path's bits exactly, losses included.
-/// The same holds with `--gelu-fusion both` (the fused GEMMs captured like the rest).
+/// The same holds with `--gelu-fusion both` (the fused GEMMs captured like the rest), and with
+/// `--bias-grad epilogue` as well (the BGRADB GEMMs and the add kernels captured; the choice is
+/// part of the graph's key).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn step_sync_updates_the_weights_like_the_micro_path() {
@@ -195,15 +197,17 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
     let params = genesis::cpu::gpt::init_params(&cfg, 5);
     let (b, t) = (2, 32);
     for precision in [Precision::Fp32, Precision::Bf16] {
-        for (kernels, fusion) in [
-            (Kernels::Scalar, GeluFusion::Off),
-            (Kernels::Vector, GeluFusion::Off),
-            (Kernels::Scalar, GeluFusion::Both),
+        for (kernels, fusion, bias_grad) in [
+            (Kernels::Scalar, GeluFusion::Off, BiasGrad::Reduce),
+            (Kernels::Vector, GeluFusion::Off, BiasGrad::Reduce),
+            (Kernels::Scalar, GeluFusion::Both, BiasGrad::Reduce),
+            (Kernels::Scalar, GeluFusion::Both, BiasGrad::Epilogue),
         ] {
             let run = |sync: StepSync| {
                 let mut model = gpu_engine(&cfg, &params, 0, precision, true, sync).unwrap();
                 model.set_kernels(kernels);
                 model.set_gelu_fusion(fusion).unwrap();
+                model.set_bias_grad(bias_grad);
                 model.enable_training(&params, 0).unwrap();
                 let mut k = 0u32;
                 let mut next = |i: &mut [u32], tg: &mut [u32]| {
@@ -241,7 +245,7 @@ fn step_sync_updates_the_weights_like_the_micro_path() {
                 (outcomes, model.download_weights().unwrap(), m, v)
             };
             let (micro, step, graph) = (run(StepSync::Micro), run(StepSync::Step), run(StepSync::Graph));
-            let what = format!("{precision:?} {kernels:?} gelu fusion {fusion}");
+            let what = format!("{precision:?} {kernels:?} gelu fusion {fusion} bias grad {bias_grad}");
             // The captured and replayed micro-batches give the uncaptured path's bits, losses too.
             assert_eq!(format!("{:?}", graph.0), format!("{:?}", step.0), "{what}: graph vs step outcomes");
             assert_same_bits(&format!("{what}: graph weights"), &graph.1, &step.1);
