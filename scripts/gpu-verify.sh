@@ -17,7 +17,7 @@
 #   3. genesis bench train, gpt2-124m seq 1024 batch 16: bf16 and fp32+TF32; PyTorch eager and
 #      compiled on the same GPU
 #   4. the opt-in paths: bf16 with --sync step, --sync graph, --kernels vector, --gelu-fusion
-#      forward and both, --attention flash,
+#      forward and both, --bias-grad epilogue (alone and with both), --attention flash,
 #      all of them at batch 32; bf16 at batch 32; the per-family profiles (scalar micro, and vector
 #      under --sync step, whose host syncs per step should read 1)
 #   5. the bf16/fp32 quality check (300 steps each; scripts/quality_check.py), then
@@ -94,8 +94,10 @@ maybe 30 bench-bf16-b16-graph bench --batch 16 --precision bf16 --sync graph
 maybe 30 bench-bf16-b16-vector bench --batch 16 --precision bf16 --kernels vector
 maybe 30 bench-bf16-b16-gelu-forward bench --batch 16 --precision bf16 --gelu-fusion forward
 maybe 30 bench-bf16-b16-gelu-both bench --batch 16 --precision bf16 --gelu-fusion both
+maybe 30 bench-bf16-b16-bgrad bench --batch 16 --precision bf16 --bias-grad epilogue
+maybe 30 bench-bf16-b16-gelu-both-bgrad bench --batch 16 --precision bf16 --gelu-fusion both --bias-grad epilogue
 maybe 30 bench-bf16-flash-b16 bench --batch 16 --precision bf16 --attention flash
-maybe 40 bench-bf16-flash-b32-all bench --batch 32 --precision bf16 --attention flash --kernels vector --sync graph
+maybe 40 bench-bf16-flash-b32-all bench --batch 32 --precision bf16 --attention flash --kernels vector --sync graph --gelu-fusion both --bias-grad epilogue
 maybe 40 bench-bf16-b32 bench --batch 32 --precision bf16
 maybe 40 bench-bf16-b16-profile bench --batch 16 --precision bf16 --profile
 maybe 40 bench-bf16-b16-vector-step-profile bench --batch 16 --precision bf16 --kernels vector --sync step --profile

@@ -306,7 +306,7 @@ const PROFILED_STEPS: usize = 3;
 /// step, then `steps` timed. With `profile`, then [`PROFILED_STEPS`] steps with an event after every op, the host syncs they make counted,
 /// and the device's ceilings measured, for the per-family table (the timed steps are unprofiled).
 /// `gelu_fusion` and `bias_grad` choose the epilogue paths as `genesis train` does (the table's
-/// cost model, `profile::Paths`, does not know `bias_grad`: it prices the reduction either way).
+/// cost model, `profile::Paths`, prices each).
 #[allow(clippy::too_many_arguments)]
 pub fn bench_train_gpu(
     cfg: &ModelConfig,
@@ -389,7 +389,7 @@ pub fn bench_train_gpu(
                 batch,
                 seq,
                 elem,
-                Paths { attention, kernels, sync, gelu_fusion },
+                Paths { attention, kernels, sync, gelu_fusion, bias_grad },
                 &measured,
                 PROFILED_STEPS,
             ),

@@ -11,7 +11,7 @@
 use super::blas::Blas;
 use super::device::Gpu;
 use super::matmul::matmul_forward;
-use super::{Attention, Float, GeluFusion, Kernels, StepSync};
+use super::{Attention, BiasGrad, Float, GeluFusion, Kernels, StepSync};
 use crate::model::ModelConfig;
 use anyhow::{Context, Result};
 use cudarc::driver::sys;
@@ -98,6 +98,7 @@ pub struct Paths {
     pub kernels: Kernels,
     pub sync: StepSync,
     pub gelu_fusion: GeluFusion,
+    pub bias_grad: BiasGrad,
 }
 
 /// Per op name, the cost of one training step (forward with the loss, backward, gradient norm,
@@ -107,7 +108,9 @@ pub struct Paths {
 /// backward overwrites its activation gradients instead of clearing them first (`--kernels
 /// vector`), whether the loss is summed on the device and clipping folded into AdamW
 /// (`--sync step|graph`), and where GELU runs (`--gelu-fusion`: in the fc GEMM's epilogue, which
-/// also writes the pre-GELU aux; its derivative in the fcproj dinp GEMM's, which reads it).
+/// also writes the pre-GELU aux; its derivative in the fcproj dinp GEMM's, which reads it), and
+/// how the bias gradients are summed (`--bias-grad`: a pass of their own over dout, or the dweight
+/// GEMM's BGRADB epilogue, which reads dout anyway, then an add of OC f32 values).
 pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, paths: Paths) -> Vec<(&'static str, Cost)> {
     let (attention, overwrite, queued) =
         (paths.attention, paths.kernels == Kernels::Vector, paths.sync.queues_whole_steps());
@@ -124,10 +127,12 @@ pub fn train_step_costs(cfg: &ModelConfig, b: usize, t: usize, elem: usize, path
     };
     // dinp += dout W (read dout, W, dinp; write dinp; overwriting, dinp is not read); dW +=
     // dout^T inp (read dout, inp; f32 dW read and written); dbias: dout read once more.
+    let epilogue_bias = paths.bias_grad == BiasGrad::Epilogue;
+    let bias_bytes = |oc: f64| if epilogue_bias { 4.0 * oc + 12.0 * oc } else { e * n * oc };
     let mm_bwd_passes = |ic: f64, oc: f64, bias: bool, dinp_passes: f64| Cost {
         bytes: e * (2.0 * n * oc + dinp_passes * n * ic + oc * ic)
             + 8.0 * oc * ic
-            + if bias { e * n * oc } else { 0.0 },
+            + if bias { bias_bytes(oc) } else { 0.0 },
         flops: 4.0 * n * ic * oc,
     };
     let mm_bwd = |ic: f64, oc: f64, bias: bool| mm_bwd_passes(ic, oc, bias, if overwrite { 2.0 } else { 3.0 });
@@ -531,6 +536,11 @@ mod tests {
         assert_eq!(get(&base, "memset").unwrap() - get(&fused, "memset").unwrap(), l * 2.0 * 8.0 * n * c);
         let forward = train_step_costs(&cfg, b, t, 2, Paths { gelu_fusion: GeluFusion::Forward, ..Default::default() });
         assert!(get(&forward, "gelu").is_none() && get(&forward, "gelu bwd") == get(&base, "gelu bwd"));
+        // BGRADB: the bias gradients cost no pass over dout, only the OC-long epilogue write and
+        // the add (read scratch and dbias, write dbias: 16 bytes per value).
+        let bgrad = train_step_costs(&cfg, b, t, 2, Paths { bias_grad: BiasGrad::Epilogue, ..Default::default() });
+        let biased = l * (3.0 * c + c + 4.0 * c + c);
+        assert_eq!(mm(&base) - mm(&bgrad), 2.0 * n * biased - 16.0 * biased);
         let queued = train_step_costs(&cfg, b, t, 2, Paths { sync: StepSync::Step, ..Default::default() });
         assert_eq!(get(&queued, "loss sum"), get(&base, "loss readback"));
         assert!(get(&queued, "loss readback").is_none() && get(&base, "loss sum").is_none());
