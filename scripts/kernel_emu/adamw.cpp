@@ -1,4 +1,5 @@
-// Runs kernels/adamw.cu on the CPU (cuda_rt.h) and checks the --sync step kernels against the
+// Runs kernels/adamw.cu on the CPU (cuda_rt.h) and checks the --sync step kernels (and the
+// per-tensor adamw_update_vec[_bf16] of --kernels vector) against the
 // verified path built from the same file: step_loss_accumulate + global_norm + step_decide +
 // adamw_step[_vec][_bf16] must give the bits of global_norm + grad_scale + adamw_update[_vec][_bf16],
 // leave every element outside the table's tensors alone, write nothing for a skipped step, and
@@ -81,21 +82,42 @@ static void run_case(const char* name, const std::vector<Tensor>& tensors, long 
     if (coef < 1.0f) {
         launch_seq((unsigned)((total + 255) / 256), 1, 256, [&] { grad_scale(gs.data(), coef, total); });
     }
-    for (const Tensor& s : tensors) {
-        const float d = s.decays ? decay : 1.0f;
-        const unsigned blocks = (unsigned)((s.len + 255) / 256);
-        float *pp = want.p.data() + s.offset, *mm = want.m.data() + s.offset, *vv = want.v.data() + s.offset;
-        const float* gg = gs.data() + s.offset;
-        if (bf16) {
-            __nv_bfloat16* cc = want.copy.data() + s.offset;
+    // Per tensor, as src/gpu/adamw.rs launches it: the 128-bit kernel (`per_tensor_vec`) where
+    // --kernels vector asks and the tensor's pointers are 16-byte aligned, 4 elements per thread.
+    auto per_tensor = [&](Buffers& out, bool per_tensor_vec) {
+        for (const Tensor& s : tensors) {
+            const float d = s.decays ? decay : 1.0f;
+            const bool v16 = per_tensor_vec && s.offset % 8 == 0;
+            const unsigned blocks = (unsigned)(((v16 ? (s.len + 3) / 4 : s.len) + 255) / 256);
+            float *pp = out.p.data() + s.offset, *mm = out.m.data() + s.offset, *vv = out.v.data() + s.offset;
+            const float* gg = gs.data() + s.offset;
+            __nv_bfloat16* cc = out.copy.data() + s.offset;
             launch_seq(blocks, 1, 256, [&] {
-                adamw_update_bf16(pp, cc, gg, mm, vv, s.len, beta1, beta2, eps, d, step_size, inv_sqrt_bc2, seed,
-                                  s.offset);
+                if (bf16 && v16)
+                    adamw_update_vec_bf16(pp, cc, gg, mm, vv, s.len, beta1, beta2, eps, d, step_size, inv_sqrt_bc2,
+                                          seed, s.offset);
+                else if (bf16)
+                    adamw_update_bf16(pp, cc, gg, mm, vv, s.len, beta1, beta2, eps, d, step_size, inv_sqrt_bc2, seed,
+                                      s.offset);
+                else if (v16)
+                    adamw_update_vec(pp, gg, mm, vv, s.len, beta1, beta2, eps, d, step_size, inv_sqrt_bc2);
+                else
+                    adamw_update(pp, gg, mm, vv, s.len, beta1, beta2, eps, d, step_size, inv_sqrt_bc2);
             });
-        } else {
-            launch_seq(blocks, 1, 256,
-                       [&] { adamw_update(pp, gg, mm, vv, s.len, beta1, beta2, eps, d, step_size, inv_sqrt_bc2); });
         }
+    };
+    per_tensor(want, false);
+    if (vec) {
+        // The per-tensor 128-bit kernels (--sync micro --kernels vector) against the scalar ones.
+        Buffers want_vec{p0, m0, v0, std::vector<__nv_bfloat16>(total, __nv_bfloat16{0xdead})};
+        per_tensor(want_vec, true);
+        long long diff = -1;
+        for (long long i = 0; i < total && diff < 0; ++i) {
+            if (bits(want_vec.p[i]) != bits(want.p[i]) || bits(want_vec.m[i]) != bits(want.m[i]) ||
+                bits(want_vec.v[i]) != bits(want.v[i]) || want_vec.copy[i].bits != want.copy[i].bits)
+                diff = i;
+        }
+        CHECK(diff < 0, "%s: adamw_update_vec differs from adamw_update at element %lld", name, diff);
     }
     if (poison) want = Buffers{p0, m0, v0, std::vector<__nv_bfloat16>(total, __nv_bfloat16{0xdead})};
 

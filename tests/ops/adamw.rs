@@ -34,7 +34,8 @@ fn adamw_first_step_and_decay_mask() {
 /// block barriers, the `_rn` intrinsics as unfused IEEE operations): `--sync step`'s device path
 /// (loss sum, norm, `step_decide`, one `adamw_step` launch over a table of tensors, scalar and
 /// 128-bit, f32 and bf16) gives the bits of the verified path (norm read back, `grad_scale`,
-/// per-tensor `adamw_update`) with clipping active, inactive and disabled; a poisoned step writes
+/// per-tensor `adamw_update`) with clipping active, inactive and disabled, and the per-tensor
+/// `adamw_update_vec[_bf16]` of `--kernels vector` gives `adamw_update`'s bits; a poisoned step writes
 /// nothing; the recorded loss, norm and clip factor are the host's. Planted bugs each fail it (the
 /// clip factor not applied, the skip ignored, a tensor's offset dropped, decay on every tensor,
 /// the poison ignored, the loss sum overwritten, the rounding index of a pack's elements). It

@@ -69,8 +69,9 @@ fn embedding_backward_balanced_regroups_only_heavy_tokens() {
 /// accumulate onto non-zero gradients bit for bit as `cpu::embedding::embedding_backward` and
 /// `embedding_backward_balanced` do. One token fills a third of the rows, so the balanced plan cuts
 /// it into several chunks; C = 20 is not a multiple of the block, T*C is not either. The partial
-/// sums start as NaN in the emulation, so a slot read before it is written fails. Needs bash and
-/// g++ (C++20).
+/// sums start as NaN in the emulation, so a slot read before it is written fails. The harness also
+/// holds the 128-bit forward (`embedding_forward_vec[_bf16]`, `--kernels vector`) to the scalar one
+/// bit for bit. Needs bash and g++ (C++20).
 #[test]
 fn embedding_backward_kernel_source_passes_the_cpu_emulation() {
     use genesis::gpu::embedding::BackwardPlan;
@@ -105,6 +106,9 @@ fn embedding_backward_kernel_source_passes_the_cpu_emulation() {
                 .expect("bash runs scripts/kernel_emu/run.sh (it needs g++)");
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             assert!(out.status.success(), "the embedding kernels failed their CPU emulation:\n{text}");
+            for forward in ["ok embedding forward_vec f32", "ok embedding forward_vec bf16"] {
+                assert!(text.contains(forward), "no {forward:?} line:\n{text}");
+            }
             let got: Vec<f32> =
                 std::fs::read(&output).unwrap().chunks(4).map(|x| f32::from_le_bytes(x.try_into().unwrap())).collect();
             let (mut dwte, mut dwpe) = (dwte0.clone(), dwpe0.clone());
