@@ -492,21 +492,27 @@ impl<T: Float> GpuModel<T> {
         Ok(())
     }
 
+    /// Refuses a token id outside the vocabulary (the kernels index rows by it unchecked).
+    fn check_tokens(&self, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        let v = self.cfg.vocab_size as u32;
+        if let Some(bad) = inputs.iter().chain(targets).find(|&&x| x >= v) {
+            bail!("token id {bad} is outside the model's vocabulary of {v}");
+        }
+        Ok(())
+    }
+
     /// Uploads a batch's tokens; for a training forward under `--sync step|graph`, with the
     /// embedding backward's plan, from pinned memory ([`stage_tokens`](Self::stage_tokens)), unless
     /// [`train_step`](Self::train_step) staged them already.
     fn upload_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>, train: bool) -> Result<()> {
-        let v = self.cfg.vocab_size as u32;
-        if let Some(bad) = inputs.iter().chain(targets.unwrap_or(&[])).find(|&&x| x >= v) {
-            bail!("token id {bad} is outside the model's vocabulary of {v}");
-        }
         if let (true, true, Some(targets)) = (train, self.sync.queues_whole_steps(), targets) {
             if self.train.as_ref().and_then(|tr| tr.step.as_ref()).is_some_and(|sb| sb.plan.is_some()) {
-                // Staged by train_step before the forward (and before a graph capture).
+                // Staged (and checked) by train_step before the forward (and before a graph capture).
                 return Ok(());
             }
             return self.stage_tokens(inputs, targets);
         }
+        self.check_tokens(inputs, targets.unwrap_or(&[]))?;
         let stream = Arc::clone(self.gpu.stream());
         let to_i32 = |xs: &[u32]| xs.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         self.gpu.note_pageable_upload();
@@ -1288,6 +1294,7 @@ impl<T: Float> GpuModel<T> {
     /// host only waits, if at all, for the copies out of the same staging buffer two micro-batches
     /// ago).
     fn stage_tokens(&mut self, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        self.check_tokens(inputs, targets)?;
         let n = inputs.len();
         let lay = &self.acts.as_ref().context("activations allocated by ensure_acts")?.0;
         let (b, t) = (lay.b, lay.t);
@@ -1419,10 +1426,6 @@ impl<T: Float> GpuModel<T> {
         self.ensure_grad_scratch(s.batch, s.seq)?;
         for _ in 0..s.accum {
             next_batch(inputs, targets);
-            let v = self.cfg.vocab_size as u32;
-            if let Some(bad) = inputs.iter().chain(targets.iter()).find(|&&x| x >= v) {
-                bail!("token id {bad} is outside the model's vocabulary of {v}");
-            }
             self.stage_tokens(inputs, targets)?;
             self.layers_replayed(inputs, targets, s)?;
             self.embedding_grads(inputs, s.batch, s.seq)?;
@@ -1447,52 +1450,27 @@ impl<T: Float> GpuModel<T> {
             s.poison,
         )?;
         self.mark("grad norm")?;
+        let (mut weights, mut copy) = self.optimizer_targets()?;
         let tr = self.train.as_mut().context("call enable_training first")?;
-        let sb = tr.step.as_mut().context("step buffers")?;
-        let done = {
-            let (ptr, _guard) = self.params.device_ptr_mut(&stream);
-            let (table, state, packed) = (&sb.table, &sb.state, sb.packed);
-            let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-            match tr.master.as_mut() {
-                Some(master) => {
-                    let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
-                    super::adamw::adamw_step(
-                        &self.gpu,
-                        &self.layout,
-                        table,
-                        packed,
-                        state,
-                        master,
-                        g,
-                        m,
-                        v,
-                        s.adam,
-                        s.t,
-                        s.lr,
-                        Some(&mut copy),
-                    )
-                }
-                None => {
-                    let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
-                    super::adamw::adamw_step(
-                        &self.gpu,
-                        &self.layout,
-                        table,
-                        packed,
-                        state,
-                        &mut weights,
-                        g,
-                        m,
-                        v,
-                        s.adam,
-                        s.t,
-                        s.lr,
-                        None,
-                    )
-                }
-            }
-        };
-        done?;
+        let sb = tr.step.as_ref().context("step buffers")?;
+        let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+        let copy = copy.as_mut().map(|c| c as &mut dyn DevicePtrMut<half::bf16>);
+        let (table, state, packed) = (&sb.table, &sb.state, sb.packed);
+        super::adamw::adamw_step(
+            &self.gpu,
+            &self.layout,
+            table,
+            packed,
+            state,
+            &mut weights,
+            g,
+            m,
+            v,
+            s.adam,
+            s.t,
+            s.lr,
+            copy,
+        )?;
         self.mark("adamw")?;
         let sb = self.train.as_ref().and_then(|tr| tr.step.as_ref()).context("step buffers")?;
         let mut state = [0.0f64; super::adamw::STEP_STATE_LEN];
@@ -1512,27 +1490,28 @@ impl<T: Float> GpuModel<T> {
 
     /// One AdamW update; `t` counts updates including this one.
     pub fn adamw_update(&mut self, cfg: crate::cpu::adamw::AdamWConfig, t: u64, lr: f32) -> Result<()> {
+        let (mut weights, mut copy) = self.optimizer_targets()?;
         let tr = self.train.as_mut().context("call enable_training first")?;
-        let stream = Arc::clone(self.gpu.stream());
-        let n = self.layout.total;
-        let done = {
-            let (ptr, _guard) = self.params.device_ptr_mut(&stream);
-            match tr.master.as_mut() {
-                Some(master) => {
-                    let mut copy = Region::<half::bf16>::new(ptr, n, Arc::clone(&stream));
-                    let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-                    super::adamw::adamw_update(&self.gpu, &self.layout, master, g, m, v, cfg, t, lr, Some(&mut copy))
-                }
-                None => {
-                    // fp32 training: the parameters are the f32 weights.
-                    let mut weights = Region::<f32>::new(ptr, n, Arc::clone(&stream));
-                    let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
-                    super::adamw::adamw_update(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, None)
-                }
-            }
-        };
-        done?;
+        let (g, m, v) = (&tr.grads, &mut tr.m, &mut tr.v);
+        let copy = copy.as_mut().map(|c| c as &mut dyn DevicePtrMut<half::bf16>);
+        super::adamw::adamw_update(&self.gpu, &self.layout, &mut weights, g, m, v, cfg, t, lr, copy)?;
         self.mark("adamw")
+    }
+
+    /// What AdamW writes: the f32 weights (the master copy in bf16 training, else the parameters)
+    /// and, in bf16 training, the bf16 working copy (the parameters).
+    fn optimizer_targets(&mut self) -> Result<(Region<f32>, Option<Region<half::bf16>>)> {
+        let n = self.layout.total;
+        let stream = self.gpu.stream();
+        let params = self.params.device_ptr_mut(stream).0;
+        let tr = self.train.as_mut().context("call enable_training first")?;
+        Ok(match tr.master.as_mut() {
+            Some(master) => {
+                let master = master.device_ptr_mut(stream).0;
+                (Region::new(master, n, Arc::clone(stream)), Some(Region::new(params, n, Arc::clone(stream))))
+            }
+            None => (Region::new(params, n, Arc::clone(stream)), None),
+        })
     }
 
     /// The AdamW moments (m, v) on the host, for a checkpoint.

@@ -338,7 +338,12 @@ fn save_checkpoint(o: &TrainOptions, t: &mut Trainer, log: &mut RunLog) -> Resul
 /// Where the steps run. The trainer's host copies of the weights and moments are the truth on the
 /// CPU; on the GPU they are refreshed from the device before every checkpoint.
 enum Engine {
-    Cpu { grads: Vec<f32>, acts: Box<Activations<f32>> },
+    /// The gradients, the activations and one micro-batch's (inputs, targets), allocated once.
+    Cpu {
+        grads: Vec<f32>,
+        acts: Box<Activations<f32>>,
+        batch: (Vec<u32>, Vec<u32>),
+    },
     Gpu(Box<dyn GpuEngine>),
 }
 
@@ -349,6 +354,7 @@ impl Engine {
             None => Engine::Cpu {
                 grads: vec![0.0; ParamLayout::new(&r.model).total],
                 acts: Box::new(Activations::new(&r.model, r.batch, r.seq)),
+                batch: (vec![0; r.batch * r.seq], vec![0; r.batch * r.seq]),
             },
             // Ready to continue from the trainer's weights, step and moments (TF32 for fp32 matmuls).
             Some(ordinal) => {
@@ -387,15 +393,13 @@ impl Engine {
         poison: bool,
     ) -> Result<StepOutcome> {
         let outcome = match self {
-            Engine::Cpu { grads, acts } => {
-                let n = r.batch * r.seq;
-                let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
+            Engine::Cpu { grads, acts, batch: (inputs, targets) } => {
                 grads.fill(0.0);
                 let mut loss = 0.0;
                 for _ in 0..r.grad_accum {
-                    data.next_batch(&mut inputs, &mut targets);
-                    gpt::forward(cfg, layout, &t.params, acts, &inputs);
-                    loss += gpt::backward(cfg, layout, &t.params, grads, acts, &inputs, &targets, dloss);
+                    data.next_batch(inputs, targets);
+                    gpt::forward(cfg, layout, &t.params, acts, inputs);
+                    loss += gpt::backward(cfg, layout, &t.params, grads, acts, inputs, targets, dloss);
                 }
                 let loss = if poison { f64::NAN } else { loss / r.grad_accum as f64 };
                 let outcome = StepOutcome::decide(loss, clip_grad_norm(grads, r.grad_clip));
