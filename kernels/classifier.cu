@@ -66,7 +66,30 @@ __device__ __forceinline__ void warp_merge(float& m, float& s) {
     }
 }
 
-template <typename T>
+// Adds one logit v to a thread's running (max, sum of exp(x - max)) pair.
+__device__ __forceinline__ void online_add(float& m, float& s, float v) {
+    if (v > m) {
+        s = s * expf(m - v) + 1.0f;
+        m = v;
+    } else {
+        s += expf(v - m);
+    }
+}
+
+// dloss * (softmax - onehot) of the logit v in column i < V.
+__device__ __forceinline__ float dlogit(float v, int i, int target, float row_max, float inv_sum, float scale) {
+    const float p = expf(v - row_max) * inv_sum;
+    return scale * (i == target ? p - 1.0f : p);
+}
+
+// VEC (the _vec kernels, behind --kernels vector): the same online max/sum, loss and dlogits, with
+// 128-bit accesses. Thread t walks the packs t, t + blockDim.x, ... of V = 4 (float) or 8 (bf16)
+// columns of the padded row (Vp a multiple of V and the pointers 16-byte aligned, both checked on
+// the host); columns >= V take no part in the softmax and get dlogits 0, as in the scalar kernel.
+// Each thread's share of the row is another set of columns in another order, so the row sum (and
+// with it the loss and the probabilities) agrees with the scalar kernel to rounding, not bit for
+// bit. Same launch as the scalar kernel.
+template <typename T, bool VEC>
 __device__ __forceinline__ void forward(float* losses, T* logits, const int* targets, int N, int V, int Vp,
                                         float scale, int write_dlogits) {
     __shared__ float warp_max[32];
@@ -93,138 +116,62 @@ __device__ __forceinline__ void forward(float* losses, T* logits, const int* tar
 
     float m = -INFINITY;
     float s = 0.0f;
-    for (int i = tid; i < V; i += blockDim.x) {
-        const float v = load(x[i]);
-        if (v > m) {
-            s = s * expf(m - v) + 1.0f;
-            m = v;
-        } else {
-            s += expf(v - m);
-        }
-    }
-    warp_merge(m, s);
-    if (lane == 0) {
-        warp_max[warp] = m;
-        warp_sum[warp] = s;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        m = lane < num_warps ? warp_max[lane] : -INFINITY;
-        s = lane < num_warps ? warp_sum[lane] : 0.0f;
-        warp_merge(m, s);
-        if (lane == 0) {
-            block_max = m;
-            block_sum = s;
-        }
-    }
-    __syncthreads();
-    const float row_max = block_max;
-    const float row_sum = block_sum;
-
-    if (tid == 0) {
-        losses[row] = valid ? logf(row_sum) + (row_max - target_logit) : __int_as_float(0x7fc00000);
-    }
-    if (write_dlogits) {
-        const float inv_sum = 1.0f / row_sum;
-        for (int i = tid; i < Vp; i += blockDim.x) {
-            float g = 0.0f;
-            if (i < V) {
-                const float p = expf(load(x[i]) - row_max) * inv_sum;
-                g = scale * (i == target ? p - 1.0f : p);
-            }
-            store(&x[i], g);
-        }
-    }
-}
-
-// The _vec version (behind --kernels vector): the same online max/sum, loss and dlogits, with
-// 128-bit accesses. Thread t walks the packs t, t + blockDim.x, ... of V = 4 (float) or 8 (bf16)
-// columns of the padded row (Vp a multiple of V and the pointers 16-byte aligned, both checked on
-// the host); columns >= V take no part in the softmax and get dlogits 0, as in the scalar kernel.
-// Each thread's share of the row is another set of columns in another order, so the row sum (and
-// with it the loss and the probabilities) agrees with the scalar kernel to rounding, not bit for
-// bit. Same launch as the scalar kernel.
-template <typename T>
-__device__ __forceinline__ void forward_vec(float* losses, T* logits, const int* targets, int N, int V, int Vp,
-                                            float scale, int write_dlogits) {
-    constexpr int W = vec::Pack<T>::N;
-    __shared__ float warp_max[32];
-    __shared__ float warp_sum[32];
-    __shared__ float block_max;
-    __shared__ float block_sum;
-
-    const long long row = blockIdx.x;
-    if (row >= N) {
-        return;  // block-uniform, before any barrier
-    }
-    T* x = logits + row * Vp;
-    const int tid = threadIdx.x;
-    const int lane = tid % 32;
-    const int warp = tid / 32;
-    const int num_warps = blockDim.x / 32;
-    const int target = targets[row];
-    const bool valid = target >= 0 && target < V;
-
-    float target_logit = 0.0f;
-    if (tid == 0 && valid) {
-        target_logit = load(x[target]);
-    }
-
-    float m = -INFINITY;
-    float s = 0.0f;
-    const int live_packs = (V + W - 1) / W;
-    for (int p = tid; p < live_packs; p += blockDim.x) {
-        const vec::Pack<T> xp = vec::load(x + p * W);
-#pragma unroll
-        for (int k = 0; k < W; ++k) {
-            if (p * W + k < V) {
-                const float v = vec::f32(xp.v[k]);
-                if (v > m) {
-                    s = s * expf(m - v) + 1.0f;
-                    m = v;
-                } else {
-                    s += expf(v - m);
-                }
-            }
-        }
-    }
-    warp_merge(m, s);
-    if (lane == 0) {
-        warp_max[warp] = m;
-        warp_sum[warp] = s;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        m = lane < num_warps ? warp_max[lane] : -INFINITY;
-        s = lane < num_warps ? warp_sum[lane] : 0.0f;
-        warp_merge(m, s);
-        if (lane == 0) {
-            block_max = m;
-            block_sum = s;
-        }
-    }
-    __syncthreads();
-    const float row_max = block_max;
-    const float row_sum = block_sum;
-
-    if (tid == 0) {
-        losses[row] = valid ? logf(row_sum) + (row_max - target_logit) : __int_as_float(0x7fc00000);
-    }
-    if (write_dlogits) {
-        const float inv_sum = 1.0f / row_sum;
-        for (int p = tid; p < Vp / W; p += blockDim.x) {
-            vec::Pack<T> xp = vec::load(x + p * W);
+    if constexpr (VEC) {
+        constexpr int W = vec::Pack<T>::N;
+        const int live_packs = (V + W - 1) / W;
+        for (int p = tid; p < live_packs; p += blockDim.x) {
+            const vec::Pack<T> xp = vec::load(x + p * W);
 #pragma unroll
             for (int k = 0; k < W; ++k) {
-                const int i = p * W + k;
-                float g = 0.0f;
-                if (i < V) {
-                    const float pr = expf(vec::f32(xp.v[k]) - row_max) * inv_sum;
-                    g = scale * (i == target ? pr - 1.0f : pr);
+                if (p * W + k < V) {
+                    online_add(m, s, vec::f32(xp.v[k]));
                 }
-                vec::set(xp.v[k], g);
             }
-            vec::store(x + p * W, xp);
+        }
+    } else {
+        for (int i = tid; i < V; i += blockDim.x) {
+            online_add(m, s, load(x[i]));
+        }
+    }
+    warp_merge(m, s);
+    if (lane == 0) {
+        warp_max[warp] = m;
+        warp_sum[warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < num_warps ? warp_max[lane] : -INFINITY;
+        s = lane < num_warps ? warp_sum[lane] : 0.0f;
+        warp_merge(m, s);
+        if (lane == 0) {
+            block_max = m;
+            block_sum = s;
+        }
+    }
+    __syncthreads();
+    const float row_max = block_max;
+    const float row_sum = block_sum;
+
+    if (tid == 0) {
+        losses[row] = valid ? logf(row_sum) + (row_max - target_logit) : __int_as_float(0x7fc00000);
+    }
+    if (write_dlogits) {
+        const float inv_sum = 1.0f / row_sum;
+        if constexpr (VEC) {
+            constexpr int W = vec::Pack<T>::N;
+            for (int p = tid; p < Vp / W; p += blockDim.x) {
+                vec::Pack<T> xp = vec::load(x + p * W);
+#pragma unroll
+                for (int k = 0; k < W; ++k) {
+                    const int i = p * W + k;
+                    vec::set(xp.v[k], i < V ? dlogit(vec::f32(xp.v[k]), i, target, row_max, inv_sum, scale) : 0.0f);
+                }
+                vec::store(x + p * W, xp);
+            }
+        } else {
+            for (int i = tid; i < Vp; i += blockDim.x) {
+                store(&x[i], i < V ? dlogit(load(x[i]), i, target, row_max, inv_sum, scale) : 0.0f);
+            }
         }
     }
 }
@@ -234,23 +181,23 @@ __device__ __forceinline__ void forward_vec(float* losses, T* logits, const int*
 extern "C" __global__ void __launch_bounds__(1024)
     classifier_forward(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
                          int write_dlogits) {
-    classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+    classifier_detail::forward<float, false>(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
     classifier_forward_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp,
                               float scale, int write_dlogits) {
-    classifier_detail::forward(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+    classifier_detail::forward<__nv_bfloat16, false>(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
     classifier_forward_vec(float* losses, float* logits, const int* targets, int N, int V, int Vp, float scale,
                            int write_dlogits) {
-    classifier_detail::forward_vec(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+    classifier_detail::forward<float, true>(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
     classifier_forward_vec_bf16(float* losses, __nv_bfloat16* logits, const int* targets, int N, int V, int Vp, float scale,
                            int write_dlogits) {
-    classifier_detail::forward_vec(losses, logits, targets, N, V, Vp, scale, write_dlogits);
+    classifier_detail::forward<__nv_bfloat16, true>(losses, logits, targets, N, V, Vp, scale, write_dlogits);
 }
