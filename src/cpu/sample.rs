@@ -485,13 +485,19 @@ pub fn sample_token(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u
         probs.truncate(params.top_k);
     }
     probs.sort_unstable_by(order);
+    draw_nucleus(probs, params.top_p, rng)
+}
+
+/// Draws a token from `probs` (unnormalised, most likely first): from the smallest prefix whose
+/// share of the mass reaches `top_p` (all of them when `top_p` is 1).
+fn draw_nucleus(mut probs: Vec<(f64, u32)>, top_p: f32, rng: &mut Rng) -> u32 {
     let total: f64 = probs.iter().map(|p| p.0).sum();
-    if params.top_p < 1.0 {
+    if top_p < 1.0 {
         let (mut cum, mut keep) = (0.0, 0);
         for p in &probs {
             cum += p.0 / total;
             keep += 1;
-            if cum >= params.top_p as f64 {
+            if cum >= top_p as f64 {
                 break;
             }
         }
@@ -617,7 +623,8 @@ mod tests {
     }
 
     /// Selecting the top k before sorting draws exactly what sorting the whole vocabulary drew (the
-    /// sampler before that change, kept here as the reference), for the same random numbers: large
+    /// sampler's top-k before that change, kept here as the reference; the nucleus cut and the draw
+    /// after it are `draw_nucleus` for both), for the same random numbers: large
     /// vocabularies with many tied logits, top-k of 1, the default 200 and the whole vocabulary,
     /// with and without a nucleus.
     #[test]
@@ -631,27 +638,8 @@ mod tests {
             if params.top_k > 0 {
                 probs.truncate(params.top_k);
             }
-            let total: f64 = probs.iter().map(|p| p.0).sum();
-            if params.top_p < 1.0 {
-                let (mut cum, mut keep) = (0.0, 0);
-                for p in &probs {
-                    cum += p.0 / total;
-                    keep += 1;
-                    if cum >= params.top_p as f64 {
-                        break;
-                    }
-                }
-                probs.truncate(keep.max(1));
-            }
-            let total: f64 = probs.iter().map(|p| p.0).sum();
-            let mut r = rng.next_f64() * total;
-            for &(p, tok) in &probs {
-                if r < p {
-                    return tok;
-                }
-                r -= p;
-            }
-            probs.last().unwrap().1
+            // The nucleus and the draw after the top-k are shared; what changed is the top-k.
+            draw_nucleus(probs, params.top_p, rng)
         }
         let mut gen = Rng::new(11);
         // Logits on a coarse grid, so thousands of tokens tie.
