@@ -1000,43 +1000,23 @@ impl<T: Float> GpuModel<T> {
         let tr = self.train.as_mut().expect("training enabled");
         let mut db = bias_range.map(|r| tr.grads.slice_mut(r));
         let (gpu, blas, bias_grad) = (&self.gpu, &self.blas, self.bias_grad);
-        match pre_gelu {
-            None => super::matmul::matmul_backward(
-                gpu,
-                blas,
-                &mut din,
-                &mut dw,
-                db.as_mut(),
-                &mut scratch,
-                dout,
-                inp,
-                &weight,
-                n,
-                c,
-                oc,
-                store,
-                bias_grad,
-            ),
-            Some(pre) => {
-                ensure!(store == Dinp::Overwrite, "the DGELU epilogue overwrites dinp; it cannot accumulate");
-                super::matmul::matmul_backward_dgelu(
-                    gpu,
-                    blas,
-                    &mut din,
-                    &mut dw,
-                    db.as_mut(),
-                    &mut scratch,
-                    dout,
-                    inp,
-                    &weight,
-                    pre,
-                    n,
-                    c,
-                    oc,
-                    bias_grad,
-                )
-            }
-        }
+        super::matmul::backward_gemms(
+            gpu,
+            blas,
+            &mut din,
+            &mut dw,
+            db.as_mut(),
+            &mut scratch,
+            dout,
+            inp,
+            &weight,
+            pre_gelu,
+            n,
+            c,
+            oc,
+            store,
+            bias_grad,
+        )
     }
 
     /// One micro-batch: forward in training mode and backward, accumulating `dloss`-scaled gradients

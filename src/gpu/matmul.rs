@@ -274,9 +274,10 @@ pub fn matmul_backward_dgelu<T: Float>(
 /// The body of [`matmul_backward`] (`pre_gelu` = None: the dinp GEMM without an epilogue,
 /// accumulating or overwriting as `store` says) and of [`matmul_backward_dgelu`] (`pre_gelu`
 /// given, `store` = Overwrite: the dinp GEMM with the DGELU epilogue reading it); the bias
-/// gradient as `bias_grad` says.
+/// gradient as `bias_grad` says. The model calls it directly with its optional pre-GELU input (the
+/// DGELU epilogue refuses to accumulate: `LtGemm::check`).
 #[allow(clippy::too_many_arguments)]
-fn backward_gemms<T: Float, P: DevicePtr<T>>(
+pub(crate) fn backward_gemms<T: Float, P: DevicePtr<T>>(
     gpu: &Gpu,
     blas: &Blas,
     dinp: &mut impl DevicePtrMut<T>,
