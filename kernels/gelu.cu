@@ -42,13 +42,27 @@ __device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
+// gelu_tanh(x), in f32.
+__device__ __forceinline__ float gelu_one(float x) {
+    const float inner = kSqrt2OverPi * (x + kCube * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+// gelu_tanh'(x) * g in f32, added to old (Add: accumulate onto the old value, then the caller
+// rounds once) or not.
+template <bool Add>
+__device__ __forceinline__ float backward_one(float x, float g, float old) {
+    const float th = tanhf(kSqrt2OverPi * (x + kCube * x * x * x));
+    const float sech2 = 1.0f - th * th;
+    const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + kThreeCube * x * x);
+    return Add ? old + local * g : local * g;
+}
+
 template <typename T>
 __device__ __forceinline__ void forward(T* out, const T* inp, long long N) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        const float x = load(inp[i]);
-        const float inner = kSqrt2OverPi * (x + kCube * x * x * x);
-        store(&out[i], 0.5f * x * (1.0f + tanhf(inner)));
+        store(&out[i], gelu_one(load(inp[i])));
     }
 }
 
@@ -57,14 +71,7 @@ template <bool Add, typename T>
 __device__ __forceinline__ void backward(T* dinp, const T* inp, const T* dout, long long N) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < N; i += stride) {
-        const float x = load(inp[i]);
-        const float th = tanhf(kSqrt2OverPi * (x + kCube * x * x * x));
-        const float sech2 = 1.0f - th * th;
-        const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + kThreeCube * x * x);
-        // Accumulate in f32 onto the old value, then round once (a plain += for float;
-        // dout is read first, as the right-hand side of += is); or store the product.
-        const float g = load(dout[i]);
-        store(&dinp[i], Add ? load(dinp[i]) + local * g : local * g);
+        store(&dinp[i], backward_one<Add>(load(inp[i]), load(dout[i]), Add ? load(dinp[i]) : 0.0f));
     }
 }
 
@@ -83,27 +90,16 @@ __device__ __forceinline__ void forward_vec(T* out, const T* inp, long long N) {
         vec::Pack<T> o;
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            const float x = vec::f32(in.v[k]);
-            const float inner = kSqrt2OverPi * (x + kCube * x * x * x);
-            vec::set(o.v[k], 0.5f * x * (1.0f + tanhf(inner)));
+            vec::set(o.v[k], gelu_one(vec::f32(in.v[k])));
         }
         vec::store(out + p * V, o);
     }
     for (long long i = packs * V + tid; i < N; i += stride) {
-        const float x = load(inp[i]);
-        const float inner = kSqrt2OverPi * (x + kCube * x * x * x);
-        store(&out[i], 0.5f * x * (1.0f + tanhf(inner)));
+        store(&out[i], gelu_one(load(inp[i])));
     }
 }
 
 // The new dinp value: old + local * g (Add), or local * g (old unused).
-template <bool Add>
-__device__ __forceinline__ float backward_one(float x, float g, float old) {
-    const float th = tanhf(kSqrt2OverPi * (x + kCube * x * x * x));
-    const float sech2 = 1.0f - th * th;
-    const float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * kSqrt2OverPi * (1.0f + kThreeCube * x * x);
-    return Add ? old + local * g : local * g;
-}
 
 // Add as in backward; without it dinp is only stored, never loaded.
 template <bool Add, typename T>
